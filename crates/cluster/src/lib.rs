@@ -1,0 +1,98 @@
+//! The routing seam: who is connected where.
+//!
+//! [`Registry`] maps each user to the live sessions this node holds for them. The router
+//! looks up a conversation's members here to fan an entry out; sessions register when they
+//! authenticate and deregister when they end. In a single node this in-memory registry is
+//! the whole story; cluster mode (PostgreSQL + Redis) adds a shared user → node registry and
+//! a bus between nodes beside it, and keeps this one for the sessions a node holds itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use natter_proto::UserId;
+
+/// A session's id, unique within this node's lifetime.
+pub type SessionId = u64;
+
+/// The sessions this node holds, by user. `H` is the handle used to reach a session (the
+/// server's outbound queue sender).
+pub struct Registry<H> {
+    // A std mutex: every critical section is a few map operations and never awaits.
+    by_user: Mutex<HashMap<UserId, Vec<(SessionId, H)>>>,
+}
+
+impl<H: Clone> Default for Registry<H> {
+    fn default() -> Self {
+        Registry {
+            by_user: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<H: Clone> Registry<H> {
+    /// Adds a session of `user`.
+    pub fn register(&self, user: UserId, session: SessionId, handle: H) {
+        let mut map = self.by_user.lock().expect("registry lock poisoned");
+        map.entry(user).or_default().push((session, handle));
+    }
+
+    /// Removes a session; forgets the user when it was their last.
+    pub fn deregister(&self, user: UserId, session: SessionId) {
+        let mut map = self.by_user.lock().expect("registry lock poisoned");
+        if let Some(list) = map.get_mut(&user) {
+            list.retain(|(id, _)| *id != session);
+            if list.is_empty() {
+                map.remove(&user);
+            }
+        }
+    }
+
+    /// Calls `f` with every session of each of `users`, under one short lock.
+    pub fn for_each_session(&self, users: &[UserId], mut f: impl FnMut(UserId, SessionId, &H)) {
+        let map = self.by_user.lock().expect("registry lock poisoned");
+        for user in users {
+            if let Some(list) = map.get(user) {
+                for (id, handle) in list {
+                    f(*user, *id, handle);
+                }
+            }
+        }
+    }
+
+    /// How many sessions `user` has here.
+    pub fn n_sessions(&self, user: UserId) -> usize {
+        let map = self.by_user.lock().expect("registry lock poisoned");
+        map.get(&user).map_or(0, Vec::len)
+    }
+
+    /// How many sessions this node holds in all.
+    pub fn len(&self) -> usize {
+        let map = self.by_user.lock().expect("registry lock poisoned");
+        map.values().map(Vec::len).sum()
+    }
+
+    /// Whether this node holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_finds_and_forgets_sessions() {
+        let reg = Registry::<&'static str>::default();
+        reg.register(UserId(1), 10, "a");
+        reg.register(UserId(1), 11, "b");
+        reg.register(UserId(2), 12, "c");
+        let mut seen = Vec::new();
+        reg.for_each_session(&[UserId(1), UserId(3)], |u, s, h| seen.push((u, s, *h)));
+        assert_eq!(seen, vec![(UserId(1), 10, "a"), (UserId(1), 11, "b")]);
+        reg.deregister(UserId(1), 10);
+        reg.deregister(UserId(1), 11);
+        assert_eq!(reg.n_sessions(UserId(1)), 0);
+        assert_eq!(reg.len(), 1);
+    }
+}

@@ -1,0 +1,531 @@
+//! Natter's wire types: what crosses a WebSocket or an HTTP body, and nothing else.
+//!
+//! - [`ClientFrame`] and [`ServerFrame`] are the two closed enums of the WebSocket protocol
+//!   (`{"type": "...", ...}` JSON objects).
+//! - [`Entry`] is one `seq` of a conversation's log, as sync, history and live delivery show it.
+//! - [`ErrorCode`] is the closed set of stable, machine-readable error codes.
+//! - [`rest`] holds the bodies of the REST API under `/v1/`.
+//!
+//! This crate does no I/O; the server, the SDK and the tests all speak through it.
+//! docs/protocol.md is the prose contract for these types.
+
+pub mod rest;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A user account's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+/// A conversation's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConversationId(pub i64);
+
+/// A device's id: one per login, each with its own token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub i64);
+
+/// A request id chosen by the client; the reply echoes it.
+pub type ReqId = u64;
+
+/// A position in one conversation's log: 1, 2, 3… with no gaps.
+pub type Seq = u64;
+
+macro_rules! display_id {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+display_id!(UserId, ConversationId, DeviceId);
+
+/// The stable error codes. A client switches on these, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is well-formed JSON but its content is invalid (a bad field value).
+    BadRequest,
+    /// The frame or body is not valid JSON, or lacks a required field.
+    MalformedFrame,
+    /// The frame's `type` is not one this server knows.
+    UnknownType,
+    /// No valid credentials: missing, wrong or revoked token, or wrong password.
+    Unauthenticated,
+    /// Authenticated, but the action is not allowed to this user (for example a member
+    /// removing the owner, or editing someone else's message).
+    Forbidden,
+    /// No such thing, or the caller may not know that it exists (a conversation the caller
+    /// is not a member of is reported exactly as a missing one).
+    NotFound,
+    /// The request conflicts with the current state (a handle already taken, a full group).
+    Conflict,
+    /// A body, frame, title or other field exceeds its configured cap.
+    TooLarge,
+    /// Rate limited; retry later.
+    TooManyRequests,
+    /// A dependency (the store) is temporarily unavailable; the request may be retried and
+    /// nothing was committed.
+    Unavailable,
+    /// An unexpected server fault; details are in the server's log, not here.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that carries this code on REST routes.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::MalformedFrame | ErrorCode::UnknownType => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether a client should retry the same request later (with the same `client_msg_id`).
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::TooManyRequests)
+    }
+}
+
+/// An error as it appears on the wire (the `error` frame's fields, and REST error bodies).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Conversation kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// Exactly two users; one per pair.
+    Direct,
+    /// Owner, admins and members, up to the configured member cap.
+    Group,
+}
+
+/// A member's role in a group (members of a direct conversation are all `member`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+/// One entry of a conversation's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub conversation: ConversationId,
+    pub seq: Seq,
+    /// A server-chosen unique id (UUIDv7).
+    pub id: String,
+    /// Who wrote it (for system entries: who caused it).
+    pub sender: UserId,
+    /// Server time of the commit, in milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// The sender's idempotency key, for entries that clients sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    #[serde(flatten)]
+    pub body: EntryBody,
+    /// For `message` entries read from the store (sync, history): the message's current state
+    /// after every later edit, deletion and reaction. Live entries carry none: the edits that
+    /// follow arrive as entries of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<MessageState>,
+}
+
+/// What a log entry says. Entries that change another entry name it by its `target` seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EntryBody {
+    /// A message, optionally replying to an earlier message of the same conversation.
+    Message {
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Seq>,
+    },
+    /// The sender replaced the text of their own message `target`.
+    Edit { target: Seq, body: String },
+    /// The sender deleted their own message `target` (it becomes a tombstone).
+    Delete { target: Seq },
+    /// The sender added (or, with `remove`, took back) a reaction to message `target`.
+    Reaction {
+        target: Seq,
+        emoji: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        remove: bool,
+    },
+    /// The conversation was created with these members (always `seq` 1).
+    Created {
+        conversation_kind: ConversationKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        members: Vec<UserId>,
+    },
+    /// `user` was added to the group by the sender.
+    MemberAdded { user: UserId, role: Role },
+    /// `user` was removed from the group by the sender (when `user` is the sender: they left).
+    MemberRemoved { user: UserId },
+    /// `user`'s role was changed by the sender.
+    RoleChanged { user: UserId, role: Role },
+    /// The group's title was changed by the sender.
+    TitleChanged { title: String },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl EntryBody {
+    /// The message this entry changes, for edits, deletions and reactions.
+    pub fn target(&self) -> Option<Seq> {
+        match self {
+            EntryBody::Edit { target, .. }
+            | EntryBody::Delete { target }
+            | EntryBody::Reaction { target, .. } => Some(*target),
+            _ => None,
+        }
+    }
+}
+
+/// The current state of a message, as history and sync show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageState {
+    /// The current text: the last edit's, or empty for a deleted message.
+    pub body: String,
+    /// `seq` of the last edit, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_seq: Option<Seq>,
+    /// Whether the message was deleted (a tombstone).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// Reactions by emoji, each with the users who gave it (in the order they reacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionSummary {
+    pub emoji: String,
+    pub users: Vec<UserId>,
+}
+
+/// What a client asks to append to a conversation's log (REST body of
+/// `POST /v1/conversations/{id}/entries`, and the WebSocket `send`/`edit`/`delete`/`react`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NewEntry {
+    Message {
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Seq>,
+    },
+    Edit {
+        target: Seq,
+        body: String,
+    },
+    Delete {
+        target: Seq,
+    },
+    Reaction {
+        target: Seq,
+        emoji: String,
+        #[serde(default)]
+        remove: bool,
+    },
+}
+
+/// Stage one of delivery: the entry is durably committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub conversation: ConversationId,
+    pub seq: Seq,
+    /// The entry's id.
+    pub id: String,
+    /// Server commit time, ms since the Unix epoch.
+    pub ts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+/// A conversation as one member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The caller's role.
+    pub role: Role,
+    pub last_seq: Seq,
+    /// Time of the last entry, ms since the Unix epoch.
+    pub last_activity: i64,
+    pub delivered_seq: Seq,
+    pub read_seq: Seq,
+    /// Entries after `read_seq` written by others.
+    pub unread: u64,
+}
+
+/// One member's cursors, as receipts carry them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    pub delivered_seq: Seq,
+    pub read_seq: Seq,
+}
+
+/// One conversation's part of a `sync` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncConversation {
+    pub conversation: ConversationSummary,
+    /// Entries after the client's cursor, in `seq` order, at most the sync limit.
+    pub entries: Vec<Entry>,
+    /// More entries follow: sync again with the last `seq` of `entries` as the cursor.
+    pub has_more: bool,
+}
+
+/// Frames a client sends over the WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Authenticate (when the upgrade carried no `Authorization` header). Must be first.
+    Auth { token: String },
+    /// Append a message.
+    Send {
+        req_id: ReqId,
+        conversation: ConversationId,
+        client_msg_id: String,
+        body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<Seq>,
+    },
+    /// Replace the text of one of the caller's messages.
+    Edit {
+        req_id: ReqId,
+        conversation: ConversationId,
+        client_msg_id: String,
+        target: Seq,
+        body: String,
+    },
+    /// Delete one of the caller's messages.
+    Delete {
+        req_id: ReqId,
+        conversation: ConversationId,
+        client_msg_id: String,
+        target: Seq,
+    },
+    /// Add or remove a reaction to a message.
+    React {
+        req_id: ReqId,
+        conversation: ConversationId,
+        client_msg_id: String,
+        target: Seq,
+        emoji: String,
+        #[serde(default)]
+        remove: bool,
+    },
+    /// "I have received everything up to `seq`."
+    Delivered {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        conversation: ConversationId,
+        seq: Seq,
+    },
+    /// "I have read everything up to `seq`" (implies delivered).
+    Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        conversation: ConversationId,
+        seq: Seq,
+    },
+    /// Catch up: the last seen `seq` per conversation; unlisted conversations are new to the
+    /// client. Starts the live stream for every conversation whose reply has no `has_more`.
+    Sync {
+        req_id: ReqId,
+        #[serde(default)]
+        cursors: BTreeMap<ConversationId, Seq>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// A page of one conversation's log.
+    History {
+        req_id: ReqId,
+        conversation: ConversationId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<Seq>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Seq>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Keep-alive; answered by `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+    },
+    /// Any `type` this server does not know (answered with `unknown_type`).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ClientFrame {
+    /// Parses one text frame. On failure, returns the error code and the `req_id` if one
+    /// could be read, so that the error can still be matched to the request.
+    pub fn parse(text: &str) -> Result<ClientFrame, (Option<ReqId>, ErrorBody)> {
+        match serde_json::from_str::<ClientFrame>(text) {
+            Ok(ClientFrame::Unknown) => Err((
+                peek_req_id(text),
+                ErrorBody {
+                    code: ErrorCode::UnknownType,
+                    message: "unknown frame type".to_owned(),
+                },
+            )),
+            Ok(frame) => Ok(frame),
+            Err(err) => Err((
+                peek_req_id(text),
+                ErrorBody {
+                    code: ErrorCode::MalformedFrame,
+                    message: format!("malformed frame: {err}"),
+                },
+            )),
+        }
+    }
+}
+
+fn peek_req_id(text: &str) -> Option<ReqId> {
+    #[derive(Deserialize)]
+    struct Peek {
+        req_id: Option<ReqId>,
+    }
+    serde_json::from_str::<Peek>(text)
+        .ok()
+        .and_then(|p| p.req_id)
+}
+
+/// Frames the server sends over the WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The session is authenticated; requests may follow.
+    Ready {
+        user_id: UserId,
+        device_id: DeviceId,
+    },
+    /// Stage one: the entry is committed (also the reply to a retried send).
+    Ack {
+        req_id: ReqId,
+        #[serde(flatten)]
+        ack: Ack,
+    },
+    /// A committed entry of one of the caller's conversations, live.
+    Entry { entry: Entry },
+    /// A member's cursors moved (stage two and three of delivery: delivered, read).
+    Receipt {
+        #[serde(flatten)]
+        receipt: Receipt,
+    },
+    /// The reply to `sync`: conversations with entries the client has not seen.
+    Synced {
+        req_id: ReqId,
+        conversations: Vec<SyncConversation>,
+    },
+    /// The reply to `history`.
+    History {
+        req_id: ReqId,
+        conversation: ConversationId,
+        entries: Vec<Entry>,
+        has_more: bool,
+    },
+    /// The reply to a request that returns nothing else (cursors).
+    Ok { req_id: ReqId },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        #[serde(flatten)]
+        error: ErrorBody,
+    },
+}
+
+impl ServerFrame {
+    /// The JSON text of this frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// WebSocket close codes the server uses (besides the standard ones: 1000 normal, 1009 a
+/// frame over the size cap, 1012 server restarting).
+pub mod close {
+    /// The first frame was not a valid `auth`, or it came too late.
+    pub const UNAUTHENTICATED: u16 = 4001;
+    /// The session's outbound queue filled up: reconnect and `sync`.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// No frame (not even a pong) for longer than the idle timeout.
+    pub const IDLE: u16 = 4009;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_send_and_reports_unknown_and_malformed() {
+        let f = ClientFrame::parse(
+            r#"{"type":"send","req_id":7,"conversation":3,"client_msg_id":"a","body":"hi"}"#,
+        )
+        .unwrap();
+        assert!(matches!(f, ClientFrame::Send { req_id: 7, .. }));
+
+        let (req_id, err) = ClientFrame::parse(r#"{"type":"fly","req_id":9}"#).unwrap_err();
+        assert_eq!((req_id, err.code), (Some(9), ErrorCode::UnknownType));
+
+        let (req_id, err) = ClientFrame::parse(r#"{"type":"send","req_id":4}"#).unwrap_err();
+        assert_eq!((req_id, err.code), (Some(4), ErrorCode::MalformedFrame));
+
+        let (req_id, err) = ClientFrame::parse("{not json").unwrap_err();
+        assert_eq!((req_id, err.code), (None, ErrorCode::MalformedFrame));
+    }
+
+    #[test]
+    fn entry_round_trips_with_flattened_kind() {
+        let e = Entry {
+            conversation: ConversationId(1),
+            seq: 2,
+            id: "x".into(),
+            sender: UserId(3),
+            ts: 4,
+            client_msg_id: Some("c".into()),
+            body: EntryBody::Reaction {
+                target: 1,
+                emoji: "+1".into(),
+                remove: false,
+            },
+            state: None,
+        };
+        let json = serde_json::to_string(&ServerFrame::Entry { entry: e.clone() }).unwrap();
+        assert!(json.contains(r#""kind":"reaction""#), "{json}");
+        let back: ServerFrame = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ServerFrame::Entry { entry: e });
+    }
+}

@@ -1,0 +1,141 @@
+//! Bodies of the REST API under `/v1/` (see docs/protocol.md for the routes).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ConversationId, ConversationSummary, DeviceId, Entry, Receipt, Role, Seq, SyncConversation,
+    UserId,
+};
+
+/// `POST /v1/accounts`, and the password half of `POST /v1/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub handle: String,
+    pub password: String,
+    /// For `POST /v1/sessions`: a name for the device being logged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// A user as others see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub user_id: UserId,
+    pub handle: String,
+}
+
+/// `POST /v1/sessions`: a bearer token for one device. Shown once; only its hash is stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub token: String,
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+}
+
+/// `GET /v1/me`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    pub user_id: UserId,
+    pub handle: String,
+    pub device_id: DeviceId,
+}
+
+/// `POST /v1/conversations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CreateConversation {
+    /// The direct conversation with `peer`; returns the existing one if there is one.
+    Direct { peer: UserId },
+    /// A new group owned by the caller, with these other members.
+    Group {
+        title: String,
+        #[serde(default)]
+        members: Vec<UserId>,
+    },
+}
+
+/// `GET /v1/conversations`: most recent activity first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationPage {
+    pub conversations: Vec<ConversationSummary>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `PATCH /v1/conversations/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateConversation {
+    pub title: String,
+}
+
+/// One row of `GET /v1/conversations/{id}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: UserId,
+    pub handle: String,
+    pub role: Role,
+    pub delivered_seq: Seq,
+    pub read_seq: Seq,
+}
+
+/// `POST /v1/conversations/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddMember {
+    pub user_id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// `PATCH /v1/conversations/{id}/members/{user_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateMember {
+    pub role: Role,
+}
+
+/// `POST /v1/conversations/{id}/entries`: the entry plus its idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostEntry {
+    pub client_msg_id: String,
+    #[serde(flatten)]
+    pub entry: crate::NewEntry,
+}
+
+/// `GET /v1/conversations/{id}/entries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryPage {
+    pub conversation: ConversationId,
+    pub entries: Vec<Entry>,
+    pub has_more: bool,
+}
+
+/// `PUT /v1/conversations/{id}/cursors`: either or both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetCursors {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_seq: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<Seq>,
+}
+
+/// `GET /v1/conversations/{id}/receipts`: every member's cursors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipts {
+    pub receipts: Vec<Receipt>,
+}
+
+/// `POST /v1/sync`: the same request and answer as the WebSocket `sync` frame.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncRequest {
+    #[serde(default)]
+    pub cursors: BTreeMap<ConversationId, Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub conversations: Vec<SyncConversation>,
+}

@@ -1,0 +1,253 @@
+//! Configuration: one typed [`Config`], loaded once at startup and passed down.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file (`--config`), `NATTER_*`
+//! environment variables, command-line flags. Every cap in [`Limits`] has all four, generated
+//! from one list by the `limits!` macro so that none can be forgotten.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+macro_rules! limits {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
+        /// Every cap the server enforces. Defaults suit a single node on a laptop.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Limits {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $( $name: $default, )* }
+            }
+        }
+
+        /// Command-line and environment overrides for [`Limits`].
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct LimitArgs {
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $name: Option<$ty>, )*
+        }
+
+        impl LimitArgs {
+            fn apply(&self, limits: &mut Limits) {
+                $( if let Some(v) = self.$name { limits.$name = v; } )*
+            }
+        }
+    };
+}
+
+limits! {
+    /// Largest WebSocket message or frame accepted, in bytes (larger: closed with 1009).
+    max_frame_bytes: usize = 64 * 1024, "NATTER_MAX_FRAME_BYTES";
+    /// Largest REST request body, in bytes.
+    max_http_body_bytes: usize = 256 * 1024, "NATTER_MAX_HTTP_BODY_BYTES";
+    /// Largest message text, in bytes of UTF-8.
+    max_body_bytes: usize = 16 * 1024, "NATTER_MAX_BODY_BYTES";
+    /// Longest `client_msg_id`, in bytes.
+    max_client_msg_id_bytes: usize = 128, "NATTER_MAX_CLIENT_MSG_ID_BYTES";
+    /// Longest group title, in bytes.
+    max_title_bytes: usize = 256, "NATTER_MAX_TITLE_BYTES";
+    /// Longest reaction, in bytes.
+    max_emoji_bytes: usize = 64, "NATTER_MAX_EMOJI_BYTES";
+    /// Most members in a group, owner included.
+    max_group_members: u32 = 1000, "NATTER_MAX_GROUP_MEMBERS";
+    /// Entries per page when a request does not say (history, sync).
+    default_page: u32 = 100, "NATTER_DEFAULT_PAGE";
+    /// Most entries (or conversations) one page may ask for.
+    max_page: u32 = 500, "NATTER_MAX_PAGE";
+    /// Frames queued for one session before it is dropped as a slow consumer.
+    outbound_queue: usize = 4096, "NATTER_OUTBOUND_QUEUE";
+    /// Requests one session may have in flight before its reads pause.
+    max_in_flight: usize = 256, "NATTER_MAX_IN_FLIGHT";
+    /// Time a WebSocket has to authenticate, in milliseconds.
+    auth_timeout_ms: u64 = 10_000, "NATTER_AUTH_TIMEOUT_MS";
+    /// Interval of server pings on idle sessions, in milliseconds.
+    ping_interval_ms: u64 = 20_000, "NATTER_PING_INTERVAL_MS";
+    /// A session that sends nothing (not even a pong) this long is closed, in milliseconds.
+    idle_timeout_ms: u64 = 60_000, "NATTER_IDLE_TIMEOUT_MS";
+    /// Cursor reports are coalesced and written once per this window, in milliseconds.
+    receipt_flush_ms: u64 = 250, "NATTER_RECEIPT_FLUSH_MS";
+    /// Shortest and longest handle, in characters.
+    max_handle_chars: usize = 32, "NATTER_MAX_HANDLE_CHARS";
+    /// Shortest password accepted, in characters.
+    min_password_chars: usize = 8, "NATTER_MIN_PASSWORD_CHARS";
+    /// Longest password accepted, in bytes (argon2 input is capped to bound its cost).
+    max_password_bytes: usize = 1024, "NATTER_MAX_PASSWORD_BYTES";
+}
+
+impl Limits {
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn receipt_flush(&self) -> Duration {
+        Duration::from_millis(self.receipt_flush_ms)
+    }
+    /// A requested page size, defaulted and capped.
+    pub fn page(&self, requested: Option<u32>) -> u32 {
+        requested
+            .unwrap_or(self.default_page)
+            .clamp(1, self.max_page)
+    }
+}
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Origins allowed to open a WebSocket besides the server's own (`*` allows any).
+    pub allowed_origins: Vec<String>,
+    /// How long shutdown waits for sessions to close, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("a valid default address"),
+            data_dir: PathBuf::from("./natter-data"),
+            allowed_origins: Vec::new(),
+            drain_timeout_ms: 5_000,
+            log_format: "text".to_owned(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `natter serve` flags; each also reads its `NATTER_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (flags and environment override it).
+    #[arg(long, env = "NATTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "NATTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory of the embedded store [default: ./natter-data].
+    #[arg(long, env = "NATTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Extra origins allowed to open WebSockets, comma-separated.
+    #[arg(long, env = "NATTER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Shutdown drain timeout in milliseconds [default: 5000].
+    #[arg(long, env = "NATTER_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "NATTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+impl Config {
+    /// Builds the configuration from a file (if any) and the flag/environment overrides.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut cfg = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = args.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = &args.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &args.allowed_origins {
+            cfg.allowed_origins = v.clone();
+        }
+        if let Some(v) = args.drain_timeout_ms {
+            cfg.drain_timeout_ms = v;
+        }
+        if let Some(v) = &args.log_format {
+            cfg.log_format = v.clone();
+        }
+        args.limits.apply(&mut cfg.limits);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Fails fast on settings that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 {
+            bail!("max_frame_bytes must be at least 1024");
+        }
+        if l.max_body_bytes + 1024 > l.max_frame_bytes {
+            bail!("max_body_bytes must leave 1 KiB of max_frame_bytes for the frame around it");
+        }
+        if l.outbound_queue == 0 || l.max_in_flight == 0 || l.max_page == 0 {
+            bail!("outbound_queue, max_in_flight and max_page must be positive");
+        }
+        if l.default_page > l.max_page {
+            bail!("default_page must not exceed max_page");
+        }
+        if l.max_group_members < 2 {
+            bail!("max_group_members must be at least 2");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be text or json");
+        }
+        Ok(())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[limits]\nmax_group_members = 50\nmax_page = 10\ndefault_page = 5\n",
+        )
+        .unwrap();
+        let mut args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        args.limits.max_page = Some(20);
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.limits.max_group_members, 50);
+        assert_eq!(cfg.limits.max_page, 20);
+        assert_eq!(cfg.limits.page(Some(1000)), 20);
+        assert_eq!(cfg.limits.page(None), 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_fail() {
+        assert!(toml::from_str::<Config>("lissten = \"x\"").is_err());
+        let mut cfg = Config::default();
+        cfg.limits.max_body_bytes = cfg.limits.max_frame_bytes;
+        assert!(cfg.validate().is_err());
+    }
+}

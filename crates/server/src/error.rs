@@ -1,0 +1,96 @@
+//! [`ApiError`]: what a failed request answers, on REST and on the WebSocket alike.
+//!
+//! The client sees a stable [`ErrorCode`] and a short message; internal detail (database
+//! errors) is logged here and never sent.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use natter_proto::{ErrorBody, ErrorCode};
+use natter_store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+    pub(crate) fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::TooLarge, message)
+    }
+    pub(crate) fn unauthenticated() -> ApiError {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            "missing, invalid or revoked credentials",
+        )
+    }
+    pub(crate) fn not_found(what: &str) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+    pub(crate) fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        let code = err.code();
+        let message = match &err {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %err, "store unavailable");
+                "the store is unavailable; retry".to_owned()
+            }
+            StoreError::Internal(_) => {
+                tracing::error!(error = %err, "store fault");
+                "internal error".to_owned()
+            }
+            _ => err.to_string(),
+        };
+        ApiError { code, message }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rej: JsonRejection) -> ApiError {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::too_large("request body too large");
+        }
+        ApiError::new(ErrorCode::MalformedFrame, rej.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rej: PathRejection) -> ApiError {
+        ApiError::bad_request(rej.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rej: QueryRejection) -> ApiError {
+        ApiError::bad_request(rej.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,82 @@
+//! # `send`, `edit`, `delete`, `react` frames and `POST /v1/conversations/{id}/entries`
+
+use natter_proto::{ConversationId, NewEntry, Seq, UserId};
+use natter_store::{Append, PendingAck, Range};
+
+use crate::config::Limits;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Checks caps and shape before anything reaches the store.
+pub(crate) fn validate(limits: &Limits, client_msg_id: &str, entry: &NewEntry) -> ApiResult<()> {
+    if client_msg_id.is_empty() {
+        return Err(ApiError::bad_request("client_msg_id must not be empty"));
+    }
+    if client_msg_id.len() > limits.max_client_msg_id_bytes {
+        return Err(ApiError::too_large("client_msg_id too long"));
+    }
+    let body = match entry {
+        NewEntry::Message { body, .. } | NewEntry::Edit { body, .. } => Some(body),
+        NewEntry::Delete { .. } => None,
+        NewEntry::Reaction { emoji, .. } => {
+            if emoji.is_empty() || emoji.len() > limits.max_emoji_bytes {
+                return Err(ApiError::bad_request(
+                    "emoji must be 1 to max_emoji_bytes bytes",
+                ));
+            }
+            None
+        }
+    };
+    if let Some(body) = body {
+        if body.trim().is_empty() {
+            return Err(ApiError::bad_request("body must not be empty"));
+        }
+        if body.len() > limits.max_body_bytes {
+            return Err(ApiError::too_large("body too large"));
+        }
+    }
+    Ok(())
+}
+
+/// Validates and queues an append behind the caller's earlier ones; await the result for the
+/// ack (stage one: committed durably).
+pub(crate) async fn submit(
+    state: &AppState,
+    sender: UserId,
+    conversation: ConversationId,
+    client_msg_id: String,
+    entry: NewEntry,
+) -> ApiResult<PendingAck> {
+    validate(&state.cfg().limits, &client_msg_id, &entry)?;
+    let append = Append {
+        conversation,
+        sender,
+        client_msg_id,
+        entry,
+    };
+    Ok(state.store().submit_append(append).await?)
+}
+
+/// # `history` frame and `GET /v1/conversations/{id}/entries`
+///
+/// A page before or after a `seq` (or the latest page), with each message's current state.
+pub(crate) async fn history(
+    state: &AppState,
+    user: UserId,
+    conversation: ConversationId,
+    before: Option<Seq>,
+    after: Option<Seq>,
+    limit: Option<u32>,
+) -> ApiResult<natter_store::Page> {
+    let range = match (before, after) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before or after, not both")),
+        (Some(b), None) => Range::Before(b),
+        (None, Some(a)) => Range::After(a),
+        (None, None) => Range::Latest,
+    };
+    if state.store().role(user, conversation).await?.is_none() {
+        return Err(ApiError::not_found("conversation"));
+    }
+    let limit = state.cfg().limits.page(limit);
+    Ok(state.store().entries(conversation, range, limit).await?)
+}

@@ -1,0 +1,80 @@
+//! The HTTP surface: REST under `/v1/`, the WebSocket upgrade, health and metrics.
+
+mod accounts;
+mod conversations;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+
+use crate::state::AppState;
+use crate::ws;
+
+pub(crate) fn router(state: AppState) -> Router {
+    let body_limit = state.cfg().limits.max_http_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/accounts", post(accounts::register))
+        .route("/v1/sessions", post(accounts::login))
+        .route(
+            "/v1/sessions/current",
+            axum::routing::delete(accounts::logout),
+        )
+        .route("/v1/me", get(accounts::me))
+        .route("/v1/users/{handle}", get(accounts::user))
+        .route(
+            "/v1/conversations",
+            post(conversations::create).get(conversations::list),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get).patch(conversations::update),
+        )
+        .route(
+            "/v1/conversations/{id}/members",
+            get(conversations::members).post(conversations::add_member),
+        )
+        .route(
+            "/v1/conversations/{id}/members/{user_id}",
+            axum::routing::patch(conversations::update_member).delete(conversations::remove_member),
+        )
+        .route(
+            "/v1/conversations/{id}/entries",
+            get(conversations::history).post(conversations::post_entry),
+        )
+        .route(
+            "/v1/conversations/{id}/cursors",
+            put(conversations::set_cursors),
+        )
+        .route(
+            "/v1/conversations/{id}/receipts",
+            get(conversations::receipts),
+        )
+        .route("/v1/sync", post(conversations::sync))
+        .fallback(|| async {
+            crate::error::ApiError::new(natter_proto::ErrorCode::NotFound, "no such route")
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Ready when the store answers a read.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store().user_handle(natter_proto::UserId(0)).await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::metrics::refresh_process_gauges();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+}

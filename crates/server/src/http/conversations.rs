@@ -1,0 +1,309 @@
+//! # Conversations, members, entries, cursors and sync over REST
+//!
+//! Every route answers `not_found` for a conversation the caller is not a member of, exactly
+//! as for one that does not exist.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use natter_proto::rest::{
+    AddMember, ConversationPage, CreateConversation, EntryPage, Member, PostEntry, Receipts,
+    SetCursors, SyncRequest, SyncResponse, UpdateConversation, UpdateMember,
+};
+use natter_proto::{Ack, ConversationId, ConversationSummary, Receipt, Role, Seq, UserId};
+use natter_store::GroupChange;
+use serde::Deserialize;
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{cursors, messages, sync as sync_handler};
+use crate::state::AppState;
+
+type JsonBody<T> = Result<Json<T>, JsonRejection>;
+type IdPath = Result<Path<i64>, PathRejection>;
+
+fn conv_id(path: IdPath) -> ApiResult<ConversationId> {
+    Ok(ConversationId(path?.0))
+}
+
+fn check_title(state: &AppState, title: &str) -> ApiResult<()> {
+    if title.trim().is_empty() {
+        return Err(ApiError::bad_request("title must not be empty"));
+    }
+    if title.len() > state.cfg().limits.max_title_bytes {
+        return Err(ApiError::too_large("title too long"));
+    }
+    Ok(())
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<CreateConversation>,
+) -> ApiResult<(StatusCode, Json<ConversationSummary>)> {
+    let Json(req) = body?;
+    let me = auth.principal.user_id;
+    let store = state.store();
+    let (conv, created) = match req {
+        CreateConversation::Direct { peer } => store.create_direct(me, peer).await?,
+        CreateConversation::Group { title, members } => {
+            check_title(&state, &title)?;
+            if members.len() >= state.cfg().limits.max_group_members as usize {
+                return Err(ApiError::new(
+                    natter_proto::ErrorCode::Conflict,
+                    "too many members",
+                ));
+            }
+            (store.create_group(me, &title, &members).await?, true)
+        }
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(store.conversation(me, conv).await?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<u32>,
+    /// `next` of the previous page: `{last_activity}:{id}`.
+    before: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<ConversationPage>> {
+    let Query(q) = query?;
+    let before = match q.before.as_deref() {
+        None => None,
+        Some(cursor) => {
+            let parsed = cursor
+                .split_once(':')
+                .and_then(|(at, id)| Some((at.parse().ok()?, ConversationId(id.parse().ok()?))));
+            Some(parsed.ok_or_else(|| ApiError::bad_request("malformed before cursor"))?)
+        }
+    };
+    let limit = state.cfg().limits.page(q.limit);
+    let conversations = state
+        .store()
+        .conversations(auth.principal.user_id, before, limit)
+        .await?;
+    let next = (conversations.len() == limit as usize)
+        .then(|| {
+            conversations
+                .last()
+                .map(|c| format!("{}:{}", c.last_activity, c.id))
+        })
+        .flatten();
+    Ok(Json(ConversationPage {
+        conversations,
+        next,
+    }))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+) -> ApiResult<Json<ConversationSummary>> {
+    Ok(Json(
+        state
+            .store()
+            .conversation(auth.principal.user_id, conv_id(id)?)
+            .await?,
+    ))
+}
+
+pub(super) async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+    body: JsonBody<UpdateConversation>,
+) -> ApiResult<Json<Ack>> {
+    let conv = conv_id(id)?;
+    let Json(req) = body?;
+    check_title(&state, &req.title)?;
+    let change = GroupChange::SetTitle { title: req.title };
+    Ok(Json(
+        state
+            .store()
+            .change_group(auth.principal.user_id, conv, change)
+            .await?,
+    ))
+}
+
+/// Fails with `not_found` unless the caller is a member.
+async fn require_member(state: &AppState, user: UserId, conv: ConversationId) -> ApiResult<Role> {
+    state
+        .store()
+        .role(user, conv)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))
+}
+
+pub(super) async fn members(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+) -> ApiResult<Json<Vec<Member>>> {
+    let conv = conv_id(id)?;
+    require_member(&state, auth.principal.user_id, conv).await?;
+    Ok(Json(state.store().members(conv).await?))
+}
+
+pub(super) async fn add_member(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+    body: JsonBody<AddMember>,
+) -> ApiResult<(StatusCode, Json<Ack>)> {
+    let conv = conv_id(id)?;
+    let Json(req) = body?;
+    let change = GroupChange::AddMember {
+        user: req.user_id,
+        role: req.role.unwrap_or(Role::Member),
+    };
+    let ack = state
+        .store()
+        .change_group(auth.principal.user_id, conv, change)
+        .await?;
+    Ok((StatusCode::CREATED, Json(ack)))
+}
+
+pub(super) async fn update_member(
+    State(state): State<AppState>,
+    auth: Auth,
+    path: Result<Path<(i64, i64)>, PathRejection>,
+    body: JsonBody<UpdateMember>,
+) -> ApiResult<Json<Ack>> {
+    let Path((conv, user)) = path?;
+    let Json(req) = body?;
+    let change = GroupChange::SetRole {
+        user: UserId(user),
+        role: req.role,
+    };
+    Ok(Json(
+        state
+            .store()
+            .change_group(auth.principal.user_id, ConversationId(conv), change)
+            .await?,
+    ))
+}
+
+/// Removes a member, or leaves when the member is the caller.
+pub(super) async fn remove_member(
+    State(state): State<AppState>,
+    auth: Auth,
+    path: Result<Path<(i64, i64)>, PathRejection>,
+) -> ApiResult<Json<Ack>> {
+    let Path((conv, user)) = path?;
+    let change = GroupChange::RemoveMember { user: UserId(user) };
+    Ok(Json(
+        state
+            .store()
+            .change_group(auth.principal.user_id, ConversationId(conv), change)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct HistoryQuery {
+    before: Option<Seq>,
+    after: Option<Seq>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn history(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult<Json<EntryPage>> {
+    let conv = conv_id(id)?;
+    let Query(q) = query?;
+    let page = messages::history(
+        &state,
+        auth.principal.user_id,
+        conv,
+        q.before,
+        q.after,
+        q.limit,
+    )
+    .await?;
+    Ok(Json(EntryPage {
+        conversation: conv,
+        entries: page.entries,
+        has_more: page.has_more,
+    }))
+}
+
+/// Appends an entry; the same ack and idempotency as the WebSocket `send`.
+pub(super) async fn post_entry(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+    body: JsonBody<PostEntry>,
+) -> ApiResult<(StatusCode, Json<Ack>)> {
+    let conv = conv_id(id)?;
+    let Json(req) = body?;
+    let user = auth.principal.user_id;
+    let pending = messages::submit(&state, user, conv, req.client_msg_id, req.entry).await?;
+    Ok((StatusCode::CREATED, Json(pending.wait().await?)))
+}
+
+pub(super) async fn set_cursors(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+    body: JsonBody<SetCursors>,
+) -> ApiResult<StatusCode> {
+    let conv = conv_id(id)?;
+    let Json(req) = body?;
+    cursors::report(
+        &state,
+        auth.principal.user_id,
+        conv,
+        req.delivered_seq,
+        req.read_seq,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn receipts(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: IdPath,
+) -> ApiResult<Json<Receipts>> {
+    let conv = conv_id(id)?;
+    require_member(&state, auth.principal.user_id, conv).await?;
+    let receipts = state
+        .store()
+        .members(conv)
+        .await?
+        .into_iter()
+        .map(|m| Receipt {
+            conversation: conv,
+            user: m.user_id,
+            delivered_seq: m.delivered_seq,
+            read_seq: m.read_seq,
+        })
+        .collect();
+    Ok(Json(Receipts { receipts }))
+}
+
+pub(super) async fn sync(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<SyncRequest>,
+) -> ApiResult<Json<SyncResponse>> {
+    let Json(req) = body?;
+    let user = auth.principal.user_id;
+    let conversations = sync_handler::sync(&state, user, &req.cursors, req.limit, None).await?;
+    Ok(Json(SyncResponse { conversations }))
+}

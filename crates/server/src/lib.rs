@@ -1,0 +1,128 @@
+//! The Natter server: one node's HTTP and WebSocket gateway, message service and router.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration (file, `NATTER_*` environment, flags).
+//! - `http`: REST routes under `/v1/`, health and metrics; `ws`: the WebSocket session
+//!   (`ws/session.rs` reader and writer, `ws/dispatch.rs` the frame `match`).
+//! - `handlers`: what requests do, shared by both transports (messages, sync, cursors).
+//! - `router`: fans committed entries out to sessions, coalesces cursors into receipts.
+//! - `state`: [`AppState`], the cheap-clone handle to the store, sessions and shutdown.
+//!
+//! [`start`] runs a node on a bound listener and returns a [`RunningServer`]; the `natter`
+//! binary and the end-to-end tests both use it.
+
+pub mod config;
+
+mod auth;
+mod error;
+mod handlers;
+mod http;
+mod members;
+mod metrics;
+mod router;
+mod state;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use natter_store::sqlite::SqliteStore;
+use natter_store::{Store, StoreLimits};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, Limits, ServeArgs};
+pub use state::AppState;
+
+/// Committed batches waiting for the router. The store's writer blocks past this, which
+/// slows commits rather than growing memory; the router only ever does non-blocking sends.
+const FEED_QUEUE: usize = 1024;
+/// Cursor reports waiting for the coalescer.
+const RECEIPT_QUEUE: usize = 64 * 1024;
+
+/// A started node.
+pub struct RunningServer {
+    addr: SocketAddr,
+    state: AppState,
+    done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address the node listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops gracefully: no new connections, sessions told to reconnect (close 1012),
+    /// pending cursor writes and commits flushed, then the store closed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.state.shutdown_token().cancel();
+        self.done.await.context("server task panicked")?
+    }
+
+    /// Waits until the node stops (after [`RunningServer::stop`] or a fatal error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("server task panicked")?
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.state.shutdown_token().clone()
+    }
+}
+
+/// Opens the store, binds the listener and starts serving.
+pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let metrics = metrics::install();
+    let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
+    let limits = StoreLimits {
+        max_group_members: cfg.limits.max_group_members,
+    };
+    let db_path = cfg.data_dir.join("natter.db");
+    let store = SqliteStore::open(&db_path, limits, feed_tx)
+        .with_context(|| format!("opening the store at {}", db_path.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let drain = cfg.drain_timeout();
+    let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
+    let state = AppState::new(cfg, store.clone(), receipts_tx, metrics);
+
+    let router_task = tokio::spawn(router::run(state.clone(), feed_rx));
+    let receipts_task = tokio::spawn(router::run_receipts(state.clone(), receipts_rx));
+    let app = http::router(state.clone());
+    let serve_state = state.clone();
+    let done = tokio::spawn(async move {
+        let token = serve_state.shutdown_token().clone();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
+        // Sessions watch the same token: they send close 1012 and end. Wait for them, then
+        // flush cursors, then close the store (the writer commits what is queued), which
+        // ends the commit feed and so the router.
+        serve_state.tasks().close();
+        if tokio::time::timeout(drain, serve_state.tasks().wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                n_tasks = serve_state.tasks().len(),
+                "drain timeout; closing anyway"
+            );
+        }
+        let _ = receipts_task.await;
+        store.close().await;
+        let _ = router_task.await;
+        tracing::info!("stopped");
+        served.context("serving HTTP")
+    });
+    Ok(RunningServer { addr, state, done })
+}

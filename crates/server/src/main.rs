@@ -1,0 +1,61 @@
+//! The `natter` binary: parse the configuration, install logging, run a node until SIGINT
+//! or SIGTERM.
+
+use clap::{Parser, Subcommand};
+use natter_server::{Config, ServeArgs};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "natter", version, about = "Natter, a real-time chat server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (single node on embedded SQLite by default).
+    Serve(ServeArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli {
+        command: Command::Serve(args),
+    } = Cli::parse();
+    let cfg = Config::load(&args)?;
+    let filter = EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if cfg.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let data_dir = cfg.data_dir.clone();
+    let server = natter_server::start(cfg).await?;
+    tracing::info!(addr = %server.addr(), data_dir = %data_dir.display(), "natter listening");
+    println!(
+        "natter listening on http://{} (data in {})",
+        server.addr(),
+        data_dir.display()
+    );
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    server.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,231 @@
+//! The durable part of Natter: accounts, devices, conversations, members, each
+//! conversation's append-only log, message state and cursors.
+//!
+//! # Layout
+//! - [`Store`] is the one interface the server uses, as `Arc<dyn Store>`.
+//! - [`sqlite::SqliteStore`] is the embedded default: one writer thread that commits jobs in
+//!   batches (group commit, `seq` assigned inside the transaction) and a pool of readers.
+//! - Every committed entry is also handed, in commit order, to the [`CommitFeed`] given at
+//!   open: that is where routing starts ("store first, deliver second").
+//!
+//! Authorization that must be atomic with a write (membership, roles, ownership of the
+//! message being edited, the member cap) is checked inside the writing transaction.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use natter_proto::{
+    Ack, ConversationId, ConversationSummary, DeviceId, Entry, ErrorCode, NewEntry, Receipt, Role,
+    Seq, UserId, rest::Member,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors of the store. Each maps to one wire [`ErrorCode`]; details stay in logs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing does not exist, or the caller may not know it exists.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store fault: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::Forbidden(_) => ErrorCode::Forbidden,
+            StoreError::Conflict(_) => ErrorCode::Conflict,
+            StoreError::BadRequest(_) => ErrorCode::BadRequest,
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// SHA-256 of a bearer token: tokens are stored only as this.
+pub type TokenHash = [u8; 32];
+
+/// Where committed entries go, one batch per commit, in commit order.
+pub type CommitFeed = mpsc::Sender<Vec<Entry>>;
+
+/// Limits the store enforces inside its transactions.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// Most members a group may have, owner included.
+    pub max_group_members: u32,
+}
+
+/// An account as stored, with its password hash (never leaves the server).
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub handle: String,
+    pub password_hash: String,
+}
+
+/// Who a bearer token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+}
+
+/// A client's request to append an entry.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub conversation: ConversationId,
+    pub sender: UserId,
+    pub client_msg_id: String,
+    pub entry: NewEntry,
+}
+
+/// A change to a group that becomes a system entry of its log.
+#[derive(Debug, Clone)]
+pub enum GroupChange {
+    AddMember {
+        user: UserId,
+        role: Role,
+    },
+    /// Removing oneself is leaving; an owner who leaves hands ownership on.
+    RemoveMember {
+        user: UserId,
+    },
+    SetRole {
+        user: UserId,
+        role: Role,
+    },
+    SetTitle {
+        title: String,
+    },
+}
+
+/// Which part of a log to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// Entries with `seq > after`, oldest first; `has_more` means newer ones follow.
+    After(Seq),
+    /// The newest entries with `seq < before`; `has_more` means older ones precede.
+    Before(Seq),
+    /// The newest entries; `has_more` means older ones precede.
+    Latest,
+}
+
+/// A page of a log, always in ascending `seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub has_more: bool,
+}
+
+/// One member's reported cursors ("up to seq N"); either may be absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorUpdate {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    pub delivered: Option<Seq>,
+    pub read: Option<Seq>,
+}
+
+/// The ack of an append that was queued in order and is being committed.
+pub struct PendingAck(pub oneshot::Receiver<Result<Ack>>);
+
+impl PendingAck {
+    /// Waits for the commit.
+    pub async fn wait(self) -> Result<Ack> {
+        match self.0.await {
+            Ok(res) => res,
+            Err(_) => Err(StoreError::Unavailable("store writer stopped".to_owned())),
+        }
+    }
+}
+
+/// Keyset position in the conversation list: `(last_activity, id)` of the last row seen.
+pub type ListCursor = (i64, ConversationId);
+
+/// The durable store. Methods are create / read / update / delete, in that order.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- create ----
+
+    /// Creates an account; `Conflict` if the handle is taken (case-insensitively).
+    async fn create_user(&self, handle: &str, password_hash: &str) -> Result<UserId>;
+    /// Registers a device with its token's hash.
+    async fn create_device(&self, user: UserId, name: &str, token: TokenHash) -> Result<DeviceId>;
+    /// The direct conversation of `a` and `b`, created if needed; `true` if created now.
+    async fn create_direct(&self, a: UserId, b: UserId) -> Result<(ConversationId, bool)>;
+    /// A new group owned by `owner` with the other `members`.
+    async fn create_group(
+        &self,
+        owner: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationId>;
+    /// Queues an append behind every append submitted before it (so one session's sends keep
+    /// their order) and returns at once; the [`PendingAck`] resolves once it is committed. A
+    /// repeated `(sender, conversation, client_msg_id)` resolves to the original ack.
+    async fn submit_append(&self, append: Append) -> Result<PendingAck>;
+    /// Applies a group change as a system entry, checking the actor's role.
+    async fn change_group(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        change: GroupChange,
+    ) -> Result<Ack>;
+
+    // ---- read ----
+
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>>;
+    async fn user_handle(&self, user: UserId) -> Result<Option<String>>;
+    /// The principal a token hash belongs to, unless revoked.
+    async fn authenticate(&self, token: TokenHash) -> Result<Option<Principal>>;
+    /// The conversation as `user` sees it; `NotFound` if it is not a member.
+    async fn conversation(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<ConversationSummary>;
+    /// `user`'s conversations, most recent activity first, after `before`.
+    async fn conversations(
+        &self,
+        user: UserId,
+        before: Option<ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>>;
+    /// Every conversation `user` is a member of (for sync), with its summary.
+    async fn memberships(&self, user: UserId) -> Result<Vec<ConversationSummary>>;
+    /// `user`'s role in the conversation, or `None` if not a member.
+    async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>>;
+    /// The conversation's members with handles, roles and cursors.
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<Member>>;
+    /// The conversation's member ids (for routing).
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
+    /// A page of the log, message entries with their current state.
+    async fn entries(&self, conversation: ConversationId, range: Range, limit: u32)
+    -> Result<Page>;
+
+    // ---- update ----
+
+    /// Advances cursors (never backwards, clamped to `last_seq`, `read` implies `delivered`)
+    /// for members; returns the receipts that changed. Non-members are skipped.
+    async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>>;
+
+    // ---- delete ----
+
+    /// Revokes a token (logout).
+    async fn delete_device(&self, token: TokenHash) -> Result<()>;
+
+    /// Flushes pending commits and stops the writer; later writes fail with `Unavailable`.
+    async fn close(&self);
+}

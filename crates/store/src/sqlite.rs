@@ -1,0 +1,428 @@
+//! The embedded SQLite backend.
+//!
+//! One writer thread owns the only writing connection. Jobs reach it through a bounded
+//! channel in submission order; it drains what is queued (up to `MAX_BATCH`), runs each job
+//! inside its own savepoint of one `BEGIN IMMEDIATE` transaction, commits once (one WAL
+//! flush with `synchronous=FULL`), then hands the batch's entries to the commit feed and
+//! answers every job. A job that fails rolls back its savepoint and leaves the others alone.
+//!
+//! Reads run on a small pool of read-only connections under `spawn_blocking`; WAL lets them
+//! proceed while the writer commits.
+
+mod read;
+mod write;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use natter_proto::{
+    Ack, ConversationId, ConversationSummary, DeviceId, Entry, Receipt, Role, UserId, rest::Member,
+};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{
+    Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, Page, PendingAck, Principal, Range,
+    Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
+};
+
+/// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
+const MAX_BATCH: usize = 512;
+/// Jobs waiting for the writer; senders wait (backpressure) beyond this.
+const WRITE_QUEUE: usize = 8192;
+const N_READERS: usize = 4;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
+/// returns whether it succeeded plus what to do once the batch's fate is known.
+type Job = Box<dyn FnOnce(&Connection, &mut Vec<Entry>) -> (bool, Completion) + Send>;
+/// Called with `true` once the batch committed, `false` if the commit failed.
+type Completion = Box<dyn FnOnce(bool) + Send>;
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    jobs_tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+    readers: Arc<ReaderPool>,
+    limits: StoreLimits,
+}
+
+struct ReaderPool {
+    // A std mutex: held only to pop or push a connection, never across an await.
+    conns: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database file at `path`.
+    pub fn open(path: &Path, limits: StoreLimits, feed: CommitFeed) -> Result<SqliteStore> {
+        let writer = Connection::open(path).map_err(internal)?;
+        configure(&writer, true)?;
+        migrate(&writer)?;
+        let mut readers = Vec::with_capacity(N_READERS);
+        for _ in 0..N_READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(internal)?;
+            configure(&conn, false)?;
+            readers.push(conn);
+        }
+        Ok(Self::start(writer, readers, limits, feed))
+    }
+
+    /// A private database in a temporary file that is removed when the store is dropped
+    /// (tests). SQLite's `:memory:` cannot share one database between the writer and readers.
+    pub fn temporary(limits: StoreLimits, feed: CommitFeed) -> Result<(SqliteStore, TempPath)> {
+        let dir = std::env::temp_dir().join(format!("natter-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let store = SqliteStore::open(&dir.join("natter.db"), limits, feed)?;
+        Ok((store, TempPath(dir)))
+    }
+
+    fn start(
+        writer: Connection,
+        readers: Vec<Connection>,
+        limits: StoreLimits,
+        feed: CommitFeed,
+    ) -> SqliteStore {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(WRITE_QUEUE);
+        let handle = thread::Builder::new()
+            .name("natter-sqlite-writer".to_owned())
+            .spawn(move || run_writer(writer, jobs_rx, feed))
+            .expect("spawning the writer thread");
+        let n = readers.len();
+        SqliteStore {
+            jobs_tx: Mutex::new(Some(jobs_tx)),
+            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(ReaderPool {
+                conns: Mutex::new(readers),
+                permits: Semaphore::new(n),
+            }),
+            limits,
+        }
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Job>> {
+        self.jobs_tx
+            .lock()
+            .expect("jobs_tx lock poisoned")
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("store is closed".to_owned()))
+    }
+
+    /// Queues `f` for the writer and returns the receiver of its result.
+    async fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Entry>) -> Result<T> + Send + 'static,
+    {
+        let (res_tx, res_rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn, entries| match f(conn, entries) {
+            Ok(value) => (
+                true,
+                Box::new(move |committed| {
+                    let _ = res_tx.send(if committed {
+                        Ok(value)
+                    } else {
+                        Err(StoreError::Unavailable("commit failed".to_owned()))
+                    });
+                }),
+            ),
+            Err(err) => (false, Box::new(move |_| drop(res_tx.send(Err(err))))),
+        });
+        let tx = self.sender()?;
+        if tx.send(job).await.is_err() {
+            return Err(StoreError::Unavailable("store writer stopped".to_owned()));
+        }
+        Ok(res_rx)
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Entry>) -> Result<T> + Send + 'static,
+    {
+        match self.submit(f).await?.await {
+            Ok(res) => res,
+            Err(_) => Err(StoreError::Unavailable("store writer stopped".to_owned())),
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let _permit = pool.permits.acquire().await.map_err(|_| closed())?;
+        let conn = pool.conns.lock().expect("reader pool lock poisoned").pop();
+        let conn = conn.ok_or_else(|| StoreError::Internal("reader pool empty".to_owned()))?;
+        let (conn, res) = tokio::task::spawn_blocking(move || {
+            let res = f(&conn);
+            (conn, res)
+        })
+        .await
+        .map_err(|err| StoreError::Internal(format!("reader task failed: {err}")))?;
+        pool.conns
+            .lock()
+            .expect("reader pool lock poisoned")
+            .push(conn);
+        res
+    }
+}
+
+/// A temporary database directory, removed on drop.
+pub struct TempPath(std::path::PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("store is closed".to_owned())
+}
+
+pub(crate) fn internal(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(err.to_string())
+}
+
+fn configure(conn: &Connection, writer: bool) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(internal)?;
+    if writer {
+        // WAL: readers never block the writer. FULL: the WAL is fsynced at every commit, so
+        // an acked entry survives a power cut, not only a process crash.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(internal)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(internal)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(internal)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction().map_err(internal)?;
+        tx.execute_batch(sql).map_err(internal)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        tracing::info!(version = i + 1, "applied sqlite migration");
+    }
+    Ok(())
+}
+
+fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFeed) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = jobs_rx.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs_rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let n_jobs = batch.len();
+        let mut entries = Vec::new();
+        let mut completions = Vec::with_capacity(n_jobs);
+        let committed = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                for job in batch.drain(..) {
+                    completions.push(run_job(&conn, job, &mut entries));
+                }
+                match conn.execute_batch("COMMIT") {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(error = %err, "sqlite commit failed");
+                        let _ = conn.execute_batch("ROLLBACK");
+                        false
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "sqlite begin failed");
+                // Dropping a job that never ran drops its reply sender: it reads as unavailable.
+                batch.clear();
+                false
+            }
+        };
+        metrics::histogram!("natter_commit_batch_size").record(n_jobs as f64);
+        metrics::histogram!("natter_commit_seconds").record(started.elapsed().as_secs_f64());
+        if committed {
+            metrics::counter!("natter_entries_committed_total").increment(entries.len() as u64);
+            // Routing gets the batch in commit order before anyone hears of the ack; if the
+            // router is gone (shutdown) the entries are durable and sync will carry them.
+            if !entries.is_empty() && feed.blocking_send(entries).is_err() {
+                tracing::debug!("commit feed closed");
+            }
+        }
+        for done in completions {
+            done(committed);
+        }
+    }
+    tracing::info!("sqlite writer stopped");
+}
+
+fn run_job(conn: &Connection, job: Job, entries: &mut Vec<Entry>) -> Completion {
+    if let Err(err) = conn.execute_batch("SAVEPOINT job") {
+        tracing::error!(error = %err, "sqlite savepoint failed");
+        drop(job);
+        return Box::new(|_| {});
+    }
+    let mark = entries.len();
+    let (ok, done) = job(conn, entries);
+    let end = if ok {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    if !ok {
+        entries.truncate(mark);
+    }
+    if let Err(err) = conn.execute_batch(end) {
+        tracing::error!(error = %err, "sqlite savepoint release failed");
+    }
+    done
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, handle: &str, password_hash: &str) -> Result<UserId> {
+        let (handle, hash) = (handle.to_owned(), password_hash.to_owned());
+        self.write(move |c, _| write::create_user(c, &handle, &hash))
+            .await
+    }
+
+    async fn create_device(&self, user: UserId, name: &str, token: TokenHash) -> Result<DeviceId> {
+        let name = name.to_owned();
+        self.write(move |c, _| write::create_device(c, user, &name, &token))
+            .await
+    }
+
+    async fn create_direct(&self, a: UserId, b: UserId) -> Result<(ConversationId, bool)> {
+        self.write(move |c, out| write::create_direct(c, out, a, b))
+            .await
+    }
+
+    async fn create_group(
+        &self,
+        owner: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationId> {
+        let (title, members) = (title.to_owned(), members.to_vec());
+        let cap = self.limits.max_group_members;
+        self.write(move |c, out| write::create_group(c, out, cap, owner, &title, &members))
+            .await
+    }
+
+    async fn submit_append(&self, append: Append) -> Result<PendingAck> {
+        let rx = self
+            .submit(move |c, out| write::append(c, out, &append))
+            .await?;
+        Ok(PendingAck(rx))
+    }
+
+    async fn change_group(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        change: GroupChange,
+    ) -> Result<Ack> {
+        let cap = self.limits.max_group_members;
+        self.write(move |c, out| write::change_group(c, out, cap, actor, conversation, &change))
+            .await
+    }
+
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>> {
+        let handle = handle.to_owned();
+        self.read(move |c| read::user_by_handle(c, &handle)).await
+    }
+
+    async fn user_handle(&self, user: UserId) -> Result<Option<String>> {
+        self.read(move |c| read::user_handle(c, user)).await
+    }
+
+    async fn authenticate(&self, token: TokenHash) -> Result<Option<Principal>> {
+        self.read(move |c| read::authenticate(c, &token)).await
+    }
+
+    async fn conversation(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<ConversationSummary> {
+        self.read(move |c| read::conversation(c, user, conversation))
+            .await
+    }
+
+    async fn conversations(
+        &self,
+        user: UserId,
+        before: Option<ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>> {
+        self.read(move |c| read::conversations(c, user, before, Some(limit)))
+            .await
+    }
+
+    async fn memberships(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
+        self.read(move |c| read::conversations(c, user, None, None))
+            .await
+    }
+
+    async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>> {
+        self.read(move |c| write::role(c, user, conversation)).await
+    }
+
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<Member>> {
+        self.read(move |c| read::members(c, conversation)).await
+    }
+
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        self.read(move |c| read::member_ids(c, conversation)).await
+    }
+
+    async fn entries(
+        &self,
+        conversation: ConversationId,
+        range: Range,
+        limit: u32,
+    ) -> Result<Page> {
+        self.read(move |c| read::entries(c, conversation, range, limit))
+            .await
+    }
+
+    async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
+        self.write(move |c, _| write::set_cursors(c, &updates))
+            .await
+    }
+
+    async fn delete_device(&self, token: TokenHash) -> Result<()> {
+        self.write(move |c, _| write::delete_device(c, &token))
+            .await
+    }
+
+    async fn close(&self) {
+        // Dropping the last sender ends the writer loop after it commits what is queued.
+        drop(self.jobs_tx.lock().expect("jobs_tx lock poisoned").take());
+        let handle = self.writer.lock().expect("writer lock poisoned").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Reading queries, run on the reader pool.
+
+use natter_proto::{
+    ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody,
+    MessageState, ReactionSummary, UserId, rest::Member,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::internal;
+use super::write::parse_role;
+use crate::{ListCursor, Page, Principal, Range, Result, StoreError, TokenHash, UserRecord};
+
+pub(super) fn user_by_handle(c: &Connection, handle: &str) -> Result<Option<UserRecord>> {
+    c.prepare_cached("SELECT id, handle, password_hash FROM users WHERE handle = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![handle], |r| {
+                Ok(UserRecord {
+                    id: UserId(r.get(0)?),
+                    handle: r.get(1)?,
+                    password_hash: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(internal)
+}
+
+pub(super) fn user_handle(c: &Connection, user: UserId) -> Result<Option<String>> {
+    c.prepare_cached("SELECT handle FROM users WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![user.0], |r| r.get(0)).optional())
+        .map_err(internal)
+}
+
+pub(super) fn authenticate(c: &Connection, token: &TokenHash) -> Result<Option<Principal>> {
+    c.prepare_cached("SELECT user_id, id FROM devices WHERE token_hash = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![&token[..]], |r| {
+                Ok(Principal {
+                    user_id: UserId(r.get(0)?),
+                    device_id: DeviceId(r.get(1)?),
+                })
+            })
+            .optional()
+        })
+        .map_err(internal)
+}
+
+const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last_activity,
+     m.delivered_seq, m.read_seq, m.user_id";
+
+fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
+    let id = ConversationId(r.get(0)?);
+    let kind: String = r.get(1)?;
+    let role: String = r.get(3)?;
+    let read_seq = r.get::<_, i64>(7)? as u64;
+    let user: i64 = r.get(8)?;
+    // Unread: entries after the read cursor written by someone else.
+    let unread: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM entries WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3",
+        )?
+        .query_row(params![id.0, read_seq as i64, user], |r| r.get(0))?;
+    Ok(ConversationSummary {
+        id,
+        kind: if kind == "direct" {
+            ConversationKind::Direct
+        } else {
+            ConversationKind::Group
+        },
+        title: r.get(2)?,
+        role: parse_role(&role),
+        last_seq: r.get::<_, i64>(4)? as u64,
+        last_activity: r.get(5)?,
+        delivered_seq: r.get::<_, i64>(6)? as u64,
+        read_seq,
+        unread: unread as u64,
+    })
+}
+
+pub(super) fn conversation(
+    c: &Connection,
+    user: UserId,
+    conv: ConversationId,
+) -> Result<ConversationSummary> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = ?1 AND m.conversation_id = ?2"
+    );
+    c.prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_row(params![user.0, conv.0], |r| summary(c, r))
+                .optional()
+        })
+        .map_err(internal)?
+        .ok_or(StoreError::NotFound("conversation"))
+}
+
+pub(super) fn conversations(
+    c: &Connection,
+    user: UserId,
+    before: Option<ListCursor>,
+    limit: Option<u32>,
+) -> Result<Vec<ConversationSummary>> {
+    let (at, id) = before.map_or((i64::MAX, i64::MAX), |(at, id)| (at, id.0));
+    let limit = limit.map_or(-1, i64::from);
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = ?1 AND (c.last_activity, c.id) < (?2, ?3)
+         ORDER BY c.last_activity DESC, c.id DESC LIMIT ?4"
+    );
+    let mut st = c.prepare_cached(&sql).map_err(internal)?;
+    let rows = st
+        .query_map(params![user.0, at, id, limit], |r| summary(c, r))
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn members(c: &Connection, conv: ConversationId) -> Result<Vec<Member>> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT m.user_id, u.handle, m.role, m.delivered_seq, m.read_seq
+             FROM members m JOIN users u ON u.id = m.user_id
+             WHERE m.conversation_id = ?1 ORDER BY m.joined_seq, m.user_id",
+        )
+        .map_err(internal)?;
+    let rows = st
+        .query_map(params![conv.0], |r| {
+            Ok(Member {
+                user_id: UserId(r.get(0)?),
+                handle: r.get(1)?,
+                role: parse_role(&r.get::<_, String>(2)?),
+                delivered_seq: r.get::<_, i64>(3)? as u64,
+                read_seq: r.get::<_, i64>(4)? as u64,
+            })
+        })
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn member_ids(c: &Connection, conv: ConversationId) -> Result<Vec<UserId>> {
+    let mut st = c
+        .prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1")
+        .map_err(internal)?;
+    let rows = st
+        .query_map(params![conv.0], |r| Ok(UserId(r.get(0)?)))
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn entries(
+    c: &Connection,
+    conv: ConversationId,
+    range: Range,
+    limit: u32,
+) -> Result<Page> {
+    const COLUMNS: &str = "e.seq, e.id, e.sender, e.client_msg_id, e.ts, e.body,
+         s.body, s.edited_seq, s.deleted";
+    const FROM: &str = "FROM entries e LEFT JOIN message_state s
+         ON s.conversation_id = e.conversation_id AND s.seq = e.seq";
+    let (sql, bound) = match range {
+        Range::After(after) => (
+            format!(
+                "SELECT {COLUMNS} {FROM} WHERE e.conversation_id = ?1 AND e.seq > ?2 ORDER BY e.seq ASC LIMIT ?3"
+            ),
+            after as i64,
+        ),
+        Range::Before(before) => (
+            format!(
+                "SELECT {COLUMNS} {FROM} WHERE e.conversation_id = ?1 AND e.seq < ?2 ORDER BY e.seq DESC LIMIT ?3"
+            ),
+            before as i64,
+        ),
+        Range::Latest => (
+            format!(
+                "SELECT {COLUMNS} {FROM} WHERE e.conversation_id = ?1 AND e.seq < ?2 ORDER BY e.seq DESC LIMIT ?3"
+            ),
+            i64::MAX,
+        ),
+    };
+    // One row more than asked tells whether there is more.
+    let mut st = c.prepare_cached(&sql).map_err(internal)?;
+    let mut entries = st
+        .query_map(params![conv.0, bound, i64::from(limit) + 1], |r| {
+            entry_row(conv, r)
+        })
+        .map_err(internal)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(internal)?;
+    let has_more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    // Seqs are contiguous, so descending pages are reversed into ascending order here.
+    if !matches!(range, Range::After(_)) {
+        entries.reverse();
+    }
+    add_reactions(c, conv, &mut entries)?;
+    Ok(Page { entries, has_more })
+}
+
+fn entry_row(conv: ConversationId, r: &Row<'_>) -> rusqlite::Result<Entry> {
+    let body_json: String = r.get(5)?;
+    let body: EntryBody = serde_json::from_str(&body_json).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(err))
+    })?;
+    let state = match &body {
+        EntryBody::Message { .. } => Some(MessageState {
+            body: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+            edited_seq: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
+            deleted: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+            reactions: Vec::new(),
+        }),
+        _ => None,
+    };
+    Ok(Entry {
+        conversation: conv,
+        seq: r.get::<_, i64>(0)? as u64,
+        id: r.get(1)?,
+        sender: UserId(r.get(2)?),
+        client_msg_id: r.get(3)?,
+        ts: r.get(4)?,
+        body,
+        state,
+    })
+}
+
+fn add_reactions(c: &Connection, conv: ConversationId, entries: &mut [Entry]) -> Result<()> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
+    let (lo, hi) = (first.seq, last.seq);
+    let mut st = c
+        .prepare_cached(
+            "SELECT seq, emoji, user_id FROM reactions
+             WHERE conversation_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY at_seq",
+        )
+        .map_err(internal)?;
+    let rows = st
+        .query_map(params![conv.0, lo as i64, hi as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, String>(1)?,
+                UserId(r.get(2)?),
+            ))
+        })
+        .map_err(internal)?;
+    for row in rows {
+        let (seq, emoji, user) = row.map_err(internal)?;
+        let idx = (seq - lo) as usize;
+        let Some(state) = entries.get_mut(idx).and_then(|e| e.state.as_mut()) else {
+            continue;
+        };
+        match state.reactions.iter_mut().find(|r| r.emoji == emoji) {
+            Some(summary) => summary.users.push(user),
+            None => state.reactions.push(ReactionSummary {
+                emoji,
+                users: vec![user],
+            }),
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,492 @@
-//! placeholder
+//! End-to-end harness: a real Natter node on `127.0.0.1:0` with its own temporary data
+//! directory, real WebSocket clients (tokio-tungstenite) and a real HTTP client (reqwest).
+//!
+//! Every wait has a generous timeout and panics with what it was waiting for; nothing here
+//! sleeps to let time pass.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use natter_proto::rest::{CreateConversation, Credentials, PostEntry, Session, User};
+use natter_proto::{
+    Ack, ClientFrame, ConversationId, ConversationSummary, Entry, NewEntry, ReqId, Seq,
+    ServerFrame, SyncConversation, UserId,
+};
+use natter_server::{Config, RunningServer};
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A running node and what it needs to be reached.
+pub struct TestServer {
+    server: Option<RunningServer>,
+    pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: UserId,
+    pub handle: String,
+    pub token: String,
+}
+
+impl TestServer {
+    /// A node with the default configuration.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A node whose configuration `tweak` adjusts (caps, timeouts).
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data_dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        let server = natter_server::start(cfg).await.expect("server starts");
+        TestServer {
+            addr: server.addr(),
+            server: Some(server),
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Stops the node gracefully.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+    }
+
+    /// A JSON request; returns the status and the parsed body (`Value::Null` when empty).
+    pub async fn call<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("HTTP request timed out")
+            .expect("HTTP request failed");
+        let status = res.status();
+        let bytes = res.bytes().await.expect("HTTP body");
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        (status, json)
+    }
+
+    /// A request expected to succeed with `status`, parsed as `R`.
+    pub async fn ok<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+        status: StatusCode,
+    ) -> R {
+        let (got, json) = self.call(method, path, Some(token), body).await;
+        assert_eq!(got, status, "{path}: {json}");
+        serde_json::from_value(json).expect("response body parses")
+    }
+
+    /// Registers `handle` and logs in one device.
+    pub async fn user(&self, handle: &str) -> TestUser {
+        let creds = Credentials {
+            handle: handle.to_owned(),
+            password: PASSWORD.to_owned(),
+            device: None,
+        };
+        let (status, json) = self
+            .call(reqwest::Method::POST, "/v1/accounts", None, Some(&creds))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register {handle}: {json}");
+        let user: User = serde_json::from_value(json).expect("user");
+        let token = self.login(handle).await;
+        TestUser {
+            id: user.user_id,
+            handle: handle.to_owned(),
+            token,
+        }
+    }
+
+    /// Logs in another device of an existing user; returns its token.
+    pub async fn login(&self, handle: &str) -> String {
+        let creds = Credentials {
+            handle: handle.to_owned(),
+            password: PASSWORD.to_owned(),
+            device: Some("test".to_owned()),
+        };
+        let (status, json) = self
+            .call(reqwest::Method::POST, "/v1/sessions", None, Some(&creds))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "login {handle}: {json}");
+        let session: Session = serde_json::from_value(json).expect("session");
+        session.token
+    }
+
+    pub async fn create_direct(&self, a: &TestUser, b: &TestUser) -> ConversationId {
+        let body = CreateConversation::Direct { peer: b.id };
+        let (status, json) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/conversations",
+                Some(&a.token),
+                Some(&body),
+            )
+            .await;
+        assert!(status.is_success(), "create direct: {json}");
+        serde_json::from_value::<ConversationSummary>(json)
+            .expect("summary")
+            .id
+    }
+
+    pub async fn create_group(
+        &self,
+        owner: &TestUser,
+        title: &str,
+        members: &[&TestUser],
+    ) -> ConversationId {
+        let body = CreateConversation::Group {
+            title: title.to_owned(),
+            members: members.iter().map(|m| m.id).collect(),
+        };
+        let summary: ConversationSummary = self
+            .ok(
+                reqwest::Method::POST,
+                "/v1/conversations",
+                &owner.token,
+                Some(&body),
+                StatusCode::CREATED,
+            )
+            .await;
+        summary.id
+    }
+
+    /// Appends over REST; returns the status and body.
+    pub async fn post_entry(
+        &self,
+        user: &TestUser,
+        conv: ConversationId,
+        client_msg_id: &str,
+        entry: NewEntry,
+    ) -> (StatusCode, serde_json::Value) {
+        let body = PostEntry {
+            client_msg_id: client_msg_id.to_owned(),
+            entry,
+        };
+        let path = format!("/v1/conversations/{conv}/entries");
+        self.call(reqwest::Method::POST, &path, Some(&user.token), Some(&body))
+            .await
+    }
+
+    /// Sends a message over REST and returns its ack.
+    pub async fn send_rest(
+        &self,
+        user: &TestUser,
+        conv: ConversationId,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Ack {
+        let entry = NewEntry::Message {
+            body: body.to_owned(),
+            reply_to: None,
+        };
+        let (status, json) = self.post_entry(user, conv, client_msg_id, entry).await;
+        assert_eq!(status, StatusCode::CREATED, "send: {json}");
+        serde_json::from_value(json).expect("ack")
+    }
+
+    /// Every entry of a conversation through REST history pages of `page` entries, oldest
+    /// first, walking forwards with `after`.
+    pub async fn all_entries(
+        &self,
+        user: &TestUser,
+        conv: ConversationId,
+        page: u32,
+    ) -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |e| e.seq);
+            let path = format!("/v1/conversations/{conv}/entries?after={after}&limit={page}");
+            let res: natter_proto::rest::EntryPage = self
+                .ok::<(), _>(
+                    reqwest::Method::GET,
+                    &path,
+                    &user.token,
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
+            out.extend(res.entries);
+            if !res.has_more {
+                return out;
+            }
+        }
+    }
+
+    /// A WebSocket authenticated by header, after its `ready` frame.
+    pub async fn ws(&self, user: &TestUser) -> WsClient {
+        self.ws_token(&user.token).await
+    }
+
+    pub async fn ws_token(&self, token: &str) -> WsClient {
+        let mut req = self.ws_url().into_client_request().expect("ws request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let mut client = WsClient::connect(req).await.expect("ws connects");
+        match client.next().await {
+            ServerFrame::Ready { .. } => client,
+            other => panic!("expected ready, got {other:?}"),
+        }
+    }
+
+    /// A WebSocket with no credentials yet (for `auth` frame and rejection tests).
+    pub async fn ws_anonymous(&self) -> WsClient {
+        let req = self.ws_url().into_client_request().expect("ws request");
+        WsClient::connect(req).await.expect("ws connects")
+    }
+}
+
+/// A raw WebSocket client speaking Natter frames.
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_req: ReqId,
+    /// Frames read while waiting for something else, returned first by `next`.
+    stash: VecDeque<ServerFrame>,
+}
+
+impl WsClient {
+    pub async fn connect(req: tungstenite::handshake::client::Request) -> anyhow::Result<WsClient> {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .context("ws connect timed out")??;
+        Ok(WsClient {
+            ws,
+            next_req: 1,
+            stash: VecDeque::new(),
+        })
+    }
+
+    pub fn req_id(&mut self) -> ReqId {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    pub async fn send_frame(&mut self, frame: &ClientFrame) {
+        let text = serde_json::to_string(frame).expect("frame serializes");
+        self.send_text(&text).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    /// The next frame, or `None` on close or when `wait` passes.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<ServerFrame> {
+        if let Some(frame) = self.stash.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match msg {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("server sent a frame the proto cannot parse ({e}): {text}")
+                    }));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next frame; panics on timeout or close.
+    pub async fn next(&mut self) -> ServerFrame {
+        self.next_within(WAIT)
+            .await
+            .expect("expected a frame before the timeout or close")
+    }
+
+    /// The next frame matching `pred`; frames before it are kept for later `next` calls.
+    pub async fn next_matching(
+        &mut self,
+        mut pred: impl FnMut(&ServerFrame) -> bool,
+    ) -> ServerFrame {
+        if let Some(i) = self.stash.iter().position(&mut pred) {
+            return self.stash.remove(i).expect("index exists");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = VecDeque::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.read_one(left).await;
+            let Some(frame) = frame else {
+                panic!("no matching frame before timeout/close; saw {skipped:?}");
+            };
+            if pred(&frame) {
+                self.stash.extend(skipped);
+                return frame;
+            }
+            skipped.push_back(frame);
+        }
+    }
+
+    async fn read_one(&mut self, wait: Duration) -> Option<ServerFrame> {
+        let saved = std::mem::take(&mut self.stash);
+        let frame = self.next_within(wait).await;
+        self.stash = saved;
+        frame
+    }
+
+    /// Sends a request built with a fresh `req_id` and returns its reply.
+    pub async fn request(&mut self, build: impl FnOnce(ReqId) -> ClientFrame) -> ServerFrame {
+        let req_id = self.req_id();
+        self.send_frame(&build(req_id)).await;
+        self.next_matching(|f| reply_id(f) == Some(req_id)).await
+    }
+
+    /// Sends a message and waits for its ack.
+    pub async fn send_msg(&mut self, conv: ConversationId, client_msg_id: &str, body: &str) -> Ack {
+        let reply = self
+            .request(|req_id| ClientFrame::Send {
+                req_id,
+                conversation: conv,
+                client_msg_id: client_msg_id.to_owned(),
+                body: body.to_owned(),
+                reply_to: None,
+            })
+            .await;
+        match reply {
+            ServerFrame::Ack { ack, .. } => ack,
+            other => panic!("expected ack, got {other:?}"),
+        }
+    }
+
+    /// Syncs with these cursors and returns the reply's conversations.
+    pub async fn sync(&mut self, cursors: BTreeMap<ConversationId, Seq>) -> Vec<SyncConversation> {
+        self.sync_limit(cursors, None).await
+    }
+
+    pub async fn sync_limit(
+        &mut self,
+        cursors: BTreeMap<ConversationId, Seq>,
+        limit: Option<u32>,
+    ) -> Vec<SyncConversation> {
+        match self
+            .request(|req_id| ClientFrame::Sync {
+                req_id,
+                cursors,
+                limit,
+            })
+            .await
+        {
+            ServerFrame::Synced { conversations, .. } => conversations,
+            other => panic!("expected synced, got {other:?}"),
+        }
+    }
+
+    /// The next live entry (other frames are kept).
+    pub async fn next_entry(&mut self) -> Entry {
+        match self
+            .next_matching(|f| matches!(f, ServerFrame::Entry { .. }))
+            .await
+        {
+            ServerFrame::Entry { entry } => entry,
+            _ => unreachable!("matched an entry frame"),
+        }
+    }
+
+    /// Reads until the server closes; returns its close frame, if any.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Err(_) => panic!("the server did not close the connection"),
+                Ok(None) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame,
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) => return None,
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Drops the TCP connection without a WebSocket close.
+    pub fn abort(self) {
+        drop(self);
+    }
+}
+
+/// The `req_id` a reply frame echoes.
+pub fn reply_id(frame: &ServerFrame) -> Option<ReqId> {
+    match frame {
+        ServerFrame::Ack { req_id, .. }
+        | ServerFrame::Synced { req_id, .. }
+        | ServerFrame::History { req_id, .. }
+        | ServerFrame::Ok { req_id } => Some(*req_id),
+        ServerFrame::Pong { req_id } | ServerFrame::Error { req_id, .. } => *req_id,
+        _ => None,
+    }
+}
+
+/// Checks that `seqs` is exactly `from..=to`, in order.
+pub fn assert_contiguous(seqs: &[Seq], from: Seq, to: Seq) -> anyhow::Result<()> {
+    let want: Vec<Seq> = (from..=to).collect();
+    if seqs != want.as_slice() {
+        bail!("expected seq {from}..={to} in order, got {seqs:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,1213 @@
+//! The store conformance suite: what every [`Store`] backend must do, written once against
+//! the trait and instantiated per backend with `store_suite!` (STYLE.md section 9).
+//!
+//! It shows, through the trait only: unique handles (case-insensitive), device tokens and
+//! revocation, one direct conversation per pair, groups and their member cap, G1 (`seq` is
+//! assigned at commit, contiguous per conversation, and one submitter's appends commit in
+//! submission order), G4 (idempotent appends per `(sender, conversation, client_msg_id)`),
+//! membership checks, message state after edits, deletions and reactions, log paging, group
+//! changes (roles, leaving, owner hand-off), cursor rules, conversation lists with keyset
+//! paging, the commit feed (every committed entry, in commit order: where routing starts),
+//! and `close` (pending commits flushed, later writes `Unavailable`, the feed ends).
+//!
+//! SQLite runs now; PostgreSQL is added with one more `store_suite!` line.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_proto::{
+    Ack, ConversationId, ConversationKind, Entry, EntryBody, ErrorCode, NewEntry, ReactionSummary,
+    Receipt, Role, Seq, UserId,
+};
+use natter_store::sqlite::SqliteStore;
+use natter_store::{
+    Append, CommitFeed, CursorUpdate, GroupChange, Page, PendingAck, Range, Result, Store,
+    StoreLimits,
+};
+use tokio::sync::mpsc;
+
+/// Instantiates every suite test for one backend. `$open` is an async fn
+/// `(StoreLimits, CommitFeed) -> (S, Guard)`; the guard lives as long as the test (a temp dir,
+/// a scratch database).
+macro_rules! store_suite {
+    ($backend:ident, $open:ident) => {
+        store_suite!(@tests $backend, $open;
+            create_user_rejects_duplicate_handles_case_insensitively,
+            devices_authenticate_until_deleted,
+            create_direct_is_one_per_pair_in_either_order,
+            create_group_enforces_the_member_cap,
+            appends_get_contiguous_seqs_and_are_idempotent,
+            one_submitters_appends_commit_in_submission_order,
+            concurrent_submitters_get_contiguous_seqs,
+            non_member_append_is_not_found,
+            edits_deletes_and_reactions_update_message_state,
+            entries_pages_after_before_latest,
+            change_group_checks_roles_and_hands_ownership_on,
+            set_cursors_is_monotonic_clamped_and_read_implies_delivered,
+            conversations_most_recent_first_with_keyset_paging,
+            memberships_list_every_conversation_of_the_user,
+            commit_feed_carries_every_committed_entry_in_commit_order,
+            close_flushes_then_writes_fail_unavailable,
+        );
+    };
+    (@tests $backend:ident, $open:ident; $($name:ident,)*) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = super::Fixture::open(super::$open).await;
+                    super::within(super::$name(fixture)).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(sqlite, open_sqlite);
+
+async fn open_sqlite(limits: StoreLimits, feed: CommitFeed) -> (SqliteStore, Guard) {
+    let (store, dir) = SqliteStore::temporary(limits, feed).expect("temporary sqlite store");
+    (store, Box::new(dir))
+}
+
+// ---- harness ----
+
+/// Keeps a backend's scratch resources alive for the test.
+type Guard = Box<dyn Send>;
+
+/// The member cap every suite store gets: small, so that the cap is easy to reach.
+const MAX_GROUP_MEMBERS: u32 = 4;
+/// How long one test may take before it fails (a hung store must not hang the suite).
+const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Fixture<S> {
+    store: Arc<S>,
+    /// The commit feed: a large bound so that tests which do not read it never block the
+    /// writer (the channel allocates as it fills, not up front).
+    feed_rx: mpsc::Receiver<Vec<Entry>>,
+    _guard: Guard,
+}
+
+impl<S: Store> Fixture<S> {
+    async fn open<F, Fut>(open: F) -> Fixture<S>
+    where
+        F: FnOnce(StoreLimits, CommitFeed) -> Fut,
+        Fut: Future<Output = (S, Guard)>,
+    {
+        let (feed_tx, feed_rx) = mpsc::channel(1 << 20);
+        let limits = StoreLimits {
+            max_group_members: MAX_GROUP_MEMBERS,
+        };
+        let (store, guard) = open(limits, feed_tx).await;
+        Fixture {
+            store: Arc::new(store),
+            feed_rx,
+            _guard: guard,
+        }
+    }
+}
+
+async fn within<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test finished in time");
+}
+
+async fn user<S: Store>(s: &S, handle: &str) -> UserId {
+    s.create_user(handle, &format!("hash-of-{handle}"))
+        .await
+        .expect("create user")
+}
+
+async fn users<S: Store, const N: usize>(s: &S, handles: [&str; N]) -> [UserId; N] {
+    let mut out = [UserId(0); N];
+    for (i, h) in handles.iter().enumerate() {
+        out[i] = user(s, h).await;
+    }
+    out
+}
+
+fn msg(body: &str) -> NewEntry {
+    NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+    }
+}
+
+fn append_of(conv: ConversationId, sender: UserId, cmid: &str, entry: NewEntry) -> Append {
+    Append {
+        conversation: conv,
+        sender,
+        client_msg_id: cmid.to_owned(),
+        entry,
+    }
+}
+
+/// Submits one append and waits for its commit. An error may come from either stage.
+async fn append<S: Store>(
+    s: &S,
+    conv: ConversationId,
+    sender: UserId,
+    cmid: &str,
+    entry: NewEntry,
+) -> Result<Ack> {
+    s.submit_append(append_of(conv, sender, cmid, entry))
+        .await?
+        .wait()
+        .await
+}
+
+async fn send<S: Store>(
+    s: &S,
+    conv: ConversationId,
+    sender: UserId,
+    cmid: &str,
+    body: &str,
+) -> Ack {
+    append(s, conv, sender, cmid, msg(body))
+        .await
+        .unwrap_or_else(|e| panic!("append {cmid}: {e}"))
+}
+
+fn code<T: std::fmt::Debug>(res: Result<T>) -> ErrorCode {
+    match res {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+/// The whole log of a conversation, oldest first.
+async fn log<S: Store>(s: &S, conv: ConversationId) -> Vec<Entry> {
+    let page = s
+        .entries(conv, Range::After(0), 10_000)
+        .await
+        .expect("entries");
+    assert!(!page.has_more);
+    page.entries
+}
+
+fn seqs(entries: &[Entry]) -> Vec<Seq> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+fn assert_contiguous(entries: &[Entry], from: Seq, to: Seq) {
+    assert_eq!(
+        seqs(entries),
+        (from..=to).collect::<Vec<_>>(),
+        "expected seq {from}..={to}"
+    );
+}
+
+async fn last_seq<S: Store>(s: &S, user: UserId, conv: ConversationId) -> Seq {
+    s.conversation(user, conv)
+        .await
+        .expect("conversation")
+        .last_seq
+}
+
+fn message_body(e: &Entry) -> &str {
+    match &e.body {
+        EntryBody::Message { body, .. } => body,
+        other => panic!("seq {} is not a message: {other:?}", e.seq),
+    }
+}
+
+// ---- accounts and devices ----
+
+async fn create_user_rejects_duplicate_handles_case_insensitively<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let alice = s.create_user("Alice", "h1").await.expect("alice");
+    for taken in ["Alice", "alice", "ALICE", "aLiCe"] {
+        assert_eq!(
+            code(s.create_user(taken, "h2").await),
+            ErrorCode::Conflict,
+            "{taken}"
+        );
+    }
+    let bob = s.create_user("bob", "h3").await.expect("bob");
+    assert_ne!(alice, bob);
+
+    let rec = s
+        .user_by_handle("Alice")
+        .await
+        .expect("read")
+        .expect("alice exists");
+    assert_eq!(
+        (rec.id, rec.handle.as_str(), rec.password_hash.as_str()),
+        (alice, "Alice", "h1")
+    );
+    assert!(s.user_by_handle("nobody").await.expect("read").is_none());
+    assert_eq!(
+        s.user_handle(bob).await.expect("read").as_deref(),
+        Some("bob")
+    );
+    assert_eq!(s.user_handle(UserId(999_999)).await.expect("read"), None);
+}
+
+async fn devices_authenticate_until_deleted<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [alice, bob] = users(s, ["alice", "bob"]).await;
+    let (t1, t2, t3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    let d1 = s.create_device(alice, "phone", t1).await.expect("d1");
+    let d2 = s.create_device(alice, "laptop", t2).await.expect("d2");
+    let d3 = s.create_device(bob, "phone", t3).await.expect("d3");
+    assert!(d1 != d2 && d2 != d3 && d1 != d3);
+
+    let p1 = s.authenticate(t1).await.expect("auth").expect("t1 valid");
+    assert_eq!((p1.user_id, p1.device_id), (alice, d1));
+    let p3 = s.authenticate(t3).await.expect("auth").expect("t3 valid");
+    assert_eq!((p3.user_id, p3.device_id), (bob, d3));
+    assert_eq!(s.authenticate([9u8; 32]).await.expect("auth"), None);
+
+    s.delete_device(t1).await.expect("logout");
+    assert_eq!(s.authenticate(t1).await.expect("auth"), None);
+    // The user's other device stays logged in.
+    let p2 = s.authenticate(t2).await.expect("auth").expect("t2 valid");
+    assert_eq!((p2.user_id, p2.device_id), (alice, d2));
+    // Revoking an unknown or already revoked token is not an error.
+    s.delete_device(t1).await.expect("second logout");
+    s.delete_device([9u8; 32]).await.expect("unknown token");
+}
+
+// ---- conversations ----
+
+async fn create_direct_is_one_per_pair_in_either_order<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b, c] = users(s, ["a", "b", "c"]).await;
+    let (ab, created) = s.create_direct(a, b).await.expect("create");
+    assert!(created);
+    assert_eq!(s.create_direct(a, b).await.expect("again"), (ab, false));
+    assert_eq!(s.create_direct(b, a).await.expect("reversed"), (ab, false));
+    let (ac, created) = s.create_direct(c, a).await.expect("other pair");
+    assert!(created);
+    assert_ne!(ab, ac);
+
+    // Asking again appended nothing: the log is the one `created` entry.
+    let entries = log(s, ab).await;
+    assert_contiguous(&entries, 1, 1);
+    assert_eq!(entries[0].sender, a);
+    assert_eq!(entries[0].client_msg_id, None);
+    assert_eq!(entries[0].state, None);
+    assert_eq!(
+        entries[0].body,
+        EntryBody::Created {
+            conversation_kind: ConversationKind::Direct,
+            title: None,
+            members: vec![a, b],
+        }
+    );
+
+    for u in [a, b] {
+        let sum = s.conversation(u, ab).await.expect("member sees it");
+        assert_eq!(
+            (
+                sum.id,
+                sum.kind,
+                sum.title.as_deref(),
+                sum.role,
+                sum.last_seq
+            ),
+            (ab, ConversationKind::Direct, None, Role::Member, 1)
+        );
+        assert_eq!(s.role(u, ab).await.expect("role"), Some(Role::Member));
+    }
+    assert_eq!(code(s.conversation(c, ab).await), ErrorCode::NotFound);
+    assert_eq!(s.role(c, ab).await.expect("role"), None);
+    let ids: BTreeSet<UserId> = s.member_ids(ab).await.expect("ids").into_iter().collect();
+    assert_eq!(ids, BTreeSet::from([a, b]));
+
+    assert_eq!(code(s.create_direct(a, a).await), ErrorCode::BadRequest);
+    assert_eq!(
+        code(s.create_direct(a, UserId(999_999)).await),
+        ErrorCode::NotFound
+    );
+}
+
+async fn create_group_enforces_the_member_cap<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, a, b, c, d] = users(s, ["o", "a", "b", "c", "d"]).await;
+    let g = s.create_group(o, "team", &[a, b]).await.expect("group");
+    let entries = log(s, g).await;
+    assert_contiguous(&entries, 1, 1);
+    assert_eq!(entries[0].sender, o);
+    assert_eq!(
+        entries[0].body,
+        EntryBody::Created {
+            conversation_kind: ConversationKind::Group,
+            title: Some("team".to_owned()),
+            members: vec![o, a, b],
+        }
+    );
+    let sum = s.conversation(o, g).await.expect("summary");
+    assert_eq!(
+        (sum.kind, sum.title.as_deref(), sum.role, sum.last_seq),
+        (ConversationKind::Group, Some("team"), Role::Owner, 1)
+    );
+    assert_eq!(s.role(a, g).await.expect("role"), Some(Role::Member));
+    let members = s.members(g).await.expect("members");
+    let roles: BTreeMap<UserId, (String, Role)> = members
+        .iter()
+        .map(|m| (m.user_id, (m.handle.clone(), m.role)))
+        .collect();
+    assert_eq!(
+        roles,
+        BTreeMap::from([
+            (o, ("o".to_owned(), Role::Owner)),
+            (a, ("a".to_owned(), Role::Member)),
+            (b, ("b".to_owned(), Role::Member)),
+        ])
+    );
+
+    // Exactly at the cap (owner included) is allowed; one more is a conflict.
+    let full = s.create_group(o, "full", &[a, b, c]).await.expect("at cap");
+    assert_eq!(s.member_ids(full).await.expect("ids").len(), 4);
+    assert_eq!(
+        code(s.create_group(o, "over", &[a, b, c, d]).await),
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        code(s.create_group(o, "ghost", &[a, UserId(999_999)]).await),
+        ErrorCode::NotFound
+    );
+    // Adding to a full group is a conflict too.
+    let add = GroupChange::AddMember {
+        user: d,
+        role: Role::Member,
+    };
+    assert_eq!(
+        code(s.change_group(o, full, add).await),
+        ErrorCode::Conflict
+    );
+    assert_eq!(last_seq(s, o, full).await, 1);
+}
+
+// ---- appends ----
+
+async fn appends_get_contiguous_seqs_and_are_idempotent<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b, c] = users(s, ["a", "b", "c"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    let (ac, _) = s.create_direct(a, c).await.expect("direct");
+
+    let m1 = send(s, ab, a, "m1", "one").await;
+    let m2 = send(s, ab, a, "m2", "two").await;
+    assert_eq!((m1.conversation, m1.seq), (ab, 2));
+    assert_eq!((m2.conversation, m2.seq), (ab, 3));
+    assert_eq!(m1.client_msg_id.as_deref(), Some("m1"));
+    assert_ne!(m1.id, m2.id);
+
+    // A retry returns the original ack, whatever it carries this time.
+    assert_eq!(send(s, ab, a, "m1", "one again").await, m1);
+    assert_eq!(
+        append(s, ab, a, "m2", NewEntry::Delete { target: 2 })
+            .await
+            .expect("retry"),
+        m2
+    );
+    // The key is per sender and per conversation.
+    let b1 = send(s, ab, b, "m1", "bob's m1").await;
+    assert_eq!(b1.seq, 4);
+    let c1 = send(s, ac, a, "m1", "other conversation").await;
+    assert_eq!((c1.conversation, c1.seq), (ac, 2));
+
+    let entries = log(s, ab).await;
+    assert_contiguous(&entries, 1, 4);
+    for (ack, sender, body) in [(&m1, a, "one"), (&m2, a, "two"), (&b1, b, "bob's m1")] {
+        let e = &entries[ack.seq as usize - 1];
+        assert_eq!((&e.id, e.ts, e.sender), (&ack.id, ack.ts, sender));
+        assert_eq!(e.client_msg_id, ack.client_msg_id);
+        assert_eq!(message_body(e), body);
+        let state = e.state.as_ref().expect("messages carry their state");
+        assert_eq!(
+            (state.body.as_str(), state.edited_seq, state.deleted),
+            (body, None, false)
+        );
+    }
+    let sum = s.conversation(b, ab).await.expect("summary");
+    assert_eq!(sum.last_seq, 4);
+    assert_eq!(sum.last_activity, b1.ts);
+}
+
+async fn one_submitters_appends_commit_in_submission_order<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    const N: usize = 200;
+    let mut pending: Vec<PendingAck> = Vec::with_capacity(N);
+    for i in 0..N {
+        let app = append_of(ab, a, &format!("m{i}"), msg(&format!("body {i}")));
+        pending.push(s.submit_append(app).await.expect("queued"));
+    }
+    let mut acks = Vec::with_capacity(N);
+    for p in pending {
+        acks.push(p.wait().await.expect("committed"));
+    }
+    let got: Vec<Seq> = acks.iter().map(|a| a.seq).collect();
+    assert_eq!(got, (2..=N as Seq + 1).collect::<Vec<_>>());
+    let entries = log(s, ab).await;
+    assert_contiguous(&entries, 1, N as Seq + 1);
+    for (i, e) in entries[1..].iter().enumerate() {
+        assert_eq!(e.client_msg_id.as_deref(), Some(format!("m{i}").as_str()));
+        assert_eq!(message_body(e), format!("body {i}"));
+    }
+}
+
+async fn concurrent_submitters_get_contiguous_seqs<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let members = users(s, ["a", "b", "c", "d"]).await;
+    let g = s
+        .create_group(members[0], "busy", &members[1..])
+        .await
+        .expect("group");
+    const PER: usize = 100;
+    let mut tasks = Vec::new();
+    for (k, &u) in members.iter().enumerate() {
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut pending = Vec::with_capacity(PER);
+            for i in 0..PER {
+                let app = append_of(g, u, &format!("{k}-{i}"), msg(&format!("{k} says {i}")));
+                pending.push(store.submit_append(app).await.expect("queued"));
+            }
+            let mut acks = Vec::with_capacity(PER);
+            for p in pending {
+                acks.push(p.wait().await.expect("committed"));
+            }
+            acks
+        }));
+    }
+    let mut all = Vec::new();
+    for (k, t) in tasks.into_iter().enumerate() {
+        let acks = t.await.expect("submitter task");
+        let seqs: Vec<Seq> = acks.iter().map(|a| a.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "submitter {k}'s seqs follow its submission order: {seqs:?}"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    let n = (members.len() * PER) as Seq;
+    assert_eq!(all, (2..=n + 1).collect::<Vec<_>>(), "no gap, no duplicate");
+    let entries = log(s, g).await;
+    assert_contiguous(&entries, 1, n + 1);
+    let keys: BTreeSet<(UserId, Option<String>)> = entries
+        .iter()
+        .map(|e| (e.sender, e.client_msg_id.clone()))
+        .collect();
+    assert_eq!(keys.len(), entries.len());
+}
+
+async fn non_member_append_is_not_found<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b, c] = users(s, ["a", "b", "c"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    send(s, ab, a, "m1", "hi").await;
+    assert_eq!(
+        code(append(s, ab, c, "x", msg("intrude")).await),
+        ErrorCode::NotFound
+    );
+    // Not even by reusing a member's client_msg_id.
+    assert_eq!(
+        code(append(s, ab, c, "m1", msg("intrude")).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(append(s, ConversationId(999_999), a, "y", msg("void")).await),
+        ErrorCode::NotFound
+    );
+    // A member removed from a group can no longer append.
+    let g = s.create_group(a, "g", &[c]).await.expect("group");
+    send(s, g, c, "c1", "before").await;
+    s.change_group(a, g, GroupChange::RemoveMember { user: c })
+        .await
+        .expect("remove");
+    assert_eq!(
+        code(append(s, g, c, "c2", msg("after")).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(last_seq(s, a, ab).await, 2);
+    assert_eq!(last_seq(s, a, g).await, 3);
+    // A failed append consumed no seq: the next one is contiguous.
+    assert_eq!(send(s, ab, b, "b1", "next").await.seq, 3);
+}
+
+async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    let m = send(s, ab, a, "m", "first").await; // 2
+    let other = send(s, ab, b, "o", "other").await; // 3
+    let edit = NewEntry::Edit {
+        target: m.seq,
+        body: "second".to_owned(),
+    };
+    let e1 = append(s, ab, a, "e1", edit).await.expect("edit"); // 4
+    let react = |emoji: &str, remove: bool| NewEntry::Reaction {
+        target: m.seq,
+        emoji: emoji.to_owned(),
+        remove,
+    };
+    append(s, ab, b, "r1", react("+1", false))
+        .await
+        .expect("react"); // 5
+    append(s, ab, a, "r2", react("+1", false))
+        .await
+        .expect("react"); // 6
+    append(s, ab, a, "r3", react("party", false))
+        .await
+        .expect("react"); // 7
+
+    // Only the sender edits or deletes; anyone in the conversation reacts.
+    let bad_edit = NewEntry::Edit {
+        target: m.seq,
+        body: "hijack".to_owned(),
+    };
+    assert_eq!(
+        code(append(s, ab, b, "x1", bad_edit).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(append(s, ab, b, "x2", NewEntry::Delete { target: m.seq }).await),
+        ErrorCode::Forbidden
+    );
+    // Targets must be messages of this conversation.
+    let edit_created = NewEntry::Edit {
+        target: 1,
+        body: "no".to_owned(),
+    };
+    assert_eq!(
+        code(append(s, ab, a, "x3", edit_created).await),
+        ErrorCode::BadRequest
+    );
+    let react_missing = NewEntry::Reaction {
+        target: 99,
+        emoji: "+1".to_owned(),
+        remove: false,
+    };
+    assert_eq!(
+        code(append(s, ab, a, "x4", react_missing).await),
+        ErrorCode::BadRequest
+    );
+    let reply_missing = NewEntry::Message {
+        body: "re".to_owned(),
+        reply_to: Some(99),
+    };
+    assert_eq!(
+        code(append(s, ab, a, "x5", reply_missing).await),
+        ErrorCode::BadRequest
+    );
+
+    let state_of = |entries: &[Entry], seq: Seq| {
+        entries[seq as usize - 1]
+            .state
+            .clone()
+            .expect("messages carry state")
+    };
+    let entries = log(s, ab).await;
+    assert_contiguous(&entries, 1, 7);
+    let st = state_of(&entries, m.seq);
+    assert_eq!(
+        (st.body.as_str(), st.edited_seq, st.deleted),
+        ("second", Some(e1.seq), false)
+    );
+    let mut reactions = st.reactions.clone();
+    reactions.sort_by(|x, y| x.emoji.cmp(&y.emoji));
+    assert_eq!(
+        reactions,
+        vec![
+            ReactionSummary {
+                emoji: "+1".to_owned(),
+                users: vec![b, a],
+            },
+            ReactionSummary {
+                emoji: "party".to_owned(),
+                users: vec![a],
+            },
+        ]
+    );
+    // The log keeps what happened; only messages carry a state.
+    assert_eq!(message_body(&entries[1]), "first");
+    assert_eq!(
+        entries[3].body,
+        EntryBody::Edit {
+            target: m.seq,
+            body: "second".to_owned(),
+        }
+    );
+    assert!(entries[3..].iter().all(|e| e.state.is_none()));
+    assert_eq!(state_of(&entries, other.seq).body, "other");
+
+    append(s, ab, a, "r4", react("+1", true))
+        .await
+        .expect("unreact"); // 8
+    let st = state_of(&log(s, ab).await, m.seq);
+    let mut reactions = st.reactions;
+    reactions.sort_by(|x, y| x.emoji.cmp(&y.emoji));
+    assert_eq!(
+        reactions,
+        vec![
+            ReactionSummary {
+                emoji: "+1".to_owned(),
+                users: vec![b],
+            },
+            ReactionSummary {
+                emoji: "party".to_owned(),
+                users: vec![a],
+            },
+        ]
+    );
+
+    let reply = NewEntry::Message {
+        body: "re: first".to_owned(),
+        reply_to: Some(m.seq),
+    };
+    let r = append(s, ab, b, "reply", reply).await.expect("reply"); // 9
+    let del = append(s, ab, a, "d1", NewEntry::Delete { target: m.seq })
+        .await
+        .expect("delete"); // 10
+    assert_eq!((r.seq, del.seq), (9, 10));
+    let entries = log(s, ab).await;
+    assert_contiguous(&entries, 1, 10);
+    let st = state_of(&entries, m.seq);
+    assert!(st.deleted);
+    assert_eq!(st.body, "");
+    assert!(st.reactions.is_empty(), "a tombstone keeps no reactions");
+    assert_eq!(
+        entries[8].body,
+        EntryBody::Message {
+            body: "re: first".to_owned(),
+            reply_to: Some(m.seq),
+        }
+    );
+    // A tombstone cannot be edited or reacted to again.
+    let late_edit = NewEntry::Edit {
+        target: m.seq,
+        body: "back".to_owned(),
+    };
+    assert_eq!(
+        code(append(s, ab, a, "x6", late_edit).await),
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        code(append(s, ab, b, "x7", react("+1", false)).await),
+        ErrorCode::Conflict
+    );
+    // Refused appends committed nothing, so their client_msg_id is still free.
+    let free = send(s, ab, b, "x1", "reuse").await;
+    assert_eq!(free.seq, 11);
+}
+
+async fn entries_pages_after_before_latest<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    for i in 2..=10 {
+        send(s, ab, a, &format!("m{i}"), &format!("body {i}")).await;
+    }
+    let page = |range: Range, limit: u32| async move {
+        let Page { entries, has_more } = s.entries(ab, range, limit).await.expect("page");
+        (seqs(&entries), has_more)
+    };
+    let r = |lo: Seq, hi: Seq| (lo..=hi).collect::<Vec<_>>();
+    assert_eq!(page(Range::After(0), 4).await, (r(1, 4), true));
+    assert_eq!(page(Range::After(4), 4).await, (r(5, 8), true));
+    assert_eq!(page(Range::After(6), 4).await, (r(7, 10), false));
+    assert_eq!(page(Range::After(8), 4).await, (r(9, 10), false));
+    assert_eq!(page(Range::After(10), 4).await, (vec![], false));
+    assert_eq!(page(Range::Before(5), 3).await, (r(2, 4), true));
+    assert_eq!(page(Range::Before(4), 3).await, (r(1, 3), false));
+    assert_eq!(page(Range::Before(11), 10).await, (r(1, 10), false));
+    assert_eq!(page(Range::Before(1), 3).await, (vec![], false));
+    assert_eq!(page(Range::Latest, 3).await, (r(8, 10), true));
+    assert_eq!(page(Range::Latest, 10).await, (r(1, 10), false));
+    assert_eq!(page(Range::Latest, 50).await, (r(1, 10), false));
+
+    // Walking backwards from the latest page visits every entry once.
+    let mut seen = Vec::new();
+    let mut range = Range::Latest;
+    loop {
+        let p = s.entries(ab, range, 3).await.expect("page");
+        let mut chunk = seqs(&p.entries);
+        chunk.extend(seen);
+        seen = chunk;
+        if !p.has_more {
+            break;
+        }
+        range = Range::Before(seen[0]);
+    }
+    assert_eq!(seen, r(1, 10));
+}
+
+// ---- groups ----
+
+async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, a, b, c, d] = users(s, ["o", "a", "b", "c", "d"]).await;
+    let g = s.create_group(o, "g", &[a, b]).await.expect("group"); // 1
+    let add = |user: UserId, role: Role| GroupChange::AddMember { user, role };
+
+    // Members change nothing.
+    assert_eq!(
+        code(s.change_group(a, g, add(c, Role::Member)).await),
+        ErrorCode::Forbidden
+    );
+    let title = |t: &str| GroupChange::SetTitle {
+        title: t.to_owned(),
+    };
+    assert_eq!(
+        code(s.change_group(a, g, title("mine")).await),
+        ErrorCode::Forbidden
+    );
+    let set_role = |user: UserId, role: Role| GroupChange::SetRole { user, role };
+    assert_eq!(
+        code(s.change_group(a, g, set_role(b, Role::Admin)).await),
+        ErrorCode::Forbidden
+    );
+
+    // Only the owner changes roles; ownership is never given, only handed on by leaving.
+    let ack = s
+        .change_group(o, g, set_role(a, Role::Admin))
+        .await
+        .expect("promote"); // 2
+    assert_eq!(ack.seq, 2);
+    assert_eq!(s.role(a, g).await.expect("role"), Some(Role::Admin));
+    assert_eq!(
+        code(s.change_group(o, g, set_role(b, Role::Owner)).await),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(s.change_group(o, g, set_role(o, Role::Member)).await),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(s.change_group(o, g, set_role(c, Role::Admin)).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(s.change_group(a, g, set_role(b, Role::Admin)).await),
+        ErrorCode::Forbidden,
+        "admins do not change roles"
+    );
+
+    // Admins add members, but not admins or owners.
+    assert_eq!(
+        code(s.change_group(a, g, add(c, Role::Admin)).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(s.change_group(a, g, add(c, Role::Owner)).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(
+            s.change_group(a, g, add(UserId(999_999), Role::Member))
+                .await
+        ),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(s.change_group(a, g, add(b, Role::Member)).await),
+        ErrorCode::Conflict,
+        "already a member"
+    );
+    let added = s
+        .change_group(a, g, add(c, Role::Member))
+        .await
+        .expect("add"); // 3
+    assert_eq!(added.seq, 3);
+    assert_eq!(
+        code(s.change_group(o, g, add(d, Role::Member)).await),
+        ErrorCode::Conflict,
+        "the group is full"
+    );
+
+    // Admins remove members but not the owner (or other admins); anyone may leave.
+    let remove = |user: UserId| GroupChange::RemoveMember { user };
+    assert_eq!(
+        code(s.change_group(a, g, remove(o)).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(s.change_group(b, g, remove(c)).await),
+        ErrorCode::Forbidden
+    );
+    s.change_group(a, g, remove(b)).await.expect("kick"); // 4
+    assert_eq!(s.role(b, g).await.expect("role"), None);
+    assert_eq!(
+        code(s.change_group(a, g, remove(b)).await),
+        ErrorCode::NotFound
+    );
+    s.change_group(a, g, title("renamed")).await.expect("title"); // 5
+    assert_eq!(
+        s.conversation(o, g)
+            .await
+            .expect("summary")
+            .title
+            .as_deref(),
+        Some("renamed")
+    );
+    s.change_group(c, g, remove(c)).await.expect("leave"); // 6
+    // A former member changes nothing, as if the group did not exist.
+    assert_eq!(
+        code(s.change_group(c, g, title("back")).await),
+        ErrorCode::NotFound
+    );
+
+    // The owner leaves: ownership passes to the admin.
+    s.change_group(o, g, remove(o)).await.expect("owner leaves"); // 7, 8
+    assert_eq!(s.role(a, g).await.expect("role"), Some(Role::Owner));
+    assert_eq!(s.role(o, g).await.expect("role"), None);
+
+    let entries = log(s, g).await;
+    assert_contiguous(&entries, 1, 8);
+    let bodies: Vec<(UserId, EntryBody)> = entries[1..]
+        .iter()
+        .map(|e| (e.sender, e.body.clone()))
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            (
+                o,
+                EntryBody::RoleChanged {
+                    user: a,
+                    role: Role::Admin
+                }
+            ),
+            (
+                a,
+                EntryBody::MemberAdded {
+                    user: c,
+                    role: Role::Member
+                }
+            ),
+            (a, EntryBody::MemberRemoved { user: b }),
+            (
+                a,
+                EntryBody::TitleChanged {
+                    title: "renamed".to_owned()
+                }
+            ),
+            (c, EntryBody::MemberRemoved { user: c }),
+            (o, EntryBody::MemberRemoved { user: o }),
+            (
+                o,
+                EntryBody::RoleChanged {
+                    user: a,
+                    role: Role::Owner
+                }
+            ),
+        ]
+    );
+    let members = s.members(g).await.expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!((members[0].user_id, members[0].role), (a, Role::Owner));
+
+    // Without an admin, the longest-standing member takes over.
+    let h = s.create_group(o, "h", &[b]).await.expect("group"); // b joined at 1
+    s.change_group(o, h, add(c, Role::Member))
+        .await
+        .expect("add c");
+    s.change_group(o, h, remove(o)).await.expect("owner leaves");
+    assert_eq!(s.role(b, h).await.expect("role"), Some(Role::Owner));
+    assert_eq!(s.role(c, h).await.expect("role"), Some(Role::Member));
+
+    // A direct conversation has no group changes.
+    let (bc, _) = s.create_direct(b, c).await.expect("direct");
+    assert_eq!(
+        code(s.change_group(b, bc, title("x")).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(last_seq(s, b, bc).await, 1);
+}
+
+// ---- cursors ----
+
+async fn set_cursors_is_monotonic_clamped_and_read_implies_delivered<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b, c] = users(s, ["a", "b", "c"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct"); // 1 by a
+    send(s, ab, a, "a1", "1").await; // 2
+    send(s, ab, b, "b1", "2").await; // 3
+    send(s, ab, a, "a2", "3").await; // 4
+    send(s, ab, a, "a3", "4").await; // 5
+
+    let upd = |user: UserId, delivered: Option<Seq>, read: Option<Seq>| CursorUpdate {
+        conversation: ab,
+        user,
+        delivered,
+        read,
+    };
+    let receipt = |user: UserId, delivered_seq: Seq, read_seq: Seq| Receipt {
+        conversation: ab,
+        user,
+        delivered_seq,
+        read_seq,
+    };
+    let set = |updates: Vec<CursorUpdate>| async move {
+        s.set_cursors(updates).await.expect("set cursors")
+    };
+
+    assert_eq!(
+        set(vec![upd(b, Some(3), None)]).await,
+        vec![receipt(b, 3, 0)]
+    );
+    // Unchanged or backwards: nothing changes, nothing is reported.
+    assert_eq!(set(vec![upd(b, Some(3), None)]).await, vec![]);
+    assert_eq!(set(vec![upd(b, Some(2), None)]).await, vec![]);
+    assert_eq!(set(vec![upd(b, None, None)]).await, vec![]);
+    assert_eq!(
+        set(vec![upd(b, None, Some(2))]).await,
+        vec![receipt(b, 3, 2)]
+    );
+    assert_eq!(set(vec![upd(b, None, Some(1))]).await, vec![]);
+    // Reading implies delivery.
+    assert_eq!(
+        set(vec![upd(b, None, Some(4))]).await,
+        vec![receipt(b, 4, 4)]
+    );
+    // Clamped to last_seq.
+    assert_eq!(
+        set(vec![upd(b, Some(100), None)]).await,
+        vec![receipt(b, 5, 4)]
+    );
+    assert_eq!(
+        set(vec![upd(b, Some(100), Some(100))]).await,
+        vec![receipt(b, 5, 5)]
+    );
+    // Non-members are skipped; several members at once, only the changes come back.
+    assert_eq!(
+        set(vec![
+            upd(c, Some(5), Some(5)),
+            upd(b, Some(5), Some(5)),
+            upd(a, Some(2), Some(1)),
+        ])
+        .await,
+        vec![receipt(a, 2, 1)]
+    );
+
+    let members = s.members(ab).await.expect("members");
+    let cursors: BTreeMap<UserId, (Seq, Seq)> = members
+        .iter()
+        .map(|m| (m.user_id, (m.delivered_seq, m.read_seq)))
+        .collect();
+    assert_eq!(cursors, BTreeMap::from([(a, (2, 1)), (b, (5, 5))]));
+
+    // Unread: entries after read_seq written by others.
+    let sa = s.conversation(a, ab).await.expect("summary");
+    assert_eq!((sa.delivered_seq, sa.read_seq, sa.unread), (2, 1, 1));
+    let sb = s.conversation(b, ab).await.expect("summary");
+    assert_eq!((sb.delivered_seq, sb.read_seq, sb.unread), (5, 5, 0));
+    send(s, ab, a, "a4", "5").await; // 6
+    send(s, ab, b, "b2", "6").await; // 7
+    assert_eq!(s.conversation(b, ab).await.expect("summary").unread, 1);
+    assert_eq!(s.conversation(a, ab).await.expect("summary").unread, 2);
+}
+
+// ---- lists ----
+
+async fn conversations_most_recent_first_with_keyset_paging<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [me, p1, p2, p3, p4] = users(s, ["me", "p1", "p2", "p3", "p4"]).await;
+    let mut convs = Vec::new();
+    for p in [p1, p2, p3, p4] {
+        convs.push(s.create_direct(me, p).await.expect("direct").0);
+    }
+    convs.push(s.create_group(p1, "group", &[me, p2]).await.expect("group"));
+    let (others, _) = s.create_direct(p1, p2).await.expect("not mine");
+    // The oldest conversation gets the newest entry.
+    let bump = send(s, convs[0], p1, "bump", "hello").await;
+
+    let all = s.conversations(me, None, 100).await.expect("list");
+    let ids: BTreeSet<ConversationId> = all.iter().map(|c| c.id).collect();
+    assert_eq!(ids, convs.iter().copied().collect());
+    assert!(!ids.contains(&others));
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].last_activity, w[0].id) > (w[1].last_activity, w[1].id)),
+        "most recent activity first, then by id: {all:?}"
+    );
+    let bumped = all.iter().find(|c| c.id == convs[0]).expect("listed");
+    assert_eq!((bumped.last_seq, bumped.last_activity), (2, bump.ts));
+    assert!(all.iter().all(|c| c.last_activity <= bump.ts));
+    let group = all.iter().find(|c| c.id == convs[4]).expect("listed");
+    assert_eq!(
+        (group.kind, group.role, group.title.as_deref()),
+        (ConversationKind::Group, Role::Member, Some("group"))
+    );
+
+    // Keyset paging returns the same list, each conversation once.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s.conversations(me, before, 2).await.expect("page");
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        before = Some((last.last_activity, last.id));
+        let done = page.len() < 2;
+        paged.extend(page);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(paged, all);
+    assert_eq!(s.conversations(p4, None, 100).await.expect("list").len(), 1);
+}
+
+async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [me, p, q] = users(s, ["me", "p", "q"]).await;
+    assert!(s.memberships(me).await.expect("none yet").is_empty());
+    let (direct, _) = s.create_direct(p, me).await.expect("direct");
+    let g1 = s.create_group(me, "mine", &[p]).await.expect("group");
+    let g2 = s.create_group(q, "theirs", &[me]).await.expect("group");
+    s.create_direct(p, q).await.expect("not mine");
+    send(s, g2, q, "q1", "hi").await;
+
+    let by_id = |list: Vec<natter_proto::ConversationSummary>| {
+        list.into_iter()
+            .map(|c| (c.id, (c.kind, c.role, c.last_seq)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let want = BTreeMap::from([
+        (direct, (ConversationKind::Direct, Role::Member, 1)),
+        (g1, (ConversationKind::Group, Role::Owner, 1)),
+        (g2, (ConversationKind::Group, Role::Member, 2)),
+    ]);
+    assert_eq!(by_id(s.memberships(me).await.expect("memberships")), want);
+    // The same conversations as the full list.
+    assert_eq!(
+        by_id(s.conversations(me, None, 100).await.expect("list")),
+        want
+    );
+
+    s.change_group(me, g2, GroupChange::RemoveMember { user: me })
+        .await
+        .expect("leave");
+    let ids: BTreeSet<ConversationId> = s
+        .memberships(me)
+        .await
+        .expect("memberships")
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, BTreeSet::from([direct, g1]));
+}
+
+// ---- commit feed and close ----
+
+async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b, c] = users(s, ["a", "b", "c"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    let g = s.create_group(a, "g", &[b]).await.expect("group");
+    // Interleaved, pipelined appends to two conversations, with refused ones among them.
+    let mut pending = Vec::new();
+    for i in 0..60 {
+        let conv = if i % 3 == 0 { g } else { ab };
+        let sender = if i % 2 == 0 { a } else { b };
+        let app = append_of(conv, sender, &format!("m{i}"), msg(&format!("{i}")));
+        pending.push((true, s.submit_append(app).await.expect("queued")));
+        if i % 10 == 0 {
+            let app = append_of(ab, c, &format!("x{i}"), msg("not a member"));
+            pending.push((false, s.submit_append(app).await.expect("queued")));
+        }
+    }
+    for (ok, p) in pending {
+        assert_eq!(p.wait().await.is_ok(), ok);
+    }
+    s.change_group(
+        a,
+        g,
+        GroupChange::AddMember {
+            user: c,
+            role: Role::Member,
+        },
+    )
+    .await
+    .expect("add");
+    // A retry is answered from the log: no new entry, nothing on the feed.
+    assert_eq!(send(s, ab, b, "m1", "again").await.seq, 2);
+
+    let mut expected: HashMap<ConversationId, Vec<Entry>> = HashMap::new();
+    for conv in [ab, g] {
+        let mut entries = log(s, conv).await;
+        for e in &mut entries {
+            e.state = None;
+        }
+        expected.insert(conv, entries);
+    }
+    let n_committed: usize = expected.values().map(Vec::len).sum();
+    let mut fed = Vec::new();
+    while fed.len() < n_committed {
+        let batch = f.feed_rx.recv().await.expect("the feed is open");
+        assert!(!batch.is_empty(), "no empty batches");
+        fed.extend(batch);
+    }
+    assert_eq!(fed.len(), n_committed);
+    assert!(f.feed_rx.try_recv().is_err(), "nothing more on the feed");
+    let mut per_conv: HashMap<ConversationId, Vec<Entry>> = HashMap::new();
+    for e in fed {
+        assert_eq!(e.state, None, "the feed carries entries as committed");
+        per_conv.entry(e.conversation).or_default().push(e);
+    }
+    // In commit order: per conversation, exactly the log, in seq order.
+    assert_eq!(per_conv, expected);
+    assert_eq!(expected[&g].len(), 1 + 20 + 1);
+    assert_eq!(expected[&ab].len(), 1 + 40);
+}
+
+async fn close_flushes_then_writes_fail_unavailable<S: Store>(mut f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        let app = append_of(ab, a, &format!("m{i}"), msg("queued before close"));
+        pending.push(s.submit_append(app).await.expect("queued"));
+    }
+    s.close().await;
+    // What was queued before close is committed.
+    let mut got = Vec::new();
+    for p in pending {
+        got.push(p.wait().await.expect("flushed by close").seq);
+    }
+    assert_eq!(got, (2..=51).collect::<Vec<_>>());
+
+    assert_eq!(
+        code(s.create_user("late", "h").await),
+        ErrorCode::Unavailable
+    );
+    assert_eq!(
+        code(append(s, ab, a, "late", msg("late")).await),
+        ErrorCode::Unavailable
+    );
+    assert_eq!(code(s.create_direct(a, b).await), ErrorCode::Unavailable);
+    let title = GroupChange::SetTitle {
+        title: "t".to_owned(),
+    };
+    assert_eq!(
+        code(s.change_group(a, ConversationId(1), title).await),
+        ErrorCode::Unavailable
+    );
+    let cursor = CursorUpdate {
+        conversation: ab,
+        user: b,
+        delivered: Some(1),
+        read: None,
+    };
+    assert_eq!(
+        code(s.set_cursors(vec![cursor]).await),
+        ErrorCode::Unavailable
+    );
+
+    // The commit feed carried everything committed, then ended: routing stops with the store.
+    let mut n = 0;
+    while let Some(batch) = f.feed_rx.recv().await {
+        n += batch.len();
+    }
+    assert_eq!(n, 51);
+}

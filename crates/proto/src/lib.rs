@@ -359,7 +359,7 @@ pub enum ClientFrame {
     /// client. Starts the live stream for every conversation whose reply has no `has_more`.
     Sync {
         req_id: ReqId,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "cursor_map")]
         cursors: BTreeMap<ConversationId, Seq>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
@@ -407,6 +407,23 @@ impl ClientFrame {
             )),
         }
     }
+}
+
+/// Reads a `{"<conversation id>": seq}` map. JSON object keys are strings, and serde's
+/// buffering of internally tagged enums does not turn them back into integers by itself.
+pub fn cursor_map<'de, D>(de: D) -> Result<BTreeMap<ConversationId, Seq>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = BTreeMap::<String, Seq>::deserialize(de)?;
+    raw.into_iter()
+        .map(|(k, v)| match k.parse::<i64>() {
+            Ok(id) => Ok((ConversationId(id), v)),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "bad conversation id {k:?}"
+            ))),
+        })
+        .collect()
 }
 
 fn peek_req_id(text: &str) -> Option<ReqId> {
@@ -502,6 +519,19 @@ mod tests {
 
         let (req_id, err) = ClientFrame::parse(r#"{"type":"send","req_id":4}"#).unwrap_err();
         assert_eq!((req_id, err.code), (Some(4), ErrorCode::MalformedFrame));
+
+        let f =
+            ClientFrame::parse(r#"{"type":"sync","req_id":1,"cursors":{"12":5,"3":0}}"#).unwrap();
+        let ClientFrame::Sync { cursors, .. } = f else {
+            panic!("not a sync: {f:?}")
+        };
+        assert_eq!(
+            cursors.into_iter().collect::<Vec<_>>(),
+            vec![(ConversationId(3), 0), (ConversationId(12), 5)]
+        );
+        let (req_id, err) =
+            ClientFrame::parse(r#"{"type":"sync","req_id":2,"cursors":{"x":5}}"#).unwrap_err();
+        assert_eq!((req_id, err.code), (Some(2), ErrorCode::MalformedFrame));
 
         let (req_id, err) = ClientFrame::parse("{not json").unwrap_err();
         assert_eq!((req_id, err.code), (None, ErrorCode::MalformedFrame));

@@ -129,7 +129,7 @@ pub struct Receipts {
 /// `POST /v1/sync`: the same request and answer as the WebSocket `sync` frame.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::cursor_map")]
     pub cursors: BTreeMap<ConversationId, Seq>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,

@@ -112,16 +112,14 @@ async fn send_close<S>(sink: &mut S, code: u16, reason: &'static str) -> Result<
 where
     S: SinkExt<Message, Error = axum::Error> + Unpin,
 {
+    // A slow consumer's socket is full: its close frame goes out only once the client reads
+    // what is already in flight, so it gets longer (its queue is already freed).
+    let wait = Duration::from_secs(if code == close::SLOW_CONSUMER { 5 } else { 1 });
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    match tokio::time::timeout(
-        Duration::from_secs(1),
-        sink.send(Message::Close(Some(frame))),
-    )
-    .await
-    {
+    match tokio::time::timeout(wait, sink.send(Message::Close(Some(frame)))).await {
         Ok(res) => res,
         Err(_) => Ok(()),
     }
@@ -177,6 +175,7 @@ async fn write_loop(
         }
     };
     handle.kill.cancel();
+    drop((rx, buf));
     if code != 0 {
         let _ = send_close(&mut sink, code, close_reason(code)).await;
     }

@@ -39,7 +39,8 @@ CREATE TABLE members (
 ) WITHOUT ROWID;
 CREATE INDEX members_by_user ON members (user_id, conversation_id);
 
--- The log. body is the JSON of the entry's kind-specific fields (proto::EntryBody).
+-- The log. body is the JSON of the entry's kind-specific fields (proto::EntryBody); kind and
+-- target repeat two of them for queries (unread counts, redaction of a deleted message).
 CREATE TABLE entries (
     conversation_id INTEGER NOT NULL REFERENCES conversations(id),
     seq             INTEGER NOT NULL,
@@ -47,9 +48,12 @@ CREATE TABLE entries (
     sender          INTEGER NOT NULL,
     client_msg_id   TEXT,
     ts              INTEGER NOT NULL,
+    kind            TEXT    NOT NULL,
+    target          INTEGER,
     body            TEXT    NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX entries_by_target ON entries (conversation_id, target) WHERE target IS NOT NULL;
 -- G4: one entry per (conversation, sender, client_msg_id).
 CREATE UNIQUE INDEX entries_idempotency ON entries (conversation_id, sender, client_msg_id)
     WHERE client_msg_id IS NOT NULL;

@@ -54,10 +54,12 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
     let role: String = r.get(3)?;
     let read_seq = r.get::<_, i64>(7)? as u64;
     let user: i64 = r.get(8)?;
-    // Unread: entries after the read cursor written by someone else.
+    // Unread: messages after the read cursor written by someone else. System entries,
+    // edits and reactions change what is shown but are not new messages to read.
     let unread: i64 = c
         .prepare_cached(
-            "SELECT count(*) FROM entries WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3",
+            "SELECT count(*) FROM entries
+             WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3 AND kind = 'message'",
         )?
         .query_row(params![id.0, read_seq as i64, user], |r| r.get(0))?;
     Ok(ConversationSummary {

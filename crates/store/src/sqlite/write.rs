@@ -495,9 +495,11 @@ fn append_entry(
     let seq = last as u64 + 1;
     let id = uuid::Uuid::now_v7().to_string();
     let json = serde_json::to_string(&body).map_err(internal)?;
+    let target = body.target().map(|t| t as i64);
     c.prepare_cached(
-        "INSERT INTO entries (conversation_id, seq, id, sender, client_msg_id, ts, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO entries
+             (conversation_id, seq, id, sender, client_msg_id, ts, kind, target, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -507,6 +509,8 @@ fn append_entry(
             sender.0,
             client_msg_id,
             now,
+            kind_str(&body),
+            target,
             json
         ])
     })
@@ -599,15 +603,77 @@ fn project(
     c.prepare_cached(sql)
         .and_then(|mut st| st.execute(rusqlite::params_from_iter(args)))
         .map_err(internal)?;
-    if matches!(body, EntryBody::Delete { .. }) {
-        let target = body.target().expect("deletions have a target") as i64;
-        c.execute(
-            "DELETE FROM reactions WHERE conversation_id = ?1 AND seq = ?2",
-            params![conv.0, target],
-        )
-        .map_err(internal)?;
+    if let EntryBody::Delete { target } = body {
+        redact(c, conv, *target)?;
     }
     Ok(())
+}
+
+/// A deleted message's text leaves the server: the message entry and every edit of it keep
+/// their place in the log (seq, id, sender, time) but lose their text, and its reactions go.
+fn redact(c: &Connection, conv: ConversationId, target: u64) -> Result<()> {
+    let target = target as i64;
+    let original: Option<String> = c
+        .query_row(
+            "SELECT body FROM entries WHERE conversation_id = ?1 AND seq = ?2",
+            params![conv.0, target],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(internal)?;
+    let reply_to = original
+        .and_then(|json| serde_json::from_str::<EntryBody>(&json).ok())
+        .and_then(|b| match b {
+            EntryBody::Message { reply_to, .. } => reply_to,
+            _ => None,
+        });
+    let message = EntryBody::Message {
+        body: String::new(),
+        reply_to,
+    };
+    let edit = EntryBody::Edit {
+        target: target as u64,
+        body: String::new(),
+    };
+    c.execute(
+        "UPDATE entries SET body = ?3 WHERE conversation_id = ?1 AND seq = ?2",
+        params![
+            conv.0,
+            target,
+            serde_json::to_string(&message).map_err(internal)?
+        ],
+    )
+    .map_err(internal)?;
+    c.execute(
+        "UPDATE entries SET body = ?3
+         WHERE conversation_id = ?1 AND target = ?2 AND kind = 'edit'",
+        params![
+            conv.0,
+            target,
+            serde_json::to_string(&edit).map_err(internal)?
+        ],
+    )
+    .map_err(internal)?;
+    c.execute(
+        "DELETE FROM reactions WHERE conversation_id = ?1 AND seq = ?2",
+        params![conv.0, target],
+    )
+    .map_err(internal)?;
+    Ok(())
+}
+
+fn kind_str(body: &EntryBody) -> &'static str {
+    match body {
+        EntryBody::Message { .. } => "message",
+        EntryBody::Edit { .. } => "edit",
+        EntryBody::Delete { .. } => "delete",
+        EntryBody::Reaction { .. } => "reaction",
+        EntryBody::Created { .. } => "created",
+        EntryBody::MemberAdded { .. } => "member_added",
+        EntryBody::MemberRemoved { .. } => "member_removed",
+        EntryBody::RoleChanged { .. } => "role_changed",
+        EntryBody::TitleChanged { .. } => "title_changed",
+    }
 }
 
 pub(super) fn set_cursors(c: &Connection, updates: &[CursorUpdate]) -> Result<Vec<Receipt>> {

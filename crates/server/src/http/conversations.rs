@@ -49,10 +49,14 @@ pub(super) async fn create(
         CreateConversation::Direct { peer } => store.create_direct(me, peer).await?,
         CreateConversation::Group { title, members } => {
             check_title(&state, &title)?;
-            if members.len() >= state.cfg().limits.max_group_members as usize {
+            // Checked here too (the store checks again atomically) so that a huge list is
+            // refused before the writer looks each member up.
+            let others: std::collections::HashSet<UserId> =
+                members.iter().copied().filter(|m| *m != me).collect();
+            if others.len() + 1 > state.cfg().limits.max_group_members as usize {
                 return Err(ApiError::new(
                     natter_proto::ErrorCode::Conflict,
-                    "too many members",
+                    "too many members for a group",
                 ));
             }
             (store.create_group(me, &title, &members).await?, true)

@@ -23,9 +23,7 @@ pub struct Registry<H> {
 
 impl<H: Clone> Default for Registry<H> {
     fn default() -> Self {
-        Registry {
-            by_user: Mutex::new(HashMap::new()),
-        }
+        Registry { by_user: Mutex::new(HashMap::new()) }
     }
 }
 

@@ -132,22 +132,14 @@ impl TestServer {
 
     /// Registers `handle` and logs in one device.
     pub async fn user(&self, handle: &str) -> TestUser {
-        let creds = Credentials {
-            handle: handle.to_owned(),
-            password: PASSWORD.to_owned(),
-            device: None,
-        };
-        let (status, json) = self
-            .call(reqwest::Method::POST, "/v1/accounts", None, Some(&creds))
-            .await;
+        let creds =
+            Credentials { handle: handle.to_owned(), password: PASSWORD.to_owned(), device: None };
+        let (status, json) =
+            self.call(reqwest::Method::POST, "/v1/accounts", None, Some(&creds)).await;
         assert_eq!(status, StatusCode::CREATED, "register {handle}: {json}");
         let user: User = serde_json::from_value(json).expect("user");
         let token = self.login(handle).await;
-        TestUser {
-            id: user.user_id,
-            handle: handle.to_owned(),
-            token,
-        }
+        TestUser { id: user.user_id, handle: handle.to_owned(), token }
     }
 
     /// Logs in another device of an existing user; returns its token.
@@ -157,9 +149,8 @@ impl TestServer {
             password: PASSWORD.to_owned(),
             device: Some("test".to_owned()),
         };
-        let (status, json) = self
-            .call(reqwest::Method::POST, "/v1/sessions", None, Some(&creds))
-            .await;
+        let (status, json) =
+            self.call(reqwest::Method::POST, "/v1/sessions", None, Some(&creds)).await;
         assert_eq!(status, StatusCode::CREATED, "login {handle}: {json}");
         let session: Session = serde_json::from_value(json).expect("session");
         session.token
@@ -168,17 +159,10 @@ impl TestServer {
     pub async fn create_direct(&self, a: &TestUser, b: &TestUser) -> ConversationId {
         let body = CreateConversation::Direct { peer: b.id };
         let (status, json) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/conversations",
-                Some(&a.token),
-                Some(&body),
-            )
+            .call(reqwest::Method::POST, "/v1/conversations", Some(&a.token), Some(&body))
             .await;
         assert!(status.is_success(), "create direct: {json}");
-        serde_json::from_value::<ConversationSummary>(json)
-            .expect("summary")
-            .id
+        serde_json::from_value::<ConversationSummary>(json).expect("summary").id
     }
 
     pub async fn create_group(
@@ -211,13 +195,9 @@ impl TestServer {
         client_msg_id: &str,
         entry: NewEntry,
     ) -> (StatusCode, serde_json::Value) {
-        let body = PostEntry {
-            client_msg_id: client_msg_id.to_owned(),
-            entry,
-        };
+        let body = PostEntry { client_msg_id: client_msg_id.to_owned(), entry };
         let path = format!("/v1/conversations/{conv}/entries");
-        self.call(reqwest::Method::POST, &path, Some(&user.token), Some(&body))
-            .await
+        self.call(reqwest::Method::POST, &path, Some(&user.token), Some(&body)).await
     }
 
     /// Sends a message over REST and returns its ack.
@@ -228,10 +208,7 @@ impl TestServer {
         client_msg_id: &str,
         body: &str,
     ) -> Ack {
-        let entry = NewEntry::Message {
-            body: body.to_owned(),
-            reply_to: None,
-        };
+        let entry = NewEntry::Message { body: body.to_owned(), reply_to: None };
         let (status, json) = self.post_entry(user, conv, client_msg_id, entry).await;
         assert_eq!(status, StatusCode::CREATED, "send: {json}");
         serde_json::from_value(json).expect("ack")
@@ -250,13 +227,7 @@ impl TestServer {
             let after = out.last().map_or(0, |e| e.seq);
             let path = format!("/v1/conversations/{conv}/entries?after={after}&limit={page}");
             let res: natter_proto::rest::EntryPage = self
-                .ok::<(), _>(
-                    reqwest::Method::GET,
-                    &path,
-                    &user.token,
-                    None,
-                    StatusCode::OK,
-                )
+                .ok::<(), _>(reqwest::Method::GET, &path, &user.token, None, StatusCode::OK)
                 .await;
             out.extend(res.entries);
             if !res.has_more {
@@ -272,10 +243,8 @@ impl TestServer {
 
     pub async fn ws_token(&self, token: &str) -> WsClient {
         let mut req = self.ws_url().into_client_request().expect("ws request");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header"),
-        );
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
         let mut client = WsClient::connect(req).await.expect("ws connects");
         match client.next().await {
             ServerFrame::Ready { .. } => client,
@@ -303,11 +272,7 @@ impl WsClient {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
             .context("ws connect timed out")??;
-        Ok(WsClient {
-            ws,
-            next_req: 1,
-            stash: VecDeque::new(),
-        })
+        Ok(WsClient { ws, next_req: 1, stash: VecDeque::new() })
     }
 
     pub fn req_id(&mut self) -> ReqId {
@@ -321,10 +286,7 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("ws send");
+        self.ws.send(Message::Text(text.into())).await.expect("ws send");
     }
 
     pub async fn send_raw(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
@@ -352,9 +314,7 @@ impl WsClient {
 
     /// The next frame; panics on timeout or close.
     pub async fn next(&mut self) -> ServerFrame {
-        self.next_within(WAIT)
-            .await
-            .expect("expected a frame before the timeout or close")
+        self.next_within(WAIT).await.expect("expected a frame before the timeout or close")
     }
 
     /// The next frame matching `pred`; frames before it are kept for later `next` calls.
@@ -422,14 +382,7 @@ impl WsClient {
         cursors: BTreeMap<ConversationId, Seq>,
         limit: Option<u32>,
     ) -> Vec<SyncConversation> {
-        match self
-            .request(|req_id| ClientFrame::Sync {
-                req_id,
-                cursors,
-                limit,
-            })
-            .await
-        {
+        match self.request(|req_id| ClientFrame::Sync { req_id, cursors, limit }).await {
             ServerFrame::Synced { conversations, .. } => conversations,
             other => panic!("expected synced, got {other:?}"),
         }
@@ -437,10 +390,7 @@ impl WsClient {
 
     /// The next live entry (other frames are kept).
     pub async fn next_entry(&mut self) -> Entry {
-        match self
-            .next_matching(|f| matches!(f, ServerFrame::Entry { .. }))
-            .await
-        {
+        match self.next_matching(|f| matches!(f, ServerFrame::Entry { .. })).await {
             ServerFrame::Entry { entry } => entry,
             _ => unreachable!("matched an entry frame"),
         }

@@ -40,12 +40,7 @@ impl LivePair {
         let mut b = server.ws(&b_user).await;
         a.sync(BTreeMap::new()).await;
         b.sync(BTreeMap::new()).await;
-        let mut pair = LivePair {
-            a,
-            b,
-            conv,
-            n_checks: 0,
-        };
+        let mut pair = LivePair { a, b, conv, n_checks: 0 };
         pair.check().await;
         pair
     }
@@ -54,10 +49,7 @@ impl LivePair {
     async fn check(&mut self) {
         self.n_checks += 1;
         let body = format!("still here {}", self.n_checks);
-        let ack = self
-            .a
-            .send_msg(self.conv, &format!("pair-{}", self.n_checks), &body)
-            .await;
+        let ack = self.a.send_msg(self.conv, &format!("pair-{}", self.n_checks), &body).await;
         // seq 1 is `created`; each check appends one message.
         assert_eq!(ack.seq, 1 + Seq::from(self.n_checks), "pair ack");
         for ws in [&mut self.b, &mut self.a] {
@@ -85,10 +77,7 @@ fn error_frame(frame: ServerFrame) -> (Option<ReqId>, ErrorBody) {
 
 fn assert_code(json: &Value, code: &str) {
     assert_eq!(json["code"], code, "error body: {json}");
-    assert!(
-        json["message"].is_string(),
-        "error body has a message: {json}"
-    );
+    assert!(json["message"].is_string(), "error body has a message: {json}");
 }
 
 /// Opens `/v1/ws` with these headers: the connected client (nothing read yet), or the
@@ -99,8 +88,7 @@ async fn upgrade(
 ) -> Result<WsClient, (StatusCode, Value)> {
     let mut req = server.ws_url().into_client_request().expect("ws request");
     for (name, value) in headers {
-        req.headers_mut()
-            .insert(*name, value.parse().expect("header value"));
+        req.headers_mut().insert(*name, value.parse().expect("header value"));
     }
     match WsClient::connect(req).await {
         Ok(client) => Ok(client),
@@ -132,10 +120,7 @@ fn bearer(token: &str) -> (&'static str, String) {
 
 /// The close code of the server's close frame (panics when the connection ended without one).
 async fn close_code(ws: &mut WsClient) -> u16 {
-    let frame = ws
-        .closed()
-        .await
-        .expect("the server sent a close frame with a code");
+    let frame = ws.closed().await.expect("the server sent a close frame with a code");
     u16::from(frame.code)
 }
 
@@ -163,10 +148,7 @@ fn send_frame(req_id: ReqId, conv: ConversationId, client_msg_id: &str, body: &s
 }
 
 fn message(body: &str) -> NewEntry {
-    NewEntry::Message {
-        body: body.to_owned(),
-        reply_to: None,
-    }
+    NewEntry::Message { body: body.to_owned(), reply_to: None }
 }
 
 fn small_frames() -> impl FnOnce(&mut natter_server::Config) {
@@ -232,9 +214,7 @@ async fn body_over_cap_is_too_large_and_stores_nothing() {
 
     // WebSocket send: the frame (about 8 KiB) is within max_frame_bytes, the body is not.
     // (`request` waits for the reply that echoes its req_id.)
-    let reply = c
-        .request(|req_id| send_frame(req_id, conv, "too-big", &over))
-        .await;
+    let reply = c.request(|req_id| send_frame(req_id, conv, "too-big", &over)).await;
     assert_eq!(error_frame(reply).1.code, ErrorCode::TooLarge);
     // An edit with a body over the cap is refused the same way.
     let reply = c
@@ -248,16 +228,11 @@ async fn body_over_cap_is_too_large_and_stores_nothing() {
         .await;
     assert_eq!(error_frame(reply).1.code, ErrorCode::TooLarge);
     // REST: 413 with the same code.
-    let (status, json) = server
-        .post_entry(&carol, conv, "rest-too-big", message(&over))
-        .await;
+    let (status, json) = server.post_entry(&carol, conv, "rest-too-big", message(&over)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_code(&json, "too_large");
     // A REST request body over max_http_body_bytes (256 KiB) is refused before parsing.
-    let huge = PostEntry {
-        client_msg_id: "huge".into(),
-        entry: message(&"y".repeat(300 * 1024)),
-    };
+    let huge = PostEntry { client_msg_id: "huge".into(), entry: message(&"y".repeat(300 * 1024)) };
     let (status, json) = server
         .call(
             Method::POST,
@@ -297,16 +272,8 @@ async fn malformed_unknown_and_binary_frames_get_errors_and_the_session_lives_on
         ("[1,2,3]", None, ErrorCode::MalformedFrame),
         ("null", None, ErrorCode::MalformedFrame),
         // Missing fields.
-        (
-            r#"{"type":"send","req_id":41}"#,
-            Some(41),
-            ErrorCode::MalformedFrame,
-        ),
-        (
-            r#"{"type":"history","req_id":42}"#,
-            Some(42),
-            ErrorCode::MalformedFrame,
-        ),
+        (r#"{"type":"send","req_id":41}"#, Some(41), ErrorCode::MalformedFrame),
+        (r#"{"type":"history","req_id":42}"#, Some(42), ErrorCode::MalformedFrame),
         (r#"{"req_id":43}"#, Some(43), ErrorCode::MalformedFrame),
         // A field of the wrong type.
         (
@@ -314,11 +281,7 @@ async fn malformed_unknown_and_binary_frames_get_errors_and_the_session_lives_on
             Some(44),
             ErrorCode::MalformedFrame,
         ),
-        (
-            r#"{"type":"teleport","req_id":45}"#,
-            Some(45),
-            ErrorCode::UnknownType,
-        ),
+        (r#"{"type":"teleport","req_id":45}"#, Some(45), ErrorCode::UnknownType),
         (r#"{"type":"teleport"}"#, None, ErrorCode::UnknownType),
     ];
     for (text, req_id, code) in cases {
@@ -326,21 +289,15 @@ async fn malformed_unknown_and_binary_frames_get_errors_and_the_session_lives_on
         let (echoed, err) = error_frame(c.next().await);
         assert_eq!((echoed, err.code), (*req_id, *code), "frame {text:?}");
     }
-    c.send_raw(Message::Binary(
-        br#"{"type":"ping","req_id":46}"#.to_vec().into(),
-    ))
-    .await
-    .expect("binary frame sent");
+    c.send_raw(Message::Binary(br#"{"type":"ping","req_id":46}"#.to_vec().into()))
+        .await
+        .expect("binary frame sent");
     let (echoed, err) = error_frame(c.next().await);
     assert_eq!((echoed, err.code), (None, ErrorCode::MalformedFrame));
     pair.check().await;
 
     // Still open and usable: ping, send, sync.
-    let pong = c
-        .request(|req_id| ClientFrame::Ping {
-            req_id: Some(req_id),
-        })
-        .await;
+    let pong = c.request(|req_id| ClientFrame::Ping { req_id: Some(req_id) }).await;
     assert!(matches!(pong, ServerFrame::Pong { req_id: Some(_) }));
     let ack = c.send_msg(conv, "m1", "after the garbage").await;
     assert_eq!(ack.seq, 2, "no bad frame stored anything");
@@ -381,30 +338,18 @@ async fn websocket_auth_by_header_or_first_frame() {
         Message::Text(r#"{"type":"auth"}"#.into()),
         Message::Text("hello".into()),
         Message::Binary(
-            format!(r#"{{"type":"auth","token":"{}"}}"#, carol.token)
-                .into_bytes()
-                .into(),
+            format!(r#"{{"type":"auth","token":"{}"}}"#, carol.token).into_bytes().into(),
         ),
         Message::Text(
-            serde_json::to_string(&send_frame(1, pair.conv, "x", "sneaky"))
-                .expect("json")
-                .into(),
+            serde_json::to_string(&send_frame(1, pair.conv, "x", "sneaky")).expect("json").into(),
         ),
     ];
     for first in bad_first {
         let mut ws = server.ws_anonymous().await;
         ws.send_raw(first.clone()).await.expect("first frame sent");
         let (req_id, err) = error_frame(ws.next().await);
-        assert_eq!(
-            (req_id, err.code),
-            (None, ErrorCode::Unauthenticated),
-            "{first:?}"
-        );
-        assert_eq!(
-            close_code(&mut ws).await,
-            close::UNAUTHENTICATED,
-            "{first:?}"
-        );
+        assert_eq!((req_id, err.code), (None, ErrorCode::Unauthenticated), "{first:?}");
+        assert_eq!(close_code(&mut ws).await, close::UNAUTHENTICATED, "{first:?}");
         pair.check().await;
     }
     // (Each `check` above also shows that the anonymous `send` stored nothing: the pair's
@@ -412,24 +357,15 @@ async fn websocket_auth_by_header_or_first_frame() {
 
     // A valid `auth` frame first: `ready`, then a working session.
     let mut ws = server.ws_anonymous().await;
-    ws.send_frame(&ClientFrame::Auth {
-        token: carol.token.clone(),
-    })
-    .await;
+    ws.send_frame(&ClientFrame::Auth { token: carol.token.clone() }).await;
     expect_ready(&mut ws, &carol).await;
     let synced = ws.sync(BTreeMap::new()).await;
     assert!(synced.is_empty(), "carol has no conversations yet");
     // A second `auth` on an authenticated session is a bad request, not a re-login.
-    ws.send_frame(&ClientFrame::Auth {
-        token: "nt_other".into(),
-    })
-    .await;
+    ws.send_frame(&ClientFrame::Auth { token: "nt_other".into() }).await;
     assert_eq!(error_frame(ws.next().await).1.code, ErrorCode::BadRequest);
     assert!(matches!(
-        ws.request(|req_id| ClientFrame::Ping {
-            req_id: Some(req_id)
-        })
-        .await,
+        ws.request(|req_id| ClientFrame::Ping { req_id: Some(req_id) }).await,
         ServerFrame::Pong { .. }
     ));
     pair.check().await;
@@ -443,34 +379,18 @@ async fn logout_revokes_only_that_token() {
     let carol = server.user("carol").await;
     let other_device = server.login("carol").await;
 
-    let (status, _) = server
-        .call::<()>(Method::GET, "/v1/me", Some(&carol.token), None)
-        .await;
+    let (status, _) = server.call::<()>(Method::GET, "/v1/me", Some(&carol.token), None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = server
-        .call::<()>(
-            Method::DELETE,
-            "/v1/sessions/current",
-            Some(&carol.token),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.call::<()>(Method::DELETE, "/v1/sessions/current", Some(&carol.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
     // The revoked token: REST 401, WebSocket upgrade 401, `auth` frame 4001.
-    let (status, body) = server
-        .call::<()>(Method::GET, "/v1/me", Some(&carol.token), None)
-        .await;
+    let (status, body) = server.call::<()>(Method::GET, "/v1/me", Some(&carol.token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_code(&body, "unauthenticated");
-    let (status, body) = server
-        .call::<()>(
-            Method::DELETE,
-            "/v1/sessions/current",
-            Some(&carol.token),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.call::<()>(Method::DELETE, "/v1/sessions/current", Some(&carol.token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_code(&body, "unauthenticated");
     let Err((status, body)) = upgrade(&server, &[bearer(&carol.token)]).await else {
@@ -479,20 +399,12 @@ async fn logout_revokes_only_that_token() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_code(&body, "unauthenticated");
     let mut ws = server.ws_anonymous().await;
-    ws.send_frame(&ClientFrame::Auth {
-        token: carol.token.clone(),
-    })
-    .await;
-    assert_eq!(
-        error_frame(ws.next().await).1.code,
-        ErrorCode::Unauthenticated
-    );
+    ws.send_frame(&ClientFrame::Auth { token: carol.token.clone() }).await;
+    assert_eq!(error_frame(ws.next().await).1.code, ErrorCode::Unauthenticated);
     assert_eq!(close_code(&mut ws).await, close::UNAUTHENTICATED);
 
     // carol's other device is unaffected.
-    let (status, me) = server
-        .call::<()>(Method::GET, "/v1/me", Some(&other_device), None)
-        .await;
+    let (status, me) = server.call::<()>(Method::GET, "/v1/me", Some(&other_device), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["handle"], "carol");
     let mut ws = server.ws_token(&other_device).await;
@@ -506,10 +418,7 @@ async fn every_rest_route_needs_a_valid_token() {
     let server = TestServer::start().await;
     let mut pair = LivePair::new(&server).await;
     let conv = pair.conv;
-    let entry = PostEntry {
-        client_msg_id: "x".into(),
-        entry: message("hi"),
-    };
+    let entry = PostEntry { client_msg_id: "x".into(), entry: message("hi") };
     let routes: Vec<(Method, String, Value)> = vec![
         (Method::DELETE, "/v1/sessions/current".into(), Value::Null),
         (Method::GET, "/v1/me".into(), Value::Null),
@@ -520,45 +429,26 @@ async fn every_rest_route_needs_a_valid_token() {
             json!({"kind": "group", "title": "t", "members": []}),
         ),
         (Method::GET, "/v1/conversations".into(), Value::Null),
-        (
-            Method::GET,
-            format!("/v1/conversations/{conv}"),
-            Value::Null,
-        ),
+        (Method::GET, format!("/v1/conversations/{conv}"), Value::Null),
         (
             Method::PATCH,
             format!("/v1/conversations/{conv}"),
             serde_json::to_value(UpdateConversation { title: "t".into() }).expect("json"),
         ),
-        (
-            Method::GET,
-            format!("/v1/conversations/{conv}/members"),
-            Value::Null,
-        ),
+        (Method::GET, format!("/v1/conversations/{conv}/members"), Value::Null),
         (
             Method::POST,
             format!("/v1/conversations/{conv}/members"),
-            serde_json::to_value(AddMember {
-                user_id: natter_proto::UserId(1),
-                role: None,
-            })
-            .expect("json"),
+            serde_json::to_value(AddMember { user_id: natter_proto::UserId(1), role: None })
+                .expect("json"),
         ),
         (
             Method::PATCH,
             format!("/v1/conversations/{conv}/members/1"),
             serde_json::to_value(UpdateMember { role: Role::Admin }).expect("json"),
         ),
-        (
-            Method::DELETE,
-            format!("/v1/conversations/{conv}/members/1"),
-            Value::Null,
-        ),
-        (
-            Method::GET,
-            format!("/v1/conversations/{conv}/entries"),
-            Value::Null,
-        ),
+        (Method::DELETE, format!("/v1/conversations/{conv}/members/1"), Value::Null),
+        (Method::GET, format!("/v1/conversations/{conv}/entries"), Value::Null),
         (
             Method::POST,
             format!("/v1/conversations/{conv}/entries"),
@@ -567,17 +457,10 @@ async fn every_rest_route_needs_a_valid_token() {
         (
             Method::PUT,
             format!("/v1/conversations/{conv}/cursors"),
-            serde_json::to_value(SetCursors {
-                delivered_seq: Some(1),
-                read_seq: Some(1),
-            })
-            .expect("json"),
+            serde_json::to_value(SetCursors { delivered_seq: Some(1), read_seq: Some(1) })
+                .expect("json"),
         ),
-        (
-            Method::GET,
-            format!("/v1/conversations/{conv}/receipts"),
-            Value::Null,
-        ),
+        (Method::GET, format!("/v1/conversations/{conv}/receipts"), Value::Null),
         (
             Method::POST,
             "/v1/sync".into(),
@@ -614,37 +497,20 @@ async fn passwords_and_handles_are_checked() {
         device: None,
     };
     let (status, wrong_password) = server
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(&login("carol", "not the password")),
-        )
+        .call(Method::POST, "/v1/sessions", None, Some(&login("carol", "not the password")))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_code(&wrong_password, "unauthenticated");
     // An unknown handle looks exactly like a wrong password (no account enumeration).
-    let (status, unknown) = server
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(&login("nobody", PASSWORD)),
-        )
-        .await;
+    let (status, unknown) =
+        server.call(Method::POST, "/v1/sessions", None, Some(&login("nobody", PASSWORD))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown, wrong_password);
 
     // Handles are unique case-insensitively.
     for handle in ["carol", "CAROL", "Carol"] {
-        let (status, json) = server
-            .call(
-                Method::POST,
-                "/v1/accounts",
-                None,
-                Some(&login(handle, PASSWORD)),
-            )
-            .await;
+        let (status, json) =
+            server.call(Method::POST, "/v1/accounts", None, Some(&login(handle, PASSWORD))).await;
         assert_eq!(status, StatusCode::CONFLICT, "{handle}: {json}");
         assert_code(&json, "conflict");
     }
@@ -681,9 +547,7 @@ async fn websocket_origin_is_checked() {
         .await
         .expect("own origin accepted");
     expect_ready(&mut ws, &carol).await;
-    let mut ws = upgrade(&server, &[bearer(&carol.token)])
-        .await
-        .expect("no origin accepted");
+    let mut ws = upgrade(&server, &[bearer(&carol.token)]).await.expect("no origin accepted");
     expect_ready(&mut ws, &carol).await;
     server.stop().await;
 
@@ -694,24 +558,14 @@ async fn websocket_origin_is_checked() {
     .await;
     let mut pair = LivePair::new(&server).await;
     let carol = server.user("carol").await;
-    let mut ws = upgrade(
-        &server,
-        &[
-            bearer(&carol.token),
-            ("origin", "https://app.example".to_owned()),
-        ],
-    )
-    .await
-    .expect("configured origin accepted");
+    let mut ws =
+        upgrade(&server, &[bearer(&carol.token), ("origin", "https://app.example".to_owned())])
+            .await
+            .expect("configured origin accepted");
     expect_ready(&mut ws, &carol).await;
-    let res = upgrade(
-        &server,
-        &[
-            bearer(&carol.token),
-            ("origin", "http://evil.example".to_owned()),
-        ],
-    )
-    .await;
+    let res =
+        upgrade(&server, &[bearer(&carol.token), ("origin", "http://evil.example".to_owned())])
+            .await;
     assert_eq!(res.err().map(|e| e.0), Some(StatusCode::FORBIDDEN));
     // Anonymous upgrades (auth by first frame) are checked too.
     let res = upgrade(&server, &[("origin", "http://evil.example".to_owned())]).await;
@@ -736,31 +590,11 @@ async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
     let rest_probes = |id: ConversationId| -> Vec<(Method, String, Value)> {
         vec![
             (Method::GET, format!("/v1/conversations/{id}"), Value::Null),
-            (
-                Method::GET,
-                format!("/v1/conversations/{id}/entries"),
-                Value::Null,
-            ),
-            (
-                Method::GET,
-                format!("/v1/conversations/{id}/entries?after=0&limit=10"),
-                Value::Null,
-            ),
-            (
-                Method::GET,
-                format!("/v1/conversations/{id}/entries?before=5"),
-                Value::Null,
-            ),
-            (
-                Method::GET,
-                format!("/v1/conversations/{id}/members"),
-                Value::Null,
-            ),
-            (
-                Method::GET,
-                format!("/v1/conversations/{id}/receipts"),
-                Value::Null,
-            ),
+            (Method::GET, format!("/v1/conversations/{id}/entries"), Value::Null),
+            (Method::GET, format!("/v1/conversations/{id}/entries?after=0&limit=10"), Value::Null),
+            (Method::GET, format!("/v1/conversations/{id}/entries?before=5"), Value::Null),
+            (Method::GET, format!("/v1/conversations/{id}/members"), Value::Null),
+            (Method::GET, format!("/v1/conversations/{id}/receipts"), Value::Null),
             (
                 Method::POST,
                 format!("/v1/conversations/{id}/entries"),
@@ -770,95 +604,45 @@ async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
                 })
                 .expect("json"),
             ),
-            (
-                Method::PUT,
-                format!("/v1/conversations/{id}/cursors"),
-                json!({"read_seq": 2}),
-            ),
-            (
-                Method::PATCH,
-                format!("/v1/conversations/{id}"),
-                json!({"title": "mine now"}),
-            ),
-            (
-                Method::POST,
-                format!("/v1/conversations/{id}/members"),
-                json!({"user_id": dave.id}),
-            ),
+            (Method::PUT, format!("/v1/conversations/{id}/cursors"), json!({"read_seq": 2})),
+            (Method::PATCH, format!("/v1/conversations/{id}"), json!({"title": "mine now"})),
+            (Method::POST, format!("/v1/conversations/{id}/members"), json!({"user_id": dave.id})),
             (
                 Method::PATCH,
                 format!("/v1/conversations/{id}/members/{}", alice.id),
                 json!({"role": "admin"}),
             ),
-            (
-                Method::DELETE,
-                format!("/v1/conversations/{id}/members/{}", bob.id),
-                Value::Null,
-            ),
-            (
-                Method::DELETE,
-                format!("/v1/conversations/{id}/members/{}", dave.id),
-                Value::Null,
-            ),
+            (Method::DELETE, format!("/v1/conversations/{id}/members/{}", bob.id), Value::Null),
+            (Method::DELETE, format!("/v1/conversations/{id}/members/{}", dave.id), Value::Null),
         ]
     };
     for ((method, path, body), (_, missing_path, _)) in
         rest_probes(conv).into_iter().zip(rest_probes(missing))
     {
         let body = (!body.is_null()).then_some(&body);
-        let foreign = server
-            .call(method.clone(), &path, Some(&dave.token), body)
-            .await;
-        let absent = server
-            .call(method.clone(), &missing_path, Some(&dave.token), body)
-            .await;
-        assert_eq!(
-            foreign.0,
-            StatusCode::NOT_FOUND,
-            "{method} {path}: {}",
-            foreign.1
-        );
+        let foreign = server.call(method.clone(), &path, Some(&dave.token), body).await;
+        let absent = server.call(method.clone(), &missing_path, Some(&dave.token), body).await;
+        assert_eq!(foreign.0, StatusCode::NOT_FOUND, "{method} {path}: {}", foreign.1);
         assert_code(&foreign.1, "not_found");
         assert_eq!(foreign, absent, "{method} {path} vs {missing_path}");
     }
     // Nothing changed: still `created` and one message, and bob is still a member.
     assert_eq!(last_seq(&server, &alice, conv).await, 2);
     let (status, _) = server
-        .call::<()>(
-            Method::GET,
-            &format!("/v1/conversations/{conv}"),
-            Some(&bob.token),
-            None,
-        )
+        .call::<()>(Method::GET, &format!("/v1/conversations/{conv}"), Some(&bob.token), None)
         .await;
     assert_eq!(status, StatusCode::OK);
 
     // REST listings never include it.
     let page: ConversationPage = server
-        .ok::<(), _>(
-            Method::GET,
-            "/v1/conversations",
-            &dave.token,
-            None,
-            StatusCode::OK,
-        )
+        .ok::<(), _>(Method::GET, "/v1/conversations", &dave.token, None, StatusCode::OK)
         .await;
     let ids: Vec<ConversationId> = page.conversations.iter().map(|c| c.id).collect();
     assert_eq!(ids, vec![dave_conv]);
     let synced: SyncResponse = server
-        .ok(
-            Method::POST,
-            "/v1/sync",
-            &dave.token,
-            Some(&SyncRequest::default()),
-            StatusCode::OK,
-        )
+        .ok(Method::POST, "/v1/sync", &dave.token, Some(&SyncRequest::default()), StatusCode::OK)
         .await;
-    let ids: Vec<ConversationId> = synced
-        .conversations
-        .iter()
-        .map(|c| c.conversation.id)
-        .collect();
+    let ids: Vec<ConversationId> = synced.conversations.iter().map(|c| c.conversation.id).collect();
     assert_eq!(ids, vec![dave_conv]);
 
     // WebSocket: history, send (and edit, react), read and delivered answer `not_found`, the
@@ -933,18 +717,9 @@ async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
     let ack = a.send_msg(conv, "s2", "secret 2").await;
     assert_eq!(ack.seq, 3);
     assert_eq!(b.next_entry().await.seq, 3);
-    a.send_frame(&ClientFrame::Read {
-        req_id: None,
-        conversation: conv,
-        seq: 3,
-    })
-    .await;
-    let receipt = b
-        .next_matching(|f| matches!(f, ServerFrame::Receipt { .. }))
-        .await;
-    let ServerFrame::Receipt { receipt } = receipt else {
-        unreachable!("matched a receipt")
-    };
+    a.send_frame(&ClientFrame::Read { req_id: None, conversation: conv, seq: 3 }).await;
+    let receipt = b.next_matching(|f| matches!(f, ServerFrame::Receipt { .. })).await;
+    let ServerFrame::Receipt { receipt } = receipt else { unreachable!("matched a receipt") };
     assert_eq!((receipt.user, receipt.read_seq), (alice.id, 3));
     let barrier = server.send_rest(&erin, dave_conv, "e1", "barrier").await;
     match d.next().await {
@@ -955,10 +730,7 @@ async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
     }
     // The session has delivered everything dave may see: a sync has nothing new.
     let synced = d.sync(BTreeMap::new()).await;
-    assert!(
-        synced.is_empty(),
-        "dave's sync shows nothing new: {synced:?}"
-    );
+    assert!(synced.is_empty(), "dave's sync shows nothing new: {synced:?}");
     server.stop().await;
 }
 
@@ -999,12 +771,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
     let mut n_after_drop: Option<u64> = None;
     while n_after_drop != Some(50) {
         let ack = server
-            .send_rest(
-                &alice,
-                conv,
-                &format!("f{n_sent}"),
-                &format!("{n_sent} {filler}"),
-            )
+            .send_rest(&alice, conv, &format!("f{n_sent}"), &format!("{n_sent} {filler}"))
             .await;
         assert_eq!(ack.seq, 2 + n_sent);
         n_sent += 1;
@@ -1014,10 +781,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
         {
             n_after_drop = Some(0);
         }
-        assert!(
-            n_sent < 2000,
-            "the slow consumer was never dropped (28 MiB sent)"
-        );
+        assert!(n_sent < 2000, "the slow consumer was never dropped (28 MiB sent)");
     }
     let end = server.send_rest(&alice, conv, "end", "the end").await;
     assert_eq!(end.seq, n_sent + 2);
@@ -1053,9 +817,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
     for e in &got[..got.len() - 1] {
         assert!(message_body(e).starts_with(&format!("{} ", e.seq - 2)));
     }
-    let ack = server
-        .send_rest(&alice, conv, "after", "after the flood")
-        .await;
+    let ack = server.send_rest(&alice, conv, "after", "after the flood").await;
     assert_eq!(bob_ws.next_entry().await.seq, ack.seq);
     assert_eq!(healthy.next_entry().await.seq, ack.seq);
     server.stop().await;

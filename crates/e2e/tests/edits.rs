@@ -65,12 +65,7 @@ fn edit(
 
 fn delete(conv: ConversationId, cmid: &str, target: Seq) -> impl FnOnce(u64) -> ClientFrame {
     let cmid = cmid.to_owned();
-    move |req_id| ClientFrame::Delete {
-        req_id,
-        conversation: conv,
-        client_msg_id: cmid,
-        target,
-    }
+    move |req_id| ClientFrame::Delete { req_id, conversation: conv, client_msg_id: cmid, target }
 }
 
 fn react(
@@ -108,19 +103,11 @@ fn state(body: &str, edited_seq: Option<Seq>, reactions: &[(&str, &[UserId])]) -
 
 /// A deleted message: no text, no reactions; `edited_seq` still names its last edit.
 fn tombstone(edited_seq: Option<Seq>) -> MessageState {
-    MessageState {
-        body: String::new(),
-        edited_seq,
-        deleted: true,
-        reactions: Vec::new(),
-    }
+    MessageState { body: String::new(), edited_seq, deleted: true, reactions: Vec::new() }
 }
 
 fn message(body: &str, reply_to: Option<Seq>) -> EntryBody {
-    EntryBody::Message {
-        body: body.to_owned(),
-        reply_to,
-    }
+    EntryBody::Message { body: body.to_owned(), reply_to }
 }
 
 async fn summary(
@@ -129,9 +116,7 @@ async fn summary(
     conv: ConversationId,
 ) -> ConversationSummary {
     let path = format!("/v1/conversations/{conv}");
-    server
-        .ok::<(), _>(Method::GET, &path, &user.token, None, StatusCode::OK)
-        .await
+    server.ok::<(), _>(Method::GET, &path, &user.token, None, StatusCode::OK).await
 }
 
 async fn rest_page(
@@ -141,9 +126,7 @@ async fn rest_page(
     query: &str,
 ) -> EntryPage {
     let path = format!("/v1/conversations/{conv}/entries?{query}");
-    server
-        .ok::<(), _>(Method::GET, &path, &user.token, None, StatusCode::OK)
-        .await
+    server.ok::<(), _>(Method::GET, &path, &user.token, None, StatusCode::OK).await
 }
 
 async fn ws_page(
@@ -154,25 +137,12 @@ async fn ws_page(
     limit: Option<u32>,
 ) -> EntryPage {
     let reply = ws
-        .request(|req_id| ClientFrame::History {
-            req_id,
-            conversation: conv,
-            before,
-            after,
-            limit,
-        })
+        .request(|req_id| ClientFrame::History { req_id, conversation: conv, before, after, limit })
         .await;
     match reply {
-        ServerFrame::History {
-            conversation,
-            entries,
-            has_more,
-            ..
-        } => EntryPage {
-            conversation,
-            entries,
-            has_more,
-        },
+        ServerFrame::History { conversation, entries, has_more, .. } => {
+            EntryPage { conversation, entries, has_more }
+        }
         other => panic!("expected history, got {other:?}"),
     }
 }
@@ -183,19 +153,9 @@ async fn rest_sync(
     user: &TestUser,
     cursors: BTreeMap<ConversationId, Seq>,
 ) -> Vec<SyncConversation> {
-    let req = SyncRequest {
-        cursors,
-        limit: None,
-    };
-    let res: SyncResponse = server
-        .ok(
-            Method::POST,
-            "/v1/sync",
-            &user.token,
-            Some(&req),
-            StatusCode::OK,
-        )
-        .await;
+    let req = SyncRequest { cursors, limit: None };
+    let res: SyncResponse =
+        server.ok(Method::POST, "/v1/sync", &user.token, Some(&req), StatusCode::OK).await;
     res.conversations
 }
 
@@ -204,10 +164,7 @@ fn seqs(entries: &[Entry]) -> Vec<Seq> {
 }
 
 fn by_seq(entries: &[Entry], seq: Seq) -> &Entry {
-    entries
-        .iter()
-        .find(|e| e.seq == seq)
-        .unwrap_or_else(|| panic!("no seq {seq} in {entries:?}"))
+    entries.iter().find(|e| e.seq == seq).unwrap_or_else(|| panic!("no seq {seq} in {entries:?}"))
 }
 
 #[tokio::test]
@@ -228,19 +185,11 @@ async fn offline_member_syncs_edits_deletions_reactions_and_replies() {
 
     assert_eq!(a.send_msg(conv, "m3", "second").await.seq, 3);
     assert_eq!(a.send_msg(conv, "m4", "third").await.seq, 4);
-    assert_eq!(
-        ack(&mut a, edit(conv, "e5", 2, "first, edited")).await.seq,
-        5
-    );
+    assert_eq!(ack(&mut a, edit(conv, "e5", 2, "first, edited")).await.seq, 5);
     assert_eq!(ack(&mut a, delete(conv, "d6", 3)).await.seq, 6);
     assert_eq!(ack(&mut a, react(conv, "r7", 4, "👍", false)).await.seq, 7);
     assert_eq!(ack(&mut a, reply(conv, "m8", "re: first", 2)).await.seq, 8);
-    assert_eq!(
-        ack(&mut a, edit(conv, "e9", 2, "first, edited twice"))
-            .await
-            .seq,
-        9
-    );
+    assert_eq!(ack(&mut a, edit(conv, "e9", 2, "first, edited twice")).await.seq, 9);
 
     // Bob resumes from his old cursor (over HTTP; the WebSocket `sync` is checked at the end):
     // every change is its own entry naming its target, and each message shows its current
@@ -251,10 +200,8 @@ async fn offline_member_syncs_edits_deletions_reactions_and_replies() {
     assert!(!synced[0].has_more);
     let got = &synced[0].entries;
     assert_eq!(seqs(got), (3..=9).collect::<Vec<_>>());
-    let cmids: Vec<(Seq, UserId, &str)> = got
-        .iter()
-        .map(|e| (e.seq, e.sender, e.client_msg_id.as_deref().unwrap_or("")))
-        .collect();
+    let cmids: Vec<(Seq, UserId, &str)> =
+        got.iter().map(|e| (e.seq, e.sender, e.client_msg_id.as_deref().unwrap_or(""))).collect();
     let a_id = alice.id;
     assert_eq!(
         cmids,
@@ -269,93 +216,53 @@ async fn offline_member_syncs_edits_deletions_reactions_and_replies() {
         ]
     );
     let e3 = by_seq(got, 3);
-    assert_eq!(
-        e3.state,
-        Some(tombstone(None)),
-        "a deleted message is a tombstone"
-    );
-    assert_eq!(
-        e3.body,
-        message("", None),
-        "a deleted message's text is redacted"
-    );
+    assert_eq!(e3.state, Some(tombstone(None)), "a deleted message is a tombstone");
+    assert_eq!(e3.body, message("", None), "a deleted message's text is redacted");
     let e4 = by_seq(got, 4);
     assert_eq!(e4.body, message("third", None));
     assert_eq!(e4.state, Some(state("third", None, &[("👍", &[alice.id])])));
     assert_eq!(
         by_seq(got, 5).body,
-        EntryBody::Edit {
-            target: 2,
-            body: "first, edited".to_owned()
-        }
+        EntryBody::Edit { target: 2, body: "first, edited".to_owned() }
     );
     assert_eq!(by_seq(got, 5).state, None);
     assert_eq!(by_seq(got, 6).body, EntryBody::Delete { target: 3 });
     assert_eq!(
         by_seq(got, 7).body,
-        EntryBody::Reaction {
-            target: 4,
-            emoji: "👍".to_owned(),
-            remove: false
-        }
+        EntryBody::Reaction { target: 4, emoji: "👍".to_owned(), remove: false }
     );
     let e8 = by_seq(got, 8);
     assert_eq!(e8.body, message("re: first", Some(2)));
     assert_eq!(e8.state, Some(state("re: first", None, &[])));
     assert_eq!(
         by_seq(got, 9).body,
-        EntryBody::Edit {
-            target: 2,
-            body: "first, edited twice".to_owned()
-        }
+        EntryBody::Edit { target: 2, body: "first, edited twice".to_owned() }
     );
 
     // Bob reacts twice, alice takes her reaction back: reactions are aggregated per emoji.
     let mut b = server.ws(&bob).await;
-    assert_eq!(
-        ack(&mut b, react(conv, "r10", 4, "👍", false)).await.seq,
-        10
-    );
-    assert_eq!(
-        ack(&mut b, react(conv, "r11", 4, "❤️", false)).await.seq,
-        11
-    );
+    assert_eq!(ack(&mut b, react(conv, "r10", 4, "👍", false)).await.seq, 10);
+    assert_eq!(ack(&mut b, react(conv, "r11", 4, "❤️", false)).await.seq, 11);
     assert_eq!(ack(&mut a, react(conv, "r12", 4, "👍", true)).await.seq, 12);
 
     // The whole history, in REST pages of 3.
     let all = server.all_entries(&bob, conv, 3).await;
     assert_eq!(seqs(&all), (1..=12).collect::<Vec<_>>());
     let e2 = by_seq(&all, 2);
-    assert_eq!(
-        e2.body,
-        message("first", None),
-        "the log keeps what was sent"
-    );
+    assert_eq!(e2.body, message("first", None), "the log keeps what was sent");
     assert_eq!(e2.state, Some(state("first, edited twice", Some(9), &[])));
     assert_eq!(by_seq(&all, 3).state, Some(tombstone(None)));
     assert_eq!(
         by_seq(&all, 4).state,
-        Some(state(
-            "third",
-            None,
-            &[("👍", &[bob.id]), ("❤️", &[bob.id])]
-        ))
+        Some(state("third", None, &[("👍", &[bob.id]), ("❤️", &[bob.id])]))
     );
     assert_eq!(
         by_seq(&all, 12).body,
-        EntryBody::Reaction {
-            target: 4,
-            emoji: "👍".to_owned(),
-            remove: true
-        }
+        EntryBody::Reaction { target: 4, emoji: "👍".to_owned(), remove: true }
     );
     for e in &all {
         let is_message = matches!(e.body, EntryBody::Message { .. });
-        assert_eq!(
-            e.state.is_some(),
-            is_message,
-            "state only on messages: {e:?}"
-        );
+        assert_eq!(e.state.is_some(), is_message, "state only on messages: {e:?}");
     }
 
     // Pages by before/after/limit: the WebSocket and REST agree, and match the whole history.
@@ -382,19 +289,13 @@ async fn offline_member_syncs_edits_deletions_reactions_and_replies() {
         let ws = ws_page(&mut b, conv, before, after, Some(limit)).await;
         assert_eq!(ws, rest, "{query}: the history frame and REST differ");
         for e in &rest.entries {
-            assert_eq!(
-                e,
-                by_seq(&all, e.seq),
-                "{query}: a page shows the same entry"
-            );
+            assert_eq!(e, by_seq(&all, e.seq), "{query}: a page shows the same entry");
         }
     }
 
     // Before and after together is a bad request on both transports.
     let path = format!("/v1/conversations/{conv}/entries?before=5&after=2");
-    let (status, json) = server
-        .call::<()>(Method::GET, &path, Some(&bob.token), None)
-        .await;
+    let (status, json) = server.call::<()>(Method::GET, &path, Some(&bob.token), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
     assert_eq!(json["code"], "bad_request");
     let reply = b
@@ -438,27 +339,12 @@ async fn refused_changes_store_nothing() {
     assert_eq!(before.last_seq, 4);
 
     // Someone else's message.
-    assert_eq!(
-        refused(&mut b, edit(conv, "x1", 2, "mine now")).await,
-        ErrorCode::Forbidden
-    );
-    assert_eq!(
-        refused(&mut b, delete(conv, "x2", 2)).await,
-        ErrorCode::Forbidden
-    );
+    assert_eq!(refused(&mut b, edit(conv, "x1", 2, "mine now")).await, ErrorCode::Forbidden);
+    assert_eq!(refused(&mut b, delete(conv, "x2", 2)).await, ErrorCode::Forbidden);
     // A deleted message.
-    assert_eq!(
-        refused(&mut a, edit(conv, "x3", 3, "undelete")).await,
-        ErrorCode::Conflict
-    );
-    assert_eq!(
-        refused(&mut a, delete(conv, "x4", 3)).await,
-        ErrorCode::Conflict
-    );
-    assert_eq!(
-        refused(&mut b, react(conv, "x5", 3, "👍", false)).await,
-        ErrorCode::Conflict
-    );
+    assert_eq!(refused(&mut a, edit(conv, "x3", 3, "undelete")).await, ErrorCode::Conflict);
+    assert_eq!(refused(&mut a, delete(conv, "x4", 3)).await, ErrorCode::Conflict);
+    assert_eq!(refused(&mut b, react(conv, "x5", 3, "👍", false)).await, ErrorCode::Conflict);
     // Not a message (seq 1 is `created`, seq 4 a deletion), or no such seq.
     for (i, target) in [1, 4, 5, 99].into_iter().enumerate() {
         let code = refused(&mut b, react(conv, &format!("r{i}"), target, "👍", false)).await;
@@ -471,65 +357,29 @@ async fn refused_changes_store_nothing() {
         assert_eq!(code, ErrorCode::BadRequest, "delete seq {target}");
     }
     // A non-member cannot tell the conversation exists.
-    assert_eq!(
-        refused(&mut c, react(conv, "c1", 2, "👍", false)).await,
-        ErrorCode::NotFound
-    );
-    assert_eq!(
-        refused(&mut c, edit(conv, "c2", 2, "x")).await,
-        ErrorCode::NotFound
-    );
+    assert_eq!(refused(&mut c, react(conv, "c1", 2, "👍", false)).await, ErrorCode::NotFound);
+    assert_eq!(refused(&mut c, edit(conv, "c2", 2, "x")).await, ErrorCode::NotFound);
 
     // The same refusals over REST, with their HTTP statuses.
     let rest_cases = [
+        (&bob, NewEntry::Edit { target: 2, body: "x".into() }, StatusCode::FORBIDDEN, "forbidden"),
+        (&bob, NewEntry::Delete { target: 2 }, StatusCode::FORBIDDEN, "forbidden"),
+        (&alice, NewEntry::Edit { target: 3, body: "x".into() }, StatusCode::CONFLICT, "conflict"),
         (
             &bob,
-            NewEntry::Edit {
-                target: 2,
-                body: "x".into(),
-            },
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        ),
-        (
-            &bob,
-            NewEntry::Delete { target: 2 },
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        ),
-        (
-            &alice,
-            NewEntry::Edit {
-                target: 3,
-                body: "x".into(),
-            },
-            StatusCode::CONFLICT,
-            "conflict",
-        ),
-        (
-            &bob,
-            NewEntry::Reaction {
-                target: 1,
-                emoji: "👍".into(),
-                remove: false,
-            },
+            NewEntry::Reaction { target: 1, emoji: "👍".into(), remove: false },
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
         (
             &bob,
-            NewEntry::Message {
-                body: "re".into(),
-                reply_to: Some(99),
-            },
+            NewEntry::Message { body: "re".into(), reply_to: Some(99) },
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
     ];
     for (i, (user, entry, status, code)) in rest_cases.into_iter().enumerate() {
-        let (got, json) = server
-            .post_entry(user, conv, &format!("rest{i}"), entry)
-            .await;
+        let (got, json) = server.post_entry(user, conv, &format!("rest{i}"), entry).await;
         assert_eq!(got, status, "{json}");
         assert_eq!(json["code"], code, "{json}");
     }
@@ -540,10 +390,7 @@ async fn refused_changes_store_nothing() {
         assert_eq!(after.last_seq, 4);
         assert_eq!(after.last_activity, before.last_activity);
     }
-    assert_eq!(
-        seqs(&server.all_entries(&alice, conv, 10).await),
-        vec![1, 2, 3, 4]
-    );
+    assert_eq!(seqs(&server.all_entries(&alice, conv, 10).await), vec![1, 2, 3, 4]);
     b.sync(BTreeMap::new()).await;
     assert_eq!(a.send_msg(conv, "m5", "marker").await.seq, 5);
     assert_eq!(b.next_entry().await.seq, 5);
@@ -573,33 +420,10 @@ async fn connected_member_receives_changes_live_in_order() {
 
     let want = vec![
         (2, alice.id, message("hello", None)),
-        (
-            3,
-            alice.id,
-            EntryBody::Edit {
-                target: 2,
-                body: "hello!".to_owned(),
-            },
-        ),
-        (
-            4,
-            bob.id,
-            EntryBody::Reaction {
-                target: 2,
-                emoji: "🎉".to_owned(),
-                remove: false,
-            },
-        ),
+        (3, alice.id, EntryBody::Edit { target: 2, body: "hello!".to_owned() }),
+        (4, bob.id, EntryBody::Reaction { target: 2, emoji: "🎉".to_owned(), remove: false }),
         (5, bob.id, message("hi", Some(2))),
-        (
-            6,
-            bob.id,
-            EntryBody::Reaction {
-                target: 2,
-                emoji: "🎉".to_owned(),
-                remove: true,
-            },
-        ),
+        (6, bob.id, EntryBody::Reaction { target: 2, emoji: "🎉".to_owned(), remove: true }),
         (7, alice.id, EntryBody::Delete { target: 2 }),
     ];
     for ws in [&mut b, &mut a] {
@@ -617,12 +441,6 @@ async fn connected_member_receives_changes_live_in_order() {
     assert_eq!(by_seq(&all, 5).body, message("hi", Some(2)));
     // Deletion redacts: the message entry and its edit keep their seq but lose their text.
     assert_eq!(by_seq(&all, 2).body, message("", None));
-    assert_eq!(
-        by_seq(&all, 3).body,
-        EntryBody::Edit {
-            target: 2,
-            body: String::new()
-        }
-    );
+    assert_eq!(by_seq(&all, 3).body, EntryBody::Edit { target: 2, body: String::new() });
     server.stop().await;
 }

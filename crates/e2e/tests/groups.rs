@@ -54,11 +54,7 @@ async fn refused<B: Serialize>(
 ) {
     let (got, json) = call(server, method.clone(), path, user, body).await;
     assert_eq!(got, status, "{method} {path} as {}: {json}", user.handle);
-    assert_eq!(
-        json["code"], code,
-        "{method} {path} as {}: {json}",
-        user.handle
-    );
+    assert_eq!(json["code"], code, "{method} {path} as {}: {json}", user.handle);
 }
 
 async fn create(
@@ -103,10 +99,7 @@ async fn add_member(
     user: &TestUser,
     role: Option<Role>,
 ) -> (StatusCode, Value) {
-    let body = AddMember {
-        user_id: user.id,
-        role,
-    };
+    let body = AddMember { user_id: user.id, role };
     let path = format!("/v1/conversations/{conv}/members");
     call(server, Method::POST, &path, actor, Some(&body)).await
 }
@@ -119,14 +112,7 @@ async fn set_role(
     role: Role,
 ) -> (StatusCode, Value) {
     let path = format!("/v1/conversations/{conv}/members/{}", user.id);
-    call(
-        server,
-        Method::PATCH,
-        &path,
-        actor,
-        Some(&UpdateMember { role }),
-    )
-    .await
+    call(server, Method::PATCH, &path, actor, Some(&UpdateMember { role })).await
 }
 
 async fn remove_member(
@@ -145,9 +131,7 @@ async fn set_title(
     conv: ConversationId,
     title: &str,
 ) -> (StatusCode, Value) {
-    let body = UpdateConversation {
-        title: title.to_owned(),
-    };
+    let body = UpdateConversation { title: title.to_owned() };
     let path = format!("/v1/conversations/{conv}");
     call(server, Method::PATCH, &path, actor, Some(&body)).await
 }
@@ -195,11 +179,7 @@ async fn barrier(server: &TestServer, frank: &TestUser, ws: &mut WsClient, conv:
     let ack = server.send_rest(frank, conv, "barrier", "barrier").await;
     match ws.next().await {
         ServerFrame::Entry { entry } => {
-            assert_eq!(
-                (entry.conversation, entry.seq),
-                (conv, ack.seq),
-                "{entry:?}"
-            );
+            assert_eq!((entry.conversation, entry.seq), (conv, ack.seq), "{entry:?}");
         }
         other => panic!("expected the barrier entry, got {other:?}"),
     }
@@ -212,19 +192,12 @@ async fn direct_is_one_per_pair_and_cannot_change_members() {
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
 
-    let (status, json) = create(
-        &server,
-        &alice,
-        &CreateConversation::Direct { peer: bob.id },
-    )
-    .await;
+    let (status, json) =
+        create(&server, &alice, &CreateConversation::Direct { peer: bob.id }).await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
     let first: ConversationSummary = serde_json::from_value(json).expect("summary");
     assert_eq!(first.kind, ConversationKind::Direct);
-    assert_eq!(
-        (first.title.as_deref(), first.role, first.last_seq),
-        (None, Role::Member, 1)
-    );
+    assert_eq!((first.title.as_deref(), first.role, first.last_seq), (None, Role::Member, 1));
     // Again, from either side: the same conversation, 200 instead of 201.
     for (who, peer) in [(&bob, &alice), (&alice, &bob), (&bob, &alice)] {
         let (status, json) =
@@ -246,19 +219,11 @@ async fn direct_is_one_per_pair_and_cannot_change_members() {
     );
 
     // With oneself: 400; with nobody: 404.
-    let (status, json) = create(
-        &server,
-        &alice,
-        &CreateConversation::Direct { peer: alice.id },
-    )
-    .await;
+    let (status, json) =
+        create(&server, &alice, &CreateConversation::Direct { peer: alice.id }).await;
     assert_error(status, &json, StatusCode::BAD_REQUEST, "bad_request");
-    let (status, json) = create(
-        &server,
-        &alice,
-        &CreateConversation::Direct { peer: UserId(9999) },
-    )
-    .await;
+    let (status, json) =
+        create(&server, &alice, &CreateConversation::Direct { peer: UserId(9999) }).await;
     assert_error(status, &json, StatusCode::NOT_FOUND, "not_found");
 
     // No member changes on a direct conversation: 403 for its members.
@@ -302,9 +267,7 @@ async fn membership_changes_are_log_entries_with_permissions() {
         ws.sync(BTreeMap::new()).await;
         live.push(ws);
     }
-    let [a, b, c, d, e] = &mut live[..] else {
-        unreachable!("five sessions")
-    };
+    let [a, b, c, d, e] = &mut live[..] else { unreachable!("five sessions") };
 
     // Create: the caller owns it; `created` (seq 1) lists the members.
     let (status, json) = create(&server, &alice, &group("Team", &[&bob, &carol])).await;
@@ -319,11 +282,7 @@ async fn membership_changes_are_log_entries_with_permissions() {
     assert_eq!(summary(&server, &bob, g).await.role, Role::Member);
     assert_eq!(
         members(&server, &carol, g).await,
-        vec![
-            (alice.id, Role::Owner),
-            (bob.id, Role::Member),
-            (carol.id, Role::Member)
-        ]
+        vec![(alice.id, Role::Owner), (bob.id, Role::Member), (carol.id, Role::Member)]
     );
     let e1 = (
         1,
@@ -345,19 +304,8 @@ async fn membership_changes_are_log_entries_with_permissions() {
     forbidden(add_member(&server, &bob, g, &dave, None).await);
     forbidden(set_title(&server, &carol, g, "Mine").await);
     forbidden(set_role(&server, &bob, g, &carol, Role::Admin).await);
-    ack(
-        add_member(&server, &alice, g, &dave, None).await,
-        StatusCode::CREATED,
-        2,
-    );
-    let e2 = (
-        2,
-        alice.id,
-        EntryBody::MemberAdded {
-            user: dave.id,
-            role: Role::Member,
-        },
-    );
+    ack(add_member(&server, &alice, g, &dave, None).await, StatusCode::CREATED, 2);
+    let e2 = (2, alice.id, EntryBody::MemberAdded { user: dave.id, role: Role::Member });
     for ws in [&mut *a, &mut *b, &mut *c] {
         assert_eq!(take(ws, g, 1).await, vec![e2.clone()]);
     }
@@ -365,19 +313,8 @@ async fn membership_changes_are_log_entries_with_permissions() {
     assert_eq!(take(d, g, 2).await, vec![e1.clone(), e2.clone()]);
 
     // Role changes: owner only, to member or admin.
-    ack(
-        set_role(&server, &alice, g, &bob, Role::Admin).await,
-        StatusCode::OK,
-        3,
-    );
-    let e3 = (
-        3,
-        alice.id,
-        EntryBody::RoleChanged {
-            user: bob.id,
-            role: Role::Admin,
-        },
-    );
+    ack(set_role(&server, &alice, g, &bob, Role::Admin).await, StatusCode::OK, 3);
+    let e3 = (3, alice.id, EntryBody::RoleChanged { user: bob.id, role: Role::Admin });
     let (status, json) = set_role(&server, &alice, g, &carol, Role::Owner).await;
     assert_error(status, &json, StatusCode::BAD_REQUEST, "bad_request");
     let (status, json) = set_role(&server, &alice, g, &alice, Role::Member).await;
@@ -385,43 +322,19 @@ async fn membership_changes_are_log_entries_with_permissions() {
 
     // An admin adds members, but not admins, and does not change roles.
     forbidden(add_member(&server, &bob, g, &erin, Some(Role::Admin)).await);
-    ack(
-        add_member(&server, &bob, g, &erin, None).await,
-        StatusCode::CREATED,
-        4,
-    );
-    let e4 = (
-        4,
-        bob.id,
-        EntryBody::MemberAdded {
-            user: erin.id,
-            role: Role::Member,
-        },
-    );
+    ack(add_member(&server, &bob, g, &erin, None).await, StatusCode::CREATED, 4);
+    let e4 = (4, bob.id, EntryBody::MemberAdded { user: erin.id, role: Role::Member });
     forbidden(set_role(&server, &bob, g, &erin, Role::Admin).await);
     let (status, json) = add_member(&server, &bob, g, &erin, None).await;
     assert_error(status, &json, StatusCode::CONFLICT, "conflict");
     for ws in [&mut *a, &mut *b, &mut *c, &mut *d] {
         assert_eq!(take(ws, g, 2).await, vec![e3.clone(), e4.clone()]);
     }
-    assert_eq!(
-        take(e, g, 4).await,
-        vec![e1.clone(), e2.clone(), e3.clone(), e4.clone()]
-    );
+    assert_eq!(take(e, g, 4).await, vec![e1.clone(), e2.clone(), e3.clone(), e4.clone()]);
 
     // Title: owner and admins; bad titles are refused.
-    let ack5 = ack(
-        set_title(&server, &bob, g, "Team 2").await,
-        StatusCode::OK,
-        5,
-    );
-    let e5 = (
-        5,
-        bob.id,
-        EntryBody::TitleChanged {
-            title: "Team 2".into(),
-        },
-    );
+    let ack5 = ack(set_title(&server, &bob, g, "Team 2").await, StatusCode::OK, 5);
+    let e5 = (5, bob.id, EntryBody::TitleChanged { title: "Team 2".into() });
     let (status, json) = set_title(&server, &bob, g, "   ").await;
     assert_error(status, &json, StatusCode::BAD_REQUEST, "bad_request");
     let (status, json) = set_title(&server, &bob, g, &"t".repeat(257)).await;
@@ -435,11 +348,7 @@ async fn membership_changes_are_log_entries_with_permissions() {
     // Removing: the owner removes dave, who is told, then loses access at once.
     forbidden(remove_member(&server, &bob, g, &alice).await);
     forbidden(remove_member(&server, &carol, g, &erin).await);
-    ack(
-        remove_member(&server, &alice, g, &dave).await,
-        StatusCode::OK,
-        6,
-    );
+    ack(remove_member(&server, &alice, g, &dave).await, StatusCode::OK, 6);
     let e6 = (6, alice.id, EntryBody::MemberRemoved { user: dave.id });
     for ws in [&mut *a, &mut *b, &mut *c, &mut *d, &mut *e] {
         assert_eq!(take(ws, g, 2).await, vec![e5.clone(), e6.clone()]);
@@ -450,21 +359,10 @@ async fn membership_changes_are_log_entries_with_permissions() {
         format!("/v1/conversations/{g}/members"),
         format!("/v1/conversations/{g}/receipts"),
     ] {
-        refused::<()>(
-            &server,
-            Method::GET,
-            &path,
-            &dave,
-            None,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        refused::<()>(&server, Method::GET, &path, &dave, None, StatusCode::NOT_FOUND, "not_found")
+            .await;
     }
-    let still_here = NewEntry::Message {
-        body: "still here?".into(),
-        reply_to: None,
-    };
+    let still_here = NewEntry::Message { body: "still here?".into(), reply_to: None };
     let (status, _) = server.post_entry(&dave, g, "d1", still_here).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let reply = d
@@ -482,47 +380,22 @@ async fn membership_changes_are_log_entries_with_permissions() {
     );
 
     // Leaving is removing oneself.
-    ack(
-        remove_member(&server, &carol, g, &carol).await,
-        StatusCode::OK,
-        7,
-    );
+    ack(remove_member(&server, &carol, g, &carol).await, StatusCode::OK, 7);
     let e7 = (7, carol.id, EntryBody::MemberRemoved { user: carol.id });
     // The owner leaves: ownership passes to the admin (bob), as an entry of its own.
-    ack(
-        remove_member(&server, &alice, g, &alice).await,
-        StatusCode::OK,
-        8,
-    );
+    ack(remove_member(&server, &alice, g, &alice).await, StatusCode::OK, 8);
     let e8 = (8, alice.id, EntryBody::MemberRemoved { user: alice.id });
-    let e9 = (
-        9,
-        alice.id,
-        EntryBody::RoleChanged {
-            user: bob.id,
-            role: Role::Owner,
-        },
-    );
+    let e9 = (9, alice.id, EntryBody::RoleChanged { user: bob.id, role: Role::Owner });
     let ack10 = server.send_rest(&erin, g, "e1", "just us").await;
     assert_eq!(ack10.seq, 10);
-    let e10 = (
-        10,
-        erin.id,
-        EntryBody::Message {
-            body: "just us".into(),
-            reply_to: None,
-        },
-    );
+    let e10 = (10, erin.id, EntryBody::Message { body: "just us".into(), reply_to: None });
 
     // Each got exactly what was written while a member, and the entry of its own leaving;
     // after that, nothing (the barrier is the next frame).
     assert_eq!(take(c, g, 1).await, vec![e7.clone()]);
     assert_eq!(take(a, g, 2).await, vec![e7.clone(), e8.clone()]);
     for ws in [&mut *b, &mut *e] {
-        assert_eq!(
-            take(ws, g, 4).await,
-            vec![e7.clone(), e8.clone(), e9.clone(), e10.clone()]
-        );
+        assert_eq!(take(ws, g, 4).await, vec![e7.clone(), e8.clone(), e9.clone(), e10.clone()]);
     }
     barrier(&server, &frank, a, fa).await;
     barrier(&server, &frank, c, fc).await;
@@ -535,25 +408,11 @@ async fn membership_changes_are_log_entries_with_permissions() {
     );
     for user in [&alice, &carol, &dave] {
         let path = format!("/v1/conversations/{g}");
-        refused::<()>(
-            &server,
-            Method::GET,
-            &path,
-            user,
-            None,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
-        let page: ConversationPage = expect::<(), _>(
-            &server,
-            Method::GET,
-            "/v1/conversations",
-            user,
-            None,
-            StatusCode::OK,
-        )
-        .await;
+        refused::<()>(&server, Method::GET, &path, user, None, StatusCode::NOT_FOUND, "not_found")
+            .await;
+        let page: ConversationPage =
+            expect::<(), _>(&server, Method::GET, "/v1/conversations", user, None, StatusCode::OK)
+                .await;
         assert!(
             page.conversations.iter().all(|s| s.id != g),
             "{} still lists the group",
@@ -574,10 +433,7 @@ async fn membership_changes_are_log_entries_with_permissions() {
         Method::POST,
         "/v1/sync",
         &bob,
-        Some(&SyncRequest {
-            cursors: BTreeMap::from([(g, 5)]),
-            limit: None,
-        }),
+        Some(&SyncRequest { cursors: BTreeMap::from([(g, 5)]), limit: None }),
         StatusCode::OK,
     )
     .await;
@@ -587,33 +443,14 @@ async fn membership_changes_are_log_entries_with_permissions() {
     let mut resumed = server.ws_token(&server.login("bob").await).await;
     let synced = resumed.sync(BTreeMap::from([(g, 5)])).await;
     assert_eq!(synced.len(), 1);
-    assert_eq!(
-        synced[0].entries.iter().map(said).collect::<Vec<_>>(),
-        all[5..].to_vec()
-    );
-    let history: Vec<Said> = server
-        .all_entries(&erin, g, 3)
-        .await
-        .iter()
-        .map(said)
-        .collect();
+    assert_eq!(synced[0].entries.iter().map(said).collect::<Vec<_>>(), all[5..].to_vec());
+    let history: Vec<Said> = server.all_entries(&erin, g, 3).await.iter().map(said).collect();
     assert_eq!(history, all);
 
     // dave, added back, can read again; his session continues the group without a gap
     // (members see the whole history; G1).
-    ack(
-        add_member(&server, &bob, g, &dave, None).await,
-        StatusCode::CREATED,
-        11,
-    );
-    let e11 = (
-        11,
-        bob.id,
-        EntryBody::MemberAdded {
-            user: dave.id,
-            role: Role::Member,
-        },
-    );
+    ack(add_member(&server, &bob, g, &dave, None).await, StatusCode::CREATED, 11);
+    let e11 = (11, bob.id, EntryBody::MemberAdded { user: dave.id, role: Role::Member });
     let got = take(d, g, 5).await;
     let seqs: Vec<Seq> = got.iter().map(|s| s.0).collect();
     assert_contiguous(&seqs, 7, 11).expect("dave's stream continues at 7");
@@ -634,34 +471,14 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
 
     // No admin: the member who joined first inherits.
     let g1 = server.create_group(&alice, "one", &[&bob]).await;
-    ack(
-        add_member(&server, &alice, g1, &carol, None).await,
-        StatusCode::CREATED,
-        2,
-    );
-    ack(
-        remove_member(&server, &alice, g1, &alice).await,
-        StatusCode::OK,
-        3,
-    );
-    let log: Vec<Said> = server
-        .all_entries(&bob, g1, 10)
-        .await
-        .iter()
-        .map(said)
-        .collect();
+    ack(add_member(&server, &alice, g1, &carol, None).await, StatusCode::CREATED, 2);
+    ack(remove_member(&server, &alice, g1, &alice).await, StatusCode::OK, 3);
+    let log: Vec<Said> = server.all_entries(&bob, g1, 10).await.iter().map(said).collect();
     assert_eq!(
         log[2..],
         [
             (3, alice.id, EntryBody::MemberRemoved { user: alice.id }),
-            (
-                4,
-                alice.id,
-                EntryBody::RoleChanged {
-                    user: bob.id,
-                    role: Role::Owner
-                }
-            ),
+            (4, alice.id, EntryBody::RoleChanged { user: bob.id, role: Role::Owner }),
         ]
     );
     assert_eq!(
@@ -669,50 +486,19 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
         vec![(bob.id, Role::Owner), (carol.id, Role::Member)]
     );
     // The new owner has the owner's powers.
-    ack(
-        set_role(&server, &bob, g1, &carol, Role::Admin).await,
-        StatusCode::OK,
-        5,
-    );
+    ack(set_role(&server, &bob, g1, &carol, Role::Admin).await, StatusCode::OK, 5);
 
     // An admin, though newer than a member, inherits before them.
     let g2 = server.create_group(&alice, "two", &[&bob]).await;
-    ack(
-        add_member(&server, &alice, g2, &carol, Some(Role::Admin)).await,
-        StatusCode::CREATED,
-        2,
-    );
-    ack(
-        remove_member(&server, &alice, g2, &alice).await,
-        StatusCode::OK,
-        3,
-    );
-    let log: Vec<Said> = server
-        .all_entries(&bob, g2, 10)
-        .await
-        .iter()
-        .map(said)
-        .collect();
+    ack(add_member(&server, &alice, g2, &carol, Some(Role::Admin)).await, StatusCode::CREATED, 2);
+    ack(remove_member(&server, &alice, g2, &alice).await, StatusCode::OK, 3);
+    let log: Vec<Said> = server.all_entries(&bob, g2, 10).await.iter().map(said).collect();
     assert_eq!(
         log[1..],
         [
-            (
-                2,
-                alice.id,
-                EntryBody::MemberAdded {
-                    user: carol.id,
-                    role: Role::Admin
-                }
-            ),
+            (2, alice.id, EntryBody::MemberAdded { user: carol.id, role: Role::Admin }),
             (3, alice.id, EntryBody::MemberRemoved { user: alice.id }),
-            (
-                4,
-                alice.id,
-                EntryBody::RoleChanged {
-                    user: carol.id,
-                    role: Role::Owner
-                }
-            ),
+            (4, alice.id, EntryBody::RoleChanged { user: carol.id, role: Role::Owner }),
         ]
     );
     assert_eq!(
@@ -723,22 +509,10 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
 
     // The last member leaving: nobody inherits, and the group is gone for them.
     let g3 = server.create_group(&alice, "three", &[]).await;
-    ack(
-        remove_member(&server, &alice, g3, &alice).await,
-        StatusCode::OK,
-        2,
-    );
+    ack(remove_member(&server, &alice, g3, &alice).await, StatusCode::OK, 2);
     let path = format!("/v1/conversations/{g3}");
-    refused::<()>(
-        &server,
-        Method::GET,
-        &path,
-        &alice,
-        None,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    refused::<()>(&server, Method::GET, &path, &alice, None, StatusCode::NOT_FOUND, "not_found")
+        .await;
     server.stop().await;
 }
 
@@ -753,27 +527,14 @@ async fn member_cap_is_enforced_on_create_and_add() {
     // The owner counts: alice and three others is four.
     let (status, json) = create(&server, &alice, &group("big", &[&bob, &carol, &dave])).await;
     assert_error(status, &json, StatusCode::CONFLICT, "conflict");
-    let page: ConversationPage = expect::<(), _>(
-        &server,
-        Method::GET,
-        "/v1/conversations",
-        &alice,
-        None,
-        StatusCode::OK,
-    )
-    .await;
-    assert!(
-        page.conversations.is_empty(),
-        "nothing was created: {page:?}"
-    );
+    let page: ConversationPage =
+        expect::<(), _>(&server, Method::GET, "/v1/conversations", &alice, None, StatusCode::OK)
+            .await;
+    assert!(page.conversations.is_empty(), "nothing was created: {page:?}");
 
     // Repeated ids and the owner herself are one member each: three in all.
-    let (status, json) = create(
-        &server,
-        &alice,
-        &group("dupes", &[&bob, &carol, &bob, &alice]),
-    )
-    .await;
+    let (status, json) =
+        create(&server, &alice, &group("dupes", &[&bob, &carol, &bob, &alice])).await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
     let dupes: natter_proto::ConversationSummary = serde_json::from_value(json).unwrap();
     assert_eq!(members(&server, &alice, dupes.id).await.len(), 3);
@@ -785,16 +546,8 @@ async fn member_cap_is_enforced_on_create_and_add() {
     assert_eq!(members(&server, &alice, g).await.len(), 3);
 
     // A place freed is a place taken.
-    ack(
-        remove_member(&server, &carol, g, &carol).await,
-        StatusCode::OK,
-        2,
-    );
-    ack(
-        add_member(&server, &alice, g, &dave, None).await,
-        StatusCode::CREATED,
-        3,
-    );
+    ack(remove_member(&server, &carol, g, &carol).await, StatusCode::OK, 2);
+    ack(add_member(&server, &alice, g, &dave, None).await, StatusCode::CREATED, 3);
     let (status, _) = add_member(&server, &alice, g, &carol, None).await;
     assert_eq!(status, StatusCode::CONFLICT);
     server.stop().await;
@@ -837,41 +590,19 @@ async fn conversation_list_is_most_recent_first_paged_with_cursors_and_unread() 
         last.insert(s.id, s.last_activity);
         s.id
     };
-    let d_bob = made(
-        create(
-            &server,
-            &alice,
-            &CreateConversation::Direct { peer: bob.id },
-        )
-        .await,
-    );
-    let d_carol = made(
-        create(
-            &server,
-            &carol,
-            &CreateConversation::Direct { peer: alice.id },
-        )
-        .await,
-    );
+    let d_bob = made(create(&server, &alice, &CreateConversation::Direct { peer: bob.id }).await);
+    let d_carol =
+        made(create(&server, &carol, &CreateConversation::Direct { peer: alice.id }).await);
     let g1 = made(create(&server, &alice, &group("g1", &[&bob])).await);
     let g2 = made(create(&server, &bob, &group("g2", &[&alice])).await);
-    let d_dave = made(
-        create(
-            &server,
-            &alice,
-            &CreateConversation::Direct { peer: dave.id },
-        )
-        .await,
-    );
+    let d_dave = made(create(&server, &alice, &CreateConversation::Direct { peer: dave.id }).await);
     // Activity in an order unlike creation: d_carol, g2, then d_bob last.
     let ack = server.send_rest(&alice, d_carol, "a1", "hi carol").await;
     last.insert(d_carol, ack.ts);
     let ack = server.send_rest(&bob, g2, "b1", "hi g2").await;
     last.insert(g2, ack.ts);
     for i in 0..3 {
-        let ack = server
-            .send_rest(&bob, d_bob, &format!("b{i}"), "hi alice")
-            .await;
+        let ack = server.send_rest(&bob, d_bob, &format!("b{i}"), "hi alice").await;
         last.insert(d_bob, ack.ts);
     }
     let expected_order = |last: &BTreeMap<ConversationId, i64>| {
@@ -880,15 +611,9 @@ async fn conversation_list_is_most_recent_first_paged_with_cursors_and_unread() 
         order.into_iter().map(|(_, c)| c).collect::<Vec<_>>()
     };
 
-    let page: ConversationPage = expect::<(), _>(
-        &server,
-        Method::GET,
-        "/v1/conversations",
-        &alice,
-        None,
-        StatusCode::OK,
-    )
-    .await;
+    let page: ConversationPage =
+        expect::<(), _>(&server, Method::GET, "/v1/conversations", &alice, None, StatusCode::OK)
+            .await;
     assert_eq!(page.next, None);
     let ids: Vec<ConversationId> = page.conversations.iter().map(|c| c.id).collect();
     assert_eq!(ids, expected_order(&last));
@@ -945,20 +670,8 @@ async fn conversation_list_is_most_recent_first_paged_with_cursors_and_unread() 
     b.sync(BTreeMap::new()).await;
     let cursors = format!("/v1/conversations/{d_bob}/cursors");
     for (body, want) in [
-        (
-            SetCursors {
-                delivered_seq: None,
-                read_seq: Some(3),
-            },
-            (3, 3, 1),
-        ),
-        (
-            SetCursors {
-                delivered_seq: Some(4),
-                read_seq: None,
-            },
-            (4, 3, 1),
-        ),
+        (SetCursors { delivered_seq: None, read_seq: Some(3) }, (3, 3, 1)),
+        (SetCursors { delivered_seq: Some(4), read_seq: None }, (4, 3, 1)),
     ] {
         let (status, json) = call(&server, Method::PUT, &cursors, &alice, Some(&body)).await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{json}");
@@ -968,15 +681,9 @@ async fn conversation_list_is_most_recent_first_paged_with_cursors_and_unread() 
                 |f| matches!(f, ServerFrame::Receipt { receipt } if receipt.user == alice.id),
             )
             .await;
-        let ServerFrame::Receipt { receipt } = receipt else {
-            unreachable!("matched a receipt")
-        };
+        let ServerFrame::Receipt { receipt } = receipt else { unreachable!("matched a receipt") };
         assert_eq!(
-            (
-                receipt.conversation,
-                receipt.delivered_seq,
-                receipt.read_seq
-            ),
+            (receipt.conversation, receipt.delivered_seq, receipt.read_seq),
             (d_bob, want.0, want.1)
         );
         let s = summary(&server, &alice, d_bob).await;

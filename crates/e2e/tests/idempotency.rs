@@ -35,8 +35,7 @@ async fn ws_burst(
     let mut req_ids = Vec::with_capacity(n);
     for _ in 0..n {
         let req_id = ws.req_id();
-        ws.send_frame(&send(req_id, conv, client_msg_id, "racing"))
-            .await;
+        ws.send_frame(&send(req_id, conv, client_msg_id, "racing")).await;
         req_ids.push(req_id);
     }
     let mut acks = Vec::with_capacity(n);
@@ -169,11 +168,7 @@ async fn concurrent_duplicates_over_two_sessions_and_rest_commit_once() {
         for ack in &all {
             assert_eq!(ack, &first, "round {round}: every racer gets the same ack");
         }
-        assert_eq!(
-            first.seq,
-            2 + round as Seq,
-            "round {round}: one seq per round"
-        );
+        assert_eq!(first.seq, 2 + round as Seq, "round {round}: one seq per round");
         acked.push(first);
     }
 
@@ -185,19 +180,15 @@ async fn concurrent_duplicates_over_two_sessions_and_rest_commit_once() {
     natter_e2e::assert_contiguous(&seqs, 1, marker.seq).unwrap();
     for (round, ack) in acked.iter().enumerate() {
         let cmid = format!("race-{round}");
-        let with: Vec<&Entry> = entries
-            .iter()
-            .filter(|e| e.client_msg_id.as_deref() == Some(cmid.as_str()))
-            .collect();
+        let with: Vec<&Entry> =
+            entries.iter().filter(|e| e.client_msg_id.as_deref() == Some(cmid.as_str())).collect();
         assert_eq!(with.len(), 1, "{cmid} stored {} times", with.len());
         assert_acked(with[0], ack);
     }
 
     // Every live session sees each entry exactly once, in order, up to the marker.
-    let mut want: Vec<(Seq, String)> = acked
-        .iter()
-        .map(|a| (a.seq, a.client_msg_id.clone().unwrap_or_default()))
-        .collect();
+    let mut want: Vec<(Seq, String)> =
+        acked.iter().map(|a| (a.seq, a.client_msg_id.clone().unwrap_or_default())).collect();
     want.push((marker.seq, "marker".to_owned()));
     for ws in [&mut b, &mut a1, &mut a2] {
         assert_eq!(live(ws, ROUNDS + 1).await, want);
@@ -272,10 +263,7 @@ async fn resend_across_transports_returns_the_original_ack() {
     let rest_first = server.send_rest(&alice, conv, "rest-first", "two").await;
     assert_eq!(rest_first.seq, 3);
     assert_eq!(a.send_msg(conv, "rest-first", "two").await, rest_first);
-    assert_eq!(
-        server.send_rest(&alice, conv, "rest-first", "two").await,
-        rest_first
-    );
+    assert_eq!(server.send_rest(&alice, conv, "rest-first", "two").await, rest_first);
 
     let marker = a.send_msg(conv, "marker", "done").await;
     assert_eq!(marker.seq, 4);
@@ -311,14 +299,8 @@ async fn same_key_from_another_sender_or_conversation_is_another_entry() {
     assert_ne!(in_group.id, from_alice.id);
     // And each of those is itself idempotent.
     assert_eq!(a.send_msg(direct, "same", "alice's").await, from_alice);
-    assert_eq!(
-        server.send_rest(&bob, direct, "same", "bob's").await,
-        from_bob
-    );
-    assert_eq!(
-        server.send_rest(&alice, group, "same", "again").await,
-        in_group
-    );
+    assert_eq!(server.send_rest(&bob, direct, "same", "bob's").await, from_bob);
+    assert_eq!(server.send_rest(&alice, group, "same", "again").await, in_group);
 
     let direct_entries = server.all_entries(&bob, direct, 10).await;
     let same: Vec<(Seq, natter_proto::UserId)> = direct_entries
@@ -404,9 +386,8 @@ async fn edits_deletions_and_reactions_are_idempotent_too() {
         acks.push(once);
     }
     // Retried after the deletion too: the original acks, not a conflict.
-    for (build, ack) in [&edit as &dyn Fn(ReqId) -> ClientFrame, &react, &delete]
-        .into_iter()
-        .zip(&acks)
+    for (build, ack) in
+        [&edit as &dyn Fn(ReqId) -> ClientFrame, &react, &delete].into_iter().zip(&acks)
     {
         match a.request(build).await {
             ServerFrame::Ack { ack: again, .. } => assert_eq!(&again, ack),
@@ -419,10 +400,7 @@ async fn edits_deletions_and_reactions_are_idempotent_too() {
             &alice,
             conv,
             "e",
-            NewEntry::Edit {
-                target: msg.seq,
-                body: "edited".to_owned(),
-            },
+            NewEntry::Edit { target: msg.seq, body: "edited".to_owned() },
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{json}");

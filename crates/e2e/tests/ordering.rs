@@ -30,14 +30,7 @@ use tokio::sync::{Semaphore, oneshot};
 type Key = (Seq, String, UserId, i64, Option<String>, EntryBody);
 
 fn key(e: &Entry) -> Key {
-    (
-        e.seq,
-        e.id.clone(),
-        e.sender,
-        e.ts,
-        e.client_msg_id.clone(),
-        e.body.clone(),
-    )
+    (e.seq, e.id.clone(), e.sender, e.ts, e.client_msg_id.clone(), e.body.clone())
 }
 
 fn keys(entries: &[Entry]) -> Vec<Key> {
@@ -49,10 +42,7 @@ fn seqs(entries: &[Entry]) -> Vec<Seq> {
 }
 
 fn message(body: &str) -> EntryBody {
-    EntryBody::Message {
-        body: body.to_owned(),
-        reply_to: None,
-    }
+    EntryBody::Message { body: body.to_owned(), reply_to: None }
 }
 
 /// The next frame, failing the test with `what` on timeout or close.
@@ -112,10 +102,7 @@ async fn send_many(
             other => panic!("unexpected frame while sending {tag}: {other:?}"),
         }
     }
-    acks.into_iter()
-        .map(|a| a.expect("every send acked"))
-        .zip(bodies)
-        .collect()
+    acks.into_iter().map(|a| a.expect("every send acked")).zip(bodies).collect()
 }
 
 /// One acknowledged send, as the sender saw it.
@@ -134,13 +121,7 @@ fn assert_acks_match_log(sent: &[Sent], log: &[Entry]) {
         assert_eq!(e.seq, s.ack.seq);
         assert_eq!(
             (&e.id, e.ts, e.sender, e.client_msg_id.as_deref(), &e.body),
-            (
-                &s.ack.id,
-                s.ack.ts,
-                s.sender,
-                Some(s.client_msg_id.as_str()),
-                &message(&s.body)
-            ),
+            (&s.ack.id, s.ack.ts, s.sender, Some(s.client_msg_id.as_str()), &message(&s.body)),
             "entry at the acked seq {} is not the acked message",
             s.ack.seq
         );
@@ -221,12 +202,7 @@ async fn rest_sender(
                 let client_msg_id = format!("{tag}-{i}");
                 let body = format!("{tag} #{i}");
                 let ack = server.send_rest(user, conv, &client_msg_id, &body).await;
-                Sent {
-                    sender: user.id,
-                    client_msg_id,
-                    body,
-                    ack,
-                }
+                Sent { sender: user.id, client_msg_id, body, ack }
             }
         });
         out.extend(join_all(sends).await);
@@ -281,10 +257,7 @@ async fn concurrent_senders_yield_one_order_for_every_session() {
 
     let mut ws_tasks = Vec::new();
     for (tag, uid, ws) in senders {
-        ws_tasks.push((
-            tag.clone(),
-            tokio::spawn(ws_sender(ws, uid, conv, tag, last)),
-        ));
+        ws_tasks.push((tag.clone(), tokio::spawn(ws_sender(ws, uid, conv, tag, last))));
     }
     let mut rest_tasks = Vec::new();
     for i in 0..REST_SENDERS {
@@ -294,10 +267,8 @@ async fn concurrent_senders_yield_one_order_for_every_session() {
     }
     let mut recv_tasks = Vec::new();
     for (name, mut ws) in receivers {
-        recv_tasks.push((
-            name,
-            tokio::spawn(async move { entries_until(&mut ws, conv, last).await }),
-        ));
+        recv_tasks
+            .push((name, tokio::spawn(async move { entries_until(&mut ws, conv, last).await })));
     }
 
     let mut all_sent: Vec<Sent> = Vec::new();
@@ -305,10 +276,7 @@ async fn concurrent_senders_yield_one_order_for_every_session() {
         let (sent, live) = task.await.expect("ws sender");
         // One session's sends commit in the order it sent them.
         let acked: Vec<Seq> = sent.iter().map(|s| s.ack.seq).collect();
-        assert!(
-            acked.windows(2).all(|w| w[0] < w[1]),
-            "{tag}: acks out of send order: {acked:?}"
-        );
+        assert!(acked.windows(2).all(|w| w[0] < w[1]), "{tag}: acks out of send order: {acked:?}");
         all_sent.extend(sent);
         seen.get_mut(&tag).expect("synced").extend(live);
     }
@@ -448,24 +416,15 @@ async fn resume_scenario(offline: usize, limit: Option<u32>, paced: bool) -> Vec
         // Bob's socket dies without a close; he has seen everything up to `last_seen`.
         b.abort();
         let missed = send_many(&mut a, conv, &format!("offline{round}"), offline).await;
-        assert_eq!(
-            missed.last().expect("sent").0.seq,
-            last_seen + offline as Seq
-        );
+        assert_eq!(missed.last().expect("sent").0.seq, last_seen + offline as Seq);
         sent.extend(missed);
 
         // The sender runs before, during and after Bob's resume.
         let stop = Arc::new(AtomicBool::new(false));
         let pace = paced.then(|| Arc::new(Semaphore::new(2)));
         let (started_tx, started_rx) = oneshot::channel();
-        let sender = tokio::spawn(keep_sending(
-            a2,
-            conv,
-            round,
-            stop.clone(),
-            pace.clone(),
-            started_tx,
-        ));
+        let sender =
+            tokio::spawn(keep_sending(a2, conv, round, stop.clone(), pace.clone(), started_tx));
         started_rx.await.expect("the sender acked its first burst");
 
         b = server.ws(&bob).await;
@@ -537,19 +496,9 @@ async fn rest_sync(
     cursors: &BTreeMap<ConversationId, Seq>,
     limit: Option<u32>,
 ) -> Vec<SyncConversation> {
-    let body = SyncRequest {
-        cursors: cursors.clone(),
-        limit,
-    };
-    let res: SyncResponse = server
-        .ok(
-            Method::POST,
-            "/v1/sync",
-            &user.token,
-            Some(&body),
-            StatusCode::OK,
-        )
-        .await;
+    let body = SyncRequest { cursors: cursors.clone(), limit };
+    let res: SyncResponse =
+        server.ok(Method::POST, "/v1/sync", &user.token, Some(&body), StatusCode::OK).await;
     res.conversations
 }
 
@@ -559,9 +508,7 @@ async fn offline_member_gets_everything_on_first_sync() {
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
-    let group = server
-        .create_group(&alice, "while away", &[&bob, &carol])
-        .await;
+    let group = server.create_group(&alice, "while away", &[&bob, &carol]).await;
     let direct = server.create_direct(&alice, &carol).await;
 
     // Carol has never connected while the group grows to 250 entries and the direct to 120.
@@ -587,18 +534,12 @@ async fn offline_member_gets_everything_on_first_sync() {
     let page = Limits::default().default_page as Seq;
     let mut c = server.ws(&carol).await;
     let first = c.sync(BTreeMap::new()).await;
-    assert_eq!(
-        first,
-        rest_sync(&server, &carol, &BTreeMap::new(), None).await
-    );
+    assert_eq!(first, rest_sync(&server, &carol, &BTreeMap::new(), None).await);
     assert_eq!(first.len(), 2, "{first:?}");
     for part in &first {
         let conv = part.conversation.id;
-        let want_kind = if conv == group {
-            ConversationKind::Group
-        } else {
-            ConversationKind::Direct
-        };
+        let want_kind =
+            if conv == group { ConversationKind::Group } else { ConversationKind::Direct };
         assert_eq!(part.conversation.kind, want_kind);
         assert_eq!(part.conversation.last_seq, last[&conv]);
         // Every message is unread (only `created` is not a message).
@@ -624,10 +565,7 @@ async fn offline_member_gets_everything_on_first_sync() {
                     limit: Some(50),
                 })
                 .await;
-            let ServerFrame::History {
-                entries, has_more, ..
-            } = reply
-            else {
+            let ServerFrame::History { entries, has_more, .. } = reply else {
                 panic!("expected history, got {reply:?}");
             };
             before = entries.first().map_or(before, |e| e.seq);
@@ -692,11 +630,7 @@ async fn conversations_after_sync_are_announced_live() {
     let created = entries_until(&mut b, group, 1).await;
     assert_eq!(seqs(&created), vec![1]);
     match &created[0].body {
-        EntryBody::Created {
-            conversation_kind: ConversationKind::Group,
-            title,
-            members,
-        } => {
+        EntryBody::Created { conversation_kind: ConversationKind::Group, title, members } => {
             assert_eq!(title.as_deref(), Some("fresh"));
             let mut members = members.clone();
             members.sort();
@@ -709,26 +643,15 @@ async fn conversations_after_sync_are_announced_live() {
     assert_eq!(seqs(&created), vec![1]);
     assert!(matches!(
         created[0].body,
-        EntryBody::Created {
-            conversation_kind: ConversationKind::Direct,
-            ..
-        }
+        EntryBody::Created { conversation_kind: ConversationKind::Direct, .. }
     ));
 
     // The unsynced device got nothing live: its first frame is the sync reply, which holds
     // both new conversations.
     let req_id = b2.req_id();
-    b2.send_frame(&ClientFrame::Sync {
-        req_id,
-        cursors: BTreeMap::new(),
-        limit: None,
-    })
-    .await;
+    b2.send_frame(&ClientFrame::Sync { req_id, cursors: BTreeMap::new(), limit: None }).await;
     match next_frame(&mut b2, "the sync reply").await {
-        ServerFrame::Synced {
-            req_id: got,
-            conversations,
-        } => {
+        ServerFrame::Synced { req_id: got, conversations } => {
             assert_eq!(got, req_id);
             let mut ids: Vec<ConversationId> =
                 conversations.iter().map(|c| c.conversation.id).collect();
@@ -751,19 +674,9 @@ async fn conversations_after_sync_are_announced_live() {
     let old = server.create_group(&alice, "old", &[&dave]).await;
     send_many(&mut a, old, "history", 150).await;
     let path = format!("/v1/conversations/{old}/members");
-    let add = AddMember {
-        user_id: bob.id,
-        role: None,
-    };
-    let added: Ack = server
-        .ok(
-            Method::POST,
-            &path,
-            &alice.token,
-            Some(&add),
-            StatusCode::CREATED,
-        )
-        .await;
+    let add = AddMember { user_id: bob.id, role: None };
+    let added: Ack =
+        server.ok(Method::POST, &path, &alice.token, Some(&add), StatusCode::CREATED).await;
     assert_eq!(added.seq, 152);
     let page = Limits::default().default_page as Seq;
     let log = server.all_entries(&alice, old, 50).await;
@@ -774,10 +687,7 @@ async fn conversations_after_sync_are_announced_live() {
         assert!(keys(&joined) == keys(&log[(added.seq - page) as usize..]));
         assert_eq!(
             joined.last().expect("entries").body,
-            EntryBody::MemberAdded {
-                user: bob.id,
-                role: natter_proto::Role::Member,
-            }
+            EntryBody::MemberAdded { user: bob.id, role: natter_proto::Role::Member }
         );
     }
     let next = a.send_msg(old, "after-join", "welcome bob").await;

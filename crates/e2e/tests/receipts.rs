@@ -17,19 +17,11 @@ use natter_proto::{
 use reqwest::{Method, StatusCode};
 
 fn read(req_id: ReqId, conv: ConversationId, seq: Seq) -> ClientFrame {
-    ClientFrame::Read {
-        req_id: Some(req_id),
-        conversation: conv,
-        seq,
-    }
+    ClientFrame::Read { req_id: Some(req_id), conversation: conv, seq }
 }
 
 fn delivered(req_id: ReqId, conv: ConversationId, seq: Seq) -> ClientFrame {
-    ClientFrame::Delivered {
-        req_id: Some(req_id),
-        conversation: conv,
-        seq,
-    }
+    ClientFrame::Delivered { req_id: Some(req_id), conversation: conv, seq }
 }
 
 /// Sends a cursor report and expects its `ok`.
@@ -42,22 +34,14 @@ async fn report(ws: &mut WsClient, build: impl FnOnce(ReqId) -> ClientFrame) {
 
 /// The next receipt frame this session gets, whoever it is about.
 async fn next_receipt(ws: &mut WsClient) -> Receipt {
-    match ws
-        .next_matching(|f| matches!(f, ServerFrame::Receipt { .. }))
-        .await
-    {
+    match ws.next_matching(|f| matches!(f, ServerFrame::Receipt { .. })).await {
         ServerFrame::Receipt { receipt } => receipt,
         _ => unreachable!("matched a receipt"),
     }
 }
 
 fn receipt(conv: ConversationId, user: &TestUser, delivered_seq: Seq, read_seq: Seq) -> Receipt {
-    Receipt {
-        conversation: conv,
-        user: user.id,
-        delivered_seq,
-        read_seq,
-    }
+    Receipt { conversation: conv, user: user.id, delivered_seq, read_seq }
 }
 
 /// `GET /v1/conversations`, as a map by conversation.
@@ -66,13 +50,7 @@ async fn list(
     user: &TestUser,
 ) -> BTreeMap<ConversationId, ConversationSummary> {
     let page: ConversationPage = server
-        .ok::<(), _>(
-            Method::GET,
-            "/v1/conversations",
-            &user.token,
-            None,
-            StatusCode::OK,
-        )
+        .ok::<(), _>(Method::GET, "/v1/conversations", &user.token, None, StatusCode::OK)
         .await;
     page.conversations.into_iter().map(|c| (c.id, c)).collect()
 }
@@ -84,9 +62,7 @@ async fn counts(
     conv: ConversationId,
 ) -> (Seq, Seq, Seq, u64) {
     let all = list(server, user).await;
-    let c = all
-        .get(&conv)
-        .unwrap_or_else(|| panic!("{conv} not listed"));
+    let c = all.get(&conv).unwrap_or_else(|| panic!("{conv} not listed"));
     (c.last_seq, c.delivered_seq, c.read_seq, c.unread)
 }
 
@@ -97,9 +73,8 @@ async fn receipts(
     conv: ConversationId,
 ) -> BTreeMap<UserId, (Seq, Seq)> {
     let path = format!("/v1/conversations/{conv}/receipts");
-    let res: Receipts = server
-        .ok::<(), _>(Method::GET, &path, &user.token, None, StatusCode::OK)
-        .await;
+    let res: Receipts =
+        server.ok::<(), _>(Method::GET, &path, &user.token, None, StatusCode::OK).await;
     res.receipts
         .into_iter()
         .map(|r| {
@@ -117,13 +92,8 @@ async fn put_cursors(
     read_seq: Option<Seq>,
 ) -> (StatusCode, serde_json::Value) {
     let path = format!("/v1/conversations/{conv}/cursors");
-    let body = SetCursors {
-        delivered_seq,
-        read_seq,
-    };
-    server
-        .call(Method::PUT, &path, Some(&user.token), Some(&body))
-        .await
+    let body = SetCursors { delivered_seq, read_seq };
+    server.call(Method::PUT, &path, Some(&user.token), Some(&body)).await
 }
 
 #[tokio::test]
@@ -201,10 +171,7 @@ async fn unread_counts_and_coalesced_receipts() {
     }
     assert_eq!(counts(&server, &bob, direct).await, (6, 6, 6, 0));
     let cursors = receipts(&server, &alice, direct).await;
-    assert_eq!(
-        cursors,
-        BTreeMap::from([(alice.id, (0, 0)), (bob.id, (6, 6))])
-    );
+    assert_eq!(cursors, BTreeMap::from([(alice.id, (0, 0)), (bob.id, (6, 6))]));
     assert_eq!(receipts(&server, &bob, direct).await, cursors);
 
     // A lower `read` changes nothing and sends no receipt: the next receipt alice gets is
@@ -337,22 +304,13 @@ async fn non_members_cannot_report_or_read_cursors() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
         assert_eq!(json["code"], "not_found");
         let path = format!("/v1/conversations/{target}/receipts");
-        let (status, json) = server
-            .call::<()>(Method::GET, &path, Some(&carol.token), None)
-            .await;
+        let (status, json) = server.call::<()>(Method::GET, &path, Some(&carol.token), None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
         assert_eq!(json["code"], "not_found");
     }
     // Without a req_id the error still comes, unmatched.
-    c.send_frame(&ClientFrame::Read {
-        req_id: None,
-        conversation: conv,
-        seq: 1,
-    })
-    .await;
-    let reply = c
-        .next_matching(|f| matches!(f, ServerFrame::Error { .. }))
-        .await;
+    c.send_frame(&ClientFrame::Read { req_id: None, conversation: conv, seq: 1 }).await;
+    let reply = c.next_matching(|f| matches!(f, ServerFrame::Error { .. })).await;
     assert!(
         matches!(&reply, ServerFrame::Error { req_id: None, error } if error.code == ErrorCode::NotFound),
         "{reply:?}"

@@ -282,6 +282,25 @@ pub struct ConversationSummary {
     pub unread: u64,
 }
 
+/// A user's availability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Away,
+    Offline,
+}
+
+/// One user's presence as a watcher sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub user: UserId,
+    pub status: Status,
+    /// When the user was last seen online (ms since the Unix epoch), if ever on this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+}
+
 /// One member's cursors, as receipts carry them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -325,12 +344,7 @@ pub enum ClientFrame {
         body: String,
     },
     /// Delete one of the caller's messages.
-    Delete {
-        req_id: ReqId,
-        conversation: ConversationId,
-        client_msg_id: String,
-        target: Seq,
-    },
+    Delete { req_id: ReqId, conversation: ConversationId, client_msg_id: String, target: Seq },
     /// Add or remove a reaction to a message.
     React {
         req_id: ReqId,
@@ -380,6 +394,24 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<ReqId>,
     },
+    /// "I am typing in this conversation" (or, with `typing: false`, "I stopped"). Never
+    /// stored; forwarded, throttled, to the other members' live sessions.
+    Typing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        conversation: ConversationId,
+        typing: bool,
+    },
+    /// Replace this session's presence subscriptions with `users` (at most the configured
+    /// cap). Only users who share a conversation with the caller can be watched.
+    SubscribePresence { req_id: ReqId, users: Vec<UserId> },
+    /// Set this session's own status (`online` or `away`; a user is offline when no
+    /// session is alive).
+    SetStatus {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req_id: Option<ReqId>,
+        status: Status,
+    },
     /// Any `type` this server does not know (answered with `unknown_type`).
     #[serde(other)]
     Unknown,
@@ -419,9 +451,7 @@ where
     raw.into_iter()
         .map(|(k, v)| match k.parse::<i64>() {
             Ok(id) => Ok((ConversationId(id), v)),
-            Err(_) => Err(serde::de::Error::custom(format!(
-                "bad conversation id {k:?}"
-            ))),
+            Err(_) => Err(serde::de::Error::custom(format!("bad conversation id {k:?}"))),
         })
         .collect()
 }
@@ -431,9 +461,7 @@ fn peek_req_id(text: &str) -> Option<ReqId> {
     struct Peek {
         req_id: Option<ReqId>,
     }
-    serde_json::from_str::<Peek>(text)
-        .ok()
-        .and_then(|p| p.req_id)
+    serde_json::from_str::<Peek>(text).ok().and_then(|p| p.req_id)
 }
 
 /// Frames the server sends over the WebSocket.
@@ -444,6 +472,9 @@ pub enum ServerFrame {
     Ready {
         user_id: UserId,
         device_id: DeviceId,
+        /// This session's id (HTTP streams name it to subscribe to presence).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<u64>,
     },
     /// Stage one: the entry is committed (also the reply to a retried send).
     Ack {
@@ -459,19 +490,25 @@ pub enum ServerFrame {
         receipt: Receipt,
     },
     /// The reply to `sync`: conversations with entries the client has not seen.
-    Synced {
-        req_id: ReqId,
-        conversations: Vec<SyncConversation>,
-    },
+    Synced { req_id: ReqId, conversations: Vec<SyncConversation> },
     /// The reply to `history`.
-    History {
-        req_id: ReqId,
-        conversation: ConversationId,
-        entries: Vec<Entry>,
-        has_more: bool,
-    },
-    /// The reply to a request that returns nothing else (cursors).
+    History { req_id: ReqId, conversation: ConversationId, entries: Vec<Entry>, has_more: bool },
+    /// The reply to a request that returns nothing else (cursors, typing, status).
     Ok { req_id: ReqId },
+    /// A member started or stopped typing (ephemeral; `typing: true` lapses by itself after
+    /// `ttl_ms` unless refreshed).
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        typing: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+    /// The reply to `subscribe_presence`: the watched users' current presence, and the ids
+    /// that were refused (no shared conversation, unknown, or over the cap).
+    PresenceSubscribed { req_id: ReqId, users: Vec<Presence>, denied: Vec<UserId> },
+    /// Presence changes of watched users, batched (at most one frame per session per window).
+    Presence { users: Vec<Presence> },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<ReqId>,
@@ -522,9 +559,7 @@ mod tests {
 
         let f =
             ClientFrame::parse(r#"{"type":"sync","req_id":1,"cursors":{"12":5,"3":0}}"#).unwrap();
-        let ClientFrame::Sync { cursors, .. } = f else {
-            panic!("not a sync: {f:?}")
-        };
+        let ClientFrame::Sync { cursors, .. } = f else { panic!("not a sync: {f:?}") };
         assert_eq!(
             cursors.into_iter().collect::<Vec<_>>(),
             vec![(ConversationId(3), 0), (ConversationId(12), 5)]
@@ -546,11 +581,7 @@ mod tests {
             sender: UserId(3),
             ts: 4,
             client_msg_id: Some("c".into()),
-            body: EntryBody::Reaction {
-                target: 1,
-                emoji: "+1".into(),
-                remove: false,
-            },
+            body: EntryBody::Reaction { target: 1, emoji: "+1".into(), remove: false },
             state: None,
         };
         let json = serde_json::to_string(&ServerFrame::Entry { entry: e.clone() }).unwrap();

@@ -139,3 +139,54 @@ pub struct SyncRequest {
 pub struct SyncResponse {
     pub conversations: Vec<SyncConversation>,
 }
+
+/// `POST /v1/conversations/{id}/typing`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Typing {
+    pub typing: bool,
+}
+
+/// `PUT /v1/streams/{id}/presence`: the users an HTTP stream watches (replaces the list).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceSubscription {
+    pub users: Vec<UserId>,
+}
+
+/// The answer to a presence subscription: current presence, and the refused ids.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceSubscribed {
+    pub users: Vec<crate::Presence>,
+    pub denied: Vec<UserId>,
+}
+
+/// `PUT /v1/streams/{id}/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetStatus {
+    pub status: crate::Status,
+}
+
+/// `POST /v1/poll`: wait up to `timeout_ms` for anything after `cursors`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PollRequest {
+    /// The stream of the previous poll (keeps receipts, typing and presence that arrived
+    /// between polls); absent or expired: a new stream is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
+    /// Last seen `seq` per conversation, as for `sync`.
+    #[serde(default, deserialize_with = "crate::cursor_map")]
+    pub cursors: BTreeMap<ConversationId, Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// The answer to `POST /v1/poll`: the same frames a WebSocket would carry, and the cursors
+/// to send with the next poll.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollResponse {
+    pub stream: u64,
+    #[serde(deserialize_with = "crate::cursor_map")]
+    pub cursors: BTreeMap<ConversationId, Seq>,
+    pub events: Vec<crate::ServerFrame>,
+}

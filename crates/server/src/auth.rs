@@ -29,11 +29,7 @@ pub(crate) async fn hash_password(password: String) -> Result<String, ApiError> 
 pub(crate) async fn verify_password(password: String, phc: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&phc)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)
     })
     .await
@@ -44,10 +40,7 @@ pub(crate) async fn verify_password(password: String, phc: String) -> bool {
 pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
-    format!(
-        "nt_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("nt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// What the store keeps of a token. Tokens carry 256 random bits, so a fast hash suffices
@@ -59,10 +52,7 @@ pub(crate) fn token_hash(token: &str) -> TokenHash {
 /// The token of an `Authorization: Bearer …` header value.
 pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// Looks a token up; `None` when unknown or revoked.
@@ -90,10 +80,7 @@ impl FromRequestParts<AppState> for Auth {
             .and_then(bearer)
             .ok_or_else(ApiError::unauthenticated)?;
         match authenticate(state, token).await? {
-            Some(principal) => Ok(Auth {
-                principal,
-                token: token.to_owned(),
-            }),
+            Some(principal) => Ok(Auth { principal, token: token.to_owned() }),
             None => Err(ApiError::unauthenticated()),
         }
     }

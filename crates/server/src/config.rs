@@ -71,6 +71,20 @@ limits! {
     idle_timeout_ms: u64 = 60_000, "NATTER_IDLE_TIMEOUT_MS";
     /// Cursor reports are coalesced and written once per this window, in milliseconds.
     receipt_flush_ms: u64 = 250, "NATTER_RECEIPT_FLUSH_MS";
+    /// A typing indicator is forwarded at most once per this window, in milliseconds.
+    typing_throttle_ms: u64 = 2_000, "NATTER_TYPING_THROTTLE_MS";
+    /// A typing indicator lapses this long after the client's last report, in milliseconds.
+    typing_ttl_ms: u64 = 6_000, "NATTER_TYPING_TTL_MS";
+    /// Presence changes are batched into one frame per session per window, in milliseconds.
+    presence_batch_ms: u64 = 1_000, "NATTER_PRESENCE_BATCH_MS";
+    /// A user whose last session ended turns offline after this, in milliseconds (damping).
+    presence_grace_ms: u64 = 3_000, "NATTER_PRESENCE_GRACE_MS";
+    /// Most users one session may watch.
+    max_presence_subscriptions: usize = 256, "NATTER_MAX_PRESENCE_SUBSCRIPTIONS";
+    /// Longest wait of one long-poll request, in milliseconds.
+    max_poll_timeout_ms: u64 = 30_000, "NATTER_MAX_POLL_TIMEOUT_MS";
+    /// A long-poll stream with no request for this long ends, in milliseconds.
+    http_stream_ttl_ms: u64 = 30_000, "NATTER_HTTP_STREAM_TTL_MS";
     /// Shortest and longest handle, in characters.
     max_handle_chars: usize = 32, "NATTER_MAX_HANDLE_CHARS";
     /// Shortest password accepted, in characters.
@@ -92,11 +106,24 @@ impl Limits {
     pub fn receipt_flush(&self) -> Duration {
         Duration::from_millis(self.receipt_flush_ms)
     }
+    pub fn typing_throttle(&self) -> Duration {
+        Duration::from_millis(self.typing_throttle_ms)
+    }
+    pub fn typing_ttl(&self) -> Duration {
+        Duration::from_millis(self.typing_ttl_ms)
+    }
+    pub fn presence_batch(&self) -> Duration {
+        Duration::from_millis(self.presence_batch_ms)
+    }
+    pub fn presence_grace(&self) -> Duration {
+        Duration::from_millis(self.presence_grace_ms)
+    }
+    pub fn http_stream_ttl(&self) -> Duration {
+        Duration::from_millis(self.http_stream_ttl_ms)
+    }
     /// A requested page size, defaulted and capped.
     pub fn page(&self, requested: Option<u32>) -> u32 {
-        requested
-            .unwrap_or(self.default_page)
-            .clamp(1, self.max_page)
+        requested.unwrap_or(self.default_page).clamp(1, self.max_page)
     }
 }
 
@@ -197,6 +224,9 @@ impl Config {
         if l.max_body_bytes + 1024 > l.max_frame_bytes {
             bail!("max_body_bytes must leave 1 KiB of max_frame_bytes for the frame around it");
         }
+        if l.presence_batch_ms == 0 || l.receipt_flush_ms == 0 || l.ping_interval_ms == 0 {
+            bail!("presence_batch_ms, receipt_flush_ms and ping_interval_ms must be positive");
+        }
         if l.outbound_queue == 0 || l.max_in_flight == 0 || l.max_page == 0 {
             bail!("outbound_queue, max_in_flight and max_page must be positive");
         }
@@ -230,10 +260,7 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\n[limits]\nmax_group_members = 50\nmax_page = 10\ndefault_page = 5\n",
         )
         .unwrap();
-        let mut args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
+        let mut args = ServeArgs { config: Some(path), ..Default::default() };
         args.limits.max_page = Some(20);
         let cfg = Config::load(&args).unwrap();
         assert_eq!(cfg.listen.port(), 9000);

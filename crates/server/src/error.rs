@@ -20,10 +20,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            message: message.into(),
-        }
+        ApiError { code, message: message.into() }
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::BadRequest, message)
@@ -32,19 +29,13 @@ impl ApiError {
         ApiError::new(ErrorCode::TooLarge, message)
     }
     pub(crate) fn unauthenticated() -> ApiError {
-        ApiError::new(
-            ErrorCode::Unauthenticated,
-            "missing, invalid or revoked credentials",
-        )
+        ApiError::new(ErrorCode::Unauthenticated, "missing, invalid or revoked credentials")
     }
     pub(crate) fn not_found(what: &str) -> ApiError {
         ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
     }
     pub(crate) fn body(&self) -> ErrorBody {
-        ErrorBody {
-            code: self.code,
-            message: self.message.clone(),
-        }
+        ErrorBody { code: self.code, message: self.message.clone() }
     }
 }
 

@@ -3,4 +3,5 @@
 
 pub(crate) mod cursors;
 pub(crate) mod messages;
+pub(crate) mod presence;
 pub(crate) mod sync;

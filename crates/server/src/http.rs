@@ -2,6 +2,7 @@
 
 mod accounts;
 mod conversations;
+pub(crate) mod stream;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -21,20 +22,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/accounts", post(accounts::register))
         .route("/v1/sessions", post(accounts::login))
-        .route(
-            "/v1/sessions/current",
-            axum::routing::delete(accounts::logout),
-        )
+        .route("/v1/sessions/current", axum::routing::delete(accounts::logout))
         .route("/v1/me", get(accounts::me))
         .route("/v1/users/{handle}", get(accounts::user))
-        .route(
-            "/v1/conversations",
-            post(conversations::create).get(conversations::list),
-        )
-        .route(
-            "/v1/conversations/{id}",
-            get(conversations::get).patch(conversations::update),
-        )
+        .route("/v1/conversations", post(conversations::create).get(conversations::list))
+        .route("/v1/conversations/{id}", get(conversations::get).patch(conversations::update))
         .route(
             "/v1/conversations/{id}/members",
             get(conversations::members).post(conversations::add_member),
@@ -47,15 +39,14 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/conversations/{id}/entries",
             get(conversations::history).post(conversations::post_entry),
         )
-        .route(
-            "/v1/conversations/{id}/cursors",
-            put(conversations::set_cursors),
-        )
-        .route(
-            "/v1/conversations/{id}/receipts",
-            get(conversations::receipts),
-        )
+        .route("/v1/conversations/{id}/cursors", put(conversations::set_cursors))
+        .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
+        .route("/v1/conversations/{id}/typing", post(stream::typing))
         .route("/v1/sync", post(conversations::sync))
+        .route("/v1/events", get(stream::events))
+        .route("/v1/poll", post(stream::poll))
+        .route("/v1/streams/{id}/presence", put(stream::subscribe_presence))
+        .route("/v1/streams/{id}/status", put(stream::set_status))
         .fallback(|| async {
             crate::error::ApiError::new(natter_proto::ErrorCode::NotFound, "no such route")
         })
@@ -73,8 +64,5 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::metrics::refresh_process_gauges();
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics().render(),
-    )
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics().render())
 }

@@ -14,13 +14,17 @@
 pub mod config;
 
 mod auth;
+mod delivery;
 mod error;
 mod handlers;
 mod http;
 mod members;
 mod metrics;
+mod presence;
 mod router;
+mod session;
 mod state;
+mod typing;
 mod ws;
 
 use std::net::SocketAddr;
@@ -80,17 +84,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = metrics::install();
     let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
-    let limits = StoreLimits {
-        max_group_members: cfg.limits.max_group_members,
-    };
+    let limits = StoreLimits { max_group_members: cfg.limits.max_group_members };
     let db_path = cfg.data_dir.join("natter.db");
     let store = SqliteStore::open(&db_path, limits, feed_tx)
         .with_context(|| format!("opening the store at {}", db_path.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let drain = cfg.drain_timeout();
     let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
@@ -98,31 +99,48 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
 
     let router_task = tokio::spawn(router::run(state.clone(), feed_rx));
     let receipts_task = tokio::spawn(router::run_receipts(state.clone(), receipts_rx));
+    let ephemeral_task = tokio::spawn(run_ephemeral(state.clone()));
     let app = http::router(state.clone());
     let serve_state = state.clone();
     let done = tokio::spawn(async move {
         let token = serve_state.shutdown_token().clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
         // Sessions watch the same token: they send close 1012 and end. Wait for them, then
         // flush cursors, then close the store (the writer commits what is queued), which
         // ends the commit feed and so the router.
         serve_state.tasks().close();
-        if tokio::time::timeout(drain, serve_state.tasks().wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                n_tasks = serve_state.tasks().len(),
-                "drain timeout; closing anyway"
-            );
+        if tokio::time::timeout(drain, serve_state.tasks().wait()).await.is_err() {
+            tracing::warn!(n_tasks = serve_state.tasks().len(), "drain timeout; closing anyway");
         }
         let _ = receipts_task.await;
+        let _ = ephemeral_task.await;
+        // Poll streams hold sessions between requests; they end with the server.
+        serve_state.polls().lock().expect("polls lock poisoned").clear();
         store.close().await;
         let _ = router_task.await;
         tracing::info!("stopped");
         served.context("serving HTTP")
     });
     Ok(RunningServer { addr, state, done })
+}
+
+/// Timers of the ephemeral features: typing expiry, presence batches and offline grace,
+/// idle long-poll streams.
+async fn run_ephemeral(state: AppState) {
+    let mut presence = tokio::time::interval(state.cfg().limits.presence_batch());
+    let mut sweep = tokio::time::interval(std::time::Duration::from_millis(250));
+    for timer in [&mut presence, &mut sweep] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            () = state.shutdown_token().cancelled() => return,
+            _ = presence.tick() => state.presence().tick(),
+            _ = sweep.tick() => {
+                state.typing().expire(&state);
+                http::stream::reap_poll_streams(&state);
+            }
+        }
+    }
 }

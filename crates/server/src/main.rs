@@ -20,27 +20,18 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
+    let Cli { command: Command::Serve(args) } = Cli::parse();
     let cfg = Config::load(&args)?;
     let filter = EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if cfg.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let data_dir = cfg.data_dir.clone();
     let server = natter_server::start(cfg).await?;
     tracing::info!(addr = %server.addr(), data_dir = %data_dir.display(), "natter listening");
-    println!(
-        "natter listening on http://{} (data in {})",
-        server.addr(),
-        data_dir.display()
-    );
+    println!("natter listening on http://{} (data in {})", server.addr(), data_dir.display());
     let token = server.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;

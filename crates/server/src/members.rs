@@ -19,10 +19,7 @@ pub(crate) struct MemberCache {
 
 impl MemberCache {
     pub(crate) fn new(store: Arc<dyn Store>) -> MemberCache {
-        MemberCache {
-            store,
-            map: Mutex::new(HashMap::new()),
-        }
+        MemberCache { store, map: Mutex::new(HashMap::new()) }
     }
 
     /// The members of `conv`, loading them on a miss.
@@ -49,10 +46,7 @@ impl MemberCache {
     ) -> Result<Arc<Vec<UserId>>> {
         if let EntryBody::Created { members, .. } = body {
             let list = Arc::new(members.clone());
-            self.map
-                .lock()
-                .expect("member cache poisoned")
-                .insert(conv, list.clone());
+            self.map.lock().expect("member cache poisoned").insert(conv, list.clone());
             return Ok(list);
         }
         let current = self.get(conv).await?;

@@ -11,8 +11,8 @@ use natter_proto::{ConversationId, Entry, Receipt, Seq, ServerFrame, UserId};
 use natter_store::CursorUpdate;
 use tokio::sync::mpsc;
 
+use crate::delivery::Outbound;
 use crate::state::AppState;
-use crate::ws::Outbound;
 
 /// An entry on its way to sessions: serialized once, shared by every recipient.
 pub(crate) struct Routed {
@@ -38,17 +38,10 @@ pub(crate) async fn run(state: AppState, mut feed_rx: mpsc::Receiver<Vec<Entry>>
             };
             let seq = entry.seq;
             let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
-            let routed = Arc::new(Routed {
-                conversation: conv,
-                seq,
-                frame,
-                routed_at,
+            let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at });
+            state.sessions().for_each_session(&members, |_, _, session| {
+                session.offer(Outbound::Entry(routed.clone()));
             });
-            state
-                .sessions()
-                .for_each_session(&members, |_, _, session| {
-                    session.offer(Outbound::Entry(routed.clone()));
-                });
         }
     }
     tracing::debug!("router stopped");
@@ -79,13 +72,11 @@ pub(crate) async fn run_receipts(state: AppState, mut rx: mpsc::Receiver<CursorU
 }
 
 fn merge(pending: &mut HashMap<(ConversationId, UserId), CursorUpdate>, u: CursorUpdate) {
-    let slot = pending
-        .entry((u.conversation, u.user))
-        .or_insert(CursorUpdate {
-            delivered: None,
-            read: None,
-            ..u
-        });
+    let slot = pending.entry((u.conversation, u.user)).or_insert(CursorUpdate {
+        delivered: None,
+        read: None,
+        ..u
+    });
     slot.delivered = slot.delivered.max(u.delivered);
     slot.read = slot.read.max(u.read);
 }
@@ -112,9 +103,7 @@ async fn deliver_receipt(state: &AppState, receipt: Receipt) {
         return;
     };
     let frame = Utf8Bytes::from(ServerFrame::Receipt { receipt }.to_json());
-    state
-        .sessions()
-        .for_each_session(&members, |_, _, session| {
-            session.offer(Outbound::Frame(frame.clone()));
-        });
+    state.sessions().for_each_session(&members, |_, _, session| {
+        session.offer(Outbound::Frame(frame.clone()));
+    });
 }

@@ -1,7 +1,8 @@
 //! [`AppState`]: the cheap-clone handle every handler and session gets.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use natter_cluster::{Registry, SessionId};
@@ -11,8 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http::stream::PollStream;
 use crate::members::MemberCache;
-use crate::ws::Outbound;
+use crate::presence::PresenceHub;
+use crate::session::SessionHandle;
+use crate::typing::TypingHub;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -22,6 +26,10 @@ struct Inner {
     store: Arc<dyn Store>,
     sessions: Registry<SessionHandle>,
     members: MemberCache,
+    typing: TypingHub,
+    presence: PresenceHub,
+    // A std mutex: lookups and inserts only; each stream has its own async lock.
+    polls: Mutex<HashMap<SessionId, Arc<PollStream>>>,
     receipts_tx: mpsc::Sender<CursorUpdate>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -41,6 +49,9 @@ impl AppState {
             cfg,
             store,
             sessions: Registry::default(),
+            typing: TypingHub::default(),
+            presence: PresenceHub::default(),
+            polls: Mutex::new(HashMap::new()),
             receipts_tx,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -61,6 +72,15 @@ impl AppState {
     pub(crate) fn members(&self) -> &MemberCache {
         &self.0.members
     }
+    pub(crate) fn typing(&self) -> &TypingHub {
+        &self.0.typing
+    }
+    pub(crate) fn presence(&self) -> &PresenceHub {
+        &self.0.presence
+    }
+    pub(crate) fn polls(&self) -> &Mutex<HashMap<SessionId, Arc<PollStream>>> {
+        &self.0.polls
+    }
     pub(crate) fn receipts_tx(&self) -> &mpsc::Sender<CursorUpdate> {
         &self.0.receipts_tx
     }
@@ -75,39 +95,5 @@ impl AppState {
     }
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
-    }
-}
-
-/// How the router and handlers reach one live session.
-#[derive(Clone)]
-pub(crate) struct SessionHandle {
-    pub(crate) tx: mpsc::Sender<Outbound>,
-    pub(crate) kill: CancellationToken,
-    /// The close code to send when `kill` fires (0: none chosen).
-    pub(crate) close_code: Arc<AtomicU16>,
-}
-
-impl SessionHandle {
-    /// Queues a frame without waiting; a full queue ends the session as a slow consumer
-    /// (it resumes by reconnecting), so one slow reader never holds up fan-out.
-    pub(crate) fn offer(&self, item: Outbound) {
-        match self.tx.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    metrics::counter!("natter_slow_consumers_total").increment(1);
-                    self.close(natter_proto::close::SLOW_CONSUMER);
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-
-    /// Ends the session with `code`.
-    pub(crate) fn close(&self, code: u16) {
-        let _ = self
-            .close_code
-            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-        self.kill.cancel();
     }
 }

@@ -4,35 +4,16 @@
 pub(crate) mod dispatch;
 pub(crate) mod session;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use axum::extract::State;
-use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::response::{IntoResponse, Response};
-use natter_proto::{ConversationId, ErrorCode, ReqId, Seq};
+use natter_proto::ErrorCode;
 
 use crate::auth;
 use crate::error::ApiError;
-use crate::router::Routed;
 use crate::state::AppState;
-
-/// What a session's writer task is asked to send.
-pub(crate) enum Outbound {
-    /// A ready-made frame (a reply, an error, a receipt).
-    Frame(Utf8Bytes),
-    /// A committed entry, shared by all recipients; the writer keeps each conversation
-    /// contiguous (drops what it sent, fills gaps from the store).
-    Entry(Arc<Routed>),
-    /// Run a sync in the writer, so the reply and the live stream are one ordered sequence.
-    Sync {
-        req_id: ReqId,
-        cursors: BTreeMap<ConversationId, Seq>,
-        limit: Option<u32>,
-    },
-}
 
 /// `GET /v1/ws`.
 pub(crate) async fn upgrade(
@@ -78,15 +59,10 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
         return true;
     };
     let allowed = &state.cfg().allowed_origins;
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
         return true;
     }
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/'));
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'));
     matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
 }

@@ -100,20 +100,14 @@ async fn acked_sends_survive_kill_9_mid_stream() {
     let mut retries = Vec::new();
     for (k, u) in users.iter().enumerate() {
         let conn = ws(node.addr, &u.token).await;
-        retries.push(tokio::spawn(async move {
-            pump(conn, conv, &plan(k, PER_CONN), None).await
-        }));
+        retries.push(tokio::spawn(async move { pump(conn, conv, &plan(k, PER_CONN), None).await }));
     }
     let mut reruns = Vec::new();
     for r in retries {
         reruns.push(within("a resend pump", r).await.expect("pump task"));
     }
     for (k, run) in reruns.iter().enumerate() {
-        assert!(
-            run.errors.is_empty(),
-            "conn {k} resend errors: {:?}",
-            run.errors
-        );
+        assert!(run.errors.is_empty(), "conn {k} resend errors: {:?}", run.errors);
         assert_eq!(run.n_acked(), PER_CONN, "conn {k}: every resend acked");
         for (i, ack) in run.acks.iter().enumerate() {
             let ack = ack.as_ref().expect("acked");
@@ -146,11 +140,7 @@ async fn sigterm_closes_sessions_with_1012_exits_0_and_keeps_acked_sends() {
 
     // Bob is live (synced) and only listens.
     let mut listener = ws(node.addr, &bob.token).await;
-    let sync = ClientFrame::Sync {
-        req_id: 1,
-        cursors: BTreeMap::new(),
-        limit: None,
-    };
+    let sync = ClientFrame::Sync { req_id: 1, cursors: BTreeMap::new(), limit: None };
     send_frame(&mut listener, &sync).await;
     within("bob's sync reply", async {
         loop {
@@ -180,17 +170,10 @@ async fn sigterm_closes_sessions_with_1012_exits_0_and_keeps_acked_sends() {
     };
     within("half of the acks", gate.reached.notified()).await;
     node.sigterm();
-    let status = within("the process to exit", node.child.wait())
-        .await
-        .expect("wait for the child");
-    assert!(
-        status.success(),
-        "a graceful stop exits 0: {status:?}\n{}",
-        node.logs()
-    );
-    let run = within("alice's pump to end", sender)
-        .await
-        .expect("pump task");
+    let status =
+        within("the process to exit", node.child.wait()).await.expect("wait for the child");
+    assert!(status.success(), "a graceful stop exits 0: {status:?}\n{}", node.logs());
+    let run = within("alice's pump to end", sender).await.expect("pump task");
     assert!(run.errors.is_empty(), "errors: {:?}", run.errors);
     assert_eq!(run.close_code, Some(1012), "alice is told to reconnect");
     let bob_code = within("bob's close", bob_closed).await.expect("bob task");
@@ -218,14 +201,7 @@ async fn sigterm_closes_sessions_with_1012_exits_0_and_keeps_acked_sends() {
 
 /// The client_msg_id and body of connection `k`'s message `i`.
 fn plan(k: usize, n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| {
-            (
-                format!("c{k}-{i}"),
-                format!("message {i} from connection {k}"),
-            )
-        })
-        .collect()
+    (0..n).map(|i| (format!("c{k}-{i}"), format!("message {i} from connection {k}"))).collect()
 }
 
 /// Checks a log read after a restart against what each connection (`users[k]`, `runs[k]`)
@@ -237,18 +213,11 @@ fn check_log(
     per_conn: usize,
 ) -> Vec<Vec<Entry>> {
     let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=log.len() as u64).collect::<Vec<_>>(),
-        "the log is contiguous from 1"
-    );
+    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "the log is contiguous from 1");
     assert!(matches!(log[0].body, EntryBody::Created { .. }));
     let mut found: Vec<BTreeMap<usize, Entry>> = vec![BTreeMap::new(); users.len()];
     for e in &log[1..] {
-        let cmid = e
-            .client_msg_id
-            .as_deref()
-            .expect("messages carry client_msg_id");
+        let cmid = e.client_msg_id.as_deref().expect("messages carry client_msg_id");
         let (k, i) = cmid
             .strip_prefix('c')
             .and_then(|rest| rest.split_once('-'))
@@ -262,10 +231,7 @@ fn check_log(
             "{cmid} has its body: {:?}",
             e.body
         );
-        assert!(
-            i < runs[k].sent,
-            "{cmid} was never sent, yet it is in the log"
-        );
+        assert!(i < runs[k].sent, "{cmid} was never sent, yet it is in the log");
         let dup = found[k].insert(i, e.clone());
         assert!(dup.is_none(), "{cmid} is in the log twice");
     }
@@ -293,10 +259,7 @@ fn check_log(
                 (ack.seq, &ack.id, ack.ts, ack.conversation),
                 "c{k}-{i} is where its ack said"
             );
-            assert_eq!(
-                ack.client_msg_id.as_deref(),
-                Some(plan(k, per_conn)[i].0.as_str())
-            );
+            assert_eq!(ack.client_msg_id.as_deref(), Some(plan(k, per_conn)[i].0.as_str()));
         }
         present.push(entries);
     }
@@ -396,17 +359,11 @@ async fn pump(
         while answered < n {
             let (req_id, ack) = match read_frame(&mut stream).await {
                 Some(Ok(ServerFrame::Ack { req_id, ack })) => (req_id, Some(ack)),
-                Some(Ok(ServerFrame::Error {
-                    req_id: Some(req_id),
-                    error,
-                })) => {
+                Some(Ok(ServerFrame::Error { req_id: Some(req_id), error })) => {
                     errors.push((req_id as usize - 1, error));
                     (req_id, None)
                 }
-                Some(Ok(ServerFrame::Error {
-                    req_id: None,
-                    error,
-                })) => {
+                Some(Ok(ServerFrame::Error { req_id: None, error })) => {
                     panic!("error without req_id: {error:?}")
                 }
                 Some(Ok(_)) => continue,
@@ -434,12 +391,7 @@ async fn pump(
         (acks, errors, close_code)
     };
     let (sent, (acks, errors, close_code)) = tokio::join!(sender, reader);
-    PumpRun {
-        sent,
-        acks,
-        errors,
-        close_code,
-    }
+    PumpRun { sent, acks, errors, close_code }
 }
 
 /// The next Natter frame: `Some(Ok)`, `Some(Err(close code))` on a close frame with a code,
@@ -469,16 +421,10 @@ async fn send_frame(ws: &mut Ws, frame: &ClientFrame) {
 
 /// A WebSocket authenticated by header, after its `ready` frame.
 async fn ws(addr: SocketAddr, token: &str) -> Ws {
-    let mut req = format!("ws://{addr}/v1/ws")
-        .into_client_request()
-        .expect("ws request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    let (mut ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-        .await
-        .expect("ws connects");
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request().expect("ws request");
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    let (mut ws, _) =
+        within("ws connect", tokio_tungstenite::connect_async(req)).await.expect("ws connects");
     match read_frame(&mut ws).await {
         Some(Ok(ServerFrame::Ready { .. })) => ws,
         other => panic!("expected ready, got {other:?}"),
@@ -486,9 +432,7 @@ async fn ws(addr: SocketAddr, token: &str) -> Ws {
 }
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 // ---- the child process ----
@@ -547,9 +491,7 @@ impl Node {
     /// SIGKILL, then reap.
     async fn kill9(&mut self) -> ExitStatus {
         self.child.start_kill().expect("SIGKILL");
-        within("the killed process to exit", self.child.wait())
-            .await
-            .expect("wait for the child")
+        within("the killed process to exit", self.child.wait()).await.expect("wait for the child")
     }
 
     fn sigterm(&self) {
@@ -562,9 +504,8 @@ impl Node {
 
     async fn stop_gracefully(mut self) {
         self.sigterm();
-        let status = within("the process to exit", self.child.wait())
-            .await
-            .expect("wait for the child");
+        let status =
+            within("the process to exit", self.child.wait()).await.expect("wait for the child");
         assert!(status.success(), "{status:?}\n{}", self.logs());
     }
 
@@ -597,10 +538,7 @@ struct Api {
 
 impl Api {
     fn new(addr: SocketAddr) -> Api {
-        Api {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
-        }
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new() }
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -621,18 +559,12 @@ impl Api {
     }
 
     async fn user(&self, handle: &str) -> Account {
-        let creds = Credentials {
-            handle: handle.to_owned(),
-            password: PASSWORD.to_owned(),
-            device: None,
-        };
+        let creds =
+            Credentials { handle: handle.to_owned(), password: PASSWORD.to_owned(), device: None };
         let user: User = self.post("/v1/accounts", None, &creds).await;
         let session: Session = self.post("/v1/sessions", None, &creds).await;
         assert_eq!(session.user_id, user.user_id);
-        Account {
-            id: user.user_id,
-            token: session.token,
-        }
+        Account { id: user.user_id, token: session.token }
     }
 
     async fn create_group(
@@ -645,9 +577,8 @@ impl Api {
             title: title.to_owned(),
             members: members.iter().map(|m| m.id).collect(),
         };
-        let sum: ConversationSummary = self
-            .post("/v1/conversations", Some(&owner.token), &body)
-            .await;
+        let sum: ConversationSummary =
+            self.post("/v1/conversations", Some(&owner.token), &body).await;
         sum.id
     }
 
@@ -662,10 +593,8 @@ impl Api {
         let mut out: Vec<Entry> = Vec::new();
         loop {
             let after = out.last().map_or(0, |e| e.seq);
-            let url = format!(
-                "{}/v1/conversations/{conv}/entries?after={after}&limit=500",
-                self.base
-            );
+            let url =
+                format!("{}/v1/conversations/{conv}/entries?after={after}&limit=500", self.base);
             let req = self.http.get(url).bearer_auth(&user.token);
             let res = within("history", req.send()).await.expect("HTTP request");
             assert!(res.status().is_success(), "history: {}", res.status());

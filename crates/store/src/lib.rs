@@ -205,6 +205,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ConversationSummary>>;
     /// Every conversation `user` is a member of (for sync), with its summary.
     async fn memberships(&self, user: UserId) -> Result<Vec<ConversationSummary>>;
+    /// Which of `others` share at least one conversation with `user` (who may see their
+    /// presence).
+    async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>>;
     /// `user`'s role in the conversation, or `None` if not a member.
     async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>>;
     /// The conversation's members with handles, roles and cursors.

@@ -169,10 +169,7 @@ impl SqliteStore {
         })
         .await
         .map_err(|err| StoreError::Internal(format!("reader task failed: {err}")))?;
-        pool.conns
-            .lock()
-            .expect("reader pool lock poisoned")
-            .push(conn);
+        pool.conns.lock().expect("reader pool lock poisoned").push(conn);
         res
     }
 }
@@ -195,30 +192,24 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> StoreError {
 }
 
 fn configure(conn: &Connection, writer: bool) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(internal)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
     if writer {
         // WAL: readers never block the writer. FULL: the WAL is fsynced at every commit, so
         // an acked entry survives a power cut, not only a process crash.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(internal)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(internal)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(internal)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(internal)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(internal)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(internal)?;
     }
     Ok(())
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(internal)?;
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(internal)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction().map_err(internal)?;
         tx.execute_batch(sql).map_err(internal)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(internal)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1).map_err(internal)?;
         tx.commit().map_err(internal)?;
         tracing::info!(version = i + 1, "applied sqlite migration");
     }
@@ -285,11 +276,7 @@ fn run_job(conn: &Connection, job: Job, entries: &mut Vec<Entry>) -> Completion 
     }
     let mark = entries.len();
     let (ok, done) = job(conn, entries);
-    let end = if ok {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
+    let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     if !ok {
         entries.truncate(mark);
     }
@@ -303,19 +290,16 @@ fn run_job(conn: &Connection, job: Job, entries: &mut Vec<Entry>) -> Completion 
 impl Store for SqliteStore {
     async fn create_user(&self, handle: &str, password_hash: &str) -> Result<UserId> {
         let (handle, hash) = (handle.to_owned(), password_hash.to_owned());
-        self.write(move |c, _| write::create_user(c, &handle, &hash))
-            .await
+        self.write(move |c, _| write::create_user(c, &handle, &hash)).await
     }
 
     async fn create_device(&self, user: UserId, name: &str, token: TokenHash) -> Result<DeviceId> {
         let name = name.to_owned();
-        self.write(move |c, _| write::create_device(c, user, &name, &token))
-            .await
+        self.write(move |c, _| write::create_device(c, user, &name, &token)).await
     }
 
     async fn create_direct(&self, a: UserId, b: UserId) -> Result<(ConversationId, bool)> {
-        self.write(move |c, out| write::create_direct(c, out, a, b))
-            .await
+        self.write(move |c, out| write::create_direct(c, out, a, b)).await
     }
 
     async fn create_group(
@@ -326,14 +310,11 @@ impl Store for SqliteStore {
     ) -> Result<ConversationId> {
         let (title, members) = (title.to_owned(), members.to_vec());
         let cap = self.limits.max_group_members;
-        self.write(move |c, out| write::create_group(c, out, cap, owner, &title, &members))
-            .await
+        self.write(move |c, out| write::create_group(c, out, cap, owner, &title, &members)).await
     }
 
     async fn submit_append(&self, append: Append) -> Result<PendingAck> {
-        let rx = self
-            .submit(move |c, out| write::append(c, out, &append))
-            .await?;
+        let rx = self.submit(move |c, out| write::append(c, out, &append)).await?;
         Ok(PendingAck(rx))
     }
 
@@ -366,8 +347,7 @@ impl Store for SqliteStore {
         user: UserId,
         conversation: ConversationId,
     ) -> Result<ConversationSummary> {
-        self.read(move |c| read::conversation(c, user, conversation))
-            .await
+        self.read(move |c| read::conversation(c, user, conversation)).await
     }
 
     async fn conversations(
@@ -376,13 +356,16 @@ impl Store for SqliteStore {
         before: Option<ListCursor>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>> {
-        self.read(move |c| read::conversations(c, user, before, Some(limit)))
-            .await
+        self.read(move |c| read::conversations(c, user, before, Some(limit))).await
     }
 
     async fn memberships(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
-        self.read(move |c| read::conversations(c, user, None, None))
-            .await
+        self.read(move |c| read::conversations(c, user, None, None)).await
+    }
+
+    async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>> {
+        let others = others.to_vec();
+        self.read(move |c| read::share_conversation(c, user, &others)).await
     }
 
     async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>> {
@@ -403,18 +386,15 @@ impl Store for SqliteStore {
         range: Range,
         limit: u32,
     ) -> Result<Page> {
-        self.read(move |c| read::entries(c, conversation, range, limit))
-            .await
+        self.read(move |c| read::entries(c, conversation, range, limit)).await
     }
 
     async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
-        self.write(move |c, _| write::set_cursors(c, &updates))
-            .await
+        self.write(move |c, _| write::set_cursors(c, &updates)).await
     }
 
     async fn delete_device(&self, token: TokenHash) -> Result<()> {
-        self.write(move |c, _| write::delete_device(c, &token))
-            .await
+        self.write(move |c, _| write::delete_device(c, &token)).await
     }
 
     async fn close(&self) {

@@ -97,28 +97,18 @@ impl<S: Store> Fixture<S> {
         Fut: Future<Output = (S, Guard)>,
     {
         let (feed_tx, feed_rx) = mpsc::channel(1 << 20);
-        let limits = StoreLimits {
-            max_group_members: MAX_GROUP_MEMBERS,
-        };
+        let limits = StoreLimits { max_group_members: MAX_GROUP_MEMBERS };
         let (store, guard) = open(limits, feed_tx).await;
-        Fixture {
-            store: Arc::new(store),
-            feed_rx,
-            _guard: guard,
-        }
+        Fixture { store: Arc::new(store), feed_rx, _guard: guard }
     }
 }
 
 async fn within<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("the test finished in time");
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("the test finished in time");
 }
 
 async fn user<S: Store>(s: &S, handle: &str) -> UserId {
-    s.create_user(handle, &format!("hash-of-{handle}"))
-        .await
-        .expect("create user")
+    s.create_user(handle, &format!("hash-of-{handle}")).await.expect("create user")
 }
 
 async fn users<S: Store, const N: usize>(s: &S, handles: [&str; N]) -> [UserId; N] {
@@ -130,19 +120,11 @@ async fn users<S: Store, const N: usize>(s: &S, handles: [&str; N]) -> [UserId; 
 }
 
 fn msg(body: &str) -> NewEntry {
-    NewEntry::Message {
-        body: body.to_owned(),
-        reply_to: None,
-    }
+    NewEntry::Message { body: body.to_owned(), reply_to: None }
 }
 
 fn append_of(conv: ConversationId, sender: UserId, cmid: &str, entry: NewEntry) -> Append {
-    Append {
-        conversation: conv,
-        sender,
-        client_msg_id: cmid.to_owned(),
-        entry,
-    }
+    Append { conversation: conv, sender, client_msg_id: cmid.to_owned(), entry }
 }
 
 /// Submits one append and waits for its commit. An error may come from either stage.
@@ -153,10 +135,7 @@ async fn append<S: Store>(
     cmid: &str,
     entry: NewEntry,
 ) -> Result<Ack> {
-    s.submit_append(append_of(conv, sender, cmid, entry))
-        .await?
-        .wait()
-        .await
+    s.submit_append(append_of(conv, sender, cmid, entry)).await?.wait().await
 }
 
 async fn send<S: Store>(
@@ -166,9 +145,7 @@ async fn send<S: Store>(
     cmid: &str,
     body: &str,
 ) -> Ack {
-    append(s, conv, sender, cmid, msg(body))
-        .await
-        .unwrap_or_else(|e| panic!("append {cmid}: {e}"))
+    append(s, conv, sender, cmid, msg(body)).await.unwrap_or_else(|e| panic!("append {cmid}: {e}"))
 }
 
 fn code<T: std::fmt::Debug>(res: Result<T>) -> ErrorCode {
@@ -180,10 +157,7 @@ fn code<T: std::fmt::Debug>(res: Result<T>) -> ErrorCode {
 
 /// The whole log of a conversation, oldest first.
 async fn log<S: Store>(s: &S, conv: ConversationId) -> Vec<Entry> {
-    let page = s
-        .entries(conv, Range::After(0), 10_000)
-        .await
-        .expect("entries");
+    let page = s.entries(conv, Range::After(0), 10_000).await.expect("entries");
     assert!(!page.has_more);
     page.entries
 }
@@ -193,18 +167,11 @@ fn seqs(entries: &[Entry]) -> Vec<Seq> {
 }
 
 fn assert_contiguous(entries: &[Entry], from: Seq, to: Seq) {
-    assert_eq!(
-        seqs(entries),
-        (from..=to).collect::<Vec<_>>(),
-        "expected seq {from}..={to}"
-    );
+    assert_eq!(seqs(entries), (from..=to).collect::<Vec<_>>(), "expected seq {from}..={to}");
 }
 
 async fn last_seq<S: Store>(s: &S, user: UserId, conv: ConversationId) -> Seq {
-    s.conversation(user, conv)
-        .await
-        .expect("conversation")
-        .last_seq
+    s.conversation(user, conv).await.expect("conversation").last_seq
 }
 
 fn message_body(e: &Entry) -> &str {
@@ -220,29 +187,15 @@ async fn create_user_rejects_duplicate_handles_case_insensitively<S: Store>(f: F
     let s = &*f.store;
     let alice = s.create_user("Alice", "h1").await.expect("alice");
     for taken in ["Alice", "alice", "ALICE", "aLiCe"] {
-        assert_eq!(
-            code(s.create_user(taken, "h2").await),
-            ErrorCode::Conflict,
-            "{taken}"
-        );
+        assert_eq!(code(s.create_user(taken, "h2").await), ErrorCode::Conflict, "{taken}");
     }
     let bob = s.create_user("bob", "h3").await.expect("bob");
     assert_ne!(alice, bob);
 
-    let rec = s
-        .user_by_handle("Alice")
-        .await
-        .expect("read")
-        .expect("alice exists");
-    assert_eq!(
-        (rec.id, rec.handle.as_str(), rec.password_hash.as_str()),
-        (alice, "Alice", "h1")
-    );
+    let rec = s.user_by_handle("Alice").await.expect("read").expect("alice exists");
+    assert_eq!((rec.id, rec.handle.as_str(), rec.password_hash.as_str()), (alice, "Alice", "h1"));
     assert!(s.user_by_handle("nobody").await.expect("read").is_none());
-    assert_eq!(
-        s.user_handle(bob).await.expect("read").as_deref(),
-        Some("bob")
-    );
+    assert_eq!(s.user_handle(bob).await.expect("read").as_deref(), Some("bob"));
     assert_eq!(s.user_handle(UserId(999_999)).await.expect("read"), None);
 }
 
@@ -302,13 +255,7 @@ async fn create_direct_is_one_per_pair_in_either_order<S: Store>(f: Fixture<S>) 
     for u in [a, b] {
         let sum = s.conversation(u, ab).await.expect("member sees it");
         assert_eq!(
-            (
-                sum.id,
-                sum.kind,
-                sum.title.as_deref(),
-                sum.role,
-                sum.last_seq
-            ),
+            (sum.id, sum.kind, sum.title.as_deref(), sum.role, sum.last_seq),
             (ab, ConversationKind::Direct, None, Role::Member, 1)
         );
         assert_eq!(s.role(u, ab).await.expect("role"), Some(Role::Member));
@@ -319,10 +266,7 @@ async fn create_direct_is_one_per_pair_in_either_order<S: Store>(f: Fixture<S>) 
     assert_eq!(ids, BTreeSet::from([a, b]));
 
     assert_eq!(code(s.create_direct(a, a).await), ErrorCode::BadRequest);
-    assert_eq!(
-        code(s.create_direct(a, UserId(999_999)).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(s.create_direct(a, UserId(999_999)).await), ErrorCode::NotFound);
 }
 
 async fn create_group_enforces_the_member_cap<S: Store>(f: Fixture<S>) {
@@ -347,10 +291,8 @@ async fn create_group_enforces_the_member_cap<S: Store>(f: Fixture<S>) {
     );
     assert_eq!(s.role(a, g).await.expect("role"), Some(Role::Member));
     let members = s.members(g).await.expect("members");
-    let roles: BTreeMap<UserId, (String, Role)> = members
-        .iter()
-        .map(|m| (m.user_id, (m.handle.clone(), m.role)))
-        .collect();
+    let roles: BTreeMap<UserId, (String, Role)> =
+        members.iter().map(|m| (m.user_id, (m.handle.clone(), m.role))).collect();
     assert_eq!(
         roles,
         BTreeMap::from([
@@ -363,23 +305,11 @@ async fn create_group_enforces_the_member_cap<S: Store>(f: Fixture<S>) {
     // Exactly at the cap (owner included) is allowed; one more is a conflict.
     let full = s.create_group(o, "full", &[a, b, c]).await.expect("at cap");
     assert_eq!(s.member_ids(full).await.expect("ids").len(), 4);
-    assert_eq!(
-        code(s.create_group(o, "over", &[a, b, c, d]).await),
-        ErrorCode::Conflict
-    );
-    assert_eq!(
-        code(s.create_group(o, "ghost", &[a, UserId(999_999)]).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(s.create_group(o, "over", &[a, b, c, d]).await), ErrorCode::Conflict);
+    assert_eq!(code(s.create_group(o, "ghost", &[a, UserId(999_999)]).await), ErrorCode::NotFound);
     // Adding to a full group is a conflict too.
-    let add = GroupChange::AddMember {
-        user: d,
-        role: Role::Member,
-    };
-    assert_eq!(
-        code(s.change_group(o, full, add).await),
-        ErrorCode::Conflict
-    );
+    let add = GroupChange::AddMember { user: d, role: Role::Member };
+    assert_eq!(code(s.change_group(o, full, add).await), ErrorCode::Conflict);
     assert_eq!(last_seq(s, o, full).await, 1);
 }
 
@@ -400,12 +330,7 @@ async fn appends_get_contiguous_seqs_and_are_idempotent<S: Store>(f: Fixture<S>)
 
     // A retry returns the original ack, whatever it carries this time.
     assert_eq!(send(s, ab, a, "m1", "one again").await, m1);
-    assert_eq!(
-        append(s, ab, a, "m2", NewEntry::Delete { target: 2 })
-            .await
-            .expect("retry"),
-        m2
-    );
+    assert_eq!(append(s, ab, a, "m2", NewEntry::Delete { target: 2 }).await.expect("retry"), m2);
     // The key is per sender and per conversation.
     let b1 = send(s, ab, b, "m1", "bob's m1").await;
     assert_eq!(b1.seq, 4);
@@ -420,10 +345,7 @@ async fn appends_get_contiguous_seqs_and_are_idempotent<S: Store>(f: Fixture<S>)
         assert_eq!(e.client_msg_id, ack.client_msg_id);
         assert_eq!(message_body(e), body);
         let state = e.state.as_ref().expect("messages carry their state");
-        assert_eq!(
-            (state.body.as_str(), state.edited_seq, state.deleted),
-            (body, None, false)
-        );
+        assert_eq!((state.body.as_str(), state.edited_seq, state.deleted), (body, None, false));
     }
     let sum = s.conversation(b, ab).await.expect("summary");
     assert_eq!(sum.last_seq, 4);
@@ -457,10 +379,7 @@ async fn one_submitters_appends_commit_in_submission_order<S: Store>(f: Fixture<
 async fn concurrent_submitters_get_contiguous_seqs<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
     let members = users(s, ["a", "b", "c", "d"]).await;
-    let g = s
-        .create_group(members[0], "busy", &members[1..])
-        .await
-        .expect("group");
+    let g = s.create_group(members[0], "busy", &members[1..]).await.expect("group");
     const PER: usize = 100;
     let mut tasks = Vec::new();
     for (k, &u) in members.iter().enumerate() {
@@ -493,10 +412,8 @@ async fn concurrent_submitters_get_contiguous_seqs<S: Store>(f: Fixture<S>) {
     assert_eq!(all, (2..=n + 1).collect::<Vec<_>>(), "no gap, no duplicate");
     let entries = log(s, g).await;
     assert_contiguous(&entries, 1, n + 1);
-    let keys: BTreeSet<(UserId, Option<String>)> = entries
-        .iter()
-        .map(|e| (e.sender, e.client_msg_id.clone()))
-        .collect();
+    let keys: BTreeSet<(UserId, Option<String>)> =
+        entries.iter().map(|e| (e.sender, e.client_msg_id.clone())).collect();
     assert_eq!(keys.len(), entries.len());
 }
 
@@ -505,15 +422,9 @@ async fn non_member_append_is_not_found<S: Store>(f: Fixture<S>) {
     let [a, b, c] = users(s, ["a", "b", "c"]).await;
     let (ab, _) = s.create_direct(a, b).await.expect("direct");
     send(s, ab, a, "m1", "hi").await;
-    assert_eq!(
-        code(append(s, ab, c, "x", msg("intrude")).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(append(s, ab, c, "x", msg("intrude")).await), ErrorCode::NotFound);
     // Not even by reusing a member's client_msg_id.
-    assert_eq!(
-        code(append(s, ab, c, "m1", msg("intrude")).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(append(s, ab, c, "m1", msg("intrude")).await), ErrorCode::NotFound);
     assert_eq!(
         code(append(s, ConversationId(999_999), a, "y", msg("void")).await),
         ErrorCode::NotFound
@@ -521,13 +432,8 @@ async fn non_member_append_is_not_found<S: Store>(f: Fixture<S>) {
     // A member removed from a group can no longer append.
     let g = s.create_group(a, "g", &[c]).await.expect("group");
     send(s, g, c, "c1", "before").await;
-    s.change_group(a, g, GroupChange::RemoveMember { user: c })
-        .await
-        .expect("remove");
-    assert_eq!(
-        code(append(s, g, c, "c2", msg("after")).await),
-        ErrorCode::NotFound
-    );
+    s.change_group(a, g, GroupChange::RemoveMember { user: c }).await.expect("remove");
+    assert_eq!(code(append(s, g, c, "c2", msg("after")).await), ErrorCode::NotFound);
     assert_eq!(last_seq(s, a, ab).await, 2);
     assert_eq!(last_seq(s, a, g).await, 3);
     // A failed append consumed no seq: the next one is contiguous.
@@ -540,134 +446,69 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
     let (ab, _) = s.create_direct(a, b).await.expect("direct");
     let m = send(s, ab, a, "m", "first").await; // 2
     let other = send(s, ab, b, "o", "other").await; // 3
-    let edit = NewEntry::Edit {
-        target: m.seq,
-        body: "second".to_owned(),
-    };
+    let edit = NewEntry::Edit { target: m.seq, body: "second".to_owned() };
     let e1 = append(s, ab, a, "e1", edit).await.expect("edit"); // 4
     let react = |emoji: &str, remove: bool| NewEntry::Reaction {
         target: m.seq,
         emoji: emoji.to_owned(),
         remove,
     };
-    append(s, ab, b, "r1", react("+1", false))
-        .await
-        .expect("react"); // 5
-    append(s, ab, a, "r2", react("+1", false))
-        .await
-        .expect("react"); // 6
-    append(s, ab, a, "r3", react("party", false))
-        .await
-        .expect("react"); // 7
+    append(s, ab, b, "r1", react("+1", false)).await.expect("react"); // 5
+    append(s, ab, a, "r2", react("+1", false)).await.expect("react"); // 6
+    append(s, ab, a, "r3", react("party", false)).await.expect("react"); // 7
 
     // Only the sender edits or deletes; anyone in the conversation reacts.
-    let bad_edit = NewEntry::Edit {
-        target: m.seq,
-        body: "hijack".to_owned(),
-    };
-    assert_eq!(
-        code(append(s, ab, b, "x1", bad_edit).await),
-        ErrorCode::Forbidden
-    );
+    let bad_edit = NewEntry::Edit { target: m.seq, body: "hijack".to_owned() };
+    assert_eq!(code(append(s, ab, b, "x1", bad_edit).await), ErrorCode::Forbidden);
     assert_eq!(
         code(append(s, ab, b, "x2", NewEntry::Delete { target: m.seq }).await),
         ErrorCode::Forbidden
     );
     // Targets must be messages of this conversation.
-    let edit_created = NewEntry::Edit {
-        target: 1,
-        body: "no".to_owned(),
-    };
-    assert_eq!(
-        code(append(s, ab, a, "x3", edit_created).await),
-        ErrorCode::BadRequest
-    );
-    let react_missing = NewEntry::Reaction {
-        target: 99,
-        emoji: "+1".to_owned(),
-        remove: false,
-    };
-    assert_eq!(
-        code(append(s, ab, a, "x4", react_missing).await),
-        ErrorCode::BadRequest
-    );
-    let reply_missing = NewEntry::Message {
-        body: "re".to_owned(),
-        reply_to: Some(99),
-    };
-    assert_eq!(
-        code(append(s, ab, a, "x5", reply_missing).await),
-        ErrorCode::BadRequest
-    );
+    let edit_created = NewEntry::Edit { target: 1, body: "no".to_owned() };
+    assert_eq!(code(append(s, ab, a, "x3", edit_created).await), ErrorCode::BadRequest);
+    let react_missing = NewEntry::Reaction { target: 99, emoji: "+1".to_owned(), remove: false };
+    assert_eq!(code(append(s, ab, a, "x4", react_missing).await), ErrorCode::BadRequest);
+    let reply_missing = NewEntry::Message { body: "re".to_owned(), reply_to: Some(99) };
+    assert_eq!(code(append(s, ab, a, "x5", reply_missing).await), ErrorCode::BadRequest);
 
     let state_of = |entries: &[Entry], seq: Seq| {
-        entries[seq as usize - 1]
-            .state
-            .clone()
-            .expect("messages carry state")
+        entries[seq as usize - 1].state.clone().expect("messages carry state")
     };
     let entries = log(s, ab).await;
     assert_contiguous(&entries, 1, 7);
     let st = state_of(&entries, m.seq);
-    assert_eq!(
-        (st.body.as_str(), st.edited_seq, st.deleted),
-        ("second", Some(e1.seq), false)
-    );
+    assert_eq!((st.body.as_str(), st.edited_seq, st.deleted), ("second", Some(e1.seq), false));
     let mut reactions = st.reactions.clone();
     reactions.sort_by(|x, y| x.emoji.cmp(&y.emoji));
     assert_eq!(
         reactions,
         vec![
-            ReactionSummary {
-                emoji: "+1".to_owned(),
-                users: vec![b, a],
-            },
-            ReactionSummary {
-                emoji: "party".to_owned(),
-                users: vec![a],
-            },
+            ReactionSummary { emoji: "+1".to_owned(), users: vec![b, a] },
+            ReactionSummary { emoji: "party".to_owned(), users: vec![a] },
         ]
     );
     // The log keeps what happened; only messages carry a state.
     assert_eq!(message_body(&entries[1]), "first");
-    assert_eq!(
-        entries[3].body,
-        EntryBody::Edit {
-            target: m.seq,
-            body: "second".to_owned(),
-        }
-    );
+    assert_eq!(entries[3].body, EntryBody::Edit { target: m.seq, body: "second".to_owned() });
     assert!(entries[3..].iter().all(|e| e.state.is_none()));
     assert_eq!(state_of(&entries, other.seq).body, "other");
 
-    append(s, ab, a, "r4", react("+1", true))
-        .await
-        .expect("unreact"); // 8
+    append(s, ab, a, "r4", react("+1", true)).await.expect("unreact"); // 8
     let st = state_of(&log(s, ab).await, m.seq);
     let mut reactions = st.reactions;
     reactions.sort_by(|x, y| x.emoji.cmp(&y.emoji));
     assert_eq!(
         reactions,
         vec![
-            ReactionSummary {
-                emoji: "+1".to_owned(),
-                users: vec![b],
-            },
-            ReactionSummary {
-                emoji: "party".to_owned(),
-                users: vec![a],
-            },
+            ReactionSummary { emoji: "+1".to_owned(), users: vec![b] },
+            ReactionSummary { emoji: "party".to_owned(), users: vec![a] },
         ]
     );
 
-    let reply = NewEntry::Message {
-        body: "re: first".to_owned(),
-        reply_to: Some(m.seq),
-    };
+    let reply = NewEntry::Message { body: "re: first".to_owned(), reply_to: Some(m.seq) };
     let r = append(s, ab, b, "reply", reply).await.expect("reply"); // 9
-    let del = append(s, ab, a, "d1", NewEntry::Delete { target: m.seq })
-        .await
-        .expect("delete"); // 10
+    let del = append(s, ab, a, "d1", NewEntry::Delete { target: m.seq }).await.expect("delete"); // 10
     assert_eq!((r.seq, del.seq), (9, 10));
     let entries = log(s, ab).await;
     assert_contiguous(&entries, 1, 10);
@@ -677,24 +518,12 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
     assert!(st.reactions.is_empty(), "a tombstone keeps no reactions");
     assert_eq!(
         entries[8].body,
-        EntryBody::Message {
-            body: "re: first".to_owned(),
-            reply_to: Some(m.seq),
-        }
+        EntryBody::Message { body: "re: first".to_owned(), reply_to: Some(m.seq) }
     );
     // A tombstone cannot be edited or reacted to again.
-    let late_edit = NewEntry::Edit {
-        target: m.seq,
-        body: "back".to_owned(),
-    };
-    assert_eq!(
-        code(append(s, ab, a, "x6", late_edit).await),
-        ErrorCode::Conflict
-    );
-    assert_eq!(
-        code(append(s, ab, b, "x7", react("+1", false)).await),
-        ErrorCode::Conflict
-    );
+    let late_edit = NewEntry::Edit { target: m.seq, body: "back".to_owned() };
+    assert_eq!(code(append(s, ab, a, "x6", late_edit).await), ErrorCode::Conflict);
+    assert_eq!(code(append(s, ab, b, "x7", react("+1", false)).await), ErrorCode::Conflict);
     // Refused appends committed nothing, so their client_msg_id is still free.
     let free = send(s, ab, b, "x1", "reuse").await;
     assert_eq!(free.seq, 11);
@@ -750,42 +579,19 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
     let add = |user: UserId, role: Role| GroupChange::AddMember { user, role };
 
     // Members change nothing.
-    assert_eq!(
-        code(s.change_group(a, g, add(c, Role::Member)).await),
-        ErrorCode::Forbidden
-    );
-    let title = |t: &str| GroupChange::SetTitle {
-        title: t.to_owned(),
-    };
-    assert_eq!(
-        code(s.change_group(a, g, title("mine")).await),
-        ErrorCode::Forbidden
-    );
+    assert_eq!(code(s.change_group(a, g, add(c, Role::Member)).await), ErrorCode::Forbidden);
+    let title = |t: &str| GroupChange::SetTitle { title: t.to_owned() };
+    assert_eq!(code(s.change_group(a, g, title("mine")).await), ErrorCode::Forbidden);
     let set_role = |user: UserId, role: Role| GroupChange::SetRole { user, role };
-    assert_eq!(
-        code(s.change_group(a, g, set_role(b, Role::Admin)).await),
-        ErrorCode::Forbidden
-    );
+    assert_eq!(code(s.change_group(a, g, set_role(b, Role::Admin)).await), ErrorCode::Forbidden);
 
     // Only the owner changes roles; ownership is never given, only handed on by leaving.
-    let ack = s
-        .change_group(o, g, set_role(a, Role::Admin))
-        .await
-        .expect("promote"); // 2
+    let ack = s.change_group(o, g, set_role(a, Role::Admin)).await.expect("promote"); // 2
     assert_eq!(ack.seq, 2);
     assert_eq!(s.role(a, g).await.expect("role"), Some(Role::Admin));
-    assert_eq!(
-        code(s.change_group(o, g, set_role(b, Role::Owner)).await),
-        ErrorCode::BadRequest
-    );
-    assert_eq!(
-        code(s.change_group(o, g, set_role(o, Role::Member)).await),
-        ErrorCode::BadRequest
-    );
-    assert_eq!(
-        code(s.change_group(o, g, set_role(c, Role::Admin)).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(s.change_group(o, g, set_role(b, Role::Owner)).await), ErrorCode::BadRequest);
+    assert_eq!(code(s.change_group(o, g, set_role(o, Role::Member)).await), ErrorCode::BadRequest);
+    assert_eq!(code(s.change_group(o, g, set_role(c, Role::Admin)).await), ErrorCode::NotFound);
     assert_eq!(
         code(s.change_group(a, g, set_role(b, Role::Admin)).await),
         ErrorCode::Forbidden,
@@ -793,19 +599,10 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
     );
 
     // Admins add members, but not admins or owners.
+    assert_eq!(code(s.change_group(a, g, add(c, Role::Admin)).await), ErrorCode::Forbidden);
+    assert_eq!(code(s.change_group(a, g, add(c, Role::Owner)).await), ErrorCode::Forbidden);
     assert_eq!(
-        code(s.change_group(a, g, add(c, Role::Admin)).await),
-        ErrorCode::Forbidden
-    );
-    assert_eq!(
-        code(s.change_group(a, g, add(c, Role::Owner)).await),
-        ErrorCode::Forbidden
-    );
-    assert_eq!(
-        code(
-            s.change_group(a, g, add(UserId(999_999), Role::Member))
-                .await
-        ),
+        code(s.change_group(a, g, add(UserId(999_999), Role::Member)).await),
         ErrorCode::NotFound
     );
     assert_eq!(
@@ -813,10 +610,7 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
         ErrorCode::Conflict,
         "already a member"
     );
-    let added = s
-        .change_group(a, g, add(c, Role::Member))
-        .await
-        .expect("add"); // 3
+    let added = s.change_group(a, g, add(c, Role::Member)).await.expect("add"); // 3
     assert_eq!(added.seq, 3);
     assert_eq!(
         code(s.change_group(o, g, add(d, Role::Member)).await),
@@ -826,35 +620,16 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
 
     // Admins remove members but not the owner (or other admins); anyone may leave.
     let remove = |user: UserId| GroupChange::RemoveMember { user };
-    assert_eq!(
-        code(s.change_group(a, g, remove(o)).await),
-        ErrorCode::Forbidden
-    );
-    assert_eq!(
-        code(s.change_group(b, g, remove(c)).await),
-        ErrorCode::Forbidden
-    );
+    assert_eq!(code(s.change_group(a, g, remove(o)).await), ErrorCode::Forbidden);
+    assert_eq!(code(s.change_group(b, g, remove(c)).await), ErrorCode::Forbidden);
     s.change_group(a, g, remove(b)).await.expect("kick"); // 4
     assert_eq!(s.role(b, g).await.expect("role"), None);
-    assert_eq!(
-        code(s.change_group(a, g, remove(b)).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(s.change_group(a, g, remove(b)).await), ErrorCode::NotFound);
     s.change_group(a, g, title("renamed")).await.expect("title"); // 5
-    assert_eq!(
-        s.conversation(o, g)
-            .await
-            .expect("summary")
-            .title
-            .as_deref(),
-        Some("renamed")
-    );
+    assert_eq!(s.conversation(o, g).await.expect("summary").title.as_deref(), Some("renamed"));
     s.change_group(c, g, remove(c)).await.expect("leave"); // 6
     // A former member changes nothing, as if the group did not exist.
-    assert_eq!(
-        code(s.change_group(c, g, title("back")).await),
-        ErrorCode::NotFound
-    );
+    assert_eq!(code(s.change_group(c, g, title("back")).await), ErrorCode::NotFound);
 
     // The owner leaves: ownership passes to the admin.
     s.change_group(o, g, remove(o)).await.expect("owner leaves"); // 7, 8
@@ -863,43 +638,18 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
 
     let entries = log(s, g).await;
     assert_contiguous(&entries, 1, 8);
-    let bodies: Vec<(UserId, EntryBody)> = entries[1..]
-        .iter()
-        .map(|e| (e.sender, e.body.clone()))
-        .collect();
+    let bodies: Vec<(UserId, EntryBody)> =
+        entries[1..].iter().map(|e| (e.sender, e.body.clone())).collect();
     assert_eq!(
         bodies,
         vec![
-            (
-                o,
-                EntryBody::RoleChanged {
-                    user: a,
-                    role: Role::Admin
-                }
-            ),
-            (
-                a,
-                EntryBody::MemberAdded {
-                    user: c,
-                    role: Role::Member
-                }
-            ),
+            (o, EntryBody::RoleChanged { user: a, role: Role::Admin }),
+            (a, EntryBody::MemberAdded { user: c, role: Role::Member }),
             (a, EntryBody::MemberRemoved { user: b }),
-            (
-                a,
-                EntryBody::TitleChanged {
-                    title: "renamed".to_owned()
-                }
-            ),
+            (a, EntryBody::TitleChanged { title: "renamed".to_owned() }),
             (c, EntryBody::MemberRemoved { user: c }),
             (o, EntryBody::MemberRemoved { user: o }),
-            (
-                o,
-                EntryBody::RoleChanged {
-                    user: a,
-                    role: Role::Owner
-                }
-            ),
+            (o, EntryBody::RoleChanged { user: a, role: Role::Owner }),
         ]
     );
     let members = s.members(g).await.expect("members");
@@ -908,19 +658,14 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
 
     // Without an admin, the longest-standing member takes over.
     let h = s.create_group(o, "h", &[b]).await.expect("group"); // b joined at 1
-    s.change_group(o, h, add(c, Role::Member))
-        .await
-        .expect("add c");
+    s.change_group(o, h, add(c, Role::Member)).await.expect("add c");
     s.change_group(o, h, remove(o)).await.expect("owner leaves");
     assert_eq!(s.role(b, h).await.expect("role"), Some(Role::Owner));
     assert_eq!(s.role(c, h).await.expect("role"), Some(Role::Member));
 
     // A direct conversation has no group changes.
     let (bc, _) = s.create_direct(b, c).await.expect("direct");
-    assert_eq!(
-        code(s.change_group(b, bc, title("x")).await),
-        ErrorCode::Forbidden
-    );
+    assert_eq!(code(s.change_group(b, bc, title("x")).await), ErrorCode::Forbidden);
     assert_eq!(last_seq(s, b, bc).await, 1);
 }
 
@@ -951,49 +696,28 @@ async fn set_cursors_is_monotonic_clamped_and_read_implies_delivered<S: Store>(f
         s.set_cursors(updates).await.expect("set cursors")
     };
 
-    assert_eq!(
-        set(vec![upd(b, Some(3), None)]).await,
-        vec![receipt(b, 3, 0)]
-    );
+    assert_eq!(set(vec![upd(b, Some(3), None)]).await, vec![receipt(b, 3, 0)]);
     // Unchanged or backwards: nothing changes, nothing is reported.
     assert_eq!(set(vec![upd(b, Some(3), None)]).await, vec![]);
     assert_eq!(set(vec![upd(b, Some(2), None)]).await, vec![]);
     assert_eq!(set(vec![upd(b, None, None)]).await, vec![]);
-    assert_eq!(
-        set(vec![upd(b, None, Some(2))]).await,
-        vec![receipt(b, 3, 2)]
-    );
+    assert_eq!(set(vec![upd(b, None, Some(2))]).await, vec![receipt(b, 3, 2)]);
     assert_eq!(set(vec![upd(b, None, Some(1))]).await, vec![]);
     // Reading implies delivery.
-    assert_eq!(
-        set(vec![upd(b, None, Some(4))]).await,
-        vec![receipt(b, 4, 4)]
-    );
+    assert_eq!(set(vec![upd(b, None, Some(4))]).await, vec![receipt(b, 4, 4)]);
     // Clamped to last_seq.
-    assert_eq!(
-        set(vec![upd(b, Some(100), None)]).await,
-        vec![receipt(b, 5, 4)]
-    );
-    assert_eq!(
-        set(vec![upd(b, Some(100), Some(100))]).await,
-        vec![receipt(b, 5, 5)]
-    );
+    assert_eq!(set(vec![upd(b, Some(100), None)]).await, vec![receipt(b, 5, 4)]);
+    assert_eq!(set(vec![upd(b, Some(100), Some(100))]).await, vec![receipt(b, 5, 5)]);
     // Non-members are skipped; several members at once, only the changes come back.
     assert_eq!(
-        set(vec![
-            upd(c, Some(5), Some(5)),
-            upd(b, Some(5), Some(5)),
-            upd(a, Some(2), Some(1)),
-        ])
-        .await,
+        set(vec![upd(c, Some(5), Some(5)), upd(b, Some(5), Some(5)), upd(a, Some(2), Some(1)),])
+            .await,
         vec![receipt(a, 2, 1)]
     );
 
     let members = s.members(ab).await.expect("members");
-    let cursors: BTreeMap<UserId, (Seq, Seq)> = members
-        .iter()
-        .map(|m| (m.user_id, (m.delivered_seq, m.read_seq)))
-        .collect();
+    let cursors: BTreeMap<UserId, (Seq, Seq)> =
+        members.iter().map(|m| (m.user_id, (m.delivered_seq, m.read_seq))).collect();
     assert_eq!(cursors, BTreeMap::from([(a, (2, 1)), (b, (5, 5))]));
 
     // Unread: entries after read_seq written by others.
@@ -1026,8 +750,7 @@ async fn conversations_most_recent_first_with_keyset_paging<S: Store>(f: Fixture
     assert_eq!(ids, convs.iter().copied().collect());
     assert!(!ids.contains(&others));
     assert!(
-        all.windows(2)
-            .all(|w| (w[0].last_activity, w[0].id) > (w[1].last_activity, w[1].id)),
+        all.windows(2).all(|w| (w[0].last_activity, w[0].id) > (w[1].last_activity, w[1].id)),
         "most recent activity first, then by id: {all:?}"
     );
     let bumped = all.iter().find(|c| c.id == convs[0]).expect("listed");
@@ -1068,9 +791,7 @@ async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>
     send(s, g2, q, "q1", "hi").await;
 
     let by_id = |list: Vec<natter_proto::ConversationSummary>| {
-        list.into_iter()
-            .map(|c| (c.id, (c.kind, c.role, c.last_seq)))
-            .collect::<BTreeMap<_, _>>()
+        list.into_iter().map(|c| (c.id, (c.kind, c.role, c.last_seq))).collect::<BTreeMap<_, _>>()
     };
     let want = BTreeMap::from([
         (direct, (ConversationKind::Direct, Role::Member, 1)),
@@ -1079,21 +800,11 @@ async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>
     ]);
     assert_eq!(by_id(s.memberships(me).await.expect("memberships")), want);
     // The same conversations as the full list.
-    assert_eq!(
-        by_id(s.conversations(me, None, 100).await.expect("list")),
-        want
-    );
+    assert_eq!(by_id(s.conversations(me, None, 100).await.expect("list")), want);
 
-    s.change_group(me, g2, GroupChange::RemoveMember { user: me })
-        .await
-        .expect("leave");
-    let ids: BTreeSet<ConversationId> = s
-        .memberships(me)
-        .await
-        .expect("memberships")
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    s.change_group(me, g2, GroupChange::RemoveMember { user: me }).await.expect("leave");
+    let ids: BTreeSet<ConversationId> =
+        s.memberships(me).await.expect("memberships").iter().map(|c| c.id).collect();
     assert_eq!(ids, BTreeSet::from([direct, g1]));
 }
 
@@ -1119,16 +830,9 @@ async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut
     for (ok, p) in pending {
         assert_eq!(p.wait().await.is_ok(), ok);
     }
-    s.change_group(
-        a,
-        g,
-        GroupChange::AddMember {
-            user: c,
-            role: Role::Member,
-        },
-    )
-    .await
-    .expect("add");
+    s.change_group(a, g, GroupChange::AddMember { user: c, role: Role::Member })
+        .await
+        .expect("add");
     // A retry is answered from the log: no new entry, nothing on the feed.
     assert_eq!(send(s, ab, b, "m1", "again").await.seq, 2);
 
@@ -1177,32 +881,13 @@ async fn close_flushes_then_writes_fail_unavailable<S: Store>(mut f: Fixture<S>)
     }
     assert_eq!(got, (2..=51).collect::<Vec<_>>());
 
-    assert_eq!(
-        code(s.create_user("late", "h").await),
-        ErrorCode::Unavailable
-    );
-    assert_eq!(
-        code(append(s, ab, a, "late", msg("late")).await),
-        ErrorCode::Unavailable
-    );
+    assert_eq!(code(s.create_user("late", "h").await), ErrorCode::Unavailable);
+    assert_eq!(code(append(s, ab, a, "late", msg("late")).await), ErrorCode::Unavailable);
     assert_eq!(code(s.create_direct(a, b).await), ErrorCode::Unavailable);
-    let title = GroupChange::SetTitle {
-        title: "t".to_owned(),
-    };
-    assert_eq!(
-        code(s.change_group(a, ConversationId(1), title).await),
-        ErrorCode::Unavailable
-    );
-    let cursor = CursorUpdate {
-        conversation: ab,
-        user: b,
-        delivered: Some(1),
-        read: None,
-    };
-    assert_eq!(
-        code(s.set_cursors(vec![cursor]).await),
-        ErrorCode::Unavailable
-    );
+    let title = GroupChange::SetTitle { title: "t".to_owned() };
+    assert_eq!(code(s.change_group(a, ConversationId(1), title).await), ErrorCode::Unavailable);
+    let cursor = CursorUpdate { conversation: ab, user: b, delivered: Some(1), read: None };
+    assert_eq!(code(s.set_cursors(vec![cursor]).await), ErrorCode::Unavailable);
 
     // The commit feed carried everything committed, then ended: routing stops with the store.
     let mut n = 0;

@@ -17,12 +17,7 @@ pub(crate) async fn report(
     if !state.members().contains(conversation, user).await? {
         return Err(ApiError::not_found("conversation"));
     }
-    let update = CursorUpdate {
-        conversation,
-        user,
-        delivered,
-        read,
-    };
+    let update = CursorUpdate { conversation, user, delivered, read };
     state
         .receipts_tx()
         .send(update)

@@ -20,9 +20,7 @@ pub(crate) fn validate(limits: &Limits, client_msg_id: &str, entry: &NewEntry) -
         NewEntry::Delete { .. } => None,
         NewEntry::Reaction { emoji, .. } => {
             if emoji.is_empty() || emoji.len() > limits.max_emoji_bytes {
-                return Err(ApiError::bad_request(
-                    "emoji must be 1 to max_emoji_bytes bytes",
-                ));
+                return Err(ApiError::bad_request("emoji must be 1 to max_emoji_bytes bytes"));
             }
             None
         }
@@ -48,12 +46,7 @@ pub(crate) async fn submit(
     entry: NewEntry,
 ) -> ApiResult<PendingAck> {
     validate(&state.cfg().limits, &client_msg_id, &entry)?;
-    let append = Append {
-        conversation,
-        sender,
-        client_msg_id,
-        entry,
-    };
+    let append = Append { conversation, sender, client_msg_id, entry };
     Ok(state.store().submit_append(append).await?)
 }
 

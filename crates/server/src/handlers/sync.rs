@@ -46,10 +46,7 @@ pub(crate) async fn sync(
     let mut out = Vec::new();
     for summary in store.memberships(user).await? {
         let conv = summary.id;
-        let sent = delivery
-            .as_deref()
-            .and_then(|d| d.get(&conv))
-            .map(|d| d.upto());
+        let sent = delivery.as_deref().and_then(|d| d.get(&conv)).map(|d| d.upto());
         let cursor = match (cursors.get(&conv).copied(), sent) {
             (Some(c), Some(s)) => Some(c.max(s)),
             (c, s) => c.or(s),
@@ -68,27 +65,13 @@ pub(crate) async fn sync(
                 (page.entries, page.has_more)
             }
             // New to the client: its latest page; older entries are a history call away.
-            None => (
-                store.entries(conv, Range::Latest, limit).await?.entries,
-                false,
-            ),
+            None => (store.entries(conv, Range::Latest, limit).await?.entries, false),
         };
         let upto = page.last().map(|e| e.seq).or(cursor).unwrap_or(0);
         if let Some(d) = delivery.as_deref_mut() {
-            d.insert(
-                conv,
-                if has_more {
-                    Delivery::Behind(upto)
-                } else {
-                    Delivery::Live(upto)
-                },
-            );
+            d.insert(conv, if has_more { Delivery::Behind(upto) } else { Delivery::Live(upto) });
         }
-        out.push(SyncConversation {
-            conversation: summary,
-            entries: page,
-            has_more,
-        });
+        out.push(SyncConversation { conversation: summary, entries: page, has_more });
     }
     Ok(out)
 }

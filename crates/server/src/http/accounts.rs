@@ -13,9 +13,7 @@ use crate::state::AppState;
 
 fn check_handle(state: &AppState, handle: &str) -> ApiResult<()> {
     let n = handle.chars().count();
-    let ok_chars = handle
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let ok_chars = handle.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if n == 0 || n > state.cfg().limits.max_handle_chars || !ok_chars {
         return Err(ApiError::bad_request(
             "handle must be 1 to max_handle_chars letters, digits, '_', '-' or '.'",
@@ -39,13 +37,7 @@ pub(super) async fn register(
     }
     let hash = auth::hash_password(creds.password).await?;
     let user_id = state.store().create_user(&creds.handle, &hash).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(User {
-            user_id,
-            handle: creds.handle,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(User { user_id, handle: creds.handle })))
 }
 
 pub(super) async fn login(
@@ -65,40 +57,20 @@ pub(super) async fn login(
     let token = auth::new_token();
     let mut device = creds.device.unwrap_or_else(|| "unnamed".to_owned());
     device.truncate(device.floor_char_boundary(64));
-    let device_id = state
-        .store()
-        .create_device(user.id, &device, auth::token_hash(&token))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(Session {
-            token,
-            user_id: user.id,
-            device_id,
-        }),
-    ))
+    let device_id = state.store().create_device(user.id, &device, auth::token_hash(&token)).await?;
+    Ok((StatusCode::CREATED, Json(Session { token, user_id: user.id, device_id })))
 }
 
 pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
-    state
-        .store()
-        .delete_device(auth::token_hash(&auth.token))
-        .await?;
+    state.store().delete_device(auth::token_hash(&auth.token)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Me>> {
     let p = auth.principal;
-    let handle = state
-        .store()
-        .user_handle(p.user_id)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
-    Ok(Json(Me {
-        user_id: p.user_id,
-        handle,
-        device_id: p.device_id,
-    }))
+    let handle =
+        state.store().user_handle(p.user_id).await?.ok_or_else(ApiError::unauthenticated)?;
+    Ok(Json(Me { user_id: p.user_id, handle, device_id: p.device_id }))
 }
 
 /// Looks a user up by handle, to start a conversation with them.
@@ -108,13 +80,7 @@ pub(super) async fn user(
     handle: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<User>> {
     let Path(handle) = handle?;
-    let user = state
-        .store()
-        .user_by_handle(&handle)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(User {
-        user_id: user.id,
-        handle: user.handle,
-    }))
+    let user =
+        state.store().user_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(User { user_id: user.id, handle: user.handle }))
 }

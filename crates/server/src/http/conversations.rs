@@ -62,11 +62,7 @@ pub(super) async fn create(
             (store.create_group(me, &title, &members).await?, true)
         }
     };
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(store.conversation(me, conv).await?)))
 }
 
@@ -93,21 +89,11 @@ pub(super) async fn list(
         }
     };
     let limit = state.cfg().limits.page(q.limit);
-    let conversations = state
-        .store()
-        .conversations(auth.principal.user_id, before, limit)
-        .await?;
+    let conversations = state.store().conversations(auth.principal.user_id, before, limit).await?;
     let next = (conversations.len() == limit as usize)
-        .then(|| {
-            conversations
-                .last()
-                .map(|c| format!("{}:{}", c.last_activity, c.id))
-        })
+        .then(|| conversations.last().map(|c| format!("{}:{}", c.last_activity, c.id)))
         .flatten();
-    Ok(Json(ConversationPage {
-        conversations,
-        next,
-    }))
+    Ok(Json(ConversationPage { conversations, next }))
 }
 
 pub(super) async fn get(
@@ -115,12 +101,7 @@ pub(super) async fn get(
     auth: Auth,
     id: IdPath,
 ) -> ApiResult<Json<ConversationSummary>> {
-    Ok(Json(
-        state
-            .store()
-            .conversation(auth.principal.user_id, conv_id(id)?)
-            .await?,
-    ))
+    Ok(Json(state.store().conversation(auth.principal.user_id, conv_id(id)?).await?))
 }
 
 pub(super) async fn update(
@@ -133,21 +114,12 @@ pub(super) async fn update(
     let Json(req) = body?;
     check_title(&state, &req.title)?;
     let change = GroupChange::SetTitle { title: req.title };
-    Ok(Json(
-        state
-            .store()
-            .change_group(auth.principal.user_id, conv, change)
-            .await?,
-    ))
+    Ok(Json(state.store().change_group(auth.principal.user_id, conv, change).await?))
 }
 
 /// Fails with `not_found` unless the caller is a member.
 async fn require_member(state: &AppState, user: UserId, conv: ConversationId) -> ApiResult<Role> {
-    state
-        .store()
-        .role(user, conv)
-        .await?
-        .ok_or_else(|| ApiError::not_found("conversation"))
+    state.store().role(user, conv).await?.ok_or_else(|| ApiError::not_found("conversation"))
 }
 
 pub(super) async fn members(
@@ -168,14 +140,9 @@ pub(super) async fn add_member(
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
     let conv = conv_id(id)?;
     let Json(req) = body?;
-    let change = GroupChange::AddMember {
-        user: req.user_id,
-        role: req.role.unwrap_or(Role::Member),
-    };
-    let ack = state
-        .store()
-        .change_group(auth.principal.user_id, conv, change)
-        .await?;
+    let change =
+        GroupChange::AddMember { user: req.user_id, role: req.role.unwrap_or(Role::Member) };
+    let ack = state.store().change_group(auth.principal.user_id, conv, change).await?;
     Ok((StatusCode::CREATED, Json(ack)))
 }
 
@@ -187,15 +154,9 @@ pub(super) async fn update_member(
 ) -> ApiResult<Json<Ack>> {
     let Path((conv, user)) = path?;
     let Json(req) = body?;
-    let change = GroupChange::SetRole {
-        user: UserId(user),
-        role: req.role,
-    };
+    let change = GroupChange::SetRole { user: UserId(user), role: req.role };
     Ok(Json(
-        state
-            .store()
-            .change_group(auth.principal.user_id, ConversationId(conv), change)
-            .await?,
+        state.store().change_group(auth.principal.user_id, ConversationId(conv), change).await?,
     ))
 }
 
@@ -208,10 +169,7 @@ pub(super) async fn remove_member(
     let Path((conv, user)) = path?;
     let change = GroupChange::RemoveMember { user: UserId(user) };
     Ok(Json(
-        state
-            .store()
-            .change_group(auth.principal.user_id, ConversationId(conv), change)
-            .await?,
+        state.store().change_group(auth.principal.user_id, ConversationId(conv), change).await?,
     ))
 }
 
@@ -230,20 +188,9 @@ pub(super) async fn history(
 ) -> ApiResult<Json<EntryPage>> {
     let conv = conv_id(id)?;
     let Query(q) = query?;
-    let page = messages::history(
-        &state,
-        auth.principal.user_id,
-        conv,
-        q.before,
-        q.after,
-        q.limit,
-    )
-    .await?;
-    Ok(Json(EntryPage {
-        conversation: conv,
-        entries: page.entries,
-        has_more: page.has_more,
-    }))
+    let page =
+        messages::history(&state, auth.principal.user_id, conv, q.before, q.after, q.limit).await?;
+    Ok(Json(EntryPage { conversation: conv, entries: page.entries, has_more: page.has_more }))
 }
 
 /// Appends an entry; the same ack and idempotency as the WebSocket `send`.
@@ -268,14 +215,7 @@ pub(super) async fn set_cursors(
 ) -> ApiResult<StatusCode> {
     let conv = conv_id(id)?;
     let Json(req) = body?;
-    cursors::report(
-        &state,
-        auth.principal.user_id,
-        conv,
-        req.delivered_seq,
-        req.read_seq,
-    )
-    .await?;
+    cursors::report(&state, auth.principal.user_id, conv, req.delivered_seq, req.read_seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,147 +5,93 @@
 
 use std::sync::Arc;
 
+use natter_cluster::SessionId;
 use natter_proto::{
     ClientFrame, ConversationId, ErrorBody, ErrorCode, NewEntry, ReqId, ServerFrame,
 };
 use natter_store::Principal;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::error::ApiError;
-use crate::handlers::{cursors, messages};
+use crate::delivery::Outbound;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{cursors, messages, presence};
 use crate::state::AppState;
-use crate::ws::Outbound;
+
+/// What dispatch needs of the session it serves.
+pub(crate) struct Ctx<'a> {
+    pub(crate) state: &'a AppState,
+    pub(crate) principal: Principal,
+    pub(crate) session: SessionId,
+    pub(crate) tx: &'a mpsc::Sender<Outbound>,
+    pub(crate) in_flight: &'a Arc<Semaphore>,
+}
 
 pub(crate) async fn reply(tx: &mpsc::Sender<Outbound>, frame: ServerFrame) {
     let _ = tx.send(Outbound::Frame(frame.to_json().into())).await;
 }
 
 fn error(req_id: Option<ReqId>, err: ApiError) -> ServerFrame {
-    ServerFrame::Error {
-        req_id,
-        error: err.body(),
+    ServerFrame::Error { req_id, error: err.body() }
+}
+
+/// Replies `ok` (when a `req_id` was given) or the error.
+async fn done(tx: &mpsc::Sender<Outbound>, req_id: Option<ReqId>, res: ApiResult<()>) {
+    match (req_id, res) {
+        (Some(req_id), Ok(())) => reply(tx, ServerFrame::Ok { req_id }).await,
+        (req_id, Err(err)) => reply(tx, error(req_id, err)).await,
+        (None, Ok(())) => {}
     }
 }
 
-pub(crate) async fn frame(
-    state: &AppState,
-    principal: Principal,
-    tx: &mpsc::Sender<Outbound>,
-    in_flight: &Arc<Semaphore>,
-    text: &str,
-) {
+pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
+    let Ctx { state, principal, session, tx, in_flight } = *ctx;
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err((req_id, error)) => return reply(tx, ServerFrame::Error { req_id, error }).await,
     };
     let user = principal.user_id;
     let (req_id, conversation, client_msg_id, entry) = match frame {
-        ClientFrame::Send {
-            req_id,
-            conversation,
-            client_msg_id,
-            body,
-            reply_to,
-        } => (
-            req_id,
-            conversation,
-            client_msg_id,
-            NewEntry::Message { body, reply_to },
-        ),
-        ClientFrame::Edit {
-            req_id,
-            conversation,
-            client_msg_id,
-            target,
-            body,
-        } => (
-            req_id,
-            conversation,
-            client_msg_id,
-            NewEntry::Edit { target, body },
-        ),
-        ClientFrame::Delete {
-            req_id,
-            conversation,
-            client_msg_id,
-            target,
-        } => (
-            req_id,
-            conversation,
-            client_msg_id,
-            NewEntry::Delete { target },
-        ),
-        ClientFrame::React {
-            req_id,
-            conversation,
-            client_msg_id,
-            target,
-            emoji,
-            remove,
-        } => (
-            req_id,
-            conversation,
-            client_msg_id,
-            NewEntry::Reaction {
-                target,
-                emoji,
-                remove,
-            },
-        ),
-        ClientFrame::Delivered {
-            req_id,
-            conversation,
-            seq,
-        } => {
-            return cursor(state, user, tx, req_id, conversation, Some(seq), None).await;
+        ClientFrame::Send { req_id, conversation, client_msg_id, body, reply_to } => {
+            (req_id, conversation, client_msg_id, NewEntry::Message { body, reply_to })
         }
-        ClientFrame::Read {
-            req_id,
-            conversation,
-            seq,
-        } => {
-            return cursor(state, user, tx, req_id, conversation, None, Some(seq)).await;
+        ClientFrame::Edit { req_id, conversation, client_msg_id, target, body } => {
+            (req_id, conversation, client_msg_id, NewEntry::Edit { target, body })
         }
-        ClientFrame::Sync {
-            req_id,
-            cursors,
-            limit,
-        } => {
-            let _ = tx
-                .send(Outbound::Sync {
-                    req_id,
-                    cursors,
-                    limit,
-                })
-                .await;
-            return;
+        ClientFrame::Delete { req_id, conversation, client_msg_id, target } => {
+            (req_id, conversation, client_msg_id, NewEntry::Delete { target })
         }
-        ClientFrame::History {
-            req_id,
-            conversation,
-            before,
-            after,
-            limit,
-        } => {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
+        ClientFrame::React { req_id, conversation, client_msg_id, target, emoji, remove } => {
+            (req_id, conversation, client_msg_id, NewEntry::Reaction { target, emoji, remove })
+        }
+        ClientFrame::Delivered { req_id, conversation, seq } => {
+            let res = cursors::report(state, user, conversation, Some(seq), None).await;
+            return done(tx, req_id, res).await;
+        }
+        ClientFrame::Read { req_id, conversation, seq } => {
+            let res = cursors::report(state, user, conversation, None, Some(seq)).await;
+            return done(tx, req_id, res).await;
+        }
+        ClientFrame::Typing { req_id, conversation, typing } => {
+            let res = state.typing().report(state, user, Some(session), conversation, typing);
+            return done(tx, req_id, res.await).await;
+        }
+        ClientFrame::SubscribePresence { req_id, users } => {
+            let frame = match presence::subscribe(state, user, session, users).await {
+                Ok((users, denied)) => ServerFrame::PresenceSubscribed { req_id, users, denied },
+                Err(err) => error(Some(req_id), err),
             };
-            let (state2, tx) = (state.clone(), tx.clone());
-            state.tasks().spawn(async move {
-                let res = messages::history(&state2, user, conversation, before, after, limit);
-                let frame = match res.await {
-                    Ok(page) => ServerFrame::History {
-                        req_id,
-                        conversation,
-                        entries: page.entries,
-                        has_more: page.has_more,
-                    },
-                    Err(err) => error(Some(req_id), err),
-                };
-                reply(&tx, frame).await;
-                drop(permit);
-            });
+            return reply(tx, frame).await;
+        }
+        ClientFrame::SetStatus { req_id, status } => {
+            let res = presence::set_status(state, user, session, status);
+            return done(tx, req_id, res).await;
+        }
+        ClientFrame::Sync { req_id, cursors, limit } => {
+            let _ = tx.send(Outbound::Sync { req_id, cursors, limit }).await;
             return;
+        }
+        ClientFrame::History { req_id, conversation, before, after, limit } => {
+            return history(ctx, req_id, conversation, (before, after, limit)).await;
         }
         ClientFrame::Ping { req_id } => return reply(tx, ServerFrame::Pong { req_id }).await,
         ClientFrame::Auth { .. } => {
@@ -153,23 +99,12 @@ pub(crate) async fn frame(
             return reply(tx, error(None, err)).await;
         }
         ClientFrame::Unknown => {
-            let error = ErrorBody {
-                code: ErrorCode::UnknownType,
-                message: "unknown frame type".into(),
-            };
-            return reply(
-                tx,
-                ServerFrame::Error {
-                    req_id: None,
-                    error,
-                },
-            )
-            .await;
+            let error =
+                ErrorBody { code: ErrorCode::UnknownType, message: "unknown frame type".into() };
+            return reply(tx, ServerFrame::Error { req_id: None, error }).await;
         }
     };
-    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-        return;
-    };
+    let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
     match messages::submit(state, user, conversation, client_msg_id, entry).await {
         Err(err) => reply(tx, error(Some(req_id), err)).await,
         Ok(pending) => {
@@ -186,19 +121,26 @@ pub(crate) async fn frame(
     }
 }
 
-async fn cursor(
-    state: &AppState,
-    user: natter_proto::UserId,
-    tx: &mpsc::Sender<Outbound>,
-    req_id: Option<ReqId>,
+async fn history(
+    ctx: &Ctx<'_>,
+    req_id: ReqId,
     conversation: ConversationId,
-    delivered: Option<u64>,
-    read: Option<u64>,
+    (before, after, limit): (Option<u64>, Option<u64>, Option<u32>),
 ) {
-    let res = cursors::report(state, user, conversation, delivered, read).await;
-    match (req_id, res) {
-        (Some(req_id), Ok(())) => reply(tx, ServerFrame::Ok { req_id }).await,
-        (req_id, Err(err)) => reply(tx, error(req_id, err)).await,
-        (None, Ok(())) => {}
-    }
+    let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else { return };
+    let (state, tx, user) = (ctx.state.clone(), ctx.tx.clone(), ctx.principal.user_id);
+    ctx.state.tasks().spawn(async move {
+        let res = messages::history(&state, user, conversation, before, after, limit);
+        let frame = match res.await {
+            Ok(page) => ServerFrame::History {
+                req_id,
+                conversation,
+                entries: page.entries,
+                has_more: page.has_more,
+            },
+            Err(err) => error(Some(req_id), err),
+        };
+        reply(&tx, frame).await;
+        drop(permit);
+    });
 }

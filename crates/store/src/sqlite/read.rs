@@ -35,10 +35,7 @@ pub(super) fn authenticate(c: &Connection, token: &TokenHash) -> Result<Option<P
     c.prepare_cached("SELECT user_id, id FROM devices WHERE token_hash = ?1")
         .and_then(|mut st| {
             st.query_row(params![&token[..]], |r| {
-                Ok(Principal {
-                    user_id: UserId(r.get(0)?),
-                    device_id: DeviceId(r.get(1)?),
-                })
+                Ok(Principal { user_id: UserId(r.get(0)?), device_id: DeviceId(r.get(1)?) })
             })
             .optional()
         })
@@ -64,11 +61,7 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
         .query_row(params![id.0, read_seq as i64, user], |r| r.get(0))?;
     Ok(ConversationSummary {
         id,
-        kind: if kind == "direct" {
-            ConversationKind::Direct
-        } else {
-            ConversationKind::Group
-        },
+        kind: if kind == "direct" { ConversationKind::Direct } else { ConversationKind::Group },
         title: r.get(2)?,
         role: parse_role(&role),
         last_seq: r.get::<_, i64>(4)? as u64,
@@ -89,10 +82,7 @@ pub(super) fn conversation(
          WHERE m.user_id = ?1 AND m.conversation_id = ?2"
     );
     c.prepare_cached(&sql)
-        .and_then(|mut st| {
-            st.query_row(params![user.0, conv.0], |r| summary(c, r))
-                .optional()
-        })
+        .and_then(|mut st| st.query_row(params![user.0, conv.0], |r| summary(c, r)).optional())
         .map_err(internal)?
         .ok_or(StoreError::NotFound("conversation"))
 }
@@ -111,10 +101,30 @@ pub(super) fn conversations(
          ORDER BY c.last_activity DESC, c.id DESC LIMIT ?4"
     );
     let mut st = c.prepare_cached(&sql).map_err(internal)?;
-    let rows = st
-        .query_map(params![user.0, at, id, limit], |r| summary(c, r))
-        .map_err(internal)?;
+    let rows = st.query_map(params![user.0, at, id, limit], |r| summary(c, r)).map_err(internal)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn share_conversation(
+    c: &Connection,
+    user: UserId,
+    others: &[UserId],
+) -> Result<Vec<UserId>> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM members a JOIN members b
+                 ON b.conversation_id = a.conversation_id
+             WHERE a.user_id = ?1 AND b.user_id = ?2)",
+        )
+        .map_err(internal)?;
+    let mut shared = Vec::new();
+    for other in others {
+        let yes: bool = st.query_row(params![user.0, other.0], |r| r.get(0)).map_err(internal)?;
+        if yes {
+            shared.push(*other);
+        }
+    }
+    Ok(shared)
 }
 
 pub(super) fn members(c: &Connection, conv: ConversationId) -> Result<Vec<Member>> {
@@ -143,9 +153,7 @@ pub(super) fn member_ids(c: &Connection, conv: ConversationId) -> Result<Vec<Use
     let mut st = c
         .prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1")
         .map_err(internal)?;
-    let rows = st
-        .query_map(params![conv.0], |r| Ok(UserId(r.get(0)?)))
-        .map_err(internal)?;
+    let rows = st.query_map(params![conv.0], |r| Ok(UserId(r.get(0)?))).map_err(internal)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
 }
 
@@ -182,9 +190,7 @@ pub(super) fn entries(
     // One row more than asked tells whether there is more.
     let mut st = c.prepare_cached(&sql).map_err(internal)?;
     let mut entries = st
-        .query_map(params![conv.0, bound, i64::from(limit) + 1], |r| {
-            entry_row(conv, r)
-        })
+        .query_map(params![conv.0, bound, i64::from(limit) + 1], |r| entry_row(conv, r))
         .map_err(internal)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(internal)?;
@@ -237,11 +243,7 @@ fn add_reactions(c: &Connection, conv: ConversationId, entries: &mut [Entry]) ->
         .map_err(internal)?;
     let rows = st
         .query_map(params![conv.0, lo as i64, hi as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, String>(1)?,
-                UserId(r.get(2)?),
-            ))
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, UserId(r.get(2)?)))
         })
         .map_err(internal)?;
     for row in rows {
@@ -252,10 +254,7 @@ fn add_reactions(c: &Connection, conv: ConversationId, entries: &mut [Entry]) ->
         };
         match state.reactions.iter_mut().find(|r| r.emoji == emoji) {
             Some(summary) => summary.users.push(user),
-            None => state.reactions.push(ReactionSummary {
-                emoji,
-                users: vec![user],
-            }),
+            None => state.reactions.push(ReactionSummary { emoji, users: vec![user] }),
         }
     }
     Ok(())

@@ -13,10 +13,7 @@ use super::internal;
 use crate::{Append, CursorUpdate, GroupChange, Result, StoreError, TokenHash};
 
 pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
@@ -42,8 +39,7 @@ pub(super) fn parse_role(s: &str) -> Role {
 pub(super) fn role(c: &Connection, user: UserId, conv: ConversationId) -> Result<Option<Role>> {
     c.prepare_cached("SELECT role FROM members WHERE conversation_id = ?1 AND user_id = ?2")
         .and_then(|mut st| {
-            st.query_row(params![conv.0, user.0], |r| r.get::<_, String>(0))
-                .optional()
+            st.query_row(params![conv.0, user.0], |r| r.get::<_, String>(0)).optional()
         })
         .map(|r| r.map(|s| parse_role(&s)))
         .map_err(internal)
@@ -81,11 +77,8 @@ pub(super) fn create_device(
 }
 
 pub(super) fn delete_device(c: &Connection, token: &TokenHash) -> Result<()> {
-    c.execute(
-        "DELETE FROM devices WHERE token_hash = ?1",
-        params![&token[..]],
-    )
-    .map_err(internal)?;
+    c.execute("DELETE FROM devices WHERE token_hash = ?1", params![&token[..]])
+        .map_err(internal)?;
     Ok(())
 }
 
@@ -134,17 +127,11 @@ pub(super) fn create_direct(
     b: UserId,
 ) -> Result<(ConversationId, bool)> {
     if a == b {
-        return Err(StoreError::BadRequest(
-            "a direct conversation needs another user".into(),
-        ));
+        return Err(StoreError::BadRequest("a direct conversation needs another user".into()));
     }
     let key = format!("{}:{}", a.0.min(b.0), a.0.max(b.0));
     let existing: Option<i64> = c
-        .query_row(
-            "SELECT id FROM conversations WHERE direct_key = ?1",
-            params![key],
-            |r| r.get(0),
-        )
+        .query_row("SELECT id FROM conversations WHERE direct_key = ?1", params![key], |r| r.get(0))
         .optional()
         .map_err(internal)?;
     if let Some(id) = existing {
@@ -191,17 +178,7 @@ pub(super) fn create_group(
     let now = now_ms();
     let conv = insert_conversation(c, ConversationKind::Group, Some(title), None, now)?;
     for &m in &all {
-        insert_member(
-            c,
-            conv,
-            m,
-            if m == owner {
-                Role::Owner
-            } else {
-                Role::Member
-            },
-            1,
-        )?;
+        insert_member(c, conv, m, if m == owner { Role::Owner } else { Role::Member }, 1)?;
     }
     let body = EntryBody::Created {
         conversation_kind: ConversationKind::Group,
@@ -218,8 +195,7 @@ fn message_row(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<
         "SELECT sender, deleted FROM message_state WHERE conversation_id = ?1 AND seq = ?2",
     )
     .and_then(|mut st| {
-        st.query_row(params![conv.0, seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
+        st.query_row(params![conv.0, seq as i64], |r| Ok((r.get(0)?, r.get(1)?))).optional()
     })
     .map_err(internal)
 }
@@ -234,13 +210,11 @@ fn check_target(
     must_own: bool,
 ) -> Result<()> {
     match message_row(c, conv, target)? {
-        None => Err(StoreError::BadRequest(format!(
-            "seq {target} is not a message"
-        ))),
+        None => Err(StoreError::BadRequest(format!("seq {target} is not a message"))),
         Some((_, true)) => Err(StoreError::Conflict("message is deleted")),
-        Some((owner, false)) if must_own && owner != sender.0 => Err(StoreError::Forbidden(
-            "only the sender may change a message",
-        )),
+        Some((owner, false)) if must_own && owner != sender.0 => {
+            Err(StoreError::Forbidden("only the sender may change a message"))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -252,16 +226,9 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Entry>, a: &Append) -> Result
              WHERE conversation_id = ?1 AND sender = ?2 AND client_msg_id = ?3",
         )
         .and_then(|mut st| {
-            st.query_row(
-                params![a.conversation.0, a.sender.0, a.client_msg_id],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )
+            st.query_row(params![a.conversation.0, a.sender.0, a.client_msg_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
             .optional()
         })
         .map_err(internal)?;
@@ -282,37 +249,21 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Entry>, a: &Append) -> Result
             if let Some(target) = *reply_to
                 && message_row(c, a.conversation, target)?.is_none()
             {
-                return Err(StoreError::BadRequest(format!(
-                    "seq {target} is not a message"
-                )));
+                return Err(StoreError::BadRequest(format!("seq {target} is not a message")));
             }
-            EntryBody::Message {
-                body: body.clone(),
-                reply_to: *reply_to,
-            }
+            EntryBody::Message { body: body.clone(), reply_to: *reply_to }
         }
         NewEntry::Edit { target, body } => {
             check_target(c, a.conversation, *target, a.sender, true)?;
-            EntryBody::Edit {
-                target: *target,
-                body: body.clone(),
-            }
+            EntryBody::Edit { target: *target, body: body.clone() }
         }
         NewEntry::Delete { target } => {
             check_target(c, a.conversation, *target, a.sender, true)?;
             EntryBody::Delete { target: *target }
         }
-        NewEntry::Reaction {
-            target,
-            emoji,
-            remove,
-        } => {
+        NewEntry::Reaction { target, emoji, remove } => {
             check_target(c, a.conversation, *target, a.sender, false)?;
-            EntryBody::Reaction {
-                target: *target,
-                emoji: emoji.clone(),
-                remove: *remove,
-            }
+            EntryBody::Reaction { target: *target, emoji: emoji.clone(), remove: *remove }
         }
     };
     let id = Some(a.client_msg_id.as_str());
@@ -342,17 +293,12 @@ pub(super) fn change_group(
     }
     let now = now_ms();
     match change {
-        GroupChange::AddMember {
-            user,
-            role: new_role,
-        } => {
+        GroupChange::AddMember { user, role: new_role } => {
             if actor_role < Role::Admin {
                 return Err(StoreError::Forbidden("only admins add members"));
             }
             if *new_role == Role::Owner || (*new_role == Role::Admin && actor_role != Role::Owner) {
-                return Err(StoreError::Forbidden(
-                    "that role cannot be given by this member",
-                ));
+                return Err(StoreError::Forbidden("that role cannot be given by this member"));
             }
             if !user_exists(c, *user)? {
                 return Err(StoreError::NotFound("user"));
@@ -363,10 +309,7 @@ pub(super) fn change_group(
             if n_members >= i64::from(cap) {
                 return Err(StoreError::Conflict("the group is full"));
             }
-            let body = EntryBody::MemberAdded {
-                user: *user,
-                role: *new_role,
-            };
+            let body = EntryBody::MemberAdded { user: *user, role: *new_role };
             let ack = append_entry(c, out, conv, actor, None, body, now)?;
             insert_member(c, conv, *user, *new_role, ack.seq)?;
             Ok(ack)
@@ -414,19 +357,13 @@ pub(super) fn change_group(
                     .map_err(internal)?;
                 if let Some(heir) = heir {
                     set_role(c, conv, UserId(heir), Role::Owner)?;
-                    let body = EntryBody::RoleChanged {
-                        user: UserId(heir),
-                        role: Role::Owner,
-                    };
+                    let body = EntryBody::RoleChanged { user: UserId(heir), role: Role::Owner };
                     append_entry(c, out, conv, actor, None, body, now)?;
                 }
             }
             Ok(ack)
         }
-        GroupChange::SetRole {
-            user,
-            role: new_role,
-        } => {
+        GroupChange::SetRole { user, role: new_role } => {
             if actor_role != Role::Owner {
                 return Err(StoreError::Forbidden("only the owner changes roles"));
             }
@@ -439,30 +376,22 @@ pub(super) fn change_group(
                 return Err(StoreError::NotFound("member"));
             }
             set_role(c, conv, *user, *new_role)?;
-            let body = EntryBody::RoleChanged {
-                user: *user,
-                role: *new_role,
-            };
+            let body = EntryBody::RoleChanged { user: *user, role: *new_role };
             append_entry(c, out, conv, actor, None, body, now)
         }
         GroupChange::SetTitle { title } => {
             if actor_role < Role::Admin {
                 return Err(StoreError::Forbidden("only admins change the title"));
             }
-            c.execute(
-                "UPDATE conversations SET title = ?2 WHERE id = ?1",
-                params![conv.0, title],
-            )
-            .map_err(internal)?;
+            c.execute("UPDATE conversations SET title = ?2 WHERE id = ?1", params![conv.0, title])
+                .map_err(internal)?;
             append_entry(
                 c,
                 out,
                 conv,
                 actor,
                 None,
-                EntryBody::TitleChanged {
-                    title: title.clone(),
-                },
+                EntryBody::TitleChanged { title: title.clone() },
                 now,
             )
         }
@@ -550,31 +479,17 @@ fn project(
     let (sql, args): (&str, Vec<rusqlite::types::Value>) = match body {
         EntryBody::Message { body, .. } => (
             "INSERT INTO message_state (conversation_id, seq, sender, body) VALUES (?1, ?2, ?3, ?4)",
-            vec![
-                conv.0.into(),
-                (seq as i64).into(),
-                sender.0.into(),
-                body.clone().into(),
-            ],
+            vec![conv.0.into(), (seq as i64).into(), sender.0.into(), body.clone().into()],
         ),
         EntryBody::Edit { target, body } => (
             "UPDATE message_state SET body = ?3, edited_seq = ?4 WHERE conversation_id = ?1 AND seq = ?2",
-            vec![
-                conv.0.into(),
-                (*target as i64).into(),
-                body.clone().into(),
-                (seq as i64).into(),
-            ],
+            vec![conv.0.into(), (*target as i64).into(), body.clone().into(), (seq as i64).into()],
         ),
         EntryBody::Delete { target } => (
             "UPDATE message_state SET body = '', deleted = 1 WHERE conversation_id = ?1 AND seq = ?2",
             vec![conv.0.into(), (*target as i64).into()],
         ),
-        EntryBody::Reaction {
-            target,
-            emoji,
-            remove: false,
-        } => (
+        EntryBody::Reaction { target, emoji, remove: false } => (
             "INSERT OR IGNORE INTO reactions (conversation_id, seq, emoji, user_id, at_seq)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             vec![
@@ -585,18 +500,9 @@ fn project(
                 (seq as i64).into(),
             ],
         ),
-        EntryBody::Reaction {
-            target,
-            emoji,
-            remove: true,
-        } => (
+        EntryBody::Reaction { target, emoji, remove: true } => (
             "DELETE FROM reactions WHERE conversation_id = ?1 AND seq = ?2 AND emoji = ?3 AND user_id = ?4",
-            vec![
-                conv.0.into(),
-                (*target as i64).into(),
-                emoji.clone().into(),
-                sender.0.into(),
-            ],
+            vec![conv.0.into(), (*target as i64).into(), emoji.clone().into(), sender.0.into()],
         ),
         _ => return Ok(()),
     };
@@ -627,31 +533,17 @@ fn redact(c: &Connection, conv: ConversationId, target: u64) -> Result<()> {
             EntryBody::Message { reply_to, .. } => reply_to,
             _ => None,
         });
-    let message = EntryBody::Message {
-        body: String::new(),
-        reply_to,
-    };
-    let edit = EntryBody::Edit {
-        target: target as u64,
-        body: String::new(),
-    };
+    let message = EntryBody::Message { body: String::new(), reply_to };
+    let edit = EntryBody::Edit { target: target as u64, body: String::new() };
     c.execute(
         "UPDATE entries SET body = ?3 WHERE conversation_id = ?1 AND seq = ?2",
-        params![
-            conv.0,
-            target,
-            serde_json::to_string(&message).map_err(internal)?
-        ],
+        params![conv.0, target, serde_json::to_string(&message).map_err(internal)?],
     )
     .map_err(internal)?;
     c.execute(
         "UPDATE entries SET body = ?3
          WHERE conversation_id = ?1 AND target = ?2 AND kind = 'edit'",
-        params![
-            conv.0,
-            target,
-            serde_json::to_string(&edit).map_err(internal)?
-        ],
+        params![conv.0, target, serde_json::to_string(&edit).map_err(internal)?],
     )
     .map_err(internal)?;
     c.execute(
@@ -697,9 +589,7 @@ pub(super) fn set_cursors(c: &Connection, updates: &[CursorUpdate]) -> Result<Ve
         };
         let (delivered, read, last) = (delivered as u64, read as u64, last as u64);
         let new_read = read.max(u.read.unwrap_or(0).min(last));
-        let new_delivered = delivered
-            .max(u.delivered.unwrap_or(0).min(last))
-            .max(new_read);
+        let new_delivered = delivered.max(u.delivered.unwrap_or(0).min(last)).max(new_read);
         if (new_delivered, new_read) == (delivered, read) {
             continue;
         }
@@ -708,12 +598,7 @@ pub(super) fn set_cursors(c: &Connection, updates: &[CursorUpdate]) -> Result<Ve
              WHERE conversation_id = ?1 AND user_id = ?2",
         )
         .and_then(|mut st| {
-            st.execute(params![
-                u.conversation.0,
-                u.user.0,
-                new_delivered as i64,
-                new_read as i64
-            ])
+            st.execute(params![u.conversation.0, u.user.0, new_delivered as i64, new_read as i64])
         })
         .map_err(internal)?;
         changed.push(Receipt {

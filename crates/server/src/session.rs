@@ -1,0 +1,101 @@
+//! Session lifecycle, shared by every transport: [`open`] registers a session with the
+//! router and presence and returns its queue; dropping the [`SessionGuard`] undoes it all
+//! (deregister, typing stopped, presence possibly offline), however the session ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use natter_cluster::SessionId;
+use natter_proto::UserId;
+use natter_store::Principal;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Outbound;
+use crate::state::AppState;
+
+/// How the router and handlers reach one live session.
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) kill: CancellationToken,
+    /// The close code to send when `kill` fires (0: none chosen).
+    pub(crate) close_code: Arc<AtomicU16>,
+}
+
+impl SessionHandle {
+    /// Queues a frame without waiting; a full queue ends the session as a slow consumer
+    /// (it resumes by reconnecting), so one slow reader never holds up fan-out.
+    pub(crate) fn offer(&self, item: Outbound) {
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.kill.is_cancelled() {
+                    metrics::counter!("natter_slow_consumers_total").increment(1);
+                    self.close(natter_proto::close::SLOW_CONSUMER);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Ends the session with `code`.
+    pub(crate) fn close(&self, code: u16) {
+        let _ = self.close_code.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+        self.kill.cancel();
+    }
+
+    pub(crate) fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Relaxed)
+    }
+}
+
+/// A registered session: its id, its handle, the receiving end of its queue, and the guard
+/// that deregisters it.
+pub(crate) struct OpenSession {
+    pub(crate) id: SessionId,
+    pub(crate) handle: SessionHandle,
+    pub(crate) rx: mpsc::Receiver<Outbound>,
+    pub(crate) guard: SessionGuard,
+}
+
+/// Registers a session of `principal`. `first` is queued before anything else can be.
+pub(crate) fn open(state: &AppState, principal: Principal) -> OpenSession {
+    let id = state.next_session_id();
+    let user = principal.user_id;
+    let (tx, rx) = mpsc::channel(state.cfg().limits.outbound_queue);
+    let handle = SessionHandle {
+        tx,
+        kill: CancellationToken::new(),
+        close_code: Arc::new(AtomicU16::new(0)),
+    };
+    let ready = natter_proto::ServerFrame::Ready {
+        user_id: user,
+        device_id: principal.device_id,
+        session_id: Some(id),
+    };
+    // Queued before registering, so it is the first frame the client sees.
+    let _ = handle.tx.try_send(Outbound::Frame(ready.to_json().into()));
+    state.sessions().register(user, id, handle.clone());
+    state.presence().session_started(user, id, handle.clone());
+    metrics::gauge!("natter_connections").increment(1.0);
+    let guard = SessionGuard { state: state.clone(), user, id };
+    OpenSession { id, handle, rx, guard }
+}
+
+/// Undoes [`open`] when dropped.
+pub(crate) struct SessionGuard {
+    state: AppState,
+    user: UserId,
+    id: SessionId,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.state.sessions().deregister(self.user, self.id);
+        self.state.typing().session_ended(&self.state, self.user, self.id);
+        let grace = self.state.cfg().limits.presence_grace();
+        self.state.presence().session_ended(self.user, self.id, grace);
+        metrics::gauge!("natter_connections").decrement(1.0);
+    }
+}

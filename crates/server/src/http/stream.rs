@@ -212,17 +212,18 @@ struct PollInner {
     deliverer: Deliverer,
 }
 
+/// The caller's poll stream `id`, or a new one (`true` when new).
 fn poll_stream(
     state: &AppState,
     principal: Principal,
     id: Option<u64>,
-) -> (SessionId, Arc<PollStream>) {
+) -> (SessionId, Arc<PollStream>, bool) {
     let mut polls = state.polls().lock().expect("polls lock poisoned");
     if let Some(stream) = id.and_then(|id| polls.get(&id))
         && stream.user == principal.user_id
         && !stream.handle.kill.is_cancelled()
     {
-        return (id.expect("found by id"), stream.clone());
+        return (id.expect("found by id"), stream.clone(), false);
     }
     let opened = session::open(state, principal);
     let stream = Arc::new(PollStream {
@@ -236,7 +237,7 @@ fn poll_stream(
         _guard: opened.guard,
     });
     polls.insert(opened.id, stream.clone());
-    (opened.id, stream)
+    (opened.id, stream, true)
 }
 
 /// Ends poll streams that nobody polled for `http_stream_ttl_ms`, or that were killed.
@@ -261,10 +262,13 @@ pub(super) async fn poll(
     let limits = &state.cfg().limits;
     let wait = Duration::from_millis(req.timeout_ms.unwrap_or(limits.max_poll_timeout_ms))
         .min(Duration::from_millis(limits.max_poll_timeout_ms));
-    let (id, stream) = poll_stream(&state, auth.principal, req.stream);
+    let (id, stream, new) = poll_stream(&state, auth.principal, req.stream);
     let mut inner = stream.inner.lock().await;
     let PollInner { rx, deliverer } = &mut *inner;
     let mut out = Vec::new();
+    if new && let Ok(ready) = rx.try_recv() {
+        deliverer.process(ready, &mut out).await;
+    }
     // The request's cursors are the truth: an earlier response may have been lost.
     deliverer.reset();
     entry_frames(deliverer.sync(&req.cursors, req.limit).await?, &mut out);

@@ -4,6 +4,7 @@
 //! `natter_commit_batch_size` and `natter_commit_seconds` (per group commit),
 //! `natter_delivery_seconds` (router hand-off to socket flush, per delivered entry),
 //! `natter_slow_consumers_total`, `natter_oversized_frames_total`,
+//! `natter_typing_forwards_total`, `natter_presence_frames_total`,
 //! `natter_process_resident_memory_bytes`, `natter_process_open_fds`.
 
 use std::sync::OnceLock;

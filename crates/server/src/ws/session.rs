@@ -106,8 +106,10 @@ async fn write_loop(
     handle: &SessionHandle,
 ) {
     let mut deliverer = Deliverer::new(state.clone(), principal.user_id);
-    let mut buf = Vec::with_capacity(WRITE_BATCH);
-    let mut out = Vec::with_capacity(WRITE_BATCH);
+    // Both buffers start empty and shrink back after bursts: an idle session costs no
+    // batch-sized buffers (256 slots of each would be ~25 KiB per connection).
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
     let period = state.cfg().limits.ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let code = loop {
@@ -154,6 +156,12 @@ async fn write_batch(
     }
     sink.flush().await?;
     deliverer.record_latencies();
+    if buf.capacity() > 64 {
+        buf.shrink_to(16);
+    }
+    if out.capacity() > 64 {
+        out.shrink_to(16);
+    }
     Ok(())
 }
 

@@ -54,7 +54,8 @@ pub struct SqliteStore {
 struct ReaderPool {
     // A std mutex: held only to pop or push a connection, never across an await.
     conns: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    /// One permit per connection in `conns`.
+    permits: Arc<Semaphore>,
 }
 
 impl SqliteStore {
@@ -102,7 +103,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(handle)),
             readers: Arc::new(ReaderPool {
                 conns: Mutex::new(readers),
-                permits: Semaphore::new(n),
+                permits: Arc::new(Semaphore::new(n)),
             }),
             limits,
         }
@@ -160,16 +161,22 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let pool = self.readers.clone();
-        let _permit = pool.permits.acquire().await.map_err(|_| closed())?;
-        let conn = pool.conns.lock().expect("reader pool lock poisoned").pop();
-        let conn = conn.ok_or_else(|| StoreError::Internal("reader pool empty".to_owned()))?;
-        let (conn, res) = tokio::task::spawn_blocking(move || {
+        // The permit and the connection both live in the blocking closure: if the caller's
+        // future is dropped (a client went away mid-read), the read still finishes and hands
+        // the connection back before its permit is released.
+        let permit = pool.permits.clone().acquire_owned().await.map_err(|_| closed())?;
+        let res = tokio::task::spawn_blocking(move || {
+            let conn = pool.conns.lock().expect("reader pool lock poisoned").pop();
+            let Some(conn) = conn else {
+                return Err(StoreError::Internal("reader pool empty".to_owned()));
+            };
             let res = f(&conn);
-            (conn, res)
+            pool.conns.lock().expect("reader pool lock poisoned").push(conn);
+            drop(permit);
+            res
         })
         .await
         .map_err(|err| StoreError::Internal(format!("reader task failed: {err}")))?;
-        pool.conns.lock().expect("reader pool lock poisoned").push(conn);
         res
     }
 }

@@ -122,7 +122,14 @@ impl Deliverer {
                 let limit = self.state.cfg().limits.default_page;
                 let page = self.state.store().entries(conv, Range::Latest, limit).await;
                 let Ok(page) = page else { return false };
-                let upto = page.entries.first().map_or(seq, |e| e.seq).saturating_sub(1);
+                let mut upto = page.entries.first().map_or(seq, |e| e.seq).saturating_sub(1);
+                // The page's entries before this one are sent from the page itself; later
+                // ones arrive live after it.
+                for entry in page.entries.into_iter().take_while(|e| e.seq < seq) {
+                    upto = entry.seq;
+                    let frame = ServerFrame::Entry { entry }.to_json().into();
+                    out.push(Produced { frame, entry: Some((conv, upto)) });
+                }
                 self.convs.insert(conv, Delivery::Live(upto));
                 upto
             }

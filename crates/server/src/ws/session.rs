@@ -128,7 +128,9 @@ async fn write_loop(
         // A client that stops reading blocks this write; the kill (slow consumer) ends it.
         let res = tokio::select! {
             () = handle.kill.cancelled() => break handle.close_code(),
-            res = write_batch(&mut deliverer, &mut sink, &mut buf, &mut out) => res,
+            // Boxed: the batch future (sync, gap fill) is large, and an idle session should
+            // not carry its space.
+            res = Box::pin(write_batch(&mut deliverer, &mut sink, &mut buf, &mut out)) => res,
         };
         if let Err(err) = res {
             tracing::debug!(error = %err, "write failed");
@@ -199,7 +201,8 @@ async fn read_loop(
                 }
                 break;
             }
-            Ok(Some(Ok(Message::Text(text)))) => dispatch::frame(&ctx, &text).await,
+            // Boxed for the same reason: requests are rare next to idle time.
+            Ok(Some(Ok(Message::Text(text)))) => Box::pin(dispatch::frame(&ctx, &text)).await,
             Ok(Some(Ok(Message::Binary(_)))) => {
                 let error = ErrorBody {
                     code: ErrorCode::MalformedFrame,

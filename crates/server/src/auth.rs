@@ -14,9 +14,17 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Argon2 hashes running at once. Each uses 19 MiB and a core for tens of milliseconds, and
+/// the allocator keeps what a blocking thread used: unbounded, a burst of logins would hold
+/// gigabytes. Two (the cores this server is sized for) keep memory flat; callers queue.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Hashes a password with argon2id (default parameters, random salt) off the async runtime.
 pub(crate) async fn hash_password(password: String) -> Result<String, ApiError> {
+    let permit = HASHING.acquire().await.expect("the hashing semaphore is never closed");
     tokio::task::spawn_blocking(move || {
+        // Held by the blocking work itself, so a caller that goes away frees no slot early.
+        let _permit = permit;
         PasswordHasher::<PasswordHash>::hash_password(&Argon2::default(), password.as_bytes())
             .map(|h| h.to_string())
     })
@@ -27,7 +35,9 @@ pub(crate) async fn hash_password(password: String) -> Result<String, ApiError> 
 
 /// Checks a password against a stored PHC string, off the async runtime.
 pub(crate) async fn verify_password(password: String, phc: String) -> bool {
+    let permit = HASHING.acquire().await.expect("the hashing semaphore is never closed");
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         PasswordHash::new(&phc)
             .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)

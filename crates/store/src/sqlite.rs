@@ -64,6 +64,8 @@ impl SqliteStore {
         let writer = Connection::open(path).map_err(internal)?;
         configure(&writer, true)?;
         migrate(&writer)?;
+        let checkpointer = Connection::open(path).map_err(internal)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
         let mut readers = Vec::with_capacity(N_READERS);
         for _ in 0..N_READERS {
             let conn = Connection::open_with_flags(
@@ -74,7 +76,7 @@ impl SqliteStore {
             configure(&conn, false)?;
             readers.push(conn);
         }
-        Ok(Self::start(writer, readers, limits, feed))
+        Ok(Self::start(writer, checkpointer, readers, limits, feed))
     }
 
     /// A private database in a temporary file that is removed when the store is dropped
@@ -88,6 +90,7 @@ impl SqliteStore {
 
     fn start(
         writer: Connection,
+        checkpointer: Connection,
         readers: Vec<Connection>,
         limits: StoreLimits,
         feed: CommitFeed,
@@ -95,7 +98,18 @@ impl SqliteStore {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(WRITE_QUEUE);
         let handle = thread::Builder::new()
             .name("natter-sqlite-writer".to_owned())
-            .spawn(move || run_writer(writer, jobs_rx, feed))
+            .spawn(move || {
+                // The checkpointer lives exactly as long as the writer: its last act after
+                // the writer's last commit is to truncate the WAL.
+                let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+                let checkpoints = thread::Builder::new()
+                    .name("natter-sqlite-checkpoint".to_owned())
+                    .spawn(move || run_checkpointer(checkpointer, stop_rx))
+                    .expect("spawning the checkpoint thread");
+                run_writer(writer, jobs_rx, feed);
+                drop(stop_tx);
+                let _ = checkpoints.join();
+            })
             .expect("spawning the writer thread");
         let n = readers.len();
         SqliteStore {
@@ -165,7 +179,7 @@ impl SqliteStore {
         // future is dropped (a client went away mid-read), the read still finishes and hands
         // the connection back before its permit is released.
         let permit = pool.permits.clone().acquire_owned().await.map_err(|_| closed())?;
-        let res = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let conn = pool.conns.lock().expect("reader pool lock poisoned").pop();
             let Some(conn) = conn else {
                 return Err(StoreError::Internal("reader pool empty".to_owned()));
@@ -176,8 +190,7 @@ impl SqliteStore {
             res
         })
         .await
-        .map_err(|err| StoreError::Internal(format!("reader task failed: {err}")))?;
-        res
+        .map_err(|err| StoreError::Internal(format!("reader task failed: {err}")))?
     }
 }
 
@@ -200,14 +213,40 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> StoreError {
 
 fn configure(conn: &Connection, writer: bool) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+    // Savepoint and sort journals in memory, not temp files.
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(internal)?;
     if writer {
         // WAL: readers never block the writer. FULL: the WAL is fsynced at every commit, so
         // an acked entry survives a power cut, not only a process crash.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(internal)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(internal)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(internal)?;
+        // A batch of hundreds of appends must not spill dirty pages mid-transaction.
+        conn.pragma_update(None, "cache_size", -32 * 1024).map_err(internal)?;
+        // Checkpoints run on their own thread (`run_checkpointer`), not after the writer's
+        // commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(internal)?;
+    } else {
+        conn.pragma_update(None, "cache_size", -8 * 1024).map_err(internal)?;
     }
     Ok(())
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies the WAL back into the database file beside the writer (a passive checkpoint never
+/// blocks it), until `stop_rx` disconnects; then truncates the WAL.
+fn run_checkpointer(conn: Connection, stop_rx: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %err, "wal checkpoint failed");
+        }
+    }
+    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %err, "final wal checkpoint failed");
+    }
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -275,19 +314,26 @@ fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFe
     tracing::info!("sqlite writer stopped");
 }
 
+/// Runs a cached statement that returns no rows (savepoint control).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn run_job(conn: &Connection, job: Job, entries: &mut Vec<Entry>) -> Completion {
-    if let Err(err) = conn.execute_batch("SAVEPOINT job") {
+    if let Err(err) = exec_cached(conn, "SAVEPOINT job") {
         tracing::error!(error = %err, "sqlite savepoint failed");
         drop(job);
         return Box::new(|_| {});
     }
     let mark = entries.len();
     let (ok, done) = job(conn, entries);
-    let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     if !ok {
         entries.truncate(mark);
+        if let Err(err) = exec_cached(conn, "ROLLBACK TO job") {
+            tracing::error!(error = %err, "sqlite savepoint rollback failed");
+        }
     }
-    if let Err(err) = conn.execute_batch(end) {
+    if let Err(err) = exec_cached(conn, "RELEASE job") {
         tracing::error!(error = %err, "sqlite savepoint release failed");
     }
     done

@@ -213,6 +213,9 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> StoreError {
 
 fn configure(conn: &Connection, writer: bool) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+    // Room for every statement the store uses: the default 16 made them evict each other and
+    // be re-prepared on the read path.
+    conn.set_prepared_statement_cache_capacity(64);
     // Savepoint and sort journals in memory, not temp files.
     conn.pragma_update(None, "temp_store", "MEMORY").map_err(internal)?;
     if writer {

@@ -1,0 +1,170 @@
+//! Setup over REST: accounts, logins, conversations, and the server's `/metrics`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use natter_proto::rest::{CreateConversation, Credentials, Session};
+use natter_proto::{ConversationId, ConversationSummary, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const PASSWORD: &str = "natter-bench-password";
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub(crate) struct Account {
+    pub(crate) user: UserId,
+    pub(crate) token: String,
+}
+
+#[derive(Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    /// Base URL of the server that setup talks to (the first `--server`).
+    base: String,
+}
+
+impl Api {
+    pub(crate) fn new(base: &str) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api { http, base: base.trim_end_matches('/').to_owned() })
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        // Retries only what the server says is retryable (the store was busy).
+        let mut attempt = 0;
+        loop {
+            let mut req = self.http.post(&url).json(body);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            let res = req.send().await.with_context(|| format!("POST {url}"))?;
+            let status = res.status();
+            if status.is_success() {
+                return res.json().await.with_context(|| format!("reading POST {path}"));
+            }
+            let text = res.text().await.unwrap_or_default();
+            if status.as_u16() == 503 && attempt < 5 {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                continue;
+            }
+            bail!("POST {path}: {status}: {text}");
+        }
+    }
+
+    /// Registers `handle` and logs it in once.
+    pub(crate) async fn account(&self, handle: &str) -> anyhow::Result<Account> {
+        let creds =
+            Credentials { handle: handle.to_owned(), password: PASSWORD.to_owned(), device: None };
+        let _: serde_json::Value = self.post("/v1/accounts", None, &creds).await?;
+        let creds = Credentials { device: Some("natter-bench".to_owned()), ..creds };
+        let session: Session = self.post("/v1/sessions", None, &creds).await?;
+        Ok(Account { user: session.user_id, token: session.token })
+    }
+
+    /// Registers and logs in every handle, `concurrency` at a time (argon2 makes each one
+    /// cost the server tens of milliseconds of CPU). Results are in the order of `handles`.
+    pub(crate) async fn accounts(
+        &self,
+        handles: &[String],
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<Account>> {
+        let results: Vec<anyhow::Result<Account>> =
+            futures_util::stream::iter(handles.iter().map(|h| self.account(h)))
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
+        results.into_iter().collect()
+    }
+
+    /// The direct conversation of `me` (by token) with `peer`.
+    pub(crate) async fn direct(&self, token: &str, peer: UserId) -> anyhow::Result<ConversationId> {
+        let body = CreateConversation::Direct { peer };
+        let summary: ConversationSummary =
+            self.post("/v1/conversations", Some(token), &body).await?;
+        Ok(summary.id)
+    }
+
+    /// A new group owned by the token's user, with `members`.
+    pub(crate) async fn group(
+        &self,
+        token: &str,
+        title: &str,
+        members: Vec<UserId>,
+    ) -> anyhow::Result<ConversationId> {
+        let body = CreateConversation::Group { title: title.to_owned(), members };
+        let summary: ConversationSummary =
+            self.post("/v1/conversations", Some(token), &body).await?;
+        Ok(summary.id)
+    }
+
+    /// Runs `f` over `items`, `concurrency` at a time, keeping their order.
+    pub(crate) async fn each<I, F, Fut, T>(
+        items: I,
+        concurrency: usize,
+        f: F,
+    ) -> anyhow::Result<Vec<T>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let results: Vec<anyhow::Result<T>> = futures_util::stream::iter(items.into_iter().map(f))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+}
+
+/// The numeric samples of a server's `/metrics` (name → value; labelled series are summed
+/// under their bare name).
+pub(crate) async fn scrape(base: &str) -> anyhow::Result<HashMap<String, f64>> {
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
+    let url = format!("{}/metrics", base.trim_end_matches('/'));
+    let text = http.get(&url).send().await?.error_for_status()?.text().await?;
+    Ok(parse_metrics(&text))
+}
+
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or(series);
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry(name.to_owned()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let m = parse_metrics(
+            "# TYPE natter_connections gauge\nnatter_connections 12\n\
+             natter_process_resident_memory_bytes 1048576\n\
+             natter_commit_seconds_bucket{le=\"0.1\"} 3\nnatter_commit_seconds_bucket{le=\"1\"} 4\n",
+        );
+        assert_eq!(m["natter_connections"], 12.0);
+        assert_eq!(m["natter_process_resident_memory_bytes"], 1_048_576.0);
+        assert_eq!(m["natter_commit_seconds_bucket"], 7.0);
+    }
+}

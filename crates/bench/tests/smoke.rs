@@ -1,0 +1,129 @@
+//! Smoke test of the load generator: every scenario, at a tiny size, through the real
+//! `natter-bench` binary with `--json` against a real server started in this process. Each
+//! must exit 0 with its checks passed and numbers that add up (every acked message
+//! delivered to every other member). That the checker catches loss, duplicates, gaps and
+//! reordering is shown by the unit tests in src/check.rs.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Runs the bench against `server` and returns its JSON object (failing on a non-zero exit).
+async fn bench(server: &str, args: &[&str]) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
+    cmd.args(["--server", server, "--json", "--drain-secs", "10"]).args(args);
+    let what = format!("natter-bench {}", args.join(" "));
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let json: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON object ({e}): {stdout}"));
+    assert_eq!(json["ok"], true, "{what}: {json}");
+    assert_eq!(json["n_violations"], 0, "{what}: {json}");
+    json
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_checks_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = natter_server::start(natter_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: tmp.path().into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.addr());
+
+    let j = bench(&url, &["connections", "--n", "12", "--hold-secs", "1", "--conns-per-user", "5"])
+        .await;
+    assert_eq!((u(&j["requested"]), u(&j["opened"]), u(&j["failed"])), (12, 12, 0), "{j}");
+    assert_eq!(u(&j["users"]), 3, "{j}");
+    assert!(j["connect_rate"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["rss_end_bytes"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["open_fds_end"].as_f64().unwrap() >= 12.0, "{j}");
+
+    let j = bench(&url, &["direct", "--pairs", "3", "--rate", "60", "--secs", "1"]).await;
+    let c = &j["round"]["counts"];
+    assert!(u(&c["sent"]) >= 50, "{j}");
+    assert_eq!(u(&c["acked"]), u(&c["sent"]), "{j}");
+    assert_eq!(u(&c["delivered"]), u(&c["acked"]), "each message reaches its peer once: {j}");
+    assert_eq!(u(&j["round"]["deliver_latency"]["count"]), u(&c["delivered"]), "{j}");
+    assert!(j["round"]["deliver_latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{j}");
+    assert_eq!(u(&j["round"]["not_settled"]), 0, "{j}");
+
+    let j = bench(
+        &url,
+        &[
+            "direct",
+            "--pairs",
+            "2",
+            "--max-rate",
+            "--rate",
+            "40",
+            "--step-secs",
+            "0.5",
+            "--max-steps",
+            "2",
+            "--p99-ms",
+            "1000",
+        ],
+    )
+    .await;
+    assert_eq!(j["steps"].as_array().unwrap().len(), 2, "{j}");
+    assert!(j["max_rate"].as_f64().unwrap() >= 80.0, "two passing steps double the rate: {j}");
+
+    let j = bench(
+        &url,
+        &["group", "--groups", "2", "--size", "4", "--senders", "2", "--rate", "40", "--secs", "1"],
+    )
+    .await;
+    let c = &j["round"]["counts"];
+    assert!(u(&c["acked"]) >= 30, "{j}");
+    assert_eq!(
+        u(&c["delivered"]),
+        u(&c["acked"]) * 3,
+        "every other member gets every message: {j}"
+    );
+    assert!(j["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{j}");
+
+    // Offline long enough, with a tiny sync page, that resuming pages through `has_more`.
+    let j = bench(
+        &url,
+        &[
+            "storm",
+            "--clients",
+            "16",
+            "--sessions-per-user",
+            "4",
+            "--group-size",
+            "3",
+            "--senders",
+            "2",
+            "--rate",
+            "40",
+            "--secs",
+            "1",
+            "--offline-ms",
+            "300",
+            "--sync-limit",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(j["all_caught_up"], true, "{j}");
+    assert_eq!((u(&j["reconnected"]), u(&j["caught_up"])), (16, 16), "{j}");
+    assert!(u(&j["acked_before_drop"]) > 0, "{j}");
+    assert!(j["catchup_secs"].as_f64().unwrap() >= 0.3, "includes the offline time: {j}");
+    assert_eq!(u(&j["round"]["counts"]["acked"]), u(&j["round"]["counts"]["sent"]), "{j}");
+    // One sync per connect (16 clients twice, 2 senders once), and more for the pages.
+    assert!(u(&j["syncs"]) > 16 * 2 + 2, "resuming paged with has_more: {j}");
+
+    tokio::time::timeout(Duration::from_secs(10), server.stop()).await.unwrap().unwrap();
+}

@@ -51,7 +51,7 @@ pub(super) async fn login(
     let Some(user) = state.store().user_by_handle(&creds.handle).await? else {
         return Err(ApiError::unauthenticated());
     };
-    if !auth::verify_password(creds.password, user.password_hash).await {
+    if !auth::verify_password(creds.password, user.password_hash).await? {
         return Err(ApiError::unauthenticated());
     }
     let token = auth::new_token();

@@ -392,6 +392,11 @@ impl WsClient {
         }
     }
 
+    /// The frames read while waiting for a reply, in arrival order: they came before it.
+    pub fn take_stashed(&mut self) -> Vec<ServerFrame> {
+        self.stash.drain(..).collect()
+    }
+
     /// The next frame; panics on timeout or close.
     pub async fn next(&mut self) -> ServerFrame {
         self.next_within(WAIT).await.expect("expected a frame before the timeout or close")
@@ -683,24 +688,12 @@ impl SseClient {
     }
 }
 
-/// Encodes cursors as `conv:seq,conv:seq` (the SSE `?cursors=` query and event ids).
-pub fn encode_cursors(cursors: &BTreeMap<ConversationId, Seq>) -> String {
-    let parts: Vec<String> = cursors.iter().map(|(c, s)| format!("{c}:{s}")).collect();
-    parts.join(",")
-}
-
 /// Parses an SSE event id (`conv:seq,conv:seq`); panics on anything else.
 pub fn parse_cursors(text: &str) -> BTreeMap<ConversationId, Seq> {
-    text.split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let (c, s) = part.split_once(':').unwrap_or_else(|| panic!("bad cursor {part:?}"));
-            let c = c.parse().unwrap_or_else(|_| panic!("bad conversation in {part:?}"));
-            let s = s.parse().unwrap_or_else(|_| panic!("bad seq in {part:?}"));
-            (ConversationId(c), s)
-        })
-        .collect()
+    natter_proto::parse_cursors(text).unwrap_or_else(|| panic!("bad cursors {text:?}"))
 }
+
+pub use natter_proto::encode_cursors;
 
 /// The `req_id` a reply frame echoes.
 pub fn reply_id(frame: &ServerFrame) -> Option<ReqId> {

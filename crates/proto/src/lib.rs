@@ -456,6 +456,23 @@ where
         .collect()
 }
 
+/// Encodes cursors as `conv:seq,conv:seq`: the SSE event id and the `cursors` query parameter.
+pub fn encode_cursors(cursors: &BTreeMap<ConversationId, Seq>) -> String {
+    let parts: Vec<String> = cursors.iter().map(|(c, s)| format!("{c}:{s}")).collect();
+    parts.join(",")
+}
+
+/// Parses what [`encode_cursors`] writes; `None` if it is not `conv:seq` pairs.
+pub fn parse_cursors(text: &str) -> Option<BTreeMap<ConversationId, Seq>> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (c, s) = part.split_once(':')?;
+            Some((ConversationId(c.trim().parse().ok()?), s.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 fn peek_req_id(text: &str) -> Option<ReqId> {
     #[derive(Deserialize)]
     struct Peek {
@@ -570,6 +587,16 @@ mod tests {
 
         let (req_id, err) = ClientFrame::parse("{not json").unwrap_err();
         assert_eq!((req_id, err.code), (None, ErrorCode::MalformedFrame));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let map: BTreeMap<_, _> = [(ConversationId(3), 7), (ConversationId(12), 0)].into();
+        assert_eq!(encode_cursors(&map), "3:7,12:0");
+        assert_eq!(parse_cursors("3:7,12:0"), Some(map));
+        assert_eq!(parse_cursors(""), Some(BTreeMap::new()));
+        assert_eq!(parse_cursors("3-7"), None);
+        assert_eq!(parse_cursors("x:1"), None);
     }
 
     #[test]

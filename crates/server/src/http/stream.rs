@@ -41,24 +41,9 @@ use crate::state::AppState;
 /// Items drained from a session queue per step.
 const BATCH: usize = 256;
 
-/// Encodes cursors as `conv:seq,conv:seq` (SSE event ids, the `cursors` query parameter).
-pub(crate) fn encode_cursors(cursors: &BTreeMap<ConversationId, Seq>) -> String {
-    let parts: Vec<String> = cursors.iter().map(|(c, s)| format!("{c}:{s}")).collect();
-    parts.join(",")
-}
-
-pub(crate) fn parse_cursors(text: &str) -> ApiResult<BTreeMap<ConversationId, Seq>> {
-    let bad = || ApiError::bad_request("cursors are conv:seq pairs separated by commas");
-    text.split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let (c, s) = part.split_once(':').ok_or_else(bad)?;
-            Ok((
-                ConversationId(c.trim().parse().map_err(|_| bad())?),
-                s.trim().parse().map_err(|_| bad())?,
-            ))
-        })
-        .collect()
+fn parse_cursors(text: &str) -> ApiResult<BTreeMap<ConversationId, Seq>> {
+    natter_proto::parse_cursors(text)
+        .ok_or_else(|| ApiError::bad_request("cursors are conv:seq pairs separated by commas"))
 }
 
 fn entry_frames(convs: Vec<SyncConversation>, out: &mut Vec<Produced>) {
@@ -190,7 +175,7 @@ impl SseStream {
             let mut event = Event::default().data(produced.frame.as_str());
             if let Some((conv, seq)) = produced.entry {
                 self.ids.insert(conv, seq);
-                event = event.id(encode_cursors(&self.ids));
+                event = event.id(natter_proto::encode_cursors(&self.ids));
             }
             self.pending.push_back(event);
         }
@@ -347,19 +332,4 @@ pub(super) async fn set_status(
     let Json(req) = body?;
     presence::set_status(&state, auth.principal.user_id, sid, req.status)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip() {
-        let map: BTreeMap<_, _> = [(ConversationId(3), 7), (ConversationId(12), 0)].into();
-        assert_eq!(encode_cursors(&map), "3:7,12:0");
-        assert_eq!(parse_cursors("3:7,12:0").unwrap(), map);
-        assert_eq!(parse_cursors("").unwrap(), BTreeMap::new());
-        assert!(parse_cursors("3-7").is_err());
-        assert!(parse_cursors("x:1").is_err());
-    }
 }

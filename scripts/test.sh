@@ -8,6 +8,49 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# ---- PostgreSQL for the store suite (STYLE.md section 9) ----
+# A throwaway cluster in a temp directory on a free port, owned by the `postgres` user
+# (PostgreSQL refuses to run as root), stopped and removed on exit.
+start_postgres() {
+    if [[ -n "${TEST_POSTGRES_URL:-}" ]]; then
+        echo "== using TEST_POSTGRES_URL from the environment"
+        return
+    fi
+    local bindir
+    bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [[ -z "$bindir" || ! -x "$bindir/pg_ctl" ]] || ! command -v psql >/dev/null; then
+        echo "== installing postgresql"
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+        bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    fi
+    PG_DIR="$(mktemp -d /tmp/natter-pg.XXXXXX)"
+    chmod 755 "$PG_DIR"
+    local port
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    local as_pg=()
+    if [[ "$(id -u)" == 0 ]]; then
+        chown postgres: "$PG_DIR"
+        as_pg=(runuser -u postgres --)
+    fi
+    PG_CTL=("${as_pg[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data")
+    trap stop_postgres EXIT
+    echo "== starting postgresql ($bindir) on 127.0.0.1:$port"
+    "${as_pg[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U natter --auth=trust -E UTF8 >"$PG_DIR/initdb.log"
+    "${PG_CTL[@]}" -l "$PG_DIR/server.log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=off -c max_connections=300" start >/dev/null
+    "$bindir/createdb" -h 127.0.0.1 -p "$port" -U natter natter
+    export TEST_POSTGRES_URL="postgres://natter@127.0.0.1:$port/natter"
+}
+
+stop_postgres() {
+    if [[ -n "${PG_DIR:-}" ]]; then
+        "${PG_CTL[@]}" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
+    fi
+}
+
+start_postgres
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,587 @@
+//! The PostgreSQL backend: the same [`Store`] as SQLite, for several nodes sharing one
+//! database.
+//!
+//! One committer task per store drains the queued writing jobs (up to `MAX_BATCH`, in
+//! submission order) and runs each inside its own savepoint of one transaction, commits once,
+//! then hands the batch's entries to the commit feed and answers every job. A job refused by
+//! a rule (not a member, forbidden, ...) rolls back its savepoint and leaves the others alone.
+//!
+//! `seq` comes from the conversation's counter row: `UPDATE conversations SET last_seq =
+//! last_seq + 1 ... RETURNING last_seq` inside the committing transaction. The row lock it
+//! takes serializes appends to one conversation across every node until commit, so seqs are
+//! contiguous whatever the isolation level; unique keys on `(conversation, seq)` and
+//! `(conversation, sender, client_msg_id)` back this up.
+//!
+//! Failures: a lost connection, a deadlock or a serialization failure aborts the batch, which
+//! is retried whole on a fresh connection with jittered backoff; when the retries run out (the
+//! database is down) every job gets `Unavailable`, which clients retry. Nothing is acked
+//! before its commit succeeded. Reads take a pooled connection each.
+
+mod read;
+mod write;
+
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use natter_proto::{
+    Ack, ConversationId, ConversationSummary, DeviceId, Entry, Receipt, Role, UserId, rest::Member,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::{
+    Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, Page, PendingAck, Principal, Range,
+    Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
+};
+
+/// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
+const MAX_BATCH: usize = 512;
+/// Jobs waiting for the committer; senders wait (backpressure) beyond this.
+const WRITE_QUEUE: usize = 8192;
+/// Pooled connections: the committer's plus readers'.
+const POOL_SIZE: usize = 16;
+/// How long a caller waits for a connection (or for one to be made) before `Unavailable`.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of one batch before its jobs get `Unavailable`.
+const MAX_ATTEMPTS: u32 = 5;
+/// First retry delay; doubled per attempt, with jitter.
+const RETRY_BASE: Duration = Duration::from_millis(20);
+
+/// Serializes migrations between nodes starting together (an arbitrary constant).
+const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+
+/// A pooled connection, with its statement cache.
+pub(crate) type Conn = deadpool_postgres::ClientWrapper;
+
+/// How a job or query failed.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// A rule refused the job (or a fault): its savepoint rolls back, the batch goes on.
+    Store(StoreError),
+    /// The connection or the transaction is lost (connection gone, deadlock, serialization
+    /// failure): the whole batch is retried.
+    Abort(String),
+    /// A concurrent transaction (another node) committed the same key first: roll the job's
+    /// savepoint back and run it again, now that the winner is visible.
+    Redo,
+}
+
+impl From<StoreError> for Fail {
+    fn from(err: StoreError) -> Fail {
+        Fail::Store(err)
+    }
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(err: tokio_postgres::Error) -> Fail {
+        if is_retryable(&err) { Fail::Abort(err.to_string()) } else { Fail::Store(internal(err)) }
+    }
+}
+
+impl Fail {
+    /// The caller's view, outside a batch (reads).
+    fn into_store(self) -> StoreError {
+        match self {
+            Fail::Store(err) => err,
+            Fail::Abort(reason) => StoreError::Unavailable(reason),
+            Fail::Redo => StoreError::Internal("unexpected redo outside a batch".to_owned()),
+        }
+    }
+}
+
+pub(crate) type PgResult<T> = std::result::Result<T, Fail>;
+
+/// Connection loss, shutdown, overload, deadlock or serialization failure: worth retrying.
+fn is_retryable(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        Some(code) => {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || code.code().starts_with("08") // connection exception
+                || code.code().starts_with("57P") // operator intervention (shutdown)
+        }
+        None => {
+            err.is_closed()
+                || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+pub(crate) fn internal(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(err.to_string())
+}
+
+fn pool_error(err: deadpool_postgres::PoolError) -> Fail {
+    Fail::Abort(format!("no database connection: {err}"))
+}
+
+/// A writing job and where its answer goes.
+struct Job {
+    op: Op,
+    reply: Reply,
+}
+
+enum Reply {
+    /// An append's ack, for its [`PendingAck`].
+    Ack(oneshot::Sender<Result<Ack>>),
+    Out(oneshot::Sender<Result<Out>>),
+}
+
+impl Reply {
+    fn send(self, res: Result<Out>) {
+        match self {
+            Reply::Out(tx) => drop(tx.send(res)),
+            Reply::Ack(tx) => drop(tx.send(res.and_then(|out| match out {
+                Out::Ack(ack) => Ok(ack),
+                other => Err(unexpected(other)),
+            }))),
+        }
+    }
+}
+
+/// What a writing job does; run by `write::run`.
+#[derive(Debug)]
+pub(crate) enum Op {
+    CreateUser { handle: String, hash: String },
+    CreateDevice { user: UserId, name: String, token: TokenHash },
+    CreateDirect { a: UserId, b: UserId },
+    CreateGroup { owner: UserId, title: String, members: Vec<UserId> },
+    Append(Append),
+    ChangeGroup { actor: UserId, conversation: ConversationId, change: GroupChange },
+    SetCursors(Vec<CursorUpdate>),
+    DeleteDevice(TokenHash),
+}
+
+/// What a writing job returns.
+#[derive(Debug)]
+pub(crate) enum Out {
+    User(UserId),
+    Device(DeviceId),
+    Direct(ConversationId, bool),
+    Group(ConversationId),
+    Ack(Ack),
+    Receipts(Vec<Receipt>),
+    Done,
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct PgStore {
+    pool: Pool,
+    jobs_tx: Mutex<Option<mpsc::Sender<Job>>>,
+    committer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:pass@host:port/db`), migrates, and starts the
+    /// committer. Needs a Tokio runtime.
+    pub async fn connect(url: &str, limits: StoreLimits, feed: CommitFeed) -> Result<PgStore> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|err| StoreError::BadRequest(format!("bad PostgreSQL URL: {err}")))?;
+        PgStore::open(config, limits, feed).await
+    }
+
+    /// Like [`PgStore::connect`], from a parsed configuration.
+    pub async fn open(
+        mut config: tokio_postgres::Config,
+        limits: StoreLimits,
+        feed: CommitFeed,
+    ) -> Result<PgStore> {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("natter");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(internal)?;
+        migrate(&pool).await?;
+        let (jobs_tx, jobs_rx) = mpsc::channel(WRITE_QUEUE);
+        let committer = tokio::spawn(run_committer(pool.clone(), jobs_rx, feed, limits));
+        Ok(PgStore {
+            pool,
+            jobs_tx: Mutex::new(Some(jobs_tx)),
+            committer: tokio::sync::Mutex::new(Some(committer)),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|err| pool_error(err).into_store())
+    }
+
+    /// Queues `op` for the committer and returns the receiver of its result.
+    async fn submit(&self, op: Op, reply: Reply) -> Result<()> {
+        let tx = self
+            .jobs_tx
+            .lock()
+            .expect("jobs_tx lock poisoned")
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("store is closed".to_owned()))?;
+        if tx.send(Job { op, reply }).await.is_err() {
+            return Err(StoreError::Unavailable("store committer stopped".to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: Op) -> Result<Out> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(op, Reply::Out(tx)).await?;
+        match rx.await {
+            Ok(res) => res,
+            Err(_) => Err(StoreError::Unavailable("store committer stopped".to_owned())),
+        }
+    }
+}
+
+fn unexpected(out: Out) -> StoreError {
+    StoreError::Internal(format!("unexpected job result {out:?}"))
+}
+
+async fn migrate(pool: &Pool) -> Result<()> {
+    let mut client = pool.get().await.map_err(|err| pool_error(err).into_store())?;
+    let run = async {
+        client.query("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS natter_migrations (
+                     version    INTEGER PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                 )",
+            )
+            .await?;
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM natter_migrations", &[])
+            .await?;
+        let version: i32 = row.get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = client.transaction().await?;
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO natter_migrations (version) VALUES ($1)", &[&(i as i32 + 1)])
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version = i + 1, "applied postgres migration");
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let res = run.await;
+    let _ = client.query("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    res.map_err(|err| Fail::from(err).into_store())
+}
+
+async fn run_committer(
+    pool: Pool,
+    mut jobs_rx: mpsc::Receiver<Job>,
+    feed: CommitFeed,
+    limits: StoreLimits,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = jobs_rx.recv().await {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs_rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&pool, &mut batch, &feed, &limits).await;
+    }
+    tracing::info!("postgres committer stopped");
+}
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    Committed {
+        entries: Vec<Entry>,
+        results: Vec<Result<Out>>,
+    },
+    /// Nothing was committed; the batch may run again.
+    Retry(String),
+    /// The outcome is unknown (the commit itself failed): do not run it again.
+    Failed(String),
+}
+
+async fn commit_batch(pool: &Pool, batch: &mut Vec<Job>, feed: &CommitFeed, limits: &StoreLimits) {
+    let started = Instant::now();
+    let n_jobs = batch.len();
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        match try_batch(pool, batch, limits).await {
+            Attempt::Retry(reason) if attempt < MAX_ATTEMPTS => {
+                tracing::warn!(attempt, error = %reason, "postgres batch aborted; retrying");
+                metrics::counter!("natter_commit_retries_total").increment(1);
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Attempt::Retry(reason) | Attempt::Failed(reason) => break Err(reason),
+            Attempt::Committed { entries, results } => break Ok((entries, results)),
+        }
+    };
+    metrics::histogram!("natter_commit_batch_size").record(n_jobs as f64);
+    metrics::histogram!("natter_commit_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok((entries, results)) => {
+            metrics::counter!("natter_entries_committed_total").increment(entries.len() as u64);
+            // Routing gets the batch in commit order before anyone hears of the ack; if the
+            // router is gone (shutdown) the entries are durable and sync will carry them.
+            if !entries.is_empty() && feed.send(entries).await.is_err() {
+                tracing::debug!("commit feed closed");
+            }
+            for (job, res) in batch.drain(..).zip(results) {
+                job.reply.send(res);
+            }
+        }
+        Err(reason) => {
+            tracing::error!(error = %reason, jobs = n_jobs, "postgres batch failed");
+            for job in batch.drain(..) {
+                job.reply.send(Err(StoreError::Unavailable(reason.clone())));
+            }
+        }
+    }
+}
+
+/// `RETRY_BASE * 2^(attempt-1)`, scaled by a random factor in [0.5, 1.5] (the random low
+/// bits of a v7 uuid).
+fn backoff(attempt: u32) -> Duration {
+    let base = RETRY_BASE * 2u32.saturating_pow(attempt.saturating_sub(1));
+    let jitter = f64::from(uuid::Uuid::now_v7().as_u128() as u16) / f64::from(u16::MAX);
+    base.mul_f64(0.5 + jitter)
+}
+
+async fn try_batch(pool: &Pool, batch: &[Job], limits: &StoreLimits) -> Attempt {
+    let client = match pool.get().await {
+        Ok(client) => client,
+        Err(err) => return Attempt::Retry(format!("no database connection: {err}")),
+    };
+    if let Err(err) = client.batch_execute("BEGIN").await {
+        return abort(client, err.to_string()).await;
+    }
+    let mut entries = Vec::new();
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        match run_job(&client, &job.op, &mut entries, limits).await {
+            Ok(res) => results.push(res),
+            Err(reason) => return abort(client, reason).await,
+        }
+    }
+    match client.batch_execute("COMMIT").await {
+        Ok(()) => Attempt::Committed { entries, results },
+        Err(err) => {
+            // The commit may or may not have happened: the jobs are answered `Unavailable`
+            // and clients retry (appends are idempotent).
+            let reason = format!("commit failed: {err}");
+            let _ = deadpool_postgres::Object::take(client);
+            Attempt::Failed(reason)
+        }
+    }
+}
+
+/// Rolls the batch back and asks for a retry; a connection that cannot roll back is dropped
+/// from the pool.
+async fn abort(client: deadpool_postgres::Object, reason: String) -> Attempt {
+    if client.batch_execute("ROLLBACK").await.is_err() {
+        let _ = deadpool_postgres::Object::take(client);
+    }
+    Attempt::Retry(reason)
+}
+
+/// Runs one job inside its savepoint. `Err` aborts the batch; a refused job is `Ok(Err(_))`.
+async fn run_job(
+    c: &Conn,
+    op: &Op,
+    entries: &mut Vec<Entry>,
+    limits: &StoreLimits,
+) -> std::result::Result<Result<Out>, String> {
+    let savepoint = |sql: &'static str| async move {
+        c.batch_execute(sql).await.map_err(|err| format!("{sql}: {err}"))
+    };
+    savepoint("SAVEPOINT job").await?;
+    let mark = entries.len();
+    let mut res = write::run(c, op, entries, limits).await;
+    if matches!(res, Err(Fail::Redo)) {
+        entries.truncate(mark);
+        savepoint("ROLLBACK TO SAVEPOINT job").await?;
+        res = write::run(c, op, entries, limits).await;
+    }
+    match res {
+        Ok(out) => {
+            savepoint("RELEASE SAVEPOINT job").await?;
+            Ok(Ok(out))
+        }
+        Err(Fail::Abort(reason)) => Err(reason),
+        Err(fail) => {
+            entries.truncate(mark);
+            savepoint("ROLLBACK TO SAVEPOINT job").await?;
+            savepoint("RELEASE SAVEPOINT job").await?;
+            Ok(Err(match fail {
+                Fail::Store(err) => err,
+                _ => StoreError::Internal("a job collided twice with another node".to_owned()),
+            }))
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_user(&self, handle: &str, password_hash: &str) -> Result<UserId> {
+        let op = Op::CreateUser { handle: handle.to_owned(), hash: password_hash.to_owned() };
+        match self.write(op).await? {
+            Out::User(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_device(&self, user: UserId, name: &str, token: TokenHash) -> Result<DeviceId> {
+        match self.write(Op::CreateDevice { user, name: name.to_owned(), token }).await? {
+            Out::Device(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_direct(&self, a: UserId, b: UserId) -> Result<(ConversationId, bool)> {
+        match self.write(Op::CreateDirect { a, b }).await? {
+            Out::Direct(id, created) => Ok((id, created)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_group(
+        &self,
+        owner: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationId> {
+        let op = Op::CreateGroup { owner, title: title.to_owned(), members: members.to_vec() };
+        match self.write(op).await? {
+            Out::Group(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn submit_append(&self, append: Append) -> Result<PendingAck> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Op::Append(append), Reply::Ack(tx)).await?;
+        Ok(PendingAck(rx))
+    }
+
+    async fn change_group(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        change: GroupChange,
+    ) -> Result<Ack> {
+        match self.write(Op::ChangeGroup { actor, conversation, change }).await? {
+            Out::Ack(ack) => Ok(ack),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>> {
+        let c = self.client().await?;
+        read::user_by_handle(&c, handle).await.map_err(Fail::into_store)
+    }
+
+    async fn user_handle(&self, user: UserId) -> Result<Option<String>> {
+        let c = self.client().await?;
+        read::user_handle(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn authenticate(&self, token: TokenHash) -> Result<Option<Principal>> {
+        let c = self.client().await?;
+        read::authenticate(&c, &token).await.map_err(Fail::into_store)
+    }
+
+    async fn conversation(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<ConversationSummary> {
+        let c = self.client().await?;
+        read::conversation(&c, user, conversation).await.map_err(Fail::into_store)
+    }
+
+    async fn conversations(
+        &self,
+        user: UserId,
+        before: Option<ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>> {
+        let c = self.client().await?;
+        read::conversations(&c, user, before, Some(limit)).await.map_err(Fail::into_store)
+    }
+
+    async fn memberships(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
+        let c = self.client().await?;
+        read::conversations(&c, user, None, None).await.map_err(Fail::into_store)
+    }
+
+    async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>> {
+        let c = self.client().await?;
+        read::share_conversation(&c, user, others).await.map_err(Fail::into_store)
+    }
+
+    async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>> {
+        let c = self.client().await?;
+        write::role(&c, user, conversation).await.map_err(Fail::into_store)
+    }
+
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<Member>> {
+        let c = self.client().await?;
+        read::members(&c, conversation).await.map_err(Fail::into_store)
+    }
+
+    async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>> {
+        let c = self.client().await?;
+        read::member_ids(&c, conversation).await.map_err(Fail::into_store)
+    }
+
+    async fn entries(
+        &self,
+        conversation: ConversationId,
+        range: Range,
+        limit: u32,
+    ) -> Result<Page> {
+        let c = self.client().await?;
+        read::entries(&c, conversation, range, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
+        match self.write(Op::SetCursors(updates)).await? {
+            Out::Receipts(receipts) => Ok(receipts),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_device(&self, token: TokenHash) -> Result<()> {
+        match self.write(Op::DeleteDevice(token)).await? {
+            Out::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn close(&self) {
+        // Dropping the last sender ends the committer loop after it commits what is queued.
+        drop(self.jobs_tx.lock().expect("jobs_tx lock poisoned").take());
+        let handle = self.committer.lock().await.take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}

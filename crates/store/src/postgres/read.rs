@@ -1,0 +1,226 @@
+//! Reading queries, each on a pooled connection.
+
+use std::collections::HashSet;
+
+use natter_proto::{
+    ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody,
+    MessageState, ReactionSummary, UserId, rest::Member,
+};
+use tokio_postgres::Row;
+
+use super::write::{parse_role, query, query_opt};
+use super::{Conn, PgResult, internal};
+use crate::{ListCursor, Page, Principal, Range, StoreError, TokenHash, UserRecord};
+
+pub(super) async fn user_by_handle(c: &Conn, handle: &str) -> PgResult<Option<UserRecord>> {
+    let row = query_opt(
+        c,
+        "SELECT id, handle, password_hash FROM users WHERE lower(handle) = lower($1)",
+        &[&handle],
+    )
+    .await?;
+    Ok(row.map(|r| UserRecord { id: UserId(r.get(0)), handle: r.get(1), password_hash: r.get(2) }))
+}
+
+pub(super) async fn user_handle(c: &Conn, user: UserId) -> PgResult<Option<String>> {
+    let row = query_opt(c, "SELECT handle FROM users WHERE id = $1", &[&user.0]).await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+pub(super) async fn authenticate(c: &Conn, token: &TokenHash) -> PgResult<Option<Principal>> {
+    let row = query_opt(c, "SELECT user_id, id FROM devices WHERE token_hash = $1", &[&&token[..]])
+        .await?;
+    Ok(row.map(|r| Principal { user_id: UserId(r.get(0)), device_id: DeviceId(r.get(1)) }))
+}
+
+/// Unread: messages after the read cursor written by someone else. System entries, edits and
+/// reactions change what is shown but are not new messages to read.
+const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last_activity,
+     m.delivered_seq, m.read_seq,
+     (SELECT count(*) FROM entries e
+      WHERE e.conversation_id = c.id AND e.seq > m.read_seq AND e.sender <> m.user_id
+        AND e.kind = 'message')";
+
+fn summary(r: &Row) -> ConversationSummary {
+    let kind: &str = r.get(1);
+    ConversationSummary {
+        id: ConversationId(r.get(0)),
+        kind: if kind == "direct" { ConversationKind::Direct } else { ConversationKind::Group },
+        title: r.get(2),
+        role: parse_role(r.get(3)),
+        last_seq: r.get::<_, i64>(4) as u64,
+        last_activity: r.get(5),
+        delivered_seq: r.get::<_, i64>(6) as u64,
+        read_seq: r.get::<_, i64>(7) as u64,
+        unread: r.get::<_, i64>(8) as u64,
+    }
+}
+
+pub(super) async fn conversation(
+    c: &Conn,
+    user: UserId,
+    conv: ConversationId,
+) -> PgResult<ConversationSummary> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = $1 AND m.conversation_id = $2"
+    );
+    let row = query_opt(c, &sql, &[&user.0, &conv.0]).await?;
+    Ok(summary(&row.ok_or(StoreError::NotFound("conversation"))?))
+}
+
+pub(super) async fn conversations(
+    c: &Conn,
+    user: UserId,
+    before: Option<ListCursor>,
+    limit: Option<u32>,
+) -> PgResult<Vec<ConversationSummary>> {
+    let (at, id) = before.map_or((i64::MAX, i64::MAX), |(at, id)| (at, id.0));
+    // LIMIT NULL is no limit.
+    let limit = limit.map(i64::from);
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM members m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = $1 AND (c.last_activity, c.id) < ($2, $3)
+         ORDER BY c.last_activity DESC, c.id DESC LIMIT $4"
+    );
+    let rows = query(c, &sql, &[&user.0, &at, &id, &limit]).await?;
+    Ok(rows.iter().map(summary).collect())
+}
+
+pub(super) async fn share_conversation(
+    c: &Conn,
+    user: UserId,
+    others: &[UserId],
+) -> PgResult<Vec<UserId>> {
+    let ids: Vec<i64> = others.iter().map(|u| u.0).collect();
+    let rows = query(
+        c,
+        "SELECT DISTINCT b.user_id FROM members a JOIN members b
+             ON b.conversation_id = a.conversation_id
+         WHERE a.user_id = $1 AND b.user_id = ANY($2)",
+        &[&user.0, &ids],
+    )
+    .await?;
+    let shared: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(others.iter().copied().filter(|u| shared.contains(&u.0)).collect())
+}
+
+pub(super) async fn members(c: &Conn, conv: ConversationId) -> PgResult<Vec<Member>> {
+    let rows = query(
+        c,
+        "SELECT m.user_id, u.handle, m.role, m.delivered_seq, m.read_seq
+         FROM members m JOIN users u ON u.id = m.user_id
+         WHERE m.conversation_id = $1 ORDER BY m.joined_seq, m.user_id",
+        &[&conv.0],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Member {
+            user_id: UserId(r.get(0)),
+            handle: r.get(1),
+            role: parse_role(r.get(2)),
+            delivered_seq: r.get::<_, i64>(3) as u64,
+            read_seq: r.get::<_, i64>(4) as u64,
+        })
+        .collect())
+}
+
+pub(super) async fn member_ids(c: &Conn, conv: ConversationId) -> PgResult<Vec<UserId>> {
+    let rows =
+        query(c, "SELECT user_id FROM members WHERE conversation_id = $1", &[&conv.0]).await?;
+    Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
+}
+
+pub(super) async fn entries(
+    c: &Conn,
+    conv: ConversationId,
+    range: Range,
+    limit: u32,
+) -> PgResult<Page> {
+    const SELECT: &str = "SELECT e.seq, e.id, e.sender, e.client_msg_id, e.ts, e.body,
+         s.body, s.edited_seq, s.deleted
+         FROM entries e LEFT JOIN message_state s
+         ON s.conversation_id = e.conversation_id AND s.seq = e.seq";
+    let (sql, bound) = match range {
+        Range::After(after) => (
+            format!(
+                "{SELECT} WHERE e.conversation_id = $1 AND e.seq > $2 ORDER BY e.seq ASC LIMIT $3"
+            ),
+            after as i64,
+        ),
+        Range::Before(before) => (
+            format!(
+                "{SELECT} WHERE e.conversation_id = $1 AND e.seq < $2 ORDER BY e.seq DESC LIMIT $3"
+            ),
+            before.min(i64::MAX as u64) as i64,
+        ),
+        Range::Latest => (
+            format!(
+                "{SELECT} WHERE e.conversation_id = $1 AND e.seq < $2 ORDER BY e.seq DESC LIMIT $3"
+            ),
+            i64::MAX,
+        ),
+    };
+    // One row more than asked tells whether there is more.
+    let rows = query(c, &sql, &[&conv.0, &bound, &(i64::from(limit) + 1)]).await?;
+    let mut entries = rows.iter().map(|r| entry_row(conv, r)).collect::<PgResult<Vec<_>>>()?;
+    let has_more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    // Seqs are contiguous, so descending pages are reversed into ascending order here.
+    if !matches!(range, Range::After(_)) {
+        entries.reverse();
+    }
+    add_reactions(c, conv, &mut entries).await?;
+    Ok(Page { entries, has_more })
+}
+
+fn entry_row(conv: ConversationId, r: &Row) -> PgResult<Entry> {
+    let body: EntryBody = serde_json::from_str(r.get::<_, &str>(5)).map_err(internal)?;
+    let state = match &body {
+        EntryBody::Message { .. } => Some(MessageState {
+            body: r.get::<_, Option<String>>(6).unwrap_or_default(),
+            edited_seq: r.get::<_, Option<i64>>(7).map(|s| s as u64),
+            deleted: r.get::<_, Option<bool>>(8).unwrap_or(false),
+            reactions: Vec::new(),
+        }),
+        _ => None,
+    };
+    Ok(Entry {
+        conversation: conv,
+        seq: r.get::<_, i64>(0) as u64,
+        id: r.get(1),
+        sender: UserId(r.get(2)),
+        client_msg_id: r.get(3),
+        ts: r.get(4),
+        body,
+        state,
+    })
+}
+
+async fn add_reactions(c: &Conn, conv: ConversationId, entries: &mut [Entry]) -> PgResult<()> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
+    let (lo, hi) = (first.seq, last.seq);
+    let rows = query(
+        c,
+        "SELECT seq, emoji, user_id FROM reactions
+         WHERE conversation_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY at_seq",
+        &[&conv.0, &(lo as i64), &(hi as i64)],
+    )
+    .await?;
+    for r in rows {
+        let (seq, emoji, user) =
+            (r.get::<_, i64>(0) as u64, r.get::<_, String>(1), UserId(r.get(2)));
+        let idx = (seq - lo) as usize;
+        let Some(state) = entries.get_mut(idx).and_then(|e| e.state.as_mut()) else {
+            continue;
+        };
+        match state.reactions.iter_mut().find(|r| r.emoji == emoji) {
+            Some(summary) => summary.users.push(user),
+            None => state.reactions.push(ReactionSummary { emoji, users: vec![user] }),
+        }
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@
 //! Authorization that must be atomic with a write (membership, roles, ownership of the
 //! message being edited, the member cap) is checked inside the writing transaction.
 
+mod codec;
 pub mod postgres;
 pub mod sqlite;
 

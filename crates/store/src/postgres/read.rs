@@ -8,8 +8,9 @@ use natter_proto::{
 };
 use tokio_postgres::Row;
 
-use super::write::{parse_role, query, query_opt};
+use super::write::{query, query_opt};
 use super::{Conn, PgResult, internal};
+use crate::codec::parse_role;
 use crate::{ListCursor, Page, Principal, Range, StoreError, TokenHash, UserRecord};
 
 pub(super) async fn user_by_handle(c: &Conn, handle: &str) -> PgResult<Option<UserRecord>> {

@@ -3,8 +3,6 @@
 //! `sqlite/write.rs`; where two nodes could race, a row lock (`FOR UPDATE`, the counter
 //! `UPDATE`) or a unique key decides.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use natter_proto::{
     Ack, ConversationId, ConversationKind, DeviceId, Entry, EntryBody, NewEntry, Receipt, Role,
     UserId,
@@ -14,6 +12,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{Conn, Fail, Op, Out, PgResult};
+use crate::codec::{Appended, kind_str, now_ms, parse_role, role_str};
 use crate::{Append, CursorUpdate, GroupChange, StoreError, StoreLimits, TokenHash};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -36,40 +35,6 @@ pub(super) async fn query_one(c: &Conn, sql: &str, params: Params<'_>) -> PgResu
 async fn execute(c: &Conn, sql: &str, params: Params<'_>) -> PgResult<u64> {
     let st = c.prepare_cached(sql).await?;
     Ok(c.execute(&st, params).await?)
-}
-
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Member => "member",
-        Role::Admin => "admin",
-        Role::Owner => "owner",
-    }
-}
-
-pub(super) fn parse_role(s: &str) -> Role {
-    match s {
-        "owner" => Role::Owner,
-        "admin" => Role::Admin,
-        _ => Role::Member,
-    }
-}
-
-fn kind_str(body: &EntryBody) -> &'static str {
-    match body {
-        EntryBody::Message { .. } => "message",
-        EntryBody::Edit { .. } => "edit",
-        EntryBody::Delete { .. } => "delete",
-        EntryBody::Reaction { .. } => "reaction",
-        EntryBody::Created { .. } => "created",
-        EntryBody::MemberAdded { .. } => "member_added",
-        EntryBody::MemberRemoved { .. } => "member_removed",
-        EntryBody::RoleChanged { .. } => "role_changed",
-        EntryBody::TitleChanged { .. } => "title_changed",
-    }
 }
 
 /// Runs one job.
@@ -519,24 +484,7 @@ async fn append_entry(
         return Err(Fail::Redo);
     }
     project(c, conv, seq, sender, &body).await?;
-    let ack = Ack {
-        conversation: conv,
-        seq,
-        id: id.clone(),
-        ts: now,
-        client_msg_id: client_msg_id.map(str::to_owned),
-    };
-    out.push(Entry {
-        conversation: conv,
-        seq,
-        id,
-        sender,
-        ts: now,
-        client_msg_id: client_msg_id.map(str::to_owned),
-        body,
-        state: None,
-    });
-    Ok(ack)
+    Ok(Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body }.push(out))
 }
 
 /// Keeps `message_state` and `reactions` equal to the log's effect.

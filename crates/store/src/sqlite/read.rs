@@ -7,7 +7,7 @@ use natter_proto::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::internal;
-use super::write::parse_role;
+use crate::codec::parse_role;
 use crate::{ListCursor, Page, Principal, Range, Result, StoreError, TokenHash, UserRecord};
 
 pub(super) fn user_by_handle(c: &Connection, handle: &str) -> Result<Option<UserRecord>> {

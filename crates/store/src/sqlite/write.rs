@@ -1,8 +1,6 @@
 //! Writing jobs: each runs on the writer thread inside its own savepoint of a batch
 //! transaction, and pushes the entries it appends to `out`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use natter_proto::{
     Ack, ConversationId, ConversationKind, DeviceId, Entry, EntryBody, NewEntry, Receipt, Role,
     UserId,
@@ -10,30 +8,11 @@ use natter_proto::{
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
 use super::internal;
+use crate::codec::{Appended, kind_str, now_ms, parse_role, role_str};
 use crate::{Append, CursorUpdate, GroupChange, Result, StoreError, TokenHash};
-
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == SqliteCode::ConstraintViolation)
-}
-
-pub(super) fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Member => "member",
-        Role::Admin => "admin",
-        Role::Owner => "owner",
-    }
-}
-
-pub(super) fn parse_role(s: &str) -> Role {
-    match s {
-        "owner" => Role::Owner,
-        "admin" => Role::Admin,
-        _ => Role::Member,
-    }
 }
 
 pub(super) fn role(c: &Connection, user: UserId, conv: ConversationId) -> Result<Option<Role>> {
@@ -448,24 +427,7 @@ fn append_entry(
         .and_then(|mut st| st.execute(params![conv.0, seq as i64, now]))
         .map_err(internal)?;
     project(c, conv, seq, sender, &body)?;
-    let ack = Ack {
-        conversation: conv,
-        seq,
-        id: id.clone(),
-        ts: now,
-        client_msg_id: client_msg_id.map(str::to_owned),
-    };
-    out.push(Entry {
-        conversation: conv,
-        seq,
-        id,
-        sender,
-        ts: now,
-        client_msg_id: client_msg_id.map(str::to_owned),
-        body,
-        state: None,
-    });
-    Ok(ack)
+    Ok(Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body }.push(out))
 }
 
 /// Keeps `message_state` and `reactions` equal to the log's effect.
@@ -552,20 +514,6 @@ fn redact(c: &Connection, conv: ConversationId, target: u64) -> Result<()> {
     )
     .map_err(internal)?;
     Ok(())
-}
-
-fn kind_str(body: &EntryBody) -> &'static str {
-    match body {
-        EntryBody::Message { .. } => "message",
-        EntryBody::Edit { .. } => "edit",
-        EntryBody::Delete { .. } => "delete",
-        EntryBody::Reaction { .. } => "reaction",
-        EntryBody::Created { .. } => "created",
-        EntryBody::MemberAdded { .. } => "member_added",
-        EntryBody::MemberRemoved { .. } => "member_removed",
-        EntryBody::RoleChanged { .. } => "role_changed",
-        EntryBody::TitleChanged { .. } => "title_changed",
-    }
 }
 
 pub(super) fn set_cursors(c: &Connection, updates: &[CursorUpdate]) -> Result<Vec<Receipt>> {

@@ -1,0 +1,78 @@
+//! What both backends store the same way: role and entry-kind names, commit timestamps, and
+//! the ack and feed entry of a freshly appended log entry.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use natter_proto::{Ack, ConversationId, Entry, EntryBody, Role, Seq, UserId};
+
+/// Commit time: milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub(crate) fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Member => "member",
+        Role::Admin => "admin",
+        Role::Owner => "owner",
+    }
+}
+
+pub(crate) fn parse_role(s: &str) -> Role {
+    match s {
+        "owner" => Role::Owner,
+        "admin" => Role::Admin,
+        _ => Role::Member,
+    }
+}
+
+/// The `kind` column: the entry's tag, stored beside its JSON for queries.
+pub(crate) fn kind_str(body: &EntryBody) -> &'static str {
+    match body {
+        EntryBody::Message { .. } => "message",
+        EntryBody::Edit { .. } => "edit",
+        EntryBody::Delete { .. } => "delete",
+        EntryBody::Reaction { .. } => "reaction",
+        EntryBody::Created { .. } => "created",
+        EntryBody::MemberAdded { .. } => "member_added",
+        EntryBody::MemberRemoved { .. } => "member_removed",
+        EntryBody::RoleChanged { .. } => "role_changed",
+        EntryBody::TitleChanged { .. } => "title_changed",
+    }
+}
+
+/// An appended entry, as its ack and as the entry pushed to the commit feed.
+pub(crate) struct Appended<'a> {
+    pub(crate) conversation: ConversationId,
+    pub(crate) seq: Seq,
+    pub(crate) id: String,
+    pub(crate) sender: UserId,
+    pub(crate) ts: i64,
+    pub(crate) client_msg_id: Option<&'a str>,
+    pub(crate) body: EntryBody,
+}
+
+impl Appended<'_> {
+    /// Pushes the entry to `out` (the batch's feed) and returns its ack.
+    pub(crate) fn push(self, out: &mut Vec<Entry>) -> Ack {
+        let client_msg_id = self.client_msg_id.map(str::to_owned);
+        let ack = Ack {
+            conversation: self.conversation,
+            seq: self.seq,
+            id: self.id.clone(),
+            ts: self.ts,
+            client_msg_id: client_msg_id.clone(),
+        };
+        out.push(Entry {
+            conversation: self.conversation,
+            seq: self.seq,
+            id: self.id,
+            sender: self.sender,
+            ts: self.ts,
+            client_msg_id,
+            body: self.body,
+            state: None,
+        });
+        ack
+    }
+}

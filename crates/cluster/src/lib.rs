@@ -4,7 +4,10 @@
 //! looks up a conversation's members here to fan an entry out; sessions register when they
 //! authenticate and deregister when they end. In a single node this in-memory registry is
 //! the whole story; cluster mode (PostgreSQL + Redis) adds a shared user → node registry and
-//! a bus between nodes beside it, and keeps this one for the sessions a node holds itself.
+//! a bus between nodes beside it ([`shared`]), and keeps this one for the sessions a node
+//! holds itself.
+
+pub mod shared;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,6 +58,22 @@ impl<H: Clone> Registry<H> {
                 }
             }
         }
+    }
+
+    /// Calls `f` with every session this node holds, under one short lock.
+    pub fn for_each(&self, mut f: impl FnMut(UserId, SessionId, &H)) {
+        let map = self.by_user.lock().expect("registry lock poisoned");
+        for (user, list) in map.iter() {
+            for (id, handle) in list {
+                f(*user, *id, handle);
+            }
+        }
+    }
+
+    /// Every user with a session here.
+    pub fn users(&self) -> Vec<UserId> {
+        let map = self.by_user.lock().expect("registry lock poisoned");
+        map.keys().copied().collect()
     }
 
     /// How many sessions `user` has here.

@@ -91,6 +91,20 @@ limits! {
     min_password_chars: usize = 8, "NATTER_MIN_PASSWORD_CHARS";
     /// Longest password accepted, in bytes (argon2 input is capped to bound its cost).
     max_password_bytes: usize = 1024, "NATTER_MAX_PASSWORD_BYTES";
+    /// PostgreSQL connections in the pool (cluster mode).
+    db_pool_size: usize = 16, "NATTER_DB_POOL_SIZE";
+    /// A node's registry and presence entries in Redis lapse this long after its last
+    /// heartbeat, in milliseconds (cluster mode).
+    registry_ttl_ms: u64 = 15_000, "NATTER_REGISTRY_TTL_MS";
+    /// How often a node refreshes its Redis entries and sweeps dead nodes', in milliseconds.
+    heartbeat_ms: u64 = 5_000, "NATTER_HEARTBEAT_MS";
+    /// Conversations with more members than this fan out on read across nodes: one
+    /// publish per entry on the conversation's channel instead of one per node holding
+    /// members (cluster mode).
+    large_group_threshold: usize = 64, "NATTER_LARGE_GROUP_THRESHOLD";
+    /// Messages waiting to be published to the bus; beyond it they are dropped and the
+    /// other nodes catch up from the store.
+    bus_queue: usize = 65_536, "NATTER_BUS_QUEUE";
 }
 
 impl Limits {
@@ -121,6 +135,12 @@ impl Limits {
     pub fn http_stream_ttl(&self) -> Duration {
         Duration::from_millis(self.http_stream_ttl_ms)
     }
+    pub fn registry_ttl(&self) -> Duration {
+        Duration::from_millis(self.registry_ttl_ms)
+    }
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
     /// A requested page size, defaulted and capped.
     pub fn page(&self, requested: Option<u32>) -> u32 {
         requested.unwrap_or(self.default_page).clamp(1, self.max_page)
@@ -141,6 +161,13 @@ pub struct Config {
     pub drain_timeout_ms: u64,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// PostgreSQL instead of the embedded store (`postgres://user:pass@host:port/db`).
+    pub database_url: Option<String>,
+    /// Redis for the registry, presence and the bus between nodes (`redis://host:port`);
+    /// needs `database_url`. Without it the node runs alone.
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (default: generated at start).
+    pub node_id: Option<String>,
     pub limits: Limits,
 }
 
@@ -152,6 +179,9 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             drain_timeout_ms: 5_000,
             log_format: "text".to_owned(),
+            database_url: None,
+            redis_url: None,
+            node_id: None,
             limits: Limits::default(),
         }
     }
@@ -178,6 +208,15 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "NATTER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// PostgreSQL URL: store the log there instead of the embedded SQLite.
+    #[arg(long, env = "NATTER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis URL: join a cluster (registry, presence, bus); needs --database-url.
+    #[arg(long, env = "NATTER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster [default: generated].
+    #[arg(long, env = "NATTER_NODE_ID")]
+    pub node_id: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -203,6 +242,15 @@ impl Config {
         }
         if let Some(v) = &args.log_format {
             cfg.log_format = v.clone();
+        }
+        if let Some(v) = &args.database_url {
+            cfg.database_url = Some(v.clone());
+        }
+        if let Some(v) = &args.redis_url {
+            cfg.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &args.node_id {
+            cfg.node_id = Some(v.clone());
         }
         args.limits.apply(&mut cfg.limits);
         cfg.validate()?;
@@ -235,6 +283,22 @@ impl Config {
         }
         if l.max_group_members < 2 {
             bail!("max_group_members must be at least 2");
+        }
+        if self.redis_url.is_some() && self.database_url.is_none() {
+            bail!("redis_url (cluster mode) needs database_url: nodes share one PostgreSQL");
+        }
+        if l.heartbeat_ms == 0 || l.registry_ttl_ms < 2 * l.heartbeat_ms {
+            bail!("heartbeat_ms must be positive and registry_ttl_ms at least twice it");
+        }
+        if l.db_pool_size == 0 || l.bus_queue == 0 {
+            bail!("db_pool_size and bus_queue must be positive");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            bail!("node_id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");

@@ -7,7 +7,7 @@
 //! stream cannot interleave wrongly (subscribe first — the session is registered before any
 //! sync — read the store second, merge by `seq`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 use natter_proto::{ConversationId, ReqId, Seq, ServerFrame, UserId};
 use natter_store::Range;
 
+use crate::cluster::Registration;
 use crate::handlers::sync::{Delivery, sync};
 use crate::router::Routed;
 use crate::state::AppState;
@@ -27,6 +28,8 @@ pub(crate) enum Outbound {
     Entry(Arc<Routed>),
     /// Run a sync here, so the reply and the live stream are one ordered sequence.
     Sync { req_id: ReqId, cursors: BTreeMap<ConversationId, Seq>, limit: Option<u32> },
+    /// Bus messages may have been lost (cluster mode): read what is missing from the store.
+    CatchUp,
 }
 
 /// One produced frame; entries carry their conversation and seq (SSE ids, long-poll cursors).
@@ -43,11 +46,40 @@ pub(crate) struct Deliverer {
     synced: bool,
     /// When the routed entries delivered since the last `take_latencies` were routed.
     routed_at: Vec<Instant>,
+    /// Awaited before the first store read (cluster mode: the registry knows the session).
+    registered: Registration,
+    /// Large conversations whose bus channel this session keeps the node subscribed to.
+    watched: HashSet<ConversationId>,
+}
+
+impl Drop for Deliverer {
+    fn drop(&mut self) {
+        if self.watched.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        let watched = std::mem::take(&mut self.watched);
+        tokio::spawn(async move {
+            if let Some(cluster) = state.cluster() {
+                for conv in watched {
+                    cluster.unwatch_conv(conv).await;
+                }
+            }
+        });
+    }
 }
 
 impl Deliverer {
-    pub(crate) fn new(state: AppState, user: UserId) -> Deliverer {
-        Deliverer { state, user, convs: HashMap::new(), synced: false, routed_at: Vec::new() }
+    pub(crate) fn new(state: AppState, user: UserId, registered: Registration) -> Deliverer {
+        Deliverer {
+            state,
+            user,
+            convs: HashMap::new(),
+            synced: false,
+            routed_at: Vec::new(),
+            registered,
+            watched: HashSet::new(),
+        }
     }
 
     /// Where each conversation's stream stands (what the client has been sent).
@@ -72,6 +104,7 @@ impl Deliverer {
                 };
                 out.push(Produced { frame: frame.to_json().into(), entry: None });
             }
+            Outbound::CatchUp => self.catch_up(out).await,
         }
     }
 
@@ -81,11 +114,63 @@ impl Deliverer {
         cursors: &BTreeMap<ConversationId, Seq>,
         limit: Option<u32>,
     ) -> crate::error::ApiResult<Vec<natter_proto::SyncConversation>> {
+        self.registered.wait().await;
+        self.watch_large(None).await?;
         let res = sync(&self.state, self.user, cursors, limit, Some(&mut self.convs)).await;
         if res.is_ok() {
             self.synced = true;
         }
         res
+    }
+
+    /// Cluster mode: subscribes the node to the channels of the user's large conversations
+    /// (or just `only`) before they are read, so no entry committed after the read can
+    /// miss this session.
+    async fn watch_large(&mut self, only: Option<ConversationId>) -> crate::error::ApiResult<()> {
+        let Some(cluster) = self.state.cluster() else { return Ok(()) };
+        let threshold = self.state.cfg().limits.large_group_threshold;
+        let convs = match only {
+            Some(conv) => vec![conv],
+            None => self.state.store().memberships(self.user).await?.iter().map(|c| c.id).collect(),
+        };
+        for conv in convs {
+            if self.watched.contains(&conv) {
+                continue;
+            }
+            if self.state.members().get(conv).await?.len() > threshold {
+                cluster.watch_conv(conv).await;
+                self.watched.insert(conv);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends whatever the store has beyond what this session sent, and announces
+    /// conversations it does not know yet (the bus may have lost their entries).
+    async fn catch_up(&mut self, out: &mut Vec<Produced>) {
+        if !self.synced {
+            return;
+        }
+        let memberships = match self.state.store().memberships(self.user).await {
+            Ok(list) => list,
+            Err(err) => {
+                tracing::warn!(error = %err, "catch-up failed; the next entry fills the gap");
+                return;
+            }
+        };
+        for summary in memberships {
+            let conv = summary.id;
+            match self.convs.get(&conv) {
+                Some(Delivery::Live(upto)) if summary.last_seq > *upto => {
+                    let upto = *upto;
+                    self.fill_gap(out, conv, upto, summary.last_seq + 1).await;
+                }
+                Some(_) => {}
+                None => {
+                    let _ = self.announce(out, conv, summary.last_seq + 1).await;
+                }
+            }
+        }
     }
 
     /// Forgets what was sent and starts from the client's own cursors (long-poll: a
@@ -118,21 +203,10 @@ impl Deliverer {
             None if !self.synced => return false,
             // A conversation new to this session (created, or the user was added): announce
             // it with its latest page, as sync does.
-            None => {
-                let limit = self.state.cfg().limits.default_page;
-                let page = self.state.store().entries(conv, Range::Latest, limit).await;
-                let Ok(page) = page else { return false };
-                let mut upto = page.entries.first().map_or(seq, |e| e.seq).saturating_sub(1);
-                // The page's entries before this one are sent from the page itself; later
-                // ones arrive live after it.
-                for entry in page.entries.into_iter().take_while(|e| e.seq < seq) {
-                    upto = entry.seq;
-                    let frame = ServerFrame::Entry { entry }.to_json().into();
-                    out.push(Produced { frame, entry: Some((conv, upto)) });
-                }
-                self.convs.insert(conv, Delivery::Live(upto));
-                upto
-            }
+            None => match self.announce(out, conv, seq).await {
+                Some(upto) => upto,
+                None => return false,
+            },
         };
         if seq <= upto {
             return false;
@@ -143,6 +217,30 @@ impl Deliverer {
         out.push(Produced { frame: frame.clone(), entry: Some((conv, seq)) });
         self.convs.insert(conv, Delivery::Live(seq));
         true
+    }
+
+    /// Starts a conversation new to the session with its latest page, up to `seq - 1` (later
+    /// entries arrive live). Returns where its stream stands.
+    async fn announce(
+        &mut self,
+        out: &mut Vec<Produced>,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Option<Seq> {
+        self.registered.wait().await;
+        if self.watch_large(Some(conv)).await.is_err() {
+            tracing::warn!(%conv, "cannot check the conversation's size");
+        }
+        let limit = self.state.cfg().limits.default_page;
+        let page = self.state.store().entries(conv, Range::Latest, limit).await.ok()?;
+        let mut upto = page.entries.first().map_or(seq, |e| e.seq).saturating_sub(1);
+        for entry in page.entries.into_iter().take_while(|e| e.seq < seq) {
+            upto = entry.seq;
+            let frame = ServerFrame::Entry { entry }.to_json().into();
+            out.push(Produced { frame, entry: Some((conv, upto)) });
+        }
+        self.convs.insert(conv, Delivery::Live(upto));
+        Some(upto)
     }
 
     /// Sends entries `upto+1 .. seq-1` from the store. Returns false (and leaves the state

@@ -14,6 +14,7 @@
 pub mod config;
 
 mod auth;
+mod cluster;
 mod delivery;
 mod error;
 mod handlers;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
 use natter_store::{Store, StoreLimits};
 use tokio::net::TcpListener;
@@ -85,18 +87,47 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = metrics::install();
     let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
-    let limits = StoreLimits { max_group_members: cfg.limits.max_group_members };
-    let db_path = cfg.data_dir.join("natter.db");
-    let store = SqliteStore::open(&db_path, limits, feed_tx)
-        .with_context(|| format!("opening the store at {}", db_path.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let limits = StoreLimits {
+        max_group_members: cfg.limits.max_group_members,
+        pool_size: cfg.limits.db_pool_size,
+    };
+    let store: Arc<dyn Store> = match &cfg.database_url {
+        Some(url) => Arc::new(
+            PgStore::connect(url, limits, feed_tx).await.context("connecting to PostgreSQL")?,
+        ),
+        None => {
+            let db_path = cfg.data_dir.join("natter.db");
+            let store = SqliteStore::open(&db_path, limits, feed_tx)
+                .with_context(|| format!("opening the store at {}", db_path.display()))?;
+            Arc::new(store)
+        }
+    };
+    let cluster = match &cfg.redis_url {
+        Some(url) => {
+            let node = cfg.node_id.clone().unwrap_or_else(generated_node_id);
+            let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+            let (cluster, tasks) = cluster::Cluster::connect(url, &node, &cfg.limits, presence_rx)
+                .await
+                .context("joining the cluster on Redis")?;
+            tracing::info!(%node, "joined the cluster");
+            Some((cluster, presence_tx, tasks))
+        }
+        None => None,
+    };
+    let (cluster, cluster_tasks) = match cluster {
+        Some((cluster, presence_tx, tasks)) => (Some((cluster, presence_tx)), Some(tasks)),
+        None => (None, None),
+    };
 
     let listener =
         TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let drain = cfg.drain_timeout();
     let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
-    let state = AppState::new(cfg, store.clone(), receipts_tx, metrics);
+    let state = AppState::new(cfg, store.clone(), receipts_tx, metrics, cluster);
+    let cluster_stop = tokio_util::sync::CancellationToken::new();
+    let cluster_tasks =
+        cluster_tasks.map(|tasks| cluster::spawn(&state, tasks, &cluster_stop)).unwrap_or_default();
 
     let router_task = tokio::spawn(router::run(state.clone(), feed_rx));
     let receipts_task = tokio::spawn(router::run_receipts(state.clone(), receipts_rx));
@@ -127,10 +158,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
         serve_state.polls().lock().expect("polls lock poisoned").clear();
         store.close().await;
         let _ = router_task.await;
+        cluster_stop.cancel();
+        for task in cluster_tasks {
+            let _ = task.await;
+        }
+        if let Some(cluster) = serve_state.cluster() {
+            cluster.leave().await;
+        }
         tracing::info!("stopped");
         served.context("serving HTTP")
     });
     Ok(RunningServer { addr, state, done })
+}
+
+/// A node id for a node started without one: unique enough among concurrent nodes.
+fn generated_node_id() -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!("node-{}-{:08x}", std::process::id(), u32::from_be_bytes(bytes))
 }
 
 /// Timers of the ephemeral features: typing expiry, presence batches and offline grace,

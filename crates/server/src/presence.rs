@@ -7,37 +7,87 @@
 //! session subscribes to a bounded list of users it shows (who must share a conversation
 //! with it), and changes to them are collected per session and sent at most once per
 //! `presence_batch_ms`, leaving out users whose status is back to what the session last saw.
+//!
+//! In cluster mode each node knows its own sessions; what it decides for a user (online,
+//! away, gone after the grace) is its local status, written to Redis and broadcast. Watchers
+//! see the combination of the local status and the other nodes' (online beats away beats
+//! offline), kept from the broadcasts for watched users and read from Redis when a user
+//! starts being watched.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use natter_cluster::SessionId;
+use natter_cluster::shared::SharedPresence;
 use natter_proto::{Presence, ServerFrame, Status, UserId};
+use tokio::sync::mpsc;
 
 use crate::delivery::Outbound;
 use crate::session::SessionHandle;
 
-#[derive(Default)]
 pub(crate) struct PresenceHub {
     // A std mutex: every operation is map work; frames are offered with `try_send`.
     inner: Mutex<Inner>,
 }
 
-#[derive(Default)]
+/// A change of this node's status for a user, for the cluster (`None`: no session here).
+pub(crate) struct LocalPresence {
+    pub(crate) user: UserId,
+    pub(crate) status: Option<Status>,
+    pub(crate) last_seen: Option<i64>,
+}
+
 struct Inner {
     users: HashMap<UserId, UserPresence>,
     subs: HashMap<SessionId, Subscriber>,
     /// Reverse index: the sessions watching each user.
     watchers: HashMap<UserId, HashSet<SessionId>>,
+    /// Where local status changes go in cluster mode.
+    changes: Option<mpsc::UnboundedSender<LocalPresence>>,
 }
 
 struct UserPresence {
     sessions: HashMap<SessionId, Status>,
+    /// This node's status for the user.
     published: Status,
     last_seen: Option<i64>,
     /// The last session ended; offline is published at this time unless one comes back.
     offline_at: Option<Instant>,
+    /// Other nodes' statuses (cluster mode; kept for watched users only).
+    remote: HashMap<String, Status>,
+    remote_seen: Option<i64>,
+    /// What watchers were last told: the combination of `published` and `remote`.
+    shown: Status,
+}
+
+impl UserPresence {
+    fn new() -> UserPresence {
+        UserPresence {
+            sessions: HashMap::new(),
+            published: Status::Offline,
+            last_seen: None,
+            offline_at: None,
+            remote: HashMap::new(),
+            remote_seen: None,
+            shown: Status::Offline,
+        }
+    }
+
+    fn combined(&self) -> Status {
+        let all = || std::iter::once(&self.published).chain(self.remote.values());
+        if all().any(|s| *s == Status::Online) {
+            Status::Online
+        } else if all().any(|s| *s == Status::Away) {
+            Status::Away
+        } else {
+            Status::Offline
+        }
+    }
+
+    fn seen(&self) -> Option<i64> {
+        self.last_seen.max(self.remote_seen)
+    }
 }
 
 struct Subscriber {
@@ -55,38 +105,56 @@ fn now_ms() -> i64 {
 impl Inner {
     fn current(&self, user: UserId) -> Presence {
         match self.users.get(&user) {
-            Some(p) => Presence { user, status: p.published, last_seen: p.last_seen },
+            Some(p) => Presence { user, status: p.shown, last_seen: p.seen() },
             None => Presence { user, status: Status::Offline, last_seen: None },
         }
     }
 
-    /// Publishes `user`'s status if it changed.
+    /// Updates this node's status for `user`, then tells watchers if what they see changed.
     fn recompute(&mut self, user: UserId, grace: std::time::Duration) {
         let Some(p) = self.users.get_mut(&user) else { return };
-        let status = if p.sessions.is_empty() {
+        let local = if p.sessions.is_empty() {
             if p.published == Status::Offline {
-                return;
-            }
-            if !grace.is_zero() && p.offline_at.is_none() {
+                None
+            } else if !grace.is_zero() && p.offline_at.is_none() {
                 p.offline_at = Some(Instant::now() + grace);
-                return;
+                None
+            } else if p.offline_at.is_some_and(|at| at > Instant::now()) {
+                None
+            } else {
+                p.last_seen = Some(now_ms());
+                Some(Status::Offline)
             }
-            if p.offline_at.is_some_and(|at| at > Instant::now()) {
-                return;
-            }
-            p.last_seen = Some(now_ms());
-            Status::Offline
         } else if p.sessions.values().any(|s| *s == Status::Online) {
-            Status::Online
+            Some(Status::Online)
         } else {
-            Status::Away
+            Some(Status::Away)
         };
-        p.offline_at = None;
-        if status == p.published {
+        if let Some(status) = local {
+            p.offline_at = None;
+            if status != p.published {
+                p.published = status;
+                if let Some(changes) = &self.changes {
+                    let _ = changes.send(LocalPresence {
+                        user,
+                        status: (status != Status::Offline).then_some(status),
+                        last_seen: (status == Status::Offline).then_some(p.last_seen).flatten(),
+                    });
+                }
+            }
+        }
+        self.show(user);
+    }
+
+    /// Queues the user's combined status for its watchers if it changed.
+    fn show(&mut self, user: UserId) {
+        let Some(p) = self.users.get_mut(&user) else { return };
+        let status = p.combined();
+        if status == p.shown {
             return;
         }
-        p.published = status;
-        let info = Presence { user, status, last_seen: p.last_seen };
+        p.shown = status;
+        let info = Presence { user, status, last_seen: p.seen() };
         for sid in self.watchers.get(&user).into_iter().flatten() {
             if let Some(sub) = self.subs.get_mut(sid) {
                 sub.pending.insert(user, info);
@@ -108,6 +176,17 @@ impl Inner {
 }
 
 impl PresenceHub {
+    /// `changes` receives this node's status changes (cluster mode).
+    pub(crate) fn new(changes: Option<mpsc::UnboundedSender<LocalPresence>>) -> PresenceHub {
+        let inner = Inner {
+            users: HashMap::new(),
+            subs: HashMap::new(),
+            watchers: HashMap::new(),
+            changes,
+        };
+        PresenceHub { inner: Mutex::new(inner) }
+    }
+
     pub(crate) fn session_started(&self, user: UserId, sid: SessionId, handle: SessionHandle) {
         let mut inner = self.inner.lock().expect("presence lock poisoned");
         let subscriber = Subscriber {
@@ -118,12 +197,7 @@ impl PresenceHub {
             last_sent: HashMap::new(),
         };
         inner.subs.insert(sid, subscriber);
-        let p = inner.users.entry(user).or_insert(UserPresence {
-            sessions: HashMap::new(),
-            published: Status::Offline,
-            last_seen: None,
-            offline_at: None,
-        });
+        let p = inner.users.entry(user).or_insert_with(UserPresence::new);
         p.sessions.insert(sid, Status::Online);
         inner.recompute(user, std::time::Duration::ZERO);
     }
@@ -170,6 +244,81 @@ impl PresenceHub {
         sub.pending.clear();
         sub.last_sent = now.iter().map(|p| (p.user, p.status)).collect();
         now
+    }
+
+    /// Another node's status for `user` changed (cluster mode). Kept only while someone
+    /// here watches the user; otherwise forgotten, and read again when watching starts.
+    pub(crate) fn apply_remote(
+        &self,
+        user: UserId,
+        node: &str,
+        status: Option<Status>,
+        last_seen: Option<i64>,
+    ) {
+        let mut inner = self.inner.lock().expect("presence lock poisoned");
+        let watched = inner.watchers.contains_key(&user);
+        if !watched {
+            if let Some(p) = inner.users.get_mut(&user) {
+                p.remote.clear();
+                p.remote_seen = None;
+            }
+            return;
+        }
+        let p = inner.users.entry(user).or_insert_with(UserPresence::new);
+        match status {
+            Some(status) => p.remote.insert(node.to_owned(), status),
+            None => p.remote.remove(node),
+        };
+        p.remote_seen = p.remote_seen.max(last_seen);
+        inner.show(user);
+    }
+
+    /// Replaces what this node knows of other nodes' statuses for `user` with what Redis
+    /// holds (`own`: this node's id, whose entry is known better here).
+    pub(crate) fn seed(&self, user: UserId, own: &str, shared: SharedPresence) {
+        let mut inner = self.inner.lock().expect("presence lock poisoned");
+        let p = inner.users.entry(user).or_insert_with(UserPresence::new);
+        p.remote = shared
+            .nodes
+            .into_iter()
+            .filter(|n| n.node != own)
+            .map(|n| (n.node, n.status))
+            .collect();
+        p.remote_seen = p.remote_seen.max(shared.last_seen);
+        inner.show(user);
+    }
+
+    /// Users this node has no remote view of yet: those nobody here watches.
+    pub(crate) fn unwatched(&self, users: &[UserId]) -> Vec<UserId> {
+        let inner = self.inner.lock().expect("presence lock poisoned");
+        users.iter().copied().filter(|u| !inner.watchers.contains_key(u)).collect()
+    }
+
+    /// Every user someone here watches.
+    pub(crate) fn watched(&self) -> Vec<UserId> {
+        let inner = self.inner.lock().expect("presence lock poisoned");
+        inner.watchers.keys().copied().collect()
+    }
+
+    /// A node died: its statuses no longer count.
+    pub(crate) fn node_gone(&self, node: &str) {
+        let mut inner = self.inner.lock().expect("presence lock poisoned");
+        let affected: Vec<UserId> =
+            inner.users.iter_mut().filter_map(|(u, p)| p.remote.remove(node).map(|_| *u)).collect();
+        for user in affected {
+            inner.show(user);
+        }
+    }
+
+    /// This node's status for every user it reports on (for the heartbeat).
+    pub(crate) fn local_statuses(&self) -> Vec<(UserId, Status)> {
+        let inner = self.inner.lock().expect("presence lock poisoned");
+        inner
+            .users
+            .iter()
+            .filter(|(_, p)| p.published != Status::Offline)
+            .map(|(u, p)| (*u, p.published))
+            .collect()
     }
 
     /// Publishes offlines whose grace ran out, then sends each subscriber one frame with

@@ -11,6 +11,7 @@ use natter_proto::{ConversationId, Entry, Receipt, Seq, ServerFrame, UserId};
 use natter_store::CursorUpdate;
 use tokio::sync::mpsc;
 
+use crate::cluster::Publish;
 use crate::delivery::Outbound;
 use crate::state::AppState;
 
@@ -22,29 +23,50 @@ pub(crate) struct Routed {
     pub(crate) routed_at: Instant,
 }
 
-/// Consumes the commit feed until the store closes it.
+/// Consumes the commit feed until the store closes it. In cluster mode each batch then goes
+/// to the bus for the other nodes.
 pub(crate) async fn run(state: AppState, mut feed_rx: mpsc::Receiver<Vec<Entry>>) {
     while let Some(batch) = feed_rx.recv().await {
         let routed_at = Instant::now();
+        let mut remote = Vec::new();
         for entry in batch {
-            let conv = entry.conversation;
-            let members = match state.members().apply(conv, &entry.body).await {
-                Ok(members) => members,
-                Err(err) => {
-                    // The entry is durable; members will get it on sync.
-                    tracing::warn!(%conv, seq = entry.seq, error = %err, "cannot load members");
-                    continue;
-                }
-            };
-            let seq = entry.seq;
-            let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
-            let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at });
-            state.sessions().for_each_session(&members, |_, _, session| {
-                session.offer(Outbound::Entry(routed.clone()));
-            });
+            let copy = state.cluster().is_some().then(|| entry.clone());
+            let members = fan_out_local(&state, entry, routed_at).await;
+            if let (Some(entry), Some(members)) = (copy, members) {
+                remote.push((entry, members));
+            }
+        }
+        if let Some(cluster) = state.cluster()
+            && !remote.is_empty()
+        {
+            cluster.publish(Publish::Entries(remote));
         }
     }
     tracing::debug!("router stopped");
+}
+
+/// Offers a committed entry to this node's sessions of its members; returns the members.
+pub(crate) async fn fan_out_local(
+    state: &AppState,
+    entry: Entry,
+    routed_at: Instant,
+) -> Option<Arc<Vec<UserId>>> {
+    let conv = entry.conversation;
+    let members = match state.members().apply(conv, &entry.body).await {
+        Ok(members) => members,
+        Err(err) => {
+            // The entry is durable; members will get it on sync.
+            tracing::warn!(%conv, seq = entry.seq, error = %err, "cannot load members");
+            return None;
+        }
+    };
+    let seq = entry.seq;
+    let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
+    let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at });
+    state.sessions().for_each_session(&members, |_, _, session| {
+        session.offer(Outbound::Entry(routed.clone()));
+    });
+    Some(members)
 }
 
 /// Coalesces cursor reports: the latest per (conversation, member) is written once per
@@ -106,4 +128,7 @@ async fn deliver_receipt(state: &AppState, receipt: Receipt) {
     state.sessions().for_each_session(&members, |_, _, session| {
         session.offer(Outbound::Frame(frame.clone()));
     });
+    if let Some(cluster) = state.cluster() {
+        cluster.to_users(members.to_vec(), frame);
+    }
 }

@@ -11,6 +11,7 @@ use natter_store::Principal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Registration;
 use crate::delivery::Outbound;
 use crate::state::AppState;
 
@@ -57,6 +58,9 @@ pub(crate) struct OpenSession {
     pub(crate) handle: SessionHandle,
     pub(crate) rx: mpsc::Receiver<Outbound>,
     pub(crate) guard: SessionGuard,
+    /// Resolves once the cluster registry routes the user's entries here; the session's
+    /// deliverer waits for it before its first store read.
+    pub(crate) registered: Registration,
 }
 
 /// Registers a session of `principal`. `first` is queued before anything else can be.
@@ -77,10 +81,11 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> OpenSession {
     // Queued before registering, so it is the first frame the client sees.
     let _ = handle.tx.try_send(Outbound::Frame(ready.to_json().into()));
     state.sessions().register(user, id, handle.clone());
+    let registered = state.cluster().map(|c| c.register(user)).unwrap_or_default();
     state.presence().session_started(user, id, handle.clone());
     metrics::gauge!("natter_connections").increment(1.0);
     let guard = SessionGuard { state: state.clone(), user, id };
-    OpenSession { id, handle, rx, guard }
+    OpenSession { id, handle, rx, guard, registered }
 }
 
 /// Undoes [`open`] when dropped.
@@ -93,6 +98,11 @@ pub(crate) struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.state.sessions().deregister(self.user, self.id);
+        if let Some(cluster) = self.state.cluster()
+            && self.state.sessions().n_sessions(self.user) == 0
+        {
+            cluster.deregister(self.user);
+        }
         self.state.typing().session_ended(&self.state, self.user, self.id);
         let grace = self.state.cfg().limits.presence_grace();
         self.state.presence().session_ended(self.user, self.id, grace);

@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::stream::PollStream;
 use crate::members::MemberCache;
-use crate::presence::PresenceHub;
+use crate::presence::{LocalPresence, PresenceHub};
 use crate::session::SessionHandle;
 use crate::typing::TypingHub;
 
@@ -28,6 +29,8 @@ struct Inner {
     members: MemberCache,
     typing: TypingHub,
     presence: PresenceHub,
+    /// Cluster mode's registry, presence and bus on Redis (`None`: a single node).
+    cluster: Option<Cluster>,
     // A std mutex: lookups and inserts only; each stream has its own async lock.
     polls: Mutex<HashMap<SessionId, Arc<PollStream>>>,
     receipts_tx: mpsc::Sender<CursorUpdate>,
@@ -43,14 +46,17 @@ impl AppState {
         store: Arc<dyn Store>,
         receipts_tx: mpsc::Sender<CursorUpdate>,
         metrics: PrometheusHandle,
+        cluster: Option<(Cluster, mpsc::UnboundedSender<LocalPresence>)>,
     ) -> AppState {
+        let (cluster, presence_changes) = cluster.unzip();
         AppState(Arc::new(Inner {
             members: MemberCache::new(store.clone()),
             cfg,
             store,
             sessions: Registry::default(),
             typing: TypingHub::default(),
-            presence: PresenceHub::default(),
+            presence: PresenceHub::new(presence_changes),
+            cluster,
             polls: Mutex::new(HashMap::new()),
             receipts_tx,
             shutdown: CancellationToken::new(),
@@ -77,6 +83,9 @@ impl AppState {
     }
     pub(crate) fn presence(&self) -> &PresenceHub {
         &self.0.presence
+    }
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.0.cluster.as_ref()
     }
     pub(crate) fn polls(&self) -> &Mutex<HashMap<SessionId, Arc<PollStream>>> {
         &self.0.polls

@@ -116,4 +116,7 @@ fn send(state: &AppState, conv: ConversationId, user: UserId, typing: bool, memb
     state.sessions().for_each_session(&others, |_, _, session| {
         session.offer(Outbound::Frame(frame.clone()));
     });
+    if let Some(cluster) = state.cluster() {
+        cluster.to_users(others, frame);
+    }
 }

@@ -67,6 +67,14 @@ pub type CommitFeed = mpsc::Sender<Vec<Entry>>;
 pub struct StoreLimits {
     /// Most members a group may have, owner included.
     pub max_group_members: u32,
+    /// Connections a pooled backend (PostgreSQL) may open.
+    pub pool_size: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { max_group_members: 1000, pool_size: 16 }
+    }
 }
 
 /// An account as stored, with its password hash (never leaves the server).

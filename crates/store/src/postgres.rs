@@ -44,7 +44,6 @@ const MAX_BATCH: usize = 512;
 /// Jobs waiting for the committer; senders wait (backpressure) beyond this.
 const WRITE_QUEUE: usize = 8192;
 /// Pooled connections: the committer's plus readers'.
-const POOL_SIZE: usize = 16;
 /// How long a caller waits for a connection (or for one to be made) before `Unavailable`.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of one batch before its jobs get `Unavailable`.
@@ -206,7 +205,7 @@ impl PgStore {
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(limits.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))

@@ -161,7 +161,7 @@ impl<S: Store> Fixture<S> {
         Fut: Future<Output = Option<(S, Guard)>>,
     {
         let (feed_tx, feed_rx) = mpsc::channel(1 << 20);
-        let limits = StoreLimits { max_group_members: MAX_GROUP_MEMBERS };
+        let limits = StoreLimits { max_group_members: MAX_GROUP_MEMBERS, ..StoreLimits::default() };
         let (store, guard) = open(limits, feed_tx).await?;
         Some(Fixture { store: Arc::new(store), feed_rx, _guard: guard })
     }
@@ -1000,7 +1000,11 @@ async fn postgres_down_is_unavailable() {
 async fn postgres_with_db() -> Option<(PgStore, ScratchDb)> {
     // Nobody reads this feed: once its receiver is gone the store only logs that.
     let (feed_tx, _) = mpsc::channel(1);
-    scratch_postgres(StoreLimits { max_group_members: MAX_GROUP_MEMBERS }, feed_tx).await
+    scratch_postgres(
+        StoreLimits { max_group_members: MAX_GROUP_MEMBERS, ..StoreLimits::default() },
+        feed_tx,
+    )
+    .await
 }
 
 /// Terminates every connection to the scratch database; returns how many there were.

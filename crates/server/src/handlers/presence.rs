@@ -29,6 +29,9 @@ pub(crate) async fn subscribe(
     if state.presence().owner(sid) != Some(user) {
         return Err(ApiError::not_found("session"));
     }
+    // Users on other nodes: their presence is read from Redis before watching starts.
+    let fresh = state.presence().unwatched(&allowed);
+    crate::cluster::reseed_presence(state, fresh).await;
     Ok((state.presence().subscribe(sid, &allowed), denied))
 }
 

@@ -81,7 +81,7 @@ pub(super) async fn events(
     };
     let opened = session::open(&state, auth.principal);
     let sse = SseStream {
-        deliverer: Deliverer::new(state.clone(), auth.principal.user_id),
+        deliverer: Deliverer::new(state.clone(), auth.principal.user_id, opened.registered),
         ids: cursors.clone(),
         catch_up: Some(cursors),
         limit: q.limit,
@@ -216,7 +216,7 @@ fn poll_stream(
         handle: opened.handle,
         inner: tokio::sync::Mutex::new(PollInner {
             rx: opened.rx,
-            deliverer: Deliverer::new(state.clone(), principal.user_id),
+            deliverer: Deliverer::new(state.clone(), principal.user_id, opened.registered),
         }),
         last_used: Mutex::new(Instant::now()),
         _guard: opened.guard,

@@ -56,11 +56,11 @@ async fn run_session(
     principal: Principal,
     opened: session::OpenSession,
 ) {
-    let session::OpenSession { id, handle, rx, guard } = opened;
+    let session::OpenSession { id, handle, rx, guard, registered } = opened;
     tracing::debug!("session started");
     let (sink, stream) = socket.split();
     tokio::join!(
-        write_loop(&state, principal, sink, rx, &handle),
+        write_loop(&state, principal, sink, rx, &handle, registered),
         read_loop(&state, principal, id, stream, handle.tx.clone(), &handle),
     );
     drop(guard);
@@ -104,8 +104,9 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     handle: &SessionHandle,
+    registered: crate::cluster::Registration,
 ) {
-    let mut deliverer = Deliverer::new(state.clone(), principal.user_id);
+    let mut deliverer = Deliverer::new(state.clone(), principal.user_id, registered);
     // Both buffers start empty and shrink back after bursts: an idle session costs no
     // batch-sized buffers (256 slots of each would be ~25 KiB per connection).
     let mut buf = Vec::new();

@@ -8,6 +8,34 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# ---- Tools: PostgreSQL, Redis and HAProxy ----
+# The store suite uses the PostgreSQL started below; the cluster tests
+# (crates/server/tests/cluster_*.rs) start their own PostgreSQL, redis-server and haproxy
+# processes on free ports, so only the binaries are needed for them. One apt-get for
+# whatever is missing. (Installing redis-server or haproxy may start a system service on
+# its default port where init scripts are allowed to run; no test uses those.)
+pg_bindir() {
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true
+}
+
+install_tools() {
+    local missing=() bindir
+    bindir="$(pg_bindir)"
+    if [[ -z "$bindir" || ! -x "$bindir/pg_ctl" ]] || ! command -v psql >/dev/null; then
+        missing+=(postgresql)
+    fi
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        missing+=(redis-server)
+    fi
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    if ((${#missing[@]})); then
+        echo "== installing ${missing[*]}"
+        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    fi
+}
+
+install_tools
+
 # ---- PostgreSQL for the store suite (STYLE.md section 9) ----
 # A throwaway cluster in a temp directory on a free port, owned by the `postgres` user
 # (PostgreSQL refuses to run as root), stopped and removed on exit.
@@ -17,12 +45,7 @@ start_postgres() {
         return
     fi
     local bindir
-    bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
-    if [[ -z "$bindir" || ! -x "$bindir/pg_ctl" ]] || ! command -v psql >/dev/null; then
-        echo "== installing postgresql"
-        apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
-        bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
-    fi
+    bindir="$(pg_bindir)"
     PG_DIR="$(mktemp -d /tmp/natter-pg.XXXXXX)"
     chmod 755 "$PG_DIR"
     local port

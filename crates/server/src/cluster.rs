@@ -437,11 +437,11 @@ async fn run_bus(state: AppState, mut bus: BusReceiver, stop: CancellationToken)
             BusEvent::Subscribed(channel) if lost && channel == own_channel => {
                 lost = false;
                 tracing::info!("resubscribed to Redis");
-                // What was published while away is gone: catch up here now, and have the
-                // others catch up with what this node could not publish.
-                catch_up(&state).await;
+                // What was published meanwhile is gone, and a restarted Redis has lost the
+                // registry: put this node's entries back first (so new entries find its
+                // sessions), then have every node, this one included, catch up from the store.
                 cluster(&state).trouble.store(true, Ordering::Relaxed);
-                recovered(cluster(&state)).await;
+                heartbeat(&state).await;
             }
             BusEvent::Subscribed(_) => {}
             BusEvent::Overflow => {
@@ -518,21 +518,27 @@ async fn run_heartbeat(state: AppState, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let c = cluster(&state);
-        let users = state.sessions().users();
-        let statuses = state.presence().local_statuses();
-        match with_timeout(c.shared.heartbeat(&users, &statuses)).await {
-            Ok(dead) => {
-                for node in dead {
-                    tracing::warn!(%node, "node stopped heart-beating; its entries are removed");
-                    state.presence().node_gone(&node);
-                }
-                recovered(c).await;
+        heartbeat(&state).await;
+    }
+}
+
+/// Refreshes this node's entries and sweeps dead nodes'; after a success, asks for a
+/// catch-up if anything was lost before.
+async fn heartbeat(state: &AppState) {
+    let c = cluster(state);
+    let users = state.sessions().users();
+    let statuses = state.presence().local_statuses();
+    match with_timeout(c.shared.heartbeat(&users, &statuses)).await {
+        Ok(dead) => {
+            for node in dead {
+                tracing::warn!(%node, "node stopped heart-beating; its entries are removed");
+                state.presence().node_gone(&node);
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "heartbeat failed");
-                c.trouble.store(true, Ordering::Relaxed);
-            }
+            recovered(c).await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "heartbeat failed");
+            c.trouble.store(true, Ordering::Relaxed);
         }
     }
 }

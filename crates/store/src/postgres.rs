@@ -159,6 +159,17 @@ pub(crate) enum Op {
     DeleteDevice(TokenHash),
 }
 
+impl Op {
+    /// Where the job sorts within a batch: by the conversation whose counter row it locks.
+    fn lock_order(&self) -> i64 {
+        match self {
+            Op::Append(append) => append.conversation.0,
+            Op::ChangeGroup { conversation, .. } => conversation.0,
+            _ => 0,
+        }
+    }
+}
+
 /// What a writing job returns.
 #[derive(Debug)]
 pub(crate) enum Out {
@@ -300,6 +311,10 @@ async fn run_committer(
                 Err(_) => break,
             }
         }
+        // Every node's committer takes conversations' counter rows in increasing id order,
+        // so concurrent batches on several nodes queue behind each other instead of
+        // deadlocking. The sort is stable: one conversation's appends keep their order.
+        batch.sort_by_key(|job| job.op.lock_order());
         commit_batch(&pool, &mut batch, &feed, &limits).await;
     }
     tracing::info!("postgres committer stopped");
@@ -561,7 +576,9 @@ impl Store for PgStore {
         read::entries(&c, conversation, range, limit).await.map_err(Fail::into_store)
     }
 
-    async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
+    async fn set_cursors(&self, mut updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
+        // Rows in one order on every node, so two nodes' writes cannot deadlock.
+        updates.sort_by_key(|u| (u.conversation, u.user));
         match self.write(Op::SetCursors(updates)).await? {
             Out::Receipts(receipts) => Ok(receipts),
             other => Err(unexpected(other)),

@@ -196,6 +196,7 @@ mod tests {
             client_msg_id: None,
             body: EntryBody::Message { body: format!("m{seq}"), reply_to: None },
             state: None,
+            members_seq: None,
         }
     }
 

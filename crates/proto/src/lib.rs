@@ -148,6 +148,12 @@ pub struct Entry {
     /// follow arrive as entries of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<MessageState>,
+    /// Server-internal, never sent to clients: on entries fresh from a commit, the `seq` of
+    /// the conversation's latest membership change as of this entry (itself, for `created`,
+    /// `member_added` and `member_removed`). A node routing the entry reloads a member list
+    /// older than this, so another node's membership change is never routed around.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_seq: Option<Seq>,
 }
 
 /// What a log entry says. Entries that change another entry name it by its `target` seq.
@@ -610,6 +616,7 @@ mod tests {
             client_msg_id: Some("c".into()),
             body: EntryBody::Reaction { target: 1, emoji: "+1".into(), remove: false },
             state: None,
+            members_seq: None,
         };
         let json = serde_json::to_string(&ServerFrame::Entry { entry: e.clone() }).unwrap();
         assert!(json.contains(r#""kind":"reaction""#), "{json}");

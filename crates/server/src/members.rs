@@ -1,20 +1,31 @@
 //! [`MemberCache`]: each conversation's member ids, for routing and cursor checks.
 //!
-//! Loaded from the store on first use and then kept current by the router, which sees every
-//! membership entry in commit order. A load races with entries still on their way to the
-//! router; both directions are harmless: at worst a member who was just added gets an entry
-//! early (its session fetches the conversation's latest page) or one just removed misses it.
+//! Loaded from the store on first use. Every committed entry carries the `seq` of its
+//! conversation's latest membership change (`Entry::members_seq`); the cache remembers which
+//! change its list reflects and reloads when an entry needs a newer one. So an entry is
+//! routed with the members it was committed under (or later ones), even when the membership
+//! change was committed on another node whose bus message has not arrived yet. A list may
+//! be newer than an entry: a member added since gets it early (its session fetches the
+//! conversation's latest page), one removed since misses it live and reads it with the
+//! removal's gap fill.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use natter_proto::{ConversationId, EntryBody, UserId};
+use natter_proto::{ConversationId, Entry, EntryBody, Seq, UserId};
 use natter_store::{Result, Store};
 
 pub(crate) struct MemberCache {
     store: Arc<dyn Store>,
     // A std mutex: lookups and updates are map operations; loads happen outside the lock.
-    map: Mutex<HashMap<ConversationId, Arc<Vec<UserId>>>>,
+    map: Mutex<HashMap<ConversationId, Cached>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    list: Arc<Vec<UserId>>,
+    /// The membership change the list reflects at least (0: unknown).
+    version: Seq,
 }
 
 impl MemberCache {
@@ -24,12 +35,12 @@ impl MemberCache {
 
     /// The members of `conv`, loading them on a miss.
     pub(crate) async fn get(&self, conv: ConversationId) -> Result<Arc<Vec<UserId>>> {
-        if let Some(list) = self.map.lock().expect("member cache poisoned").get(&conv) {
-            return Ok(list.clone());
+        if let Some(cached) = self.map.lock().expect("member cache poisoned").get(&conv) {
+            return Ok(cached.list.clone());
         }
         let loaded = Arc::new(self.store.member_ids(conv).await?);
         let mut map = self.map.lock().expect("member cache poisoned");
-        Ok(map.entry(conv).or_insert(loaded).clone())
+        Ok(map.entry(conv).or_insert(Cached { list: loaded, version: 0 }).list.clone())
     }
 
     /// Forgets every list (cluster mode, after bus messages may have been lost): each is
@@ -43,38 +54,45 @@ impl MemberCache {
         Ok(self.get(conv).await?.contains(&user))
     }
 
-    /// Applies a committed entry's membership effect. Returns the members to deliver the
-    /// entry to: a removed member still gets the entry that removes them.
-    pub(crate) async fn apply(
-        &self,
-        conv: ConversationId,
-        body: &EntryBody,
-    ) -> Result<Arc<Vec<UserId>>> {
-        if let EntryBody::Created { members, .. } = body {
+    /// Brings the list up to a committed entry's membership version and returns the members
+    /// to deliver it to: a removed member still gets the entry that removes them.
+    pub(crate) async fn apply(&self, entry: &Entry) -> Result<Arc<Vec<UserId>>> {
+        let conv = entry.conversation;
+        let needed = entry.members_seq.unwrap_or(0);
+        let list = if let EntryBody::Created { members, .. } = &entry.body {
             let list = Arc::new(members.clone());
-            self.map.lock().expect("member cache poisoned").insert(conv, list.clone());
-            return Ok(list);
-        }
-        let current = self.get(conv).await?;
-        let mut map = self.map.lock().expect("member cache poisoned");
-        match body {
-            EntryBody::MemberAdded { user, .. } if !current.contains(user) => {
-                let mut next = (*current).clone();
-                next.push(*user);
-                let next = Arc::new(next);
-                map.insert(conv, next.clone());
-                Ok(next)
-            }
-            EntryBody::MemberRemoved { user } => {
-                let next: Vec<UserId> = current.iter().copied().filter(|u| u != user).collect();
-                map.insert(conv, Arc::new(next));
-                let mut deliver = (*current).clone();
-                if !deliver.contains(user) {
-                    deliver.push(*user);
+            self.remember(conv, list.clone(), entry.seq);
+            list
+        } else {
+            let cached = self.map.lock().expect("member cache poisoned").get(&conv).cloned();
+            match cached {
+                Some(cached) if cached.version >= needed => cached.list,
+                _ => {
+                    // Missing, or older than this entry: read what the store has now.
+                    let loaded = Arc::new(self.store.member_ids(conv).await?);
+                    self.remember(conv, loaded.clone(), needed);
+                    loaded
                 }
+            }
+        };
+        match &entry.body {
+            EntryBody::MemberRemoved { user } if !list.contains(user) => {
+                let mut deliver = (*list).clone();
+                deliver.push(*user);
                 Ok(Arc::new(deliver))
             }
-            _ => Ok(current),
+            _ => Ok(list),
+        }
+    }
+
+    /// Keeps `list` unless the cache already holds a newer one.
+    fn remember(&self, conv: ConversationId, list: Arc<Vec<UserId>>, version: Seq) {
+        let mut map = self.map.lock().expect("member cache poisoned");
+        match map.get(&conv) {
+            Some(cached) if cached.version > version => {}
+            _ => {
+                map.insert(conv, Cached { list, version });
+            }
         }
     }
 }

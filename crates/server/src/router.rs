@@ -52,7 +52,7 @@ pub(crate) async fn fan_out_local(
     routed_at: Instant,
 ) -> Option<Arc<Vec<UserId>>> {
     let conv = entry.conversation;
-    let members = match state.members().apply(conv, &entry.body).await {
+    let members = match state.members().apply(&entry).await {
         Ok(members) => members,
         Err(err) => {
             // The entry is durable; members will get it on sync.
@@ -61,6 +61,9 @@ pub(crate) async fn fan_out_local(
         }
     };
     let seq = entry.seq;
+    let mut entry = entry;
+    // Server-internal: clients never see it.
+    entry.members_seq = None;
     let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
     let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at });
     state.sessions().for_each_session(&members, |_, _, session| {

@@ -41,6 +41,14 @@ pub(crate) fn kind_str(body: &EntryBody) -> &'static str {
     }
 }
 
+/// Whether an entry changes who is in its conversation.
+pub(crate) fn changes_members(body: &EntryBody) -> bool {
+    matches!(
+        body,
+        EntryBody::Created { .. } | EntryBody::MemberAdded { .. } | EntryBody::MemberRemoved { .. }
+    )
+}
+
 /// An appended entry, as its ack and as the entry pushed to the commit feed.
 pub(crate) struct Appended<'a> {
     pub(crate) conversation: ConversationId,
@@ -50,6 +58,8 @@ pub(crate) struct Appended<'a> {
     pub(crate) ts: i64,
     pub(crate) client_msg_id: Option<&'a str>,
     pub(crate) body: EntryBody,
+    /// The conversation's membership version after this entry (see `Entry::members_seq`).
+    pub(crate) members_seq: Seq,
 }
 
 impl Appended<'_> {
@@ -72,6 +82,7 @@ impl Appended<'_> {
             client_msg_id,
             body: self.body,
             state: None,
+            members_seq: Some(self.members_seq),
         });
         ack
     }

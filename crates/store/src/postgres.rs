@@ -53,7 +53,10 @@ const RETRY_BASE: Duration = Duration::from_millis(20);
 
 /// Serializes migrations between nodes starting together (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_members_seq.sql"),
+];
 
 /// A pooled connection, with its statement cache.
 pub(crate) type Conn = deadpool_postgres::ClientWrapper;

@@ -35,7 +35,10 @@ const MAX_BATCH: usize = 512;
 const WRITE_QUEUE: usize = 8192;
 const N_READERS: usize = 4;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_members_seq.sql"),
+];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
 /// returns whether it succeeded plus what to do once the batch's fate is known.

@@ -918,10 +918,24 @@ async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut
     assert_eq!(fed.len(), n_committed);
     assert!(f.feed_rx.try_recv().is_err(), "nothing more on the feed");
     let mut per_conv: HashMap<ConversationId, Vec<Entry>> = HashMap::new();
-    for e in fed {
+    // Each fed entry names its conversation's latest membership change up to itself.
+    let mut membership: HashMap<ConversationId, Seq> = HashMap::new();
+    for mut e in fed {
         assert_eq!(e.state, None, "the feed carries entries as committed");
+        if matches!(
+            e.body,
+            EntryBody::Created { .. }
+                | EntryBody::MemberAdded { .. }
+                | EntryBody::MemberRemoved { .. }
+        ) {
+            membership.insert(e.conversation, e.seq);
+        }
+        assert_eq!(e.members_seq, membership.get(&e.conversation).copied(), "{e:?}");
+        e.members_seq = None;
         per_conv.entry(e.conversation).or_default().push(e);
     }
+    assert_eq!(membership[&g], 22, "the member added last");
+    assert_eq!(membership[&ab], 1, "created");
     // In commit order: per conversation, exactly the log, in seq order.
     assert_eq!(per_conv, expected);
     assert_eq!(expected[&g].len(), 1 + 20 + 1);

@@ -12,7 +12,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{Conn, Fail, Op, Out, PgResult};
-use crate::codec::{Appended, kind_str, now_ms, parse_role, role_str};
+use crate::codec::{Appended, changes_members, kind_str, now_ms, parse_role, role_str};
 use crate::{Append, CursorUpdate, GroupChange, StoreError, StoreLimits, TokenHash};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -271,7 +271,15 @@ async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
             client_msg_id: Some(a.client_msg_id.clone()),
         });
     }
-    if role(c, a.sender, a.conversation).await?.is_none() {
+    // The counter row's lock first: a membership change committed by another node while
+    // this waited is then visible to the checks below (each statement reads what was
+    // committed before it started), so a removed member's send cannot slip in after the
+    // removal.
+    if query_opt(c, "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", &[&a.conversation.0])
+        .await?
+        .is_none()
+        || role(c, a.sender, a.conversation).await?.is_none()
+    {
         return Err(StoreError::NotFound("conversation").into());
     }
     let body = match &a.entry {
@@ -447,15 +455,18 @@ async fn append_entry(
     // takes a seq of this conversation in between.
     let row = query_opt(
         c,
-        "UPDATE conversations SET last_seq = last_seq + 1, last_activity = $2 WHERE id = $1
-         RETURNING last_seq",
-        &[&conv.0, &now],
+        "UPDATE conversations SET last_seq = last_seq + 1, last_activity = $2,
+             members_seq = CASE WHEN $3 THEN last_seq + 1 ELSE members_seq END
+         WHERE id = $1
+         RETURNING last_seq, members_seq",
+        &[&conv.0, &now, &changes_members(&body)],
     )
     .await?;
     let Some(row) = row else {
         return Err(StoreError::NotFound("conversation").into());
     };
     let seq = row.get::<_, i64>(0) as u64;
+    let members_seq = row.get::<_, i64>(1) as u64;
     let id = uuid::Uuid::now_v7().to_string();
     let json = serde_json::to_string(&body).map_err(crate::postgres::internal)?;
     let target = body.target().map(|t| t as i64);
@@ -484,7 +495,9 @@ async fn append_entry(
         return Err(Fail::Redo);
     }
     project(c, conv, seq, sender, &body).await?;
-    Ok(Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body }.push(out))
+    let appended =
+        Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body, members_seq };
+    Ok(appended.push(out))
 }
 
 /// Keeps `message_state` and `reactions` equal to the log's effect.

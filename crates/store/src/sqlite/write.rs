@@ -8,7 +8,7 @@ use natter_proto::{
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
 use super::internal;
-use crate::codec::{Appended, kind_str, now_ms, parse_role, role_str};
+use crate::codec::{Appended, changes_members, kind_str, now_ms, parse_role, role_str};
 use crate::{Append, CursorUpdate, GroupChange, Result, StoreError, TokenHash};
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
@@ -396,11 +396,12 @@ fn append_entry(
     body: EntryBody,
     now: i64,
 ) -> Result<Ack> {
-    let last: i64 = c
-        .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")
-        .and_then(|mut st| st.query_row(params![conv.0], |r| r.get(0)))
+    let (last, members_seq): (i64, i64) = c
+        .prepare_cached("SELECT last_seq, members_seq FROM conversations WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![conv.0], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(internal)?;
     let seq = last as u64 + 1;
+    let members_seq = if changes_members(&body) { seq } else { members_seq as u64 };
     let id = uuid::Uuid::now_v7().to_string();
     let json = serde_json::to_string(&body).map_err(internal)?;
     let target = body.target().map(|t| t as i64);
@@ -423,11 +424,15 @@ fn append_entry(
         ])
     })
     .map_err(internal)?;
-    c.prepare_cached("UPDATE conversations SET last_seq = ?2, last_activity = ?3 WHERE id = ?1")
-        .and_then(|mut st| st.execute(params![conv.0, seq as i64, now]))
-        .map_err(internal)?;
+    c.prepare_cached(
+        "UPDATE conversations SET last_seq = ?2, last_activity = ?3, members_seq = ?4 WHERE id = ?1",
+    )
+    .and_then(|mut st| st.execute(params![conv.0, seq as i64, now, members_seq as i64]))
+    .map_err(internal)?;
     project(c, conv, seq, sender, &body)?;
-    Ok(Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body }.push(out))
+    let appended =
+        Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body, members_seq };
+    Ok(appended.push(out))
 }
 
 /// Keeps `message_state` and `reactions` equal to the log's effect.

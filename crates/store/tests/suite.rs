@@ -1011,6 +1011,73 @@ async fn postgres_down_is_unavailable() {
     .await;
 }
 
+/// Two stores on one database, as two nodes of a cluster: appends to the same
+/// conversations from both, pipelined and interleaved (several conversations per batch, in
+/// different orders on each side), commit as one contiguous log per conversation with each
+/// `client_msg_id` once; a retry through the other store answers the original ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_stores_share_one_log() {
+    let Some((first, guard)) = postgres_with_db().await else { return };
+    let mut config = guard.admin.clone();
+    config.dbname(&guard.name);
+    let (feed_tx, _) = mpsc::channel(1);
+    let limits = StoreLimits { max_group_members: MAX_GROUP_MEMBERS, ..StoreLimits::default() };
+    let second = PgStore::open(config, limits, feed_tx).await.expect("second store");
+    within(async {
+        let [a, b, c] = users(&first, ["a", "b", "c"]).await;
+        let convs = [
+            first.create_group(a, "g1", &[b, c]).await.expect("group"),
+            second.create_group(b, "g2", &[a, c]).await.expect("group"),
+            first.create_direct(a, b).await.expect("direct").0,
+        ];
+        const PER_SENDER: usize = 150;
+        let stores = [&first, &second];
+        let mut pending = Vec::new();
+        for i in 0..PER_SENDER {
+            for (k, sender) in [a, b, c].into_iter().enumerate() {
+                // Each sender goes through both stores and walks the conversations in its
+                // own order, so batches on the two sides take them in different orders.
+                let store = stores[(i + k) % 2];
+                let conv = convs[(i * (k + 1)) % 3];
+                if conv == convs[2] && sender == c {
+                    continue;
+                }
+                let cmid = format!("{}-{i}", sender.0);
+                let app = append_of(conv, sender, &cmid, msg(&cmid));
+                pending.push((conv, cmid, store.submit_append(app).await.expect("queued")));
+            }
+        }
+        let mut acks = Vec::new();
+        for (conv, cmid, p) in pending {
+            let ack = p.wait().await.unwrap_or_else(|e| panic!("append {cmid}: {e}"));
+            assert_eq!(ack.conversation, conv);
+            acks.push((cmid, ack));
+        }
+        for conv in convs {
+            let entries = log(&first, conv).await;
+            assert_contiguous(&entries, 1, entries.len() as Seq);
+            assert_eq!(entries, log(&second, conv).await, "both stores read one log");
+            let mut ids: Vec<&str> =
+                entries.iter().filter_map(|e| e.client_msg_id.as_deref()).collect();
+            let n = ids.len();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "each client_msg_id once in {conv:?}");
+        }
+        for (cmid, ack) in acks.iter().step_by(17) {
+            let sender = UserId(cmid.split('-').next().unwrap().parse().unwrap());
+            // The retry goes through whichever store did not take the original.
+            for store in stores {
+                let again = append(store, ack.conversation, sender, cmid, msg("retry")).await;
+                assert_eq!(again.expect("retry"), *ack, "{cmid}");
+            }
+        }
+    })
+    .await;
+    second.close().await;
+    first.close().await;
+}
+
 async fn postgres_with_db() -> Option<(PgStore, ScratchDb)> {
     // Nobody reads this feed: once its receiver is gone the store only logs that.
     let (feed_tx, _) = mpsc::channel(1);

@@ -530,9 +530,15 @@ async fn heartbeat(state: &AppState) {
     let statuses = state.presence().local_statuses();
     match with_timeout(c.shared.heartbeat(&users, &statuses)).await {
         Ok(dead) => {
-            for node in dead {
+            for node in &dead {
                 tracing::warn!(%node, "node stopped heart-beating; its entries are removed");
-                state.presence().node_gone(&node);
+                state.presence().node_gone(node);
+            }
+            if !dead.is_empty() {
+                // Only this node learns of the death (the sweep removes it from the live
+                // set), and the dead node may have committed entries it never published:
+                // every node re-reads presence and catches its sessions up.
+                c.trouble.store(true, Ordering::Relaxed);
             }
             recovered(c).await;
         }

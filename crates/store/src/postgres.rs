@@ -392,8 +392,9 @@ async fn try_batch(pool: &Pool, batch: &[Job], limits: &StoreLimits) -> Attempt 
     }
     let mut entries = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
+    let mut open = false;
     for job in batch {
-        match run_job(&client, &job.op, &mut entries, limits).await {
+        match run_job(&client, &job.op, &mut entries, limits, &mut open).await {
             Ok(res) => results.push(res),
             Err(reason) => return abort(client, reason).await,
         }
@@ -420,16 +421,23 @@ async fn abort(client: deadpool_postgres::Object, reason: String) -> Attempt {
 }
 
 /// Runs one job inside its savepoint. `Err` aborts the batch; a refused job is `Ok(Err(_))`.
+/// A job that succeeded leaves its savepoint `open`: the next job releases it in the same
+/// round trip that opens its own (and `COMMIT` releases the last one).
 async fn run_job(
     c: &Conn,
     op: &Op,
     entries: &mut Vec<Entry>,
     limits: &StoreLimits,
+    open: &mut bool,
 ) -> std::result::Result<Result<Out>, String> {
     let savepoint = |sql: &'static str| async move {
         c.batch_execute(sql).await.map_err(|err| format!("{sql}: {err}"))
     };
-    savepoint("SAVEPOINT job").await?;
+    if std::mem::take(open) {
+        savepoint("RELEASE SAVEPOINT job; SAVEPOINT job").await?;
+    } else {
+        savepoint("SAVEPOINT job").await?;
+    }
     let mark = entries.len();
     let mut res = write::run(c, op, entries, limits).await;
     if matches!(res, Err(Fail::Redo)) {
@@ -439,14 +447,13 @@ async fn run_job(
     }
     match res {
         Ok(out) => {
-            savepoint("RELEASE SAVEPOINT job").await?;
+            *open = true;
             Ok(Ok(out))
         }
         Err(Fail::Abort(reason)) => Err(reason),
         Err(fail) => {
             entries.truncate(mark);
-            savepoint("ROLLBACK TO SAVEPOINT job").await?;
-            savepoint("RELEASE SAVEPOINT job").await?;
+            savepoint("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job").await?;
             Ok(Err(match fail {
                 Fail::Store(err) => err,
                 _ => StoreError::Internal("a job collided twice with another node".to_owned()),

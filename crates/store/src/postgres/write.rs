@@ -255,14 +255,24 @@ async fn check_target(
 }
 
 async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
-    let existing = query_opt(
-        c,
-        "SELECT seq, id, ts FROM entries
-         WHERE conversation_id = $1 AND sender = $2 AND client_msg_id = $3",
-        &[&a.conversation.0, &a.sender.0, &a.client_msg_id],
-    )
-    .await?;
-    if let Some(row) = existing {
+    // Three statements in one round trip (tokio-postgres pipelines futures polled together;
+    // the server runs them in order). The counter row's lock comes before the membership
+    // check: a membership change committed by another node while this waited is then
+    // visible to it (each statement reads what was committed before it started), so a
+    // removed member's send cannot slip in after the removal.
+    let idempotency: Params<'_> = &[&a.conversation.0, &a.sender.0, &a.client_msg_id];
+    let lock: Params<'_> = &[&a.conversation.0];
+    let (existing, conversation, member) = tokio::join!(
+        query_opt(
+            c,
+            "SELECT seq, id, ts FROM entries
+             WHERE conversation_id = $1 AND sender = $2 AND client_msg_id = $3",
+            idempotency,
+        ),
+        query_opt(c, "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", lock),
+        role(c, a.sender, a.conversation),
+    );
+    if let Some(row) = existing? {
         return Ok(Ack {
             conversation: a.conversation,
             seq: row.get::<_, i64>(0) as u64,
@@ -271,15 +281,7 @@ async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
             client_msg_id: Some(a.client_msg_id.clone()),
         });
     }
-    // The counter row's lock first: a membership change committed by another node while
-    // this waited is then visible to the checks below (each statement reads what was
-    // committed before it started), so a removed member's send cannot slip in after the
-    // removal.
-    if query_opt(c, "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", &[&a.conversation.0])
-        .await?
-        .is_none()
-        || role(c, a.sender, a.conversation).await?.is_none()
-    {
+    if conversation?.is_none() || member?.is_none() {
         return Err(StoreError::NotFound("conversation").into());
     }
     let body = match &a.entry {
@@ -451,36 +453,27 @@ async fn append_entry(
     body: EntryBody,
     now: i64,
 ) -> PgResult<Ack> {
-    // The counter row: its lock is held until commit, so no other transaction (on any node)
-    // takes a seq of this conversation in between.
-    let row = query_opt(
-        c,
-        "UPDATE conversations SET last_seq = last_seq + 1, last_activity = $2,
-             members_seq = CASE WHEN $3 THEN last_seq + 1 ELSE members_seq END
-         WHERE id = $1
-         RETURNING last_seq, members_seq",
-        &[&conv.0, &now, &changes_members(&body)],
-    )
-    .await?;
-    let Some(row) = row else {
-        return Err(StoreError::NotFound("conversation").into());
-    };
-    let seq = row.get::<_, i64>(0) as u64;
-    let members_seq = row.get::<_, i64>(1) as u64;
+    // The counter row and the entry in one statement. The row's lock is held until commit,
+    // so no other transaction (on any node) takes a seq of this conversation in between.
+    // No row back: a concurrent append with the same key (another node) committed while
+    // this one waited for the lock: run again, and the lookup finds its ack.
     let id = uuid::Uuid::now_v7().to_string();
     let json = serde_json::to_string(&body).map_err(crate::postgres::internal)?;
     let target = body.target().map(|t| t as i64);
-    // A concurrent append with the same key (another node) that committed while this one
-    // waited for the counter lock: run again, and the lookup finds its ack.
-    let inserted = execute(
+    let row = query_opt(
         c,
-        "INSERT INTO entries
+        "WITH counter AS (
+             UPDATE conversations SET last_seq = last_seq + 1, last_activity = $5,
+                 members_seq = CASE WHEN $9 THEN last_seq + 1 ELSE members_seq END
+             WHERE id = $1
+             RETURNING last_seq, members_seq)
+         INSERT INTO entries
              (conversation_id, seq, id, sender, client_msg_id, ts, kind, target, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT ON CONSTRAINT entries_idempotency DO NOTHING",
+         SELECT $1, counter.last_seq, $2, $3, $4, $5, $6, $7, $8 FROM counter
+         ON CONFLICT ON CONSTRAINT entries_idempotency DO NOTHING
+         RETURNING seq, (SELECT members_seq FROM counter)",
         &[
             &conv.0,
-            &(seq as i64),
             &id,
             &sender.0,
             &client_msg_id,
@@ -488,12 +481,15 @@ async fn append_entry(
             &kind_str(&body),
             &target,
             &json,
+            &changes_members(&body),
         ],
     )
     .await?;
-    if inserted == 0 {
+    let Some(row) = row else {
         return Err(Fail::Redo);
-    }
+    };
+    let seq = row.get::<_, i64>(0) as u64;
+    let members_seq = row.get::<_, i64>(1) as u64;
     project(c, conv, seq, sender, &body).await?;
     let appended =
         Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body, members_seq };

@@ -16,30 +16,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{Account, Cluster, WAIT, Ws, register, within};
+use cluster::{Account, Cluster, FAST, WAIT, Ws, register, within};
 use natter_client::HistoryRange;
 use natter_proto::rest::{PollRequest, PollResponse};
 use natter_proto::{
     Ack, ClientFrame, ConversationId, Entry, EntryBody, NewEntry, ReqId, Seq, ServerFrame, Status,
     UserId,
 };
-
-/// Every node's timings, shortened so that presence, typing and receipts show within a
-/// fraction of a second (the heartbeat stays at most half the registry TTL).
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "300",
-    "--registry-ttl-ms",
-    "1500",
-    "--presence-grace-ms",
-    "300",
-    "--presence-batch-ms",
-    "100",
-    "--typing-throttle-ms",
-    "200",
-    "--receipt-flush-ms",
-    "50",
-];
 
 // ---- a WebSocket client that remembers what it was delivered ----
 

@@ -17,7 +17,7 @@ mod cluster_traffic;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Redis, Ws, register, within};
+use cluster::{Cluster, FAST, Redis, Ws, register, within};
 use cluster_traffic::{
     Member, Raw, Traffic, ack_counts, assert_contiguous_log, assert_member_saw_log,
     assert_sends_committed_once, store_log, wait_all_acked, wait_more_acks,
@@ -26,16 +26,6 @@ use natter_proto::{ClientFrame, ServerFrame, Status};
 
 const TTL_MS: u64 = 1500;
 const HEARTBEAT_MS: u64 = 300;
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "300",
-    "--registry-ttl-ms",
-    "1500",
-    "--presence-grace-ms",
-    "300",
-    "--presence-batch-ms",
-    "100",
-];
 /// The dead node's entries lapse at most `TTL` after its last heartbeat; a survivor's
 /// heartbeat finds it within a period, and sweeps. The rest is slack for a loaded machine.
 const GONE_WITHIN: Duration = Duration::from_millis(TTL_MS + 3000);

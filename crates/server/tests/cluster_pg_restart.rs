@@ -12,7 +12,7 @@ mod cluster_traffic;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Ws, poll_until, register, within};
+use cluster::{Cluster, FAST, Ws, poll_until, register, within};
 use cluster_traffic::{
     Member, Traffic, assert_contiguous_log, assert_member_saw_log, assert_sends_committed_once,
     store_log, wait_all_acked, wait_more_acks,
@@ -20,16 +20,6 @@ use cluster_traffic::{
 use natter_proto::rest::PostEntry;
 use natter_proto::{Ack, ClientFrame, ConversationId, ErrorBody, ErrorCode, NewEntry, ServerFrame};
 
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "300",
-    "--registry-ttl-ms",
-    "1500",
-    "--presence-grace-ms",
-    "300",
-    "--presence-batch-ms",
-    "100",
-];
 /// Each sender queues `BURST` messages every `PACE`: several on the wire at once.
 const PACE: Duration = Duration::from_millis(50);
 const BURST: usize = 3;

@@ -14,7 +14,7 @@ mod cluster_traffic;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Redis, poll_until, register, within};
+use cluster::{Cluster, FAST, Redis, poll_until, register, within};
 use cluster_traffic::{
     Member, Raw, Traffic, ack_counts, assert_contiguous_log, assert_same_log,
     assert_sends_committed_once, store_log, wait_all_acked, wait_more_acks,
@@ -22,16 +22,6 @@ use cluster_traffic::{
 use natter_proto::{ConversationId, UserId};
 
 const HEARTBEAT_MS: u64 = 300;
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "300",
-    "--registry-ttl-ms",
-    "1500",
-    "--presence-grace-ms",
-    "300",
-    "--presence-batch-ms",
-    "100",
-];
 /// Each sender queues `BURST` messages every `PACE`: several on the wire at once.
 const PACE: Duration = Duration::from_millis(50);
 const BURST: usize = 3;

@@ -34,6 +34,23 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Between two polls of a condition.
 const POLL: Duration = Duration::from_millis(50);
 pub const PASSWORD: &str = "correct horse battery";
+/// Node settings for tests: a 300 ms heartbeat under a 1.5 s registry TTL, and presence,
+/// typing and receipts that show within a fraction of a second. Tests that compute bounds
+/// from these say so beside their constants.
+pub const FAST: &[&str] = &[
+    "--heartbeat-ms",
+    "300",
+    "--registry-ttl-ms",
+    "1500",
+    "--presence-grace-ms",
+    "300",
+    "--presence-batch-ms",
+    "100",
+    "--typing-throttle-ms",
+    "200",
+    "--receipt-flush-ms",
+    "50",
+];
 /// Lines of a process's output printed when its handle drops during a panic.
 const TAIL: usize = 60;
 

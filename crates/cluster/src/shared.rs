@@ -154,14 +154,20 @@ impl RedisCluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let counter = queued.clone();
+        // One overflow report until the queue drains below the cap again.
+        let overflowing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let push = move |info: PushInfo| {
             let event = match info.kind {
                 PushKind::Message => match info.data.into_iter().nth(1) {
                     Some(Value::BulkString(bytes)) => {
                         if counter.fetch_add(1, Ordering::Relaxed) >= max_queued {
                             counter.fetch_sub(1, Ordering::Relaxed);
+                            if overflowing.swap(true, Ordering::Relaxed) {
+                                return Ok(());
+                            }
                             BusEvent::Overflow
                         } else {
+                            overflowing.store(false, Ordering::Relaxed);
                             BusEvent::Message(bytes)
                         }
                     }
@@ -214,6 +220,7 @@ impl RedisCluster {
                 pipe.sadd(&own, user.0).ignore();
             } else {
                 pipe.zrem(&key, &*self.node).ignore();
+                pipe.srem(&own, user.0).ignore();
             }
         }
         pipe.query_async::<()>(&mut self.cmd.clone()).await
@@ -350,8 +357,8 @@ impl RedisCluster {
     }
 
     /// Removes every registry and presence entry of `node` (dead, or this node's previous
-    /// run under the same id) and forgets the node.
-    pub async fn sweep(&self, node: &str) -> RedisResult<()> {
+    /// run under the same id) and forgets the node. Returns whether it left anything.
+    pub async fn sweep(&self, node: &str) -> RedisResult<bool> {
         let mut conn = self.cmd.clone();
         let set = node_users_key(node);
         let users: Vec<i64> = redis::cmd("SMEMBERS").arg(&set).query_async(&mut conn).await?;
@@ -365,17 +372,12 @@ impl RedisCluster {
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
-        redis::pipe()
-            .del(&set)
-            .ignore()
-            .zrem(NODES_KEY, node)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        let (_, listed): (i64, i64) =
+            redis::pipe().del(&set).zrem(NODES_KEY, node).query_async(&mut conn).await?;
         if !users.is_empty() {
             tracing::info!(node, n_users = users.len(), "swept a dead node's entries");
         }
-        Ok(())
+        Ok(listed > 0 || !users.is_empty())
     }
 
     /// Publishes each `(channel, payload)` in one pipeline.
@@ -402,6 +404,6 @@ impl RedisCluster {
 
     /// Leaves the cluster cleanly: this node's entries go at once, not at their TTL.
     pub async fn leave(&self) -> RedisResult<()> {
-        self.sweep(&self.node.clone()).await
+        self.sweep(&self.node.clone()).await.map(|_| ())
     }
 }

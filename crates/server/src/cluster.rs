@@ -29,7 +29,7 @@ use axum::extract::ws::Utf8Bytes;
 use natter_cluster::shared::{
     ALL_CHANNEL, BusEvent, BusReceiver, RedisCluster, conv_channel, node_channel,
 };
-use natter_proto::{ConversationId, Entry, EntryBody, Status, UserId};
+use natter_proto::{ConversationId, Entry, Status, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,8 @@ use crate::state::AppState;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Queued items one publisher or registry round takes at most.
 const ROUND: usize = 1024;
+/// Entries in one bus message at most.
+const MAX_ENTRIES_PER_MESSAGE: usize = 256;
 
 /// What crosses the bus.
 #[derive(Serialize, Deserialize)]
@@ -55,6 +57,9 @@ enum Envelope {
     Presence { node: String, user: UserId, status: Option<Status>, last_seen: Option<i64> },
     /// Something was lost: every node catches its sessions up from the store.
     CatchUp { node: String },
+    /// A node left (graceful stop) or was found dead, or restarted under the same id: its
+    /// statuses no longer count.
+    NodeGone { node: String },
 }
 
 /// Waits for a session's registration (cluster mode); resolves at once on a single node.
@@ -109,7 +114,14 @@ impl Cluster {
     ) -> anyhow::Result<(Cluster, ClusterTasks)> {
         let (shared, bus) =
             RedisCluster::connect(url, node, limits.registry_ttl(), limits.bus_queue).await?;
-        shared.sweep(node).await?;
+        // An earlier run under this id may have died with entries committed but never
+        // published, and statuses others still show: sweep, tell, and have the first
+        // heartbeat ask every node to catch up.
+        let earlier = shared.sweep(node).await?;
+        if earlier {
+            let gone = Envelope::NodeGone { node: node.to_owned() };
+            shared.publish(&[(ALL_CHANNEL.to_owned(), encode(&gone))]).await?;
+        }
         let (registry_tx, registry_rx) = mpsc::unbounded_channel();
         let (publish_tx, publish_rx) = mpsc::channel(limits.bus_queue);
         let cluster = Cluster {
@@ -117,7 +129,7 @@ impl Cluster {
             registry_tx,
             publish_tx,
             conv_subs: tokio::sync::Mutex::new(HashMap::new()),
-            trouble: AtomicBool::new(false),
+            trouble: AtomicBool::new(earlier),
         };
         Ok((cluster, ClusterTasks { registry_rx, publish_rx, presence_rx, bus }))
     }
@@ -154,18 +166,24 @@ impl Cluster {
         }
     }
 
-    /// Subscribes this node to a large conversation's channel for one more session.
-    pub(crate) async fn watch_conv(&self, conv: ConversationId) {
+    /// Subscribes this node to a large conversation's channel for one more session; false if
+    /// Redis refused (then the session does not hold it).
+    pub(crate) async fn watch_conv(&self, conv: ConversationId) -> bool {
         let mut subs = self.conv_subs.lock().await;
         let n = subs.entry(conv).or_insert(0);
         *n += 1;
         if *n == 1 {
             let subscribed = self.shared.subscribe(conv_channel(conv));
             if let Err(err) = with_timeout(subscribed).await {
+                // Not subscribed: the next session (or entry) that wants it tries again, and
+                // the catch-up after Redis answers brings what was missed meanwhile.
                 tracing::warn!(%conv, error = %err, "cannot subscribe to a conversation");
+                subs.remove(&conv);
                 self.trouble.store(true, Ordering::Relaxed);
+                return false;
             }
         }
+        true
     }
 
     /// One session less wants `conv`'s channel.
@@ -183,6 +201,11 @@ impl Cluster {
     pub(crate) async fn leave(&self) {
         if let Err(err) = with_timeout(self.shared.leave()).await {
             tracing::warn!(error = %err, "cannot remove this node's entries from Redis");
+        }
+        let gone = Envelope::NodeGone { node: self.node().to_owned() };
+        let messages = [(ALL_CHANNEL.to_owned(), encode(&gone))];
+        if let Err(err) = with_timeout(self.shared.publish(&messages)).await {
+            tracing::warn!(error = %err, "cannot tell the other nodes that this one left");
         }
     }
 }
@@ -265,26 +288,24 @@ async fn run_publisher(
     loop {
         let stopping = tokio::select! {
             biased;
-            n = presence_rx.recv_many(&mut changes, ROUND) => if n == 0 { return } else { false },
-            n = rx.recv_many(&mut batch, ROUND) => if n == 0 { return } else { false },
             () = stop.cancelled() => {
-                // The last commits were routed: send what is queued, then end.
+                // The last commits were routed: send what is queued in one round, then end.
                 while let Ok(item) = rx.try_recv() {
                     batch.push(item);
                 }
                 true
             }
+            n = presence_rx.recv_many(&mut changes, ROUND) => if n == 0 { return } else { false },
+            n = rx.recv_many(&mut batch, ROUND) => if n == 0 { return } else { false },
         };
+        // Failures set `trouble`; the next heartbeat reports it once this node's entries
+        // are back.
         let c = cluster(&state);
-        let mut ok = true;
         for change in changes.drain(..) {
-            ok &= publish_presence(c, change).await;
+            publish_presence(c, change).await;
         }
         if !batch.is_empty() {
-            ok &= publish_batch(&state, c, std::mem::take(&mut batch)).await;
-        }
-        if ok {
-            recovered(c).await;
+            publish_batch(&state, c, std::mem::take(&mut batch)).await;
         }
         if stopping {
             return;
@@ -292,16 +313,15 @@ async fn run_publisher(
     }
 }
 
-/// After a success: if anything was lost before, ask every node to catch up.
-async fn recovered(c: &Cluster) {
-    if c.trouble.swap(false, Ordering::Relaxed) {
-        let msg = Envelope::CatchUp { node: c.node().to_owned() };
-        let messages = [(ALL_CHANNEL.to_owned(), encode(&msg))];
-        if with_timeout(c.shared.publish(&messages)).await.is_err() {
-            c.trouble.store(true, Ordering::Relaxed);
-        } else {
-            tracing::info!("asked every node to catch up from the store");
-        }
+/// Asks every node, this one included, to catch up (after a heartbeat put this node's
+/// registry and presence entries back); on failure the next heartbeat asks again.
+async fn ask_catch_up(c: &Cluster) {
+    let msg = Envelope::CatchUp { node: c.node().to_owned() };
+    let messages = [(ALL_CHANNEL.to_owned(), encode(&msg))];
+    if with_timeout(c.shared.publish(&messages)).await.is_err() {
+        c.trouble.store(true, Ordering::Relaxed);
+    } else {
+        tracing::info!("asked every node to catch up from the store");
     }
 }
 
@@ -309,7 +329,7 @@ fn encode(msg: &Envelope) -> Vec<u8> {
     serde_json::to_vec(msg).expect("envelopes serialize")
 }
 
-async fn publish_presence(c: &Cluster, change: LocalPresence) -> bool {
+async fn publish_presence(c: &Cluster, change: LocalPresence) {
     let LocalPresence { user, status, last_seen } = change;
     let written = with_timeout(c.shared.set_presence(user, status, last_seen)).await;
     let msg = Envelope::Presence { node: c.node().to_owned(), user, status, last_seen };
@@ -321,21 +341,19 @@ async fn publish_presence(c: &Cluster, change: LocalPresence) -> bool {
     if let Err(err) = sent {
         tracing::warn!(error = %err, "cannot publish a presence change");
         c.trouble.store(true, Ordering::Relaxed);
-        return false;
     }
-    true
 }
 
 /// Routes one round of publishes: one registry lookup for every recipient in it, then one
 /// message per target channel.
-async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) -> bool {
+async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) {
     let threshold = state.cfg().limits.large_group_threshold;
     let mut lookup: HashSet<UserId> = HashSet::new();
     for item in &batch {
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
-                    if !is_membership(&entry.body) && members.len() <= threshold {
+                    if !natter_store::changes_members(&entry.body) && members.len() <= threshold {
                         lookup.extend(members.iter().copied());
                     }
                 }
@@ -349,7 +367,7 @@ async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) -> bo
         Err(err) => {
             tracing::warn!(error = %err, "registry lookup failed; other nodes catch up later");
             c.trouble.store(true, Ordering::Relaxed);
-            return false;
+            return;
         }
     };
     let own = c.node();
@@ -366,7 +384,7 @@ async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) -> bo
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
-                    if is_membership(&entry.body) {
+                    if natter_store::changes_members(&entry.body) {
                         entries_to.entry(ALL_CHANNEL.to_owned()).or_default().push(entry);
                     } else if members.len() > threshold {
                         let channel = conv_channel(entry.conversation);
@@ -395,23 +413,17 @@ async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) -> bo
         }
     }
     for (channel, entries) in entries_to {
-        let msg = Envelope::Entries { node: own.to_owned(), entries };
-        messages.push((channel, encode(&msg)));
+        // Bounded messages: Redis drops subscribers whose output buffer grows too large.
+        for chunk in entries.chunks(MAX_ENTRIES_PER_MESSAGE) {
+            let msg = Envelope::Entries { node: own.to_owned(), entries: chunk.to_vec() };
+            messages.push((channel.clone(), encode(&msg)));
+        }
     }
     metrics::counter!("natter_bus_published_total").increment(messages.len() as u64);
     if let Err(err) = with_timeout(c.shared.publish(&messages)).await {
         tracing::warn!(error = %err, "publish failed; other nodes catch up later");
         c.trouble.store(true, Ordering::Relaxed);
-        return false;
     }
-    true
-}
-
-fn is_membership(body: &EntryBody) -> bool {
-    matches!(
-        body,
-        EntryBody::Created { .. } | EntryBody::MemberAdded { .. } | EntryBody::MemberRemoved { .. }
-    )
 }
 
 async fn run_bus(state: AppState, mut bus: BusReceiver, stop: CancellationToken) {
@@ -475,6 +487,11 @@ async fn receive(state: &AppState, msg: Envelope) {
                 state.presence().apply_remote(user, &node, status, last_seen);
             }
         }
+        Envelope::NodeGone { node } => {
+            if node != cluster(state).node() {
+                state.presence().node_gone(&node);
+            }
+        }
         Envelope::CatchUp { node } => {
             tracing::info!(from = %node, "catching up from the store");
             catch_up(state).await;
@@ -482,11 +499,11 @@ async fn receive(state: &AppState, msg: Envelope) {
     }
 }
 
-/// Brings every local session up to date from the store, reloads member lists, and
-/// re-reads the presence of watched users.
+/// Brings every local session up to date from the store and re-reads the presence of
+/// watched users.
 async fn catch_up(state: &AppState) {
     metrics::counter!("natter_bus_catch_ups_total").increment(1);
-    state.members().clear();
+    // Member lists need no reset: an entry newer than a list's membership version reloads it.
     state.sessions().for_each(|_, _, session| session.offer(Outbound::CatchUp));
     reseed_presence(state, state.presence().watched()).await;
 }
@@ -526,6 +543,9 @@ async fn run_heartbeat(state: AppState, stop: CancellationToken) {
 /// catch-up if anything was lost before.
 async fn heartbeat(state: &AppState) {
     let c = cluster(state);
+    // Trouble reported from here on is for the next heartbeat: its sessions may not be in
+    // the snapshot below.
+    let had_trouble = c.trouble.swap(false, Ordering::Relaxed);
     let users = state.sessions().users();
     let statuses = state.presence().local_statuses();
     match with_timeout(c.shared.heartbeat(&users, &statuses)).await {
@@ -534,13 +554,12 @@ async fn heartbeat(state: &AppState) {
                 tracing::warn!(%node, "node stopped heart-beating; its entries are removed");
                 state.presence().node_gone(node);
             }
-            if !dead.is_empty() {
-                // Only this node learns of the death (the sweep removes it from the live
-                // set), and the dead node may have committed entries it never published:
-                // every node re-reads presence and catches its sessions up.
-                c.trouble.store(true, Ordering::Relaxed);
+            // Only this node learns of a death (the sweep removes it from the live set), and
+            // the dead node may have committed entries it never published: every node
+            // re-reads presence and catches its sessions up.
+            if had_trouble || !dead.is_empty() {
+                ask_catch_up(c).await;
             }
-            recovered(c).await;
         }
         Err(err) => {
             tracing::warn!(error = %err, "heartbeat failed");

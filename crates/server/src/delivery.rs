@@ -92,9 +92,12 @@ impl Deliverer {
         match item {
             Outbound::Frame(frame) => out.push(Produced { frame, entry: None }),
             Outbound::Entry(routed) => {
-                let Routed { conversation, seq, ref frame, routed_at } = *routed;
+                let Routed { conversation, seq, ref frame, routed_at, membership } = *routed;
                 if self.entry(out, frame, conversation, seq).await {
                     self.routed_at.push(routed_at);
+                }
+                if membership && !self.watched.contains(&conversation) {
+                    self.rewatch(out, conversation).await;
                 }
             }
             Outbound::Sync { req_id, cursors, limit } => {
@@ -143,6 +146,19 @@ impl Deliverer {
             }
         }
         Ok(())
+    }
+
+    /// After a membership change (cluster mode): a conversation that grew past the large-group
+    /// threshold is published on its own channel from now on. Subscribe, then read from the
+    /// store whatever was published there before the subscription.
+    async fn rewatch(&mut self, out: &mut Vec<Produced>, conv: ConversationId) {
+        if self.watch_large(Some(conv)).await.is_err() || !self.watched.contains(&conv) {
+            return;
+        }
+        if let Some(Delivery::Live(upto)) = self.convs.get(&conv) {
+            let upto = *upto;
+            self.fill_gap(out, conv, upto, Seq::MAX).await;
+        }
     }
 
     /// Sends whatever the store has beyond what this session sent, and announces
@@ -219,8 +235,8 @@ impl Deliverer {
         true
     }
 
-    /// Starts a conversation new to the session with its latest page, up to `seq - 1` (later
-    /// entries arrive live). Returns where its stream stands.
+    /// Starts a conversation new to the session with its latest page (which holds `seq`).
+    /// Returns where its stream stands.
     async fn announce(
         &mut self,
         out: &mut Vec<Produced>,
@@ -234,7 +250,9 @@ impl Deliverer {
         let limit = self.state.cfg().limits.default_page;
         let page = self.state.store().entries(conv, Range::Latest, limit).await.ok()?;
         let mut upto = page.entries.first().map_or(seq, |e| e.seq).saturating_sub(1);
-        for entry in page.entries.into_iter().take_while(|e| e.seq < seq) {
+        // The whole page, `seq` and later ones included: a large conversation's entries
+        // published before the subscription above would not arrive live.
+        for entry in page.entries {
             upto = entry.seq;
             let frame = ServerFrame::Entry { entry }.to_json().into();
             out.push(Produced { frame, entry: Some((conv, upto)) });

@@ -43,12 +43,6 @@ impl MemberCache {
         Ok(map.entry(conv).or_insert(Cached { list: loaded, version: 0 }).list.clone())
     }
 
-    /// Forgets every list (cluster mode, after bus messages may have been lost): each is
-    /// loaded again on its next use.
-    pub(crate) fn clear(&self) {
-        self.map.lock().expect("member cache poisoned").clear();
-    }
-
     /// Whether `user` is a member of `conv`.
     pub(crate) async fn contains(&self, conv: ConversationId, user: UserId) -> Result<bool> {
         Ok(self.get(conv).await?.contains(&user))

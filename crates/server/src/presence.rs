@@ -303,8 +303,17 @@ impl PresenceHub {
     /// A node died: its statuses no longer count.
     pub(crate) fn node_gone(&self, node: &str) {
         let mut inner = self.inner.lock().expect("presence lock poisoned");
-        let affected: Vec<UserId> =
-            inner.users.iter_mut().filter_map(|(u, p)| p.remote.remove(node).map(|_| *u)).collect();
+        let now = now_ms();
+        let affected: Vec<UserId> = inner
+            .users
+            .iter_mut()
+            .filter_map(|(u, p)| {
+                p.remote.remove(node)?;
+                // Seen there until now, as far as anyone here knows.
+                p.remote_seen = p.remote_seen.max(Some(now));
+                Some(*u)
+            })
+            .collect();
         for user in affected {
             inner.show(user);
         }

@@ -21,6 +21,9 @@ pub(crate) struct Routed {
     pub(crate) seq: Seq,
     pub(crate) frame: Utf8Bytes,
     pub(crate) routed_at: Instant,
+    /// Whether it changes who is in the conversation (its size may cross the large-group
+    /// threshold).
+    pub(crate) membership: bool,
 }
 
 /// Consumes the commit feed until the store closes it. In cluster mode each batch then goes
@@ -61,11 +64,12 @@ pub(crate) async fn fan_out_local(
         }
     };
     let seq = entry.seq;
+    let membership = natter_store::changes_members(&entry.body);
     let mut entry = entry;
     // Server-internal: clients never see it.
     entry.members_seq = None;
     let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
-    let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at });
+    let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at, membership });
     state.sessions().for_each_session(&members, |_, _, session| {
         session.offer(Outbound::Entry(routed.clone()));
     });

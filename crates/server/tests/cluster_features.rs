@@ -832,3 +832,61 @@ async fn sse_and_long_poll_on_other_nodes() {
     assert_eq!(answer.cursors, BTreeMap::from([(conv, 2)]));
     eprintln!("SSE and long-poll: {:?}", started.elapsed());
 }
+
+// ---- 6. a group crossing the large-group threshold; a node leaving ----
+
+/// A group of 2 (threshold 2) grows to 3 while Bob's session on node-2 is synced: from then
+/// on its entries go to the conversation's channel, which node-2 had no reason to watch
+/// before. Bob still gets the next message live (nothing after it would fill the gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_growing_past_the_threshold_keeps_reaching_other_nodes() {
+    let args = [FAST, &["--large-group-threshold", "2"]].concat();
+    let c = Cluster::start(2, &args).await;
+    let (n1, n2) = (c.node(0).addr(), c.node(1).addr());
+    let alice = register(n1, "alice").await;
+    let bob = register(n2, "bob").await;
+    let carol = register(n1, "carol").await;
+    let group = within("create", alice.api(n1).create_group("g", &[bob.id]))
+        .await
+        .expect("create group")
+        .id;
+    let mut a = Peer::connect("alice@node-1", n1, &alice.token).await;
+    let mut b = Peer::connect("bob@node-2", n2, &bob.token).await;
+    a.sync(&no_cursors()).await;
+    b.sync(&no_cursors()).await;
+    a.send(group, "m1").await;
+    b.wait_seq(group, 2).await;
+    within("add", alice.api(n1).add_member(group, carol.id, None)).await.expect("add");
+    b.wait_seq(group, 3).await;
+    a.send(group, "m2").await;
+    a.wait_seq(group, 4).await;
+    let got = tokio::time::timeout(Duration::from_secs(8), b.wait_seq(group, 4)).await;
+    assert!(got.is_ok(), "bob missed seq 4 after the group crossed the threshold");
+}
+
+/// Node-1 stops gracefully while Alice's only session is there; Bob on node-2, who watches
+/// her, sees her offline (the node tells the others it left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_node_s_users_go_offline_elsewhere() {
+    let mut c = Cluster::start(2, FAST).await;
+    let (n1, n2) = (c.node(0).addr(), c.node(1).addr());
+    let alice = register(n1, "alice").await;
+    let bob = register(n2, "bob").await;
+    within("direct", alice.api(n1).create_direct(bob.id)).await.expect("direct");
+    let mut a = Peer::connect("alice@node-1", n1, &alice.token).await;
+    a.sync(&no_cursors()).await;
+    let mut b = Peer::connect("bob@node-2", n2, &bob.token).await;
+    b.sync(&no_cursors()).await;
+    let reply =
+        b.request(|req_id| ClientFrame::SubscribePresence { req_id, users: vec![alice.id] }).await;
+    let ServerFrame::PresenceSubscribed { users, .. } = reply else { panic!("{reply:?}") };
+    assert_eq!(users[0].status, Status::Online);
+    c.node_mut(0).stop_gracefully().await;
+    drop(a);
+    let got = tokio::time::timeout(
+        Duration::from_secs(8),
+        b.next_where("Alice offline", presence_of(alice.id, Status::Offline)),
+    )
+    .await;
+    assert!(got.is_ok(), "bob still sees alice online after node-1 stopped");
+}

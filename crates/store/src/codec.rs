@@ -42,7 +42,7 @@ pub(crate) fn kind_str(body: &EntryBody) -> &'static str {
 }
 
 /// Whether an entry changes who is in its conversation.
-pub(crate) fn changes_members(body: &EntryBody) -> bool {
+pub fn changes_members(body: &EntryBody) -> bool {
     matches!(
         body,
         EntryBody::Created { .. } | EntryBody::MemberAdded { .. } | EntryBody::MemberRemoved { .. }

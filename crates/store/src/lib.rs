@@ -12,6 +12,8 @@
 //! message being edited, the member cap) is checked inside the writing transaction.
 
 mod codec;
+
+pub use codec::changes_members;
 pub mod postgres;
 pub mod sqlite;
 

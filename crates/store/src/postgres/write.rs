@@ -69,13 +69,10 @@ pub(super) async fn run(
     })
 }
 
+const ROLE_SQL: &str = "SELECT role FROM members WHERE conversation_id = $1 AND user_id = $2";
+
 pub(super) async fn role(c: &Conn, user: UserId, conv: ConversationId) -> PgResult<Option<Role>> {
-    let row = query_opt(
-        c,
-        "SELECT role FROM members WHERE conversation_id = $1 AND user_id = $2",
-        &[&conv.0, &user.0],
-    )
-    .await?;
+    let row = query_opt(c, ROLE_SQL, &[&conv.0, &user.0]).await?;
     Ok(row.map(|r| parse_role(r.get::<_, &str>(0))))
 }
 
@@ -260,17 +257,23 @@ async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
     // check: a membership change committed by another node while this waited is then
     // visible to it (each statement reads what was committed before it started), so a
     // removed member's send cannot slip in after the removal.
-    let idempotency: Params<'_> = &[&a.conversation.0, &a.sender.0, &a.client_msg_id];
-    let lock: Params<'_> = &[&a.conversation.0];
-    let (existing, conversation, member) = tokio::join!(
-        query_opt(
-            c,
+    // Prepared first, so that the three go out together and in this order (a cached
+    // statement would otherwise be sent while another is still being prepared).
+    let idempotency = c
+        .prepare_cached(
             "SELECT seq, id, ts FROM entries
              WHERE conversation_id = $1 AND sender = $2 AND client_msg_id = $3",
-            idempotency,
-        ),
-        query_opt(c, "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", lock),
-        role(c, a.sender, a.conversation),
+        )
+        .await?;
+    let lock = c.prepare_cached("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE").await?;
+    let membership = c.prepare_cached(ROLE_SQL).await?;
+    let key: Params<'_> = &[&a.conversation.0, &a.sender.0, &a.client_msg_id];
+    let conv: Params<'_> = &[&a.conversation.0];
+    let who: Params<'_> = &[&a.conversation.0, &a.sender.0];
+    let (existing, conversation, member) = tokio::join!(
+        c.query_opt(&idempotency, key),
+        c.query_opt(&lock, conv),
+        c.query_opt(&membership, who),
     );
     if let Some(row) = existing? {
         return Ok(Ack {

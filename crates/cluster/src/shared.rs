@@ -17,7 +17,7 @@
 //! - `natter:n:{node}`: targeted delivery to one node.
 //! - `natter:c:{conversation}`: a large conversation's entries (fan-out on read): every node
 //!   with a session of a member subscribes.
-//! - `natter:all`: membership changes, presence changes and catch-up requests.
+//! - `natter:all`: presence changes, nodes leaving, catch-up requests.
 //!
 //! One connection publishes and runs commands; a second one, in RESP3 push mode, holds the
 //! node's subscriptions and resubscribes by itself after Redis comes back.

@@ -6,8 +6,9 @@
 //!   batches, and checks at apply time that a removal is still right.
 //! - **Publishing.** After the local fan-out, the router hands each committed batch to the
 //!   publisher: entries of small conversations go once to each node holding a member
-//!   (looked up in the registry), entries of large ones once to the conversation's channel,
-//!   membership changes to every node. Receipts and typing go to the nodes of their
+//!   (looked up in the registry), entries of large ones once to the conversation's channel
+//!   (but membership changes to the members' nodes, so that a node not yet watching the
+//!   channel learns of them). Receipts and typing go to the nodes of their
 //!   recipients; local presence changes are written to Redis and broadcast. The publisher
 //!   has its own bounded queue: fan-out never waits on Redis and never holds up an ack.
 //! - **Receiving.** Entries from the bus are fanned out to local sessions like local ones;
@@ -344,6 +345,14 @@ async fn publish_presence(c: &Cluster, change: LocalPresence) {
     }
 }
 
+/// Whether an entry goes out on its conversation's channel (large conversations) rather than
+/// to each node holding a member. Membership changes always go to the members' nodes: a
+/// node that does not watch the channel yet (the group just grew past the threshold, or a
+/// member was just added) learns of them that way.
+fn on_conversation_channel(entry: &Entry, members: &[UserId], threshold: usize) -> bool {
+    members.len() > threshold && !natter_store::changes_members(&entry.body)
+}
+
 /// Routes one round of publishes: one registry lookup for every recipient in it, then one
 /// message per target channel.
 async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) {
@@ -353,7 +362,7 @@ async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) {
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
-                    if !natter_store::changes_members(&entry.body) && members.len() <= threshold {
+                    if !on_conversation_channel(entry, members, threshold) {
                         lookup.extend(members.iter().copied());
                     }
                 }
@@ -384,9 +393,7 @@ async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) {
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
-                    if natter_store::changes_members(&entry.body) {
-                        entries_to.entry(ALL_CHANNEL.to_owned()).or_default().push(entry);
-                    } else if members.len() > threshold {
+                    if on_conversation_channel(&entry, &members, threshold) {
                         let channel = conv_channel(entry.conversation);
                         entries_to.entry(channel).or_default().push(entry);
                     } else {
@@ -467,7 +474,7 @@ async fn run_bus(state: AppState, mut bus: BusReceiver, stop: CancellationToken)
 async fn receive(state: &AppState, msg: Envelope) {
     match msg {
         Envelope::Entries { node, entries } => {
-            // Membership changes go to every node, this one included: it already has them.
+            // Never published to this node's own channel; kept as a guard.
             if node == cluster(state).node() {
                 return;
             }

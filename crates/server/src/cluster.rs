@@ -302,8 +302,17 @@ async fn run_publisher(
         // Failures set `trouble`; the next heartbeat reports it once this node's entries
         // are back.
         let c = cluster(&state);
+        // Only each user's latest change counts; after a failure the rest of the round is
+        // skipped (statuses lapse or are rewritten by the heartbeat, and the catch-up it
+        // asks for makes every node re-read them).
+        let mut latest: HashMap<UserId, LocalPresence> = HashMap::new();
         for change in changes.drain(..) {
-            publish_presence(c, change).await;
+            latest.insert(change.user, change);
+        }
+        for change in latest.into_values() {
+            if !publish_presence(c, change).await {
+                break;
+            }
         }
         if !batch.is_empty() {
             publish_batch(&state, c, std::mem::take(&mut batch)).await;
@@ -330,7 +339,7 @@ fn encode(msg: &Envelope) -> Vec<u8> {
     serde_json::to_vec(msg).expect("envelopes serialize")
 }
 
-async fn publish_presence(c: &Cluster, change: LocalPresence) {
+async fn publish_presence(c: &Cluster, change: LocalPresence) -> bool {
     let LocalPresence { user, status, last_seen } = change;
     let written = with_timeout(c.shared.set_presence(user, status, last_seen)).await;
     let msg = Envelope::Presence { node: c.node().to_owned(), user, status, last_seen };
@@ -342,7 +351,9 @@ async fn publish_presence(c: &Cluster, change: LocalPresence) {
     if let Err(err) = sent {
         tracing::warn!(error = %err, "cannot publish a presence change");
         c.trouble.store(true, Ordering::Relaxed);
+        return false;
     }
+    true
 }
 
 /// Whether an entry goes out on its conversation's channel (large conversations) rather than

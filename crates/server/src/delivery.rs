@@ -140,8 +140,11 @@ impl Deliverer {
             if self.watched.contains(&conv) {
                 continue;
             }
-            if self.state.members().get(conv).await?.len() > threshold {
-                cluster.watch_conv(conv).await;
+            // A refused subscription is tried again by the next sync or membership change;
+            // the catch-up asked for meanwhile brings what it missed.
+            if self.state.members().get(conv).await?.len() > threshold
+                && cluster.watch_conv(conv).await
+            {
                 self.watched.insert(conv);
             }
         }

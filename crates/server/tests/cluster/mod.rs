@@ -54,6 +54,17 @@ pub const FAST: &[&str] = &[
 /// Lines of a process's output printed when its handle drops during a panic.
 const TAIL: usize = 60;
 
+/// Between two attempts to start a service again (its port may linger a moment): panics
+/// with its last log lines once `deadline` passed.
+async fn retry_launch(what: &str, port: u16, logs: &Logs, deadline: Instant) {
+    assert!(
+        Instant::now() < deadline,
+        "{what} did not start again on port {port}:\n{}",
+        logs.tail(TAIL)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 /// `fut`, or a panic naming `what` after `WAIT`.
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
@@ -242,13 +253,7 @@ impl Postgres {
         // The port was ours a moment ago; retry in case its socket lingers.
         let deadline = Instant::now() + WAIT;
         while !self.launch().await {
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not start again on port {}:\n{}",
-                self.port,
-                self.logs.tail(TAIL)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            retry_launch("postgres", self.port, &self.logs, deadline).await;
         }
     }
 
@@ -426,13 +431,7 @@ impl Redis {
         self.logs.push("---- started again (harness) ----".to_owned());
         let deadline = Instant::now() + WAIT;
         while !self.launch().await {
-            assert!(
-                Instant::now() < deadline,
-                "redis did not start again on port {}:\n{}",
-                self.port,
-                self.logs.tail(TAIL)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            retry_launch("redis", self.port, &self.logs, deadline).await;
         }
     }
 

@@ -54,6 +54,13 @@ async fn restarted_app_resumes_cursors_and_delivers_the_persisted_outbox() {
     for k in 0..3 {
         queued.push(alice.send_nowait(conv, format!("alice {k}")).await.expect("queued"));
     }
+    // Quit only once it has tried the (unreachable) server: closing first could end the
+    // run before any attempt.
+    let deadline = std::time::Instant::now() + WAIT;
+    while proxy.n_accepted() == 0 {
+        assert!(std::time::Instant::now() < deadline, "run 2 never tried to connect");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     alice.close().await.expect("close");
     let mut run2 = Vec::new();
     while let Some(e) = events.next().await {

@@ -54,6 +54,10 @@ pub struct Sent {
     pub conversation: ConversationId,
     pub client_msg_id: String,
     pub body: String,
+    /// Who queued it: the traffic task (`false`) or the test itself (`Member::queue`). Each
+    /// records its own sends in outbox order; between the two the recorded order can differ
+    /// from the outbox's (both await the SDK, then record), so order is checked per source.
+    pub by_test: bool,
 }
 
 /// Everything one SDK client told the app, in order.
@@ -191,6 +195,7 @@ impl Member {
             conversation: conv,
             client_msg_id: client_msg_id.clone(),
             body: body.to_owned(),
+            by_test: true,
         });
         client_msg_id
     }
@@ -255,6 +260,7 @@ impl Traffic {
                                 conversation: conv,
                                 client_msg_id,
                                 body,
+                                by_test: false,
                             });
                             k += 1;
                         }
@@ -354,7 +360,8 @@ pub fn assert_sends_committed_once(
     for m in members {
         let log_of = m.log();
         assert!(log_of.failed.is_empty(), "{}: sends were refused: {:?}", m.name(), log_of.failed);
-        let mut last_seq = 0;
+        // Per source: [traffic, test].
+        let mut last_seq = [0, 0];
         for sent in log_of.sent.iter().filter(|s| s.conversation == conv) {
             expected += 1;
             let found = by_id.get(&(m.id(), sent.client_msg_id.as_str())).map_or(&[][..], |v| v);
@@ -377,14 +384,15 @@ pub fn assert_sends_committed_once(
                 sent.body
             );
             if in_order {
+                let last = &mut last_seq[usize::from(sent.by_test)];
                 assert!(
-                    entry.seq > last_seq,
-                    "{}: {:?} stored at seq {} after an earlier send at seq {last_seq}",
+                    entry.seq > *last,
+                    "{}: {:?} stored at seq {} after an earlier send at seq {last}",
                     m.name(),
                     sent.body,
                     entry.seq
                 );
-                last_seq = entry.seq;
+                *last = entry.seq;
             }
         }
         // Each send is acked exactly once (acks of every conversation: sent ones are known).

@@ -485,7 +485,8 @@ async fn run_bus(state: AppState, mut bus: BusReceiver, stop: CancellationToken)
 async fn receive(state: &AppState, msg: Envelope) {
     match msg {
         Envelope::Entries { node, entries } => {
-            // Never published to this node's own channel; kept as a guard.
+            // A large conversation's channel echoes this node's own publishes back to it
+            // (it subscribes while it holds a member's session): already fanned out here.
             if node == cluster(state).node() {
                 return;
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use natter_proto::{ConversationId, ReqId, Seq, ServerFrame, UserId};
+use natter_proto::{ConversationId, ConversationSummary, ReqId, Seq, ServerFrame, UserId};
 use natter_store::Range;
 
 use crate::cluster::Registration;
@@ -118,44 +118,57 @@ impl Deliverer {
         limit: Option<u32>,
     ) -> crate::error::ApiResult<Vec<natter_proto::SyncConversation>> {
         self.registered.wait().await;
-        self.watch_large(None).await?;
-        let res = sync(&self.state, self.user, cursors, limit, Some(&mut self.convs)).await;
+        let listed = self.watch_all_large().await?;
+        let convs = Some(&mut self.convs);
+        let res = sync(&self.state, self.user, cursors, limit, convs, listed).await;
         if res.is_ok() {
             self.synced = true;
         }
         res
     }
 
-    /// Cluster mode: subscribes the node to the channels of the user's large conversations
-    /// (or just `only`) before they are read, so no entry committed after the read can
-    /// miss this session.
-    async fn watch_large(&mut self, only: Option<ConversationId>) -> crate::error::ApiResult<()> {
-        let Some(cluster) = self.state.cluster() else { return Ok(()) };
-        let threshold = self.state.cfg().limits.large_group_threshold;
-        let convs = match only {
-            Some(conv) => vec![conv],
-            None => self.state.store().memberships(self.user).await?.iter().map(|c| c.id).collect(),
-        };
-        for conv in convs {
-            if self.watched.contains(&conv) {
-                continue;
-            }
-            // A refused subscription is tried again by the next sync or membership change;
-            // the catch-up asked for meanwhile brings what it missed.
-            if self.state.members().get(conv).await?.len() > threshold
-                && cluster.watch_conv(conv).await
-            {
-                self.watched.insert(conv);
-            }
+    /// Cluster mode, before a sync: subscribes the node to the channels of the user's large
+    /// conversations, so that no entry committed after the sync's reads can miss this
+    /// session. Returns the memberships it read when the sync may use them (nothing new was
+    /// subscribed: what was committed after this read reaches the session anyway); after a
+    /// new subscription the sync reads them again.
+    async fn watch_all_large(
+        &mut self,
+    ) -> crate::error::ApiResult<Option<Vec<ConversationSummary>>> {
+        if self.state.cluster().is_none() {
+            return Ok(None);
         }
-        Ok(())
+        let listed = self.state.store().memberships(self.user).await?;
+        let mut subscribed = false;
+        for summary in &listed {
+            subscribed |= self.watch_large(summary.id).await?;
+        }
+        Ok((!subscribed).then_some(listed))
+    }
+
+    /// Cluster mode: subscribes the node to `conv`'s channel if it is large and this session
+    /// does not hold it yet. Returns whether it subscribed now.
+    async fn watch_large(&mut self, conv: ConversationId) -> crate::error::ApiResult<bool> {
+        let Some(cluster) = self.state.cluster() else { return Ok(false) };
+        if self.watched.contains(&conv) {
+            return Ok(false);
+        }
+        // A refused subscription is tried again by the next sync or membership change; the
+        // catch-up asked for meanwhile brings what it missed.
+        let threshold = self.state.cfg().limits.large_group_threshold;
+        let large = self.state.members().get(conv).await?.len() > threshold;
+        let subscribed = large && cluster.watch_conv(conv).await;
+        if subscribed {
+            self.watched.insert(conv);
+        }
+        Ok(subscribed)
     }
 
     /// After a membership change (cluster mode): a conversation that grew past the large-group
     /// threshold is published on its own channel from now on. Subscribe, then read from the
     /// store whatever was published there before the subscription.
     async fn rewatch(&mut self, out: &mut Vec<Produced>, conv: ConversationId) {
-        if self.watch_large(Some(conv)).await.is_err() || !self.watched.contains(&conv) {
+        if !matches!(self.watch_large(conv).await, Ok(true)) {
             return;
         }
         if let Some(Delivery::Live(upto)) = self.convs.get(&conv) {
@@ -247,7 +260,7 @@ impl Deliverer {
         seq: Seq,
     ) -> Option<Seq> {
         self.registered.wait().await;
-        if self.watch_large(Some(conv)).await.is_err() {
+        if self.watch_large(conv).await.is_err() {
             tracing::warn!(%conv, "cannot check the conversation's size");
         }
         let limit = self.state.cfg().limits.default_page;
@@ -275,7 +288,7 @@ impl Deliverer {
     ) -> bool {
         let max_page = self.state.cfg().limits.max_page;
         while upto + 1 < seq {
-            let want = ((seq - 1 - upto) as u32).min(max_page);
+            let want = u32::try_from(seq - 1 - upto).unwrap_or(u32::MAX).min(max_page);
             let page = match self.state.store().entries(conv, Range::After(upto), want).await {
                 Ok(page) if !page.entries.is_empty() => page,
                 Ok(_) => return false,

@@ -51,7 +51,7 @@ pub(crate) async fn run(state: AppState, mut feed_rx: mpsc::Receiver<Vec<Entry>>
 /// Offers a committed entry to this node's sessions of its members; returns the members.
 pub(crate) async fn fan_out_local(
     state: &AppState,
-    entry: Entry,
+    mut entry: Entry,
     routed_at: Instant,
 ) -> Option<Arc<Vec<UserId>>> {
     let conv = entry.conversation;
@@ -65,7 +65,6 @@ pub(crate) async fn fan_out_local(
     };
     let seq = entry.seq;
     let membership = natter_store::changes_members(&entry.body);
-    let mut entry = entry;
     // Server-internal: clients never see it.
     entry.members_seq = None;
     let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use natter_proto::{ConversationId, Seq, SyncConversation, UserId};
+use natter_proto::{ConversationId, ConversationSummary, Seq, SyncConversation, UserId};
 use natter_store::Range;
 
 use crate::error::ApiResult;
@@ -34,17 +34,24 @@ impl Delivery {
 
 /// Builds a sync reply. With `delivery` (a WebSocket session's state) it also records where
 /// each conversation's live stream continues, and never repeats what the session sent.
+/// `listed`: the user's memberships if the caller just read them (after the session became
+/// routable), else they are read here.
 pub(crate) async fn sync(
     state: &AppState,
     user: UserId,
     cursors: &BTreeMap<ConversationId, Seq>,
     limit: Option<u32>,
     mut delivery: Option<&mut HashMap<ConversationId, Delivery>>,
+    listed: Option<Vec<ConversationSummary>>,
 ) -> ApiResult<Vec<SyncConversation>> {
     let limit = state.cfg().limits.page(limit);
     let store = state.store();
+    let memberships = match listed {
+        Some(list) => list,
+        None => store.memberships(user).await?,
+    };
     let mut out = Vec::new();
-    for summary in store.memberships(user).await? {
+    for summary in memberships {
         let conv = summary.id;
         let sent = delivery.as_deref().and_then(|d| d.get(&conv)).map(|d| d.upto());
         let cursor = match (cursors.get(&conv).copied(), sent) {

@@ -248,6 +248,7 @@ pub(super) async fn sync(
 ) -> ApiResult<Json<SyncResponse>> {
     let Json(req) = body?;
     let user = auth.principal.user_id;
-    let conversations = sync_handler::sync(&state, user, &req.cursors, req.limit, None).await?;
+    let conversations =
+        sync_handler::sync(&state, user, &req.cursors, req.limit, None, None).await?;
     Ok(Json(SyncResponse { conversations }))
 }

@@ -1,13 +1,20 @@
-//! The routing seam: who is connected where.
+//! The routing seam: who is connected where, and how nodes talk.
 //!
-//! [`Registry`] maps each user to the live sessions this node holds for them. The router
-//! looks up a conversation's members here to fan an entry out; sessions register when they
-//! authenticate and deregister when they end. In a single node this in-memory registry is
-//! the whole story; cluster mode (PostgreSQL + Redis) adds a shared user → node registry and
-//! a bus between nodes beside it ([`shared`]), and keeps this one for the sessions a node
-//! holds itself.
+//! - [`Registry`] maps each user to the live sessions this node holds for them. The router
+//!   looks up a conversation's members here to fan an entry out; sessions register when
+//!   they authenticate and deregister when they end.
+//! - [`bus`]: the port between nodes: [`Topic`], [`Envelope`], the [`Bus`] trait (publish,
+//!   subscribe, and the shared user → node directory with presence and liveness).
+//! - [`local`]: the in-process bus, a single node's default and tests' faulty cluster bus.
+//! - [`redis`]: the Redis bus of cluster mode.
+//!
+//! It knows nothing of sessions or stores: entries and frames are payloads to carry.
 
-pub mod shared;
+pub mod bus;
+pub mod local;
+pub mod redis;
+
+pub use bus::{Bus, BusError, BusEvent, BusReceiver, Envelope, NodeStatus, SharedPresence, Topic};
 
 use std::collections::HashMap;
 use std::sync::Mutex;

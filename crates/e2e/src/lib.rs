@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,7 +18,7 @@ use natter_proto::{
     Ack, ClientFrame, ConversationId, ConversationSummary, Entry, NewEntry, ReqId, Seq,
     ServerFrame, SyncConversation, UserId,
 };
-use natter_server::{Config, RunningServer};
+use natter_server::{Config, Faults, LocalHub, RunningServer};
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,8 +37,48 @@ pub const PASSWORD: &str = "correct horse battery";
 pub struct TestServer {
     server: Option<RunningServer>,
     pub addr: SocketAddr,
-    pub data_dir: tempfile::TempDir,
+    /// Shared by the nodes of a [`TestCluster`].
+    pub data_dir: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
+}
+
+/// Nodes of one process on one in-process bus (with faults, if asked), sharing one data
+/// directory and so one SQLite store: what a cluster on PostgreSQL and Redis does, in
+/// process and fast enough to repeat over many seeds.
+pub struct TestCluster {
+    pub hub: LocalHub,
+    pub nodes: Vec<TestServer>,
+}
+
+impl TestCluster {
+    /// `n` nodes named `node-0`.. on a hub with `faults`; `tweak` adjusts each node's
+    /// configuration (it starts with a 100 ms heartbeat, so catch-ups come quickly).
+    pub async fn start(n: usize, faults: Faults, tweak: impl Fn(&mut Config)) -> TestCluster {
+        let hub = LocalHub::with_faults(faults);
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut cfg = Config {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                data_dir: data_dir.path().to_path_buf(),
+                node_id: Some(format!("node-{i}")),
+                ..Config::default()
+            };
+            cfg.limits.heartbeat_ms = 100;
+            cfg.limits.registry_ttl_ms = 1_000;
+            tweak(&mut cfg);
+            let server = natter_server::start_on_hub(cfg, &hub).await.expect("node starts");
+            nodes.push(TestServer::wrap(server, data_dir.clone()));
+        }
+        TestCluster { hub, nodes }
+    }
+
+    /// Stops every node gracefully.
+    pub async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
 }
 
 /// A registered, logged-in user.
@@ -64,6 +105,10 @@ impl TestServer {
         };
         tweak(&mut cfg);
         let server = natter_server::start(cfg).await.expect("server starts");
+        TestServer::wrap(server, Arc::new(data_dir))
+    }
+
+    fn wrap(server: RunningServer, data_dir: Arc<tempfile::TempDir>) -> TestServer {
         TestServer {
             addr: server.addr(),
             server: Some(server),

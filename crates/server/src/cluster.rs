@@ -1,69 +1,55 @@
-//! Cluster mode: this node's part in the shared registry, presence and bus on Redis.
+//! This node's part in the cluster: registry, presence and the bus, through the
+//! [`natter_cluster::Bus`] port. A single node is a cluster of one on the in-process bus;
+//! cluster mode uses the Redis bus. The code path is the same.
 //!
 //! - **Registry.** A user's first session here adds this node to the user's registry entry
 //!   before the session reads anything from the store (so no entry committed after that
 //!   read can miss it); the last one ending removes it. One task applies these in order, in
 //!   batches, and checks at apply time that a removal is still right.
-//! - **Publishing.** After the local fan-out, the router hands each committed batch to the
-//!   publisher: entries of small conversations go once to each node holding a member
-//!   (looked up in the registry), entries of large ones once to the conversation's channel
-//!   (but membership changes to the members' nodes, so that a node not yet watching the
-//!   channel learns of them). Receipts and typing go to the nodes of their
-//!   recipients; local presence changes are written to Redis and broadcast. The publisher
-//!   has its own bounded queue: fan-out never waits on Redis and never holds up an ack.
-//! - **Receiving.** Entries from the bus are fanned out to local sessions like local ones;
-//!   each session's deliverer fills any `seq` gap from the store, so a lost or late bus
-//!   message costs latency, never order or completeness.
-//! - **Trouble.** Pub/sub is at-most-once. When this node's subscriber loses Redis, its
+//! - **Publishing.** The router hands each committed batch to the [`Port`] after its local
+//!   fan-out; the publisher task sends entries of small conversations once to each node
+//!   holding a member (looked up in the registry), entries of large ones once to the
+//!   conversation's topic (but membership changes to the members' nodes, so that a node not
+//!   yet watching the topic learns of them). Receipts and typing go to the nodes of their
+//!   recipients; local presence changes are written to the directory and broadcast. The
+//!   publisher has its own bounded queue: fan-out never waits on the bus and never holds up
+//!   an ack.
+//! - **Receiving.** Entries and frames from the bus go to the router's inbox ([`Inbound`])
+//!   and are fanned out like local ones; each session's deliverer fills any `seq` gap from
+//!   the store, so a lost or late bus message costs latency, never order or completeness.
+//! - **Subscriptions.** Large conversations' topics are held while some session here wants
+//!   them; one task owns the counts and the subscribe calls (no lock is held across a bus
+//!   call).
+//! - **Trouble.** Pub/sub is at-most-once. When this node's subscriber loses the bus, its
 //!   publishes fail, or its inbound queue overflows, it asks every node (itself included)
-//!   to catch up once Redis answers again: each session reads what it missed from the
+//!   to catch up once the bus answers again: each session reads what it missed from the
 //!   store, member lists are reloaded and presence is re-read.
 //! - **Heartbeat.** Every `heartbeat_ms` the node refreshes its entries (they lapse after
 //!   `registry_ttl_ms`) and sweeps those of nodes that stopped heart-beating.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use natter_cluster::shared::{
-    ALL_CHANNEL, BusEvent, BusReceiver, RedisCluster, conv_channel, node_channel,
-};
-use natter_proto::{ConversationId, Entry, Status, UserId};
-use serde::{Deserialize, Serialize};
+use natter_cluster::{Bus, BusEvent, BusReceiver, Envelope, Topic};
+use natter_proto::{ConversationId, Entry, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Outbound;
+use crate::port::{Inbound, Port, Publish};
 use crate::presence::LocalPresence;
 use crate::state::AppState;
 
-/// Redis operations get this long before they count as failed.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bus operations get this long before they count as failed.
+const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Queued items one publisher or registry round takes at most.
 const ROUND: usize = 1024;
 /// Entries in one bus message at most.
 const MAX_ENTRIES_PER_MESSAGE: usize = 256;
 
-/// What crosses the bus.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum Envelope {
-    /// Committed entries for this node's sessions.
-    Entries { node: String, entries: Vec<Entry> },
-    /// A ready frame (receipt, typing) for these users' sessions on this node.
-    Frame { users: Vec<UserId>, frame: String },
-    /// A node's view of a user changed.
-    Presence { node: String, user: UserId, status: Option<Status>, last_seen: Option<i64> },
-    /// Something was lost: every node catches its sessions up from the store.
-    CatchUp { node: String },
-    /// A node left (graceful stop) or was found dead, or restarted under the same id: its
-    /// statuses no longer count.
-    NodeGone { node: String },
-}
-
-/// Waits for a session's registration (cluster mode); resolves at once on a single node.
+/// Waits for a session's registration: resolves once the registry routes the user's
+/// entries to this node.
 #[derive(Default)]
 pub(crate) struct Registration(Option<oneshot::Receiver<()>>);
 
@@ -80,67 +66,82 @@ enum RegistryOp {
     Remove(UserId),
 }
 
-/// What the publisher is asked to send.
-pub(crate) enum Publish {
-    Entries(Vec<(Entry, Arc<Vec<UserId>>)>),
-    ToUsers { users: Vec<UserId>, frame: Utf8Bytes },
+enum WatchOp {
+    /// One more session wants a large conversation's topic; answers whether it holds.
+    Add(ConversationId, oneshot::Sender<bool>),
+    Remove(ConversationId),
 }
 
 pub(crate) struct Cluster {
-    shared: RedisCluster,
+    bus: Arc<dyn Bus>,
+    // Unbounded, yet bounded by the sessions: one Add per session start, one Remove per end.
     registry_tx: mpsc::UnboundedSender<RegistryOp>,
-    publish_tx: mpsc::Sender<Publish>,
-    /// Large conversations this node is subscribed to, with how many sessions want each.
-    conv_subs: tokio::sync::Mutex<HashMap<ConversationId, usize>>,
-    /// Something was lost since Redis last answered: ask everyone to catch up.
-    trouble: AtomicBool,
+    // Unbounded, yet bounded by the sessions' watches: each Remove follows an Add that held.
+    watch_tx: mpsc::UnboundedSender<WatchOp>,
 }
 
 /// The receiving ends the cluster's tasks consume.
 pub(crate) struct ClusterTasks {
     registry_rx: mpsc::UnboundedReceiver<RegistryOp>,
+    watch_rx: mpsc::UnboundedReceiver<WatchOp>,
     publish_rx: mpsc::Receiver<Publish>,
     presence_rx: mpsc::UnboundedReceiver<LocalPresence>,
-    bus: BusReceiver,
+    bus_rx: BusReceiver,
+    inbound_tx: mpsc::Sender<Inbound>,
+}
+
+/// What [`Cluster::join`] returns: the cluster handle, the router's port, and the tasks
+/// to spawn.
+pub(crate) struct Joined {
+    pub(crate) cluster: Cluster,
+    pub(crate) port: Port,
+    pub(crate) tasks: ClusterTasks,
 }
 
 impl Cluster {
-    /// Joins the cluster: connects to Redis, removes what an earlier run under the same
-    /// node id left, and subscribes to this node's channels.
-    pub(crate) async fn connect(
-        url: &str,
-        node: &str,
+    /// Joins the cluster on `bus`: removes what an earlier run under the same node id left
+    /// (and tells the others), and sets up the channels of the node's tasks. `inbound_tx`
+    /// is the router's inbox.
+    pub(crate) async fn join(
+        bus: Arc<dyn Bus>,
+        bus_rx: BusReceiver,
         limits: &crate::config::Limits,
         presence_rx: mpsc::UnboundedReceiver<LocalPresence>,
-    ) -> anyhow::Result<(Cluster, ClusterTasks)> {
-        let (shared, bus) =
-            RedisCluster::connect(url, node, limits.registry_ttl(), limits.bus_queue).await?;
+        inbound_tx: mpsc::Sender<Inbound>,
+    ) -> anyhow::Result<Joined> {
         // An earlier run under this id may have died with entries committed but never
         // published, and statuses others still show: sweep, tell, and have the first
         // heartbeat ask every node to catch up.
-        let earlier = shared.sweep(node).await?;
+        let earlier = bus.sweep(bus.node()).await?;
         if earlier {
-            let gone = Envelope::NodeGone { node: node.to_owned() };
-            shared.publish(&[(ALL_CHANNEL.to_owned(), encode(&gone))]).await?;
+            let gone = Envelope::NodeGone { node: bus.node().to_owned() };
+            bus.publish(vec![(Topic::Broadcast, gone)]).await?;
         }
         let (registry_tx, registry_rx) = mpsc::unbounded_channel();
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
         let (publish_tx, publish_rx) = mpsc::channel(limits.bus_queue);
-        let cluster = Cluster {
-            shared,
-            registry_tx,
-            publish_tx,
-            conv_subs: tokio::sync::Mutex::new(HashMap::new()),
-            trouble: AtomicBool::new(earlier),
-        };
-        Ok((cluster, ClusterTasks { registry_rx, publish_rx, presence_rx, bus }))
+        let port = Port::new(bus.clone(), publish_tx);
+        if earlier {
+            port.report_trouble();
+        }
+        let cluster = Cluster { bus, registry_tx, watch_tx };
+        let tasks =
+            ClusterTasks { registry_rx, watch_rx, publish_rx, presence_rx, bus_rx, inbound_tx };
+        Ok(Joined { cluster, port, tasks })
     }
 
     pub(crate) fn node(&self) -> &str {
-        self.shared.node()
+        self.bus.node()
+    }
+
+    /// Whether this node is alone on an in-process bus (nothing is ever published to it, so
+    /// large conversations' topics need no subscription).
+    pub(crate) fn alone(&self) -> bool {
+        !self.bus.has_peers()
     }
 
     /// Adds this node to `user`'s registry entry; the returned registration resolves once
-    /// Redis has it (or failed: the heartbeat adds it again).
+    /// the directory has it (or failed: the heartbeat adds it again).
     pub(crate) fn register(&self, user: UserId) -> Registration {
         let (tx, rx) = oneshot::channel();
         let _ = self.registry_tx.send(RegistryOp::Add(user, tx));
@@ -152,60 +153,28 @@ impl Cluster {
         let _ = self.registry_tx.send(RegistryOp::Remove(user));
     }
 
-    /// Queues a publish; a full queue drops it and makes every node catch up later.
-    pub(crate) fn publish(&self, item: Publish) {
-        if self.publish_tx.try_send(item).is_err() {
-            metrics::counter!("natter_bus_dropped_total").increment(1);
-            self.trouble.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Sends `frame` to the sessions of `users` on other nodes.
-    pub(crate) fn to_users(&self, users: Vec<UserId>, frame: Utf8Bytes) {
-        if !users.is_empty() {
-            self.publish(Publish::ToUsers { users, frame });
-        }
-    }
-
-    /// Subscribes this node to a large conversation's channel for one more session; false if
-    /// Redis refused (then the session does not hold it).
+    /// Subscribes this node to a large conversation's topic for one more session; false if
+    /// the bus refused (then the session does not hold it).
     pub(crate) async fn watch_conv(&self, conv: ConversationId) -> bool {
-        let mut subs = self.conv_subs.lock().await;
-        let n = subs.entry(conv).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            let subscribed = self.shared.subscribe(conv_channel(conv));
-            if let Err(err) = with_timeout(subscribed).await {
-                // Not subscribed: the next session (or entry) that wants it tries again, and
-                // the catch-up after Redis answers brings what was missed meanwhile.
-                tracing::warn!(%conv, error = %err, "cannot subscribe to a conversation");
-                subs.remove(&conv);
-                self.trouble.store(true, Ordering::Relaxed);
-                return false;
-            }
+        let (tx, rx) = oneshot::channel();
+        if self.watch_tx.send(WatchOp::Add(conv, tx)).is_err() {
+            return false;
         }
-        true
+        rx.await.unwrap_or(false)
     }
 
-    /// One session less wants `conv`'s channel.
-    pub(crate) async fn unwatch_conv(&self, conv: ConversationId) {
-        let mut subs = self.conv_subs.lock().await;
-        let Some(n) = subs.get_mut(&conv) else { return };
-        *n -= 1;
-        if *n == 0 {
-            subs.remove(&conv);
-            let _ = with_timeout(self.shared.unsubscribe(conv_channel(conv))).await;
-        }
+    /// One session less wants `conv`'s topic. Never waits, so a session's drop can call it.
+    pub(crate) fn unwatch_conv(&self, conv: ConversationId) {
+        let _ = self.watch_tx.send(WatchOp::Remove(conv));
     }
 
     /// Leaves the cluster on a graceful stop: this node's entries go now, not at their TTL.
     pub(crate) async fn leave(&self) {
-        if let Err(err) = with_timeout(self.shared.leave()).await {
-            tracing::warn!(error = %err, "cannot remove this node's entries from Redis");
+        if let Err(err) = with_timeout(self.bus.leave()).await {
+            tracing::warn!(error = %err, "cannot remove this node's directory entries");
         }
         let gone = Envelope::NodeGone { node: self.node().to_owned() };
-        let messages = [(ALL_CHANNEL.to_owned(), encode(&gone))];
-        if let Err(err) = with_timeout(self.shared.publish(&messages)).await {
+        if let Err(err) = with_timeout(self.bus.publish(vec![(Topic::Broadcast, gone)])).await {
             tracing::warn!(error = %err, "cannot tell the other nodes that this one left");
         }
     }
@@ -214,10 +183,10 @@ impl Cluster {
 async fn with_timeout<T, E: std::error::Error + Send + Sync + 'static>(
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, anyhow::Error> {
-    match tokio::time::timeout(REDIS_TIMEOUT, fut).await {
+    match tokio::time::timeout(BUS_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(err)) => Err(err.into()),
-        Err(_) => Err(anyhow::anyhow!("Redis did not answer within {REDIS_TIMEOUT:?}")),
+        Err(_) => Err(anyhow::anyhow!("the bus did not answer within {BUS_TIMEOUT:?}")),
     }
 }
 
@@ -228,17 +197,14 @@ pub(crate) fn spawn(
     tasks: ClusterTasks,
     stop: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let ClusterTasks { registry_rx, publish_rx, presence_rx, bus } = tasks;
+    let ClusterTasks { registry_rx, watch_rx, publish_rx, presence_rx, bus_rx, inbound_tx } = tasks;
     vec![
         tokio::spawn(run_registry(state.clone(), registry_rx, stop.clone())),
+        tokio::spawn(run_watches(state.clone(), watch_rx, stop.clone())),
         tokio::spawn(run_publisher(state.clone(), publish_rx, presence_rx, stop.clone())),
-        tokio::spawn(run_bus(state.clone(), bus, stop.clone())),
+        tokio::spawn(run_bus(state.clone(), bus_rx, inbound_tx, stop.clone())),
         tokio::spawn(run_heartbeat(state.clone(), stop.clone())),
     ]
-}
-
-fn cluster(state: &AppState) -> &Cluster {
-    state.cluster().expect("cluster tasks run only in cluster mode")
 }
 
 async fn run_registry(
@@ -267,13 +233,59 @@ async fn run_registry(
                 RegistryOp::Remove(_) => {}
             }
         }
-        let c = cluster(&state);
-        if let Err(err) = with_timeout(c.shared.update_registry(&ops)).await {
+        if let Err(err) = with_timeout(state.cluster().bus.update_registry(&ops)).await {
             tracing::warn!(error = %err, "registry update failed; the heartbeat repeats it");
-            c.trouble.store(true, Ordering::Relaxed);
+            state.port().report_trouble();
         }
         for done in waiters {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Owns the counts of sessions wanting each large conversation's topic, and the calls that
+/// (un)subscribe: applied one at a time, so a session is told its topic holds only once it
+/// does.
+async fn run_watches(
+    state: AppState,
+    mut rx: mpsc::UnboundedReceiver<WatchOp>,
+    stop: CancellationToken,
+) {
+    let bus = state.cluster().bus.clone();
+    let mut wanted: HashMap<ConversationId, usize> = HashMap::new();
+    loop {
+        let op = tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => op,
+                None => return,
+            },
+            () = stop.cancelled() => return,
+        };
+        match op {
+            WatchOp::Add(conv, reply) => {
+                let n = wanted.entry(conv).or_insert(0);
+                *n += 1;
+                if *n == 1
+                    && let Err(err) = with_timeout(bus.subscribe(Topic::Conversation(conv))).await
+                {
+                    // Not subscribed: the next session (or entry) that wants it tries again,
+                    // and the catch-up after the bus answers brings what was missed meanwhile.
+                    tracing::warn!(%conv, error = %err, "cannot subscribe to a conversation");
+                    wanted.remove(&conv);
+                    state.port().report_trouble();
+                    let _ = reply.send(false);
+                    continue;
+                }
+                let _ = reply.send(true);
+            }
+            WatchOp::Remove(conv) => {
+                let Some(n) = wanted.get_mut(&conv) else { continue };
+                *n -= 1;
+                if *n == 0 {
+                    wanted.remove(&conv);
+                    let _ = with_timeout(bus.unsubscribe(Topic::Conversation(conv))).await;
+                }
+            }
         }
     }
 }
@@ -299,9 +311,8 @@ async fn run_publisher(
             n = presence_rx.recv_many(&mut changes, ROUND) => if n == 0 { return } else { false },
             n = rx.recv_many(&mut batch, ROUND) => if n == 0 { return } else { false },
         };
-        // Failures set `trouble`; the next heartbeat reports it once this node's entries
+        // Failures report trouble; the next heartbeat reports it once this node's entries
         // are back.
-        let c = cluster(&state);
         // Only each user's latest change counts; after a failure the rest of the round is
         // skipped (statuses lapse or are rewritten by the heartbeat, and the catch-up it
         // asks for makes every node re-read them).
@@ -310,12 +321,12 @@ async fn run_publisher(
             latest.insert(change.user, change);
         }
         for change in latest.into_values() {
-            if !publish_presence(c, change).await {
+            if !publish_presence(&state, change).await {
                 break;
             }
         }
         if !batch.is_empty() {
-            publish_batch(&state, c, std::mem::take(&mut batch)).await;
+            publish_batch(&state, std::mem::take(&mut batch)).await;
         }
         if stopping {
             return;
@@ -325,55 +336,52 @@ async fn run_publisher(
 
 /// Asks every node, this one included, to catch up (after a heartbeat put this node's
 /// registry and presence entries back); on failure the next heartbeat asks again.
-async fn ask_catch_up(c: &Cluster) {
+async fn ask_catch_up(state: &AppState) {
+    let c = state.cluster();
     let msg = Envelope::CatchUp { node: c.node().to_owned() };
-    let messages = [(ALL_CHANNEL.to_owned(), encode(&msg))];
-    if with_timeout(c.shared.publish(&messages)).await.is_err() {
-        c.trouble.store(true, Ordering::Relaxed);
+    if with_timeout(c.bus.publish(vec![(Topic::Broadcast, msg)])).await.is_err() {
+        state.port().report_trouble();
     } else {
         tracing::info!("asked every node to catch up from the store");
     }
 }
 
-fn encode(msg: &Envelope) -> Vec<u8> {
-    serde_json::to_vec(msg).expect("envelopes serialize")
-}
-
-async fn publish_presence(c: &Cluster, change: LocalPresence) -> bool {
+async fn publish_presence(state: &AppState, change: LocalPresence) -> bool {
+    let c = state.cluster();
     let LocalPresence { user, status, last_seen } = change;
-    let written = with_timeout(c.shared.set_presence(user, status, last_seen)).await;
+    let written = with_timeout(c.bus.set_presence(user, status, last_seen)).await;
     let msg = Envelope::Presence { node: c.node().to_owned(), user, status, last_seen };
-    let messages = [(ALL_CHANNEL.to_owned(), encode(&msg))];
     let sent = match written {
-        Ok(()) => with_timeout(c.shared.publish(&messages)).await,
+        Ok(()) => with_timeout(c.bus.publish(vec![(Topic::Broadcast, msg)])).await,
         Err(err) => Err(err),
     };
     if let Err(err) = sent {
         tracing::warn!(error = %err, "cannot publish a presence change");
-        c.trouble.store(true, Ordering::Relaxed);
+        state.port().report_trouble();
         return false;
     }
     true
 }
 
-/// Whether an entry goes out on its conversation's channel (large conversations) rather than
+/// Whether an entry goes out on its conversation's topic (large conversations) rather than
 /// to each node holding a member. Membership changes always go to the members' nodes: a
-/// node that does not watch the channel yet (the group just grew past the threshold, or a
+/// node that does not watch the topic yet (the group just grew past the threshold, or a
 /// member was just added) learns of them that way.
-fn on_conversation_channel(entry: &Entry, members: &[UserId], threshold: usize) -> bool {
+fn on_conversation_topic(entry: &Entry, members: &[UserId], threshold: usize) -> bool {
     members.len() > threshold && !natter_store::changes_members(&entry.body)
 }
 
 /// Routes one round of publishes: one registry lookup for every recipient in it, then one
-/// message per target channel.
-async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) {
+/// message per target topic.
+async fn publish_batch(state: &AppState, batch: Vec<Publish>) {
+    let c = state.cluster();
     let threshold = state.cfg().limits.large_group_threshold;
     let mut lookup: HashSet<UserId> = HashSet::new();
     for item in &batch {
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
-                    if !on_conversation_channel(entry, members, threshold) {
+                    if !on_conversation_topic(entry, members, threshold) {
                         lookup.extend(members.iter().copied());
                     }
                 }
@@ -382,166 +390,169 @@ async fn publish_batch(state: &AppState, c: &Cluster, batch: Vec<Publish>) {
         }
     }
     let users: Vec<UserId> = lookup.into_iter().collect();
-    let nodes = match with_timeout(c.shared.nodes_of(&users)).await {
+    let nodes = match with_timeout(c.bus.nodes_of(&users)).await {
         Ok(nodes) => nodes,
         Err(err) => {
             tracing::warn!(error = %err, "registry lookup failed; other nodes catch up later");
-            c.trouble.store(true, Ordering::Relaxed);
+            state.port().report_trouble();
             return;
         }
     };
     let own = c.node();
-    let node_of: HashMap<UserId, Vec<String>> = users
+    let node_of: HashMap<UserId, Vec<Topic>> = users
         .into_iter()
         .zip(nodes)
-        .map(|(u, ns)| (u, ns.into_iter().filter(|n| n != own).collect()))
+        .map(|(u, ns)| (u, ns.iter().filter(|n| *n != own).map(|n| Topic::node(n)).collect()))
         .collect();
 
-    // Per target channel, the entries in commit order.
-    let mut entries_to: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    // Per target topic, the entries in commit order.
+    let mut entries_to: BTreeMap<Topic, Vec<Entry>> = BTreeMap::new();
     let mut messages = Vec::new();
     for item in batch {
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
-                    if on_conversation_channel(&entry, &members, threshold) {
-                        let channel = conv_channel(entry.conversation);
-                        entries_to.entry(channel).or_default().push(entry);
+                    if on_conversation_topic(&entry, &members, threshold) {
+                        let topic = Topic::Conversation(entry.conversation);
+                        entries_to.entry(topic).or_default().push(entry);
                     } else {
-                        let targets: HashSet<&String> =
+                        let targets: HashSet<&Topic> =
                             members.iter().filter_map(|m| node_of.get(m)).flatten().collect();
-                        for node in targets {
-                            entries_to.entry(node_channel(node)).or_default().push(entry.clone());
+                        for topic in targets {
+                            entries_to.entry(topic.clone()).or_default().push(entry.clone());
                         }
                     }
                 }
             }
             Publish::ToUsers { users, frame } => {
-                let mut per_node: BTreeMap<&String, Vec<UserId>> = BTreeMap::new();
+                let mut per_node: BTreeMap<&Topic, Vec<UserId>> = BTreeMap::new();
                 for user in users {
-                    for node in node_of.get(&user).into_iter().flatten() {
-                        per_node.entry(node).or_default().push(user);
+                    for topic in node_of.get(&user).into_iter().flatten() {
+                        per_node.entry(topic).or_default().push(user);
                     }
                 }
-                for (node, users) in per_node {
+                for (topic, users) in per_node {
                     let msg = Envelope::Frame { users, frame: frame.as_str().to_owned() };
-                    messages.push((node_channel(node), encode(&msg)));
+                    messages.push((topic.clone(), msg));
                 }
             }
         }
     }
-    for (channel, entries) in entries_to {
+    for (topic, entries) in entries_to {
         // Bounded messages: Redis drops subscribers whose output buffer grows too large.
         for chunk in entries.chunks(MAX_ENTRIES_PER_MESSAGE) {
             let msg = Envelope::Entries { node: own.to_owned(), entries: chunk.to_vec() };
-            messages.push((channel.clone(), encode(&msg)));
+            messages.push((topic.clone(), msg));
         }
     }
     metrics::counter!("natter_bus_published_total").increment(messages.len() as u64);
-    if let Err(err) = with_timeout(c.shared.publish(&messages)).await {
+    if let Err(err) = with_timeout(c.bus.publish(messages)).await {
         tracing::warn!(error = %err, "publish failed; other nodes catch up later");
-        c.trouble.store(true, Ordering::Relaxed);
+        state.port().report_trouble();
     }
 }
 
-async fn run_bus(state: AppState, mut bus: BusReceiver, stop: CancellationToken) {
-    let own_channel = node_channel(cluster(&state).node());
+async fn run_bus(
+    state: AppState,
+    mut bus_rx: BusReceiver,
+    inbound_tx: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
+) {
+    let own_topic = Topic::node(state.cluster().node());
     let mut lost = false;
     loop {
         let event = tokio::select! {
-            event = bus.recv() => match event {
+            event = bus_rx.recv() => match event {
                 Some(event) => event,
                 None => return,
             },
             () = stop.cancelled() => return,
         };
-        match event {
-            BusEvent::Message(bytes) => match serde_json::from_slice::<Envelope>(&bytes) {
-                Ok(msg) => receive(&state, msg).await,
-                Err(err) => tracing::warn!(error = %err, "undecodable bus message"),
+        let inbound = match event {
+            BusEvent::Message(msg) => match receive(&state, msg).await {
+                Some(inbound) => inbound,
+                None => continue,
             },
             BusEvent::Disconnected => {
-                tracing::warn!("lost the Redis subscription; reconnecting");
+                tracing::warn!("lost the bus subscription; reconnecting");
                 lost = true;
+                continue;
             }
-            BusEvent::Subscribed(channel) if lost && channel == own_channel => {
+            BusEvent::Subscribed(topic) if lost && topic == own_topic => {
                 lost = false;
-                tracing::info!("resubscribed to Redis");
+                tracing::info!("resubscribed to the bus");
                 // What was published meanwhile is gone, and a restarted Redis has lost the
                 // registry: put this node's entries back first (so new entries find its
                 // sessions), then have every node, this one included, catch up from the store.
-                cluster(&state).trouble.store(true, Ordering::Relaxed);
+                state.port().report_trouble();
                 heartbeat(&state).await;
+                continue;
             }
-            BusEvent::Subscribed(_) => {}
+            BusEvent::Subscribed(_) => continue,
             BusEvent::Overflow => {
                 metrics::counter!("natter_bus_overflow_total").increment(1);
-                cluster(&state).trouble.store(true, Ordering::Relaxed);
+                state.port().report_trouble();
+                continue;
             }
+        };
+        // The router's inbox is bounded: waiting here lets the bus's own capped queue fill,
+        // which reports an overflow (and so a catch-up) rather than growing memory.
+        if inbound_tx.send(inbound).await.is_err() {
+            return;
         }
     }
 }
 
-async fn receive(state: &AppState, msg: Envelope) {
+/// Applies node-level messages here; returns what the router delivers to sessions.
+async fn receive(state: &AppState, msg: Envelope) -> Option<Inbound> {
+    let own = state.cluster().node();
     match msg {
-        Envelope::Entries { node, entries } => {
-            // A large conversation's channel echoes this node's own publishes back to it
-            // (it subscribes while it holds a member's session): already fanned out here.
-            if node == cluster(state).node() {
-                return;
-            }
-            let routed_at = std::time::Instant::now();
-            for entry in entries {
-                crate::router::fan_out_local(state, entry, routed_at).await;
-            }
-        }
+        // A large conversation's topic echoes this node's own publishes back to it (it
+        // subscribes while it holds a member's session): already fanned out here.
+        Envelope::Entries { node, .. } if node == own => None,
+        Envelope::Entries { entries, .. } => Some(Inbound::Entries(entries)),
         Envelope::Frame { users, frame } => {
-            let frame = Utf8Bytes::from(frame);
-            state.sessions().for_each_session(&users, |_, _, session| {
-                session.offer(Outbound::Frame(frame.clone()));
-            });
+            Some(Inbound::Frame { users, frame: Utf8Bytes::from(frame) })
         }
         Envelope::Presence { node, user, status, last_seen } => {
-            if node != cluster(state).node() {
+            if node != own {
                 state.presence().apply_remote(user, &node, status, last_seen);
             }
+            None
         }
         Envelope::NodeGone { node } => {
-            if node != cluster(state).node() {
+            if node != own {
                 state.presence().node_gone(&node);
             }
+            None
         }
         Envelope::CatchUp { node } => {
             tracing::info!(from = %node, "catching up from the store");
-            catch_up(state).await;
+            metrics::counter!("natter_bus_catch_ups_total").increment(1);
+            // Presence is re-read here, before later bus messages apply; sessions catch up
+            // through the router. Member lists need no reset: an entry newer than a list's
+            // membership version reloads it.
+            reseed_presence(state, state.presence().watched()).await;
+            Some(Inbound::CatchUp)
         }
     }
 }
 
-/// Brings every local session up to date from the store and re-reads the presence of
-/// watched users.
-async fn catch_up(state: &AppState) {
-    metrics::counter!("natter_bus_catch_ups_total").increment(1);
-    // Member lists need no reset: an entry newer than a list's membership version reloads it.
-    state.sessions().for_each(|_, _, session| session.offer(Outbound::CatchUp));
-    reseed_presence(state, state.presence().watched()).await;
-}
-
-/// Reads `users`' presence from Redis into the hub.
+/// Reads `users`' presence from the directory into the hub.
 pub(crate) async fn reseed_presence(state: &AppState, users: Vec<UserId>) {
-    let Some(c) = state.cluster() else { return };
     if users.is_empty() {
         return;
     }
-    match with_timeout(c.shared.presence_of(&users)).await {
+    let c = state.cluster();
+    match with_timeout(c.bus.presence_of(&users)).await {
         Ok(found) => {
             for (user, shared) in users.into_iter().zip(found) {
                 state.presence().seed(user, c.node(), shared);
             }
         }
         Err(err) => {
-            tracing::warn!(error = %err, "cannot read presence from Redis");
-            c.trouble.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %err, "cannot read presence from the directory");
+            state.port().report_trouble();
         }
     }
 }
@@ -561,13 +572,13 @@ async fn run_heartbeat(state: AppState, stop: CancellationToken) {
 /// Refreshes this node's entries and sweeps dead nodes'; after a success, asks for a
 /// catch-up if anything was lost before.
 async fn heartbeat(state: &AppState) {
-    let c = cluster(state);
+    let c = state.cluster();
     // Trouble reported from here on is for the next heartbeat: its sessions may not be in
     // the snapshot below.
-    let had_trouble = c.trouble.swap(false, Ordering::Relaxed);
+    let had_trouble = state.port().take_trouble();
     let users = state.sessions().users();
     let statuses = state.presence().local_statuses();
-    match with_timeout(c.shared.heartbeat(&users, &statuses)).await {
+    match with_timeout(c.bus.heartbeat(&users, &statuses)).await {
         Ok(dead) => {
             for node in &dead {
                 tracing::warn!(%node, "node stopped heart-beating; its entries are removed");
@@ -577,12 +588,12 @@ async fn heartbeat(state: &AppState) {
             // the dead node may have committed entries it never published: every node
             // re-reads presence and catches its sessions up.
             if had_trouble || !dead.is_empty() {
-                ask_catch_up(c).await;
+                ask_catch_up(state).await;
             }
         }
         Err(err) => {
             tracing::warn!(error = %err, "heartbeat failed");
-            c.trouble.store(true, Ordering::Relaxed);
+            state.port().report_trouble();
         }
     }
 }

@@ -54,18 +54,9 @@ pub(crate) struct Deliverer {
 
 impl Drop for Deliverer {
     fn drop(&mut self) {
-        if self.watched.is_empty() {
-            return;
+        for conv in self.watched.drain() {
+            self.state.cluster().unwatch_conv(conv);
         }
-        let state = self.state.clone();
-        let watched = std::mem::take(&mut self.watched);
-        tokio::spawn(async move {
-            if let Some(cluster) = state.cluster() {
-                for conv in watched {
-                    cluster.unwatch_conv(conv).await;
-                }
-            }
-        });
     }
 }
 
@@ -135,7 +126,7 @@ impl Deliverer {
     async fn watch_all_large(
         &mut self,
     ) -> crate::error::ApiResult<Option<Vec<ConversationSummary>>> {
-        if self.state.cluster().is_none() {
+        if self.state.cluster().alone() {
             return Ok(None);
         }
         let listed = self.state.store().memberships(self.user).await?;
@@ -149,8 +140,8 @@ impl Deliverer {
     /// Cluster mode: subscribes the node to `conv`'s channel if it is large and this session
     /// does not hold it yet. Returns whether it subscribed now.
     async fn watch_large(&mut self, conv: ConversationId) -> crate::error::ApiResult<bool> {
-        let Some(cluster) = self.state.cluster() else { return Ok(false) };
-        if self.watched.contains(&conv) {
+        let cluster = self.state.cluster();
+        if cluster.alone() || self.watched.contains(&conv) {
             return Ok(false);
         }
         // A refused subscription is tried again by the next sync or membership change; the

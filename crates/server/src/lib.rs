@@ -5,7 +5,11 @@
 //! - `http`: REST routes under `/v1/`, health and metrics; `ws`: the WebSocket session
 //!   (`ws/session.rs` reader and writer, `ws/dispatch.rs` the frame `match`).
 //! - `handlers`: what requests do, shared by both transports (messages, sync, cursors).
-//! - `router`: fans committed entries out to sessions, coalesces cursors into receipts.
+//! - `router`: fans committed entries (local, and other nodes' from the bus port) out to
+//!   sessions; `receipts` coalesces cursors into receipts.
+//! - `port`: where the router meets the bus; `cluster`: this node's registry, publisher,
+//!   bus receiver and heartbeat on a [`natter_cluster::Bus`] (in process on a single node,
+//!   Redis in cluster mode: one code path).
 //! - `state`: [`AppState`], the cheap-clone handle to the store, sessions and shutdown.
 //!
 //! [`start`] runs a node on a bound listener and returns a [`RunningServer`]; the `natter`
@@ -21,7 +25,9 @@ mod handlers;
 mod http;
 mod members;
 mod metrics;
+mod port;
 mod presence;
+mod receipts;
 mod router;
 mod session;
 mod state;
@@ -33,6 +39,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use natter_cluster::redis::RedisBus;
+use natter_cluster::{Bus, BusReceiver};
 use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
 use natter_store::{Store, StoreLimits};
@@ -41,6 +49,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, Limits, ServeArgs};
+pub use natter_cluster::local::{Faults, LocalHub};
 pub use state::AppState;
 
 /// Committed batches waiting for the router. The store's writer blocks past this, which
@@ -48,6 +57,9 @@ pub use state::AppState;
 const FEED_QUEUE: usize = 1024;
 /// Cursor reports waiting for the coalescer.
 const RECEIPT_QUEUE: usize = 64 * 1024;
+/// Bus deliveries waiting for the router; beyond it the bus's own capped queue fills and
+/// reports an overflow (a catch-up follows).
+const INBOUND_QUEUE: usize = 1024;
 
 /// A started node.
 pub struct RunningServer {
@@ -80,8 +92,22 @@ impl RunningServer {
     }
 }
 
-/// Opens the store, binds the listener and starts serving.
+/// Opens the store, binds the listener and starts serving: on the Redis bus when
+/// `redis_url` is set, else alone on an in-process bus.
 pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
+    start_with_bus(cfg, None).await
+}
+
+/// Starts a node that joins `hub`, an in-process bus shared with the other nodes of this
+/// process (in-process clusters in tests; `redis_url` must be unset). Nodes sharing one
+/// `data_dir` share its SQLite store, each with a writer of its own: SQLite's write lock
+/// serializes their commits and `seq` is assigned inside each transaction.
+pub async fn start_on_hub(cfg: Config, hub: &LocalHub) -> anyhow::Result<RunningServer> {
+    anyhow::ensure!(cfg.redis_url.is_none(), "a node on an in-process hub takes no redis_url");
+    start_with_bus(cfg, Some(hub)).await
+}
+
+async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<RunningServer> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
@@ -102,35 +128,44 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
             Arc::new(store)
         }
     };
-    let cluster = match &cfg.redis_url {
-        Some(url) => {
-            let node = cfg.node_id.clone().unwrap_or_else(generated_node_id);
-            let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-            let (cluster, tasks) = cluster::Cluster::connect(url, &node, &cfg.limits, presence_rx)
+    let node = cfg.node_id.clone().unwrap_or_else(generated_node_id);
+    let (bus, bus_rx): (Arc<dyn Bus>, BusReceiver) = match (&cfg.redis_url, hub) {
+        (Some(url), _) => {
+            let ttl = cfg.limits.registry_ttl();
+            let (bus, rx) = RedisBus::connect(url, &node, ttl, cfg.limits.bus_queue)
                 .await
                 .context("joining the cluster on Redis")?;
             tracing::info!(%node, "joined the cluster");
-            Some((cluster, presence_tx, tasks))
+            (Arc::new(bus), rx)
         }
-        None => None,
+        (None, Some(hub)) => {
+            let (bus, rx) = hub.join(&node, cfg.limits.bus_queue);
+            (Arc::new(bus), rx)
+        }
+        (None, None) => {
+            let (bus, rx) = LocalHub::standalone(&node, cfg.limits.bus_queue);
+            (Arc::new(bus), rx)
+        }
     };
-    let (cluster, cluster_tasks) = match cluster {
-        Some((cluster, presence_tx, tasks)) => (Some((cluster, presence_tx)), Some(tasks)),
-        None => (None, None),
-    };
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let joined = cluster::Cluster::join(bus, bus_rx, &cfg.limits, presence_rx, inbound_tx)
+        .await
+        .context("joining the bus")?;
 
     let listener =
         TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let drain = cfg.drain_timeout();
     let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
-    let state = AppState::new(cfg, store.clone(), receipts_tx, metrics, cluster);
+    let cluster::Joined { cluster, port, tasks } = joined;
+    let state =
+        AppState::new(cfg, store.clone(), receipts_tx, metrics, (cluster, port), presence_tx);
     let cluster_stop = tokio_util::sync::CancellationToken::new();
-    let cluster_tasks =
-        cluster_tasks.map(|tasks| cluster::spawn(&state, tasks, &cluster_stop)).unwrap_or_default();
+    let cluster_tasks = cluster::spawn(&state, tasks, &cluster_stop);
 
-    let router_task = tokio::spawn(router::run(state.clone(), feed_rx));
-    let receipts_task = tokio::spawn(router::run_receipts(state.clone(), receipts_rx));
+    let router_task = tokio::spawn(router::run(state.clone(), feed_rx, inbound_rx));
+    let receipts_task = tokio::spawn(receipts::run(state.clone(), receipts_rx));
     let ephemeral_task = tokio::spawn(run_ephemeral(state.clone()));
     let app = http::router(state.clone());
     let serve_state = state.clone();
@@ -162,9 +197,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
         for task in cluster_tasks {
             let _ = task.await;
         }
-        if let Some(cluster) = serve_state.cluster() {
-            cluster.leave().await;
-        }
+        serve_state.cluster().leave().await;
         tracing::info!("stopped");
         served.context("serving HTTP")
     });

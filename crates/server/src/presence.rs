@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use natter_cluster::SessionId;
-use natter_cluster::shared::SharedPresence;
+use natter_cluster::SharedPresence;
 use natter_proto::{Presence, ServerFrame, Status, UserId};
 use tokio::sync::mpsc;
 
@@ -43,8 +43,8 @@ struct Inner {
     subs: HashMap<SessionId, Subscriber>,
     /// Reverse index: the sessions watching each user.
     watchers: HashMap<UserId, HashSet<SessionId>>,
-    /// Where local status changes go in cluster mode.
-    changes: Option<mpsc::UnboundedSender<LocalPresence>>,
+    /// Where local status changes go (the cluster's publisher).
+    changes: mpsc::UnboundedSender<LocalPresence>,
 }
 
 struct UserPresence {
@@ -134,13 +134,11 @@ impl Inner {
             p.offline_at = None;
             if status != p.published {
                 p.published = status;
-                if let Some(changes) = &self.changes {
-                    let _ = changes.send(LocalPresence {
-                        user,
-                        status: (status != Status::Offline).then_some(status),
-                        last_seen: (status == Status::Offline).then_some(p.last_seen).flatten(),
-                    });
-                }
+                let _ = self.changes.send(LocalPresence {
+                    user,
+                    status: (status != Status::Offline).then_some(status),
+                    last_seen: (status == Status::Offline).then_some(p.last_seen).flatten(),
+                });
             }
         }
         self.show(user);
@@ -176,8 +174,8 @@ impl Inner {
 }
 
 impl PresenceHub {
-    /// `changes` receives this node's status changes (cluster mode).
-    pub(crate) fn new(changes: Option<mpsc::UnboundedSender<LocalPresence>>) -> PresenceHub {
+    /// `changes` receives this node's status changes (for the other nodes).
+    pub(crate) fn new(changes: mpsc::UnboundedSender<LocalPresence>) -> PresenceHub {
         let inner = Inner {
             users: HashMap::new(),
             subs: HashMap::new(),

@@ -1,18 +1,17 @@
 //! Routing: the third loop. Committed entries arrive from the store's commit feed in commit
-//! order; each is serialized once and offered to every live session of every member.
-//! Cursor reports are coalesced here too and told to the other members as receipts.
+//! order, and other nodes' entries and frames from the bus port's inbox; each entry is
+//! serialized once and offered to every live session of every member here. Local commits
+//! then go to the port for the other nodes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use natter_proto::{ConversationId, Entry, Receipt, Seq, ServerFrame, UserId};
-use natter_store::CursorUpdate;
+use natter_proto::{ConversationId, Entry, Seq, ServerFrame, UserId};
 use tokio::sync::mpsc;
 
-use crate::cluster::Publish;
 use crate::delivery::Outbound;
+use crate::port::{Inbound, Publish};
 use crate::state::AppState;
 
 /// An entry on its way to sessions: serialized once, shared by every recipient.
@@ -26,30 +25,62 @@ pub(crate) struct Routed {
     pub(crate) membership: bool,
 }
 
-/// Consumes the commit feed until the store closes it. In cluster mode each batch then goes
-/// to the bus for the other nodes.
-pub(crate) async fn run(state: AppState, mut feed_rx: mpsc::Receiver<Vec<Entry>>) {
-    while let Some(batch) = feed_rx.recv().await {
-        let routed_at = Instant::now();
-        let mut remote = Vec::new();
-        for entry in batch {
-            let copy = state.cluster().is_some().then(|| entry.clone());
-            let members = fan_out_local(&state, entry, routed_at).await;
-            if let (Some(entry), Some(members)) = (copy, members) {
-                remote.push((entry, members));
-            }
-        }
-        if let Some(cluster) = state.cluster()
-            && !remote.is_empty()
-        {
-            cluster.publish(Publish::Entries(remote));
+/// Routes until the store closes the commit feed (the inbox ends with the cluster's tasks).
+pub(crate) async fn run(
+    state: AppState,
+    mut feed_rx: mpsc::Receiver<Vec<Entry>>,
+    mut inbound_rx: mpsc::Receiver<Inbound>,
+) {
+    let mut inbox_open = true;
+    loop {
+        tokio::select! {
+            batch = feed_rx.recv() => match batch {
+                Some(batch) => route_commits(&state, batch).await,
+                None => break,
+            },
+            inbound = inbound_rx.recv(), if inbox_open => match inbound {
+                Some(inbound) => route_inbound(&state, inbound).await,
+                None => inbox_open = false,
+            },
         }
     }
     tracing::debug!("router stopped");
 }
 
+/// One committed batch: to local sessions, then (when anyone else listens) to the port.
+async fn route_commits(state: &AppState, batch: Vec<Entry>) {
+    let routed_at = Instant::now();
+    let publish = state.port().has_peers();
+    let mut remote = Vec::new();
+    for entry in batch {
+        let copy = publish.then(|| entry.clone());
+        let members = fan_out(state, entry, routed_at).await;
+        if let (Some(entry), Some(members)) = (copy, members) {
+            remote.push((entry, members));
+        }
+    }
+    if !remote.is_empty() {
+        state.port().publish(Publish::Entries(remote));
+    }
+}
+
+async fn route_inbound(state: &AppState, inbound: Inbound) {
+    match inbound {
+        Inbound::Entries(entries) => {
+            let routed_at = Instant::now();
+            for entry in entries {
+                fan_out(state, entry, routed_at).await;
+            }
+        }
+        Inbound::Frame { users, frame } => offer_frame(state, &users, &frame),
+        Inbound::CatchUp => {
+            state.sessions().for_each(|_, _, session| session.offer(Outbound::CatchUp));
+        }
+    }
+}
+
 /// Offers a committed entry to this node's sessions of its members; returns the members.
-pub(crate) async fn fan_out_local(
+async fn fan_out(
     state: &AppState,
     mut entry: Entry,
     routed_at: Instant,
@@ -75,66 +106,15 @@ pub(crate) async fn fan_out_local(
     Some(members)
 }
 
-/// Coalesces cursor reports: the latest per (conversation, member) is written once per
-/// window, and only the changes that took effect are sent as receipts.
-pub(crate) async fn run_receipts(state: AppState, mut rx: mpsc::Receiver<CursorUpdate>) {
-    let mut pending: HashMap<(ConversationId, UserId), CursorUpdate> = HashMap::new();
-    let mut tick = tokio::time::interval(state.cfg().limits.receipt_flush());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            update = rx.recv() => match update {
-                Some(u) => merge(&mut pending, u),
-                None => break,
-            },
-            _ = tick.tick() => flush(&state, &mut pending).await,
-            () = state.shutdown_token().cancelled() => {
-                while let Ok(u) = rx.try_recv() {
-                    merge(&mut pending, u);
-                }
-                break;
-            }
-        }
-    }
-    flush(&state, &mut pending).await;
-}
-
-fn merge(pending: &mut HashMap<(ConversationId, UserId), CursorUpdate>, u: CursorUpdate) {
-    let slot = pending.entry((u.conversation, u.user)).or_insert(CursorUpdate {
-        delivered: None,
-        read: None,
-        ..u
-    });
-    slot.delivered = slot.delivered.max(u.delivered);
-    slot.read = slot.read.max(u.read);
-}
-
-async fn flush(state: &AppState, pending: &mut HashMap<(ConversationId, UserId), CursorUpdate>) {
-    if pending.is_empty() {
-        return;
-    }
-    let updates: Vec<CursorUpdate> = pending.drain().map(|(_, u)| u).collect();
-    let receipts = match state.store().set_cursors(updates).await {
-        Ok(receipts) => receipts,
-        Err(err) => {
-            tracing::warn!(error = %err, "cursor write failed; clients report again");
-            return;
-        }
-    };
-    for receipt in receipts {
-        deliver_receipt(state, receipt).await;
-    }
-}
-
-async fn deliver_receipt(state: &AppState, receipt: Receipt) {
-    let Ok(members) = state.members().get(receipt.conversation).await else {
-        return;
-    };
-    let frame = Utf8Bytes::from(ServerFrame::Receipt { receipt }.to_json());
-    state.sessions().for_each_session(&members, |_, _, session| {
+/// Offers a ready frame (receipt, typing) to `users`' sessions on this node.
+fn offer_frame(state: &AppState, users: &[UserId], frame: &Utf8Bytes) {
+    state.sessions().for_each_session(users, |_, _, session| {
         session.offer(Outbound::Frame(frame.clone()));
     });
-    if let Some(cluster) = state.cluster() {
-        cluster.to_users(members.to_vec(), frame);
-    }
+}
+
+/// Sends a ready frame to `users`' sessions on every node.
+pub(crate) fn to_users(state: &AppState, users: Vec<UserId>, frame: Utf8Bytes) {
+    offer_frame(state, &users, &frame);
+    state.port().to_users(users, frame);
 }

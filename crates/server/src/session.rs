@@ -81,7 +81,7 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> OpenSession {
     // Queued before registering, so it is the first frame the client sees.
     let _ = handle.tx.try_send(Outbound::Frame(ready.to_json().into()));
     state.sessions().register(user, id, handle.clone());
-    let registered = state.cluster().map(|c| c.register(user)).unwrap_or_default();
+    let registered = state.cluster().register(user);
     state.presence().session_started(user, id, handle.clone());
     metrics::gauge!("natter_connections").increment(1.0);
     let guard = SessionGuard { state: state.clone(), user, id };
@@ -98,10 +98,8 @@ pub(crate) struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.state.sessions().deregister(self.user, self.id);
-        if let Some(cluster) = self.state.cluster()
-            && self.state.sessions().n_sessions(self.user) == 0
-        {
-            cluster.deregister(self.user);
+        if self.state.sessions().n_sessions(self.user) == 0 {
+            self.state.cluster().deregister(self.user);
         }
         self.state.typing().session_ended(&self.state, self.user, self.id);
         let grace = self.state.cfg().limits.presence_grace();

@@ -15,6 +15,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::stream::PollStream;
 use crate::members::MemberCache;
+use crate::port::Port;
 use crate::presence::{LocalPresence, PresenceHub};
 use crate::session::SessionHandle;
 use crate::typing::TypingHub;
@@ -29,8 +30,10 @@ struct Inner {
     members: MemberCache,
     typing: TypingHub,
     presence: PresenceHub,
-    /// Cluster mode's registry, presence and bus on Redis (`None`: a single node).
-    cluster: Option<Cluster>,
+    /// This node's part in the cluster (a single node is a cluster of one).
+    cluster: Cluster,
+    /// Where the router meets the bus.
+    port: Port,
     // A std mutex: lookups and inserts only; each stream has its own async lock.
     polls: Mutex<HashMap<SessionId, Arc<PollStream>>>,
     receipts_tx: mpsc::Sender<CursorUpdate>,
@@ -46,9 +49,9 @@ impl AppState {
         store: Arc<dyn Store>,
         receipts_tx: mpsc::Sender<CursorUpdate>,
         metrics: PrometheusHandle,
-        cluster: Option<(Cluster, mpsc::UnboundedSender<LocalPresence>)>,
+        (cluster, port): (Cluster, Port),
+        presence_changes: mpsc::UnboundedSender<LocalPresence>,
     ) -> AppState {
-        let (cluster, presence_changes) = cluster.unzip();
         AppState(Arc::new(Inner {
             members: MemberCache::new(store.clone()),
             cfg,
@@ -57,6 +60,7 @@ impl AppState {
             typing: TypingHub::default(),
             presence: PresenceHub::new(presence_changes),
             cluster,
+            port,
             polls: Mutex::new(HashMap::new()),
             receipts_tx,
             shutdown: CancellationToken::new(),
@@ -84,8 +88,11 @@ impl AppState {
     pub(crate) fn presence(&self) -> &PresenceHub {
         &self.0.presence
     }
-    pub(crate) fn cluster(&self) -> Option<&Cluster> {
-        self.0.cluster.as_ref()
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.0.cluster
+    }
+    pub(crate) fn port(&self) -> &Port {
+        &self.0.port
     }
     pub(crate) fn polls(&self) -> &Mutex<HashMap<SessionId, Arc<PollStream>>> {
         &self.0.polls

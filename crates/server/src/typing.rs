@@ -14,7 +14,6 @@ use std::time::Instant;
 use natter_cluster::SessionId;
 use natter_proto::{ConversationId, ServerFrame, UserId};
 
-use crate::delivery::Outbound;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -113,10 +112,5 @@ fn send(state: &AppState, conv: ConversationId, user: UserId, typing: bool, memb
     let frame = ServerFrame::Typing { conversation: conv, user, typing, ttl_ms };
     let frame: axum::extract::ws::Utf8Bytes = frame.to_json().into();
     let others: Vec<UserId> = members.iter().copied().filter(|m| *m != user).collect();
-    state.sessions().for_each_session(&others, |_, _, session| {
-        session.offer(Outbound::Frame(frame.clone()));
-    });
-    if let Some(cluster) = state.cluster() {
-        cluster.to_users(others, frame);
-    }
+    crate::router::to_users(state, others, frame);
 }

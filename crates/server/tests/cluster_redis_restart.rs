@@ -29,7 +29,7 @@ const BURST: usize = 3;
 /// registry is rebuilt, and the sessions catch up, within this of Redis's restart).
 const REGISTRY_WITHIN: Duration = Duration::from_millis(1000 + 5 * HEARTBEAT_MS + 2000);
 /// What a node logs when a Redis call timed out (crates/server/src/cluster.rs).
-const REDIS_TIMED_OUT: &str = "Redis did not answer within";
+const REDIS_TIMED_OUT: &str = "the bus did not answer within";
 /// From an ack on node-1 to the entry on another node's session, Redis being up.
 const LIVE_WITHIN: Duration = Duration::from_secs(3);
 

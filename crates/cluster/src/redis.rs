@@ -1,5 +1,5 @@
-//! The cluster's shared state and bus on Redis: which node holds which user's sessions,
-//! presence, and pub/sub between nodes.
+//! [`RedisBus`]: the [`Bus`] of cluster mode. The directory (which node holds which user's
+//! sessions, presence, live nodes) is Redis keys; messages are Redis pub/sub.
 //!
 //! # Keys (every score is an expiry time in Unix milliseconds)
 //! - `natter:nodes`: ZSET of live nodes, refreshed by each node's heartbeat.
@@ -14,40 +14,29 @@
 //! by a whole key's own expiry, and by the sweep of any node that finds the dead one.
 //!
 //! # Channels
-//! - `natter:n:{node}`: targeted delivery to one node.
-//! - `natter:c:{conversation}`: a large conversation's entries (fan-out on read): every node
-//!   with a session of a member subscribes.
-//! - `natter:all`: presence changes, nodes leaving, catch-up requests.
+//! One per [`Topic`], named by its `Display`: `natter:n:{node}`, `natter:c:{conversation}`,
+//! `natter:all`. Envelopes travel as JSON.
 //!
 //! One connection publishes and runs commands; a second one, in RESP3 push mode, holds the
 //! node's subscriptions and resubscribes by itself after Redis comes back.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use natter_proto::{ConversationId, Status, UserId};
+use async_trait::async_trait;
+use natter_proto::{Status, UserId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, RedisResult, Value};
-use tokio::sync::mpsc;
+use redis::{PushInfo, PushKind, RedisError, RedisResult, Value};
 
-/// Where nodes broadcast.
-pub const ALL_CHANNEL: &str = "natter:all";
+use crate::bus::{
+    Bus, BusError, BusReceiver, BusResult, Envelope, Incoming, NodeStatus, SharedPresence, Topic,
+    inbox,
+};
+
 const NODES_KEY: &str = "natter:nodes";
 /// How long a user's last-seen time is kept.
 const SEEN_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Commands per pipeline in the heartbeat.
 const CHUNK: usize = 512;
-
-/// The channel of one node.
-pub fn node_channel(node: &str) -> String {
-    format!("natter:n:{node}")
-}
-
-/// The channel of one large conversation.
-pub fn conv_channel(conv: ConversationId) -> String {
-    format!("natter:c:{}", conv.0)
-}
 
 fn user_key(user: UserId) -> String {
     format!("natter:u:{}", user.0)
@@ -77,60 +66,28 @@ fn status_name(status: Status) -> &'static str {
     }
 }
 
-/// What the subscriber connection reports.
-#[derive(Debug)]
-pub enum BusEvent {
-    /// A message on one of the node's channels.
-    Message(Vec<u8>),
-    /// The subscriber lost Redis (messages published meanwhile are lost to this node).
-    Disconnected,
-    /// A channel subscription was confirmed (also after a reconnect).
-    Subscribed(String),
-    /// Messages were dropped because the node did not keep up.
-    Overflow,
-}
-
-/// The receiving end of the node's subscriptions.
-pub struct BusReceiver {
-    rx: mpsc::UnboundedReceiver<BusEvent>,
-    queued: Arc<AtomicUsize>,
-}
-
-impl BusReceiver {
-    /// The next event; `None` once the connection is gone for good.
-    pub async fn recv(&mut self) -> Option<BusEvent> {
-        let event = self.rx.recv().await?;
-        if matches!(event, BusEvent::Message(_)) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
-        Some(event)
+impl From<RedisError> for BusError {
+    fn from(err: RedisError) -> BusError {
+        BusError(err.to_string())
     }
 }
 
-/// One status of a user on one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub node: String,
-    pub status: Status,
-}
-
-/// A user's presence as Redis has it.
-#[derive(Debug, Clone, Default)]
-pub struct SharedPresence {
-    pub nodes: Vec<NodeStatus>,
-    pub last_seen: Option<i64>,
+impl From<redis::ParsingError> for BusError {
+    fn from(err: redis::ParsingError) -> BusError {
+        BusError(err.to_string())
+    }
 }
 
 /// A node's handle on the shared Redis.
 #[derive(Clone)]
-pub struct RedisCluster {
-    node: Arc<str>,
+pub struct RedisBus {
+    node: std::sync::Arc<str>,
     cmd: ConnectionManager,
     sub: ConnectionManager,
     ttl_ms: u64,
 }
 
-impl RedisCluster {
+impl RedisBus {
     /// Connects both connections and subscribes to the node's own channel and the
     /// broadcast channel. `max_queued` caps messages waiting in the returned receiver;
     /// beyond it they are dropped and [`BusEvent::Overflow`] is reported.
@@ -139,7 +96,7 @@ impl RedisCluster {
         node: &str,
         ttl: Duration,
         max_queued: usize,
-    ) -> RedisResult<(RedisCluster, BusReceiver)> {
+    ) -> RedisResult<(RedisBus, BusReceiver)> {
         let client = redis::Client::open(url)?;
         let retry = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -151,38 +108,26 @@ impl RedisCluster {
         let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
         let sub_client = redis::Client::open(info)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let counter = queued.clone();
-        // One overflow report until the queue drains below the cap again.
-        let overflowing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (inbox, rx) = inbox(max_queued);
         let push = move |info: PushInfo| {
-            let event = match info.kind {
+            let item = match info.kind {
                 PushKind::Message => match info.data.into_iter().nth(1) {
-                    Some(Value::BulkString(bytes)) => {
-                        if counter.fetch_add(1, Ordering::Relaxed) >= max_queued {
-                            counter.fetch_sub(1, Ordering::Relaxed);
-                            if overflowing.swap(true, Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            BusEvent::Overflow
-                        } else {
-                            overflowing.store(false, Ordering::Relaxed);
-                            BusEvent::Message(bytes)
-                        }
-                    }
+                    Some(Value::BulkString(bytes)) => Incoming::Encoded(bytes),
                     _ => return Ok(()),
                 },
-                PushKind::Disconnection => BusEvent::Disconnected,
+                PushKind::Disconnection => Incoming::Disconnected,
                 PushKind::Subscribe => match info.data.first() {
                     Some(Value::BulkString(name)) => {
-                        BusEvent::Subscribed(String::from_utf8_lossy(name).into_owned())
+                        match Topic::parse(&String::from_utf8_lossy(name)) {
+                            Some(topic) => Incoming::Subscribed(topic),
+                            None => return Ok(()),
+                        }
                     }
                     _ => return Ok(()),
                 },
                 _ => return Ok(()),
             };
-            tx.send(event).map_err(|_| redis::aio::SendError)
+            if inbox.push(item) { Ok(()) } else { Err(redis::aio::SendError) }
         };
         // The subscriber keeps retrying (each attempt at most a second apart) for as long
         // as Redis is away; the heartbeat's ping restarts it should it ever give up.
@@ -191,23 +136,30 @@ impl RedisCluster {
             .set_push_sender(push)
             .set_automatic_resubscription();
         let mut sub = ConnectionManager::new_with_config(sub_client, sub_config).await?;
-        sub.subscribe(node_channel(node)).await?;
-        sub.subscribe(ALL_CHANNEL).await?;
+        sub.subscribe(Topic::node(node).to_string()).await?;
+        sub.subscribe(Topic::Broadcast.to_string()).await?;
         let ttl_ms = ttl.as_millis() as u64;
-        Ok((RedisCluster { node: node.into(), cmd, sub, ttl_ms }, BusReceiver { rx, queued }))
-    }
-
-    /// This node's id.
-    pub fn node(&self) -> &str {
-        &self.node
+        Ok((RedisBus { node: node.into(), cmd, sub, ttl_ms }, rx))
     }
 
     fn member(&self, status: Status) -> String {
         format!("{}|{}", self.node, status_name(status))
     }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Other nodes may join at any time.
+    fn has_peers(&self) -> bool {
+        true
+    }
 
     /// Adds (`true`) or removes (`false`) this node from users' registry entries, in order.
-    pub async fn update_registry(&self, ops: &[(UserId, bool)]) -> RedisResult<()> {
+    async fn update_registry(&self, ops: &[(UserId, bool)]) -> BusResult<()> {
         let now = now_ms();
         let expiry = now + self.ttl_ms;
         let own = node_users_key(&self.node);
@@ -223,11 +175,11 @@ impl RedisCluster {
                 pipe.srem(&own, user.0).ignore();
             }
         }
-        pipe.query_async::<()>(&mut self.cmd.clone()).await
+        Ok(pipe.query_async::<()>(&mut self.cmd.clone()).await?)
     }
 
     /// The live nodes holding each user's sessions, in the order of `users`.
-    pub async fn nodes_of(&self, users: &[UserId]) -> RedisResult<Vec<Vec<String>>> {
+    async fn nodes_of(&self, users: &[UserId]) -> BusResult<Vec<Vec<String>>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -236,17 +188,17 @@ impl RedisCluster {
         for user in users {
             pipe.zrangebyscore(user_key(*user), now, "+inf");
         }
-        pipe.query_async(&mut self.cmd.clone()).await
+        Ok(pipe.query_async(&mut self.cmd.clone()).await?)
     }
 
     /// Records this node's view of `user`: `Some` status while it holds sessions (or is
     /// in the grace period), `None` when not; `last_seen` when the user went offline here.
-    pub async fn set_presence(
+    async fn set_presence(
         &self,
         user: UserId,
         status: Option<Status>,
         last_seen: Option<i64>,
-    ) -> RedisResult<()> {
+    ) -> BusResult<()> {
         let key = presence_key(user);
         let mut pipe = redis::pipe();
         pipe.zrem(&key, &[self.member(Status::Online), self.member(Status::Away)]).ignore();
@@ -258,11 +210,11 @@ impl RedisCluster {
         if let Some(at) = last_seen {
             pipe.pset_ex(seen_key(user), at, SEEN_TTL_MS).ignore();
         }
-        pipe.query_async::<()>(&mut self.cmd.clone()).await
+        Ok(pipe.query_async::<()>(&mut self.cmd.clone()).await?)
     }
 
     /// What Redis holds of each user's presence (live entries only), in the order of `users`.
-    pub async fn presence_of(&self, users: &[UserId]) -> RedisResult<Vec<SharedPresence>> {
+    async fn presence_of(&self, users: &[UserId]) -> BusResult<Vec<SharedPresence>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -299,11 +251,11 @@ impl RedisCluster {
     /// with sessions here; `statuses`: every user this node reports a status for), removes
     /// lapsed entries on the keys it touches, and sweeps nodes that stopped heart-beating.
     /// Returns the nodes it found dead.
-    pub async fn heartbeat(
+    async fn heartbeat(
         &self,
         users: &[UserId],
         statuses: &[(UserId, Status)],
-    ) -> RedisResult<Vec<String>> {
+    ) -> BusResult<Vec<String>> {
         let now = now_ms();
         let expiry = now + self.ttl_ms;
         let ttl = self.ttl_ms as i64;
@@ -358,7 +310,7 @@ impl RedisCluster {
 
     /// Removes every registry and presence entry of `node` (dead, or this node's previous
     /// run under the same id) and forgets the node. Returns whether it left anything.
-    pub async fn sweep(&self, node: &str) -> RedisResult<bool> {
+    async fn sweep(&self, node: &str) -> BusResult<bool> {
         let mut conn = self.cmd.clone();
         let set = node_users_key(node);
         let users: Vec<i64> = redis::cmd("SMEMBERS").arg(&set).query_async(&mut conn).await?;
@@ -380,30 +332,22 @@ impl RedisCluster {
         Ok(listed > 0 || !users.is_empty())
     }
 
-    /// Publishes each `(channel, payload)` in one pipeline.
-    pub async fn publish(&self, messages: &[(String, Vec<u8>)]) -> RedisResult<()> {
+    async fn publish(&self, messages: Vec<(Topic, Envelope)>) -> BusResult<()> {
         if messages.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for (channel, payload) in messages {
-            pipe.publish(channel, payload.as_slice()).ignore();
+        for (topic, envelope) in &messages {
+            pipe.publish(topic.to_string(), envelope.encode()).ignore();
         }
-        pipe.query_async::<()>(&mut self.cmd.clone()).await
+        Ok(pipe.query_async::<()>(&mut self.cmd.clone()).await?)
     }
 
-    /// Subscribes the node to a channel (returns once Redis confirmed it).
-    pub async fn subscribe(&self, channel: String) -> RedisResult<()> {
-        self.sub.clone().subscribe(channel).await
+    async fn subscribe(&self, topic: Topic) -> BusResult<()> {
+        Ok(self.sub.clone().subscribe(topic.to_string()).await?)
     }
 
-    /// Ends a subscription.
-    pub async fn unsubscribe(&self, channel: String) -> RedisResult<()> {
-        self.sub.clone().unsubscribe(channel).await
-    }
-
-    /// Leaves the cluster cleanly: this node's entries go at once, not at their TTL.
-    pub async fn leave(&self) -> RedisResult<()> {
-        self.sweep(&self.node.clone()).await.map(|_| ())
+    async fn unsubscribe(&self, topic: Topic) -> BusResult<()> {
+        Ok(self.sub.clone().unsubscribe(topic.to_string()).await?)
     }
 }

@@ -554,6 +554,11 @@ impl ServerFrame {
 /// WebSocket close codes the server uses (besides the standard ones: 1000 normal, 1009 a
 /// frame over the size cap, 1012 server restarting).
 pub mod close {
+    /// A WebSocket protocol violation: reserved bits or opcodes, a fragmented or oversized
+    /// control frame, an unmasked client frame, a bad close frame (RFC 6455 §7.4.1).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame (or a close reason) that is not valid UTF-8 (RFC 6455 §7.4.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The first frame was not a valid `auth`, or it came too late.
     pub const UNAUTHENTICATED: u16 = 4001;
     /// The session's outbound queue filled up: reconnect and `sync`.

@@ -1,5 +1,5 @@
 //! One WebSocket session: authenticate, register, then a reader and a writer until either
-//! ends, the session is killed (slow consumer, idle, oversized frame) or the server stops.
+//! ends, the session is killed (slow consumer, idle, a bad frame) or the server stops.
 //!
 //! The writer is the only producer of what the client sees: it drains everything queued,
 //! turns it into frames with the session's [`Deliverer`] (which keeps every conversation a
@@ -92,6 +92,8 @@ fn close_reason(code: u16) -> &'static str {
     match code {
         close::SLOW_CONSUMER => "slow consumer: reconnect and sync",
         close::IDLE => "idle timeout",
+        close::PROTOCOL_ERROR => "websocket protocol error",
+        close::INVALID_PAYLOAD => "text frame is not valid utf-8",
         1009 => "frame too large",
         1012 => "server restarting: reconnect and sync",
         _ => "closing",
@@ -142,6 +144,11 @@ async fn write_loop(
     drop((rx, buf));
     if code != 0 {
         let _ = send_close(&mut sink, code, close_reason(code)).await;
+    } else {
+        // tungstenite answers a client's Close itself (it queues the echo, or 1002 for a code
+        // a client must not send), but the answer reaches the wire only on a later write or
+        // flush: without this, the client would see TCP end with no Close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
     }
 }
 
@@ -195,12 +202,16 @@ async fn read_loop(
             }
             Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break,
             Ok(Some(Err(err))) => {
-                if is_too_large(err) {
-                    metrics::counter!("natter_oversized_frames_total").increment(1);
-                    handle.close(1009);
-                    return;
+                let code = read_error_close_code(&err);
+                if code == 0 {
+                    break;
                 }
-                break;
+                if code == 1009 {
+                    metrics::counter!("natter_oversized_frames_total").increment(1);
+                }
+                tracing::debug!(error = %err, close_code = code, "bad frame");
+                handle.close(code);
+                return;
             }
             // Boxed for the same reason: requests are rare next to idle time.
             Ok(Some(Ok(Message::Text(text)))) => Box::pin(dispatch::frame(&ctx, &text)).await,
@@ -218,8 +229,49 @@ async fn read_loop(
     handle.kill.cancel();
 }
 
-fn is_too_large(err: axum::Error) -> bool {
+/// The close code for an error the WebSocket layer reported while reading, or 0 when the
+/// connection is gone and no close frame can reach the client. tungstenite leaves the
+/// connection open for writing after these errors, so the writer can still send the close.
+fn read_error_close_code(err: &axum::Error) -> u16 {
+    use std::error::Error as _;
     use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = err.into_inner();
-    matches!(inner.downcast_ref::<WsError>(), Some(WsError::Capacity(_)))
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match err.source().and_then(|e| e.downcast_ref::<WsError>()) {
+        Some(WsError::Capacity(_)) => 1009,
+        // Invalid UTF-8 in a text message (also across fragments) or in a close reason.
+        Some(WsError::Utf8(_)) => close::INVALID_PAYLOAD,
+        // TCP ended without a Close: nobody is left to tell.
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => 0,
+        // RSV bits, reserved opcodes, fragmented or oversized control frames, unmasked
+        // frames, continuations of nothing, malformed close frames.
+        Some(WsError::Protocol(_)) => close::PROTOCOL_ERROR,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+
+    use super::*;
+
+    #[test]
+    fn read_errors_map_to_close_codes() {
+        let code = |err: WsError| read_error_close_code(&axum::Error::new(err));
+        let too_long = CapacityError::MessageTooLong { size: 2, max_size: 1 };
+        assert_eq!(code(WsError::Capacity(too_long)), 1009);
+        assert_eq!(code(WsError::Utf8("bad".into())), close::INVALID_PAYLOAD);
+        assert_eq!(
+            code(WsError::Protocol(ProtocolError::NonZeroReservedBits)),
+            close::PROTOCOL_ERROR
+        );
+        assert_eq!(
+            code(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient)),
+            close::PROTOCOL_ERROR
+        );
+        // The client is gone: no close frame to send.
+        assert_eq!(code(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)), 0);
+        assert_eq!(code(WsError::Io(std::io::ErrorKind::ConnectionReset.into())), 0);
+    }
 }

@@ -1,9 +1,9 @@
-//! What both backends store the same way: role and entry-kind names, commit timestamps, and
+//! What both backends store the same way: role, conversation-kind and entry-kind names, commit timestamps, and
 //! the ack and feed entry of a freshly appended log entry.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use natter_proto::{Ack, ConversationId, Entry, EntryBody, Role, Seq, UserId};
+use natter_proto::{Ack, ConversationId, ConversationKind, Entry, EntryBody, Role, Seq, UserId};
 
 /// Commit time: milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -26,7 +26,19 @@ pub(crate) fn parse_role(s: &str) -> Role {
     }
 }
 
-/// The `kind` column: the entry's tag, stored beside its JSON for queries.
+/// The conversations' `kind` column.
+pub(crate) fn conversation_kind_str(kind: ConversationKind) -> &'static str {
+    match kind {
+        ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
+    }
+}
+
+pub(crate) fn parse_conversation_kind(s: &str) -> ConversationKind {
+    if s == "direct" { ConversationKind::Direct } else { ConversationKind::Group }
+}
+
+/// The entries' `kind` column: the entry's tag, stored beside its JSON for queries.
 pub(crate) fn kind_str(body: &EntryBody) -> &'static str {
     match body {
         EntryBody::Message { .. } => "message",

@@ -8,10 +8,15 @@
 //! - Every committed entry is also handed, in commit order, to the [`CommitFeed`] given at
 //!   open: that is where routing starts ("store first, deliver second").
 //!
+//! - [`postgres::PgStore`] is the same store for several nodes sharing one PostgreSQL.
+//!
 //! Authorization that must be atomic with a write (membership, roles, ownership of the
-//! message being edited, the member cap) is checked inside the writing transaction.
+//! message being edited, the member cap, idempotency) is checked inside the writing
+//! transaction, by the pure functions of `rules`: each backend loads the facts a rule needs
+//! and applies the effect it returns, so only the SQL differs between them.
 
 mod codec;
+mod rules;
 
 pub use codec::changes_members;
 pub mod postgres;

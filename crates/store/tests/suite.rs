@@ -49,6 +49,7 @@ macro_rules! store_suite {
             edits_deletes_and_reactions_update_message_state,
             entries_pages_after_before_latest,
             change_group_checks_roles_and_hands_ownership_on,
+            refusals_read_the_same_on_every_backend,
             set_cursors_is_monotonic_clamped_and_read_implies_delivered,
             conversations_most_recent_first_with_keyset_paging,
             memberships_list_every_conversation_of_the_user,
@@ -731,6 +732,88 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
     let (bc, _) = s.create_direct(b, c).await.expect("direct");
     assert_eq!(code(s.change_group(b, bc, title("x")).await), ErrorCode::Forbidden);
     assert_eq!(last_seq(s, b, bc).await, 1);
+}
+
+/// Every refusal a rule makes, as its message (which both backends take from one place).
+async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, a, b, c] = users(s, ["o", "a", "b", "c"]).await;
+    let ghost = UserId(999_999);
+    let says = |res: Result<Ack>| match res {
+        Ok(ack) => panic!("expected a refusal, got {ack:?}"),
+        Err(e) => e.to_string(),
+    };
+
+    assert_eq!(
+        s.create_user("O", "h").await.expect_err("taken").to_string(),
+        "conflict: handle is taken"
+    );
+    let direct = |res: Result<(ConversationId, bool)>| res.expect_err("refused").to_string();
+    assert_eq!(
+        direct(s.create_direct(a, a).await),
+        "bad request: a direct conversation needs another user"
+    );
+    assert_eq!(direct(s.create_direct(a, ghost).await), "user not found");
+    let group = |res: Result<ConversationId>| res.expect_err("refused").to_string();
+    assert_eq!(
+        group(s.create_group(o, "big", &[a, b, c, ghost]).await),
+        "conflict: too many members for a group"
+    );
+    assert_eq!(group(s.create_group(o, "ghost", &[a, ghost]).await), "user not found");
+    // The owner and repeats count once against the cap.
+    let g = s.create_group(o, "g", &[a, o, a, b]).await.expect("group");
+    assert_eq!(s.member_ids(g).await.expect("ids").len(), 3);
+
+    // Appends.
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    let m = send(s, ab, a, "m", "hi").await;
+    assert_eq!(says(append(s, ab, c, "x", msg("intrude")).await), "conversation not found");
+    let edit = |target: Seq| NewEntry::Edit { target, body: "e".to_owned() };
+    assert_eq!(says(append(s, ab, a, "x", edit(1)).await), "bad request: seq 1 is not a message");
+    assert_eq!(
+        says(append(s, ab, b, "x", edit(m.seq)).await),
+        "forbidden: only the sender may change a message"
+    );
+    append(s, ab, a, "d", NewEntry::Delete { target: m.seq }).await.expect("delete");
+    assert_eq!(says(append(s, ab, a, "x", edit(m.seq)).await), "conflict: message is deleted");
+    // A reply may still quote the tombstone.
+    let reply = NewEntry::Message { body: "re".to_owned(), reply_to: Some(m.seq) };
+    append(s, ab, b, "re", reply).await.expect("reply to a deleted message");
+
+    // Group changes.
+    let change = |actor: UserId, change: GroupChange| s.change_group(actor, g, change);
+    let add = |user: UserId, role: Role| GroupChange::AddMember { user, role };
+    let title = GroupChange::SetTitle { title: "t".to_owned() };
+    assert_eq!(says(s.change_group(c, g, title.clone()).await), "conversation not found");
+    assert_eq!(
+        says(s.change_group(a, ab, title.clone()).await),
+        "forbidden: a direct conversation cannot change"
+    );
+    assert_eq!(says(change(a, title).await), "forbidden: only admins change the title");
+    assert_eq!(says(change(a, add(c, Role::Member)).await), "forbidden: only admins add members");
+    let set_role = |user: UserId, role: Role| GroupChange::SetRole { user, role };
+    assert_eq!(
+        says(change(a, set_role(b, Role::Admin)).await),
+        "forbidden: only the owner changes roles"
+    );
+    assert_eq!(
+        says(change(o, set_role(a, Role::Owner)).await),
+        "bad request: ownership passes on only when the owner leaves"
+    );
+    assert_eq!(says(change(o, set_role(c, Role::Admin)).await), "member not found");
+    change(o, set_role(a, Role::Admin)).await.expect("promote");
+    assert_eq!(
+        says(change(a, add(c, Role::Admin)).await),
+        "forbidden: that role cannot be given by this member"
+    );
+    assert_eq!(says(change(a, add(ghost, Role::Member)).await), "user not found");
+    assert_eq!(says(change(a, add(b, Role::Member)).await), "conflict: already a member");
+    let remove = |user: UserId| GroupChange::RemoveMember { user };
+    assert_eq!(says(change(a, remove(o)).await), "forbidden: not allowed to remove this member");
+    assert_eq!(says(change(a, remove(c)).await), "member not found");
+    change(a, add(c, Role::Member)).await.expect("add"); // 4 of 4
+    let [d] = users(s, ["d"]).await;
+    assert_eq!(says(change(o, add(d, Role::Member)).await), "conflict: the group is full");
 }
 
 // ---- cursors ----

@@ -3,14 +3,14 @@
 use std::collections::HashSet;
 
 use natter_proto::{
-    ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody,
-    MessageState, ReactionSummary, UserId, rest::Member,
+    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, MessageState, ReactionSummary,
+    UserId, rest::Member,
 };
 use tokio_postgres::Row;
 
 use super::write::{query, query_opt};
 use super::{Conn, PgResult, internal};
-use crate::codec::parse_role;
+use crate::codec::{parse_conversation_kind, parse_role};
 use crate::{ListCursor, Page, Principal, Range, StoreError, TokenHash, UserRecord};
 
 pub(super) async fn user_by_handle(c: &Conn, handle: &str) -> PgResult<Option<UserRecord>> {
@@ -46,7 +46,7 @@ fn summary(r: &Row) -> ConversationSummary {
     let kind: &str = r.get(1);
     ConversationSummary {
         id: ConversationId(r.get(0)),
-        kind: if kind == "direct" { ConversationKind::Direct } else { ConversationKind::Group },
+        kind: parse_conversation_kind(kind),
         title: r.get(2),
         role: parse_role(r.get(3)),
         last_seq: r.get::<_, i64>(4) as u64,

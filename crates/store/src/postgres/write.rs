@@ -1,19 +1,21 @@
 //! Writing jobs: each runs on the committer inside its own savepoint of a batch transaction
-//! (READ COMMITTED), and pushes the entries it appends to `out`. The same rules as
-//! `sqlite/write.rs`; where two nodes could race, a row lock (`FOR UPDATE`, the counter
-//! `UPDATE`) or a unique key decides.
+//! (READ COMMITTED), and pushes the entries it appends to `out`. What a job may do is decided
+//! by `crate::rules`, as for SQLite; this file loads the facts a rule needs and applies the
+//! effect it returns. Where two nodes could race, a row lock (`FOR UPDATE`, the counter
+//! `UPDATE`) taken before the facts are read, or a unique key, decides.
 
-use natter_proto::{
-    Ack, ConversationId, ConversationKind, DeviceId, Entry, EntryBody, NewEntry, Receipt, Role,
-    UserId,
-};
+use natter_proto::{Ack, ConversationId, DeviceId, Entry, EntryBody, Receipt, Role, UserId};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{Conn, Fail, Op, Out, PgResult};
-use crate::codec::{Appended, changes_members, kind_str, now_ms, parse_role, role_str};
-use crate::{Append, CursorUpdate, GroupChange, StoreError, StoreLimits, TokenHash};
+use crate::codec::{
+    Appended, changes_members, conversation_kind_str, kind_str, now_ms, parse_conversation_kind,
+    parse_role, role_str,
+};
+use crate::rules::{self, Admit, Direct, GroupEffect, NewConversation};
+use crate::{Append, CursorUpdate, GroupChange, StoreLimits, TokenHash};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -76,10 +78,6 @@ pub(super) async fn role(c: &Conn, user: UserId, conv: ConversationId) -> PgResu
     Ok(row.map(|r| parse_role(r.get::<_, &str>(0))))
 }
 
-async fn user_exists(c: &Conn, user: UserId) -> PgResult<bool> {
-    Ok(query_opt(c, "SELECT 1 FROM users WHERE id = $1", &[&user.0]).await?.is_some())
-}
-
 async fn create_user(c: &Conn, handle: &str, hash: &str) -> PgResult<UserId> {
     let st = c
         .prepare_cached(
@@ -90,9 +88,7 @@ async fn create_user(c: &Conn, handle: &str, hash: &str) -> PgResult<UserId> {
     match c.query_one(&st, &[&handle, &hash, &now_ms()]).await {
         Ok(row) => Ok(UserId(row.get(0))),
         Err(err) => match err.code() {
-            Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-                Err(StoreError::Conflict("handle is taken").into())
-            }
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION => Err(rules::handle_taken().into()),
             _ => Err(err.into()),
         },
     }
@@ -132,50 +128,54 @@ async fn insert_member(
     Ok(())
 }
 
-async fn create_direct(
+/// Writes what `rules` decided to create: the row, its members, the `created` entry.
+async fn insert_conversation(
     c: &Conn,
     out: &mut Vec<Entry>,
-    a: UserId,
-    b: UserId,
-) -> PgResult<(ConversationId, bool)> {
-    if a == b {
-        return Err(
-            StoreError::BadRequest("a direct conversation needs another user".into()).into()
-        );
-    }
-    let key = format!("{}:{}", a.0.min(b.0), a.0.max(b.0));
-    let existing =
-        query_opt(c, "SELECT id FROM conversations WHERE direct_key = $1", &[&key]).await?;
-    if let Some(row) = existing {
-        return Ok((ConversationId(row.get(0)), false));
-    }
-    if !user_exists(c, b).await? {
-        return Err(StoreError::NotFound("user").into());
-    }
+    new: NewConversation,
+) -> PgResult<ConversationId> {
     let now = now_ms();
-    // Another node may create the same pair at the same time: the unique key makes one wait
-    // for the other, and the loser runs again and finds the winner's conversation.
+    // Another node may create the same direct pair at the same time: the unique key makes one
+    // wait for the other, and the loser runs again and finds the winner's conversation. (A
+    // group has no key, so it never conflicts.)
     let row = query_opt(
         c,
-        "INSERT INTO conversations (kind, direct_key, last_activity, created_at)
-         VALUES ('direct', $1, $2, $2)
+        "INSERT INTO conversations (kind, title, direct_key, last_activity, created_at)
+         VALUES ($1, $2, $3, $4, $4)
          ON CONFLICT (direct_key) DO NOTHING RETURNING id",
-        &[&key, &now],
+        &[&conversation_kind_str(new.kind), &new.title, &new.direct_key, &now],
     )
     .await?;
     let Some(row) = row else {
         return Err(Fail::Redo);
     };
     let conv = ConversationId(row.get(0));
-    insert_member(c, conv, a, Role::Member, 1).await?;
-    insert_member(c, conv, b, Role::Member, 1).await?;
-    let body = EntryBody::Created {
-        conversation_kind: ConversationKind::Direct,
-        title: None,
-        members: vec![a, b],
-    };
-    append_entry(c, out, conv, a, None, body, now).await?;
-    Ok((conv, true))
+    for &(user, role) in &new.members {
+        insert_member(c, conv, user, role, 1).await?;
+    }
+    append_entry(c, out, conv, new.creator(), None, new.created(), now).await?;
+    Ok(conv)
+}
+
+async fn create_direct(
+    c: &Conn,
+    out: &mut Vec<Entry>,
+    a: UserId,
+    b: UserId,
+) -> PgResult<(ConversationId, bool)> {
+    let key = rules::direct_key(a, b)?;
+    let row = query_one(
+        c,
+        "SELECT (SELECT id FROM conversations WHERE direct_key = $1),
+                EXISTS (SELECT 1 FROM users WHERE id = $2)",
+        &[&key, &b.0],
+    )
+    .await?;
+    let existing = row.get::<_, Option<i64>>(0).map(ConversationId);
+    match rules::create_direct(a, b, existing, row.get(1))? {
+        Direct::Exists(conv) => Ok((conv, false)),
+        Direct::Create(new) => Ok((insert_conversation(c, out, new).await?, true)),
+    }
 }
 
 async fn create_group(
@@ -186,69 +186,22 @@ async fn create_group(
     title: &str,
     members: &[UserId],
 ) -> PgResult<ConversationId> {
-    let mut all = vec![owner];
-    for &m in members {
-        if !all.contains(&m) {
-            all.push(m);
-        }
-    }
-    if all.len() > cap as usize {
-        return Err(StoreError::Conflict("too many members for a group").into());
-    }
-    for &m in &all[1..] {
-        if !user_exists(c, m).await? {
-            return Err(StoreError::NotFound("user").into());
-        }
-    }
-    let now = now_ms();
-    let row = query_one(
-        c,
-        "INSERT INTO conversations (kind, title, last_activity, created_at)
-         VALUES ('group', $1, $2, $2) RETURNING id",
-        &[&title, &now],
-    )
-    .await?;
-    let conv = ConversationId(row.get(0));
-    for &m in &all {
-        insert_member(c, conv, m, if m == owner { Role::Owner } else { Role::Member }, 1).await?;
-    }
-    let body = EntryBody::Created {
-        conversation_kind: ConversationKind::Group,
-        title: Some(title.to_owned()),
-        members: all,
-    };
-    append_entry(c, out, conv, owner, None, body, now).await?;
-    Ok(conv)
+    let new = rules::create_group(owner, title, members, cap)?;
+    let sql = "SELECT count(*) FROM users WHERE id = ANY($1)";
+    let row = query_one(c, sql, &[&new.invitee_ids()]).await?;
+    rules::invitees_exist(&new, row.get::<_, i64>(0) as u64)?;
+    insert_conversation(c, out, new).await
 }
 
-/// Message projection row: `(sender, deleted)`.
-async fn message_row(c: &Conn, conv: ConversationId, seq: u64) -> PgResult<Option<(i64, bool)>> {
+/// The message projection row at `seq`, if that seq is a message.
+async fn message(c: &Conn, conv: ConversationId, seq: u64) -> PgResult<Option<rules::Message>> {
     let row = query_opt(
         c,
         "SELECT sender, deleted FROM message_state WHERE conversation_id = $1 AND seq = $2",
         &[&conv.0, &(seq as i64)],
     )
     .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
-}
-
-/// The target of an edit, deletion or reaction: it must be a live message, and for edits and
-/// deletions the caller's own.
-async fn check_target(
-    c: &Conn,
-    conv: ConversationId,
-    target: u64,
-    sender: UserId,
-    must_own: bool,
-) -> PgResult<()> {
-    match message_row(c, conv, target).await? {
-        None => Err(StoreError::BadRequest(format!("seq {target} is not a message")).into()),
-        Some((_, true)) => Err(StoreError::Conflict("message is deleted").into()),
-        Some((owner, false)) if must_own && owner != sender.0 => {
-            Err(StoreError::Forbidden("only the sender may change a message").into())
-        }
-        Some(_) => Ok(()),
-    }
+    Ok(row.map(|r| rules::Message { sender: UserId(r.get(0)), deleted: r.get(1) }))
 }
 
 async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
@@ -275,40 +228,21 @@ async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
         c.query_opt(&lock, conv),
         c.query_opt(&membership, who),
     );
-    if let Some(row) = existing? {
-        return Ok(Ack {
-            conversation: a.conversation,
-            seq: row.get::<_, i64>(0) as u64,
-            id: row.get(1),
-            ts: row.get(2),
-            client_msg_id: Some(a.client_msg_id.clone()),
-        });
+    let earlier = existing?.map(|row| rules::Earlier {
+        seq: row.get::<_, i64>(0) as u64,
+        id: row.get(1),
+        ts: row.get(2),
+    });
+    // No counter row: no such conversation, which reads like not being a member.
+    let sender_role = conversation?.and(member?).map(|row| parse_role(row.get::<_, &str>(0)));
+    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, sender_role)? {
+        return Ok(ack);
     }
-    if conversation?.is_none() || member?.is_none() {
-        return Err(StoreError::NotFound("conversation").into());
-    }
-    let body = match &a.entry {
-        NewEntry::Message { body, reply_to } => {
-            if let Some(target) = *reply_to
-                && message_row(c, a.conversation, target).await?.is_none()
-            {
-                return Err(StoreError::BadRequest(format!("seq {target} is not a message")).into());
-            }
-            EntryBody::Message { body: body.clone(), reply_to: *reply_to }
-        }
-        NewEntry::Edit { target, body } => {
-            check_target(c, a.conversation, *target, a.sender, true).await?;
-            EntryBody::Edit { target: *target, body: body.clone() }
-        }
-        NewEntry::Delete { target } => {
-            check_target(c, a.conversation, *target, a.sender, true).await?;
-            EntryBody::Delete { target: *target }
-        }
-        NewEntry::Reaction { target, emoji, remove } => {
-            check_target(c, a.conversation, *target, a.sender, false).await?;
-            EntryBody::Reaction { target: *target, emoji: emoji.clone(), remove: *remove }
-        }
+    let target = match rules::append_target(&a.entry) {
+        Some(seq) => message(c, a.conversation, seq).await?,
+        None => None,
     };
+    let body = rules::append_body(a, target)?;
     let id = Some(a.client_msg_id.as_str());
     append_entry(c, out, a.conversation, a.sender, id, body, now_ms()).await
 }
@@ -329,121 +263,75 @@ async fn change_group(
         &[&conv.0],
     )
     .await?;
-    let Some(row) = row else {
-        return Err(StoreError::NotFound("conversation").into());
+    let row = row.map(|r| rules::GroupRow {
+        kind: parse_conversation_kind(r.get(0)),
+        n_members: r.get::<_, i64>(1) as u64,
+    });
+    let actor = rules::group_actor(actor, row, role(c, actor, conv).await?)?;
+    let subject = match rules::subject_of(change) {
+        Some(user) => Some(subject(c, conv, user).await?),
+        None => None,
     };
-    let (kind, n_members): (String, i64) = (row.get(0), row.get(1));
-    let Some(actor_role) = role(c, actor, conv).await? else {
-        return Err(StoreError::NotFound("conversation").into());
-    };
-    if kind != "group" {
-        return Err(StoreError::Forbidden("a direct conversation cannot change").into());
-    }
+    let effect = rules::change_group(&actor, cap, change, subject)?;
     let now = now_ms();
-    match change {
-        GroupChange::AddMember { user, role: new_role } => {
-            if actor_role < Role::Admin {
-                return Err(StoreError::Forbidden("only admins add members").into());
-            }
-            if *new_role == Role::Owner || (*new_role == Role::Admin && actor_role != Role::Owner) {
-                return Err(
-                    StoreError::Forbidden("that role cannot be given by this member").into()
-                );
-            }
-            if !user_exists(c, *user).await? {
-                return Err(StoreError::NotFound("user").into());
-            }
-            if role(c, *user, conv).await?.is_some() {
-                return Err(StoreError::Conflict("already a member").into());
-            }
-            if n_members >= i64::from(cap) {
-                return Err(StoreError::Conflict("the group is full").into());
-            }
-            let body = EntryBody::MemberAdded { user: *user, role: *new_role };
-            let ack = append_entry(c, out, conv, actor, None, body, now).await?;
-            insert_member(c, conv, *user, *new_role, ack.seq).await?;
-            Ok(ack)
-        }
-        GroupChange::RemoveMember { user } => {
-            let Some(target_role) = role(c, *user, conv).await? else {
-                return Err(StoreError::NotFound("member").into());
-            };
-            if *user != actor {
-                let allowed = actor_role == Role::Owner
-                    || (actor_role == Role::Admin && target_role == Role::Member);
-                if !allowed {
-                    return Err(StoreError::Forbidden("not allowed to remove this member").into());
-                }
-            }
-            let body = EntryBody::MemberRemoved { user: *user };
-            let ack = append_entry(c, out, conv, actor, None, body, now).await?;
-            execute(
-                c,
-                "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2",
-                &[&conv.0, &user.0],
-            )
-            .await?;
-            execute(
-                c,
-                "UPDATE conversations SET n_members = n_members - 1 WHERE id = $1",
-                &[&conv.0],
-            )
-            .await?;
-            if target_role == Role::Owner {
-                // The owner left: the longest-standing admin, else member, takes over.
-                let heir = query_opt(
-                    c,
-                    "SELECT user_id FROM members WHERE conversation_id = $1
-                     ORDER BY role = 'admin' DESC, joined_seq, user_id LIMIT 1",
-                    &[&conv.0],
-                )
-                .await?;
-                if let Some(heir) = heir {
-                    let heir = UserId(heir.get(0));
-                    set_role(c, conv, heir, Role::Owner).await?;
-                    let body = EntryBody::RoleChanged { user: heir, role: Role::Owner };
-                    append_entry(c, out, conv, actor, None, body, now).await?;
-                }
-            }
-            Ok(ack)
-        }
-        GroupChange::SetRole { user, role: new_role } => {
-            if actor_role != Role::Owner {
-                return Err(StoreError::Forbidden("only the owner changes roles").into());
-            }
-            if *new_role == Role::Owner || *user == actor {
-                return Err(StoreError::BadRequest(
-                    "ownership passes on only when the owner leaves".into(),
-                )
-                .into());
-            }
-            if role(c, *user, conv).await?.is_none() {
-                return Err(StoreError::NotFound("member").into());
-            }
-            set_role(c, conv, *user, *new_role).await?;
-            let body = EntryBody::RoleChanged { user: *user, role: *new_role };
-            append_entry(c, out, conv, actor, None, body, now).await
-        }
-        GroupChange::SetTitle { title } => {
-            if actor_role < Role::Admin {
-                return Err(StoreError::Forbidden("only admins change the title").into());
-            }
-            execute(c, "UPDATE conversations SET title = $2 WHERE id = $1", &[&conv.0, title])
-                .await?;
-            let body = EntryBody::TitleChanged { title: title.clone() };
-            append_entry(c, out, conv, actor, None, body, now).await
+    let ack = apply(c, out, conv, actor.user, &effect, now).await?;
+    if let GroupEffect::Remove { owner_left: true, .. } = effect {
+        // The longest-standing admin, else member, takes over.
+        let heir = query_opt(
+            c,
+            "SELECT user_id FROM members WHERE conversation_id = $1
+             ORDER BY role = 'admin' DESC, joined_seq, user_id LIMIT 1",
+            &[&conv.0],
+        )
+        .await?;
+        if let Some(heir) = heir {
+            apply(c, out, conv, actor.user, &rules::hand_on(UserId(heir.get(0))), now).await?;
         }
     }
+    Ok(ack)
 }
 
-async fn set_role(c: &Conn, conv: ConversationId, user: UserId, role: Role) -> PgResult<()> {
-    execute(
+/// The facts of the user a group change names.
+async fn subject(c: &Conn, conv: ConversationId, user: UserId) -> PgResult<rules::Subject> {
+    let row = query_one(
         c,
-        "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
-        &[&conv.0, &user.0, &role_str(role)],
+        "SELECT EXISTS (SELECT 1 FROM users WHERE id = $2),
+                (SELECT role FROM members WHERE conversation_id = $1 AND user_id = $2)",
+        &[&conv.0, &user.0],
     )
     .await?;
-    Ok(())
+    let role = row.get::<_, Option<&str>>(1).map(parse_role);
+    Ok(rules::Subject { exists: row.get(0), role })
+}
+
+/// Appends the entry of a group change and writes its rows.
+async fn apply(
+    c: &Conn,
+    out: &mut Vec<Entry>,
+    conv: ConversationId,
+    actor: UserId,
+    effect: &GroupEffect,
+    now: i64,
+) -> PgResult<Ack> {
+    let ack = append_entry(c, out, conv, actor, None, effect.entry(), now).await?;
+    match effect {
+        GroupEffect::Add { user, role } => insert_member(c, conv, *user, *role, ack.seq).await?,
+        GroupEffect::Remove { user, .. } => {
+            let sql = "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2";
+            execute(c, sql, &[&conv.0, &user.0]).await?;
+            let sql = "UPDATE conversations SET n_members = n_members - 1 WHERE id = $1";
+            execute(c, sql, &[&conv.0]).await?;
+        }
+        GroupEffect::SetRole { user, role } => {
+            let sql = "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2";
+            execute(c, sql, &[&conv.0, &user.0, &role_str(*role)]).await?;
+        }
+        GroupEffect::SetTitle { title } => {
+            let sql = "UPDATE conversations SET title = $2 WHERE id = $1";
+            execute(c, sql, &[&conv.0, title]).await?;
+        }
+    }
+    Ok(ack)
 }
 
 /// Appends one entry at the conversation's next seq and keeps the message projection in step.
@@ -563,23 +451,14 @@ async fn project(
 /// A deleted message's text leaves the server: the message entry and every edit of it keep
 /// their place in the log (seq, id, sender, time) but lose their text, and its reactions go.
 async fn redact(c: &Conn, conv: ConversationId, target: u64) -> PgResult<()> {
-    let target = target as i64;
     let original = query_opt(
         c,
         "SELECT body FROM entries WHERE conversation_id = $1 AND seq = $2",
-        &[&conv.0, &target],
+        &[&conv.0, &(target as i64)],
     )
     .await?;
-    let reply_to = original
-        .and_then(|row| serde_json::from_str::<EntryBody>(row.get::<_, &str>(0)).ok())
-        .and_then(|b| match b {
-            EntryBody::Message { reply_to, .. } => reply_to,
-            _ => None,
-        });
-    let message = EntryBody::Message { body: String::new(), reply_to };
-    let edit = EntryBody::Edit { target: target as u64, body: String::new() };
-    let message = serde_json::to_string(&message).map_err(crate::postgres::internal)?;
-    let edit = serde_json::to_string(&edit).map_err(crate::postgres::internal)?;
+    let (message, edit) = rules::redacted(original.as_ref().map(|row| row.get(0)), target)?;
+    let target = target as i64;
     execute(
         c,
         "UPDATE entries SET body = $3 WHERE conversation_id = $1 AND seq = $2",
@@ -619,24 +498,22 @@ async fn set_cursors(c: &Conn, updates: &[CursorUpdate]) -> PgResult<Vec<Receipt
         };
         let (delivered, read, last) =
             (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64);
-        let new_read = read.max(u.read.unwrap_or(0).min(last));
-        let new_delivered = delivered.max(u.delivered.unwrap_or(0).min(last)).max(new_read);
-        if (new_delivered, new_read) == (delivered, read) {
+        let Some(receipt) = rules::advance_cursors(u, delivered, read, last) else {
             continue;
-        }
+        };
         execute(
             c,
             "UPDATE members SET delivered_seq = $3, read_seq = $4
              WHERE conversation_id = $1 AND user_id = $2",
-            &[&u.conversation.0, &u.user.0, &(new_delivered as i64), &(new_read as i64)],
+            &[
+                &u.conversation.0,
+                &u.user.0,
+                &(receipt.delivered_seq as i64),
+                &(receipt.read_seq as i64),
+            ],
         )
         .await?;
-        changed.push(Receipt {
-            conversation: u.conversation,
-            user: u.user,
-            delivered_seq: new_delivered,
-            read_seq: new_read,
-        });
+        changed.push(receipt);
     }
     Ok(changed)
 }

@@ -1,13 +1,13 @@
 //! Reading queries, run on the reader pool.
 
 use natter_proto::{
-    ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody,
-    MessageState, ReactionSummary, UserId, rest::Member,
+    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, MessageState, ReactionSummary,
+    UserId, rest::Member,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::internal;
-use crate::codec::parse_role;
+use crate::codec::{parse_conversation_kind, parse_role};
 use crate::{ListCursor, Page, Principal, Range, Result, StoreError, TokenHash, UserRecord};
 
 pub(super) fn user_by_handle(c: &Connection, handle: &str) -> Result<Option<UserRecord>> {
@@ -61,7 +61,7 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
         .query_row(params![id.0, read_seq as i64, user], |r| r.get(0))?;
     Ok(ConversationSummary {
         id,
-        kind: if kind == "direct" { ConversationKind::Direct } else { ConversationKind::Group },
+        kind: parse_conversation_kind(&kind),
         title: r.get(2)?,
         role: parse_role(&role),
         last_seq: r.get::<_, i64>(4)? as u64,

@@ -1,15 +1,18 @@
 //! Writing jobs: each runs on the writer thread inside its own savepoint of a batch
-//! transaction, and pushes the entries it appends to `out`.
+//! transaction, and pushes the entries it appends to `out`. What a job may do is decided by
+//! `crate::rules`; this file loads the facts a rule needs and applies the effect it returns.
+//! The writer thread is the only writer, so what a job reads stays true until it commits.
 
-use natter_proto::{
-    Ack, ConversationId, ConversationKind, DeviceId, Entry, EntryBody, NewEntry, Receipt, Role,
-    UserId,
-};
+use natter_proto::{Ack, ConversationId, DeviceId, Entry, EntryBody, Receipt, Role, UserId};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
 use super::internal;
-use crate::codec::{Appended, changes_members, kind_str, now_ms, parse_role, role_str};
-use crate::{Append, CursorUpdate, GroupChange, Result, StoreError, TokenHash};
+use crate::codec::{
+    Appended, changes_members, conversation_kind_str, kind_str, now_ms, parse_conversation_kind,
+    parse_role, role_str,
+};
+use crate::rules::{self, Admit, Direct, GroupEffect, NewConversation};
+use crate::{Append, CursorUpdate, GroupChange, Result, TokenHash};
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == SqliteCode::ConstraintViolation)
@@ -24,19 +27,13 @@ pub(super) fn role(c: &Connection, user: UserId, conv: ConversationId) -> Result
         .map_err(internal)
 }
 
-fn user_exists(c: &Connection, user: UserId) -> Result<bool> {
-    c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")
-        .and_then(|mut st| st.exists(params![user.0]))
-        .map_err(internal)
-}
-
 pub(super) fn create_user(c: &Connection, handle: &str, hash: &str) -> Result<UserId> {
     match c.execute(
         "INSERT INTO users (handle, password_hash, created_at) VALUES (?1, ?2, ?3)",
         params![handle, hash, now_ms()],
     ) {
         Ok(_) => Ok(UserId(c.last_insert_rowid())),
-        Err(err) if is_unique_violation(&err) => Err(StoreError::Conflict("handle is taken")),
+        Err(err) if is_unique_violation(&err) => Err(rules::handle_taken()),
         Err(err) => Err(internal(err)),
     }
 }
@@ -61,26 +58,6 @@ pub(super) fn delete_device(c: &Connection, token: &TokenHash) -> Result<()> {
     Ok(())
 }
 
-fn insert_conversation(
-    c: &Connection,
-    kind: ConversationKind,
-    title: Option<&str>,
-    direct_key: Option<&str>,
-    now: i64,
-) -> Result<ConversationId> {
-    let kind = match kind {
-        ConversationKind::Direct => "direct",
-        ConversationKind::Group => "group",
-    };
-    c.execute(
-        "INSERT INTO conversations (kind, title, direct_key, last_activity, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![kind, title, direct_key, now],
-    )
-    .map_err(internal)?;
-    Ok(ConversationId(c.last_insert_rowid()))
-}
-
 fn insert_member(
     c: &Connection,
     conv: ConversationId,
@@ -99,37 +76,46 @@ fn insert_member(
     Ok(())
 }
 
+/// Writes what `rules` decided to create: the row, its members, the `created` entry.
+fn insert_conversation(
+    c: &Connection,
+    out: &mut Vec<Entry>,
+    new: NewConversation,
+) -> Result<ConversationId> {
+    let now = now_ms();
+    c.execute(
+        "INSERT INTO conversations (kind, title, direct_key, last_activity, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![conversation_kind_str(new.kind), new.title, new.direct_key, now],
+    )
+    .map_err(internal)?;
+    let conv = ConversationId(c.last_insert_rowid());
+    for &(user, role) in &new.members {
+        insert_member(c, conv, user, role, 1)?;
+    }
+    append_entry(c, out, conv, new.creator(), None, new.created(), now)?;
+    Ok(conv)
+}
+
 pub(super) fn create_direct(
     c: &Connection,
     out: &mut Vec<Entry>,
     a: UserId,
     b: UserId,
 ) -> Result<(ConversationId, bool)> {
-    if a == b {
-        return Err(StoreError::BadRequest("a direct conversation needs another user".into()));
-    }
-    let key = format!("{}:{}", a.0.min(b.0), a.0.max(b.0));
-    let existing: Option<i64> = c
-        .query_row("SELECT id FROM conversations WHERE direct_key = ?1", params![key], |r| r.get(0))
-        .optional()
+    let key = rules::direct_key(a, b)?;
+    let (existing, b_exists): (Option<i64>, bool) = c
+        .query_row(
+            "SELECT (SELECT id FROM conversations WHERE direct_key = ?1),
+                    EXISTS (SELECT 1 FROM users WHERE id = ?2)",
+            params![key, b.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(internal)?;
-    if let Some(id) = existing {
-        return Ok((ConversationId(id), false));
+    match rules::create_direct(a, b, existing.map(ConversationId), b_exists)? {
+        Direct::Exists(conv) => Ok((conv, false)),
+        Direct::Create(new) => Ok((insert_conversation(c, out, new)?, true)),
     }
-    if !user_exists(c, b)? {
-        return Err(StoreError::NotFound("user"));
-    }
-    let now = now_ms();
-    let conv = insert_conversation(c, ConversationKind::Direct, None, Some(&key), now)?;
-    insert_member(c, conv, a, Role::Member, 1)?;
-    insert_member(c, conv, b, Role::Member, 1)?;
-    let body = EntryBody::Created {
-        conversation_kind: ConversationKind::Direct,
-        title: None,
-        members: vec![a, b],
-    };
-    append_entry(c, out, conv, a, None, body, now)?;
-    Ok((conv, true))
 }
 
 pub(super) fn create_group(
@@ -140,111 +126,56 @@ pub(super) fn create_group(
     title: &str,
     members: &[UserId],
 ) -> Result<ConversationId> {
-    let mut all = vec![owner];
-    for &m in members {
-        if !all.contains(&m) {
-            all.push(m);
-        }
-    }
-    if all.len() > cap as usize {
-        return Err(StoreError::Conflict("too many members for a group"));
-    }
-    for &m in &all[1..] {
-        if !user_exists(c, m)? {
-            return Err(StoreError::NotFound("user"));
-        }
-    }
-    let now = now_ms();
-    let conv = insert_conversation(c, ConversationKind::Group, Some(title), None, now)?;
-    for &m in &all {
-        insert_member(c, conv, m, if m == owner { Role::Owner } else { Role::Member }, 1)?;
-    }
-    let body = EntryBody::Created {
-        conversation_kind: ConversationKind::Group,
-        title: Some(title.to_owned()),
-        members: all,
-    };
-    append_entry(c, out, conv, owner, None, body, now)?;
-    Ok(conv)
+    let new = rules::create_group(owner, title, members, cap)?;
+    let ids = serde_json::to_string(&new.invitee_ids()).map_err(internal)?;
+    let n_found: i64 = c
+        .query_row(
+            "SELECT count(*) FROM users WHERE id IN (SELECT value FROM json_each(?1))",
+            params![ids],
+            |r| r.get(0),
+        )
+        .map_err(internal)?;
+    rules::invitees_exist(&new, n_found as u64)?;
+    insert_conversation(c, out, new)
 }
 
-/// Message projection row: `(sender, deleted)`.
-fn message_row(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<(i64, bool)>> {
+/// The message projection row at `seq`, if that seq is a message.
+fn message(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<rules::Message>> {
     c.prepare_cached(
         "SELECT sender, deleted FROM message_state WHERE conversation_id = ?1 AND seq = ?2",
     )
     .and_then(|mut st| {
-        st.query_row(params![conv.0, seq as i64], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+        st.query_row(params![conv.0, seq as i64], |r| {
+            Ok(rules::Message { sender: UserId(r.get(0)?), deleted: r.get(1)? })
+        })
+        .optional()
     })
     .map_err(internal)
 }
 
-/// The target of an edit, deletion or reaction: it must be a live message, and for edits and
-/// deletions the caller's own.
-fn check_target(
-    c: &Connection,
-    conv: ConversationId,
-    target: u64,
-    sender: UserId,
-    must_own: bool,
-) -> Result<()> {
-    match message_row(c, conv, target)? {
-        None => Err(StoreError::BadRequest(format!("seq {target} is not a message"))),
-        Some((_, true)) => Err(StoreError::Conflict("message is deleted")),
-        Some((owner, false)) if must_own && owner != sender.0 => {
-            Err(StoreError::Forbidden("only the sender may change a message"))
-        }
-        Some(_) => Ok(()),
-    }
-}
-
 pub(super) fn append(c: &Connection, out: &mut Vec<Entry>, a: &Append) -> Result<Ack> {
-    let existing = c
+    let earlier = c
         .prepare_cached(
             "SELECT seq, id, ts FROM entries
              WHERE conversation_id = ?1 AND sender = ?2 AND client_msg_id = ?3",
         )
         .and_then(|mut st| {
             st.query_row(params![a.conversation.0, a.sender.0, a.client_msg_id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                let seq = r.get::<_, i64>(0)? as u64;
+                Ok(rules::Earlier { seq, id: r.get(1)?, ts: r.get(2)? })
             })
             .optional()
         })
         .map_err(internal)?;
-    if let Some((seq, id, ts)) = existing {
-        return Ok(Ack {
-            conversation: a.conversation,
-            seq: seq as u64,
-            id,
-            ts,
-            client_msg_id: Some(a.client_msg_id.clone()),
-        });
+    let sender_role = role(c, a.sender, a.conversation)?;
+    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, sender_role)? {
+        return Ok(ack);
     }
-    if role(c, a.sender, a.conversation)?.is_none() {
-        return Err(StoreError::NotFound("conversation"));
-    }
-    let body = match &a.entry {
-        NewEntry::Message { body, reply_to } => {
-            if let Some(target) = *reply_to
-                && message_row(c, a.conversation, target)?.is_none()
-            {
-                return Err(StoreError::BadRequest(format!("seq {target} is not a message")));
-            }
-            EntryBody::Message { body: body.clone(), reply_to: *reply_to }
-        }
-        NewEntry::Edit { target, body } => {
-            check_target(c, a.conversation, *target, a.sender, true)?;
-            EntryBody::Edit { target: *target, body: body.clone() }
-        }
-        NewEntry::Delete { target } => {
-            check_target(c, a.conversation, *target, a.sender, true)?;
-            EntryBody::Delete { target: *target }
-        }
-        NewEntry::Reaction { target, emoji, remove } => {
-            check_target(c, a.conversation, *target, a.sender, false)?;
-            EntryBody::Reaction { target: *target, emoji: emoji.clone(), remove: *remove }
-        }
+    let target = match rules::append_target(&a.entry) {
+        Some(seq) => message(c, a.conversation, seq)?,
+        None => None,
     };
+    let body = rules::append_body(a, target)?;
     let id = Some(a.client_msg_id.as_str());
     append_entry(c, out, a.conversation, a.sender, id, body, now_ms())
 }
@@ -257,62 +188,71 @@ pub(super) fn change_group(
     conv: ConversationId,
     change: &GroupChange,
 ) -> Result<Ack> {
-    let Some(actor_role) = role(c, actor, conv)? else {
-        return Err(StoreError::NotFound("conversation"));
-    };
-    let (kind, n_members): (String, i64) = c
+    let row = c
         .query_row(
             "SELECT kind, n_members FROM conversations WHERE id = ?1",
             params![conv.0],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| {
+                let kind = parse_conversation_kind(&r.get::<_, String>(0)?);
+                Ok(rules::GroupRow { kind, n_members: r.get::<_, i64>(1)? as u64 })
+            },
         )
+        .optional()
         .map_err(internal)?;
-    if kind != "group" {
-        return Err(StoreError::Forbidden("a direct conversation cannot change"));
-    }
+    let actor = rules::group_actor(actor, row, role(c, actor, conv)?)?;
+    let subject = match rules::subject_of(change) {
+        Some(user) => Some(subject(c, conv, user)?),
+        None => None,
+    };
+    let effect = rules::change_group(&actor, cap, change, subject)?;
     let now = now_ms();
-    match change {
-        GroupChange::AddMember { user, role: new_role } => {
-            if actor_role < Role::Admin {
-                return Err(StoreError::Forbidden("only admins add members"));
-            }
-            if *new_role == Role::Owner || (*new_role == Role::Admin && actor_role != Role::Owner) {
-                return Err(StoreError::Forbidden("that role cannot be given by this member"));
-            }
-            if !user_exists(c, *user)? {
-                return Err(StoreError::NotFound("user"));
-            }
-            if role(c, *user, conv)?.is_some() {
-                return Err(StoreError::Conflict("already a member"));
-            }
-            if n_members >= i64::from(cap) {
-                return Err(StoreError::Conflict("the group is full"));
-            }
-            let body = EntryBody::MemberAdded { user: *user, role: *new_role };
-            let ack = append_entry(c, out, conv, actor, None, body, now)?;
-            insert_member(c, conv, *user, *new_role, ack.seq)?;
-            Ok(ack)
+    let ack = apply(c, out, conv, actor.user, &effect, now)?;
+    if let GroupEffect::Remove { owner_left: true, .. } = effect {
+        // The longest-standing admin, else member, takes over.
+        let heir: Option<i64> = c
+            .query_row(
+                "SELECT user_id FROM members WHERE conversation_id = ?1
+                 ORDER BY role = 'admin' DESC, joined_seq, user_id LIMIT 1",
+                params![conv.0],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(internal)?;
+        if let Some(heir) = heir {
+            apply(c, out, conv, actor.user, &rules::hand_on(UserId(heir)), now)?;
         }
-        GroupChange::RemoveMember { user } => {
-            let Some(target_role) = role(c, *user, conv)? else {
-                return Err(StoreError::NotFound("member"));
-            };
-            if *user != actor {
-                let allowed = actor_role == Role::Owner
-                    || (actor_role == Role::Admin && target_role == Role::Member);
-                if !allowed {
-                    return Err(StoreError::Forbidden("not allowed to remove this member"));
-                }
-            }
-            let ack = append_entry(
-                c,
-                out,
-                conv,
-                actor,
-                None,
-                EntryBody::MemberRemoved { user: *user },
-                now,
-            )?;
+    }
+    Ok(ack)
+}
+
+/// The facts of the user a group change names.
+fn subject(c: &Connection, conv: ConversationId, user: UserId) -> Result<rules::Subject> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?2),
+                (SELECT role FROM members WHERE conversation_id = ?1 AND user_id = ?2)",
+    )
+    .and_then(|mut st| {
+        st.query_row(params![conv.0, user.0], |r| {
+            let role = r.get::<_, Option<String>>(1)?;
+            Ok(rules::Subject { exists: r.get(0)?, role: role.as_deref().map(parse_role) })
+        })
+    })
+    .map_err(internal)
+}
+
+/// Appends the entry of a group change and writes its rows.
+fn apply(
+    c: &Connection,
+    out: &mut Vec<Entry>,
+    conv: ConversationId,
+    actor: UserId,
+    effect: &GroupEffect,
+    now: i64,
+) -> Result<Ack> {
+    let ack = append_entry(c, out, conv, actor, None, effect.entry(), now)?;
+    match effect {
+        GroupEffect::Add { user, role } => insert_member(c, conv, *user, *role, ack.seq)?,
+        GroupEffect::Remove { user, .. } => {
             c.execute(
                 "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2",
                 params![conv.0, user.0],
@@ -323,67 +263,20 @@ pub(super) fn change_group(
                 params![conv.0],
             )
             .map_err(internal)?;
-            if target_role == Role::Owner {
-                // The owner left: the longest-standing admin, else member, takes over.
-                let heir: Option<i64> = c
-                    .query_row(
-                        "SELECT user_id FROM members WHERE conversation_id = ?1
-                         ORDER BY role = 'admin' DESC, joined_seq, user_id LIMIT 1",
-                        params![conv.0],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(internal)?;
-                if let Some(heir) = heir {
-                    set_role(c, conv, UserId(heir), Role::Owner)?;
-                    let body = EntryBody::RoleChanged { user: UserId(heir), role: Role::Owner };
-                    append_entry(c, out, conv, actor, None, body, now)?;
-                }
-            }
-            Ok(ack)
         }
-        GroupChange::SetRole { user, role: new_role } => {
-            if actor_role != Role::Owner {
-                return Err(StoreError::Forbidden("only the owner changes roles"));
-            }
-            if *new_role == Role::Owner || *user == actor {
-                return Err(StoreError::BadRequest(
-                    "ownership passes on only when the owner leaves".into(),
-                ));
-            }
-            if role(c, *user, conv)?.is_none() {
-                return Err(StoreError::NotFound("member"));
-            }
-            set_role(c, conv, *user, *new_role)?;
-            let body = EntryBody::RoleChanged { user: *user, role: *new_role };
-            append_entry(c, out, conv, actor, None, body, now)
+        GroupEffect::SetRole { user, role } => {
+            c.execute(
+                "UPDATE members SET role = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+                params![conv.0, user.0, role_str(*role)],
+            )
+            .map_err(internal)?;
         }
-        GroupChange::SetTitle { title } => {
-            if actor_role < Role::Admin {
-                return Err(StoreError::Forbidden("only admins change the title"));
-            }
+        GroupEffect::SetTitle { title } => {
             c.execute("UPDATE conversations SET title = ?2 WHERE id = ?1", params![conv.0, title])
                 .map_err(internal)?;
-            append_entry(
-                c,
-                out,
-                conv,
-                actor,
-                None,
-                EntryBody::TitleChanged { title: title.clone() },
-                now,
-            )
         }
     }
-}
-
-fn set_role(c: &Connection, conv: ConversationId, user: UserId, role: Role) -> Result<()> {
-    c.execute(
-        "UPDATE members SET role = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
-        params![conv.0, user.0, role_str(role)],
-    )
-    .map_err(internal)?;
-    Ok(())
+    Ok(ack)
 }
 
 /// Appends one entry at `last_seq + 1` and keeps the message projection in step.
@@ -485,32 +378,25 @@ fn project(
 /// A deleted message's text leaves the server: the message entry and every edit of it keep
 /// their place in the log (seq, id, sender, time) but lose their text, and its reactions go.
 fn redact(c: &Connection, conv: ConversationId, target: u64) -> Result<()> {
-    let target = target as i64;
     let original: Option<String> = c
         .query_row(
             "SELECT body FROM entries WHERE conversation_id = ?1 AND seq = ?2",
-            params![conv.0, target],
+            params![conv.0, target as i64],
             |r| r.get(0),
         )
         .optional()
         .map_err(internal)?;
-    let reply_to = original
-        .and_then(|json| serde_json::from_str::<EntryBody>(&json).ok())
-        .and_then(|b| match b {
-            EntryBody::Message { reply_to, .. } => reply_to,
-            _ => None,
-        });
-    let message = EntryBody::Message { body: String::new(), reply_to };
-    let edit = EntryBody::Edit { target: target as u64, body: String::new() };
+    let (message, edit) = rules::redacted(original.as_deref(), target)?;
+    let target = target as i64;
     c.execute(
         "UPDATE entries SET body = ?3 WHERE conversation_id = ?1 AND seq = ?2",
-        params![conv.0, target, serde_json::to_string(&message).map_err(internal)?],
+        params![conv.0, target, message],
     )
     .map_err(internal)?;
     c.execute(
         "UPDATE entries SET body = ?3
          WHERE conversation_id = ?1 AND target = ?2 AND kind = 'edit'",
-        params![conv.0, target, serde_json::to_string(&edit).map_err(internal)?],
+        params![conv.0, target, edit],
     )
     .map_err(internal)?;
     c.execute(
@@ -540,26 +426,24 @@ pub(super) fn set_cursors(c: &Connection, updates: &[CursorUpdate]) -> Result<Ve
         let Some((delivered, read, last)) = row else {
             continue;
         };
-        let (delivered, read, last) = (delivered as u64, read as u64, last as u64);
-        let new_read = read.max(u.read.unwrap_or(0).min(last));
-        let new_delivered = delivered.max(u.delivered.unwrap_or(0).min(last)).max(new_read);
-        if (new_delivered, new_read) == (delivered, read) {
+        let Some(receipt) = rules::advance_cursors(u, delivered as u64, read as u64, last as u64)
+        else {
             continue;
-        }
+        };
         c.prepare_cached(
             "UPDATE members SET delivered_seq = ?3, read_seq = ?4
              WHERE conversation_id = ?1 AND user_id = ?2",
         )
         .and_then(|mut st| {
-            st.execute(params![u.conversation.0, u.user.0, new_delivered as i64, new_read as i64])
+            st.execute(params![
+                u.conversation.0,
+                u.user.0,
+                receipt.delivered_seq as i64,
+                receipt.read_seq as i64
+            ])
         })
         .map_err(internal)?;
-        changed.push(Receipt {
-            conversation: u.conversation,
-            user: u.user,
-            delivered_seq: new_delivered,
-            read_seq: new_read,
-        });
+        changed.push(receipt);
     }
     Ok(changed)
 }

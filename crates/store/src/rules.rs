@@ -1,0 +1,951 @@
+//! The store's rules, written once for both backends: who may change a group and how (roles,
+//! the owner's hand-off, the member cap, "already a member", direct conversations never
+//! change), who may edit or delete a message (only its sender, never once deleted), what an
+//! append must name (a seq that is a message), idempotent appends (an earlier ack for the same
+//! `(sender, conversation, client_msg_id)` is the answer), what creating a direct conversation
+//! or a group checks, how cursors advance, and what a deletion leaves of a message.
+//!
+//! Each rule is a pure function over the facts a backend loaded inside its writing
+//! transaction (a role as `Option<Role>`, a message's sender and deleted flag, a member count,
+//! whether an account exists, an earlier ack, ...), and returns the effect to apply or the
+//! [`StoreError`] to answer. `sqlite/write.rs` and `postgres/write.rs` only load those facts
+//! and apply the effects in SQL, so the two backends cannot drift apart (STYLE.md section 13);
+//! when and how the facts are read (the writer thread, PostgreSQL's row locks) stays theirs.
+
+use natter_proto::{
+    Ack, ConversationId, ConversationKind, EntryBody, NewEntry, Receipt, Role, Seq, UserId,
+};
+
+use crate::{Append, CursorUpdate, GroupChange, Result, StoreError};
+
+// ---- create ----
+
+/// The answer to a handle that is already taken (the backend saw its unique index refuse).
+pub(crate) fn handle_taken() -> StoreError {
+    StoreError::Conflict("handle is taken")
+}
+
+/// A conversation to create: its row, its members, and the `created` entry opening its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewConversation {
+    pub(crate) kind: ConversationKind,
+    pub(crate) title: Option<String>,
+    /// `min:max` of a direct conversation's two user ids: the unique key that keeps one
+    /// conversation per pair.
+    pub(crate) direct_key: Option<String>,
+    /// Every member with their role, the creator first (they send the `created` entry).
+    pub(crate) members: Vec<(UserId, Role)>,
+}
+
+impl NewConversation {
+    /// Who sends the `created` entry.
+    pub(crate) fn creator(&self) -> UserId {
+        self.members.first().map(|&(user, _)| user).expect("a new conversation has its creator")
+    }
+
+    /// The ids of the members besides the creator, whose accounts the backend counts for
+    /// [`invitees_exist`].
+    pub(crate) fn invitee_ids(&self) -> Vec<i64> {
+        self.members.iter().skip(1).map(|&(user, _)| user.0).collect()
+    }
+
+    /// The entry that opens the log.
+    pub(crate) fn created(&self) -> EntryBody {
+        EntryBody::Created {
+            conversation_kind: self.kind,
+            title: self.title.clone(),
+            members: self.members.iter().map(|&(user, _)| user).collect(),
+        }
+    }
+}
+
+/// What `create_direct` does for a pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// The pair already has this conversation: nothing is written.
+    Exists(ConversationId),
+    Create(NewConversation),
+}
+
+/// The key of the direct conversation of `a` and `b`, the same in either order: the backend
+/// looks the pair up by it before [`create_direct`].
+pub(crate) fn direct_key(a: UserId, b: UserId) -> Result<String> {
+    if a == b {
+        return Err(StoreError::BadRequest("a direct conversation needs another user".into()));
+    }
+    Ok(format!("{}:{}", a.0.min(b.0), a.0.max(b.0)))
+}
+
+/// `existing`: the conversation found under [`direct_key`]; `b_exists`: whether `b` has an
+/// account (the caller `a` is authenticated, so it has one).
+pub(crate) fn create_direct(
+    a: UserId,
+    b: UserId,
+    existing: Option<ConversationId>,
+    b_exists: bool,
+) -> Result<Direct> {
+    let key = direct_key(a, b)?;
+    // Asking again for a pair is idempotent and writes nothing; only creating needs `b`.
+    if let Some(conv) = existing {
+        return Ok(Direct::Exists(conv));
+    }
+    if !b_exists {
+        return Err(StoreError::NotFound("user"));
+    }
+    Ok(Direct::Create(NewConversation {
+        kind: ConversationKind::Direct,
+        title: None,
+        direct_key: Some(key),
+        members: vec![(a, Role::Member), (b, Role::Member)],
+    }))
+}
+
+/// The group `owner` asked for: the owner first, then `members` without repeats, within the
+/// cap (which counts the owner). The backend then checks the invitees' accounts with
+/// [`invitees_exist`].
+pub(crate) fn create_group(
+    owner: UserId,
+    title: &str,
+    members: &[UserId],
+    cap: u32,
+) -> Result<NewConversation> {
+    let mut all = vec![owner];
+    for &m in members {
+        if !all.contains(&m) {
+            all.push(m);
+        }
+    }
+    if all.len() > cap as usize {
+        return Err(StoreError::Conflict("too many members for a group"));
+    }
+    let members =
+        all.into_iter().map(|m| (m, if m == owner { Role::Owner } else { Role::Member })).collect();
+    Ok(NewConversation {
+        kind: ConversationKind::Group,
+        title: Some(title.to_owned()),
+        direct_key: None,
+        members,
+    })
+}
+
+/// `n_found`: how many of `new`'s invitees have an account.
+pub(crate) fn invitees_exist(new: &NewConversation, n_found: u64) -> Result<()> {
+    if n_found < new.members.len().saturating_sub(1) as u64 {
+        return Err(StoreError::NotFound("user"));
+    }
+    Ok(())
+}
+
+/// What an earlier append with the same `(sender, conversation, client_msg_id)` committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Earlier {
+    pub(crate) seq: Seq,
+    pub(crate) id: String,
+    pub(crate) ts: i64,
+}
+
+/// How an append goes on once its key and its sender's membership are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// A retry: answer the original ack and write nothing.
+    Repeat(Ack),
+    /// A new entry: load the message at [`append_target`], then build it with [`append_body`].
+    Append,
+}
+
+/// `earlier`: the entry under the append's key, if any; `sender_role`: the sender's role in
+/// the conversation, `None` if not a member (or no such conversation).
+pub(crate) fn admit_append(
+    a: &Append,
+    earlier: Option<Earlier>,
+    sender_role: Option<Role>,
+) -> Result<Admit> {
+    // The key is checked before membership: a sender removed since still gets the ack of what
+    // it sent while a member, whatever the retry carries this time.
+    if let Some(Earlier { seq, id, ts }) = earlier {
+        return Ok(Admit::Repeat(Ack {
+            conversation: a.conversation,
+            seq,
+            id,
+            ts,
+            client_msg_id: Some(a.client_msg_id.clone()),
+        }));
+    }
+    if sender_role.is_none() {
+        return Err(StoreError::NotFound("conversation"));
+    }
+    Ok(Admit::Append)
+}
+
+/// A message's projection row, as the rules need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) sender: UserId,
+    pub(crate) deleted: bool,
+}
+
+/// The seq whose message row [`append_body`] needs, if the entry names one.
+pub(crate) fn append_target(entry: &NewEntry) -> Option<Seq> {
+    match entry {
+        NewEntry::Message { reply_to, .. } => *reply_to,
+        NewEntry::Edit { target, .. }
+        | NewEntry::Delete { target }
+        | NewEntry::Reaction { target, .. } => Some(*target),
+    }
+}
+
+/// The entry to append. `target`: the message row at [`append_target`], `None` if that seq is
+/// not a message (or the entry names none). A reply may quote a deleted message; edits,
+/// deletions and reactions need a live one, and only its sender edits or deletes it.
+pub(crate) fn append_body(a: &Append, target: Option<Message>) -> Result<EntryBody> {
+    let live = |seq: Seq, must_own: bool| -> Result<()> {
+        match target {
+            None => Err(not_a_message(seq)),
+            Some(Message { deleted: true, .. }) => Err(StoreError::Conflict("message is deleted")),
+            Some(Message { sender, .. }) if must_own && sender != a.sender => {
+                Err(StoreError::Forbidden("only the sender may change a message"))
+            }
+            Some(_) => Ok(()),
+        }
+    };
+    match &a.entry {
+        NewEntry::Message { body, reply_to } => {
+            if let Some(seq) = *reply_to
+                && target.is_none()
+            {
+                return Err(not_a_message(seq));
+            }
+            Ok(EntryBody::Message { body: body.clone(), reply_to: *reply_to })
+        }
+        NewEntry::Edit { target, body } => {
+            live(*target, true)?;
+            Ok(EntryBody::Edit { target: *target, body: body.clone() })
+        }
+        NewEntry::Delete { target } => {
+            live(*target, true)?;
+            Ok(EntryBody::Delete { target: *target })
+        }
+        NewEntry::Reaction { target, emoji, remove } => {
+            live(*target, false)?;
+            Ok(EntryBody::Reaction { target: *target, emoji: emoji.clone(), remove: *remove })
+        }
+    }
+}
+
+fn not_a_message(seq: Seq) -> StoreError {
+    StoreError::BadRequest(format!("seq {seq} is not a message"))
+}
+
+// ---- update: group changes ----
+
+/// The conversation row a group change reads first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupRow {
+    pub(crate) kind: ConversationKind,
+    pub(crate) n_members: u64,
+}
+
+/// Who makes a group change, once [`group_actor`] let them, and the group's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Actor {
+    pub(crate) user: UserId,
+    pub(crate) role: Role,
+    pub(crate) n_members: u64,
+}
+
+/// `row`: the conversation, `None` if there is none; `role`: the actor's role in it, `None`
+/// if not a member (reported exactly like a missing conversation).
+pub(crate) fn group_actor(
+    user: UserId,
+    row: Option<GroupRow>,
+    role: Option<Role>,
+) -> Result<Actor> {
+    let (Some(row), Some(role)) = (row, role) else {
+        return Err(StoreError::NotFound("conversation"));
+    };
+    if row.kind != ConversationKind::Group {
+        return Err(StoreError::Forbidden("a direct conversation cannot change"));
+    }
+    Ok(Actor { user, role, n_members: row.n_members })
+}
+
+/// The user a change names, as loaded: whether they have an account, and their role in the
+/// group if a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Subject {
+    pub(crate) exists: bool,
+    pub(crate) role: Option<Role>,
+}
+
+/// The user whose [`Subject`] facts `change` needs, if any.
+pub(crate) fn subject_of(change: &GroupChange) -> Option<UserId> {
+    match change {
+        GroupChange::AddMember { user, .. }
+        | GroupChange::RemoveMember { user }
+        | GroupChange::SetRole { user, .. } => Some(*user),
+        GroupChange::SetTitle { .. } => None,
+    }
+}
+
+/// What a group change writes: [`GroupEffect::entry`] is appended to the log, then the rows
+/// change as each variant says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupEffect {
+    /// Insert the member, joined at the seq of the `member_added` entry.
+    Add {
+        user: UserId,
+        role: Role,
+    },
+    /// Delete the member. If they owned the group, the backend picks the heir (the
+    /// longest-standing admin, else member) and applies [`hand_on`] to them.
+    Remove {
+        user: UserId,
+        owner_left: bool,
+    },
+    SetRole {
+        user: UserId,
+        role: Role,
+    },
+    SetTitle {
+        title: String,
+    },
+}
+
+impl GroupEffect {
+    /// The system entry that records the change.
+    pub(crate) fn entry(&self) -> EntryBody {
+        match self {
+            GroupEffect::Add { user, role } => EntryBody::MemberAdded { user: *user, role: *role },
+            GroupEffect::Remove { user, .. } => EntryBody::MemberRemoved { user: *user },
+            GroupEffect::SetRole { user, role } => {
+                EntryBody::RoleChanged { user: *user, role: *role }
+            }
+            GroupEffect::SetTitle { title } => EntryBody::TitleChanged { title: title.clone() },
+        }
+    }
+}
+
+/// The owner left: ownership passes to `heir`.
+pub(crate) fn hand_on(heir: UserId) -> GroupEffect {
+    GroupEffect::SetRole { user: heir, role: Role::Owner }
+}
+
+/// Checks `change` against the actor's role and the facts of the user it names (`subject`,
+/// loaded for [`subject_of`]), and returns what to write. Removing oneself is leaving, which
+/// every member may do.
+pub(crate) fn change_group(
+    actor: &Actor,
+    cap: u32,
+    change: &GroupChange,
+    subject: Option<Subject>,
+) -> Result<GroupEffect> {
+    let subject = || {
+        subject
+            .ok_or_else(|| StoreError::Internal("the changed user's facts were not loaded".into()))
+    };
+    match change {
+        GroupChange::AddMember { user, role } => {
+            if actor.role < Role::Admin {
+                return Err(StoreError::Forbidden("only admins add members"));
+            }
+            if *role == Role::Owner || (*role == Role::Admin && actor.role != Role::Owner) {
+                return Err(StoreError::Forbidden("that role cannot be given by this member"));
+            }
+            let subject = subject()?;
+            if !subject.exists {
+                return Err(StoreError::NotFound("user"));
+            }
+            if subject.role.is_some() {
+                return Err(StoreError::Conflict("already a member"));
+            }
+            if actor.n_members >= u64::from(cap) {
+                return Err(StoreError::Conflict("the group is full"));
+            }
+            Ok(GroupEffect::Add { user: *user, role: *role })
+        }
+        GroupChange::RemoveMember { user } => {
+            let Some(target_role) = subject()?.role else {
+                return Err(StoreError::NotFound("member"));
+            };
+            if *user != actor.user {
+                let allowed = actor.role == Role::Owner
+                    || (actor.role == Role::Admin && target_role == Role::Member);
+                if !allowed {
+                    return Err(StoreError::Forbidden("not allowed to remove this member"));
+                }
+            }
+            Ok(GroupEffect::Remove { user: *user, owner_left: target_role == Role::Owner })
+        }
+        GroupChange::SetRole { user, role } => {
+            if actor.role != Role::Owner {
+                return Err(StoreError::Forbidden("only the owner changes roles"));
+            }
+            if *role == Role::Owner || *user == actor.user {
+                return Err(StoreError::BadRequest(
+                    "ownership passes on only when the owner leaves".into(),
+                ));
+            }
+            if subject()?.role.is_none() {
+                return Err(StoreError::NotFound("member"));
+            }
+            Ok(GroupEffect::SetRole { user: *user, role: *role })
+        }
+        GroupChange::SetTitle { title } => {
+            if actor.role < Role::Admin {
+                return Err(StoreError::Forbidden("only admins change the title"));
+            }
+            Ok(GroupEffect::SetTitle { title: title.clone() })
+        }
+    }
+}
+
+// ---- update: cursors and redaction ----
+
+/// A member's cursors after `u`, given the stored `delivered` and `read` and the
+/// conversation's `last` seq: never backwards, never past `last`, and `read` implies
+/// `delivered`. `None` if nothing changes (no receipt, no write).
+pub(crate) fn advance_cursors(
+    u: &CursorUpdate,
+    delivered: Seq,
+    read: Seq,
+    last: Seq,
+) -> Option<Receipt> {
+    let new_read = read.max(u.read.unwrap_or(0).min(last));
+    let new_delivered = delivered.max(u.delivered.unwrap_or(0).min(last)).max(new_read);
+    if (new_delivered, new_read) == (delivered, read) {
+        return None;
+    }
+    Some(Receipt {
+        conversation: u.conversation,
+        user: u.user,
+        delivered_seq: new_delivered,
+        read_seq: new_read,
+    })
+}
+
+/// What a deleted message's log entries become, as the JSON their `body` column stores:
+/// `(message, edit)`. Both lose their text; the message keeps the reply it was (read from
+/// `original`, its stored JSON), every edit keeps its target.
+pub(crate) fn redacted(original: Option<&str>, target: Seq) -> Result<(String, String)> {
+    let reply_to =
+        original.and_then(|json| serde_json::from_str::<EntryBody>(json).ok()).and_then(|body| {
+            match body {
+                EntryBody::Message { reply_to, .. } => reply_to,
+                _ => None,
+            }
+        });
+    let message = EntryBody::Message { body: String::new(), reply_to };
+    let edit = EntryBody::Edit { target, body: String::new() };
+    let json = |body: &EntryBody| {
+        serde_json::to_string(body).map_err(|err| StoreError::Internal(err.to_string()))
+    };
+    Ok((json(&message)?, json(&edit)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use natter_proto::ErrorCode;
+
+    use super::*;
+
+    const A: UserId = UserId(1);
+    const B: UserId = UserId(2);
+    const C: UserId = UserId(3);
+    const CONV: ConversationId = ConversationId(7);
+
+    /// The error's code and message, which is what clients and the suite see.
+    fn err<T: std::fmt::Debug>(res: Result<T>) -> (ErrorCode, String) {
+        let e = res.expect_err("the rule should refuse");
+        (e.code(), e.to_string())
+    }
+
+    fn append_of(sender: UserId, entry: NewEntry) -> Append {
+        Append { conversation: CONV, sender, client_msg_id: "m1".to_owned(), entry }
+    }
+
+    fn msg(reply_to: Option<Seq>) -> NewEntry {
+        NewEntry::Message { body: "hi".to_owned(), reply_to }
+    }
+
+    fn live(sender: UserId) -> Option<Message> {
+        Some(Message { sender, deleted: false })
+    }
+
+    fn actor(user: UserId, role: Role) -> Actor {
+        Actor { user, role, n_members: 3 }
+    }
+
+    fn member(role: Role) -> Option<Subject> {
+        Some(Subject { exists: true, role: Some(role) })
+    }
+
+    fn outsider() -> Option<Subject> {
+        Some(Subject { exists: true, role: None })
+    }
+
+    // ---- create ----
+
+    #[test]
+    fn handle_taken_is_a_conflict() {
+        let e = handle_taken();
+        assert_eq!(
+            (e.code(), e.to_string()),
+            (ErrorCode::Conflict, "conflict: handle is taken".into())
+        );
+    }
+
+    #[test]
+    fn direct_key_is_the_same_in_either_order_and_needs_two_users() {
+        assert_eq!(direct_key(B, A).expect("key"), "1:2");
+        assert_eq!(direct_key(A, B).expect("key"), "1:2");
+        assert_eq!(
+            err(direct_key(A, A)),
+            (ErrorCode::BadRequest, "bad request: a direct conversation needs another user".into())
+        );
+    }
+
+    #[test]
+    fn create_direct_reuses_the_pair_or_creates_it() {
+        let existing = ConversationId(5);
+        assert_eq!(
+            create_direct(A, B, Some(existing), true).expect("exists"),
+            Direct::Exists(existing)
+        );
+        // The existing pair is found before the other account is looked at.
+        assert_eq!(
+            create_direct(A, B, Some(existing), false).expect("exists"),
+            Direct::Exists(existing)
+        );
+        let Direct::Create(new) = create_direct(B, A, None, true).expect("create") else {
+            panic!("expected a new conversation");
+        };
+        assert_eq!(new.kind, ConversationKind::Direct);
+        assert_eq!(new.title, None);
+        assert_eq!(new.direct_key.as_deref(), Some("1:2"));
+        assert_eq!(new.members, vec![(B, Role::Member), (A, Role::Member)]);
+        assert_eq!(new.creator(), B);
+        assert_eq!(new.invitee_ids(), vec![1]);
+        assert_eq!(
+            new.created(),
+            EntryBody::Created {
+                conversation_kind: ConversationKind::Direct,
+                title: None,
+                members: vec![B, A]
+            }
+        );
+    }
+
+    #[test]
+    fn create_direct_refuses_oneself_and_unknown_users() {
+        assert_eq!(err(create_direct(A, A, None, true)).0, ErrorCode::BadRequest);
+        assert_eq!(
+            err(create_direct(A, B, None, false)),
+            (ErrorCode::NotFound, "user not found".into())
+        );
+    }
+
+    #[test]
+    fn create_group_puts_the_owner_first_and_drops_repeats() {
+        let new = create_group(A, "team", &[B, A, C, B], 10).expect("group");
+        assert_eq!(new.kind, ConversationKind::Group);
+        assert_eq!(new.title.as_deref(), Some("team"));
+        assert_eq!(new.direct_key, None);
+        assert_eq!(new.members, vec![(A, Role::Owner), (B, Role::Member), (C, Role::Member)]);
+        assert_eq!(new.creator(), A);
+        assert_eq!(new.invitee_ids(), vec![2, 3]);
+        assert_eq!(
+            new.created(),
+            EntryBody::Created {
+                conversation_kind: ConversationKind::Group,
+                title: Some("team".to_owned()),
+                members: vec![A, B, C]
+            }
+        );
+        // Alone is a group too.
+        assert_eq!(create_group(A, "me", &[], 1).expect("solo").members, vec![(A, Role::Owner)]);
+    }
+
+    #[test]
+    fn create_group_cap_counts_the_owner_once() {
+        assert!(create_group(A, "at cap", &[B, C], 3).is_ok());
+        assert!(create_group(A, "repeats", &[B, C, B, A], 3).is_ok());
+        assert_eq!(
+            err(create_group(A, "over", &[B, C], 2)),
+            (ErrorCode::Conflict, "conflict: too many members for a group".into())
+        );
+    }
+
+    #[test]
+    fn invitees_must_all_exist() {
+        let new = create_group(A, "team", &[B, C], 10).expect("group");
+        assert!(invitees_exist(&new, 2).is_ok());
+        assert_eq!(err(invitees_exist(&new, 1)), (ErrorCode::NotFound, "user not found".into()));
+        let solo = create_group(A, "me", &[], 10).expect("group");
+        assert!(invitees_exist(&solo, 0).is_ok());
+    }
+
+    // ---- appends ----
+
+    #[test]
+    fn a_repeated_key_gets_the_earlier_ack_even_after_leaving() {
+        let a = append_of(A, NewEntry::Delete { target: 99 });
+        let earlier = Earlier { seq: 4, id: "e4".to_owned(), ts: 1234 };
+        let want = Ack {
+            conversation: CONV,
+            seq: 4,
+            id: "e4".to_owned(),
+            ts: 1234,
+            client_msg_id: Some("m1".to_owned()),
+        };
+        for role in [Some(Role::Member), None] {
+            let admit = admit_append(&a, Some(earlier.clone()), role).expect("repeat");
+            assert_eq!(admit, Admit::Repeat(want.clone()));
+        }
+    }
+
+    #[test]
+    fn a_new_append_needs_a_member() {
+        let a = append_of(A, msg(None));
+        assert_eq!(admit_append(&a, None, Some(Role::Member)).expect("member"), Admit::Append);
+        assert_eq!(
+            err(admit_append(&a, None, None)),
+            (ErrorCode::NotFound, "conversation not found".into())
+        );
+    }
+
+    #[test]
+    fn append_target_is_the_seq_an_entry_names() {
+        assert_eq!(append_target(&msg(None)), None);
+        assert_eq!(append_target(&msg(Some(3))), Some(3));
+        assert_eq!(append_target(&NewEntry::Edit { target: 4, body: String::new() }), Some(4));
+        assert_eq!(append_target(&NewEntry::Delete { target: 5 }), Some(5));
+        let react = NewEntry::Reaction { target: 6, emoji: "+1".to_owned(), remove: false };
+        assert_eq!(append_target(&react), Some(6));
+    }
+
+    #[test]
+    fn messages_and_replies() {
+        let body = append_body(&append_of(A, msg(None)), None).expect("message");
+        assert_eq!(body, EntryBody::Message { body: "hi".to_owned(), reply_to: None });
+        // A reply may quote anyone's message, deleted or not.
+        let reply = append_of(A, msg(Some(3)));
+        for target in [live(B), Some(Message { sender: B, deleted: true })] {
+            let body = append_body(&reply, target).expect("reply");
+            assert_eq!(body, EntryBody::Message { body: "hi".to_owned(), reply_to: Some(3) });
+        }
+        assert_eq!(
+            err(append_body(&reply, None)),
+            (ErrorCode::BadRequest, "bad request: seq 3 is not a message".into())
+        );
+    }
+
+    #[test]
+    fn only_the_sender_edits_or_deletes_a_live_message() {
+        let edit = NewEntry::Edit { target: 2, body: "fixed".to_owned() };
+        let delete = NewEntry::Delete { target: 2 };
+        assert_eq!(
+            append_body(&append_of(A, edit.clone()), live(A)).expect("own edit"),
+            EntryBody::Edit { target: 2, body: "fixed".to_owned() }
+        );
+        assert_eq!(
+            append_body(&append_of(A, delete.clone()), live(A)).expect("own delete"),
+            EntryBody::Delete { target: 2 }
+        );
+        for entry in [edit, delete] {
+            let a = append_of(A, entry);
+            assert_eq!(
+                err(append_body(&a, live(B))),
+                (ErrorCode::Forbidden, "forbidden: only the sender may change a message".into())
+            );
+            // Deleted wins over ownership: nobody may change it any more.
+            for sender in [A, B] {
+                assert_eq!(
+                    err(append_body(&a, Some(Message { sender, deleted: true }))),
+                    (ErrorCode::Conflict, "conflict: message is deleted".into())
+                );
+            }
+            assert_eq!(
+                err(append_body(&a, None)),
+                (ErrorCode::BadRequest, "bad request: seq 2 is not a message".into())
+            );
+        }
+    }
+
+    #[test]
+    fn anyone_reacts_to_a_live_message() {
+        let react = NewEntry::Reaction { target: 2, emoji: "+1".to_owned(), remove: true };
+        let a = append_of(A, react);
+        assert_eq!(
+            append_body(&a, live(B)).expect("react"),
+            EntryBody::Reaction { target: 2, emoji: "+1".to_owned(), remove: true }
+        );
+        assert_eq!(
+            err(append_body(&a, Some(Message { sender: A, deleted: true }))),
+            (ErrorCode::Conflict, "conflict: message is deleted".into())
+        );
+        assert_eq!(err(append_body(&a, None)).0, ErrorCode::BadRequest);
+    }
+
+    // ---- group changes ----
+
+    #[test]
+    fn group_actor_must_be_a_member_of_a_group() {
+        let group = Some(GroupRow { kind: ConversationKind::Group, n_members: 4 });
+        let direct = Some(GroupRow { kind: ConversationKind::Direct, n_members: 2 });
+        assert_eq!(
+            group_actor(A, group, Some(Role::Admin)).expect("actor"),
+            Actor { user: A, role: Role::Admin, n_members: 4 }
+        );
+        let not_found = (ErrorCode::NotFound, "conversation not found".to_owned());
+        assert_eq!(err(group_actor(A, group, None)), not_found);
+        assert_eq!(err(group_actor(A, None, None)), not_found);
+        assert_eq!(err(group_actor(A, None, Some(Role::Owner))), not_found);
+        // A non-member of a direct conversation cannot tell it exists.
+        assert_eq!(err(group_actor(A, direct, None)), not_found);
+        assert_eq!(
+            err(group_actor(A, direct, Some(Role::Member))),
+            (ErrorCode::Forbidden, "forbidden: a direct conversation cannot change".into())
+        );
+    }
+
+    #[test]
+    fn subject_of_names_the_changed_user() {
+        assert_eq!(subject_of(&GroupChange::AddMember { user: B, role: Role::Member }), Some(B));
+        assert_eq!(subject_of(&GroupChange::RemoveMember { user: B }), Some(B));
+        assert_eq!(subject_of(&GroupChange::SetRole { user: C, role: Role::Admin }), Some(C));
+        assert_eq!(subject_of(&GroupChange::SetTitle { title: "t".to_owned() }), None);
+    }
+
+    #[test]
+    fn add_member_needs_an_admin_and_a_role_they_may_give() {
+        let add = |role| GroupChange::AddMember { user: C, role };
+        let ok = |a: &Actor, role| change_group(a, 10, &add(role), outsider());
+        assert_eq!(
+            ok(&actor(A, Role::Admin), Role::Member).expect("admin adds"),
+            GroupEffect::Add { user: C, role: Role::Member }
+        );
+        assert_eq!(
+            ok(&actor(A, Role::Owner), Role::Admin).expect("owner adds admin"),
+            GroupEffect::Add { user: C, role: Role::Admin }
+        );
+        assert_eq!(
+            err(ok(&actor(A, Role::Member), Role::Member)),
+            (ErrorCode::Forbidden, "forbidden: only admins add members".into())
+        );
+        let cannot = (
+            ErrorCode::Forbidden,
+            "forbidden: that role cannot be given by this member".to_owned(),
+        );
+        assert_eq!(err(ok(&actor(A, Role::Admin), Role::Admin)), cannot);
+        assert_eq!(err(ok(&actor(A, Role::Owner), Role::Owner)), cannot);
+        // Permission is checked before anything about the user.
+        let ghost = Some(Subject { exists: false, role: None });
+        assert_eq!(
+            err(change_group(&actor(A, Role::Member), 10, &add(Role::Member), ghost)).0,
+            ErrorCode::Forbidden
+        );
+    }
+
+    #[test]
+    fn add_member_needs_an_account_not_yet_in_a_group_with_room() {
+        let add = GroupChange::AddMember { user: C, role: Role::Member };
+        let owner = actor(A, Role::Owner);
+        let ghost = Some(Subject { exists: false, role: None });
+        assert_eq!(
+            err(change_group(&owner, 10, &add, ghost)),
+            (ErrorCode::NotFound, "user not found".into())
+        );
+        assert_eq!(
+            err(change_group(&owner, 10, &add, member(Role::Member))),
+            (ErrorCode::Conflict, "conflict: already a member".into())
+        );
+        // n_members is 3: a cap of 3 is full, 4 has room for one more.
+        assert_eq!(
+            err(change_group(&owner, 3, &add, outsider())),
+            (ErrorCode::Conflict, "conflict: the group is full".into())
+        );
+        assert!(change_group(&owner, 4, &add, outsider()).is_ok());
+        // "already a member" wins over "full": the cap is about newcomers.
+        assert_eq!(
+            err(change_group(&owner, 3, &add, member(Role::Admin))).1,
+            "conflict: already a member"
+        );
+    }
+
+    #[test]
+    fn remove_member_by_rank_and_leaving() {
+        let remove = |user| GroupChange::RemoveMember { user };
+        let removed = |user, owner_left| GroupEffect::Remove { user, owner_left };
+        // The owner removes anyone; an admin removes members only.
+        for role in [Role::Member, Role::Admin] {
+            assert_eq!(
+                change_group(&actor(A, Role::Owner), 10, &remove(B), member(role)).expect("owner"),
+                removed(B, false)
+            );
+        }
+        assert_eq!(
+            change_group(&actor(A, Role::Admin), 10, &remove(B), member(Role::Member))
+                .expect("admin"),
+            removed(B, false)
+        );
+        let denied =
+            (ErrorCode::Forbidden, "forbidden: not allowed to remove this member".to_owned());
+        for role in [Role::Admin, Role::Owner] {
+            assert_eq!(
+                err(change_group(&actor(A, Role::Admin), 10, &remove(B), member(role))),
+                denied
+            );
+        }
+        assert_eq!(
+            err(change_group(&actor(A, Role::Member), 10, &remove(B), member(Role::Member))),
+            denied
+        );
+        // Anyone may leave; an owner who leaves hands ownership on.
+        assert_eq!(
+            change_group(&actor(A, Role::Member), 10, &remove(A), member(Role::Member))
+                .expect("leave"),
+            removed(A, false)
+        );
+        assert_eq!(
+            change_group(&actor(A, Role::Owner), 10, &remove(A), member(Role::Owner))
+                .expect("leave"),
+            removed(A, true)
+        );
+        // Someone who is not a member is not found, whoever asks.
+        for role in [Role::Member, Role::Owner] {
+            assert_eq!(
+                err(change_group(&actor(A, role), 10, &remove(C), outsider())),
+                (ErrorCode::NotFound, "member not found".into())
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_owner_sets_roles_and_never_ownership() {
+        let set = |user, role| GroupChange::SetRole { user, role };
+        let owner = actor(A, Role::Owner);
+        assert_eq!(
+            change_group(&owner, 10, &set(B, Role::Admin), member(Role::Member)).expect("promote"),
+            GroupEffect::SetRole { user: B, role: Role::Admin }
+        );
+        assert_eq!(
+            change_group(&owner, 10, &set(B, Role::Member), member(Role::Admin)).expect("demote"),
+            GroupEffect::SetRole { user: B, role: Role::Member }
+        );
+        assert_eq!(
+            err(change_group(
+                &actor(A, Role::Admin),
+                10,
+                &set(B, Role::Member),
+                member(Role::Member)
+            )),
+            (ErrorCode::Forbidden, "forbidden: only the owner changes roles".into())
+        );
+        let ownership = (
+            ErrorCode::BadRequest,
+            "bad request: ownership passes on only when the owner leaves".to_owned(),
+        );
+        assert_eq!(
+            err(change_group(&owner, 10, &set(B, Role::Owner), member(Role::Member))),
+            ownership
+        );
+        assert_eq!(
+            err(change_group(&owner, 10, &set(A, Role::Admin), member(Role::Owner))),
+            ownership
+        );
+        assert_eq!(
+            err(change_group(&owner, 10, &set(C, Role::Admin), outsider())),
+            (ErrorCode::NotFound, "member not found".into())
+        );
+    }
+
+    #[test]
+    fn only_admins_set_the_title() {
+        let set = GroupChange::SetTitle { title: "new".to_owned() };
+        for role in [Role::Admin, Role::Owner] {
+            assert_eq!(
+                change_group(&actor(A, role), 10, &set, None).expect("title"),
+                GroupEffect::SetTitle { title: "new".to_owned() }
+            );
+        }
+        assert_eq!(
+            err(change_group(&actor(A, Role::Member), 10, &set, None)),
+            (ErrorCode::Forbidden, "forbidden: only admins change the title".into())
+        );
+    }
+
+    #[test]
+    fn a_change_that_names_a_user_needs_their_facts() {
+        let add = GroupChange::AddMember { user: C, role: Role::Member };
+        assert_eq!(
+            err(change_group(&actor(A, Role::Owner), 10, &add, None)).0,
+            ErrorCode::Internal
+        );
+    }
+
+    #[test]
+    fn group_effects_record_their_entries() {
+        assert_eq!(
+            GroupEffect::Add { user: B, role: Role::Admin }.entry(),
+            EntryBody::MemberAdded { user: B, role: Role::Admin }
+        );
+        assert_eq!(
+            GroupEffect::Remove { user: B, owner_left: true }.entry(),
+            EntryBody::MemberRemoved { user: B }
+        );
+        assert_eq!(
+            GroupEffect::SetRole { user: B, role: Role::Member }.entry(),
+            EntryBody::RoleChanged { user: B, role: Role::Member }
+        );
+        assert_eq!(
+            GroupEffect::SetTitle { title: "t".to_owned() }.entry(),
+            EntryBody::TitleChanged { title: "t".to_owned() }
+        );
+        assert_eq!(hand_on(C), GroupEffect::SetRole { user: C, role: Role::Owner });
+        assert_eq!(hand_on(C).entry(), EntryBody::RoleChanged { user: C, role: Role::Owner });
+    }
+
+    // ---- cursors and redaction ----
+
+    fn update(delivered: Option<Seq>, read: Option<Seq>) -> CursorUpdate {
+        CursorUpdate { conversation: CONV, user: A, delivered, read }
+    }
+
+    fn receipt(delivered_seq: Seq, read_seq: Seq) -> Option<Receipt> {
+        Some(Receipt { conversation: CONV, user: A, delivered_seq, read_seq })
+    }
+
+    #[test]
+    fn cursors_advance_clamped_and_read_implies_delivered() {
+        assert_eq!(advance_cursors(&update(Some(5), None), 2, 1, 10), receipt(5, 1));
+        assert_eq!(advance_cursors(&update(None, Some(4)), 2, 1, 10), receipt(4, 4));
+        // Past the end is clamped to the last seq.
+        assert_eq!(advance_cursors(&update(Some(50), Some(40)), 2, 1, 10), receipt(10, 10));
+        // Never backwards, and no change is no receipt.
+        assert_eq!(advance_cursors(&update(Some(1), Some(1)), 6, 3, 10), None);
+        assert_eq!(advance_cursors(&update(None, None), 6, 3, 10), None);
+        assert_eq!(advance_cursors(&update(Some(6), Some(2)), 6, 3, 10), None);
+        assert_eq!(advance_cursors(&update(Some(3), Some(5)), 6, 3, 10), receipt(6, 5));
+    }
+
+    #[test]
+    fn redaction_blanks_text_and_keeps_structure() {
+        let original = r#"{"kind":"message","body":"secret","reply_to":3}"#;
+        let (message, edit) = redacted(Some(original), 8).expect("redact");
+        assert_eq!(
+            serde_json::from_str::<EntryBody>(&message).expect("json"),
+            EntryBody::Message { body: String::new(), reply_to: Some(3) }
+        );
+        assert_eq!(
+            serde_json::from_str::<EntryBody>(&edit).expect("json"),
+            EntryBody::Edit { target: 8, body: String::new() }
+        );
+        for original in [None, Some("not json"), Some(r#"{"kind":"delete","target":1}"#)] {
+            let (message, _) = redacted(original, 8).expect("redact");
+            assert_eq!(
+                serde_json::from_str::<EntryBody>(&message).expect("json"),
+                EntryBody::Message { body: String::new(), reply_to: None }
+            );
+        }
+    }
+}

@@ -196,7 +196,6 @@ mod tests {
             client_msg_id: None,
             body: EntryBody::Message { body: format!("m{seq}"), reply_to: None },
             state: None,
-            members_seq: None,
         }
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use natter_proto::{ConversationId, Entry, Status, UserId};
+use natter_proto::{Committed, ConversationId, Status, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -70,7 +70,7 @@ impl fmt::Display for Topic {
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Envelope {
     /// Committed entries for the receiving node's sessions, in commit order.
-    Entries { node: String, entries: Vec<Entry> },
+    Entries { node: String, entries: Vec<Committed> },
     /// A ready frame (receipt, typing) for these users' sessions on the receiving node.
     Frame { users: Vec<UserId>, frame: String },
     /// A node's view of a user changed (`None`: no session there any more).

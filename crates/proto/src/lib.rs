@@ -148,12 +148,18 @@ pub struct Entry {
     /// follow arrive as entries of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<MessageState>,
-    /// Server-internal, never sent to clients: on entries fresh from a commit, the `seq` of
-    /// the conversation's latest membership change as of this entry (itself, for `created`,
-    /// `member_added` and `member_removed`). A node routing the entry reloads a member list
-    /// older than this, so another node's membership change is never routed around.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub members_seq: Option<Seq>,
+}
+
+/// A committed entry as nodes handle it, never sent to clients (they get the [`Entry`]):
+/// what the store's commit feed yields and what the bus between nodes carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committed {
+    pub entry: Entry,
+    /// The `seq` of the conversation's latest membership change as of this entry (itself, for
+    /// `created`, `member_added` and `member_removed`). A node routing the entry reloads a
+    /// member list older than this, so another node's membership change is never routed
+    /// around.
+    pub members_seq: Seq,
 }
 
 /// What a log entry says. Entries that change another entry name it by its `target` seq.
@@ -621,7 +627,6 @@ mod tests {
             client_msg_id: Some("c".into()),
             body: EntryBody::Reaction { target: 1, emoji: "+1".into(), remove: false },
             state: None,
-            members_seq: None,
         };
         let json = serde_json::to_string(&ServerFrame::Entry { entry: e.clone() }).unwrap();
         assert!(json.contains(r#""kind":"reaction""#), "{json}");

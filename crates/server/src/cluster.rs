@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use natter_cluster::{Bus, BusEvent, BusReceiver, Envelope, Topic};
-use natter_proto::{ConversationId, Entry, UserId};
+use natter_proto::{Committed, ConversationId, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -367,8 +367,8 @@ async fn publish_presence(state: &AppState, change: LocalPresence) -> bool {
 /// to each node holding a member. Membership changes always go to the members' nodes: a
 /// node that does not watch the topic yet (the group just grew past the threshold, or a
 /// member was just added) learns of them that way.
-fn on_conversation_topic(entry: &Entry, members: &[UserId], threshold: usize) -> bool {
-    members.len() > threshold && !natter_store::changes_members(&entry.body)
+fn on_conversation_topic(c: &Committed, members: &[UserId], threshold: usize) -> bool {
+    members.len() > threshold && !natter_store::changes_members(&c.entry.body)
 }
 
 /// Routes one round of publishes: one registry lookup for every recipient in it, then one
@@ -406,14 +406,14 @@ async fn publish_batch(state: &AppState, batch: Vec<Publish>) {
         .collect();
 
     // Per target topic, the entries in commit order.
-    let mut entries_to: BTreeMap<Topic, Vec<Entry>> = BTreeMap::new();
+    let mut entries_to: BTreeMap<Topic, Vec<Committed>> = BTreeMap::new();
     let mut messages = Vec::new();
     for item in batch {
         match item {
             Publish::Entries(entries) => {
                 for (entry, members) in entries {
                     if on_conversation_topic(&entry, &members, threshold) {
-                        let topic = Topic::Conversation(entry.conversation);
+                        let topic = Topic::Conversation(entry.entry.conversation);
                         entries_to.entry(topic).or_default().push(entry);
                     } else {
                         let targets: HashSet<&Topic> =

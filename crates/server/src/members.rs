@@ -1,7 +1,7 @@
 //! [`MemberCache`]: each conversation's member ids, for routing and cursor checks.
 //!
 //! Loaded from the store on first use. Every committed entry carries the `seq` of its
-//! conversation's latest membership change (`Entry::members_seq`); the cache remembers which
+//! conversation's latest membership change (`Committed::members_seq`); the cache remembers which
 //! change its list reflects and reloads when an entry needs a newer one. So an entry is
 //! routed with the members it was committed under (or later ones), even when the membership
 //! change was committed on another node whose bus message has not arrived yet. A list may
@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use natter_proto::{ConversationId, Entry, EntryBody, Seq, UserId};
+use natter_proto::{Committed, ConversationId, EntryBody, Seq, UserId};
 use natter_store::{Result, Store};
 
 pub(crate) struct MemberCache {
@@ -50,9 +50,9 @@ impl MemberCache {
 
     /// Brings the list up to a committed entry's membership version and returns the members
     /// to deliver it to: a removed member still gets the entry that removes them.
-    pub(crate) async fn apply(&self, entry: &Entry) -> Result<Arc<Vec<UserId>>> {
-        let conv = entry.conversation;
-        let needed = entry.members_seq.unwrap_or(0);
+    pub(crate) async fn apply(&self, committed: &Committed) -> Result<Arc<Vec<UserId>>> {
+        let Committed { entry, members_seq: needed } = committed;
+        let (conv, needed) = (entry.conversation, *needed);
         let list = if let EntryBody::Created { members, .. } = &entry.body {
             let list = Arc::new(members.clone());
             self.remember(conv, list.clone(), entry.seq);

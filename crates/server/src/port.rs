@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use natter_cluster::Bus;
-use natter_proto::{Entry, UserId};
+use natter_proto::{Committed, UserId};
 use tokio::sync::mpsc;
 
 /// What the router asks the bus to send.
 pub(crate) enum Publish {
     /// Committed entries (in commit order) with the members each is for.
-    Entries(Vec<(Entry, Arc<Vec<UserId>>)>),
+    Entries(Vec<(Committed, Arc<Vec<UserId>>)>),
     /// A ready frame (receipt, typing) for these users' sessions on other nodes.
     ToUsers { users: Vec<UserId>, frame: Utf8Bytes },
 }
@@ -24,7 +24,7 @@ pub(crate) enum Publish {
 /// What other nodes sent, for this node's sessions.
 pub(crate) enum Inbound {
     /// Committed entries, in the order their node committed them.
-    Entries(Vec<Entry>),
+    Entries(Vec<Committed>),
     /// A ready frame for these users' sessions.
     Frame { users: Vec<UserId>, frame: Utf8Bytes },
     /// Messages may have been lost: every session reads what it is missing from the store.

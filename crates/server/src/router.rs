@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use natter_proto::{ConversationId, Entry, Seq, ServerFrame, UserId};
+use natter_proto::{Committed, ConversationId, Seq, ServerFrame, UserId};
 use tokio::sync::mpsc;
 
 use crate::delivery::Outbound;
@@ -28,7 +28,7 @@ pub(crate) struct Routed {
 /// Routes until the store closes the commit feed (the inbox ends with the cluster's tasks).
 pub(crate) async fn run(
     state: AppState,
-    mut feed_rx: mpsc::Receiver<Vec<Entry>>,
+    mut feed_rx: mpsc::Receiver<Vec<Committed>>,
     mut inbound_rx: mpsc::Receiver<Inbound>,
 ) {
     let mut inbox_open = true;
@@ -48,7 +48,7 @@ pub(crate) async fn run(
 }
 
 /// One committed batch: to local sessions, then (when anyone else listens) to the port.
-async fn route_commits(state: &AppState, batch: Vec<Entry>) {
+async fn route_commits(state: &AppState, batch: Vec<Committed>) {
     let routed_at = Instant::now();
     let publish = state.port().has_peers();
     let mut remote = Vec::new();
@@ -82,22 +82,21 @@ async fn route_inbound(state: &AppState, inbound: Inbound) {
 /// Offers a committed entry to this node's sessions of its members; returns the members.
 async fn fan_out(
     state: &AppState,
-    mut entry: Entry,
+    committed: Committed,
     routed_at: Instant,
 ) -> Option<Arc<Vec<UserId>>> {
-    let conv = entry.conversation;
-    let members = match state.members().apply(&entry).await {
+    let conv = committed.entry.conversation;
+    let members = match state.members().apply(&committed).await {
         Ok(members) => members,
         Err(err) => {
             // The entry is durable; members will get it on sync.
-            tracing::warn!(%conv, seq = entry.seq, error = %err, "cannot load members");
+            tracing::warn!(%conv, seq = committed.entry.seq, error = %err, "cannot load members");
             return None;
         }
     };
+    let entry = committed.entry;
     let seq = entry.seq;
     let membership = natter_store::changes_members(&entry.body);
-    // Server-internal: clients never see it.
-    entry.members_seq = None;
     let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
     let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at, membership });
     state.sessions().for_each_session(&members, |_, _, session| {

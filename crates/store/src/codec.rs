@@ -3,7 +3,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use natter_proto::{Ack, ConversationId, ConversationKind, Entry, EntryBody, Role, Seq, UserId};
+use natter_proto::{
+    Ack, Committed, ConversationId, ConversationKind, Entry, EntryBody, Role, Seq, UserId,
+};
 
 /// Commit time: milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -70,13 +72,13 @@ pub(crate) struct Appended<'a> {
     pub(crate) ts: i64,
     pub(crate) client_msg_id: Option<&'a str>,
     pub(crate) body: EntryBody,
-    /// The conversation's membership version after this entry (see `Entry::members_seq`).
+    /// The conversation's membership version after this entry (see `Committed::members_seq`).
     pub(crate) members_seq: Seq,
 }
 
 impl Appended<'_> {
     /// Pushes the entry to `out` (the batch's feed) and returns its ack.
-    pub(crate) fn push(self, out: &mut Vec<Entry>) -> Ack {
+    pub(crate) fn push(self, out: &mut Vec<Committed>) -> Ack {
         let client_msg_id = self.client_msg_id.map(str::to_owned);
         let ack = Ack {
             conversation: self.conversation,
@@ -85,7 +87,7 @@ impl Appended<'_> {
             ts: self.ts,
             client_msg_id: client_msg_id.clone(),
         };
-        out.push(Entry {
+        let entry = Entry {
             conversation: self.conversation,
             seq: self.seq,
             id: self.id,
@@ -94,8 +96,8 @@ impl Appended<'_> {
             client_msg_id,
             body: self.body,
             state: None,
-            members_seq: Some(self.members_seq),
-        });
+        };
+        out.push(Committed { entry, members_seq: self.members_seq });
         ack
     }
 }

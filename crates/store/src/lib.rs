@@ -24,8 +24,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use natter_proto::{
-    Ack, ConversationId, ConversationSummary, DeviceId, Entry, ErrorCode, NewEntry, Receipt, Role,
-    Seq, UserId, rest::Member,
+    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Entry, ErrorCode, NewEntry,
+    Receipt, Role, Seq, UserId, rest::Member,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,7 +67,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub type TokenHash = [u8; 32];
 
 /// Where committed entries go, one batch per commit, in commit order.
-pub type CommitFeed = mpsc::Sender<Vec<Entry>>;
+pub type CommitFeed = mpsc::Sender<Vec<Committed>>;
 
 /// Limits the store enforces inside its transactions.
 #[derive(Debug, Clone)]

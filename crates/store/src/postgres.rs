@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use natter_proto::{
-    Ack, ConversationId, ConversationSummary, DeviceId, Entry, Receipt, Role, UserId, rest::Member,
+    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Receipt, Role, UserId,
+    rest::Member,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -326,7 +327,7 @@ async fn run_committer(
 /// How one attempt at a batch ended.
 enum Attempt {
     Committed {
-        entries: Vec<Entry>,
+        entries: Vec<Committed>,
         results: Vec<Result<Out>>,
     },
     /// Nothing was committed; the batch may run again.
@@ -426,7 +427,7 @@ async fn abort(client: deadpool_postgres::Object, reason: String) -> Attempt {
 async fn run_job(
     c: &Conn,
     op: &Op,
-    entries: &mut Vec<Entry>,
+    entries: &mut Vec<Committed>,
     limits: &StoreLimits,
     open: &mut bool,
 ) -> std::result::Result<Result<Out>, String> {

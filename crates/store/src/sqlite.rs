@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use natter_proto::{
-    Ack, ConversationId, ConversationSummary, DeviceId, Entry, Receipt, Role, UserId, rest::Member,
+    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Receipt, Role, UserId,
+    rest::Member,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -42,7 +43,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
 /// returns whether it succeeded plus what to do once the batch's fate is known.
-type Job = Box<dyn FnOnce(&Connection, &mut Vec<Entry>) -> (bool, Completion) + Send>;
+type Job = Box<dyn FnOnce(&Connection, &mut Vec<Committed>) -> (bool, Completion) + Send>;
 /// Called with `true` once the batch committed, `false` if the commit failed.
 type Completion = Box<dyn FnOnce(bool) + Send>;
 
@@ -138,7 +139,7 @@ impl SqliteStore {
     async fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Vec<Entry>) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Committed>) -> Result<T> + Send + 'static,
     {
         let (res_tx, res_rx) = oneshot::channel();
         let job: Job = Box::new(move |conn, entries| match f(conn, entries) {
@@ -164,7 +165,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Vec<Entry>) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Committed>) -> Result<T> + Send + 'static,
     {
         match self.submit(f).await?.await {
             Ok(res) => res,
@@ -325,7 +326,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn run_job(conn: &Connection, job: Job, entries: &mut Vec<Entry>) -> Completion {
+fn run_job(conn: &Connection, job: Job, entries: &mut Vec<Committed>) -> Completion {
     if let Err(err) = exec_cached(conn, "SAVEPOINT job") {
         tracing::error!(error = %err, "sqlite savepoint failed");
         drop(job);

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_proto::{
-    Ack, ConversationId, ConversationKind, Entry, EntryBody, ErrorCode, NewEntry, ReactionSummary,
-    Receipt, Role, Seq, UserId,
+    Ack, Committed, ConversationId, ConversationKind, Entry, EntryBody, ErrorCode, NewEntry,
+    ReactionSummary, Receipt, Role, Seq, UserId,
 };
 use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
@@ -151,7 +151,7 @@ struct Fixture<S> {
     store: Arc<S>,
     /// The commit feed: a large bound so that tests which do not read it never block the
     /// writer (the channel allocates as it fills, not up front).
-    feed_rx: mpsc::Receiver<Vec<Entry>>,
+    feed_rx: mpsc::Receiver<Vec<Committed>>,
     _guard: Guard,
 }
 
@@ -1003,7 +1003,8 @@ async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut
     let mut per_conv: HashMap<ConversationId, Vec<Entry>> = HashMap::new();
     // Each fed entry names its conversation's latest membership change up to itself.
     let mut membership: HashMap<ConversationId, Seq> = HashMap::new();
-    for mut e in fed {
+    for committed in fed {
+        let Committed { entry: e, members_seq } = committed;
         assert_eq!(e.state, None, "the feed carries entries as committed");
         if matches!(
             e.body,
@@ -1013,8 +1014,7 @@ async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut
         ) {
             membership.insert(e.conversation, e.seq);
         }
-        assert_eq!(e.members_seq, membership.get(&e.conversation).copied(), "{e:?}");
-        e.members_seq = None;
+        assert_eq!(Some(members_seq), membership.get(&e.conversation).copied(), "{e:?}");
         per_conv.entry(e.conversation).or_default().push(e);
     }
     assert_eq!(membership[&g], 22, "the member added last");

@@ -180,7 +180,6 @@ mod tests {
             client_msg_id: None,
             body: EntryBody::Message { body: "m".into(), reply_to: None },
             state: None,
-            members_seq: None,
         })
     }
 

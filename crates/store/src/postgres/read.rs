@@ -196,7 +196,6 @@ fn entry_row(conv: ConversationId, r: &Row) -> PgResult<Entry> {
         ts: r.get(4),
         body,
         state,
-        members_seq: None,
     })
 }
 

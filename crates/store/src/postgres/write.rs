@@ -4,7 +4,7 @@
 //! effect it returns. Where two nodes could race, a row lock (`FOR UPDATE`, the counter
 //! `UPDATE`) taken before the facts are read, or a unique key, decides.
 
-use natter_proto::{Ack, ConversationId, DeviceId, Entry, EntryBody, Receipt, Role, UserId};
+use natter_proto::{Ack, Committed, ConversationId, DeviceId, EntryBody, Receipt, Role, UserId};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -43,7 +43,7 @@ async fn execute(c: &Conn, sql: &str, params: Params<'_>) -> PgResult<u64> {
 pub(super) async fn run(
     c: &Conn,
     op: &Op,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     limits: &StoreLimits,
 ) -> PgResult<Out> {
     let cap = limits.max_group_members;
@@ -131,7 +131,7 @@ async fn insert_member(
 /// Writes what `rules` decided to create: the row, its members, the `created` entry.
 async fn insert_conversation(
     c: &Conn,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     new: NewConversation,
 ) -> PgResult<ConversationId> {
     let now = now_ms();
@@ -159,7 +159,7 @@ async fn insert_conversation(
 
 async fn create_direct(
     c: &Conn,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     a: UserId,
     b: UserId,
 ) -> PgResult<(ConversationId, bool)> {
@@ -180,7 +180,7 @@ async fn create_direct(
 
 async fn create_group(
     c: &Conn,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     cap: u32,
     owner: UserId,
     title: &str,
@@ -204,7 +204,7 @@ async fn message(c: &Conn, conv: ConversationId, seq: u64) -> PgResult<Option<ru
     Ok(row.map(|r| rules::Message { sender: UserId(r.get(0)), deleted: r.get(1) }))
 }
 
-async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
+async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack> {
     // Three statements in one round trip (tokio-postgres pipelines futures polled together;
     // the server runs them in order). The counter row's lock comes before the membership
     // check: a membership change committed by another node while this waited is then
@@ -249,7 +249,7 @@ async fn append(c: &Conn, out: &mut Vec<Entry>, a: &Append) -> PgResult<Ack> {
 
 async fn change_group(
     c: &Conn,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     cap: u32,
     actor: UserId,
     conv: ConversationId,
@@ -307,7 +307,7 @@ async fn subject(c: &Conn, conv: ConversationId, user: UserId) -> PgResult<rules
 /// Appends the entry of a group change and writes its rows.
 async fn apply(
     c: &Conn,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     conv: ConversationId,
     actor: UserId,
     effect: &GroupEffect,
@@ -337,7 +337,7 @@ async fn apply(
 /// Appends one entry at the conversation's next seq and keeps the message projection in step.
 async fn append_entry(
     c: &Conn,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     conv: ConversationId,
     sender: UserId,
     client_msg_id: Option<&str>,

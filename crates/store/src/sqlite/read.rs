@@ -227,7 +227,6 @@ fn entry_row(conv: ConversationId, r: &Row<'_>) -> rusqlite::Result<Entry> {
         ts: r.get(4)?,
         body,
         state,
-        members_seq: None,
     })
 }
 

@@ -3,7 +3,7 @@
 //! `crate::rules`; this file loads the facts a rule needs and applies the effect it returns.
 //! The writer thread is the only writer, so what a job reads stays true until it commits.
 
-use natter_proto::{Ack, ConversationId, DeviceId, Entry, EntryBody, Receipt, Role, UserId};
+use natter_proto::{Ack, Committed, ConversationId, DeviceId, EntryBody, Receipt, Role, UserId};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
 use super::internal;
@@ -79,7 +79,7 @@ fn insert_member(
 /// Writes what `rules` decided to create: the row, its members, the `created` entry.
 fn insert_conversation(
     c: &Connection,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     new: NewConversation,
 ) -> Result<ConversationId> {
     let now = now_ms();
@@ -99,7 +99,7 @@ fn insert_conversation(
 
 pub(super) fn create_direct(
     c: &Connection,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     a: UserId,
     b: UserId,
 ) -> Result<(ConversationId, bool)> {
@@ -120,7 +120,7 @@ pub(super) fn create_direct(
 
 pub(super) fn create_group(
     c: &Connection,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     cap: u32,
     owner: UserId,
     title: &str,
@@ -153,7 +153,7 @@ fn message(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<rule
     .map_err(internal)
 }
 
-pub(super) fn append(c: &Connection, out: &mut Vec<Entry>, a: &Append) -> Result<Ack> {
+pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Result<Ack> {
     let earlier = c
         .prepare_cached(
             "SELECT seq, id, ts FROM entries
@@ -182,7 +182,7 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Entry>, a: &Append) -> Result
 
 pub(super) fn change_group(
     c: &Connection,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     cap: u32,
     actor: UserId,
     conv: ConversationId,
@@ -243,7 +243,7 @@ fn subject(c: &Connection, conv: ConversationId, user: UserId) -> Result<rules::
 /// Appends the entry of a group change and writes its rows.
 fn apply(
     c: &Connection,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     conv: ConversationId,
     actor: UserId,
     effect: &GroupEffect,
@@ -282,7 +282,7 @@ fn apply(
 /// Appends one entry at `last_seq + 1` and keeps the message projection in step.
 fn append_entry(
     c: &Connection,
-    out: &mut Vec<Entry>,
+    out: &mut Vec<Committed>,
     conv: ConversationId,
     sender: UserId,
     client_msg_id: Option<&str>,

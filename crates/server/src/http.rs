@@ -2,18 +2,25 @@
 
 mod accounts;
 mod conversations;
-pub(crate) mod stream;
+mod ephemeral;
+mod poll;
+mod sse;
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
+use axum::{Extension, Router};
+
+pub(crate) use poll::PollStreams;
 
 use crate::state::AppState;
 use crate::ws;
 
-pub(crate) fn router(state: AppState) -> Router {
+/// Every route; `polls` holds the long-poll streams between requests.
+pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
     let body_limit = state.cfg().limits.max_http_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -41,16 +48,17 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/conversations/{id}/cursors", put(conversations::set_cursors))
         .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
-        .route("/v1/conversations/{id}/typing", post(stream::typing))
+        .route("/v1/conversations/{id}/typing", post(ephemeral::typing))
         .route("/v1/sync", post(conversations::sync))
-        .route("/v1/events", get(stream::events))
-        .route("/v1/poll", post(stream::poll))
-        .route("/v1/streams/{id}/presence", put(stream::subscribe_presence))
-        .route("/v1/streams/{id}/status", put(stream::set_status))
+        .route("/v1/events", get(sse::events))
+        .route("/v1/poll", post(poll::poll))
+        .route("/v1/streams/{id}/presence", put(ephemeral::subscribe_presence))
+        .route("/v1/streams/{id}/status", put(ephemeral::set_status))
         .fallback(|| async {
             crate::error::ApiError::new(natter_proto::ErrorCode::NotFound, "no such route")
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(polls))
         .with_state(state)
 }
 

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: the typed configuration (file, `NATTER_*` environment, flags).
 //! - `http`: REST routes under `/v1/`, health and metrics; `ws`: the WebSocket session
-//!   (`ws/session.rs` reader and writer, `ws/dispatch.rs` the frame `match`).
+//!   (`ws/connection.rs` reader and writer, `ws/dispatch.rs` the frame `match`); `http/sse.rs`
+//!   and `http/poll.rs` the HTTP transports.
 //! - `handlers`: what requests do, shared by both transports (messages, sync, cursors).
 //! - `router`: fans committed entries (local, and other nodes' from the bus port) out to
 //!   sessions; `receipts` coalesces cursors into receipts.
@@ -166,8 +167,9 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
 
     let router_task = tokio::spawn(router::run(state.clone(), feed_rx, inbound_rx));
     let receipts_task = tokio::spawn(receipts::run(state.clone(), receipts_rx));
-    let ephemeral_task = tokio::spawn(run_ephemeral(state.clone()));
-    let app = http::router(state.clone());
+    let polls = Arc::new(http::PollStreams::default());
+    let ephemeral_task = tokio::spawn(run_ephemeral(state.clone(), polls.clone()));
+    let app = http::router(state.clone(), polls.clone());
     let serve_state = state.clone();
     let done = tokio::spawn(async move {
         let token = serve_state.shutdown_token().clone();
@@ -190,7 +192,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         let _ = receipts_task.await;
         let _ = ephemeral_task.await;
         // Poll streams hold sessions between requests; they end with the server.
-        serve_state.polls().lock().expect("polls lock poisoned").clear();
+        polls.clear();
         store.close().await;
         let _ = router_task.await;
         cluster_stop.cancel();
@@ -213,7 +215,7 @@ fn generated_node_id() -> String {
 
 /// Timers of the ephemeral features: typing expiry, presence batches and offline grace,
 /// idle long-poll streams.
-async fn run_ephemeral(state: AppState) {
+async fn run_ephemeral(state: AppState, polls: Arc<http::PollStreams>) {
     let mut presence = tokio::time::interval(state.cfg().limits.presence_batch());
     let mut sweep = tokio::time::interval(std::time::Duration::from_millis(250));
     for timer in [&mut presence, &mut sweep] {
@@ -225,7 +227,7 @@ async fn run_ephemeral(state: AppState) {
             _ = presence.tick() => state.presence().tick(),
             _ = sweep.tick() => {
                 state.typing().expire(&state);
-                http::stream::reap_poll_streams(&state);
+                polls.reap(state.cfg().limits.http_stream_ttl());
             }
         }
     }

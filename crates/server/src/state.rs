@@ -1,8 +1,7 @@
 //! [`AppState`]: the cheap-clone handle every handler and session gets.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use natter_cluster::{Registry, SessionId};
@@ -13,7 +12,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::http::stream::PollStream;
 use crate::members::MemberCache;
 use crate::port::Port;
 use crate::presence::{LocalPresence, PresenceHub};
@@ -34,8 +32,6 @@ struct Inner {
     cluster: Cluster,
     /// Where the router meets the bus.
     port: Port,
-    // A std mutex: lookups and inserts only; each stream has its own async lock.
-    polls: Mutex<HashMap<SessionId, Arc<PollStream>>>,
     receipts_tx: mpsc::Sender<CursorUpdate>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -61,7 +57,6 @@ impl AppState {
             presence: PresenceHub::new(presence_changes),
             cluster,
             port,
-            polls: Mutex::new(HashMap::new()),
             receipts_tx,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -93,9 +88,6 @@ impl AppState {
     }
     pub(crate) fn port(&self) -> &Port {
         &self.0.port
-    }
-    pub(crate) fn polls(&self) -> &Mutex<HashMap<SessionId, Arc<PollStream>>> {
-        &self.0.polls
     }
     pub(crate) fn receipts_tx(&self) -> &mpsc::Sender<CursorUpdate> {
         &self.0.receipts_tx

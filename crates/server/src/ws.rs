@@ -1,8 +1,8 @@
 //! The WebSocket gateway at `/v1/ws`: the upgrade (Origin check, header auth, buffer sizes),
-//! then one [`session`] per connection, whose reader hands frames to [`dispatch`].
+//! then one [`connection`] task per socket, whose reader hands frames to [`dispatch`].
 
+pub(crate) mod connection;
 pub(crate) mod dispatch;
-pub(crate) mod session;
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
@@ -50,7 +50,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {
             let tasks = state.tasks().clone();
-            tasks.track_future(session::run(state, socket, principal))
+            tasks.track_future(connection::run(state, socket, principal))
         })
 }
 

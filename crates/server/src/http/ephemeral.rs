@@ -1,0 +1,57 @@
+//! # Typing and presence over REST, for clients on the HTTP transports
+//!
+//! `POST /v1/conversations/{id}/typing`, and a stream session's presence subscriptions and
+//! status (`PUT /v1/streams/{id}/presence|status`, by the session id an SSE or long-poll
+//! stream announced in its `ready`).
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use natter_proto::ConversationId;
+use natter_proto::rest::{PresenceSubscribed, PresenceSubscription, SetStatus, Typing};
+
+use crate::auth::Auth;
+use crate::error::ApiResult;
+use crate::handlers::presence;
+use crate::state::AppState;
+
+/// `POST /v1/conversations/{id}/typing`.
+pub(super) async fn typing(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: Result<Path<i64>, PathRejection>,
+    body: Result<Json<Typing>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let conv = ConversationId(id?.0);
+    let Json(req) = body?;
+    state.typing().report(&state, auth.principal.user_id, None, conv, req.typing).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/streams/{id}/presence`.
+pub(super) async fn subscribe_presence(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Json<PresenceSubscription>, JsonRejection>,
+) -> ApiResult<Json<PresenceSubscribed>> {
+    let sid = id?.0;
+    let Json(req) = body?;
+    let (users, denied) =
+        presence::subscribe(&state, auth.principal.user_id, sid, req.users).await?;
+    Ok(Json(PresenceSubscribed { users, denied }))
+}
+
+/// `PUT /v1/streams/{id}/status`.
+pub(super) async fn set_status(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Json<SetStatus>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let sid = id?.0;
+    let Json(req) = body?;
+    presence::set_status(&state, auth.principal.user_id, sid, req.status)?;
+    Ok(StatusCode::NO_CONTENT)
+}

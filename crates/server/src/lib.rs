@@ -23,6 +23,7 @@ mod members;
 mod metrics;
 mod presence;
 mod router;
+mod sequencer;
 mod session;
 mod state;
 mod typing;

@@ -1,23 +1,25 @@
 //! The delivery engine shared by every transport (WebSocket, SSE, long-poll).
 //!
 //! A session's [`Deliverer`] turns what was queued for it ([`Outbound`]) into the frames the
-//! client sees, and owns the per-conversation [`Delivery`] state that makes each conversation
-//! a contiguous run of `seq`: entries already sent are dropped, a gap is filled from the
-//! store before the entry after it, and `sync` runs here so that its reply and the live
-//! stream cannot interleave wrongly (subscribe first — the session is registered before any
-//! sync — read the store second, merge by `seq`).
+//! client sees. What to send, in which order, is decided by its [`Sequencer`] (which keeps
+//! each conversation a contiguous run of `seq`: entries already sent are dropped, a gap is
+//! filled from the store before the entry after it); the deliverer is the thin async driver
+//! around it: it performs the store reads the sequencer asks for, feeds the pages back,
+//! frames what it emits, and keeps the cluster-mode subscriptions. `sync` runs here so that
+//! its reply and the live stream cannot interleave wrongly (subscribe first — the session is
+//! registered before any sync — read the store second, merge by `seq`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use natter_proto::{ConversationId, ConversationSummary, ReqId, Seq, ServerFrame, UserId};
-use natter_store::Range;
+use natter_proto::{ConversationId, ConversationSummary, Entry, ReqId, Seq, ServerFrame, UserId};
 
 use crate::cluster::Registration;
-use crate::handlers::sync::{Delivery, sync};
+use crate::handlers::sync::sync;
 use crate::router::Routed;
+use crate::sequencer::{Emit, Pages, Read, Sequencer};
 use crate::state::AppState;
 
 /// What a session is asked to send.
@@ -41,9 +43,10 @@ pub(crate) struct Produced {
 pub(crate) struct Deliverer {
     state: AppState,
     user: UserId,
-    convs: HashMap<ConversationId, Delivery>,
-    /// Whether a sync ran: only then are conversations new to the session announced.
-    synced: bool,
+    sequencer: Sequencer,
+    /// What the sequencer emitted and is not framed yet; kept so that a live entry, the
+    /// common case, costs no allocation here.
+    emitted: Vec<Emit>,
     /// When the routed entries delivered since the last `take_latencies` were routed.
     routed_at: Vec<Instant>,
     /// Awaited before the first store read (cluster mode: the registry knows the session).
@@ -62,11 +65,13 @@ impl Drop for Deliverer {
 
 impl Deliverer {
     pub(crate) fn new(state: AppState, user: UserId, registered: Registration) -> Deliverer {
+        let limits = &state.cfg().limits;
+        let pages = Pages { latest: limits.default_page, max: limits.max_page };
         Deliverer {
+            sequencer: Sequencer::new(pages),
             state,
             user,
-            convs: HashMap::new(),
-            synced: false,
+            emitted: Vec::new(),
             routed_at: Vec::new(),
             registered,
             watched: HashSet::new(),
@@ -75,7 +80,7 @@ impl Deliverer {
 
     /// Where each conversation's stream stands (what the client has been sent).
     pub(crate) fn cursors(&self) -> BTreeMap<ConversationId, Seq> {
-        self.convs.iter().map(|(c, d)| (*c, d.upto())).collect()
+        self.sequencer.cursors()
     }
 
     /// Turns one queued item into frames.
@@ -84,7 +89,8 @@ impl Deliverer {
             Outbound::Frame(frame) => out.push(Produced { frame, entry: None }),
             Outbound::Entry(routed) => {
                 let Routed { conversation, seq, ref frame, routed_at, membership } = *routed;
-                if self.entry(out, frame, conversation, seq).await {
+                let next = self.sequencer.live(conversation, seq, &mut self.emitted);
+                if self.drive(next, out, Some(frame)).await {
                     self.routed_at.push(routed_at);
                 }
                 if membership && !self.watched.contains(&conversation) {
@@ -110,12 +116,8 @@ impl Deliverer {
     ) -> crate::error::ApiResult<Vec<natter_proto::SyncConversation>> {
         self.registered.wait().await;
         let listed = self.watch_all_large().await?;
-        let convs = Some(&mut self.convs);
-        let res = sync(&self.state, self.user, cursors, limit, convs, listed).await;
-        if res.is_ok() {
-            self.synced = true;
-        }
-        res
+        let sequencer = Some(&mut self.sequencer);
+        sync(&self.state, self.user, cursors, limit, sequencer, listed).await
     }
 
     /// Cluster mode, before a sync: subscribes the node to the channels of the user's large
@@ -162,16 +164,14 @@ impl Deliverer {
         if !matches!(self.watch_large(conv).await, Ok(true)) {
             return;
         }
-        if let Some(Delivery::Live(upto)) = self.convs.get(&conv) {
-            let upto = *upto;
-            self.fill_gap(out, conv, upto, Seq::MAX).await;
-        }
+        let next = self.sequencer.resubscribed(conv);
+        self.drive(next, out, None).await;
     }
 
     /// Sends whatever the store has beyond what this session sent, and announces
     /// conversations it does not know yet (the bus may have lost their entries).
     async fn catch_up(&mut self, out: &mut Vec<Produced>) {
-        if !self.synced {
+        if !self.sequencer.has_synced() {
             return;
         }
         let memberships = match self.state.store().memberships(self.user).await {
@@ -182,24 +182,15 @@ impl Deliverer {
             }
         };
         for summary in memberships {
-            let conv = summary.id;
-            match self.convs.get(&conv) {
-                Some(Delivery::Live(upto)) if summary.last_seq > *upto => {
-                    let upto = *upto;
-                    self.fill_gap(out, conv, upto, summary.last_seq + 1).await;
-                }
-                Some(_) => {}
-                None => {
-                    let _ = self.announce(out, conv, summary.last_seq + 1).await;
-                }
-            }
+            let next = self.sequencer.catch_up(summary.id, summary.last_seq);
+            self.drive(next, out, None).await;
         }
     }
 
     /// Forgets what was sent and starts from the client's own cursors (long-poll: a
     /// response may have been lost, so the request's cursors are the truth).
     pub(crate) fn reset(&mut self) {
-        self.convs.clear();
+        self.sequencer.reset();
     }
 
     /// Records the delivery latency of the entries written since the last call.
@@ -209,95 +200,60 @@ impl Deliverer {
         }
     }
 
-    /// Sends one live entry if it is next for its conversation, after filling any gap from
-    /// the store. Returns whether the routed frame itself was sent.
-    async fn entry(
+    /// Frames what the sequencer emits and performs the reads it asks for, feeding each page
+    /// back, until it asks for nothing more. `live`: the frame of the live entry just given
+    /// to it. Returns whether that frame was sent.
+    async fn drive(
         &mut self,
+        mut next: Option<Read>,
         out: &mut Vec<Produced>,
-        frame: &Utf8Bytes,
-        conv: ConversationId,
-        seq: Seq,
+        live: Option<&Utf8Bytes>,
     ) -> bool {
-        let upto = match self.convs.get(&conv) {
-            Some(Delivery::Live(upto)) => *upto,
-            // Paging through a backlog: the next sync brings this entry.
-            Some(Delivery::Behind(_)) => return false,
-            // Before the first sync the client has not asked for anything yet.
-            None if !self.synced => return false,
-            // A conversation new to this session (created, or the user was added): announce
-            // it with its latest page, as sync does.
-            None => match self.announce(out, conv, seq).await {
-                Some(upto) => upto,
-                None => return false,
-            },
-        };
-        if seq <= upto {
-            return false;
-        }
-        if seq > upto + 1 && !self.fill_gap(out, conv, upto, seq).await {
-            return false;
-        }
-        out.push(Produced { frame: frame.clone(), entry: Some((conv, seq)) });
-        self.convs.insert(conv, Delivery::Live(seq));
-        true
-    }
-
-    /// Starts a conversation new to the session with its latest page (which holds `seq`).
-    /// Returns where its stream stands.
-    async fn announce(
-        &mut self,
-        out: &mut Vec<Produced>,
-        conv: ConversationId,
-        seq: Seq,
-    ) -> Option<Seq> {
-        self.registered.wait().await;
-        if self.watch_large(conv).await.is_err() {
-            tracing::warn!(%conv, "cannot check the conversation's size");
-        }
-        let limit = self.state.cfg().limits.default_page;
-        let page = self.state.store().entries(conv, Range::Latest, limit).await.ok()?;
-        let mut upto = page.entries.first().map_or(seq, |e| e.seq).saturating_sub(1);
-        // The whole page, `seq` and later ones included: a large conversation's entries
-        // published before the subscription above would not arrive live.
-        for entry in page.entries {
-            upto = entry.seq;
-            let frame = ServerFrame::Entry { entry }.to_json().into();
-            out.push(Produced { frame, entry: Some((conv, upto)) });
-        }
-        self.convs.insert(conv, Delivery::Live(upto));
-        Some(upto)
-    }
-
-    /// Sends entries `upto+1 .. seq-1` from the store. Returns false (and leaves the state
-    /// where the store left it) if the store could not supply them.
-    async fn fill_gap(
-        &mut self,
-        out: &mut Vec<Produced>,
-        conv: ConversationId,
-        mut upto: Seq,
-        seq: Seq,
-    ) -> bool {
-        let max_page = self.state.cfg().limits.max_page;
-        while upto + 1 < seq {
-            let want = u32::try_from(seq - 1 - upto).unwrap_or(u32::MAX).min(max_page);
-            let page = match self.state.store().entries(conv, Range::After(upto), want).await {
-                Ok(page) if !page.entries.is_empty() => page,
-                Ok(_) => return false,
-                Err(err) => {
-                    tracing::warn!(%conv, error = %err, "gap fill failed");
-                    return false;
-                }
-            };
-            for entry in page.entries {
-                if entry.seq >= seq {
-                    break;
-                }
-                upto = entry.seq;
-                let frame = ServerFrame::Entry { entry }.to_json().into();
-                out.push(Produced { frame, entry: Some((conv, upto)) });
+        let mut sent_live = false;
+        loop {
+            for emit in self.emitted.drain(..) {
+                let produced = match emit {
+                    Emit::Stored(entry) => {
+                        let key = (entry.conversation, entry.seq);
+                        Produced {
+                            frame: ServerFrame::Entry { entry: *entry }.to_json().into(),
+                            entry: Some(key),
+                        }
+                    }
+                    Emit::Live { conv, seq } => {
+                        sent_live = true;
+                        let frame = live.expect("only a live entry's input emits it").clone();
+                        Produced { frame, entry: Some((conv, seq)) }
+                    }
+                };
+                out.push(produced);
             }
-            self.convs.insert(conv, Delivery::Live(upto));
+            let Some(read) = next else { break };
+            let entries = self.read(read).await;
+            next = self.sequencer.page(read, entries, &mut self.emitted);
         }
-        true
+        // Back to small after a long gap fill: an idle session should not keep a page's room.
+        if self.emitted.capacity() > 64 {
+            self.emitted.shrink_to(16);
+        }
+        sent_live
+    }
+
+    /// One store read the sequencer asked for; `None` if the store failed.
+    async fn read(&mut self, read: Read) -> Option<Vec<Entry>> {
+        let conv = read.conv;
+        if read.announces() {
+            self.registered.wait().await;
+            if self.watch_large(conv).await.is_err() {
+                tracing::warn!(%conv, "cannot check the conversation's size");
+            }
+        }
+        match self.state.store().entries(conv, read.range, read.limit).await {
+            Ok(page) => Some(page.entries),
+            Err(err) => {
+                tracing::warn!(%conv, error = %err, "store read for delivery failed");
+                None
+            }
+        }
     }
 }

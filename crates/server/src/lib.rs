@@ -30,6 +30,7 @@ mod port;
 mod presence;
 mod receipts;
 mod router;
+mod sequencer;
 mod session;
 mod state;
 mod typing;

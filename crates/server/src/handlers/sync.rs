@@ -6,42 +6,25 @@
 //! latest page. On a WebSocket the session's writer runs this, so that the reply and the live
 //! stream are one ordered sequence (see ws/session.rs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use natter_proto::{ConversationId, ConversationSummary, Seq, SyncConversation, UserId};
 use natter_store::Range;
 
 use crate::error::ApiResult;
+use crate::sequencer::{Sequencer, SyncRead, Synced};
 use crate::state::AppState;
 
-/// How far a session has delivered one conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// Everything up to this seq was sent; live entries continue from here.
-    Live(Seq),
-    /// The client is paging through a backlog (it got `has_more`) and has seen up to this
-    /// seq; live entries wait until a sync reaches the end.
-    Behind(Seq),
-}
-
-impl Delivery {
-    pub(crate) fn upto(self) -> Seq {
-        match self {
-            Delivery::Live(s) | Delivery::Behind(s) => s,
-        }
-    }
-}
-
-/// Builds a sync reply. With `delivery` (a WebSocket session's state) it also records where
-/// each conversation's live stream continues, and never repeats what the session sent.
-/// `listed`: the user's memberships if the caller just read them (after the session became
-/// routable), else they are read here.
+/// Builds a sync reply. With `sequencer` (a session's delivery state) each conversation
+/// starts after what the session already sent, and once the whole reply is read the
+/// sequencer records where each live stream continues. `listed`: the user's memberships if
+/// the caller just read them (after the session became routable), else they are read here.
 pub(crate) async fn sync(
     state: &AppState,
     user: UserId,
     cursors: &BTreeMap<ConversationId, Seq>,
     limit: Option<u32>,
-    mut delivery: Option<&mut HashMap<ConversationId, Delivery>>,
+    sequencer: Option<&mut Sequencer>,
     listed: Option<Vec<ConversationSummary>>,
 ) -> ApiResult<Vec<SyncConversation>> {
     let limit = state.cfg().limits.page(limit);
@@ -51,34 +34,36 @@ pub(crate) async fn sync(
         None => store.memberships(user).await?,
     };
     let mut out = Vec::new();
+    // Recorded only if every read succeeds: a failed sync replies with an error, so the
+    // client got none of its pages.
+    let mut outcomes = Vec::new();
     for summary in memberships {
         let conv = summary.id;
-        let sent = delivery.as_deref().and_then(|d| d.get(&conv)).map(|d| d.upto());
-        let cursor = match (cursors.get(&conv).copied(), sent) {
-            (Some(c), Some(s)) => Some(c.max(s)),
-            (c, s) => c.or(s),
+        let last_seq = summary.last_seq;
+        let client = cursors.get(&conv).copied();
+        let read = match sequencer.as_deref() {
+            Some(s) => s.sync_read(conv, client, last_seq),
+            None => SyncRead::new(client, last_seq),
         };
-        let (page, has_more) = match cursor {
-            Some(c) if c >= summary.last_seq => {
-                if let Some(d) = delivery.as_deref_mut() {
-                    // Never below what this session already sent (the summary may be older).
-                    let upto = c.min(summary.last_seq).max(sent.unwrap_or(0));
-                    d.insert(conv, Delivery::Live(upto));
-                }
+        let (page, has_more, cursor) = match read {
+            SyncRead::UpToDate => {
+                outcomes.push((conv, Synced::UpToDate { last_seq }));
                 continue;
             }
-            Some(c) => {
+            SyncRead::After(c) => {
                 let page = store.entries(conv, Range::After(c), limit).await?;
-                (page.entries, page.has_more)
+                (page.entries, page.has_more, Some(c))
             }
-            // New to the client: its latest page; older entries are a history call away.
-            None => (store.entries(conv, Range::Latest, limit).await?.entries, false),
+            SyncRead::Latest => {
+                (store.entries(conv, Range::Latest, limit).await?.entries, false, None)
+            }
         };
-        let upto = page.last().map(|e| e.seq).or(cursor).unwrap_or(0);
-        if let Some(d) = delivery.as_deref_mut() {
-            d.insert(conv, if has_more { Delivery::Behind(upto) } else { Delivery::Live(upto) });
-        }
+        let last = page.last().map(|e| e.seq);
+        outcomes.push((conv, Synced::Page { cursor, last, has_more }));
         out.push(SyncConversation { conversation: summary, entries: page, has_more });
+    }
+    if let Some(s) = sequencer {
+        s.sync_ran(outcomes);
     }
     Ok(out)
 }

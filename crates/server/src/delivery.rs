@@ -47,7 +47,7 @@ pub(crate) struct Deliverer {
     /// What the sequencer emitted and is not framed yet; kept so that a live entry, the
     /// common case, costs no allocation here.
     emitted: Vec<Emit>,
-    /// When the routed entries delivered since the last `take_latencies` were routed.
+    /// When the routed entries delivered since the last `record_latencies` were routed.
     routed_at: Vec<Instant>,
     /// Awaited before the first store read (cluster mode: the registry knows the session).
     registered: Registration,

@@ -377,7 +377,6 @@ mod tests {
             client_msg_id: None,
             body: EntryBody::Message { body: String::new(), reply_to: None },
             state: None,
-            members_seq: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! conversations with something new, the entries after that cursor (a page, `has_more` when
 //! more follow). Conversations the client did not list are new to it and come with their
 //! latest page. On a WebSocket the session's writer runs this, so that the reply and the live
-//! stream are one ordered sequence (see ws/session.rs).
+//! stream are one ordered sequence (see ws/connection.rs).
 
 use std::collections::BTreeMap;
 

@@ -9,6 +9,8 @@
 //! its reply and the live stream cannot interleave wrongly (subscribe first — the session is
 //! registered before any sync — read the store second, merge by `seq`).
 
+mod sync;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,8 +18,8 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use natter_proto::{ConversationId, ConversationSummary, Entry, ReqId, Seq, ServerFrame, UserId};
 
+pub(crate) use self::sync::sync;
 use crate::cluster::Registration;
-use crate::handlers::sync::sync;
 use crate::router::Routed;
 use crate::sequencer::{Emit, Pages, Read, Sequencer};
 use crate::state::AppState;
@@ -108,7 +110,7 @@ impl Deliverer {
         }
     }
 
-    /// A sync against this session's state (see `handlers::sync`).
+    /// A sync against this session's state (see [`sync`]).
     pub(crate) async fn sync(
         &mut self,
         cursors: &BTreeMap<ConversationId, Seq>,

@@ -3,7 +3,7 @@
 //! happened (a live entry arrived, the store answered a read, a sync ran, the bus may have
 //! lost entries, a long-poll reset); outputs are the entries to send, in order ([`Emit`]),
 //! and the store read needed to go on ([`Read`]). The session's `delivery::Deliverer` does
-//! the reads and frames the entries; `handlers::sync` asks where each conversation's sync
+//! the reads and frames the entries; `delivery::sync` asks where each conversation's sync
 //! starts ([`Sequencer::sync_read`]) and records how it ended ([`Sequencer::sync_ran`]).
 //!
 //! What the client was sent of a conversation is always a contiguous run of the log ending
@@ -839,7 +839,7 @@ mod tests {
             }
         }
 
-        /// What `handlers::sync` does. Returns false if a read failed (an error reply).
+        /// What `delivery::sync` does. Returns false if a read failed (an error reply).
         fn sync(&mut self, lag: Seq) -> bool {
             let cursors = match self.asked.take() {
                 Some(cursors) => cursors,

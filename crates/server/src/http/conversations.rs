@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{cursors, messages, sync as sync_handler};
+use crate::handlers::{cursors, messages};
 use crate::state::AppState;
 
 type JsonBody<T> = Result<Json<T>, JsonRejection>;
@@ -249,6 +249,6 @@ pub(super) async fn sync(
     let Json(req) = body?;
     let user = auth.principal.user_id;
     let conversations =
-        sync_handler::sync(&state, user, &req.cursors, req.limit, None, None).await?;
+        crate::delivery::sync(&state, user, &req.cursors, req.limit, None, None).await?;
     Ok(Json(SyncResponse { conversations }))
 }

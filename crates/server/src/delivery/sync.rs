@@ -1,10 +1,9 @@
-//! # `sync` frame and `POST /v1/sync`
-//!
-//! The client gives its last seen `seq` per conversation; the reply holds, for each of its
-//! conversations with something new, the entries after that cursor (a page, `has_more` when
-//! more follow). Conversations the client did not list are new to it and come with their
-//! latest page. On a WebSocket the session's writer runs this, so that the reply and the live
-//! stream are one ordered sequence (see ws/connection.rs).
+//! Sync replies (`sync` frame, `POST /v1/sync`, SSE catch-up, long-poll): the client gives
+//! its last seen `seq` per conversation; the reply holds, for each of its conversations with
+//! something new, the entries after that cursor (a page, `has_more` when more follow).
+//! Conversations the client did not list are new to it and come with their latest page. A
+//! session's deliverer runs this against its sequencer, so that the reply and the live stream
+//! are one ordered sequence; REST runs it without one.
 
 use std::collections::BTreeMap;
 

@@ -106,6 +106,15 @@ impl ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// With `too_many_requests`: milliseconds to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody { code, message: message.into(), retry_after_ms: None }
+    }
 }
 
 /// Conversation kinds.
@@ -430,24 +439,37 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// The request id the reply must echo, if the frame carries one.
+    pub fn req_id(&self) -> Option<ReqId> {
+        match self {
+            ClientFrame::Send { req_id, .. }
+            | ClientFrame::Edit { req_id, .. }
+            | ClientFrame::Delete { req_id, .. }
+            | ClientFrame::React { req_id, .. }
+            | ClientFrame::Sync { req_id, .. }
+            | ClientFrame::History { req_id, .. }
+            | ClientFrame::SubscribePresence { req_id, .. } => Some(*req_id),
+            ClientFrame::Delivered { req_id, .. }
+            | ClientFrame::Read { req_id, .. }
+            | ClientFrame::Ping { req_id }
+            | ClientFrame::Typing { req_id, .. }
+            | ClientFrame::SetStatus { req_id, .. } => *req_id,
+            ClientFrame::Auth { .. } | ClientFrame::Unknown => None,
+        }
+    }
+
     /// Parses one text frame. On failure, returns the error code and the `req_id` if one
     /// could be read, so that the error can still be matched to the request.
     pub fn parse(text: &str) -> Result<ClientFrame, (Option<ReqId>, ErrorBody)> {
         match serde_json::from_str::<ClientFrame>(text) {
             Ok(ClientFrame::Unknown) => Err((
                 peek_req_id(text),
-                ErrorBody {
-                    code: ErrorCode::UnknownType,
-                    message: "unknown frame type".to_owned(),
-                },
+                ErrorBody::new(ErrorCode::UnknownType, "unknown frame type"),
             )),
             Ok(frame) => Ok(frame),
             Err(err) => Err((
                 peek_req_id(text),
-                ErrorBody {
-                    code: ErrorCode::MalformedFrame,
-                    message: format!("malformed frame: {err}"),
-                },
+                ErrorBody::new(ErrorCode::MalformedFrame, format!("malformed frame: {err}")),
             )),
         }
     }

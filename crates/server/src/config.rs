@@ -63,6 +63,31 @@ limits! {
     outbound_queue: usize = 4096, "NATTER_OUTBOUND_QUEUE";
     /// Requests one session may have in flight before its reads pause.
     max_in_flight: usize = 256, "NATTER_MAX_IN_FLIGHT";
+    /// Appends (messages, edits, deletions, reactions) one user may make per second on
+    /// average, over all their sessions and REST (0: unlimited; then `too_many_requests`).
+    send_per_sec: u32 = 100, "NATTER_SEND_PER_SEC";
+    /// Appends one user may make at once before `send_per_sec` applies.
+    send_burst: u32 = 1_000, "NATTER_SEND_BURST";
+    /// Typing reports one user may make per second (0: unlimited).
+    typing_per_sec: u32 = 5, "NATTER_TYPING_PER_SEC";
+    /// Typing reports one user may make at once.
+    typing_burst: u32 = 20, "NATTER_TYPING_BURST";
+    /// Delivered/read cursor reports one user may make per second (0: unlimited).
+    cursor_per_sec: u32 = 50, "NATTER_CURSOR_PER_SEC";
+    /// Cursor reports one user may make at once.
+    cursor_burst: u32 = 500, "NATTER_CURSOR_BURST";
+    /// Conversations one user may create per minute (0: unlimited).
+    create_per_min: u32 = 60, "NATTER_CREATE_PER_MIN";
+    /// Conversations one user may create at once.
+    create_burst: u32 = 30, "NATTER_CREATE_BURST";
+    /// Members one user may add to groups per minute (0: unlimited).
+    member_adds_per_min: u32 = 120, "NATTER_MEMBER_ADDS_PER_MIN";
+    /// Members one user may add at once.
+    member_adds_burst: u32 = 100, "NATTER_MEMBER_ADDS_BURST";
+    /// Request frames one WebSocket connection may send per second (0: unlimited).
+    frames_per_sec: u32 = 1_000, "NATTER_FRAMES_PER_SEC";
+    /// Request frames one connection may send at once.
+    frames_burst: u32 = 5_000, "NATTER_FRAMES_BURST";
     /// Time a WebSocket has to authenticate, in milliseconds.
     auth_timeout_ms: u64 = 10_000, "NATTER_AUTH_TIMEOUT_MS";
     /// Interval of server pings on idle sessions, in milliseconds.

@@ -14,13 +14,15 @@ use natter_store::StoreError;
 pub(crate) struct ApiError {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// With `too_many_requests`: how long to wait before retrying.
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after_ms: None }
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::BadRequest, message)
@@ -35,7 +37,11 @@ impl ApiError {
         ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
     }
     pub(crate) fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code, message: self.message.clone() }
+        ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+            retry_after_ms: self.retry_after_ms,
+        }
     }
 }
 
@@ -53,7 +59,7 @@ impl From<StoreError> for ApiError {
             }
             _ => err.to_string(),
         };
-        ApiError { code, message }
+        ApiError { code, message, retry_after_ms: None }
     }
 }
 
@@ -82,6 +88,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        let mut res = (status, Json(self.body())).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            // Whole seconds, rounded up (RFC 9110 `Retry-After`); the body has milliseconds.
+            let secs = ms.div_ceil(1000).to_string();
+            if let Ok(value) = axum::http::HeaderValue::from_str(&secs) {
+                res.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
+        res
     }
 }

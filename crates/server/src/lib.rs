@@ -28,6 +28,7 @@ mod members;
 mod metrics;
 mod port;
 mod presence;
+mod rate;
 mod receipts;
 mod router;
 mod sequencer;
@@ -229,6 +230,7 @@ async fn run_ephemeral(state: AppState, polls: Arc<http::PollStreams>) {
             _ = sweep.tick() => {
                 state.typing().expire(&state);
                 polls.reap(state.cfg().limits.http_stream_ttl());
+                state.rate().sweep();
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::members::MemberCache;
 use crate::port::Port;
 use crate::presence::{LocalPresence, PresenceHub};
+use crate::rate::RateLimits;
 use crate::session::SessionHandle;
 use crate::typing::TypingHub;
 
@@ -27,6 +28,7 @@ struct Inner {
     sessions: Registry<SessionHandle>,
     members: MemberCache,
     typing: TypingHub,
+    rate: RateLimits,
     presence: PresenceHub,
     /// This node's part in the cluster (a single node is a cluster of one).
     cluster: Cluster,
@@ -48,12 +50,14 @@ impl AppState {
         (cluster, port): (Cluster, Port),
         presence_changes: mpsc::UnboundedSender<LocalPresence>,
     ) -> AppState {
+        let limits = cfg.limits.clone();
         AppState(Arc::new(Inner {
             members: MemberCache::new(store.clone()),
             cfg,
             store,
             sessions: Registry::default(),
             typing: TypingHub::default(),
+            rate: RateLimits::new(&limits),
             presence: PresenceHub::new(presence_changes),
             cluster,
             port,
@@ -76,6 +80,9 @@ impl AppState {
     }
     pub(crate) fn members(&self) -> &MemberCache {
         &self.0.members
+    }
+    pub(crate) fn rate(&self) -> &RateLimits {
+        &self.0.rate
     }
     pub(crate) fn typing(&self) -> &TypingHub {
         &self.0.typing

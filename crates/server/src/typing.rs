@@ -42,6 +42,7 @@ impl TypingHub {
         conv: ConversationId,
         typing: bool,
     ) -> ApiResult<()> {
+        state.rate().check(crate::rate::Action::Typing, user)?;
         let members = state.members().get(conv).await?;
         if !members.contains(&user) {
             return Err(ApiError::not_found("conversation"));

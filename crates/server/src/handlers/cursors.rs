@@ -14,6 +14,7 @@ pub(crate) async fn report(
     delivered: Option<Seq>,
     read: Option<Seq>,
 ) -> ApiResult<()> {
+    state.rate().check(crate::rate::Action::Cursor, user)?;
     if !state.members().contains(conversation, user).await? {
         return Err(ApiError::not_found("conversation"));
     }

@@ -5,6 +5,7 @@ use natter_store::{Append, PendingAck, Range};
 
 use crate::config::Limits;
 use crate::error::{ApiError, ApiResult};
+use crate::rate::Action;
 use crate::state::AppState;
 
 /// Checks caps and shape before anything reaches the store.
@@ -45,6 +46,7 @@ pub(crate) async fn submit(
     client_msg_id: String,
     entry: NewEntry,
 ) -> ApiResult<PendingAck> {
+    state.rate().check(Action::Append, sender)?;
     validate(&state.cfg().limits, &client_msg_id, &entry)?;
     let append = Append { conversation, sender, client_msg_id, entry };
     Ok(state.store().submit_append(append).await?)

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{cursors, messages};
+use crate::rate::Action;
 use crate::state::AppState;
 
 type JsonBody<T> = Result<Json<T>, JsonRejection>;
@@ -44,6 +45,7 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<ConversationSummary>)> {
     let Json(req) = body?;
     let me = auth.principal.user_id;
+    state.rate().check(Action::CreateConversation, me)?;
     let store = state.store();
     let (conv, created) = match req {
         CreateConversation::Direct { peer } => store.create_direct(me, peer).await?,
@@ -140,6 +142,7 @@ pub(super) async fn add_member(
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
     let conv = conv_id(id)?;
     let Json(req) = body?;
+    state.rate().check(Action::AddMember, auth.principal.user_id)?;
     let change =
         GroupChange::AddMember { user: req.user_id, role: req.role.unwrap_or(Role::Member) };
     let ack = state.store().change_group(auth.principal.user_id, conv, change).await?;

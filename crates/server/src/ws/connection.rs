@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::auth;
 use crate::delivery::{Deliverer, Outbound, Produced};
+use crate::rate::FrameLimit;
 use crate::session::{self, SessionHandle};
 use crate::state::AppState;
 use crate::ws::dispatch;
@@ -34,10 +35,10 @@ pub(crate) async fn run(state: AppState, mut socket: WebSocket, principal: Optio
             None => {
                 let frame = ServerFrame::Error {
                     req_id: None,
-                    error: ErrorBody {
-                        code: ErrorCode::Unauthenticated,
-                        message: "the first frame must be a valid auth frame".to_owned(),
-                    },
+                    error: ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        "the first frame must be a valid auth frame",
+                    ),
                 };
                 let _ = socket.send(Message::Text(frame.to_json().into())).await;
                 let _ = send_close(&mut socket, close::UNAUTHENTICATED, "unauthenticated").await;
@@ -186,7 +187,15 @@ async fn read_loop(
     let limits = &state.cfg().limits;
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let idle = limits.idle_timeout();
-    let ctx = dispatch::Ctx { state, principal, session, tx: &tx, in_flight: &in_flight };
+    let frames = FrameLimit::new(limits);
+    let ctx = dispatch::Ctx {
+        state,
+        principal,
+        session,
+        tx: &tx,
+        in_flight: &in_flight,
+        frames: &frames,
+    };
     loop {
         let next = tokio::select! {
             biased;
@@ -216,10 +225,10 @@ async fn read_loop(
             // Boxed for the same reason: requests are rare next to idle time.
             Ok(Some(Ok(Message::Text(text)))) => Box::pin(dispatch::frame(&ctx, &text)).await,
             Ok(Some(Ok(Message::Binary(_)))) => {
-                let error = ErrorBody {
-                    code: ErrorCode::MalformedFrame,
-                    message: "frames are JSON text; binary frames are not accepted".to_owned(),
-                };
+                let error = ErrorBody::new(
+                    ErrorCode::MalformedFrame,
+                    "frames are JSON text; binary frames are not accepted",
+                );
                 dispatch::reply(&tx, ServerFrame::Error { req_id: None, error }).await;
             }
             // Pings are answered by the WebSocket layer; pongs only prove liveness.

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::delivery::Outbound;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{cursors, messages, presence};
+use crate::rate::FrameLimit;
 use crate::state::AppState;
 
 /// What dispatch needs of the session it serves.
@@ -24,6 +25,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) session: SessionId,
     pub(crate) tx: &'a mpsc::Sender<Outbound>,
     pub(crate) in_flight: &'a Arc<Semaphore>,
+    /// The connection's bucket for request frames.
+    pub(crate) frames: &'a FrameLimit,
 }
 
 pub(crate) async fn reply(tx: &mpsc::Sender<Outbound>, frame: ServerFrame) {
@@ -44,11 +47,14 @@ async fn done(tx: &mpsc::Sender<Outbound>, req_id: Option<ReqId>, res: ApiResult
 }
 
 pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
-    let Ctx { state, principal, session, tx, in_flight } = *ctx;
+    let Ctx { state, principal, session, tx, in_flight, frames } = *ctx;
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err((req_id, error)) => return reply(tx, ServerFrame::Error { req_id, error }).await,
     };
+    if let Err(err) = frames.check() {
+        return reply(tx, error(frame.req_id(), err)).await;
+    }
     let user = principal.user_id;
     let (req_id, conversation, client_msg_id, entry) = match frame {
         ClientFrame::Send { req_id, conversation, client_msg_id, body, reply_to } => {
@@ -99,8 +105,7 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
             return reply(tx, error(None, err)).await;
         }
         ClientFrame::Unknown => {
-            let error =
-                ErrorBody { code: ErrorCode::UnknownType, message: "unknown frame type".into() };
+            let error = ErrorBody::new(ErrorCode::UnknownType, "unknown frame type");
             return reply(tx, ServerFrame::Error { req_id: None, error }).await;
         }
     };

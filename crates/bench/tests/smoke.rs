@@ -5,8 +5,8 @@
 //! reordering is shown by the unit tests in src/check.rs.
 
 use std::process::Command;
-use std::time::Duration;
 
+use natter_testkit::{TestServer, within};
 use serde_json::Value;
 
 /// Runs the bench against `server` and returns its JSON object (failing on a non-zero exit).
@@ -31,15 +31,8 @@ fn u(v: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_checks_and_reports() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = natter_server::start(natter_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: tmp.path().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let url = format!("http://{}", server.addr());
+    let server = TestServer::start().await;
+    let url = server.base_url();
 
     let j = bench(&url, &["connections", "--n", "12", "--hold-secs", "1", "--conns-per-user", "5"])
         .await;
@@ -125,5 +118,5 @@ async fn every_scenario_runs_checks_and_reports() {
     // One sync per connect (16 clients twice, 2 senders once), and more for the pages.
     assert!(u(&j["syncs"]) > 16 * 2 + 2, "resuming paged with has_more: {j}");
 
-    tokio::time::timeout(Duration::from_secs(10), server.stop()).await.unwrap().unwrap();
+    within("the server to stop", server.stop()).await;
 }

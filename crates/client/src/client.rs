@@ -114,7 +114,10 @@ impl Client {
     /// once it is saved there. Sends are written in the order they were queued, and the
     /// server commits one connection's sends in that order; a send the server answers with
     /// a transient error (`unavailable`) is retried after a reconnect, so it may land after
-    /// later ones unless [`Config::max_in_flight`] is 1.
+    /// later ones unless [`Config::max_in_flight`] is 1. A send the server rate-limits
+    /// (`too_many_requests`) is not an error: the outbox pauses for the `retry_after_ms` the
+    /// server gave and writes it and the sends after it again, in order, on the same
+    /// connection.
     pub async fn append(&self, conversation: ConversationId, entry: NewEntry) -> Result<Pending> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Append { conversation, entry, reply }).await?;

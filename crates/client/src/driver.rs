@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use natter_proto::{
-    Ack, ClientFrame, ConversationId, Entry, ErrorBody, ReqId, Seq, ServerFrame, Status,
+    Ack, ClientFrame, ConversationId, Entry, ErrorBody, ErrorCode, ReqId, Seq, ServerFrame, Status,
     SyncConversation, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +43,9 @@ use crate::timeline::{Fill, Timelines};
 
 use conn::{Conn, Ready, Stop, append_frame, closed_by_server, connect, frame_req_id, ws_url};
 use events::{EventQueue, Keep};
+
+/// The longest a rate-limited outbox waits, whatever the server says.
+const MAX_SEND_PAUSE: Duration = Duration::from_secs(60);
 
 /// What a request written on the current connection was for.
 #[derive(Debug)]
@@ -95,6 +98,8 @@ pub(crate) struct Driver {
     /// Conversations whose delivered cursor moved since it was last reported.
     delivered: BTreeSet<ConversationId>,
     delivered_due: Option<Instant>,
+    /// The server rate-limited a send: the outbox waits until then.
+    sends_paused_until: Option<Instant>,
     presence: Option<Vec<UserId>>,
     status: Status,
     next_req: ReqId,
@@ -128,6 +133,7 @@ impl Driver {
             reads: BTreeMap::new(),
             delivered: BTreeSet::new(),
             delivered_due: None,
+            sends_paused_until: None,
             presence: None,
             status: Status::Online,
             next_req: 0,
@@ -257,6 +263,7 @@ impl Driver {
                 }
                 cmd = self.commands.recv() => self.take_commands(cmd, Some(conn)).await?,
                 () = at(delivered_due) => self.flush_delivered(conn).await?,
+                () = at(self.sends_paused_until) => self.sends_paused_until = None,
                 () = at(self.saves.due) => self.save_due().await,
                 _ = ping.tick() => conn.send(&ClientFrame::Ping { req_id: None }).await?,
                 () = at(idle_at) => {
@@ -512,6 +519,15 @@ impl Driver {
         let sent = req_id.and_then(|id| conn.sent.remove(&id));
         let retry = error.code.retryable();
         match sent {
+            Some(Sent::Append(client_msg_id)) if error.code == ErrorCode::TooManyRequests => {
+                // Slow down, keep the connection: this send and the ones after it go again,
+                // in order, once the server says a token is back.
+                let wait = Duration::from_millis(error.retry_after_ms.unwrap_or(1_000));
+                let until = Instant::now() + wait.min(MAX_SEND_PAUSE);
+                self.sends_paused_until =
+                    Some(self.sends_paused_until.map_or(until, |u| u.max(until)));
+                self.outbox.throttled(&client_msg_id);
+            }
             Some(Sent::Append(_) | Sent::Sync) if retry => {
                 return Err(Stop::Dropped(format!("server busy: {}", error.message)));
             }
@@ -645,6 +661,9 @@ impl Driver {
 
     /// Writes outbox items, in order, while fewer than `max_in_flight` await their ack.
     async fn pump(&mut self, conn: &mut Conn) -> Result<(), Stop> {
+        if self.sends_paused_until.is_some() {
+            return Ok(());
+        }
         while let Some(item) = self.outbox.next_to_send(self.cfg.max_in_flight) {
             let item = item.clone();
             let req_id = self.req_id();

@@ -94,6 +94,15 @@ impl Outbox {
         done
     }
 
+    /// The server refused `client_msg_id` for now (rate limited): it and every item after it
+    /// are written again later, in order (those already stored are answered with their
+    /// original acks).
+    pub(crate) fn throttled(&mut self, client_msg_id: &str) {
+        if let Some(at) = self.items.iter().position(|s| s.item.client_msg_id == client_msg_id) {
+            self.n_sent = self.n_sent.min(at);
+        }
+    }
+
     /// Removes the last item (its save failed, so the app was told it is not queued).
     pub(crate) fn pop_unsent(&mut self, client_msg_id: &str) -> Option<OutboxItem> {
         let at = self.items.iter().rposition(|s| s.item.client_msg_id == client_msg_id)?;
@@ -199,5 +208,19 @@ mod tests {
         assert_eq!(o.pop_unsent("a"), None);
         assert_eq!(o.pop_unsent("b"), Some(item("b")));
         assert_eq!(o.clear(), vec![item("a")]);
+    }
+
+    #[test]
+    fn a_throttled_item_and_those_after_it_go_again_in_order() {
+        let mut o = Outbox::new(vec![item("a"), item("b"), item("c"), item("d")]);
+        assert_eq!(send_all(&mut o, 5), ["a", "b", "c", "d"]);
+        o.throttled("c");
+        // A later refusal of an item after it changes nothing more.
+        o.throttled("d");
+        assert!(o.acked(ack("b", 2)).is_empty());
+        assert_eq!(send_all(&mut o, 5), ["c", "d"]);
+        assert_eq!(ids(o.acked(ack("a", 1))), ["a", "b"]);
+        o.throttled("unknown");
+        assert_eq!(send_all(&mut o, 5), Vec::<String>::new());
     }
 }

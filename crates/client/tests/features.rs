@@ -13,13 +13,13 @@ use natter_client::proto::{EntryBody, ErrorCode, Status};
 use natter_client::{
     Api, Client, CloseReason, ConnectionState, Error, Event, HistoryRange, MemoryStore,
 };
+use natter_testkit::PASSWORD;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_typing_presence_and_history() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(dir.path()).await;
-    let url = node.url();
+    let node = start_node().await;
+    let url = node.base_url();
     let api = Api::new(&url).expect("url");
     let alice_user = api.register("alice", PASSWORD).await.expect("register");
     assert_eq!(
@@ -141,9 +141,8 @@ async fn receipts_typing_presence_and_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_sends_fail_alone_and_a_refused_token_closes_the_client() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(dir.path()).await;
-    let url = node.url();
+    let node = start_node().await;
+    let url = node.base_url();
     let (_, alice_token) = account(&url, "alice").await;
     let (bob_id, bob_token) = account(&url, "bob").await;
     let (carol_id, _) = account(&url, "carol").await;

@@ -13,12 +13,11 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_live_entries_are_filled_from_history_before_what_follows() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(dir.path()).await;
+    let node = start_node().await;
     let proxy = Proxy::start(Some(node.addr)).await;
-    let (alice_id, alice_token) = account(&node.url(), "alice").await;
-    let (bob_id, bob_token) = account(&node.url(), "bob").await;
-    let conv = Api::new(node.url()).expect("url").with_token(&alice_token);
+    let (alice_id, alice_token) = account(&node.base_url(), "alice").await;
+    let (bob_id, bob_token) = account(&node.base_url(), "bob").await;
+    let conv = Api::new(node.base_url()).expect("url").with_token(&alice_token);
     let conv = conv.create_direct(bob_id).await.expect("direct").id;
 
     // Bob listens through the proxy, which loses the live frames of seq 4 and of seq 7..=9
@@ -33,7 +32,7 @@ async fn dropped_live_entries_are_filled_from_history_before_what_follows() {
     let (bob, mut bob_events) =
         connect(config(&proxy.url(), &bob_token, Arc::new(MemoryStore::new()))).await;
     let (alice, mut alice_events) =
-        connect(config(&node.url(), &alice_token, Arc::new(MemoryStore::new()))).await;
+        connect(config(&node.base_url(), &alice_token, Arc::new(MemoryStore::new()))).await;
     let (mut a_seen, mut b_seen) = (Vec::new(), Vec::new());
     wait_connected(&mut bob_events, &mut b_seen).await;
     wait_connected(&mut alice_events, &mut a_seen).await;

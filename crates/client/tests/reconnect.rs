@@ -30,9 +30,8 @@ fn messages_from(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_resumes_and_delivers_the_outbox() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(dir.path()).await;
-    let url = node.url();
+    let mut node = start_node().await;
+    let url = node.base_url();
     let (alice_id, alice_token) = account(&url, "alice").await;
     let (bob_id, bob_token) = account(&url, "bob").await;
     let conv = Api::new(&url).expect("url").with_token(&alice_token).create_direct(bob_id).await;
@@ -55,7 +54,7 @@ async fn server_restart_resumes_and_delivers_the_outbox() {
     })
     .await;
 
-    node.stop().await;
+    node.terminate().await;
     wait_for(&mut alice_events, &mut a_seen, "the drop", |e| {
         matches!(e, Event::Connection(ConnectionState::Disconnected { .. })).then_some(())
     })
@@ -65,7 +64,7 @@ async fn server_restart_resumes_and_delivers_the_outbox() {
     for k in 0..5 {
         queued.push(alice.send_nowait(conv, format!("during {k}")).await.expect("queued"));
     }
-    node = Node::start_at(dir.path(), node.addr).await;
+    node.restart().await;
 
     let acks = wait_for_acks(&mut alice_events, &mut a_seen, &queued).await;
     let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
@@ -103,12 +102,11 @@ async fn cut_connections_while_sending_lose_and_repeat_nothing() {
     const BATCHES: usize = 5;
     const PER_BATCH: usize = 80;
     const N: usize = BATCHES * PER_BATCH;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(dir.path()).await;
+    let node = start_node().await;
     let proxy = Proxy::start(Some(node.addr)).await;
-    let (alice_id, alice_token) = account(&node.url(), "alice").await;
-    let (bob_id, bob_token) = account(&node.url(), "bob").await;
-    let api = Api::new(node.url()).expect("url").with_token(&alice_token);
+    let (alice_id, alice_token) = account(&node.base_url(), "alice").await;
+    let (bob_id, bob_token) = account(&node.base_url(), "bob").await;
+    let api = Api::new(node.base_url()).expect("url").with_token(&alice_token);
     let conv = api.create_direct(bob_id).await.expect("direct conversation").id;
 
     // Both clients go through the proxy, so each cut drops both of them.

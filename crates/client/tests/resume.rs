@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use natter_client::proto::ConversationId;
 use natter_client::{Api, Event, FileStore, MemoryStore, StateStore};
+use natter_testkit::{poll_until, within};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_app_resumes_cursors_and_delivers_the_persisted_outbox() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(&dir.path().join("server")).await;
-    let url = node.url();
+    let node = start_node().await;
+    let url = node.base_url();
     let (alice_id, alice_token) = account(&url, "alice").await;
     let (bob_id, bob_token) = account(&url, "bob").await;
     let api = Api::new(&url).expect("url").with_token(&bob_token);
@@ -56,11 +57,12 @@ async fn restarted_app_resumes_cursors_and_delivers_the_persisted_outbox() {
     }
     // Quit only once it has tried the (unreachable) server: closing first could end the
     // run before any attempt.
-    let deadline = std::time::Instant::now() + WAIT;
-    while proxy.n_accepted() == 0 {
-        assert!(std::time::Instant::now() < deadline, "run 2 never tried to connect");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    poll_until(
+        "run 2 to try to connect",
+        || async { (proxy.n_accepted() > 0).then_some(()) },
+        String::new,
+    )
+    .await;
     alice.close().await.expect("close");
     let mut run2 = Vec::new();
     while let Some(e) = events.next().await {
@@ -141,8 +143,8 @@ async fn restarted_app_resumes_cursors_and_delivers_the_persisted_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_without_reading_events_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::start(&dir.path().join("server")).await;
-    let url = node.url();
+    let node = start_node().await;
+    let url = node.base_url();
     let (alice_id, alice_token) = account(&url, "alice").await;
     let (_, bob_token) = account(&url, "bob").await;
     let bob_api = Api::new(&url).expect("url").with_token(&bob_token);
@@ -164,7 +166,7 @@ async fn closing_without_reading_events_loses_nothing() {
             .expect("send");
     }
     let mine = alice.send_nowait(conv, "from alice").await.expect("queued");
-    tokio::time::timeout(WAIT, alice.close()).await.expect("close does not hang").expect("close");
+    within("a close that does not hang", alice.close()).await.expect("close");
     let mut n_acked = 0;
     while let Some(e) = events.next().await {
         match e {

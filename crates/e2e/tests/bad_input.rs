@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use natter_e2e::{PASSWORD, TestServer, TestUser, WsClient, assert_contiguous};
 use natter_proto::rest::{
     AddMember, ConversationPage, Credentials, PostEntry, SetCursors, SyncRequest, SyncResponse,
     UpdateConversation, UpdateMember,
@@ -17,6 +16,7 @@ use natter_proto::{
     ClientFrame, ConversationId, ConversationSummary, Entry, EntryBody, ErrorBody, ErrorCode,
     NewEntry, ReqId, Role, Seq, ServerFrame, close,
 };
+use natter_testkit::{PASSWORD, TestServer, TestUser, WsClient, assert_contiguous, within};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -162,11 +162,9 @@ fn small_frames() -> impl FnOnce(&mut natter_server::Config) {
 async fn oversized_frame_closes_only_that_connection_with_1009() {
     let server = TestServer::start_with(small_frames()).await;
     let mut pair = LivePair::new(&server).await;
-    let carol = server.user("carol").await;
-    let dan = server.user("dan").await;
+    let [carol, dan] = server.users(["carol", "dan"]).await;
     let conv = server.create_direct(&carol, &dan).await;
-    let mut victim = server.ws(&carol).await;
-    victim.sync(BTreeMap::new()).await;
+    let mut victim = server.synced_ws(&carol).await;
     // carol's other device, which must survive her first device's mistake.
     let mut carol2 = server.ws_token(&server.login("carol").await).await;
     carol2.sync(BTreeMap::new()).await;
@@ -196,8 +194,7 @@ async fn oversized_frame_closes_only_that_connection_with_1009() {
 async fn body_over_cap_is_too_large_and_stores_nothing() {
     let server = TestServer::start_with(small_frames()).await;
     let mut pair = LivePair::new(&server).await;
-    let carol = server.user("carol").await;
-    let dan = server.user("dan").await;
+    let [carol, dan] = server.users(["carol", "dan"]).await;
     let conv = server.create_direct(&carol, &dan).await;
     let mut c = server.ws(&carol).await;
     let mut d = server.ws(&dan).await;
@@ -259,11 +256,9 @@ async fn body_over_cap_is_too_large_and_stores_nothing() {
 async fn malformed_unknown_and_binary_frames_get_errors_and_the_session_lives_on() {
     let server = TestServer::start().await;
     let mut pair = LivePair::new(&server).await;
-    let carol = server.user("carol").await;
-    let dan = server.user("dan").await;
+    let [carol, dan] = server.users(["carol", "dan"]).await;
     let conv = server.create_direct(&carol, &dan).await;
-    let mut c = server.ws(&carol).await;
-    c.sync(BTreeMap::new()).await;
+    let mut c = server.synced_ws(&carol).await;
 
     let cases: &[(&str, Option<ReqId>, ErrorCode)] = &[
         ("{not json", None, ErrorCode::MalformedFrame),
@@ -577,10 +572,7 @@ async fn websocket_origin_is_checked() {
 #[tokio::test]
 async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let dave = server.user("dave").await;
-    let erin = server.user("erin").await;
+    let [alice, bob, dave, erin] = server.users(["alice", "bob", "dave", "erin"]).await;
     let conv = server.create_direct(&alice, &bob).await;
     server.send_rest(&alice, conv, "s1", "secret").await;
     let dave_conv = server.create_direct(&erin, &dave).await;
@@ -737,9 +729,7 @@ async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() {
     let server = TestServer::start_with(|c| c.limits.outbound_queue = 8).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let conv = server.create_group(&alice, "flood", &[&bob, &carol]).await;
 
     // bob syncs, reads a few entries later, and otherwise leaves his socket alone.
@@ -747,8 +737,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
     let synced = slow.sync(BTreeMap::new()).await;
     assert_eq!(synced[0].entries.last().map(|e| e.seq), Some(1));
     // carol reads everything as it comes, up to the last message.
-    let mut healthy = server.ws(&carol).await;
-    healthy.sync(BTreeMap::new()).await;
+    let mut healthy = server.synced_ws(&carol).await;
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
         loop {
@@ -785,10 +774,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
     }
     let end = server.send_rest(&alice, conv, "end", "the end").await;
     assert_eq!(end.seq, n_sent + 2);
-    let (mut healthy, seqs) = tokio::time::timeout(natter_e2e::WAIT, reader)
-        .await
-        .expect("carol keeps up")
-        .expect("reader task");
+    let (mut healthy, seqs) = within("carol to keep up", reader).await.expect("reader task");
     assert_contiguous(&seqs, 2, end.seq).expect("carol got every entry in order");
 
     // bob finally reads: the first entries are there, then the close as a slow consumer.

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use natter_e2e::{TestCluster, TestUser, WsClient};
 use natter_proto::{ConversationId, Entry, Seq};
 use natter_server::Faults;
+use natter_testkit::{TestCluster, TestUser, WsClient};
 
 const SEEDS: u64 = 8;
 /// Messages each member sends to each of its conversations, per seed.
@@ -29,7 +29,7 @@ async fn every_session_on_every_node_sees_each_conversation_once_in_order_throug
 async fn run(seed: u64) {
     let faults = Faults { drop: 0.1, duplicate: 0.1, max_delay: Duration::from_millis(20), seed };
     let cluster = TestCluster::start(3, faults, |cfg| cfg.limits.large_group_threshold = 4).await;
-    let n0 = &cluster.nodes[0];
+    let n0 = cluster.node(0);
     let mut users = Vec::new();
     for i in 0..6 {
         users.push(n0.user(&format!("u{i}")).await);
@@ -44,7 +44,7 @@ async fn run(seed: u64) {
     // User i on node i % 3, and user 0 on node 1 too; each synced before anything is sent.
     let mut sessions: Vec<Session> = Vec::new();
     for (user, node) in (0..6).map(|i| (i, i % 3)).chain([(0, 1)]) {
-        let mut ws = cluster.nodes[node].ws(&users[user]).await;
+        let mut ws = cluster.node(node).ws(&users[user]).await;
         let mut seen: BTreeMap<ConversationId, Vec<Entry>> = BTreeMap::new();
         for conv in ws.sync(BTreeMap::new()).await {
             seen.insert(conv.conversation.id, conv.entries);
@@ -72,7 +72,7 @@ async fn run(seed: u64) {
     for (conv, who) in &members {
         let sender = &users[who[0]];
         let fence_id = format!("fence-{seed}");
-        let fence = cluster.nodes[2].send_rest(sender, *conv, &fence_id, "fence").await;
+        let fence = cluster.node(2).send_rest(sender, *conv, &fence_id, "fence").await;
         let entries = n0.all_entries(sender, *conv, 100).await;
         assert_eq!(entries.last().map(|e| e.seq), Some(fence.seq), "the fence is last");
         log.insert(*conv, entries.into_iter().map(|e| (e.seq, e.id)).collect());

@@ -1,6 +1,7 @@
 //! ARCHITECTURE.md's crate rules, held against the real dependency graph (`cargo metadata`):
 //! `proto` does no I/O; only `server` knows axum; `store` and `cluster` do not know each
-//! other; `client` and `bench` never depend on `server` (except in tests).
+//! other; `client` and `bench` never depend on `server` (except in tests); the test kit
+//! (`natter-testkit`) is only ever a dev-dependency.
 //!
 //! Edges are normal and build dependencies (dev-dependencies are allowed to break the rules:
 //! tests may start a server), followed transitively, with features as the workspace unifies
@@ -39,7 +40,7 @@ const IO_CRATES: &[&str] = &[
 ];
 
 /// Workspace crates that exist to test the others and may depend on anything.
-const TEST_CRATES: &[&str] = &["natter-e2e"];
+const TEST_CRATES: &[&str] = &["natter-testkit", "natter-e2e"];
 
 /// The workspace's crate graph: package names, and each one's non-dev dependencies.
 struct Graph {
@@ -145,6 +146,7 @@ fn the_crate_graph_follows_architecture_md() {
         "natter-server",
         "natter-client",
         "natter-bench",
+        "natter-testkit",
         "natter-e2e",
     ] {
         assert!(graph.members.contains(name), "{name} is not a workspace member");
@@ -167,6 +169,9 @@ fn the_crate_graph_follows_architecture_md() {
     for member in &graph.members {
         if member != "natter-server" && !TEST_CRATES.contains(&member.as_str()) {
             forbid("only server knows axum", member, &["axum"]);
+        }
+        if !TEST_CRATES.contains(&member.as_str()) {
+            forbid("the test kit is only a dev-dependency", member, &["natter-testkit"]);
         }
     }
     assert!(broken.is_empty(), "ARCHITECTURE.md rules broken:\n{}", broken.join("\n"));

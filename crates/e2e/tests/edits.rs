@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use natter_e2e::{TestServer, TestUser, WsClient};
 use natter_proto::rest::{EntryPage, SyncRequest, SyncResponse};
 use natter_proto::{
     Ack, ClientFrame, ConversationId, ConversationSummary, Entry, EntryBody, ErrorCode,
     MessageState, NewEntry, ReactionSummary, Seq, ServerFrame, SyncConversation, UserId,
 };
+use natter_testkit::{TestServer, TestUser, WsClient};
 use reqwest::{Method, StatusCode};
 
 async fn ack(ws: &mut WsClient, build: impl FnOnce(u64) -> ClientFrame) -> Ack {
@@ -170,15 +170,11 @@ fn by_seq(entries: &[Entry], seq: Seq) -> &Entry {
 #[tokio::test]
 async fn offline_member_syncs_edits_deletions_reactions_and_replies() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
-    let mut a = server.ws(&alice).await;
-    a.sync(BTreeMap::new()).await;
+    let (alice, bob, conv) = server.direct_pair().await;
+    let mut a = server.synced_ws(&alice).await;
 
     // Bob sees seq 1 and 2, then goes offline with cursor 2.
-    let mut b = server.ws(&bob).await;
-    b.sync(BTreeMap::new()).await;
+    let mut b = server.synced_ws(&bob).await;
     assert_eq!(a.send_msg(conv, "m2", "first").await.seq, 2);
     assert_eq!(b.next_entry().await.seq, 2);
     b.close().await;
@@ -325,9 +321,7 @@ async fn offline_member_syncs_edits_deletions_reactions_and_replies() {
 #[tokio::test]
 async fn refused_changes_store_nothing() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let conv = server.create_direct(&alice, &bob).await;
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;
@@ -403,9 +397,7 @@ async fn refused_changes_store_nothing() {
 #[tokio::test]
 async fn connected_member_receives_changes_live_in_order() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;
     a.sync(BTreeMap::new()).await;

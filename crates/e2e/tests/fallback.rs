@@ -19,9 +19,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_e2e::{SseClient, TestServer, TestUser, WAIT, WsClient, encode_cursors, reply_id};
 use natter_proto::rest::{PollResponse, SetCursors, Typing};
 use natter_proto::{Ack, ClientFrame, ConversationId, Entry, EntryBody, Receipt, Seq, ServerFrame};
+use natter_testkit::{SseClient, TestServer, TestUser, WsClient, encode_cursors, reply_id, within};
 use reqwest::{Method, StatusCode};
 use tokio::sync::{Semaphore, watch};
 
@@ -99,9 +99,8 @@ impl Progress {
     async fn away(&self, taken: usize, lead: usize) {
         let want = (taken + lead).min(self.total);
         let mut rx = self.acked.subscribe();
-        tokio::time::timeout(WAIT, rx.wait_for(|n| *n >= want))
+        within(&format!("the sender to reach {want} acks"), rx.wait_for(|n| *n >= want))
             .await
-            .unwrap_or_else(|_| panic!("the sender did not reach {want} acks"))
             .expect("progress kept");
     }
 }
@@ -204,9 +203,7 @@ impl Seen {
 #[tokio::test]
 async fn long_poll_waits_wakes_times_out_and_resumes_from_given_cursors() {
     let server = start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
 
     // A new stream: `ready` (naming the stream) first, then the catch-up.
     let first = server.poll(&bob, None, &[(conv, 0)].into(), Some(10_000), None).await;
@@ -337,9 +334,7 @@ async fn sse_take(sse: &mut SseClient, seen: &mut Seen, via: &'static str) {
 #[tokio::test]
 async fn sse_catches_up_pages_goes_live_and_resumes_from_last_event_id() {
     let server = start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
     let group = server.create_group(&alice, "g", &[&bob, &carol]).await;
 
@@ -438,9 +433,7 @@ async fn sse_catches_up_pages_goes_live_and_resumes_from_last_event_id() {
 #[tokio::test]
 async fn sse_dropped_mid_catch_up_leaves_the_store_healthy() {
     let server = start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let plan = vec![conv; 200];
     let window = Arc::new(Semaphore::new(plan.len()));
     let progress = Progress::new(plan.len());
@@ -576,9 +569,7 @@ async fn poll_phase(
 #[tokio::test]
 async fn switching_transports_mid_traffic_loses_and_repeats_nothing() {
     let server = start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
     let group = server.create_group(&alice, "g", &[&bob, &carol]).await;
 
@@ -651,9 +642,7 @@ async fn switching_transports_mid_traffic_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn fallbacks_need_a_token_and_never_share_another_users_stream() {
     let server = start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let ac = server.create_direct(&alice, &carol).await;
     let bc = server.create_direct(&bob, &carol).await;
 

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use natter_e2e::{TestServer, TestUser, WsClient, assert_contiguous};
 use natter_proto::rest::{
     AddMember, ConversationPage, CreateConversation, Member, SetCursors, SyncRequest, SyncResponse,
     UpdateConversation, UpdateMember,
@@ -14,6 +13,7 @@ use natter_proto::{
     Ack, ClientFrame, ConversationId, ConversationKind, ConversationSummary, Entry, EntryBody,
     ErrorCode, NewEntry, Role, Seq, ServerFrame, UserId,
 };
+use natter_testkit::{TestServer, TestUser, WsClient, assert_contiguous};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -188,9 +188,7 @@ async fn barrier(server: &TestServer, frank: &TestUser, ws: &mut WsClient, conv:
 #[tokio::test]
 async fn direct_is_one_per_pair_and_cannot_change_members() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
 
     let (status, json) =
         create(&server, &alice, &CreateConversation::Direct { peer: bob.id }).await;
@@ -250,12 +248,8 @@ async fn direct_is_one_per_pair_and_cannot_change_members() {
 #[tokio::test]
 async fn membership_changes_are_log_entries_with_permissions() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let dave = server.user("dave").await;
-    let erin = server.user("erin").await;
-    let frank = server.user("frank").await;
+    let [alice, bob, carol, dave, erin, frank] =
+        server.users(["alice", "bob", "carol", "dave", "erin", "frank"]).await;
     // Barriers for the members who will leave or be removed.
     let fa = server.create_direct(&frank, &alice).await;
     let fc = server.create_direct(&frank, &carol).await;
@@ -465,8 +459,7 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
     let alice = server.user("alice").await;
     // carol registers first, so her user id is lower than bob's: the heir is chosen by
     // seniority in the group, not by id.
-    let carol = server.user("carol").await;
-    let bob = server.user("bob").await;
+    let [carol, bob] = server.users(["carol", "bob"]).await;
     assert!(carol.id < bob.id);
 
     // No admin: the member who joined first inherits.
@@ -519,10 +512,7 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
 #[tokio::test]
 async fn member_cap_is_enforced_on_create_and_add() {
     let server = TestServer::start_with(|c| c.limits.max_group_members = 3).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let dave = server.user("dave").await;
+    let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
 
     // The owner counts: alice and three others is four.
     let (status, json) = create(&server, &alice, &group("big", &[&bob, &carol, &dave])).await;
@@ -577,10 +567,7 @@ async fn walk(server: &TestServer, user: &TestUser, limit: u32) -> Vec<Conversat
 #[tokio::test]
 async fn conversation_list_is_most_recent_first_paged_with_cursors_and_unread() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let dave = server.user("dave").await;
+    let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
 
     // When each conversation last changed, from the answers that changed it.
     let mut last: BTreeMap<ConversationId, i64> = BTreeMap::new();
@@ -666,8 +653,7 @@ async fn conversation_list_is_most_recent_first_paged_with_cursors_and_unread() 
     .await;
 
     // Cursors: alice reads d_bob up to 3, then reports delivery of 4.
-    let mut b = server.ws(&bob).await;
-    b.sync(BTreeMap::new()).await;
+    let mut b = server.synced_ws(&bob).await;
     let cursors = format!("/v1/conversations/{d_bob}/cursors");
     for (body, want) in [
         (SetCursors { delivered_seq: None, read_seq: Some(3) }, (3, 3, 1)),

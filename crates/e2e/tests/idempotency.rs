@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
-use natter_e2e::{TestServer, TestUser, WsClient, reply_id};
 use natter_proto::{
     Ack, ClientFrame, ConversationId, Entry, EntryBody, ErrorCode, NewEntry, ReqId, Seq,
     ServerFrame,
 };
+use natter_testkit::{TestServer, TestUser, WsClient, reply_id};
 use reqwest::StatusCode;
 
 fn send(req_id: ReqId, conv: ConversationId, client_msg_id: &str, body: &str) -> ClientFrame {
@@ -102,9 +102,7 @@ fn seq_ids(pairs: &[(Seq, &str)]) -> Vec<(Seq, String)> {
 #[tokio::test]
 async fn sequential_resend_over_websocket_returns_the_original_ack() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;
     a.sync(BTreeMap::new()).await;
@@ -142,9 +140,7 @@ async fn sequential_resend_over_websocket_returns_the_original_ack() {
 async fn concurrent_duplicates_over_two_sessions_and_rest_commit_once() {
     const ROUNDS: usize = 5;
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     // Two sessions of alice (two devices), plus REST with the first device's token.
     let mut a1 = server.ws(&alice).await;
     let mut a2 = server.ws_token(&server.login("alice").await).await;
@@ -177,7 +173,7 @@ async fn concurrent_duplicates_over_two_sessions_and_rest_commit_once() {
 
     let entries = server.all_entries(&bob, conv, 4).await;
     let seqs: Vec<Seq> = entries.iter().map(|e| e.seq).collect();
-    natter_e2e::assert_contiguous(&seqs, 1, marker.seq).unwrap();
+    natter_testkit::assert_contiguous(&seqs, 1, marker.seq).unwrap();
     for (round, ack) in acked.iter().enumerate() {
         let cmid = format!("race-{round}");
         let with: Vec<&Entry> =
@@ -199,11 +195,8 @@ async fn concurrent_duplicates_over_two_sessions_and_rest_commit_once() {
 #[tokio::test]
 async fn resend_after_reconnect_returns_the_original_ack() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
-    let mut b = server.ws(&bob).await;
-    b.sync(BTreeMap::new()).await;
+    let (alice, bob, conv) = server.direct_pair().await;
+    let mut b = server.synced_ws(&bob).await;
 
     // The ack was read, then the connection died: the retry on a new connection is answered
     // with the same ack.
@@ -245,9 +238,7 @@ async fn resend_after_reconnect_returns_the_original_ack() {
 #[tokio::test]
 async fn resend_across_transports_returns_the_original_ack() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;
     a.sync(BTreeMap::new()).await;
@@ -280,9 +271,7 @@ async fn resend_across_transports_returns_the_original_ack() {
 #[tokio::test]
 async fn same_key_from_another_sender_or_conversation_is_another_entry() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
     let group = server.create_group(&alice, "trio", &[&bob, &carol]).await;
     let mut a = server.ws(&alice).await;
@@ -318,9 +307,7 @@ async fn same_key_from_another_sender_or_conversation_is_another_entry() {
 #[tokio::test]
 async fn rejected_send_does_not_use_up_its_key() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
 
     // A reply to a seq that does not exist is refused and stores nothing…
@@ -350,9 +337,7 @@ async fn rejected_send_does_not_use_up_its_key() {
 #[tokio::test]
 async fn edits_deletions_and_reactions_are_idempotent_too() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
     let msg = a.send_msg(conv, "m", "original").await;
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use futures_util::future::join_all;
-use natter_e2e::TestServer;
 use natter_proto::ClientFrame;
+use natter_testkit::TestServer;
 use reqwest::{Method, StatusCode};
 
 /// The value of an unlabelled sample (`name value`) in Prometheus text.

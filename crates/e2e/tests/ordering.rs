@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::join_all;
-use natter_e2e::{TestServer, TestUser, WAIT, WsClient, assert_contiguous};
 use natter_proto::rest::{AddMember, SyncRequest, SyncResponse};
 use natter_proto::{
     Ack, ClientFrame, ConversationId, ConversationKind, Entry, EntryBody, ReqId, Seq, ServerFrame,
     SyncConversation, UserId,
 };
 use natter_server::Limits;
+use natter_testkit::{TestServer, TestUser, WAIT, WsClient, assert_contiguous};
 use reqwest::{Method, StatusCode};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -395,9 +395,7 @@ async fn resume(
 async fn resume_scenario(offline: usize, limit: Option<u32>, paced: bool) -> Vec<Vec<bool>> {
     const ROUNDS: usize = 4;
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
 
     let mut b = server.ws(&bob).await;
     let synced = b.sync(BTreeMap::new()).await;
@@ -505,9 +503,7 @@ async fn rest_sync(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_member_gets_everything_on_first_sync() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let group = server.create_group(&alice, "while away", &[&bob, &carol]).await;
     let direct = server.create_direct(&alice, &carol).await;
 
@@ -616,9 +612,7 @@ async fn offline_member_gets_everything_on_first_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_after_sync_are_announced_live() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let dave = server.user("dave").await;
+    let [alice, bob, dave] = server.users(["alice", "bob", "dave"]).await;
     let mut b = server.ws(&bob).await;
     assert_eq!(b.sync(BTreeMap::new()).await, vec![]);
     // A second device of Bob that has not synced yet.

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use futures_util::{StreamExt, stream};
-use natter_e2e::{TestServer, TestUser, WAIT, WsClient};
 use natter_proto::rest::{PollRequest, PollResponse, PresenceSubscribed, PresenceSubscription};
 use natter_proto::{ClientFrame, ErrorCode, Presence, ServerFrame, Status, UserId, close};
+use natter_testkit::{TestServer, TestUser, WAIT, WsClient};
 use reqwest::{Method, StatusCode};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -106,10 +106,7 @@ async fn silent_client_goes_offline() {
         c.limits.presence_batch_ms = 100;
     })
     .await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let erin = server.user("erin").await;
+    let [alice, bob, carol, erin] = server.users(["alice", "bob", "carol", "erin"]).await;
     server.create_group(&alice, "team", &[&bob, &carol, &erin]).await;
 
     // Bob's session (and its idle timer) starts after this instant.
@@ -172,10 +169,7 @@ async fn no_presence_without_a_shared_conversation() {
         c.limits.presence_grace_ms = 0;
     })
     .await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let eve = server.user("eve").await;
-    let frank = server.user("frank").await;
+    let [alice, bob, eve, frank] = server.users(["alice", "bob", "eve", "frank"]).await;
     server.create_direct(&alice, &bob).await;
     // Eve shares a conversation with Frank only.
     server.create_direct(&frank, &eve).await;
@@ -220,8 +214,7 @@ async fn a_session_that_did_not_subscribe_gets_no_presence() {
         c.limits.presence_grace_ms = 0;
     })
     .await;
-    let olga = server.user("olga").await;
-    let wally = server.user("wally").await;
+    let [olga, wally] = server.users(["olga", "wally"]).await;
     let handles: Vec<String> = (0..N).map(|i| format!("user{i:03}")).collect();
     let users = register_all(&server, &handles).await;
     let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
@@ -373,9 +366,7 @@ async fn a_reconnect_within_the_grace_is_no_change() {
         c.limits.presence_grace_ms = GRACE_MS;
     })
     .await;
-    let sam = server.user("sam").await;
-    let dan = server.user("dan").await;
-    let eli = server.user("eli").await;
+    let [sam, dan, eli] = server.users(["sam", "dan", "eli"]).await;
     server.create_group(&sam, "team", &[&dan, &eli]).await;
     let (dan_ws, _) = connect(&server, &dan.token).await;
     let (eli_ws, _) = connect(&server, &eli.token).await;
@@ -412,9 +403,7 @@ async fn set_status_away_and_back() {
         c.limits.presence_grace_ms = 0;
     })
     .await;
-    let sam = server.user("sam").await;
-    let ann = server.user("ann").await;
-    let ctl = server.user("ctl").await;
+    let [sam, ann, ctl] = server.users(["sam", "ann", "ctl"]).await;
     server.create_group(&sam, "team", &[&ann, &ctl]).await;
     let (mut ann1, _) = connect(&server, &ann.token).await;
     let (mut ann2, _) = connect(&server, &server.login("ann").await).await;
@@ -485,9 +474,7 @@ async fn http_streams_subscribe_by_session_id() {
         c.limits.presence_grace_ms = 0;
     })
     .await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let mallory = server.user("mallory").await;
+    let [alice, bob, mallory] = server.users(["alice", "bob", "mallory"]).await;
     server.create_group(&alice, "team", &[&bob, &mallory]).await;
     let (mut bob_ws, _) = connect(&server, &bob.token).await;
 

@@ -8,12 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use natter_e2e::{TestServer, TestUser, WsClient, reply_id};
 use natter_proto::rest::{ConversationPage, Receipts, SetCursors};
 use natter_proto::{
     ClientFrame, ConversationId, ConversationSummary, ErrorCode, Receipt, ReqId, Seq, ServerFrame,
     UserId,
 };
+use natter_testkit::{TestServer, TestUser, WsClient, reply_id};
 use reqwest::{Method, StatusCode};
 
 fn read(req_id: ReqId, conv: ConversationId, seq: Seq) -> ClientFrame {
@@ -100,9 +100,7 @@ async fn put_cursors(
 async fn unread_counts_and_coalesced_receipts() {
     // A long flush window, so that a burst of reports lands in at most two windows.
     let server = TestServer::start_with(|c| c.limits.receipt_flush_ms = 1000).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
     let group = server.create_group(&alice, "trio", &[&bob, &carol]).await;
     let mut a = server.ws(&alice).await;
@@ -191,9 +189,7 @@ async fn unread_counts_and_coalesced_receipts() {
 #[tokio::test]
 async fn cursors_move_forwards_only_clamped_and_read_implies_delivered() {
     let server = TestServer::start_with(|c| c.limits.receipt_flush_ms = 20).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;
     for i in 0..4 {
@@ -236,12 +232,9 @@ async fn cursors_move_forwards_only_clamped_and_read_implies_delivered() {
 #[tokio::test]
 async fn rest_cursors_work_like_frames() {
     let server = TestServer::start_with(|c| c.limits.receipt_flush_ms = 20).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = server.ws(&alice).await;
-    let mut b = server.ws(&bob).await;
-    b.sync(BTreeMap::new()).await;
+    let mut b = server.synced_ws(&bob).await;
     for i in 0..5 {
         a.send_msg(conv, &format!("m{i}"), "hi").await;
     }
@@ -281,9 +274,7 @@ async fn rest_cursors_work_like_frames() {
 #[tokio::test]
 async fn non_members_cannot_report_or_read_cursors() {
     let server = TestServer::start_with(|c| c.limits.receipt_flush_ms = 20).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let conv = server.create_direct(&alice, &bob).await;
     let mut a = server.ws(&alice).await;
     let mut c = server.ws(&carol).await;

@@ -3,15 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use natter_e2e::TestServer;
 use natter_proto::EntryBody;
+use natter_testkit::TestServer;
 
 #[tokio::test]
 async fn message_is_acked_and_delivered_live() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
 
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;

@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use natter_e2e::{TestServer, TestUser, WAIT, WsClient, reply_id};
 use natter_proto::rest::Typing;
 use natter_proto::{ClientFrame, ConversationId, ConversationSummary, ErrorCode, Seq, ServerFrame};
+use natter_testkit::{TestServer, TestUser, WAIT, WsClient, reply_id};
 use reqwest::{Method, StatusCode};
 
 /// A connected session that has synced, so live entries (the barriers) reach it.
@@ -106,10 +106,7 @@ const DEFAULT_TTL_MS: u64 = 6_000;
 #[tokio::test]
 async fn typing_reaches_every_other_members_sessions_and_no_one_else() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let dave = server.user("dave").await;
+    let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
     let group = server.create_group(&alice, "team", &[&bob, &carol]).await;
     // Dave is no member of the group; he shares a direct conversation with each typist so
     // that barriers can reach him.
@@ -159,9 +156,7 @@ async fn typing_reaches_every_other_members_sessions_and_no_one_else() {
 #[tokio::test]
 async fn typing_is_never_stored() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     server.send_rest(&alice, conv, "m1", "hello").await;
     let before = summary(&server, &alice, conv).await.last_seq;
     let history = server.all_entries(&alice, conv, 100).await;
@@ -199,10 +194,13 @@ async fn typing_is_never_stored() {
 #[tokio::test]
 async fn a_burst_of_fifty_reports_forwards_one() {
     const THROTTLE_MS: u64 = 2_000;
-    let server = TestServer::start_with(|c| c.limits.typing_throttle_ms = THROTTLE_MS).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    // The forwarding throttle, not the report rate limit (rate_limits.rs), is under test.
+    let server = TestServer::start_with(|c| {
+        c.limits.typing_throttle_ms = THROTTLE_MS;
+        c.limits.typing_per_sec = 0;
+    })
+    .await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let group = server.create_group(&alice, "team", &[&bob, &carol]).await;
     let mut a = live(&server, &alice.token).await;
     let mut b = live(&server, &bob.token).await;
@@ -239,14 +237,14 @@ async fn a_burst_of_fifty_reports_forwards_one() {
 async fn steady_reports_refresh_at_most_once_per_throttle() {
     const THROTTLE_MS: u64 = 300;
     const TTL_MS: u64 = 30_000;
+    // The forwarding throttle, not the report rate limit (rate_limits.rs), is under test.
     let server = TestServer::start_with(|c| {
         c.limits.typing_throttle_ms = THROTTLE_MS;
         c.limits.typing_ttl_ms = TTL_MS;
+        c.limits.typing_per_sec = 0;
     })
     .await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = live(&server, &alice.token).await;
     let mut b = live(&server, &bob.token).await;
 
@@ -287,9 +285,7 @@ async fn steady_reports_refresh_at_most_once_per_throttle() {
 #[tokio::test]
 async fn an_explicit_stop_forwards_one_false() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = live(&server, &alice.token).await;
     let mut b = live(&server, &bob.token).await;
 
@@ -316,9 +312,7 @@ async fn typing_stops_when_the_typists_session_drops() {
     // A TTL far beyond the harness timeout: only the disconnect can stop it in time.
     const TTL_MS: u64 = 120_000;
     let server = TestServer::start_with(|c| c.limits.typing_ttl_ms = TTL_MS).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let group = server.create_group(&alice, "team", &[&bob, &carol]).await;
     let mut a1 = live(&server, &alice.token).await;
     let mut a2 = live(&server, &server.login("alice").await).await;
@@ -345,9 +339,7 @@ async fn typing_stops_when_the_typists_session_drops() {
 async fn typing_lapses_when_the_client_goes_quiet() {
     const TTL_MS: u64 = 500;
     let server = TestServer::start_with(|c| c.limits.typing_ttl_ms = TTL_MS).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let conv = server.create_direct(&alice, &bob).await;
+    let (alice, bob, conv) = server.direct_pair().await;
     let mut a = live(&server, &alice.token).await;
     let mut b = live(&server, &bob.token).await;
 
@@ -366,9 +358,7 @@ async fn typing_lapses_when_the_client_goes_quiet() {
 #[tokio::test]
 async fn rest_typing_works_like_the_frame_and_non_members_get_not_found() {
     let server = TestServer::start().await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let dave = server.user("dave").await;
+    let [alice, bob, dave] = server.users(["alice", "bob", "dave"]).await;
     let conv = server.create_direct(&alice, &bob).await;
     let bob_dave = server.create_direct(&bob, &dave).await;
     let mut a = live(&server, &alice.token).await;

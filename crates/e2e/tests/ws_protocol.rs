@@ -5,15 +5,10 @@
 //! text frame closes with 1007 and a protocol violation with 1002 (§7.4.1), never a bare
 //! TCP drop. Each case uses its own connection, and the server keeps serving afterwards.
 
-use std::time::Duration;
-
-use natter_e2e::{TestServer, TestUser};
 use natter_proto::{ClientFrame, ServerFrame, close};
+use natter_testkit::{TestServer, TestUser, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// How long any single read or write may take.
-const WAIT: Duration = Duration::from_secs(5);
 
 const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
@@ -161,12 +156,6 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
     let mut out = code.to_be_bytes().to_vec();
     out.extend(reason);
     out
-}
-
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing happened within {WAIT:?}"))
 }
 
 /// A fresh session of `user` still gets `ready` and a pong: the bad connection hurt nobody.

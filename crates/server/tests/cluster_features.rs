@@ -9,20 +9,22 @@
 //! Each client here is a raw WebSocket (`Peer`) that keeps every entry it was delivered, per
 //! conversation, and fails at once on a gap or a duplicate.
 
-mod cluster;
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{Account, Cluster, FAST, WAIT, Ws, register, within};
 use natter_client::HistoryRange;
 use natter_proto::rest::{PollRequest, PollResponse};
 use natter_proto::{
     Ack, ClientFrame, ConversationId, Entry, EntryBody, NewEntry, ReqId, Seq, ServerFrame, Status,
     UserId,
 };
+use natter_testkit::process::{FAST, ProcessCluster, register};
+use natter_testkit::{TestUser, WAIT, WsClient, reply_id, within};
+
+/// The binary under test, built by cargo before these tests run.
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
 
 // ---- a WebSocket client that remembers what it was delivered ----
 
@@ -30,7 +32,7 @@ use natter_proto::{
 /// `synced` replies) go to `log`, acks to `acks`; frames not yet asked for wait in `stash`.
 struct Peer {
     name: String,
-    ws: Ws,
+    ws: WsClient,
     stash: VecDeque<ServerFrame>,
     /// Per conversation, every entry this session was sent, in the order it was sent (with
     /// `state` cleared: live entries carry none, store reads do).
@@ -40,7 +42,7 @@ struct Peer {
 
 impl Peer {
     async fn connect(name: &str, addr: SocketAddr, token: &str) -> Peer {
-        let ws = Ws::connect(addr, token).await;
+        let ws = WsClient::open(addr, token).await;
         Peer {
             name: name.to_owned(),
             ws,
@@ -86,7 +88,7 @@ impl Peer {
     /// ends.
     async fn read(&mut self, deadline: Instant, what: &str) -> ServerFrame {
         let left = deadline.saturating_duration_since(Instant::now());
-        match self.ws.next_within(left).await {
+        match self.ws.read_within(left).await {
             Ok(Some(frame)) => {
                 self.record(&frame);
                 frame
@@ -138,7 +140,7 @@ impl Peer {
     /// Sends a request and returns its reply (matched by `req_id`).
     async fn request(&mut self, build: impl FnOnce(ReqId) -> ClientFrame) -> ServerFrame {
         let req_id = self.ws.req_id();
-        self.ws.send(&build(req_id)).await;
+        self.ws.send_frame(&build(req_id)).await;
         self.next_where(&format!("the reply to request {req_id}"), |f| reply_id(f) == Some(req_id))
             .await
     }
@@ -164,7 +166,7 @@ impl Peer {
             body: body_of(client_msg_id),
             reply_to: None,
         };
-        self.ws.send(&frame).await;
+        self.ws.send_frame(&frame).await;
     }
 
     /// Sends a message and waits for its ack.
@@ -239,19 +241,6 @@ impl Peer {
     }
 }
 
-/// The `req_id` a reply frame echoes.
-fn reply_id(frame: &ServerFrame) -> Option<ReqId> {
-    match frame {
-        ServerFrame::Ack { req_id, .. }
-        | ServerFrame::Synced { req_id, .. }
-        | ServerFrame::History { req_id, .. }
-        | ServerFrame::PresenceSubscribed { req_id, .. }
-        | ServerFrame::Ok { req_id } => Some(*req_id),
-        ServerFrame::Pong { req_id } | ServerFrame::Error { req_id, .. } => *req_id,
-        _ => None,
-    }
-}
-
 fn body_of(client_msg_id: &str) -> String {
     format!("body of {client_msg_id}")
 }
@@ -278,7 +267,7 @@ fn presence_of(user: UserId, status: Status) -> impl Fn(&ServerFrame) -> bool {
 }
 
 /// The whole log of `conv` from the store (through `account` on `addr`), `state` cleared.
-async fn store_log(addr: SocketAddr, account: &Account, conv: ConversationId) -> Vec<Entry> {
+async fn store_log(addr: SocketAddr, account: &TestUser, conv: ConversationId) -> Vec<Entry> {
     let page =
         within("history", account.api(addr).history(conv, HistoryRange::After(0), Some(500)))
             .await
@@ -300,7 +289,7 @@ fn no_cursors() -> BTreeMap<ConversationId, Seq> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_receipts_typing_and_presence_cross_nodes() {
     let started = Instant::now();
-    let c = Cluster::start(3, FAST).await;
+    let c = ProcessCluster::start(NATTER, 3, FAST).await;
     let (n1, n2, n3) = (c.node(0).addr(), c.node(1).addr(), c.node(2).addr());
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
@@ -437,7 +426,7 @@ const WINDOW: usize = 8;
 /// one sender's messages keep its order.
 async fn concurrent_senders(extra_args: &[&str], large: bool) {
     let started = Instant::now();
-    let c = Cluster::start(3, extra_args).await;
+    let c = ProcessCluster::start(NATTER, 3, extra_args).await;
     let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr()).collect();
     let mut accounts = Vec::new();
     for i in 0..MEMBERS {
@@ -568,7 +557,7 @@ async fn concurrent_senders_large_group_fan_out_on_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_across_nodes() {
     let started = Instant::now();
-    let c = Cluster::start(3, FAST).await;
+    let c = ProcessCluster::start(NATTER, 3, FAST).await;
     let (n1, n2, n3) = (c.node(0).addr(), c.node(1).addr(), c.node(2).addr());
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
@@ -659,7 +648,7 @@ async fn membership_changes_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_another_node() {
     let started = Instant::now();
-    let c = Cluster::start(3, FAST).await;
+    let c = ProcessCluster::start(NATTER, 3, FAST).await;
     let (n1, n2, n3) = (c.node(0).addr(), c.node(1).addr(), c.node(2).addr());
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
@@ -775,7 +764,7 @@ async fn poll(addr: SocketAddr, token: &str, req: &PollRequest) -> PollResponse 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_and_long_poll_on_other_nodes() {
     let started = Instant::now();
-    let c = Cluster::start(3, FAST).await;
+    let c = ProcessCluster::start(NATTER, 3, FAST).await;
     let (n1, n2, n3) = (c.node(0).addr(), c.node(1).addr(), c.node(2).addr());
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
@@ -841,7 +830,7 @@ async fn sse_and_long_poll_on_other_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_growing_past_the_threshold_keeps_reaching_other_nodes() {
     let args = [FAST, &["--large-group-threshold", "2"]].concat();
-    let c = Cluster::start(2, &args).await;
+    let c = ProcessCluster::start(NATTER, 2, &args).await;
     let (n1, n2) = (c.node(0).addr(), c.node(1).addr());
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
@@ -868,7 +857,7 @@ async fn a_group_growing_past_the_threshold_keeps_reaching_other_nodes() {
 /// her, sees her offline (the node tells the others it left).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gracefully_stopped_node_s_users_go_offline_elsewhere() {
-    let mut c = Cluster::start(2, FAST).await;
+    let mut c = ProcessCluster::start(NATTER, 2, FAST).await;
     let (n1, n2) = (c.node(0).addr(), c.node(1).addr());
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;

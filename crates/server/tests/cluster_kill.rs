@@ -12,17 +12,20 @@
 //! routes that entry again (a retried send is answered from the store), so only the
 //! survivors can bring it to their sessions.
 
-mod cluster;
 mod cluster_traffic;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, FAST, Redis, Ws, register, within};
 use cluster_traffic::{
     Member, Raw, Traffic, ack_counts, assert_contiguous_log, assert_member_saw_log,
     assert_sends_committed_once, store_log, wait_all_acked, wait_more_acks,
 };
-use natter_proto::{ClientFrame, ServerFrame, Status};
+use natter_proto::{ClientFrame, Status};
+use natter_testkit::process::{FAST, ProcessCluster, Redis, register, signal};
+use natter_testkit::{WsClient, poll_until, within};
+
+/// The binary under test, built by cargo before these tests run.
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
 
 const TTL_MS: u64 = 1500;
 const HEARTBEAT_MS: u64 = 300;
@@ -91,7 +94,7 @@ async fn node_of(redis: &Redis, user: natter_proto::UserId) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_traffic_loses_and_repeats_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(3, FAST).await.with_haproxy().await;
+    let mut c = ProcessCluster::start(NATTER, 3, FAST).await.with_haproxy().await;
     let haproxy = c.haproxy.as_ref().expect("haproxy");
     for server in ["node-1", "node-2", "node-3"] {
         haproxy.wait_status(server, "UP").await;
@@ -122,11 +125,11 @@ async fn kill_9_under_traffic_loses_and_repeats_nothing() {
     within("create a group", zed.api(n2).create_group("watch", &[wes.id, wyn.id]))
         .await
         .expect("group created");
-    let zed_ws = Ws::connect(n1, &zed.token).await;
+    let zed_ws = WsClient::open(n1, &zed.token).await;
     let watch = [ClientFrame::SubscribePresence { req_id: 1, users: vec![zed.id] }];
     let watchers = [
-        Raw::start("wes", Ws::connect(n2, &wes.token).await, &watch).await,
-        Raw::start("wyn", Ws::connect(n3, &wyn.token).await, &watch).await,
+        Raw::start("wes", WsClient::open(n2, &wes.token).await, &watch).await,
+        Raw::start("wyn", WsClient::open(n3, &wyn.token).await, &watch).await,
     ];
     for w in &watchers {
         w.wait_status(zed.id, Status::Online).await;
@@ -143,7 +146,7 @@ async fn kill_9_under_traffic_loses_and_repeats_nothing() {
     // Where the balancer put each client: the registry says.
     let mut on_victim = Vec::new();
     for m in &members {
-        let node = cluster::poll_until(
+        let node = poll_until(
             &format!("{}'s registry entry", m.name()),
             || async { node_of(&c.redis, m.id()).await },
             || m.summary(),
@@ -190,7 +193,7 @@ async fn kill_9_under_traffic_loses_and_repeats_nothing() {
 
     // Node-1's Redis entries go while traffic goes on.
     let redis = &c.redis;
-    let gone_at = cluster::poll_until(
+    let gone_at = poll_until(
         "node-1's Redis entries to be removed",
         || async { entries_naming(redis, "node-1").await.is_empty().then(Instant::now) },
         String::new,
@@ -281,39 +284,10 @@ async fn redis_pid(redis: &Redis) -> u32 {
         .unwrap_or_else(|| panic!("no process_id in INFO: {info}"))
 }
 
-/// Sends a message on a raw session and waits for its ack.
-async fn send_acked(
-    ws: &mut Ws,
-    conv: natter_proto::ConversationId,
-    body: &str,
-) -> natter_proto::Ack {
-    let req_id = ws.req_id();
-    let send = ClientFrame::Send {
-        req_id,
-        conversation: conv,
-        client_msg_id: body.to_owned(),
-        body: body.to_owned(),
-        reply_to: None,
-    };
-    ws.send(&send).await;
-    match ws
-        .next_matching("the reply to a send", |f| match f {
-            ServerFrame::Ack { req_id: r, .. } | ServerFrame::Error { req_id: Some(r), .. } => {
-                *r == req_id
-            }
-            _ => false,
-        })
-        .await
-    {
-        ServerFrame::Ack { ack, .. } => ack,
-        other => panic!("a send was answered {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_a_killed_node_committed_but_did_not_publish_reaches_the_others() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(2, FAST).await;
+    let mut c = ProcessCluster::start(NATTER, 2, FAST).await;
     let (n1, n2) = (c.node(0).addr(), c.node(1).addr());
     let vic = register(n1, "vic").await;
     let rae = register(n2, "rae").await;
@@ -322,19 +296,19 @@ async fn an_entry_a_killed_node_committed_but_did_not_publish_reaches_the_others
         .expect("direct created")
         .id;
     // Vic sends on node-1 (raw: nothing retries); Rae reads on node-2.
-    let mut vic_ws = Ws::connect(n1, &vic.token).await;
+    let mut vic_ws = WsClient::open(n1, &vic.token).await;
     let rae_raw = Raw::receiver(&rae, n2).await;
-    let first = send_acked(&mut vic_ws, d, "first").await;
+    let first = vic_ws.send_msg(d, "first", "first").await;
     rae_raw.wait_upto(d, first.seq).await;
 
     // Redis frozen, node-1 commits and acks the next message (PostgreSQL is up) but its
     // publisher waits on Redis; node-1 dies right there. The entry was never published.
     let redis_pid = redis_pid(&c.redis).await;
-    cluster::signal(redis_pid, "STOP");
-    let last = send_acked(&mut vic_ws, d, "last words").await;
+    signal(redis_pid, "STOP");
+    let last = vic_ws.send_msg(d, "last words", "last words").await;
     let killed_at = Instant::now();
     c.node_mut(0).kill9().await;
-    cluster::signal(redis_pid, "CONT");
+    signal(redis_pid, "CONT");
 
     // Committed means it reaches every member: here, once node-2 finds node-1 dead.
     let deadline = killed_at + GONE_WITHIN;

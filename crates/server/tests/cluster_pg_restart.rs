@@ -6,19 +6,22 @@
 //! outbox is delivered, each send is stored exactly once, nothing acked is lost, and every
 //! member ends with the store's whole log, 1..=N.
 
-mod cluster;
 mod cluster_traffic;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, FAST, Ws, poll_until, register, within};
 use cluster_traffic::{
     Member, Traffic, assert_contiguous_log, assert_member_saw_log, assert_sends_committed_once,
     store_log, wait_all_acked, wait_more_acks,
 };
 use natter_proto::rest::PostEntry;
 use natter_proto::{Ack, ClientFrame, ConversationId, ErrorBody, ErrorCode, NewEntry, ServerFrame};
+use natter_testkit::process::{FAST, ProcessCluster, register};
+use natter_testkit::{WAIT, WsClient, poll_until, within};
+
+/// The binary under test, built by cargo before these tests run.
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
 
 /// Each sender queues `BURST` messages every `PACE`: several on the wire at once.
 const PACE: Duration = Duration::from_millis(50);
@@ -46,28 +49,20 @@ async fn post_message(
 }
 
 /// Sends a message on a raw session; the server's reply to it (an ack or an error).
-async fn ws_send(ws: &mut Ws, conv: ConversationId, client_msg_id: &str) -> ServerFrame {
-    let req_id = ws.req_id();
-    let frame = ClientFrame::Send {
+async fn ws_send(ws: &mut WsClient, conv: ConversationId, client_msg_id: &str) -> ServerFrame {
+    ws.request(|req_id| ClientFrame::Send {
         req_id,
         conversation: conv,
         client_msg_id: client_msg_id.to_owned(),
         body: client_msg_id.to_owned(),
         reply_to: None,
-    };
-    ws.send(&frame).await;
-    ws.next_matching("the reply to a send", |f| match f {
-        ServerFrame::Ack { req_id: r, .. } | ServerFrame::Error { req_id: Some(r), .. } => {
-            *r == req_id
-        }
-        _ => false,
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_under_traffic_loses_and_repeats_nothing() {
-    let mut c = Cluster::start(3, FAST).await;
+    let mut c = ProcessCluster::start(NATTER, 3, FAST).await;
     let addrs = [c.node(0).addr(), c.node(1).addr(), c.node(2).addr()];
     let mut accounts = Vec::new();
     for (i, handle) in ["ada", "ben", "cy", "dee", "eli", "flo"].into_iter().enumerate() {
@@ -99,7 +94,7 @@ async fn postgres_restart_under_traffic_loses_and_repeats_nothing() {
     }
     let all: Vec<&Member> = members.iter().collect();
     // Pia's raw session on node-2 sends by hand; it never syncs, so it gets only replies.
-    let mut pia_ws = Ws::connect(addrs[1], &pia.token).await;
+    let mut pia_ws = WsClient::open(addrs[1], &pia.token).await;
 
     let senders: Vec<_> =
         members.iter().enumerate().map(|(i, m)| (m, if i < 3 { g1 } else { g2 })).collect();
@@ -158,7 +153,7 @@ async fn postgres_restart_under_traffic_loses_and_repeats_nothing() {
     .await;
     let rest_after = restarted_at.elapsed();
     // ... and so is the WebSocket one (the same client_msg_id, as a client would retry).
-    let deadline = Instant::now() + cluster::WAIT;
+    let deadline = Instant::now() + WAIT;
     let ws_ack = loop {
         match ws_send(&mut pia_ws, g1, "ws-1").await {
             ServerFrame::Ack { ack, .. } => break ack,

@@ -9,17 +9,20 @@
 //! live. Round two restarts Redis while traffic flows. Each receiver ends with exactly the
 //! store's log, every entry once, in order.
 
-mod cluster;
 mod cluster_traffic;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, FAST, Redis, poll_until, register, within};
 use cluster_traffic::{
     Member, Raw, Traffic, ack_counts, assert_contiguous_log, assert_same_log,
     assert_sends_committed_once, store_log, wait_all_acked, wait_more_acks,
 };
 use natter_proto::{ConversationId, UserId};
+use natter_testkit::process::{FAST, ProcessCluster, Redis, register};
+use natter_testkit::{poll_until, within};
+
+/// The binary under test, built by cargo before these tests run.
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
 
 const HEARTBEAT_MS: u64 = 300;
 /// Each sender queues `BURST` messages every `PACE`: several on the wire at once.
@@ -85,7 +88,7 @@ async fn check_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_under_traffic_loses_nothing() {
-    let mut c = Cluster::start(3, FAST).await;
+    let mut c = ProcessCluster::start(NATTER, 3, FAST).await;
     let (n1, n2, n3) = (c.node(0).addr(), c.node(1).addr(), c.node(2).addr());
     let sol = register(n1, "sol").await;
     let sam = register(n1, "sam").await;

@@ -4,13 +4,15 @@
 //! is killed HAProxy marks it down, the other keeps answering, and the node comes back on its
 //! address.
 
-mod cluster;
+use natter_testkit::poll_until;
+use natter_testkit::process::{Postgres, ProcessCluster, Redis, get, login, register};
 
-use cluster::{Cluster, get, login, poll_until, register};
+/// The binary under test, built by cargo before these tests run.
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_the_store_behind_haproxy() {
-    let mut c = Cluster::start(2, &[]).await.with_haproxy().await;
+    let mut c = ProcessCluster::start(NATTER, 2, &[]).await.with_haproxy().await;
     let (a, b) = (c.node(0).addr(), c.node(1).addr());
     // Both joined through Redis: each is in the live-node set.
     let redis = &c.redis;
@@ -66,7 +68,7 @@ async fn two_nodes_share_the_store_behind_haproxy() {
 /// back on its port with its data, Redis comes back empty on its port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_and_redis_restart_on_their_ports() {
-    let (mut pg, mut redis) = tokio::join!(cluster::Postgres::start(), cluster::Redis::start());
+    let (mut pg, mut redis) = tokio::join!(Postgres::start(), Redis::start());
     pg.psql("CREATE TABLE t (v int); INSERT INTO t VALUES (7)").await;
     let port = pg.port();
     pg.stop().await;

@@ -9,33 +9,24 @@
 //! the order it sent them (G1); nothing unsent is there; and resending everything with the
 //! same `client_msg_id`s (G4) answers the committed ones with their original acks and adds
 //! each missing one exactly once.
+//!
+//! Last, the test kit's stop on drop for a binary: dropping its `TestServer` kills it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use natter_proto::rest::{CreateConversation, Credentials, EntryPage, Session, User};
-use natter_proto::{
-    Ack, ClientFrame, ConversationId, ConversationSummary, Entry, EntryBody, ErrorBody,
-    ServerFrame, UserId,
-};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use natter_proto::{Ack, ClientFrame, ConversationId, Entry, EntryBody, ErrorBody, ServerFrame};
+use natter_testkit::{TestServer, TestUser, WAIT, WsClient, poll_until, within};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long any single step may take before the test fails.
-const WAIT: Duration = Duration::from_secs(20);
-const PASSWORD: &str = "correct horse battery";
+/// The binary under test, built by cargo before these tests run.
+const NATTER: &str = env!("CARGO_BIN_EXE_natter");
 /// Sends one connection keeps in flight (written, not yet answered).
 const WINDOW: usize = 64;
 
@@ -44,20 +35,19 @@ async fn acked_sends_survive_kill_9_mid_stream() {
     const N_CONNS: usize = 4;
     const PER_CONN: usize = 300;
     const TOTAL: usize = N_CONNS * PER_CONN;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::spawn(dir.path()).await;
-    let api = Api::new(node.addr);
+    let mut node = TestServer::binary(NATTER, &[]).await;
     let mut users = Vec::new();
     for k in 0..N_CONNS {
-        users.push(api.user(&format!("sender{k}")).await);
+        users.push(node.user(&format!("sender{k}")).await);
     }
-    let conv = api.create_group(&users[0], "crash", &users[1..]).await;
+    let others: Vec<&TestUser> = users[1..].iter().collect();
+    let conv = node.create_group(&users[0], "crash", &others).await;
 
     // Four connections pipeline their sends; once half of all acks are in, every sender stops
     // writing new sends (up to WINDOW each are still in flight) and the process is killed.
     let mut conns = Vec::new();
     for u in &users {
-        conns.push(ws(node.addr, &u.token).await);
+        conns.push(ws(&node, u).await);
     }
     let gate = Gate::new(TOTAL / 2);
     let pumps: Vec<_> = conns
@@ -69,7 +59,7 @@ async fn acked_sends_survive_kill_9_mid_stream() {
         })
         .collect();
     within("half of the acks", gate.reached.notified()).await;
-    let status = node.kill9().await;
+    let status = node.kill().await;
     assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
     let mut runs = Vec::new();
     for p in pumps {
@@ -86,9 +76,8 @@ async fn acked_sends_survive_kill_9_mid_stream() {
     }
 
     // Restart on the same data: every ack is there, and nothing else is wrong.
-    let node = Node::spawn(dir.path()).await;
-    let api = Api::new(node.addr);
-    let log = api.all_entries(&users[0], conv).await;
+    node.restart().await;
+    let log = node.all_entries(&users[0], conv, 500).await;
     let present = check_log(&log, &users, &runs, PER_CONN);
     let n_present: usize = present.iter().map(Vec::len).sum();
     assert!(n_present >= n_acked && n_present <= n_sent);
@@ -99,7 +88,7 @@ async fn acked_sends_survive_kill_9_mid_stream() {
     let last_before = log.last().expect("log").seq;
     let mut retries = Vec::new();
     for (k, u) in users.iter().enumerate() {
-        let conn = ws(node.addr, &u.token).await;
+        let conn = ws(&node, u).await;
         retries.push(tokio::spawn(async move { pump(conn, conv, &plan(k, PER_CONN), None).await }));
     }
     let mut reruns = Vec::new();
@@ -121,58 +110,41 @@ async fn acked_sends_survive_kill_9_mid_stream() {
             }
         }
     }
-    let log = api.all_entries(&users[0], conv).await;
+    let log = node.all_entries(&users[0], conv, 500).await;
     assert_eq!(log.len(), 1 + TOTAL, "one entry per message, no duplicates");
     let present = check_log(&log, &users, &reruns, PER_CONN);
     assert!(present.iter().all(|p| p.len() == PER_CONN));
-    node.stop_gracefully().await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_with_1012_exits_0_and_keeps_acked_sends() {
     const N: usize = 200;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = Node::spawn(dir.path()).await;
-    let api = Api::new(node.addr);
-    let alice = api.user("alice").await;
-    let bob = api.user("bob").await;
-    let conv = api.create_direct(&alice, &bob).await;
+    let mut node = TestServer::binary(NATTER, &[]).await;
+    let (alice, bob, conv) = node.direct_pair().await;
 
     // Bob is live (synced) and only listens.
-    let mut listener = ws(node.addr, &bob.token).await;
-    let sync = ClientFrame::Sync { req_id: 1, cursors: BTreeMap::new(), limit: None };
-    send_frame(&mut listener, &sync).await;
-    within("bob's sync reply", async {
-        loop {
-            match read_frame(&mut listener).await {
-                Some(Ok(ServerFrame::Synced { req_id: 1, .. })) => return,
-                Some(Ok(_)) => continue,
-                other => panic!("expected synced, got {other:?}"),
-            }
-        }
-    })
-    .await;
+    let mut listener = node.synced_ws(&bob).await;
     let bob_closed = tokio::spawn(async move {
         loop {
-            match read_frame(&mut listener).await {
-                Some(Ok(_)) => continue,
-                Some(Err(code)) => return code,
-                None => panic!("bob's connection ended without a close frame"),
+            match listener.read_within(WAIT).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("timed out waiting for a frame"),
+                Err(Some(code)) => return code,
+                Err(None) => panic!("bob's connection ended without a close frame"),
             }
         }
     });
 
-    let conn = ws(node.addr, &alice.token).await;
+    let conn = ws(&node, &alice).await;
     let gate = Gate::new(N / 2);
     let sender = {
         let gate = gate.clone();
         tokio::spawn(async move { pump(conn, conv, &plan(0, N), Some(&gate)).await })
     };
     within("half of the acks", gate.reached.notified()).await;
-    node.sigterm();
-    let status =
-        within("the process to exit", node.child.wait()).await.expect("wait for the child");
-    assert!(status.success(), "a graceful stop exits 0: {status:?}\n{}", node.logs());
+    // A graceful stop exits 0 (`terminate` checks it).
+    node.terminate().await;
     let run = within("alice's pump to end", sender).await.expect("pump task");
     assert!(run.errors.is_empty(), "errors: {:?}", run.errors);
     assert_eq!(run.close_code, Some(1012), "alice is told to reconnect");
@@ -180,21 +152,37 @@ async fn sigterm_closes_sessions_with_1012_exits_0_and_keeps_acked_sends() {
     assert_eq!(bob_code, 1012, "bob is told to reconnect");
     assert!(run.n_acked() >= N / 2);
 
-    let node = Node::spawn(dir.path()).await;
-    let api = Api::new(node.addr);
-    let log = api.all_entries(&bob, conv).await;
+    node.restart().await;
+    let log = node.all_entries(&bob, conv, 500).await;
     let users = [alice.clone()];
     let present = check_log(&log, &users, std::slice::from_ref(&run), N);
     assert!(present[0].len() >= run.n_acked());
     // The rest goes through after the restart, each message once.
-    let conn = ws(node.addr, &alice.token).await;
+    let conn = ws(&node, &alice).await;
     let rerun = pump(conn, conv, &plan(0, N), None).await;
     assert!(rerun.errors.is_empty(), "errors: {:?}", rerun.errors);
     assert_eq!(rerun.n_acked(), N);
-    let log = api.all_entries(&alice, conv).await;
+    let log = node.all_entries(&alice, conv, 500).await;
     assert_eq!(log.len(), 1 + N);
     check_log(&log, &users, std::slice::from_ref(&rerun), N);
-    node.stop_gracefully().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_binary_server_is_killed() {
+    let node = TestServer::binary(NATTER, &[]).await;
+    let alice = node.user("alice").await;
+    let mut ws = node.ws(&alice).await;
+    let addr = node.addr;
+    drop(node);
+    // Killed, not stopped: the connection ends with no close frame (a stop sends 1012).
+    assert_eq!(ws.read_within(WAIT).await, Err(None), "the connection just ends");
+    poll_until(
+        "the listener to close",
+        || async { TcpStream::connect(addr).await.is_err().then_some(()) },
+        String::new,
+    )
+    .await;
 }
 
 // ---- checks ----
@@ -208,7 +196,7 @@ fn plan(k: usize, n: usize) -> Vec<(String, String)> {
 /// sent and was acked. Returns, per connection, its committed messages in send order.
 fn check_log(
     log: &[Entry],
-    users: &[Account],
+    users: &[TestUser],
     runs: &[PumpRun],
     per_conn: usize,
 ) -> Vec<Vec<Entry>> {
@@ -414,196 +402,7 @@ where
     }
 }
 
-async fn send_frame(ws: &mut Ws, frame: &ClientFrame) {
-    let text = serde_json::to_string(frame).expect("frame serializes");
-    ws.send(Message::Text(text.into())).await.expect("ws send");
-}
-
-/// A WebSocket authenticated by header, after its `ready` frame.
-async fn ws(addr: SocketAddr, token: &str) -> Ws {
-    let mut req = format!("ws://{addr}/v1/ws").into_client_request().expect("ws request");
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    let (mut ws, _) =
-        within("ws connect", tokio_tungstenite::connect_async(req)).await.expect("ws connects");
-    match read_frame(&mut ws).await {
-        Some(Ok(ServerFrame::Ready { .. })) => ws,
-        other => panic!("expected ready, got {other:?}"),
-    }
-}
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-// ---- the child process ----
-
-/// A `natter serve` child process on `127.0.0.1:0`.
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    /// Everything it printed after the listening line (shown when something goes wrong).
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Node {
-    async fn spawn(data_dir: &Path) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("NATTER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn natter");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        // Both pipes are drained for the child's whole life, so that it never blocks on a
-        // full pipe while logging.
-        drain(child.stderr.take().expect("stderr"), logs.clone());
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let addr = within("the listening line", async {
-            loop {
-                let line = stdout.next_line().await.expect("read stdout");
-                let Some(line) = line else {
-                    panic!(
-                        "natter exited before listening:\n{}",
-                        logs.lock().expect("logs").join("\n")
-                    );
-                };
-                if let Some(rest) = line.strip_prefix("natter listening on http://") {
-                    let addr = rest.split_whitespace().next().expect("an address");
-                    return addr.parse::<SocketAddr>().expect("a socket address");
-                }
-                logs.lock().expect("logs").push(line);
-            }
-        })
-        .await;
-        drain(stdout.into_inner(), logs.clone());
-        Node { child, addr, logs }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("the child is running")
-    }
-
-    /// SIGKILL, then reap.
-    async fn kill9(&mut self) -> ExitStatus {
-        self.child.start_kill().expect("SIGKILL");
-        within("the killed process to exit", self.child.wait()).await.expect("wait for the child")
-    }
-
-    fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    async fn stop_gracefully(mut self) {
-        self.sigterm();
-        let status =
-            within("the process to exit", self.child.wait()).await.expect("wait for the child");
-        assert!(status.success(), "{status:?}\n{}", self.logs());
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().expect("logs").join("\n")
-    }
-}
-
-fn drain(pipe: impl AsyncRead + Unpin + Send + 'static, logs: Arc<Mutex<Vec<String>>>) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            logs.lock().expect("logs").push(line);
-        }
-    });
-}
-
-// ---- REST ----
-
-#[derive(Debug, Clone)]
-struct Account {
-    id: UserId,
-    token: String,
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(addr: SocketAddr) -> Api {
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new() }
-    }
-
-    async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: &B,
-    ) -> R {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        let res = within(path, req.send()).await.expect("HTTP request");
-        let status = res.status();
-        let text = res.text().await.expect("HTTP body");
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
-    }
-
-    async fn user(&self, handle: &str) -> Account {
-        let creds =
-            Credentials { handle: handle.to_owned(), password: PASSWORD.to_owned(), device: None };
-        let user: User = self.post("/v1/accounts", None, &creds).await;
-        let session: Session = self.post("/v1/sessions", None, &creds).await;
-        assert_eq!(session.user_id, user.user_id);
-        Account { id: user.user_id, token: session.token }
-    }
-
-    async fn create_group(
-        &self,
-        owner: &Account,
-        title: &str,
-        members: &[Account],
-    ) -> ConversationId {
-        let body = CreateConversation::Group {
-            title: title.to_owned(),
-            members: members.iter().map(|m| m.id).collect(),
-        };
-        let sum: ConversationSummary =
-            self.post("/v1/conversations", Some(&owner.token), &body).await;
-        sum.id
-    }
-
-    async fn create_direct(&self, a: &Account, b: &Account) -> ConversationId {
-        let body = CreateConversation::Direct { peer: b.id };
-        let sum: ConversationSummary = self.post("/v1/conversations", Some(&a.token), &body).await;
-        sum.id
-    }
-
-    /// The whole log, oldest first, through history pages.
-    async fn all_entries(&self, user: &Account, conv: ConversationId) -> Vec<Entry> {
-        let mut out: Vec<Entry> = Vec::new();
-        loop {
-            let after = out.last().map_or(0, |e| e.seq);
-            let url =
-                format!("{}/v1/conversations/{conv}/entries?after={after}&limit=500", self.base);
-            let req = self.http.get(url).bearer_auth(&user.token);
-            let res = within("history", req.send()).await.expect("HTTP request");
-            assert!(res.status().is_success(), "history: {}", res.status());
-            let page: EntryPage = res.json().await.expect("entry page");
-            assert_eq!(page.conversation, conv);
-            out.extend(page.entries);
-            if !page.has_more {
-                return out;
-            }
-        }
-    }
+/// A WebSocket of `user`, after its `ready` frame, as a bare stream to split.
+async fn ws(node: &TestServer, user: &TestUser) -> Ws {
+    WsClient::open(node.addr, &user.token).await.into_inner()
 }

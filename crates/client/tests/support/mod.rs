@@ -1,67 +1,33 @@
-//! Test support: a real Natter node that can be stopped and started again on the same data
-//! directory and port, a TCP proxy that can refuse, cut every connection or drop chosen
-//! WebSocket frames, and waits on SDK events with timeouts (never sleeps).
+//! SDK test support on top of natter-testkit (which starts the node, in process, and can stop
+//! and restart it on the same data directory and port): SDK accounts and configuration,
+//! waits on SDK events bounded by the kit's `WAIT` (never sleeps), and a TCP proxy that can
+//! refuse, cut every connection or drop chosen WebSocket frames.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use natter_client::proto::{ConversationId, Entry, EntryBody, ServerFrame, UserId};
 use natter_client::{Api, Backoff, Client, Config, ConnectionState, Event, Events, StateStore};
+use natter_testkit::{PASSWORD, TestServer, WAIT, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// How long any single wait may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(15);
-pub const PASSWORD: &str = "correct horse battery";
-
-/// A node on a fixed data directory; `restart` binds the same port again.
-pub struct Node {
-    server: Option<natter_server::RunningServer>,
-    pub addr: SocketAddr,
-    pub dir: PathBuf,
-}
-
-impl Node {
-    pub async fn start(dir: &Path) -> Node {
-        Node::start_at(dir, "127.0.0.1:0".parse().expect("addr")).await
-    }
-
-    pub async fn start_at(dir: &Path, listen: SocketAddr) -> Node {
-        let mut cfg = natter_server::Config {
-            listen,
-            data_dir: dir.to_path_buf(),
-            ..natter_server::Config::default()
-        };
+/// A node in process with the SDK tests' settings: receipts and presence that show
+/// quickly, and a short drain so that a stop does not wait long for clients.
+pub async fn start_node() -> TestServer {
+    TestServer::start_with(|cfg| {
         cfg.limits.receipt_flush_ms = 20;
         cfg.limits.presence_batch_ms = 50;
         cfg.limits.presence_grace_ms = 100;
         cfg.drain_timeout_ms = 2_000;
-        let server = natter_server::start(cfg).await.expect("server starts");
-        Node { addr: server.addr(), server: Some(server), dir: dir.to_path_buf() }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop().await.expect("clean stop");
-        }
-    }
-
-    /// Stops, then starts a new node on the same data directory and the same port.
-    pub async fn restart(&mut self) {
-        self.stop().await;
-        *self = Node::start_at(&self.dir.clone(), self.addr).await;
-    }
+    })
+    .await
 }
 
 /// Registers `handle` and logs one device in through the SDK's REST client.
@@ -92,11 +58,7 @@ pub async fn connect(cfg: Config) -> (Client, Events) {
 
 /// The next event; panics after [`WAIT`] or when the stream ends.
 pub async fn next_event(events: &mut Events) -> Event {
-    match tokio::time::timeout(WAIT, events.next()).await {
-        Ok(Some(event)) => event,
-        Ok(None) => panic!("the event stream ended"),
-        Err(_) => panic!("no event within {WAIT:?}"),
-    }
+    within("an SDK event", events.next()).await.expect("the event stream ended")
 }
 
 /// Reads events until `pick` returns something; every event read goes to `seen` first.

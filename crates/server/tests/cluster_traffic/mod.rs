@@ -1,5 +1,6 @@
 //! Traffic and checks shared by the cluster failure tests (`cluster_kill`,
-//! `cluster_redis_restart`, `cluster_pg_restart`; each has `mod cluster; mod cluster_traffic;`).
+//! `cluster_redis_restart`, `cluster_pg_restart`; each has `mod cluster_traffic;`), on top of
+//! natter-testkit's process harness (`natter_testkit::process`).
 //!
 //! - [`Member`]: an SDK client that records everything it is told (entries, acks, connection
 //!   changes), and [`Traffic`]: tasks that keep handing it sends, recording each one.
@@ -25,7 +26,7 @@ use natter_proto::{
 };
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Account, Ws, poll_until, within};
+use natter_testkit::{TestUser, WsClient, poll_until, within};
 
 /// Sends a sender may have waiting for their ack before it pauses (bounds the outbox while a
 /// failure lasts).
@@ -91,7 +92,7 @@ impl Log {
 
 /// A user with an SDK client and a task recording its events.
 pub struct Member {
-    pub account: Account,
+    pub account: TestUser,
     pub client: Client,
     log: Arc<Mutex<Log>>,
     reader: JoinHandle<()>,
@@ -99,7 +100,7 @@ pub struct Member {
 
 impl Member {
     /// Starts an SDK client for `account` against `addr` (a node or the balancer).
-    pub async fn connect(account: &Account, addr: SocketAddr) -> Member {
+    pub async fn connect(account: &TestUser, addr: SocketAddr) -> Member {
         let (client, mut events) = Client::connect(sdk_config(addr, &account.token))
             .await
             .unwrap_or_else(|e| panic!("{}: the SDK client starts: {e}", account.handle));
@@ -491,16 +492,16 @@ impl Drop for Raw {
 
 impl Raw {
     /// Sends `first` on `ws`, then records everything that comes.
-    pub async fn start(name: &str, mut ws: Ws, first: &[ClientFrame]) -> Raw {
+    pub async fn start(name: &str, mut ws: WsClient, first: &[ClientFrame]) -> Raw {
         for frame in first {
-            ws.send(frame).await;
+            ws.send_frame(frame).await;
         }
         let log = Arc::new(Mutex::new(RawLog::default()));
         let recorder = log.clone();
         let task = tokio::spawn(async move {
             loop {
                 // Long waits are fine: the task ends with the connection or is aborted.
-                let frame = match ws.next_within(Duration::from_secs(3600)).await {
+                let frame = match ws.read_within(Duration::from_secs(3600)).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,
                     Err(code) => {
@@ -539,8 +540,8 @@ impl Raw {
 
     /// Connects `account` to `addr` and syncs from nothing: every entry of its
     /// conversations, then the live stream.
-    pub async fn receiver(account: &Account, addr: SocketAddr) -> Raw {
-        let ws = Ws::connect(addr, &account.token).await;
+    pub async fn receiver(account: &TestUser, addr: SocketAddr) -> Raw {
+        let ws = WsClient::open(addr, &account.token).await;
         let sync = ClientFrame::Sync { req_id: 1, cursors: BTreeMap::new(), limit: Some(500) };
         let raw = Raw::start(&account.handle, ws, &[sync]).await;
         poll_until(

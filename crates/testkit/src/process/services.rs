@@ -1,39 +1,20 @@
-//! Harness for the cluster tests (`tests/cluster_*.rs`, each with `mod cluster;`): real
-//! processes on 127.0.0.1 free ports — a throwaway PostgreSQL, a `redis-server`, `natter
-//! serve` nodes (the binary under test) and `haproxy` in TCP mode in front of them.
-//!
-//! Every process is killed when its handle drops, and its output is drained for its whole
-//! life (so it never blocks on a full pipe) and kept: `logs()` returns it, and a handle
-//! dropped while the test panics prints its last lines to stderr. Every wait polls a
-//! condition under a deadline (`WAIT`) and panics with what it was waiting for.
-
-// Each test file uses a different part of this module, and the module is private to each
-// test crate, so "unused" and "unreachable pub" say nothing here.
-#![allow(dead_code, unreachable_pub)]
+//! The external services of cluster tests, each a real process on a free port of
+//! 127.0.0.1: a throwaway PostgreSQL, a `redis-server`, `haproxy` in TCP mode, and a whole
+//! [`ProcessCluster`] of `natter` nodes on them.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use natter_proto::{ClientFrame, ReqId, ServerFrame, UserId};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long any single wait may take (a process to be ready, a frame to arrive).
-pub const WAIT: Duration = Duration::from_secs(30);
-/// Between two polls of a condition.
-const POLL: Duration = Duration::from_millis(50);
-pub const PASSWORD: &str = "correct horse battery";
+use super::{Logs, Node, TAIL, exited, free_port, retry_launch, run, signal};
+use crate::wait::{POLL, WAIT, poll_until, within};
+
 /// Node settings for tests: a 300 ms heartbeat under a 1.5 s registry TTL, and presence,
 /// typing and receipts that show within a fraction of a second. Tests that compute bounds
 /// from these say so beside their constants.
@@ -51,138 +32,6 @@ pub const FAST: &[&str] = &[
     "--receipt-flush-ms",
     "50",
 ];
-/// Lines of a process's output printed when its handle drops during a panic.
-const TAIL: usize = 60;
-
-/// Between two attempts to start a service again (its port may linger a moment): panics
-/// with its last log lines once `deadline` passed.
-async fn retry_launch(what: &str, port: u16, logs: &Logs, deadline: Instant) {
-    assert!(
-        Instant::now() < deadline,
-        "{what} did not start again on port {port}:\n{}",
-        logs.tail(TAIL)
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-}
-
-/// `fut`, or a panic naming `what` after `WAIT`.
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Polls `check` until it returns `Some`, or panics naming `what` (and `context()`, e.g. the
-/// logs) after `WAIT`.
-pub async fn poll_until<T, F, Fut>(what: &str, mut check: F, context: impl Fn() -> String) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", context());
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// A port nobody listens on right now (another process may take it before we bind it;
-/// starts retry on a new port where they can).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-// ---- process plumbing ----
-
-/// A process's output, line by line, shared with the tasks draining its pipes.
-#[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<Vec<String>>>);
-
-impl Logs {
-    fn push(&self, line: String) {
-        self.0.lock().expect("logs").push(line);
-    }
-
-    /// Everything so far.
-    pub fn all(&self) -> String {
-        self.0.lock().expect("logs").join("\n")
-    }
-
-    /// The last `n` lines.
-    pub fn tail(&self, n: usize) -> String {
-        let lines = self.0.lock().expect("logs");
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Whether some line contains `needle`.
-    pub fn contains(&self, needle: &str) -> bool {
-        self.0.lock().expect("logs").iter().any(|l| l.contains(needle))
-    }
-
-    /// Prints the tail to stderr when the thread is panicking (called from `Drop`s).
-    fn dump_if_panicking(&self, name: &str) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {name}: last {TAIL} lines ----\n{}\n---- end of {name} ----",
-                self.tail(TAIL)
-            );
-        }
-    }
-
-    /// Drains `pipe` into the logs for as long as it is open.
-    fn drain(&self, pipe: impl AsyncRead + Unpin + Send + 'static) {
-        let logs = self.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                logs.push(line);
-            }
-        });
-    }
-
-    /// Drains a child's stdout and stderr.
-    fn attach(&self, child: &mut Child) {
-        if let Some(out) = child.stdout.take() {
-            self.drain(out);
-        }
-        if let Some(err) = child.stderr.take() {
-            self.drain(err);
-        }
-    }
-}
-
-/// Sends `signal` (`"TERM"`, `"QUIT"`, …) to `pid` with kill(1) (no `unsafe` for libc).
-pub fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
-}
-
-/// Runs a short command to completion; panics with its output unless it succeeds.
-async fn run(what: &str, cmd: &mut Command) -> String {
-    let out = within(what, cmd.stdin(Stdio::null()).output())
-        .await
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The child's exit status if it has exited.
-fn exited(child: &mut Child) -> Option<ExitStatus> {
-    child.try_wait().expect("try_wait")
-}
 
 // ---- PostgreSQL ----
 
@@ -515,179 +364,6 @@ impl Drop for Redis {
     }
 }
 
-// ---- natter nodes ----
-
-/// A `natter serve` child process (the binary under test) with its own data directory.
-pub struct Node {
-    name: String,
-    child: Child,
-    addr: SocketAddr,
-    data_dir: tempfile::TempDir,
-    /// The arguments after `serve`, except `--listen` and `--data-dir`.
-    args: Vec<OsString>,
-    logs: Logs,
-}
-
-impl Node {
-    /// A cluster node: `--database-url` of `pg`, `--redis-url` of `redis`, `--node-id name`,
-    /// then `extra_args` (e.g. `["--heartbeat-ms", "200"]`).
-    pub async fn spawn(name: &str, pg: &Postgres, redis: &Redis, extra_args: &[&str]) -> Node {
-        let mut args = vec!["--database-url".to_owned(), pg.url()];
-        args.extend(["--redis-url".to_owned(), redis.url()]);
-        args.extend(["--node-id".to_owned(), name.to_owned()]);
-        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        Node::spawn_args(name, &args).await
-    }
-
-    /// A node started with exactly `serve --listen 127.0.0.1:0 --data-dir TEMP` + `args`.
-    pub async fn spawn_args<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Node {
-        let data_dir = tempfile::Builder::new().prefix("natter-node").tempdir().expect("temp dir");
-        let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
-        let logs = Logs::default();
-        let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let (child, addr) = launch_node(name, listen, data_dir.path(), &args, &logs)
-            .await
-            .unwrap_or_else(|| panic!("{name} exited before listening:\n{}", logs.tail(TAIL)));
-        Node { name: name.to_owned(), child, addr, data_dir, args, logs }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://ADDR{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The SDK's REST client for this node, without a token.
-    pub fn api(&self) -> natter_client::Api {
-        api(self.addr)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("the node is running")
-    }
-
-    pub fn logs(&self) -> &Logs {
-        &self.logs
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
-    }
-
-    /// SIGKILL, then reap.
-    pub async fn kill9(&mut self) -> ExitStatus {
-        self.child.start_kill().expect("SIGKILL");
-        let status =
-            within("the killed node to exit", self.child.wait()).await.expect("wait for the node");
-        self.logs.push(format!("---- killed (harness): {status} ----"));
-        status
-    }
-
-    /// SIGTERM (graceful stop); `wait` for the exit.
-    pub fn sigterm(&self) {
-        signal(self.pid(), "TERM");
-    }
-
-    /// Waits for the process to exit.
-    pub async fn wait(&mut self) -> ExitStatus {
-        within(&format!("{} to exit", self.name), self.child.wait()).await.expect("wait for node")
-    }
-
-    /// SIGTERM and a clean exit (status 0).
-    pub async fn stop_gracefully(&mut self) {
-        self.sigterm();
-        let status = self.wait().await;
-        assert!(status.success(), "{} exited with {status}:\n{}", self.name, self.logs.tail(TAIL));
-    }
-
-    /// Starts the (exited) node again with the same arguments, data directory and address
-    /// (so a proxy in front finds it again).
-    pub async fn respawn(&mut self) {
-        assert!(exited(&mut self.child).is_some(), "{} is still running", self.name);
-        self.logs.push("---- respawned (harness) ----".to_owned());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            // Fails only when the port is not free yet (or the node cannot start at all).
-            if let Some((child, addr)) =
-                launch_node(&self.name, self.addr, self.data_dir.path(), &self.args, &self.logs)
-                    .await
-            {
-                assert_eq!(addr, self.addr);
-                self.child = child;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start again on {}:\n{}",
-                self.name,
-                self.addr,
-                self.logs.tail(TAIL)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.logs.dump_if_panicking(&self.name);
-    }
-}
-
-/// Spawns `natter serve` and reads its stdout up to the listening line: the child and its
-/// address, or `None` if it exited first.
-async fn launch_node(
-    name: &str,
-    listen: SocketAddr,
-    data_dir: &Path,
-    args: &[OsString],
-    logs: &Logs,
-) -> Option<(Child, SocketAddr)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natter"))
-        .arg("serve")
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("NATTER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn natter");
-    logs.drain(child.stderr.take().expect("stderr"));
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = within(&format!("{name}'s listening line"), async {
-        loop {
-            let line = stdout.next_line().await.expect("read stdout")?;
-            if let Some(rest) = line.strip_prefix("natter listening on http://") {
-                let addr = rest.split_whitespace().next().expect("an address");
-                return Some(addr.parse::<SocketAddr>().expect("a socket address"));
-            }
-            logs.push(line);
-        }
-    })
-    .await;
-    logs.drain(stdout.into_inner());
-    match addr {
-        Some(addr) => Some((child, addr)),
-        None => {
-            within("the failed node to exit", child.wait()).await.expect("wait");
-            None
-        }
-    }
-}
-
 // ---- HAProxy ----
 
 /// `haproxy` in TCP mode on a free port, round-robin over the given servers (`node-1`, …,
@@ -838,27 +514,33 @@ impl Drop for Haproxy {
 
 /// PostgreSQL, Redis and `n` nodes named `node-1`, `node-2`, …, optionally behind HAProxy.
 /// Fields drop in order: the proxy and nodes before the services they use.
-pub struct Cluster {
+pub struct ProcessCluster {
     pub haproxy: Option<Haproxy>,
     pub nodes: Vec<Node>,
     pub redis: Redis,
     pub pg: Postgres,
 }
 
-impl Cluster {
-    /// Every node gets `extra_args` after the cluster flags.
-    pub async fn start(n_nodes: usize, extra_args: &[&str]) -> Cluster {
+impl ProcessCluster {
+    /// `n_nodes` nodes of the `natter` binary at `bin`, each with `extra_args` after the
+    /// cluster flags.
+    pub async fn start(
+        bin: impl AsRef<Path>,
+        n_nodes: usize,
+        extra_args: &[&str],
+    ) -> ProcessCluster {
+        let bin = bin.as_ref();
         let (pg, redis) = tokio::join!(Postgres::start(), Redis::start());
         let mut nodes = Vec::new();
         // One at a time: the first start migrates the shared database.
         for i in 1..=n_nodes {
-            nodes.push(Node::spawn(&format!("node-{i}"), &pg, &redis, extra_args).await);
+            nodes.push(Node::spawn(bin, &format!("node-{i}"), &pg, &redis, extra_args).await);
         }
-        Cluster { haproxy: None, nodes, redis, pg }
+        ProcessCluster { haproxy: None, nodes, redis, pg }
     }
 
     /// Puts HAProxy in front of the nodes (HAProxy's `node-i` is `nodes[i - 1]`).
-    pub async fn with_haproxy(mut self) -> Cluster {
+    pub async fn with_haproxy(mut self) -> ProcessCluster {
         let addrs: Vec<SocketAddr> = self.nodes.iter().map(Node::addr).collect();
         self.haproxy = Some(Haproxy::start(&addrs).await);
         self
@@ -876,166 +558,5 @@ impl Cluster {
     /// HAProxy's address.
     pub fn front(&self) -> SocketAddr {
         self.haproxy.as_ref().expect("started with_haproxy").addr()
-    }
-}
-
-// ---- REST ----
-
-/// A registered user with a session token.
-#[derive(Debug, Clone)]
-pub struct Account {
-    pub id: UserId,
-    pub handle: String,
-    pub token: String,
-}
-
-impl Account {
-    /// The SDK's REST client for `addr`, authenticated as this user.
-    pub fn api(&self, addr: SocketAddr) -> natter_client::Api {
-        api(addr).with_token(&self.token)
-    }
-}
-
-/// The SDK's REST client for the server at `addr`, without a token.
-pub fn api(addr: SocketAddr) -> natter_client::Api {
-    natter_client::Api::new(format!("http://{addr}")).expect("an http url")
-}
-
-/// Registers `handle` (password `PASSWORD`) through `addr`, then logs in one device there.
-pub async fn register(addr: SocketAddr, handle: &str) -> Account {
-    let user = within("register", api(addr).register(handle, PASSWORD))
-        .await
-        .unwrap_or_else(|e| panic!("register {handle} via {addr}: {e}"));
-    let account = login(addr, handle).await;
-    assert_eq!(account.id, user.user_id);
-    account
-}
-
-/// Logs `handle` in through `addr` (a new device and token).
-pub async fn login(addr: SocketAddr, handle: &str) -> Account {
-    let session = within("login", api(addr).login(handle, PASSWORD, None))
-        .await
-        .unwrap_or_else(|e| panic!("login {handle} via {addr}: {e}"));
-    Account { id: session.user_id, handle: handle.to_owned(), token: session.token }
-}
-
-/// `GET {path}` without a token: status code and body text.
-pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let res = within(path, reqwest::get(format!("http://{addr}{path}")))
-        .await
-        .unwrap_or_else(|e| panic!("GET {path} via {addr}: {e}"));
-    let status = res.status().as_u16();
-    (status, within("a body", res.text()).await.expect("body"))
-}
-
-// ---- WebSocket ----
-
-/// A raw WebSocket session speaking Natter frames.
-pub struct Ws {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_req: ReqId,
-    /// The `ready` frame's fields.
-    pub user_id: UserId,
-}
-
-impl Ws {
-    /// Connects to `addr` with `token` in the upgrade's Authorization header and waits for
-    /// `ready`.
-    pub async fn connect(addr: SocketAddr, token: &str) -> Ws {
-        let mut req = format!("ws://{addr}/v1/ws").into_client_request().expect("ws request");
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
-        let (ws, _) = within("ws connect", tokio_tungstenite::connect_async(req))
-            .await
-            .unwrap_or_else(|e| panic!("ws connect to {addr}: {e}"));
-        let mut ws = Ws { ws, next_req: 0, user_id: UserId(0) };
-        match ws.next().await {
-            ServerFrame::Ready { user_id, .. } => ws.user_id = user_id,
-            other => panic!("expected ready, got {other:?}"),
-        }
-        ws
-    }
-
-    /// A fresh `req_id`.
-    pub fn req_id(&mut self) -> ReqId {
-        self.next_req += 1;
-        self.next_req
-    }
-
-    pub async fn send(&mut self, frame: &ClientFrame) {
-        let text = serde_json::to_string(frame).expect("frame serializes");
-        within("a ws send", self.ws.send(Message::Text(text.into()))).await.expect("ws send");
-    }
-
-    /// The next frame; panics after `WAIT` or if the connection ends.
-    pub async fn next(&mut self) -> ServerFrame {
-        match self.next_within(WAIT).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => panic!("no frame within {WAIT:?}"),
-            Err(close) => panic!("the connection ended (close code {close:?})"),
-        }
-    }
-
-    /// The next frame within `wait`: `Ok(None)` if none came, `Err(close code)` if the
-    /// connection ended.
-    pub async fn next_within(
-        &mut self,
-        wait: Duration,
-    ) -> Result<Option<ServerFrame>, Option<u16>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Ok(None),
-                Ok(msg) => msg,
-            };
-            match msg {
-                Some(Ok(Message::Text(text))) => {
-                    let frame = serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("unparsable frame ({e}): {text}"));
-                    return Ok(Some(frame));
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(frame.map(|f| u16::from(f.code)));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
-            }
-        }
-    }
-
-    /// Skips frames until one matches `pred` (within `WAIT` in all).
-    pub async fn next_matching(
-        &mut self,
-        what: &str,
-        mut pred: impl FnMut(&ServerFrame) -> bool,
-    ) -> ServerFrame {
-        let deadline = Instant::now() + WAIT;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_within(left).await {
-                Ok(Some(frame)) if pred(&frame) => return frame,
-                Ok(Some(frame)) => skipped.push(frame),
-                Ok(None) => panic!("no {what} within {WAIT:?}; skipped {skipped:?}"),
-                Err(close) => {
-                    panic!("connection ended ({close:?}) before {what}; skipped {skipped:?}")
-                }
-            }
-        }
-    }
-
-    /// Waits for the server to end the connection; its close code.
-    pub async fn closed(&mut self) -> Option<u16> {
-        loop {
-            match self.next_within(WAIT).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the connection did not end within {WAIT:?}"),
-                Err(code) => return code,
-            }
-        }
-    }
-
-    pub async fn close(mut self) {
-        let _ = within("a ws close", self.ws.close(None)).await;
     }
 }

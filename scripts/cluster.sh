@@ -229,9 +229,11 @@ start_node() {
     local i="$1" name="${NODES[$1]}"
     say "$name on 127.0.0.1:$(node_port "$i")"
     mkdir -p "$DIR/$name"
+    # Every client reaches the nodes from 127.0.0.1 (through HAProxy, or the bench directly):
+    # no cap per client address.
     NO_COLOR=1 setsid nohup "$BIN" serve --listen "127.0.0.1:$(node_port "$i")" \
         --data-dir "$DIR/$name" --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
-        --node-id "$name" >"$DIR/$name.log" 2>&1 </dev/null &
+        --node-id "$name" --max-connections-per-ip 0 >"$DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$DIR/$name.pid"
 }
 

@@ -44,6 +44,17 @@ impl<H: Clone> Registry<H> {
         map.entry(user).or_default().push((session, handle));
     }
 
+    /// Adds a session of `user` unless they already have `max` here; false if not added.
+    /// The check and the insert share one lock, so concurrent sessions cannot overshoot.
+    pub fn try_register(&self, user: UserId, session: SessionId, handle: H, max: usize) -> bool {
+        let mut map = self.by_user.lock().expect("registry lock poisoned");
+        if map.get(&user).map_or(0, Vec::len) >= max {
+            return false;
+        }
+        map.entry(user).or_default().push((session, handle));
+        true
+    }
+
     /// Removes a session; forgets the user when it was their last.
     pub fn deregister(&self, user: UserId, session: SessionId) {
         let mut map = self.by_user.lock().expect("registry lock poisoned");
@@ -118,5 +129,17 @@ mod tests {
         reg.deregister(UserId(1), 11);
         assert_eq!(reg.n_sessions(UserId(1)), 0);
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn try_register_stops_at_the_cap() {
+        let reg = Registry::<&'static str>::default();
+        assert!(reg.try_register(UserId(1), 10, "a", 2));
+        assert!(reg.try_register(UserId(1), 11, "b", 2));
+        assert!(!reg.try_register(UserId(1), 12, "c", 2));
+        assert!(reg.try_register(UserId(2), 13, "d", 2));
+        reg.deregister(UserId(1), 10);
+        assert!(reg.try_register(UserId(1), 12, "c", 2));
+        assert_eq!(reg.n_sessions(UserId(1)), 2);
     }
 }

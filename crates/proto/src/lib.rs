@@ -77,6 +77,8 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server fault; details are in the server's log, not here.
     Internal,
+    /// The request (its body) did not arrive in time; the connection is closed.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -92,12 +94,16 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::RequestTimeout => 408,
         }
     }
 
     /// Whether a client should retry the same request later (with the same `client_msg_id`).
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::TooManyRequests)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::TooManyRequests | ErrorCode::RequestTimeout
+        )
     }
 }
 
@@ -593,6 +599,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// No frame (not even a pong) for longer than the idle timeout.
     pub const IDLE: u16 = 4009;
+    /// The user already has `max_sessions_per_user` sessions on this node (HTTP's 429).
+    pub const TOO_MANY_SESSIONS: u16 = 4029;
 }
 
 #[cfg(test)]

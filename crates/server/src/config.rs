@@ -130,6 +130,25 @@ limits! {
     /// Messages waiting to be published to the bus; beyond it they are dropped and the
     /// other nodes catch up from the store.
     bus_queue: usize = 65_536, "NATTER_BUS_QUEUE";
+    /// Time a connection has to send a request's headers, counted from its accept or from the
+    /// end of the previous response (so idle keep-alive connections end too), in
+    /// milliseconds; then it is closed without an answer.
+    http_header_timeout_ms: u64 = 10_000, "NATTER_HTTP_HEADER_TIMEOUT_MS";
+    /// Time a request's whole body has to arrive once its headers did, in milliseconds; then
+    /// 408 `request_timeout` and the connection is closed.
+    http_body_timeout_ms: u64 = 30_000, "NATTER_HTTP_BODY_TIMEOUT_MS";
+    /// Open TCP connections of this node (REST, SSE, long-poll and WebSocket alike); more are
+    /// closed as soon as they are accepted. Lowered at start to fit the open-file limit.
+    max_connections: usize = 16_000, "NATTER_MAX_CONNECTIONS";
+    /// Open TCP connections from one client address; more are closed as soon as they are
+    /// accepted. 0: no cap (behind a proxy, where every client has the proxy's address).
+    max_connections_per_ip: usize = 256, "NATTER_MAX_CONNECTIONS_PER_IP";
+    /// Live sessions (WebSockets, SSE streams, long-poll streams) of one user on this node;
+    /// more are refused (close 4029, or 429 `too_many_requests`).
+    max_sessions_per_user: usize = 100, "NATTER_MAX_SESSIONS_PER_USER";
+    /// Long-poll streams of one token (one device's login); a new one beyond it ends the
+    /// token's least recently polled idle stream, or gets 429 when all are being polled.
+    max_poll_streams_per_token: usize = 16, "NATTER_MAX_POLL_STREAMS_PER_TOKEN";
 }
 
 impl Limits {
@@ -165,6 +184,12 @@ impl Limits {
     }
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_ms)
+    }
+    pub fn http_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_body_timeout_ms)
     }
     /// A requested page size, defaulted and capped.
     pub fn page(&self, requested: Option<u32>) -> u32 {
@@ -317,6 +342,17 @@ impl Config {
         }
         if l.db_pool_size == 0 || l.bus_queue == 0 {
             bail!("db_pool_size and bus_queue must be positive");
+        }
+        if l.http_header_timeout_ms == 0 || l.http_body_timeout_ms == 0 {
+            bail!("http_header_timeout_ms and http_body_timeout_ms must be positive");
+        }
+        if l.max_connections == 0
+            || l.max_sessions_per_user == 0
+            || l.max_poll_streams_per_token == 0
+        {
+            bail!(
+                "max_connections, max_sessions_per_user and max_poll_streams_per_token must be positive"
+            );
         }
         if let Some(id) = &self.node_id
             && (id.is_empty()

@@ -68,6 +68,10 @@ impl From<JsonRejection> for ApiError {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::too_large("request body too large");
         }
+        if crate::serve::is_body_timeout(&rej) {
+            let message = "the request body did not arrive in time";
+            return ApiError::new(ErrorCode::RequestTimeout, message);
+        }
         ApiError::new(ErrorCode::MalformedFrame, rej.body_text())
     }
 }

@@ -12,6 +12,7 @@
 //!   bus receiver and heartbeat on a [`natter_cluster::Bus`] (in process on a single node,
 //!   Redis in cluster mode: one code path).
 //! - `state`: [`AppState`], the cheap-clone handle to the store, sessions and shutdown.
+//! - `serve`: the accept loop (connection caps, read timeouts) that feeds `http`'s router.
 //!
 //! [`start`] runs a node on a bound listener and returns a [`RunningServer`]; the `natter`
 //! binary and the end-to-end tests both use it.
@@ -32,6 +33,7 @@ mod rate;
 mod receipts;
 mod router;
 mod sequencer;
+mod serve;
 mod session;
 mod state;
 mod typing;
@@ -41,7 +43,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use natter_cluster::redis::RedisBus;
 use natter_cluster::{Bus, BusReceiver};
 use natter_store::postgres::PgStore;
@@ -175,15 +176,8 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let serve_state = state.clone();
     let done = tokio::spawn(async move {
         let token = serve_state.shutdown_token().clone();
-        // Nagle off: an ack or entry written after another small frame must not wait for
-        // the client's delayed ACK (it cost ~40 ms of ack latency at low load).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-            }
-        });
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+        let limits = &serve_state.cfg().limits;
+        serve::serve(listener, app, limits, token, drain).await;
         // Sessions watch the same token: they send close 1012 and end. Wait for them, then
         // flush cursors, then close the store (the writer commits what is queued), which
         // ends the commit feed and so the router.
@@ -203,7 +197,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         }
         serve_state.cluster().leave().await;
         tracing::info!("stopped");
-        served.context("serving HTTP")
+        Ok(())
     });
     Ok(RunningServer { addr, state, done })
 }

@@ -1,18 +1,20 @@
 //! Session lifecycle, shared by every transport: [`open`] registers a session with the
 //! router and presence and returns its queue; dropping the [`SessionGuard`] undoes it all
 //! (deregister, typing stopped, presence possibly offline), however the session ends.
+//! A user has at most `max_sessions_per_user` sessions on a node, whatever their transport.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use natter_cluster::SessionId;
-use natter_proto::UserId;
+use natter_proto::{ErrorCode, UserId};
 use natter_store::Principal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Registration;
 use crate::delivery::Outbound;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// How the router and handlers reach one live session.
@@ -63,11 +65,13 @@ pub(crate) struct OpenSession {
     pub(crate) registered: Registration,
 }
 
-/// Registers a session of `principal`. `first` is queued before anything else can be.
-pub(crate) fn open(state: &AppState, principal: Principal) -> OpenSession {
+/// Registers a session of `principal`, whose `ready` frame is queued before anything else
+/// can be; `too_many_requests` when the user already has `max_sessions_per_user` here.
+pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession, ApiError> {
     let id = state.next_session_id();
     let user = principal.user_id;
-    let (tx, rx) = mpsc::channel(state.cfg().limits.outbound_queue);
+    let limits = &state.cfg().limits;
+    let (tx, rx) = mpsc::channel(limits.outbound_queue);
     let handle = SessionHandle {
         tx,
         kill: CancellationToken::new(),
@@ -80,12 +84,15 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> OpenSession {
     };
     // Queued before registering, so it is the first frame the client sees.
     let _ = handle.tx.try_send(Outbound::Frame(ready.to_json().into()));
-    state.sessions().register(user, id, handle.clone());
+    if !state.sessions().try_register(user, id, handle.clone(), limits.max_sessions_per_user) {
+        metrics::counter!("natter_sessions_refused_total").increment(1);
+        return Err(ApiError::new(ErrorCode::TooManyRequests, "too many sessions for this user"));
+    }
     let registered = state.cluster().register(user);
     state.presence().session_started(user, id, handle.clone());
     metrics::gauge!("natter_connections").increment(1.0);
     let guard = SessionGuard { state: state.clone(), user, id };
-    OpenSession { id, handle, rx, guard, registered }
+    Ok(OpenSession { id, handle, rx, guard, registered })
 }
 
 /// Undoes [`open`] when dropped.

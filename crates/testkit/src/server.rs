@@ -29,13 +29,14 @@ enum Kind {
         /// `None` between `terminate` and `restart`.
         server: Option<RunningServer>,
         /// What `restart` starts again (with `listen` set to the first start's address).
-        cfg: Config,
+        /// Boxed: a `Config` is large next to the other variant.
+        cfg: Box<Config>,
         /// The bus the node joined, when it is one of a [`TestCluster`].
         hub: Option<LocalHub>,
         /// Shared by the nodes of a [`TestCluster`].
         dir: Arc<tempfile::TempDir>,
     },
-    Binary(Node),
+    Binary(Box<Node>),
 }
 
 impl TestServer {
@@ -63,7 +64,7 @@ impl TestServer {
     pub async fn binary(bin: impl AsRef<Path>, args: &[&str]) -> TestServer {
         let node = Node::spawn_args(bin.as_ref(), "natter", args).await;
         node.wait_ready().await;
-        TestServer { endpoint: node.endpoint(), kind: Kind::Binary(node) }
+        TestServer { endpoint: node.endpoint(), kind: Kind::Binary(Box::new(node)) }
     }
 
     async fn in_process(
@@ -75,7 +76,7 @@ impl TestServer {
         cfg.listen = server.addr();
         TestServer {
             endpoint: Endpoint::new(server.addr()),
-            kind: Kind::InProcess { server: Some(server), cfg, hub, dir },
+            kind: Kind::InProcess { server: Some(server), cfg: Box::new(cfg), hub, dir },
         }
     }
 

@@ -65,7 +65,7 @@ pub(super) async fn events(
         Some(text) => parse_cursors(text)?,
         None => BTreeMap::new(),
     };
-    let opened = session::open(&state, auth.principal);
+    let opened = session::open(&state, auth.principal)?;
     let sse = SseStream {
         deliverer: Deliverer::new(state.clone(), auth.principal.user_id, opened.registered),
         ids: cursors.clone(),

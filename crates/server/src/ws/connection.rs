@@ -46,7 +46,15 @@ pub(crate) async fn run(state: AppState, mut socket: WebSocket, principal: Optio
             }
         },
     };
-    let opened = session::open(&state, principal);
+    let opened = match session::open(&state, principal) {
+        Ok(opened) => opened,
+        Err(err) => {
+            let frame = ServerFrame::Error { req_id: None, error: err.body() };
+            let _ = socket.send(Message::Text(frame.to_json().into())).await;
+            let _ = send_close(&mut socket, close::TOO_MANY_SESSIONS, "too many sessions").await;
+            return;
+        }
+    };
     let span = tracing::info_span!("session", conn_id = opened.id, user_id = principal.user_id.0);
     run_session(state, socket, principal, opened).instrument(span).await;
 }
@@ -93,6 +101,7 @@ fn close_reason(code: u16) -> &'static str {
     match code {
         close::SLOW_CONSUMER => "slow consumer: reconnect and sync",
         close::IDLE => "idle timeout",
+        close::TOO_MANY_SESSIONS => "too many sessions",
         close::PROTOCOL_ERROR => "websocket protocol error",
         close::INVALID_PAYLOAD => "text frame is not valid utf-8",
         1009 => "frame too large",

@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The server's `metrics_token`, handed to the bench in its environment.
+const METRICS_TOKEN: &str = "natter-bench-smoke-token";
+
 /// Runs the bench against `server` and returns its JSON object (failing on a non-zero exit).
 async fn bench(server: &str, args: &[&str]) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
     cmd.args(["--server", server, "--json", "--drain-secs", "10"]).args(args);
+    cmd.env("NATTER_METRICS_TOKEN", METRICS_TOKEN);
     let what = format!("natter-bench {}", args.join(" "));
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -35,6 +39,7 @@ async fn every_scenario_runs_checks_and_reports() {
     let server = natter_server::start(natter_server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: tmp.path().into(),
+        metrics_token: Some(METRICS_TOKEN.to_owned()),
         ..Default::default()
     })
     .await

@@ -33,6 +33,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// The `metrics_token` every test node is started with.
+pub const METRICS_TOKEN: &str = "natter-test-metrics-token";
+
 /// A running node and what it needs to be reached.
 pub struct TestServer {
     server: Option<RunningServer>,
@@ -66,6 +69,7 @@ impl TestCluster {
             };
             cfg.limits.heartbeat_ms = 100;
             cfg.limits.registry_ttl_ms = 1_000;
+            cfg.metrics_token = Some(METRICS_TOKEN.to_owned());
             tweak(&mut cfg);
             let server = natter_server::start_on_hub(cfg, &hub).await.expect("node starts");
             nodes.push(TestServer::wrap(server, data_dir.clone()));
@@ -101,6 +105,7 @@ impl TestServer {
         let mut cfg = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.path().to_path_buf(),
+            metrics_token: Some(METRICS_TOKEN.to_owned()),
             ..Config::default()
         };
         tweak(&mut cfg);
@@ -177,12 +182,38 @@ impl TestServer {
         serde_json::from_value(json).expect("response body parses")
     }
 
+    /// `GET /metrics` with the test token: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) =
+            self.call::<()>(reqwest::Method::GET, "/metrics", Some(METRICS_TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "GET /metrics: {body}");
+        body.as_str().expect("metrics are text").to_owned()
+    }
+
+    /// A POST of credentials that waits out `too_many_requests` (many concurrent logins
+    /// from this one address fill its share of the password-hashing queue) as the server's
+    /// `retry_after_ms` says.
+    async fn post_credentials(
+        &self,
+        path: &str,
+        creds: &Credentials,
+    ) -> (StatusCode, serde_json::Value) {
+        for _ in 0..100 {
+            let (status, json) = self.call(reqwest::Method::POST, path, None, Some(creds)).await;
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                return (status, json);
+            }
+            let wait = json["retry_after_ms"].as_u64().expect("a 429 says when to retry");
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        panic!("{path}: still too many requests after 100 tries");
+    }
+
     /// Registers `handle` and logs in one device.
     pub async fn user(&self, handle: &str) -> TestUser {
         let creds =
             Credentials { handle: handle.to_owned(), password: PASSWORD.to_owned(), device: None };
-        let (status, json) =
-            self.call(reqwest::Method::POST, "/v1/accounts", None, Some(&creds)).await;
+        let (status, json) = self.post_credentials("/v1/accounts", &creds).await;
         assert_eq!(status, StatusCode::CREATED, "register {handle}: {json}");
         let user: User = serde_json::from_value(json).expect("user");
         let token = self.login(handle).await;
@@ -196,8 +227,7 @@ impl TestServer {
             password: PASSWORD.to_owned(),
             device: Some("test".to_owned()),
         };
-        let (status, json) =
-            self.call(reqwest::Method::POST, "/v1/sessions", None, Some(&creds)).await;
+        let (status, json) = self.post_credentials("/v1/sessions", &creds).await;
         assert_eq!(status, StatusCode::CREATED, "login {handle}: {json}");
         let session: Session = serde_json::from_value(json).expect("session");
         session.token

@@ -106,6 +106,9 @@ impl ErrorCode {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// On `too_many_requests`: how long to wait before trying again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Conversation kinds.
@@ -439,6 +442,7 @@ impl ClientFrame {
                 ErrorBody {
                     code: ErrorCode::UnknownType,
                     message: "unknown frame type".to_owned(),
+                    retry_after_ms: None,
                 },
             )),
             Ok(frame) => Ok(frame),
@@ -447,6 +451,7 @@ impl ClientFrame {
                 ErrorBody {
                     code: ErrorCode::MalformedFrame,
                     message: format!("malformed frame: {err}"),
+                    retry_after_ms: None,
                 },
             )),
         }

@@ -14,13 +14,23 @@ use natter_store::StoreError;
 pub(crate) struct ApiError {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
+    /// Set on `too_many_requests`: when the caller may try again.
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after_ms: None }
+    }
+    /// `too_many_requests`, to be retried after `retry_after`.
+    pub(crate) fn too_many_requests(
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> ApiError {
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        ApiError { retry_after_ms: Some(ms), ..ApiError::new(ErrorCode::TooManyRequests, message) }
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::BadRequest, message)
@@ -35,7 +45,11 @@ impl ApiError {
         ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
     }
     pub(crate) fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code, message: self.message.clone() }
+        ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+            retry_after_ms: self.retry_after_ms,
+        }
     }
 }
 
@@ -53,7 +67,7 @@ impl From<StoreError> for ApiError {
             }
             _ => err.to_string(),
         };
-        ApiError { code, message }
+        ApiError { code, message, retry_after_ms: None }
     }
 }
 
@@ -82,6 +96,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        let mut res = (status, Json(self.body())).into_response();
+        // HTTP's own hint as well, in whole seconds (rounded up).
+        if let Some(ms) = self.retry_after_ms
+            && let Ok(value) = axum::http::HeaderValue::from_str(&ms.div_ceil(1000).to_string())
+        {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
+        res
     }
 }

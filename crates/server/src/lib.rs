@@ -111,6 +111,7 @@ pub async fn start_on_hub(cfg: Config, hub: &LocalHub) -> anyhow::Result<Running
 
 async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<RunningServer> {
     cfg.validate()?;
+    auth::warm_up();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = metrics::install();
@@ -181,6 +182,8 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
                 tracing::debug!(error = %err, "cannot set TCP_NODELAY");
             }
         });
+        // The peer address is the client address of login limits and hash queueing.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served =
             axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
         // Sessions watch the same token: they send close 1012 and end. Wait for them, then

@@ -99,8 +99,11 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
             return reply(tx, error(None, err)).await;
         }
         ClientFrame::Unknown => {
-            let error =
-                ErrorBody { code: ErrorCode::UnknownType, message: "unknown frame type".into() };
+            let error = ErrorBody {
+                code: ErrorCode::UnknownType,
+                message: "unknown frame type".into(),
+                retry_after_ms: None,
+            };
             return reply(tx, ServerFrame::Error { req_id: None, error }).await;
         }
     };

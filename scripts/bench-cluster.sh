@@ -29,6 +29,7 @@ GROUP_SENDERS="${GROUP_SENDERS:-10}"
 GROUP_RATE="${GROUP_RATE:-1000}"
 SECS="${SECS:-20}"
 export NATTER_CLUSTER_PORT="${NATTER_CLUSTER_PORT:-18080}"
+export NATTER_METRICS_TOKEN="${NATTER_METRICS_TOKEN:-natter-local-metrics-token}"
 HOLD="${HOLD:-$((SECS * 2 + 90))}"
 
 mkdir -p "$OUT"
@@ -50,7 +51,8 @@ trap cleanup EXIT
 connections() {
     local total=0 n i
     for i in 1 2 3; do
-        n="$(curl -fsS "http://127.0.0.1:$((NATTER_CLUSTER_PORT + i))/metrics" |
+        n="$(curl -fsS -H "Authorization: Bearer $NATTER_METRICS_TOKEN" \
+            "http://127.0.0.1:$((NATTER_CLUSTER_PORT + i))/metrics" |
             awk '$1 == "natter_connections" { print int($2) }')"
         total=$((total + ${n:-0}))
     done

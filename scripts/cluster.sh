@@ -8,7 +8,8 @@
 #   scripts/cluster.sh clean    stop, then delete the data
 #
 # Clients connect to http://127.0.0.1:$NATTER_CLUSTER_PORT (default 8080); the nodes listen on
-# the next three ports. PIDs, logs and data are under ./.natter-cluster/.
+# the next three ports. PIDs, logs and data are under ./.natter-cluster/. Each node's /metrics
+# wants `Authorization: Bearer $NATTER_METRICS_TOKEN` (default: natter-local-metrics-token).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ DIR="$PWD/.natter-cluster"
 BIN="$PWD/target/release/natter"
 DATABASE_URL="postgres://natter@127.0.0.1:$PG_PORT/natter"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export NATTER_METRICS_TOKEN="${NATTER_METRICS_TOKEN:-natter-local-metrics-token}"
 
 node_port() { echo $((PORT + $1 + 1)); }
 

@@ -44,8 +44,9 @@ impl Api {
         body: &B,
     ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
-        // Retries only what the server says is retryable (the store was busy).
-        let mut attempt = 0;
+        // Retries only what the server says is retryable (the store was busy; or the
+        // password-hashing queue holds this address's share: wait as long as it says).
+        let (mut attempt, mut busy) = (0, 0);
         loop {
             let mut req = self.http.post(&url).json(body);
             if let Some(token) = token {
@@ -57,6 +58,16 @@ impl Api {
                 return res.json().await.with_context(|| format!("reading POST {path}"));
             }
             let text = res.text().await.unwrap_or_default();
+            if status.as_u16() == 429 && busy < 100 {
+                let wait = serde_json::from_str::<natter_proto::ErrorBody>(&text)
+                    .ok()
+                    .and_then(|e| e.retry_after_ms);
+                if let Some(ms) = wait {
+                    busy += 1;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    continue;
+                }
+            }
             if status.as_u16() == 503 && attempt < 5 {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
@@ -132,11 +143,15 @@ impl Api {
 }
 
 /// The numeric samples of a server's `/metrics` (name → value; labelled series are summed
-/// under their bare name).
+/// under their bare name), with the bearer token in `NATTER_METRICS_TOKEN`, if set.
 pub(crate) async fn scrape(base: &str) -> anyhow::Result<HashMap<String, f64>> {
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build()?;
     let url = format!("{}/metrics", base.trim_end_matches('/'));
-    let text = http.get(&url).send().await?.error_for_status()?.text().await?;
+    let mut req = http.get(&url);
+    if let Ok(token) = std::env::var("NATTER_METRICS_TOKEN") {
+        req = req.bearer_auth(token);
+    }
+    let text = req.send().await?.error_for_status()?.text().await?;
     Ok(parse_metrics(&text))
 }
 

@@ -9,10 +9,14 @@ use std::process::Command;
 use natter_testkit::{TestServer, within};
 use serde_json::Value;
 
+/// The server's `metrics_token` (the test kit's), handed to the bench in its environment.
+const METRICS_TOKEN: &str = natter_testkit::METRICS_TOKEN;
+
 /// Runs the bench against `server` and returns its JSON object (failing on a non-zero exit).
 async fn bench(server: &str, args: &[&str]) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter-bench"));
     cmd.args(["--server", server, "--json", "--drain-secs", "10"]).args(args);
+    cmd.env("NATTER_METRICS_TOKEN", METRICS_TOKEN);
     let what = format!("natter-bench {}", args.join(" "));
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use natter_proto::{Committed, ConversationId, Status, UserId};
+use natter_proto::{Committed, ConversationId, DeviceId, Status, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -31,7 +31,7 @@ pub enum Topic {
     /// One large conversation (fan-out on read): every node holding a member's session that
     /// synced it subscribes.
     Conversation(ConversationId),
-    /// Every node: presence changes, nodes leaving, catch-up requests.
+    /// Every node: presence changes, nodes leaving, catch-up requests, revoked tokens.
     Broadcast,
 }
 
@@ -80,6 +80,8 @@ pub enum Envelope {
     /// A node left (graceful stop), was found dead, or restarted under the same id: its
     /// statuses no longer count.
     NodeGone { node: String },
+    /// A device's token was revoked (logout): every node ends that device's sessions.
+    Revoked { node: String, user: UserId, device: DeviceId },
 }
 
 impl Envelope {
@@ -89,7 +91,8 @@ impl Envelope {
             Envelope::Entries { node, .. }
             | Envelope::Presence { node, .. }
             | Envelope::CatchUp { node }
-            | Envelope::NodeGone { node } => node,
+            | Envelope::NodeGone { node }
+            | Envelope::Revoked { node, .. } => node,
             // Frames are sent only to other nodes' topics.
             Envelope::Frame { .. } => "",
         }
@@ -312,6 +315,9 @@ mod tests {
             status: Some(Status::Away),
             last_seen: None,
         };
+        let back: Envelope = serde_json::from_slice(&msg.encode()).expect("decodes");
+        assert_eq!(back, msg);
+        let msg = Envelope::Revoked { node: "n".into(), user: UserId(3), device: DeviceId(9) };
         let back: Envelope = serde_json::from_slice(&msg.encode()).expect("decodes");
         assert_eq!(back, msg);
     }

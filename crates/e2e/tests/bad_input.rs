@@ -811,15 +811,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
 
 /// `natter_slow_consumers_total` from `/metrics` (shared by every server in this process).
 async fn slow_consumers_total(server: &TestServer) -> f64 {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = server.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("natter_slow_consumers_total "))
         .map_or(0.0, |v| v.trim().parse().expect("a number"))

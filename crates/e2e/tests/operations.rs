@@ -18,9 +18,7 @@ fn sample(text: &str, name: &str) -> f64 {
 }
 
 async fn metrics(server: &TestServer) -> String {
-    let (status, body) = server.call::<()>(Method::GET, "/metrics", None, None).await;
-    assert_eq!(status, StatusCode::OK);
-    body.as_str().expect("metrics are text").to_owned()
+    server.metrics().await
 }
 
 #[tokio::test]

@@ -1,10 +1,13 @@
-//! Credentials: argon2id password hashes, random bearer tokens stored as SHA-256, and the
-//! [`Auth`] extractor that authenticates every REST route.
+//! Credentials: argon2id password hashes (`hashing`: fair queueing per client address),
+//! login failure limits (`limits`), what handles and passwords must be (`policy`), random
+//! bearer tokens stored as SHA-256, and the [`Auth`] extractor of every REST route.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -14,73 +17,124 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Argon2 runs on two long-lived threads of its own. Each hash takes 19 MiB and a core for
-/// tens of milliseconds; on tokio's blocking pool every new thread kept its freed 19 MiB in
-/// its own malloc arena (a fresh server grew to 1.5 GB after 40 logins). Two threads — the
-/// cores this server is sized for — bound that to two buffers; callers queue.
-fn hashing_pool() -> &'static std::sync::mpsc::SyncSender<HashJob> {
-    static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<HashJob>> =
-        std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..2 {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("natter-argon2-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only to take the next job, never while hashing.
-                        let job = rx.lock().expect("hashing queue poisoned").recv();
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .expect("spawning a hashing thread");
+pub(crate) mod hashing;
+pub(crate) mod limits;
+pub(crate) mod policy;
+
+/// Where a request comes from, as login limits and hash queueing count it: the peer's IP
+/// address (IPv6: its /64, what one host usually has), or with `trust_forwarded_for` the
+/// last `X-Forwarded-For` entry (the one the proxy in front added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ClientAddr(IpAddr);
+
+impl ClientAddr {
+    pub(crate) fn from_ip(ip: IpAddr) -> ClientAddr {
+        match ip {
+            IpAddr::V4(_) => ClientAddr(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientAddr(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    ClientAddr(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
         }
-        tx
-    })
+    }
 }
 
-type HashJob = Box<dyn FnOnce() + Send>;
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
 
-/// Hashes waiting for a thread; beyond this, logins and registrations are refused
-/// (`too_many_requests`) rather than queued without bound.
-const HASH_QUEUE: usize = 256;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<ClientAddr, Self::Rejection> {
+        if state.cfg().trust_forwarded_for
+            && let Some(ip) = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return Ok(ClientAddr::from_ip(ip));
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientAddr::from_ip(peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
+}
 
-/// Runs `f` on the hashing threads.
+/// Runs `f` on the hashing threads, queued behind `addr`'s earlier hashes.
 async fn on_hashing_thread<T: Send + 'static>(
+    state: &AppState,
+    addr: ClientAddr,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: HashJob = Box::new(move || drop(tx.send(f())));
-    if hashing_pool().try_send(job).is_err() {
-        return Err(ApiError::new(
-            natter_proto::ErrorCode::TooManyRequests,
-            "too many logins at once; retry",
-        ));
+    let per_addr = state.cfg().limits.max_hashes_per_address;
+    if let Err(hashing::Busy(wait)) =
+        hashing::pool().submit(addr, per_addr, move || drop(tx.send(f())))
+    {
+        return Err(ApiError::too_many_requests("too many logins at once; retry", wait));
     }
     rx.await.map_err(|_| ApiError::new(natter_proto::ErrorCode::Internal, "hashing failed"))
 }
 
 /// Hashes a password with argon2id (default parameters, random salt).
-pub(crate) async fn hash_password(password: String) -> Result<String, ApiError> {
-    on_hashing_thread(move || {
-        PasswordHasher::<PasswordHash>::hash_password(&Argon2::default(), password.as_bytes())
-            .map(|h| h.to_string())
-    })
-    .await?
-    .map_err(|_| ApiError::new(natter_proto::ErrorCode::Internal, "hashing failed"))
+pub(crate) async fn hash_password(
+    state: &AppState,
+    addr: ClientAddr,
+    password: String,
+) -> Result<String, ApiError> {
+    on_hashing_thread(state, addr, move || hash_now(&password))
+        .await?
+        .ok_or_else(|| ApiError::new(natter_proto::ErrorCode::Internal, "hashing failed"))
 }
 
-/// Checks a password against a stored PHC string.
-pub(crate) async fn verify_password(password: String, phc: String) -> Result<bool, ApiError> {
-    on_hashing_thread(move || {
-        PasswordHash::new(&phc)
+fn hash_now(password: &str) -> Option<String> {
+    PasswordHasher::<PasswordHash>::hash_password(&Argon2::default(), password.as_bytes())
+        .map(|h| h.to_string())
+        .ok()
+}
+
+/// A hash of no one's password, with the parameters real ones have: an unknown handle's
+/// login verifies against it, so it costs what a known handle's does (no enumeration by
+/// timing). Made once per process, on a hashing thread.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the OS random source is available");
+        hash_now(&base64::engine::general_purpose::STANDARD.encode(secret))
+            .expect("hashing a random secret works")
+    })
+}
+
+/// Makes the dummy hash now, so the first unknown-handle login does not pay for it.
+pub(crate) fn warm_up() {
+    let any = ClientAddr(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let _ = hashing::pool().submit(any, usize::MAX, || {
+        dummy_hash();
+    });
+}
+
+/// Checks a password against a stored PHC string, or (no account) against the dummy hash,
+/// which always fails but takes as long.
+pub(crate) async fn verify_password(
+    state: &AppState,
+    addr: ClientAddr,
+    password: String,
+    phc: Option<String>,
+) -> Result<bool, ApiError> {
+    on_hashing_thread(state, addr, move || {
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
+        let ok = PasswordHash::new(&phc)
             .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false)
+            .unwrap_or(false);
+        known && ok
     })
     .await
 }
@@ -145,6 +199,15 @@ mod tests {
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
+    }
+
+    #[test]
+    fn client_addresses_group_ipv6_by_64() {
+        let a = |s: &str| ClientAddr::from_ip(s.parse().unwrap());
+        assert_eq!(a("2001:db8:1:2::1"), a("2001:db8:1:2:ffff::9"));
+        assert_ne!(a("2001:db8:1:2::1"), a("2001:db8:1:3::1"));
+        assert_eq!(a("::ffff:10.0.0.1"), a("10.0.0.1"));
+        assert_ne!(a("10.0.0.1"), a("10.0.0.2"));
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //!   publishes fail, or its inbound queue overflows, it asks every node (itself included)
 //!   to catch up once the bus answers again: each session reads what it missed from the
 //!   store, member lists are reloaded and presence is re-read.
+//! - **Revocation.** A logout ends the device's sessions here and broadcasts `Revoked`;
+//!   every other node ends that device's sessions it holds.
 //! - **Heartbeat.** Every `heartbeat_ms` the node refreshes its entries (they lapse after
 //!   `registry_ttl_ms`) and sweeps those of nodes that stopped heart-beating.
 
@@ -177,6 +179,25 @@ impl Cluster {
         if let Err(err) = with_timeout(self.bus.publish(vec![(Topic::Broadcast, gone)])).await {
             tracing::warn!(error = %err, "cannot tell the other nodes that this one left");
         }
+    }
+}
+
+/// Tells every other node that `principal`'s token is revoked, so that they end its
+/// sessions. Waits for the publish (logout answers after it). Pub/sub is at most once: a
+/// node whose subscription is down at that moment misses it (see docs/protocol.md).
+pub(crate) async fn revoke(state: &AppState, principal: natter_store::Principal) {
+    let c = state.cluster();
+    if c.alone() {
+        return;
+    }
+    let msg = Envelope::Revoked {
+        node: c.node().to_owned(),
+        user: principal.user_id,
+        device: principal.device_id,
+    };
+    if let Err(err) = with_timeout(c.bus.publish(vec![(Topic::Broadcast, msg)])).await {
+        tracing::warn!(error = %err, "cannot tell the other nodes of a revoked token");
+        state.port().report_trouble();
     }
 }
 
@@ -523,6 +544,14 @@ async fn receive(state: &AppState, msg: Envelope) -> Option<Inbound> {
         Envelope::NodeGone { node } => {
             if node != own {
                 state.presence().node_gone(&node);
+            }
+            None
+        }
+        Envelope::Revoked { node, user, device } => {
+            // The revoking node ended its own sessions already.
+            if node != own {
+                let principal = natter_store::Principal { user_id: user, device_id: device };
+                crate::session::end_device(state, principal, natter_proto::close::UNAUTHENTICATED);
             }
             None
         }

@@ -149,6 +149,19 @@ limits! {
     /// Long-poll streams of one token (one device's login); a new one beyond it ends the
     /// token's least recently polled idle stream, or gets 429 when all are being polled.
     max_poll_streams_per_token: usize = 16, "NATTER_MAX_POLL_STREAMS_PER_TOKEN";
+    /// Wrong passwords for one handle before its logins back off (per node).
+    login_failures_per_handle: u32 = 5, "NATTER_LOGIN_FAILURES_PER_HANDLE";
+    /// Failed logins from one client address before its logins back off (per node).
+    login_failures_per_address: u32 = 20, "NATTER_LOGIN_FAILURES_PER_ADDRESS";
+    /// The first back-off after the free failures, in milliseconds; it doubles with every
+    /// further failure.
+    login_backoff_ms: u64 = 1_000, "NATTER_LOGIN_BACKOFF_MS";
+    /// The longest back-off, in milliseconds; a key this long without a failure (after its
+    /// back-off ended) starts afresh.
+    login_backoff_max_ms: u64 = 300_000, "NATTER_LOGIN_BACKOFF_MAX_MS";
+    /// Password hashes one client address may have waiting (logins and registrations);
+    /// beyond it, `too_many_requests`.
+    max_hashes_per_address: usize = 16, "NATTER_MAX_HASHES_PER_ADDRESS";
 }
 
 impl Limits {
@@ -191,6 +204,12 @@ impl Limits {
     pub fn http_body_timeout(&self) -> Duration {
         Duration::from_millis(self.http_body_timeout_ms)
     }
+    pub fn login_backoff(&self) -> Duration {
+        Duration::from_millis(self.login_backoff_ms)
+    }
+    pub fn login_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.login_backoff_max_ms)
+    }
     /// A requested page size, defaulted and capped.
     pub fn page(&self, requested: Option<u32>) -> u32 {
         requested.unwrap_or(self.default_page).clamp(1, self.max_page)
@@ -218,6 +237,14 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// This node's name in the cluster (default: generated at start).
     pub node_id: Option<String>,
+    /// The scheme clients reach this server by (`http`, or `https` behind a TLS proxy): a
+    /// WebSocket's `Origin` is its own when scheme, host and port match.
+    pub public_scheme: String,
+    /// Take the client address from the last `X-Forwarded-For` entry (set by a proxy in
+    /// front) instead of the peer address, for login limits and hash queueing.
+    pub trust_forwarded_for: bool,
+    /// Bearer token `GET /metrics` requires; without one, `/metrics` is off.
+    pub metrics_token: Option<String>,
     pub limits: Limits,
 }
 
@@ -232,6 +259,9 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             node_id: None,
+            public_scheme: "http".to_owned(),
+            trust_forwarded_for: false,
+            metrics_token: None,
             limits: Limits::default(),
         }
     }
@@ -267,6 +297,15 @@ pub struct ServeArgs {
     /// This node's name in the cluster [default: generated].
     #[arg(long, env = "NATTER_NODE_ID")]
     pub node_id: Option<String>,
+    /// Scheme clients use to reach the server, for the Origin check [default: http].
+    #[arg(long, env = "NATTER_PUBLIC_SCHEME")]
+    pub public_scheme: Option<String>,
+    /// Use the last X-Forwarded-For address as the client's (behind a proxy).
+    #[arg(long, env = "NATTER_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<bool>,
+    /// Bearer token for GET /metrics (without it, /metrics is off).
+    #[arg(long, env = "NATTER_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -301,6 +340,15 @@ impl Config {
         }
         if let Some(v) = &args.node_id {
             cfg.node_id = Some(v.clone());
+        }
+        if let Some(v) = &args.public_scheme {
+            cfg.public_scheme = v.clone();
+        }
+        if let Some(v) = args.trust_forwarded_for {
+            cfg.trust_forwarded_for = v;
+        }
+        if let Some(v) = &args.metrics_token {
+            cfg.metrics_token = Some(v.clone());
         }
         args.limits.apply(&mut cfg.limits);
         cfg.validate()?;
@@ -363,6 +411,23 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
+        }
+        if !matches!(self.public_scheme.as_str(), "http" | "https") {
+            bail!("public_scheme must be http or https");
+        }
+        for origin in &self.allowed_origins {
+            if origin != "*" && crate::ws::Origin::parse(origin).is_none() {
+                bail!("allowed_origins: {origin:?} is not scheme://host[:port] (or *)");
+            }
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("metrics_token must be at least 16 characters");
+        }
+        if l.login_backoff_ms == 0 || l.login_backoff_max_ms < l.login_backoff_ms {
+            bail!("login_backoff_ms must be positive and login_backoff_max_ms at least it");
+        }
+        if l.max_hashes_per_address == 0 {
+            bail!("max_hashes_per_address must be positive");
         }
         Ok(())
     }

@@ -24,6 +24,14 @@ impl ApiError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError { code, message: message.into(), retry_after_ms: None }
     }
+    /// `too_many_requests`, to be retried after `retry_after`.
+    pub(crate) fn too_many_requests(
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> ApiError {
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        ApiError { retry_after_ms: Some(ms), ..ApiError::new(ErrorCode::TooManyRequests, message) }
+    }
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::BadRequest, message)
     }

@@ -9,15 +9,18 @@ mod sse;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Router};
+use natter_proto::ErrorCode;
 
 pub(crate) use poll::PollStreams;
 
+use crate::error::ApiError;
 use crate::state::AppState;
-use crate::ws;
+use crate::{auth, ws};
 
 /// Every route; `polls` holds the long-poll streams between requests.
 pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
@@ -70,7 +73,19 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `GET /metrics`, for callers with `Authorization: Bearer <metrics_token>`; off (404)
+/// without a configured token.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(want) = &state.cfg().metrics_token else {
+        return ApiError::new(ErrorCode::NotFound, "metrics are off: set metrics_token")
+            .into_response();
+    };
+    let given = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+    // Compared as digests, so the time taken says nothing about the token's prefix.
+    let matches = given.is_some_and(|given| auth::token_hash(given) == auth::token_hash(want));
+    if !matches {
+        return ApiError::unauthenticated().into_response();
+    }
     crate::metrics::refresh_process_gauges();
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics().render())
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics().render()).into_response()
 }

@@ -113,6 +113,7 @@ pub async fn start_on_hub(cfg: Config, hub: &LocalHub) -> anyhow::Result<Running
 
 async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<RunningServer> {
     cfg.validate()?;
+    auth::warm_up();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = metrics::install();

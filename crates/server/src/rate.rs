@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use natter_proto::{ErrorCode, UserId};
+use natter_proto::UserId;
 
 use crate::config::Limits;
 use crate::error::{ApiError, ApiResult};
@@ -120,15 +120,13 @@ impl FrameLimit {
 }
 
 fn too_many(wait: Duration) -> ApiError {
-    // At least 1 ms, so that a client waiting `retry_after_ms` finds a token.
-    let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-    let mut err = ApiError::new(ErrorCode::TooManyRequests, "rate limited; retry later");
-    err.retry_after_ms = Some(ms);
-    err
+    ApiError::too_many_requests("rate limited; retry later", wait)
 }
 
 #[cfg(test)]
 mod tests {
+    use natter_proto::ErrorCode;
+
     use super::*;
 
     #[test]

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -59,7 +59,7 @@ pub(crate) async fn serve(
     drain: Duration,
 ) {
     let gate = Gate::new(connection_cap(limits.max_connections), limits.max_connections_per_ip);
-    let service = App { router: app, body_timeout: limits.http_body_timeout() };
+    let body_timeout = limits.http_body_timeout();
     let header_timeout = limits.http_header_timeout();
     let conns = TaskTracker::new();
     loop {
@@ -89,7 +89,7 @@ pub(crate) async fn serve(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
         let io = TokioIo::new(Admitted { tcp, _admission: admission });
-        let service = service.clone();
+        let service = App { router: app.clone(), body_timeout, peer };
         let shutdown = shutdown.clone();
         conns.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -119,11 +119,14 @@ pub(crate) async fn serve(
     }
 }
 
-/// The router behind every connection, its request bodies under the body deadline.
+/// The router behind one connection, its request bodies under the body deadline, each
+/// request carrying the peer address (`ConnectInfo`: login limits and hash queueing key on
+/// it).
 #[derive(Clone)]
 struct App {
     router: Router,
     body_timeout: Duration,
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for App {
@@ -133,7 +136,8 @@ impl hyper::service::Service<Request<Incoming>> for App {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let deadline = tokio::time::Instant::now() + self.body_timeout;
-        let req = req.map(|body| TimedBody { body, deadline, sleep: None });
+        let mut req = req.map(|body| TimedBody { body, deadline, sleep: None });
+        req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         self.router.clone().oneshot(req)
     }
 }

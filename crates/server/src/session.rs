@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use natter_cluster::SessionId;
-use natter_proto::{ErrorCode, UserId};
-use natter_store::Principal;
+use natter_proto::{DeviceId, ErrorCode, UserId};
+use natter_store::{Principal, TokenHash};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,8 @@ use crate::state::AppState;
 /// How the router and handlers reach one live session.
 #[derive(Clone)]
 pub(crate) struct SessionHandle {
+    /// The device (token) the session authenticated as: revoking it ends the session.
+    pub(crate) device: DeviceId,
     pub(crate) tx: mpsc::Sender<Outbound>,
     pub(crate) kill: CancellationToken,
     /// The close code to send when `kill` fires (0: none chosen).
@@ -73,6 +75,7 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession
     let limits = &state.cfg().limits;
     let (tx, rx) = mpsc::channel(limits.outbound_queue);
     let handle = SessionHandle {
+        device: principal.device_id,
         tx,
         kill: CancellationToken::new(),
         close_code: Arc::new(AtomicU16::new(0)),
@@ -93,6 +96,35 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession
     metrics::gauge!("natter_connections").increment(1.0);
     let guard = SessionGuard { state: state.clone(), user, id };
     Ok(OpenSession { id, handle, rx, guard, registered })
+}
+
+/// Ends this node's sessions of `principal`'s device with `code` (its token was revoked).
+pub(crate) fn end_device(state: &AppState, principal: Principal, code: u16) {
+    let mut n = 0;
+    state.sessions().for_each_session(&[principal.user_id], |_, _, session| {
+        if session.device == principal.device_id {
+            session.close(code);
+            n += 1;
+        }
+    });
+    if n > 0 {
+        tracing::info!(
+            user_id = principal.user_id.0,
+            device_id = principal.device_id.0,
+            n,
+            "ended the sessions of a revoked token"
+        );
+    }
+}
+
+/// Checks, once a session is registered, that its token still holds, and ends it (4001)
+/// if not. A revocation committed after this read is published after it too, and so
+/// reaches the registered session; one committed between the session's authentication and
+/// its registration is caught here.
+pub(crate) async fn recheck(state: &AppState, handle: &SessionHandle, token: TokenHash) {
+    if let Ok(None) = state.store().authenticate(token).await {
+        handle.close(natter_proto::close::UNAUTHENTICATED);
+    }
 }
 
 /// Undoes [`open`] when dropped.

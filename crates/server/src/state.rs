@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::limits::LoginGuard;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::members::MemberCache;
@@ -39,6 +40,8 @@ struct Inner {
     tasks: TaskTracker,
     next_session: AtomicU64,
     metrics: PrometheusHandle,
+    /// Failed logins per address and handle (back-off).
+    logins: LoginGuard,
 }
 
 impl AppState {
@@ -53,6 +56,7 @@ impl AppState {
         let limits = cfg.limits.clone();
         AppState(Arc::new(Inner {
             members: MemberCache::new(store.clone()),
+            logins: LoginGuard::new(&cfg.limits),
             cfg,
             store,
             sessions: Registry::default(),
@@ -110,5 +114,8 @@ impl AppState {
     }
     pub(crate) fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
+    }
+    pub(crate) fn logins(&self) -> &LoginGuard {
+        &self.0.logins
     }
 }

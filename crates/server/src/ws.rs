@@ -32,7 +32,7 @@ pub(crate) async fn upgrade(
                 return ApiError::unauthenticated().into_response();
             };
             match auth::authenticate(&state, token).await {
-                Ok(Some(p)) => Some(p),
+                Ok(Some(p)) => Some((p, auth::token_hash(token))),
                 Ok(None) => return ApiError::unauthenticated().into_response(),
                 Err(err) => return err.into_response(),
             }
@@ -55,16 +55,88 @@ pub(crate) async fn upgrade(
 }
 
 /// Browsers always send `Origin`; other clients usually do not. A present `Origin` must be
-/// the server's own host or one of the configured origins.
+/// the server's own (the same scheme — `public_scheme` —, host and port as the request's
+/// `Host`) or one of `allowed_origins` (`*` allows any).
 fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let allowed = &state.cfg().allowed_origins;
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    let cfg = state.cfg();
+    if cfg.allowed_origins.iter().any(|a| a == "*") {
         return true;
     }
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'));
-    matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+    let Some(origin) = Origin::parse(origin) else {
+        return false;
+    };
+    let own = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|host| Origin::parse(&format!("{}://{host}", cfg.public_scheme)));
+    own.as_ref() == Some(&origin)
+        || cfg.allowed_origins.iter().filter_map(|a| Origin::parse(a)).any(|a| a == origin)
+}
+
+/// A web origin (RFC 6454): scheme, host and port, compared exactly (host ignoring case; the
+/// scheme's default port when none is written).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]` (a trailing `/` is allowed; no path, user or query).
+    pub(crate) fn parse(text: &str) -> Option<Origin> {
+        let (scheme, rest) = text.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if !valid_scheme || rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return None;
+        }
+        // `[v6]:port`, or `host:port`, or a bare host.
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']')?;
+                (format!("[{host}]"), after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((host, port)) => (host.to_owned(), Some(port)),
+                None => (rest.to_owned(), None),
+            },
+        };
+        let port = match port {
+            Some(p) => Some(p.parse::<u16>().ok()?),
+            None => match scheme.as_str() {
+                "http" | "ws" => Some(80),
+                "https" | "wss" => Some(443),
+                _ => None,
+            },
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(Origin { scheme, host: host.to_ascii_lowercase(), port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let o = |s: &str| Origin::parse(s);
+        assert_eq!(o("http://Example.com"), o("http://example.com:80"));
+        assert_eq!(o("https://example.com/"), o("https://example.com:443"));
+        assert_ne!(o("http://example.com"), o("https://example.com"));
+        assert_ne!(o("chrome-extension://127.0.0.1:8080"), o("http://127.0.0.1:8080"));
+        assert_ne!(o("http://127.0.0.1:8080"), o("http://127.0.0.1:8081"));
+        assert_eq!(o("http://[::1]:8080").map(|o| o.port), Some(Some(8080)));
+        for bad in ["null", "example.com", "http://", "http://a/b", "http://a:x", "1http://a"] {
+            assert_eq!(o(bad), None, "{bad}");
+        }
+    }
 }

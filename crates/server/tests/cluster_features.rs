@@ -20,7 +20,7 @@ use natter_proto::{
     Ack, ClientFrame, ConversationId, Entry, EntryBody, NewEntry, ReqId, Seq, ServerFrame, Status,
     UserId,
 };
-use natter_testkit::process::{FAST, ProcessCluster, register};
+use natter_testkit::process::{FAST, ProcessCluster, login, register};
 use natter_testkit::{TestUser, WAIT, WsClient, reply_id, within};
 
 /// The binary under test, built by cargo before these tests run.
@@ -735,6 +735,14 @@ impl Sse {
         .await
     }
 
+    /// Waits for the server to end the stream (events before the end are skipped).
+    async fn ended(&mut self) {
+        within("the end of the SSE stream", async {
+            while let Some(_chunk) = self.res.chunk().await.expect("SSE body") {}
+        })
+        .await
+    }
+
     fn line(&mut self, line: &str) {
         if line.is_empty() {
             let id = self.id.take();
@@ -820,6 +828,37 @@ async fn sse_and_long_poll_on_other_nodes() {
     assert_eq!((entries[0].seq, entries[0].id.as_str()), (2, ack.id.as_str()));
     assert_eq!(answer.cursors, BTreeMap::from([(conv, 2)]));
     eprintln!("SSE and long-poll: {:?}", started.elapsed());
+}
+
+// ---- logout across nodes ----
+
+/// Alice logs out on node-1: her WebSocket with that token on node-2 closes with 4001 and her
+/// SSE stream on node-3 ends, within a second, on the real bus (Redis); her other device's
+/// session on node-2 goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_the_token_s_sessions_on_every_node() {
+    let c = ProcessCluster::start(NATTER, 3, FAST).await;
+    let (n1, n2, n3) = (c.node(0).addr(), c.node(1).addr(), c.node(2).addr());
+    let alice = register(n1, "alice").await;
+    let phone = login(n2, "alice").await;
+    let mut ws = WsClient::open(n2, &alice.token).await;
+    let mut sse = Sse::open(n3, &alice.token).await;
+    assert!(matches!(sse.next().await.1, ServerFrame::Ready { .. }));
+    let mut other = WsClient::open(n2, &phone.token).await;
+
+    let started = Instant::now();
+    within("logout", alice.api(n1).logout()).await.expect("logout");
+    let close = ws.closed().await.map(|f| u16::from(f.code));
+    assert_eq!(close, Some(natter_proto::close::UNAUTHENTICATED));
+    sse.ended().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "sessions on other nodes ended after {took:?}");
+
+    // The token is dead everywhere; the other device's session is untouched.
+    assert!(within("me", alice.api(n3).me()).await.is_err(), "the revoked token still works");
+    let pong = other.request(|req_id| ClientFrame::Ping { req_id: Some(req_id) }).await;
+    assert!(matches!(pong, ServerFrame::Pong { .. }), "{pong:?}");
+    eprintln!("logout across nodes: sessions ended after {took:?}");
 }
 
 // ---- 6. a group crossing the large-group threshold; a node leaving ----

@@ -19,6 +19,7 @@ mod codec;
 mod rules;
 
 pub use codec::changes_members;
+pub use rules::handle_key;
 pub mod postgres;
 pub mod sqlite;
 
@@ -176,7 +177,8 @@ pub type ListCursor = (i64, ConversationId);
 pub trait Store: Send + Sync + 'static {
     // ---- create ----
 
-    /// Creates an account; `Conflict` if the handle is taken (case-insensitively).
+    /// Creates an account; `Conflict` if the handle is taken: another handle has the same
+    /// [`handle_key`] (equal ignoring case, or a look-alike).
     async fn create_user(&self, handle: &str, password_hash: &str) -> Result<UserId>;
     /// Registers a device with its token's hash.
     async fn create_device(&self, user: UserId, name: &str, token: TokenHash) -> Result<DeviceId>;

@@ -57,6 +57,7 @@ const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_members_seq.sql"),
+    include_str!("../migrations/postgres/0003_handle_key.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -292,6 +293,25 @@ async fn migrate(pool: &Pool) -> Result<()> {
                 .await?;
             tx.commit().await?;
             tracing::info!(version = i + 1, "applied postgres migration");
+        }
+        // Accounts from before handle keys get theirs (see the SQLite backend's twin); two
+        // old look-alikes cannot both have one: the later is left without.
+        let rows = client
+            .query("SELECT id, handle FROM users WHERE handle_key IS NULL ORDER BY id", &[])
+            .await?;
+        for row in rows {
+            let (id, handle): (i64, String) = (row.get(0), row.get(1));
+            let key = crate::rules::handle_key(&handle);
+            let res = client
+                .execute("UPDATE users SET handle_key = $1 WHERE id = $2", &[&key, &id])
+                .await;
+            match res {
+                Ok(_) => {}
+                Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    tracing::warn!(user = id, %handle, "handle looks like an older account's; no key");
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok::<_, tokio_postgres::Error>(())
     };

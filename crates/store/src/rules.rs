@@ -25,6 +25,19 @@ pub(crate) fn handle_taken() -> StoreError {
     StoreError::Conflict("handle is taken")
 }
 
+/// The key that keeps handles apart: two handles conflict when their keys are equal. NFKC
+/// (fullwidth `ａ` is `a`), lower case (handles are unique ignoring case), then the UTS #39
+/// confusable skeleton (Cyrillic `а` and Latin `a` share one; so do `0` and `O`, `1` and
+/// `l`, `rn` and `m`), lower-cased again because some prototypes are capitals (`0` → `O`).
+/// Lower-casing first makes the key case-insensitive at the price of capital `I` versus
+/// `l` (their skeletons agree only before lower-casing).
+pub fn handle_key(handle: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = handle.nfkc().collect::<String>().to_lowercase();
+    let skeleton: String = unicode_security::skeleton(&folded).collect();
+    skeleton.to_lowercase()
+}
+
 /// A conversation to create: its row, its members, and the `created` entry opening its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NewConversation {
@@ -492,6 +505,23 @@ mod tests {
             (e.code(), e.to_string()),
             (ErrorCode::Conflict, "conflict: handle is taken".into())
         );
+    }
+
+    #[test]
+    fn look_alike_handles_share_a_key() {
+        let alice = handle_key("alice");
+        assert_eq!(alice, "alice");
+        // Cyrillic а, fullwidth letters, capitals in either script.
+        for twin in
+            ["\u{430}lice", "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", "ALICE", "\u{410}LICE"]
+        {
+            assert_eq!(handle_key(twin), alice, "{twin}");
+        }
+        assert_eq!(handle_key("b0b"), handle_key("bob"));
+        assert_eq!(handle_key("ji11"), handle_key("jill"));
+        assert_eq!(handle_key("rnary"), handle_key("mary"));
+        assert_ne!(handle_key("alice"), handle_key("alicia"));
+        assert_ne!(handle_key("bob"), handle_key("bab"));
     }
 
     #[test]

@@ -39,6 +39,7 @@ const N_READERS: usize = 4;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_members_seq.sql"),
+    include_str!("../migrations/sqlite/0003_handle_key.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -266,7 +267,7 @@ fn migrate(conn: &Connection) -> Result<()> {
         tx.commit().map_err(internal)?;
         tracing::info!(version = i + 1, "applied sqlite migration");
     }
-    Ok(())
+    write::backfill_handle_keys(conn)
 }
 
 fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFeed) {
@@ -464,5 +465,45 @@ impl Store for SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_from_before_handle_keys_get_theirs_at_open() {
+        let conn = Connection::open_in_memory().expect("opens");
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).expect("old migration");
+        }
+        conn.pragma_update(None, "user_version", 2).expect("version");
+        // Two old accounts whose handles look alike, and one more.
+        for handle in ["alice", "\u{430}lice", "bob"] {
+            conn.execute(
+                "INSERT INTO users (handle, password_hash, created_at) VALUES (?1, 'h', 0)",
+                rusqlite::params![handle],
+            )
+            .expect("old account");
+        }
+        migrate(&conn).expect("migrates");
+        let keys: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT handle, handle_key FROM users ORDER BY id")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()
+            })
+            .expect("reads");
+        let key = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            keys,
+            [
+                ("alice".to_owned(), key("alice")),
+                ("\u{430}lice".to_owned(), None),
+                ("bob".to_owned(), key("bob"))
+            ]
+        );
+        // Opening again changes nothing and fails on nothing.
+        migrate(&conn).expect("migrates again");
     }
 }

@@ -39,6 +39,7 @@ macro_rules! store_suite {
     ($backend:ident, $open:ident) => {
         store_suite!(@tests $backend, $open;
             create_user_rejects_duplicate_handles_case_insensitively,
+            create_user_rejects_look_alike_handles,
             devices_authenticate_until_deleted,
             create_direct_is_one_per_pair_in_either_order,
             create_group_enforces_the_member_cap,
@@ -262,6 +263,23 @@ async fn create_user_rejects_duplicate_handles_case_insensitively<S: Store>(f: F
     assert!(s.user_by_handle("nobody").await.expect("read").is_none());
     assert_eq!(s.user_handle(bob).await.expect("read").as_deref(), Some("bob"));
     assert_eq!(s.user_handle(UserId(999_999)).await.expect("read"), None);
+}
+
+async fn create_user_rejects_look_alike_handles<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let alice = s.create_user("alice", "h1").await.expect("alice");
+    // Cyrillic а and А, fullwidth letters, a digit for a letter: the same UTS #39 skeleton.
+    let twins = ["\u{430}lice", "\u{410}LICE", "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}"];
+    for twin in twins {
+        assert_eq!(code(s.create_user(twin, "h2").await), ErrorCode::Conflict, "{twin}");
+    }
+    s.create_user("b0b", "h3").await.expect("b0b");
+    assert_eq!(code(s.create_user("bob", "h4").await), ErrorCode::Conflict);
+    // Different handles still register, and the original is intact.
+    s.create_user("alicia", "h5").await.expect("alicia");
+    let rec = s.user_by_handle("alice").await.expect("read").expect("alice exists");
+    assert_eq!((rec.id, rec.password_hash.as_str()), (alice, "h1"));
+    assert!(s.user_by_handle("\u{430}lice").await.expect("read").is_none());
 }
 
 async fn devices_authenticate_until_deleted<S: Store>(f: Fixture<S>) {

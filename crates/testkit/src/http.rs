@@ -98,12 +98,39 @@ impl Endpoint {
         (status, within("a body", res.text()).await.expect("body"))
     }
 
+    /// `GET /metrics` with the test nodes' token: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self
+            .call::<()>(reqwest::Method::GET, "/metrics", Some(crate::METRICS_TOKEN), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "GET /metrics: {body}");
+        body.as_str().expect("metrics are text").to_owned()
+    }
+
+    /// A POST of credentials that waits out `too_many_requests` (many concurrent logins
+    /// from this one address fill its share of the password-hashing queue) as the server's
+    /// `retry_after_ms` says.
+    async fn post_credentials(
+        &self,
+        path: &str,
+        creds: &Credentials,
+    ) -> (StatusCode, serde_json::Value) {
+        for _ in 0..100 {
+            let (status, json) = self.call(reqwest::Method::POST, path, None, Some(creds)).await;
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                return (status, json);
+            }
+            let wait = json["retry_after_ms"].as_u64().expect("a 429 says when to retry");
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        panic!("{path}: still too many requests after 100 tries");
+    }
+
     /// Registers `handle` (password [`PASSWORD`]) and logs in one device.
     pub async fn user(&self, handle: &str) -> TestUser {
         let creds =
             Credentials { handle: handle.to_owned(), password: PASSWORD.to_owned(), device: None };
-        let (status, json) =
-            self.call(reqwest::Method::POST, "/v1/accounts", None, Some(&creds)).await;
+        let (status, json) = self.post_credentials("/v1/accounts", &creds).await;
         assert_eq!(status, StatusCode::CREATED, "register {handle} via {}: {json}", self.addr);
         let user: User = serde_json::from_value(json).expect("user");
         let session = self.session(handle).await;
@@ -123,8 +150,7 @@ impl Endpoint {
             password: PASSWORD.to_owned(),
             device: Some("test".to_owned()),
         };
-        let (status, json) =
-            self.call(reqwest::Method::POST, "/v1/sessions", None, Some(&creds)).await;
+        let (status, json) = self.post_credentials("/v1/sessions", &creds).await;
         assert_eq!(status, StatusCode::CREATED, "login {handle} via {}: {json}", self.addr);
         serde_json::from_value(json).expect("session")
     }

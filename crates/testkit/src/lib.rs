@@ -28,7 +28,7 @@ mod ws;
 pub use fixtures::{PASSWORD, TestUser, assert_contiguous};
 pub use http::Endpoint;
 pub use natter_proto::encode_cursors;
-pub use server::{TestCluster, TestServer};
+pub use server::{METRICS_TOKEN, TestCluster, TestServer};
 pub use sse::{SseClient, parse_cursors};
 pub use wait::{POLL, WAIT, poll_until, within};
 pub use ws::{WsClient, reply_id};

@@ -18,6 +18,9 @@ use natter_server::{Config, Faults, LocalHub, RunningServer};
 use crate::http::Endpoint;
 use crate::process::Node;
 
+/// The `metrics_token` every in-process test node is started with.
+pub const METRICS_TOKEN: &str = "natter-test-metrics-token";
+
 /// A running node and what it needs to be reached.
 pub struct TestServer {
     endpoint: Endpoint,
@@ -52,6 +55,7 @@ impl TestServer {
         let mut cfg = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: dir.path().to_path_buf(),
+            metrics_token: Some(METRICS_TOKEN.to_owned()),
             ..Config::default()
         };
         tweak(&mut cfg);
@@ -186,6 +190,7 @@ impl TestCluster {
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 data_dir: dir.path().to_path_buf(),
                 node_id: Some(format!("node-{i}")),
+                metrics_token: Some(METRICS_TOKEN.to_owned()),
                 ..Config::default()
             };
             cfg.limits.heartbeat_ms = 100;

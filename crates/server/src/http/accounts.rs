@@ -1,59 +1,63 @@
 //! # Accounts and sessions: `POST /v1/accounts`, `POST /v1/sessions`,
 //! `DELETE /v1/sessions/current`, `GET /v1/me`, `GET /v1/users/{handle}`
 
+use std::time::Instant;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use natter_proto::close;
 use natter_proto::rest::{Credentials, Me, Session, User};
 
-use crate::auth::{self, Auth};
+use crate::auth::{self, Auth, ClientAddr, policy};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::{cluster, session};
 
-fn check_handle(state: &AppState, handle: &str) -> ApiResult<()> {
-    let n = handle.chars().count();
-    let ok_chars = handle.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if n == 0 || n > state.cfg().limits.max_handle_chars || !ok_chars {
-        return Err(ApiError::bad_request(
-            "handle must be 1 to max_handle_chars letters, digits, '_', '-' or '.'",
-        ));
-    }
-    Ok(())
-}
-
+/// `POST /v1/accounts`.
 pub(super) async fn register(
     State(state): State<AppState>,
+    addr: ClientAddr,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let Json(creds) = body?;
-    check_handle(&state, &creds.handle)?;
     let limits = &state.cfg().limits;
-    if creds.password.chars().count() < limits.min_password_chars {
-        return Err(ApiError::bad_request("password too short"));
-    }
-    if creds.password.len() > limits.max_password_bytes {
-        return Err(ApiError::too_large("password too long"));
-    }
-    let hash = auth::hash_password(creds.password).await?;
-    let user_id = state.store().create_user(&creds.handle, &hash).await?;
-    Ok((StatusCode::CREATED, Json(User { user_id, handle: creds.handle })))
+    let handle = policy::normalize_handle(&creds.handle);
+    policy::check_handle(limits, &handle)?;
+    policy::check_password(limits, &handle, &creds.password)?;
+    let hash = auth::hash_password(&state, addr, creds.password).await?;
+    let user_id = state.store().create_user(&handle, &hash).await?;
+    Ok((StatusCode::CREATED, Json(User { user_id, handle })))
 }
 
+/// `POST /v1/sessions`: refused before any hashing while the address or the handle backs
+/// off; an unknown handle costs one hash like a known one and answers the same.
 pub(super) async fn login(
     State(state): State<AppState>,
+    addr: ClientAddr,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Session>)> {
     let Json(creds) = body?;
-    if creds.password.len() > state.cfg().limits.max_password_bytes {
-        return Err(ApiError::unauthenticated());
+    let limits = &state.cfg().limits;
+    let handle = policy::normalize_handle(&creds.handle);
+    let key = natter_store::handle_key(&handle);
+    if let Some(wait) = state.logins().blocked(addr, &key, Instant::now()) {
+        return Err(ApiError::too_many_requests("too many failed logins; retry later", wait));
     }
-    let Some(user) = state.store().user_by_handle(&creds.handle).await? else {
+    let user = if creds.password.len() > limits.max_password_bytes {
+        None
+    } else {
+        let user = state.store().user_by_handle(&handle).await?;
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let ok = auth::verify_password(&state, addr, creds.password, phc).await?;
+        user.filter(|_| ok)
+    };
+    let Some(user) = user else {
+        state.logins().failed(limits, addr, &key, Instant::now());
         return Err(ApiError::unauthenticated());
     };
-    if !auth::verify_password(creds.password, user.password_hash).await? {
-        return Err(ApiError::unauthenticated());
-    }
+    state.logins().succeeded(&key);
     let token = auth::new_token();
     let mut device = creds.device.unwrap_or_else(|| "unnamed".to_owned());
     device.truncate(device.floor_char_boundary(64));
@@ -61,8 +65,13 @@ pub(super) async fn login(
     Ok((StatusCode::CREATED, Json(Session { token, user_id: user.id, device_id })))
 }
 
+/// `DELETE /v1/sessions/current`: the token stops working, and every session opened with
+/// it ends (WebSocket close 4001, SSE end of stream, long-poll stream gone), here at once
+/// and on the other nodes through the bus.
 pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
     state.store().delete_device(auth::token_hash(&auth.token)).await?;
+    session::end_device(&state, auth.principal, close::UNAUTHENTICATED);
+    cluster::revoke(&state, auth.principal).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -80,6 +89,7 @@ pub(super) async fn user(
     handle: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<User>> {
     let Path(handle) = handle?;
+    let handle = policy::normalize_handle(&handle);
     let user =
         state.store().user_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("user"))?;
     Ok(Json(User { user_id: user.id, handle: user.handle }))

@@ -153,6 +153,7 @@ fn poll_stream(
     let mut polls = streams.inner.lock().expect("polls lock poisoned");
     if let Some(stream) = id.and_then(|id| polls.by_id.get(&id))
         && stream.user == principal.user_id
+        && stream.handle.device == principal.device_id
         && !stream.handle.kill.is_cancelled()
     {
         return Ok((id.expect("found by id"), stream.clone(), false));
@@ -190,6 +191,9 @@ pub(super) async fn poll(
     let wait = Duration::from_millis(req.timeout_ms.unwrap_or(limits.max_poll_timeout_ms))
         .min(Duration::from_millis(limits.max_poll_timeout_ms));
     let (id, stream, new) = poll_stream(&state, &streams, auth.principal, req.stream)?;
+    if new {
+        session::recheck(&state, &stream.handle, crate::auth::token_hash(&auth.token)).await;
+    }
     let mut inner = stream.inner.lock().await;
     let PollInner { rx, deliverer } = &mut *inner;
     let mut out = Vec::new();
@@ -219,6 +223,10 @@ pub(super) async fn poll(
                 }
             }
         }
+    }
+    // The token was revoked while this request waited (the stream is gone with it).
+    if stream.handle.close_code() == natter_proto::close::UNAUTHENTICATED {
+        return Err(ApiError::unauthenticated());
     }
     deliverer.record_latencies();
     let cursors = serde_json::to_string(&deliverer.cursors()).expect("cursors serialize");

@@ -13,7 +13,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use natter_cluster::SessionId;
 use natter_proto::{ClientFrame, ErrorBody, ErrorCode, ServerFrame, close};
-use natter_store::Principal;
+use natter_store::{Principal, TokenHash};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
@@ -27,8 +27,12 @@ use crate::ws::dispatch;
 /// Frames the writer drains per wake-up (then one flush).
 const WRITE_BATCH: usize = 256;
 
-pub(crate) async fn run(state: AppState, mut socket: WebSocket, principal: Option<Principal>) {
-    let principal = match principal {
+pub(crate) async fn run(
+    state: AppState,
+    mut socket: WebSocket,
+    principal: Option<(Principal, TokenHash)>,
+) {
+    let (principal, token) = match principal {
         Some(p) => p,
         None => match authenticate_first_frame(&state, &mut socket).await {
             Some(p) => p,
@@ -55,6 +59,7 @@ pub(crate) async fn run(state: AppState, mut socket: WebSocket, principal: Optio
             return;
         }
     };
+    session::recheck(&state, &opened.handle, token).await;
     let span = tracing::info_span!("session", conn_id = opened.id, user_id = principal.user_id.0);
     run_session(state, socket, principal, opened).instrument(span).await;
 }
@@ -76,11 +81,15 @@ async fn run_session(
     tracing::debug!(close_code = handle.close_code(), "session ended");
 }
 
-async fn authenticate_first_frame(state: &AppState, socket: &mut WebSocket) -> Option<Principal> {
+async fn authenticate_first_frame(
+    state: &AppState,
+    socket: &mut WebSocket,
+) -> Option<(Principal, TokenHash)> {
     let first = tokio::time::timeout(state.cfg().limits.auth_timeout(), socket.recv()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else { return None };
     let Ok(ClientFrame::Auth { token }) = ClientFrame::parse(&text) else { return None };
-    auth::authenticate(state, &token).await.ok().flatten()
+    let principal = auth::authenticate(state, &token).await.ok().flatten()?;
+    Some((principal, auth::token_hash(&token)))
 }
 
 async fn send_close<S>(sink: &mut S, code: u16, reason: &'static str) -> Result<(), axum::Error>
@@ -99,6 +108,7 @@ where
 
 fn close_reason(code: u16) -> &'static str {
     match code {
+        close::UNAUTHENTICATED => "token revoked: log in again",
         close::SLOW_CONSUMER => "slow consumer: reconnect and sync",
         close::IDLE => "idle timeout",
         close::TOO_MANY_SESSIONS => "too many sessions",

@@ -81,11 +81,12 @@ pub(super) async fn role(c: &Conn, user: UserId, conv: ConversationId) -> PgResu
 async fn create_user(c: &Conn, handle: &str, hash: &str) -> PgResult<UserId> {
     let st = c
         .prepare_cached(
-            "INSERT INTO users (handle, password_hash, created_at) VALUES ($1, $2, $3)
-             RETURNING id",
+            "INSERT INTO users (handle, handle_key, password_hash, created_at)
+             VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .await?;
-    match c.query_one(&st, &[&handle, &hash, &now_ms()]).await {
+    let key = rules::handle_key(handle);
+    match c.query_one(&st, &[&handle, &key, &hash, &now_ms()]).await {
         Ok(row) => Ok(UserId(row.get(0))),
         Err(err) => match err.code() {
             Some(code) if *code == SqlState::UNIQUE_VIOLATION => Err(rules::handle_taken().into()),

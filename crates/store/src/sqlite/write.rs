@@ -29,13 +29,36 @@ pub(super) fn role(c: &Connection, user: UserId, conv: ConversationId) -> Result
 
 pub(super) fn create_user(c: &Connection, handle: &str, hash: &str) -> Result<UserId> {
     match c.execute(
-        "INSERT INTO users (handle, password_hash, created_at) VALUES (?1, ?2, ?3)",
-        params![handle, hash, now_ms()],
+        "INSERT INTO users (handle, handle_key, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![handle, rules::handle_key(handle), hash, now_ms()],
     ) {
         Ok(_) => Ok(UserId(c.last_insert_rowid())),
         Err(err) if is_unique_violation(&err) => Err(rules::handle_taken()),
         Err(err) => Err(internal(err)),
     }
+}
+
+/// Gives accounts created before handle keys existed their key (at open, after the
+/// migrations). Two old accounts with look-alike handles cannot both have one: the later is
+/// left without (it still logs in; only new registrations are checked against it).
+pub(super) fn backfill_handle_keys(c: &Connection) -> Result<()> {
+    let rows: Vec<(i64, String)> = c
+        .prepare("SELECT id, handle FROM users WHERE handle_key IS NULL ORDER BY id")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()
+        })
+        .map_err(internal)?;
+    for (id, handle) in rows {
+        let key = rules::handle_key(&handle);
+        match c.execute("UPDATE users SET handle_key = ?1 WHERE id = ?2", params![key, id]) {
+            Ok(_) => {}
+            Err(err) if is_unique_violation(&err) => {
+                tracing::warn!(user = id, %handle, "handle looks like an older account's; no key");
+            }
+            Err(err) => return Err(internal(err)),
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn create_device(

@@ -14,12 +14,12 @@ use futures_util::{SinkExt, StreamExt};
 use natter_cluster::SessionId;
 use natter_proto::{ClientFrame, ErrorBody, ErrorCode, ServerFrame, close};
 use natter_store::Principal;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::auth;
 use crate::delivery::{Deliverer, Outbound, Produced};
-use crate::session::{self, SessionHandle};
+use crate::session::{self, SessionHandle, SessionQueue};
 use crate::state::AppState;
 use crate::ws::dispatch;
 
@@ -61,7 +61,7 @@ async fn run_session(
     let (sink, stream) = socket.split();
     tokio::join!(
         write_loop(&state, principal, sink, rx, &handle, registered),
-        read_loop(&state, principal, id, stream, handle.tx.clone(), &handle),
+        read_loop(&state, principal, id, stream, &handle),
     );
     drop(guard);
     tracing::debug!(close_code = handle.close_code(), "session ended");
@@ -104,7 +104,7 @@ async fn write_loop(
     state: &AppState,
     principal: Principal,
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: SessionQueue,
     handle: &SessionHandle,
     registered: crate::cluster::Registration,
 ) {
@@ -136,9 +136,11 @@ async fn write_loop(
             res = Box::pin(write_batch(&mut deliverer, &mut sink, &mut buf, &mut out)) => res,
         };
         if let Err(err) = res {
-            tracing::debug!(error = %err, "write failed");
+            log_write_error(&err);
             break 0;
         }
+        // Written: the batch no longer counts against `outbound_queue_bytes`.
+        rx.written();
     };
     handle.kill.cancel();
     drop((rx, buf));
@@ -149,6 +151,20 @@ async fn write_loop(
         // a client must not send), but the answer reaches the wire only on a later write or
         // flush: without this, the client would see TCP end with no Close.
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+    }
+}
+
+/// A write fails when the client is gone (logged at debug), or when a frame does not fit the
+/// write buffer (a server bug: no reply may be that large; logged as an error, as the
+/// client only sees its connection end).
+fn log_write_error(err: &axum::Error) {
+    use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match err.source().and_then(|e| e.downcast_ref::<WsError>()) {
+        Some(WsError::WriteBufferFull(_)) => {
+            tracing::error!(error = %err, "a frame did not fit the write buffer; closing");
+        }
+        _ => tracing::debug!(error = %err, "write failed"),
     }
 }
 
@@ -180,13 +196,12 @@ async fn read_loop(
     principal: Principal,
     session: SessionId,
     mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Outbound>,
     handle: &SessionHandle,
 ) {
     let limits = &state.cfg().limits;
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let idle = limits.idle_timeout();
-    let ctx = dispatch::Ctx { state, principal, session, tx: &tx, in_flight: &in_flight };
+    let ctx = dispatch::Ctx { state, principal, session, out: handle, in_flight: &in_flight };
     loop {
         let next = tokio::select! {
             biased;
@@ -220,7 +235,7 @@ async fn read_loop(
                     code: ErrorCode::MalformedFrame,
                     message: "frames are JSON text; binary frames are not accepted".to_owned(),
                 };
-                dispatch::reply(&tx, ServerFrame::Error { req_id: None, error }).await;
+                dispatch::reply(handle, ServerFrame::Error { req_id: None, error }).await;
             }
             // Pings are answered by the WebSocket layer; pongs only prove liveness.
             Ok(Some(Ok(_))) => {}

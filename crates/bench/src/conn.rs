@@ -471,13 +471,12 @@ impl Conn {
         let frame: ServerFrame =
             serde_json::from_str(text).with_context(|| format!("unreadable frame: {text}"))?;
         match frame {
-            ServerFrame::Synced { req_id, conversations } => {
+            ServerFrame::Synced { req_id, conversations, mut more } => {
                 if self.sync_req != Some(req_id) {
                     self.violate(format!("unexpected synced reply {req_id}"));
                     return Ok(());
                 }
                 self.sync_req = None;
-                let mut more = false;
                 for item in conversations {
                     let conv = item.conversation.id;
                     more |= item.has_more;

@@ -389,9 +389,9 @@ impl Driver {
     async fn frame(&mut self, conn: &mut Conn, frame: ServerFrame) -> Result<(), Stop> {
         match frame {
             ServerFrame::Entry { entry } => self.entries(conn, vec![entry]).await?,
-            ServerFrame::Synced { req_id, conversations } => {
+            ServerFrame::Synced { req_id, conversations, more } => {
                 conn.sent.remove(&req_id);
-                self.synced(conn, conversations).await?;
+                self.synced(conn, conversations, more).await?;
             }
             ServerFrame::History { req_id, conversation, entries, has_more } => {
                 match conn.sent.remove(&req_id) {
@@ -450,8 +450,15 @@ impl Driver {
         Ok(())
     }
 
-    async fn synced(&mut self, conn: &mut Conn, convs: Vec<SyncConversation>) -> Result<(), Stop> {
-        let mut more = false;
+    /// A sync reply. The server bounds each reply (`more`: it stopped at its budget, with
+    /// conversations cut short or not reached): sync again from the new cursors until a reply
+    /// has nothing more.
+    async fn synced(
+        &mut self,
+        conn: &mut Conn,
+        convs: Vec<SyncConversation>,
+        mut more: bool,
+    ) -> Result<(), Stop> {
         for sc in convs {
             more |= sc.has_more;
             self.events.push(Event::Conversation(sc.conversation), Keep::Nothing);

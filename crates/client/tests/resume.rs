@@ -7,8 +7,8 @@ mod support;
 
 use std::sync::Arc;
 
-use natter_client::proto::ConversationId;
-use natter_client::{Api, Event, FileStore, MemoryStore, StateStore};
+use natter_client::proto::{ConversationId, NewEntry};
+use natter_client::{Api, Event, FileStore, MemoryStore, Snapshot, StateStore};
 use natter_testkit::{poll_until, within};
 use support::*;
 
@@ -206,4 +206,58 @@ async fn closing_without_reading_events_loses_nothing() {
 
 fn message(body: &str) -> natter_client::proto::NewEntry {
     natter_client::proto::NewEntry::Message { body: body.to_owned(), reply_to: None }
+}
+
+/// A backlog far larger than one sync reply (two groups of 100 messages of 16 KiB: 3.3 MB;
+/// the server's replies hold at most 256 KiB) arrives whole: the SDK syncs again while a
+/// reply says `more`, and reports the connection only once it is caught up. One device
+/// resumes from the start of both logs; another, with no cursors, gets each latest page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_a_sync_reply_arrives_whole() {
+    let node = start_node().await;
+    let url = node.base_url();
+    let (_, alice_token) = account(&url, "alice").await;
+    let (bob_id, bob_token) = account(&url, "bob").await;
+    let api = Api::new(&url).expect("url").with_token(&alice_token);
+    let mut groups = Vec::new();
+    for title in ["one", "two"] {
+        let g = api.create_group(title, &[bob_id]).await.expect("group").id;
+        for i in 0..100 {
+            let mut body = format!("{title} {i:03} ");
+            body.extend(std::iter::repeat_n('x', 16 * 1024 - body.len()));
+            let entry = NewEntry::Message { body, reply_to: None };
+            api.post_entry(g, &format!("{title}-{i}"), entry).await.expect("send");
+        }
+        groups.push(g);
+    }
+
+    let store = MemoryStore::new();
+    let cursors = groups.iter().map(|&g| (g, 0)).collect();
+    let snapshot = Snapshot { user: Some(bob_id), cursors, outbox: Vec::new() };
+    store.save(&snapshot).expect("seeded");
+    let (_bob, mut events) = connect(config(&url, &bob_token, Arc::new(store))).await;
+    let mut seen = Vec::new();
+    wait_connected(&mut events, &mut seen).await;
+    for &g in &groups {
+        let entries = entries_of(&seen, g);
+        assert_contiguous(&entries);
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=101).collect::<Vec<_>>()
+        );
+        let title = if g == groups[0] { "one" } else { "two" };
+        let last = body(entries[100]).expect("a message");
+        assert!(last.starts_with(&format!("{title} 099 ")), "the last message of {title}");
+    }
+
+    let (_other, mut events) =
+        connect(config(&url, &bob_token, Arc::new(MemoryStore::new()))).await;
+    let mut seen = Vec::new();
+    wait_connected(&mut events, &mut seen).await;
+    for &g in &groups {
+        let entries = entries_of(&seen, g);
+        assert_contiguous(&entries);
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (2..=101).collect::<Vec<_>>(), "the latest page, whole");
+    }
 }

@@ -3,8 +3,9 @@
 //! the cap are `too_large` and store nothing; malformed, unknown and binary frames are errors
 //! that leave the session usable; tokens, passwords, handles and `Origin` are checked; a
 //! non-member learns nothing about a conversation (`not_found`, exactly as for a missing
-//! one); a slow consumer is dropped with 4008 without slowing the sender or other readers,
-//! and resumes exactly. After each bad case a healthy pair of users still talks live.
+//! one); a number out of range is `bad_request` on REST and on the WebSocket alike; a slow
+//! consumer is dropped with 4008 without slowing the sender or other readers, and resumes
+//! exactly. After each bad case a healthy pair of users still talks live.
 
 use std::collections::BTreeMap;
 
@@ -300,6 +301,85 @@ async fn malformed_unknown_and_binary_frames_get_errors_and_the_session_lives_on
     assert_eq!(c.next_entry().await.seq, 2);
     let synced = c.sync(BTreeMap::new()).await;
     assert!(synced.is_empty(), "{synced:?}");
+    pair.check().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_range_numbers_are_bad_requests_on_rest_and_websocket_alike() {
+    let server = TestServer::start().await;
+    let mut pair = LivePair::new(&server).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let conv = server.create_direct(&alice, &bob).await;
+    server.send_rest(&alice, conv, "m2", "two").await;
+    let mut ws = server.ws(&alice).await;
+    let max = u64::MAX.to_string();
+    let rest = async |method: Method, path: &str, body: Option<Value>| {
+        let (status, json) = server.call(method, path, Some(&alice.token), body.as_ref()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body:?}: {json}");
+        json["code"].as_str().expect("an error code").to_owned()
+    };
+    let mut frame_code = async |frame: String| {
+        let req_id = ws.req_id();
+        ws.send_text(&frame.replace("REQ", &req_id.to_string())).await;
+        let reply = ws.next_matching(|f| natter_testkit::reply_id(f) == Some(req_id)).await;
+        match reply {
+            ServerFrame::Error { error, .. } => error.code,
+            other => panic!("{frame}: expected an error, got {other:?}"),
+        }
+    };
+
+    // History: `after=2^64-1` once wrapped to -1 and returned the log from seq 1. Each bad
+    // value is `bad_request` in the query and in the frame alike.
+    for value in [
+        format!("after={max}"),
+        format!("before={max}"),
+        "after=-1".to_owned(),
+        "after=18446744073709551616".to_owned(),
+        "limit=4294967296".to_owned(),
+    ] {
+        let path = format!("/v1/conversations/{conv}/entries?{value}");
+        assert_eq!(rest(Method::GET, &path, None).await, "bad_request", "{value}");
+        let (field, number) = value.split_once('=').expect("a pair");
+        let frame = format!(
+            r#"{{"type":"history","req_id":REQ,"conversation":{conv},"{field}":{number}}}"#
+        );
+        assert_eq!(frame_code(frame).await, ErrorCode::BadRequest, "{value} on the websocket");
+    }
+    // Sync cursors, in a REST body and in a frame.
+    for cursor in [json!(u64::MAX), json!(-1), json!(1.5)] {
+        let body = json!({"cursors": {conv.to_string(): cursor}});
+        assert_eq!(rest(Method::POST, "/v1/sync", Some(body)).await, "bad_request", "{cursor}");
+        let frame = format!(r#"{{"type":"sync","req_id":REQ,"cursors":{{"{conv}":{cursor}}}}}"#);
+        assert_eq!(frame_code(frame).await, ErrorCode::BadRequest, "cursor {cursor}");
+    }
+    // A read cursor and a reply target beyond what the log can hold.
+    let path = format!("/v1/conversations/{conv}/cursors");
+    let body = json!({"read_seq": u64::MAX});
+    assert_eq!(rest(Method::PUT, &path, Some(body)).await, "bad_request");
+    let frame = format!(r#"{{"type":"read","req_id":REQ,"conversation":{conv},"seq":{max}}}"#);
+    assert_eq!(frame_code(frame).await, ErrorCode::BadRequest);
+    let path = format!("/v1/conversations/{conv}/entries");
+    let body = json!({"client_msg_id": "r", "kind": "message", "body": "re", "reply_to": -2});
+    assert_eq!(rest(Method::POST, &path, Some(body)).await, "bad_request");
+    let frame = format!(
+        r#"{{"type":"send","req_id":REQ,"conversation":{conv},"client_msg_id":"r","body":"re","reply_to":{max}}}"#
+    );
+    assert_eq!(frame_code(frame).await, ErrorCode::BadRequest);
+    // A value of the wrong type is still a malformed frame or body, on both.
+    let body = json!({"cursors": {conv.to_string(): "7"}});
+    assert_eq!(rest(Method::POST, "/v1/sync", Some(body)).await, "malformed_frame");
+    let frame = format!(r#"{{"type":"history","req_id":REQ,"conversation":{conv},"after":"7"}}"#);
+    assert_eq!(frame_code(frame).await, ErrorCode::MalformedFrame);
+
+    // Nothing was stored, the largest valid seq is fine, and the session lives on.
+    let path = format!("/v1/conversations/{conv}/entries?after={}", i64::MAX);
+    let page: natter_proto::rest::EntryPage =
+        server.ok::<(), _>(Method::GET, &path, &alice.token, None, StatusCode::OK).await;
+    assert!(page.entries.is_empty() && !page.has_more);
+    assert_eq!(last_seq(&server, &alice, conv).await, 2);
+    assert_eq!(ws.send_msg(conv, "m3", "still here").await.seq, 3);
     pair.check().await;
     server.stop().await;
 }

@@ -645,7 +645,7 @@ async fn conversations_after_sync_are_announced_live() {
     let req_id = b2.req_id();
     b2.send_frame(&ClientFrame::Sync { req_id, cursors: BTreeMap::new(), limit: None }).await;
     match next_frame(&mut b2, "the sync reply").await {
-        ServerFrame::Synced { req_id: got, conversations } => {
+        ServerFrame::Synced { req_id: got, conversations, .. } => {
             assert_eq!(got, req_id);
             let mut ids: Vec<ConversationId> =
                 conversations.iter().map(|c| c.conversation.id).collect();

@@ -37,6 +37,10 @@ pub type ReqId = u64;
 /// A position in one conversation's log: 1, 2, 3… with no gaps.
 pub type Seq = u64;
 
+/// The largest `seq` a request may name (`before`, `after`, cursors, targets): the stores
+/// keep seqs as signed 64-bit integers. Larger values are `bad_request`.
+pub const MAX_SEQ: Seq = i64::MAX as Seq;
+
 macro_rules! display_id {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -143,7 +147,12 @@ pub enum Role {
 }
 
 /// One entry of a conversation's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire a `message` entry's `state.body` is left out when it equals `body` (the
+/// message was never edited, or it was deleted and both are empty), so each text is sent
+/// once; reading an entry fills it back in, so here `state.body` is always the current text.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "wire::EntryIn")]
 pub struct Entry {
     pub conversation: ConversationId,
     pub seq: Seq,
@@ -154,15 +163,123 @@ pub struct Entry {
     /// Server time of the commit, in milliseconds since the Unix epoch.
     pub ts: i64,
     /// The sender's idempotency key, for entries that clients sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
-    #[serde(flatten)]
     pub body: EntryBody,
     /// For `message` entries read from the store (sync, history): the message's current state
     /// after every later edit, deletion and reaction. Live entries carry none: the edits that
     /// follow arrive as entries of their own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<MessageState>,
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = match &self.body {
+            EntryBody::Message { body, .. } => Some(body.as_str()),
+            _ => None,
+        };
+        let state = self.state.as_ref().map(|s| wire::StateOut {
+            body: (text != Some(s.body.as_str())).then_some(s.body.as_str()),
+            edited_seq: s.edited_seq,
+            deleted: s.deleted,
+            reactions: &s.reactions,
+        });
+        wire::EntryOut {
+            conversation: self.conversation,
+            seq: self.seq,
+            id: &self.id,
+            sender: self.sender,
+            ts: self.ts,
+            client_msg_id: self.client_msg_id.as_deref(),
+            body: &self.body,
+            state,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`Entry`] as it crosses the wire: `state.body` only when it differs from `body`.
+mod wire {
+    use serde::{Deserialize, Serialize};
+
+    use super::{ConversationId, EntryBody, MessageState, ReactionSummary, Seq, UserId, is_false};
+
+    #[derive(Serialize)]
+    pub(super) struct EntryOut<'a> {
+        pub(super) conversation: ConversationId,
+        pub(super) seq: Seq,
+        pub(super) id: &'a str,
+        pub(super) sender: UserId,
+        pub(super) ts: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) client_msg_id: Option<&'a str>,
+        #[serde(flatten)]
+        pub(super) body: &'a EntryBody,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) state: Option<StateOut<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct StateOut<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) edited_seq: Option<Seq>,
+        #[serde(skip_serializing_if = "is_false")]
+        pub(super) deleted: bool,
+        #[serde(skip_serializing_if = "<[ReactionSummary]>::is_empty")]
+        pub(super) reactions: &'a [ReactionSummary],
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct EntryIn {
+        conversation: ConversationId,
+        seq: Seq,
+        id: String,
+        sender: UserId,
+        ts: i64,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        #[serde(flatten)]
+        body: EntryBody,
+        #[serde(default)]
+        state: Option<StateIn>,
+    }
+
+    #[derive(Deserialize)]
+    struct StateIn {
+        #[serde(default)]
+        body: Option<String>,
+        #[serde(default)]
+        edited_seq: Option<Seq>,
+        #[serde(default)]
+        deleted: bool,
+        #[serde(default)]
+        reactions: Vec<ReactionSummary>,
+    }
+
+    impl From<EntryIn> for super::Entry {
+        fn from(e: EntryIn) -> super::Entry {
+            let state = e.state.map(|s| MessageState {
+                body: s.body.unwrap_or_else(|| match &e.body {
+                    EntryBody::Message { body, .. } => body.clone(),
+                    _ => String::new(),
+                }),
+                edited_seq: s.edited_seq,
+                deleted: s.deleted,
+                reactions: s.reactions,
+            });
+            super::Entry {
+                conversation: e.conversation,
+                seq: e.seq,
+                id: e.id,
+                sender: e.sender,
+                ts: e.ts,
+                client_msg_id: e.client_msg_id,
+                body: e.body,
+                state,
+            }
+        }
+    }
 }
 
 /// A committed entry as nodes handle it, never sent to clients (they get the [`Entry`]):
@@ -234,7 +351,8 @@ impl EntryBody {
 /// The current state of a message, as history and sync show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageState {
-    /// The current text: the last edit's, or empty for a deleted message.
+    /// The current text: the last edit's, or empty for a deleted message. Sent only when it
+    /// differs from the entry's `body` (see [`Entry`]).
     pub body: String,
     /// `seq` of the last edit, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,7 +459,8 @@ pub struct Receipt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncConversation {
     pub conversation: ConversationSummary,
-    /// Entries after the client's cursor, in `seq` order, at most the sync limit.
+    /// Entries after the client's cursor, in `seq` order, at most the sync limit (fewer when
+    /// the reply's byte budget ran out).
     pub entries: Vec<Entry>,
     /// More entries follow: sync again with the last `seq` of `entries` as the cursor.
     pub has_more: bool,
@@ -465,7 +584,9 @@ impl ClientFrame {
     }
 
     /// Parses one text frame. On failure, returns the error code and the `req_id` if one
-    /// could be read, so that the error can still be matched to the request.
+    /// could be read, so that the error can still be matched to the request: not JSON, a
+    /// missing field or a wrong type is `malformed_frame`; a number out of its field's range
+    /// is `bad_request` (see [`from_json_value`]).
     pub fn parse(text: &str) -> Result<ClientFrame, (Option<ReqId>, ErrorBody)> {
         match serde_json::from_str::<ClientFrame>(text) {
             Ok(ClientFrame::Unknown) => Err((
@@ -473,11 +594,72 @@ impl ClientFrame {
                 ErrorBody::new(ErrorCode::UnknownType, "unknown frame type"),
             )),
             Ok(frame) => Ok(frame),
-            Err(err) => Err((
-                peek_req_id(text),
-                ErrorBody::new(ErrorCode::MalformedFrame, format!("malformed frame: {err}")),
-            )),
+            Err(err) => {
+                let error = match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(value) if err.is_data() => json_error::<ClientFrame>(value, &err),
+                    _ => {
+                        ErrorBody::new(ErrorCode::MalformedFrame, format!("malformed frame: {err}"))
+                    }
+                };
+                Err((peek_req_id(text), error))
+            }
         }
+    }
+}
+
+/// Reads a request body (or frame) already parsed as JSON. A value of the wrong shape (a
+/// missing field, a string for a number) is `malformed_frame`; the right shape with a number
+/// out of its field's range (negative, beyond the integer type, not an integer) is
+/// `bad_request`, as the same value is in a query string, so one bad value gets one code on
+/// REST and on the WebSocket.
+pub fn from_json_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, ErrorBody> {
+    match T::deserialize(&value) {
+        Ok(v) => Ok(v),
+        Err(err) => Err(json_error::<T>(value, &err)),
+    }
+}
+
+/// The error for JSON `value` that failed to read as `T` with `err`: `bad_request` if only a
+/// number's value is wrong (it reads once every number is 0), else `malformed_frame`.
+fn json_error<T: serde::de::DeserializeOwned>(
+    mut value: serde_json::Value,
+    err: &serde_json::Error,
+) -> ErrorBody {
+    if zero_numbers(&mut value) && T::deserialize(&value).is_ok() {
+        return ErrorBody::new(ErrorCode::BadRequest, format!("a number is out of range: {err}"));
+    }
+    ErrorBody::new(ErrorCode::MalformedFrame, format!("malformed frame: {err}"))
+}
+
+/// Replaces every number in `value` with 0, and every object key that is an integer (a
+/// conversation id in a cursor map) with `"0"`. Returns whether anything was replaced.
+fn zero_numbers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(_) => {
+            *value = Value::from(0);
+            true
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |any, v| zero_numbers(v) | any),
+        Value::Object(map) => {
+            let mut any = false;
+            let old = std::mem::take(map);
+            for (key, mut v) in old {
+                any |= zero_numbers(&mut v);
+                let digits = key.strip_prefix('-').unwrap_or(&key);
+                let numeric = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                if numeric && key != "0" {
+                    any = true;
+                    map.insert("0".to_owned(), v);
+                } else {
+                    map.insert(key, v);
+                }
+            }
+            any
+        }
+        _ => false,
     }
 }
 
@@ -546,8 +728,15 @@ pub enum ServerFrame {
         #[serde(flatten)]
         receipt: Receipt,
     },
-    /// The reply to `sync`: conversations with entries the client has not seen.
-    Synced { req_id: ReqId, conversations: Vec<SyncConversation> },
+    /// The reply to `sync`: conversations with entries the client has not seen. `more`: the
+    /// reply reached its byte or conversation budget before everything (some conversation has
+    /// `has_more`, or was not reached): sync again with the updated cursors.
+    Synced {
+        req_id: ReqId,
+        conversations: Vec<SyncConversation>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+    },
     /// The reply to `history`.
     History { req_id: ReqId, conversation: ConversationId, entries: Vec<Entry>, has_more: bool },
     /// The reply to a request that returns nothing else (cursors, typing, status).
@@ -634,6 +823,71 @@ mod tests {
 
         let (req_id, err) = ClientFrame::parse("{not json").unwrap_err();
         assert_eq!((req_id, err.code), (None, ErrorCode::MalformedFrame));
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_bad_requests_and_wrong_shapes_malformed() {
+        let code = |text: &str| ClientFrame::parse(text).map(|_| ()).map_err(|(r, e)| (r, e.code));
+        let bad = Err((Some(3), ErrorCode::BadRequest));
+        let malformed = Err((Some(3), ErrorCode::MalformedFrame));
+        // A seq beyond u64, a negative one, a fraction, a limit beyond u32, an id beyond i64,
+        // a cursor map key beyond i64.
+        for text in [
+            r#"{"type":"history","req_id":3,"conversation":1,"after":18446744073709551616}"#,
+            r#"{"type":"history","req_id":3,"conversation":1,"before":-1}"#,
+            r#"{"type":"history","req_id":3,"conversation":1,"after":1.5}"#,
+            r#"{"type":"history","req_id":3,"conversation":1,"limit":4294967296}"#,
+            r#"{"type":"read","req_id":3,"conversation":9223372036854775808,"seq":1}"#,
+            r#"{"type":"sync","req_id":3,"cursors":{"1":-4}}"#,
+            r#"{"type":"sync","req_id":3,"cursors":{"99999999999999999999":4}}"#,
+        ] {
+            assert_eq!(code(text), bad, "{text}");
+        }
+        for text in [
+            r#"{"type":"history","req_id":3,"conversation":1,"after":"7"}"#,
+            r#"{"type":"history","req_id":3,"conversation":"x"}"#,
+            r#"{"type":"send","req_id":3,"conversation":1,"client_msg_id":"a","body":5}"#,
+            r#"{"type":"sync","req_id":3,"cursors":{"x":5}}"#,
+        ] {
+            assert_eq!(code(text), malformed, "{text}");
+        }
+        // u64::MAX is a u64: its range is the handlers' to check (MAX_SEQ).
+        let text = r#"{"type":"history","req_id":3,"conversation":1,"after":18446744073709551615}"#;
+        assert_eq!(code(text), Ok(()));
+        let body = serde_json::json!({"cursors": {"1": -1}});
+        let err = from_json_value::<rest::SyncRequest>(body).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let body = serde_json::json!({"cursors": [1]});
+        let err = from_json_value::<rest::SyncRequest>(body).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedFrame);
+    }
+
+    #[test]
+    fn a_message_state_carries_its_text_only_when_it_differs() {
+        let entry = |body: &str, state: &str, edited_seq| Entry {
+            conversation: ConversationId(1),
+            seq: 2,
+            id: "x".into(),
+            sender: UserId(3),
+            ts: 4,
+            client_msg_id: None,
+            body: EntryBody::Message { body: body.into(), reply_to: None },
+            state: Some(MessageState {
+                body: state.into(),
+                edited_seq,
+                deleted: false,
+                reactions: Vec::new(),
+            }),
+        };
+        let plain = entry("same text", "same text", None);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert_eq!(json.matches("same text").count(), 1, "{json}");
+        assert!(json.contains(r#""state":{}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), plain);
+        let edited = entry("first", "second", Some(5));
+        let json = serde_json::to_string(&edited).unwrap();
+        assert!(json.contains(r#""state":{"body":"second","edited_seq":5}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), edited);
     }
 
     #[test]

@@ -138,6 +138,10 @@ pub struct SyncRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub conversations: Vec<SyncConversation>,
+    /// The reply reached its budget before everything: sync again with the updated cursors
+    /// (as the `synced` frame's `more`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// `POST /v1/conversations/{id}/typing`.

@@ -162,6 +162,16 @@ limits! {
     /// Password hashes one client address may have waiting (logins and registrations);
     /// beyond it, `too_many_requests`.
     max_hashes_per_address: usize = 16, "NATTER_MAX_HASHES_PER_ADDRESS";
+    /// Largest sync or history reply, in bytes of JSON entries and summaries: a reply stops
+    /// adding entries at this budget and says there is more (it always carries at least one
+    /// entry). Well below the WebSocket write buffer (4 × max(max_frame_bytes, 1 MiB)), so
+    /// every reply can be delivered.
+    max_reply_bytes: usize = 256 * 1024, "NATTER_MAX_REPLY_BYTES";
+    /// Most conversations with entries in one sync reply (then `more`).
+    max_sync_conversations: usize = 100, "NATTER_MAX_SYNC_CONVERSATIONS";
+    /// Bytes of frames queued for one session before it is dropped as a slow consumer
+    /// (besides the `outbound_queue` frame count).
+    outbound_queue_bytes: usize = 8 * 1024 * 1024, "NATTER_OUTBOUND_QUEUE_BYTES";
 }
 
 impl Limits {
@@ -402,6 +412,15 @@ impl Config {
                 "max_connections, max_sessions_per_user and max_poll_streams_per_token must be positive"
             );
         }
+        if l.max_reply_bytes < 4 * 1024 || l.max_reply_bytes > l.max_frame_bytes.max(1 << 20) {
+            bail!("max_reply_bytes must be from 4 KiB to max(max_frame_bytes, 1 MiB)");
+        }
+        if l.max_sync_conversations == 0 {
+            bail!("max_sync_conversations must be positive");
+        }
+        if l.outbound_queue_bytes < 4 * l.max_frame_bytes.max(l.max_reply_bytes) {
+            bail!("outbound_queue_bytes must hold at least four of the largest frames");
+        }
         if let Some(id) = &self.node_id
             && (id.is_empty()
                 || id.len() > 64
@@ -466,5 +485,17 @@ mod tests {
         let mut cfg = Config::default();
         cfg.limits.max_body_bytes = cfg.limits.max_frame_bytes;
         assert!(cfg.validate().is_err());
+        // A reply budget must fit the write buffer, and the queue must hold a few replies.
+        for tweak in [
+            |l: &mut Limits| l.max_reply_bytes = 1024,
+            |l: &mut Limits| l.max_reply_bytes = 8 << 20,
+            |l: &mut Limits| l.max_sync_conversations = 0,
+            |l: &mut Limits| l.outbound_queue_bytes = l.max_reply_bytes,
+        ] {
+            let mut cfg = Config::default();
+            assert!(cfg.validate().is_ok());
+            tweak(&mut cfg.limits);
+            assert!(cfg.validate().is_err(), "{:?}", cfg.limits);
+        }
     }
 }

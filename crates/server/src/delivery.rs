@@ -18,7 +18,7 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use natter_proto::{ConversationId, ConversationSummary, Entry, ReqId, Seq, ServerFrame, UserId};
 
-pub(crate) use self::sync::sync;
+pub(crate) use self::sync::{SyncReply, json_len, sync};
 use crate::cluster::Registration;
 use crate::router::Routed;
 use crate::sequencer::{Emit, Pages, Read, Sequencer};
@@ -34,6 +34,20 @@ pub(crate) enum Outbound {
     Sync { req_id: ReqId, cursors: BTreeMap<ConversationId, Seq>, limit: Option<u32> },
     /// Bus messages may have been lost (cluster mode): read what is missing from the store.
     CatchUp,
+}
+
+impl Outbound {
+    /// What the item holds in its session's queue, in bytes (`outbound_queue_bytes`). An
+    /// entry's frame is shared by its recipients, but a queued one keeps it alive; requests
+    /// count a rough size of their own.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Outbound::Frame(frame) => frame.len(),
+            Outbound::Entry(routed) => routed.frame.len(),
+            Outbound::Sync { cursors, .. } => 64 + 24 * cursors.len(),
+            Outbound::CatchUp => 16,
+        }
+    }
 }
 
 /// One produced frame; entries carry their conversation and seq (SSE ids, long-poll cursors).
@@ -85,6 +99,22 @@ impl Deliverer {
         self.sequencer.cursors()
     }
 
+    /// The client's `cursors` for what a sync did not reach (its budget ran out first),
+    /// overlaid with where the session's streams stand: what the next catch-up sync starts
+    /// from (a conversation the client listed must not turn into a new one).
+    pub(crate) fn next_cursors(
+        &self,
+        cursors: &BTreeMap<ConversationId, Seq>,
+    ) -> BTreeMap<ConversationId, Seq> {
+        let mut next = self.sequencer.cursors();
+        for conv in self.sequencer.unreached() {
+            if let Some(&seq) = cursors.get(&conv) {
+                next.insert(conv, seq);
+            }
+        }
+        next
+    }
+
     /// Turns one queued item into frames.
     pub(crate) async fn process(&mut self, item: Outbound, out: &mut Vec<Produced>) {
         match item {
@@ -101,7 +131,9 @@ impl Deliverer {
             }
             Outbound::Sync { req_id, cursors, limit } => {
                 let frame = match self.sync(&cursors, limit).await {
-                    Ok(conversations) => ServerFrame::Synced { req_id, conversations },
+                    Ok(SyncReply { conversations, more }) => {
+                        ServerFrame::Synced { req_id, conversations, more }
+                    }
                     Err(err) => ServerFrame::Error { req_id: Some(req_id), error: err.body() },
                 };
                 out.push(Produced { frame: frame.to_json().into(), entry: None });
@@ -115,7 +147,7 @@ impl Deliverer {
         &mut self,
         cursors: &BTreeMap<ConversationId, Seq>,
         limit: Option<u32>,
-    ) -> crate::error::ApiResult<Vec<natter_proto::SyncConversation>> {
+    ) -> crate::error::ApiResult<SyncReply> {
         self.registered.wait().await;
         let listed = self.watch_all_large().await?;
         let sequencer = Some(&mut self.sequencer);

@@ -5,10 +5,12 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use natter_proto::{ErrorBody, ErrorCode};
+use natter_proto::{ErrorBody, ErrorCode, MAX_SEQ, Seq};
 use natter_store::StoreError;
+use serde::de::DeserializeOwned;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ApiError {
@@ -53,6 +55,21 @@ impl ApiError {
     }
 }
 
+/// Fails with `bad_request` for a seq the stores cannot hold (beyond [`MAX_SEQ`]), so that
+/// it is never cast into a negative one.
+pub(crate) fn check_seq(what: &str, seq: Seq) -> ApiResult<Seq> {
+    if seq > MAX_SEQ {
+        return Err(ApiError::bad_request(format!("{what} out of range (at most {MAX_SEQ})")));
+    }
+    Ok(seq)
+}
+
+impl From<ErrorBody> for ApiError {
+    fn from(body: ErrorBody) -> ApiError {
+        ApiError { code: body.code, message: body.message, retry_after_ms: body.retry_after_ms }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         let code = err.code();
@@ -81,6 +98,20 @@ impl From<JsonRejection> for ApiError {
             return ApiError::new(ErrorCode::RequestTimeout, message);
         }
         ApiError::new(ErrorCode::MalformedFrame, rej.body_text())
+    }
+}
+
+/// A JSON request body read as `T` with the WebSocket's error codes
+/// ([`natter_proto::from_json_value`]): not JSON or the wrong shape is `malformed_frame`, a
+/// number out of range is `bad_request`, over `max_http_body_bytes` is `too_large`.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        Ok(JsonBody(natter_proto::from_json_value(value)?))
     }
 }
 

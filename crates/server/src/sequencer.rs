@@ -4,7 +4,8 @@
 //! lost entries, a long-poll reset); outputs are the entries to send, in order ([`Emit`]),
 //! and the store read needed to go on ([`Read`]). The session's `delivery::Deliverer` does
 //! the reads and frames the entries; `delivery::sync` asks where each conversation's sync
-//! starts ([`Sequencer::sync_read`]) and records how it ended ([`Sequencer::sync_ran`]).
+//! starts ([`Sequencer::sync_read`]) and records how it ended ([`Sequencer::sync_ran`]),
+//! including the conversations its byte budget did not reach ([`Synced::Unreached`]).
 //!
 //! What the client was sent of a conversation is always a contiguous run of the log ending
 //! at `upto` (starting at 1, or at the first entry of the page that announced it): a live
@@ -84,6 +85,9 @@ pub(crate) enum Synced {
     /// The reply carries a page read after `cursor` (`None`: the latest page) whose last
     /// entry is `last`; `has_more`: newer entries follow.
     Page { cursor: Option<Seq>, last: Option<Seq>, has_more: bool },
+    /// The reply ran out of budget before this conversation: it carries nothing of it, and
+    /// the client syncs again.
+    Unreached,
 }
 
 /// One session's per-conversation delivery state.
@@ -103,12 +107,17 @@ enum Delivery {
     /// The client is paging through a backlog (it got `has_more`) and has seen up to this
     /// seq; live entries wait until a sync reaches the end.
     Behind(Seq),
+    /// A sync ran out of budget before it and the session never sent any of it: nothing is
+    /// sent (it is not new to the client, which syncs again) until a sync reaches it.
+    Unreached,
 }
 
 impl Delivery {
-    fn upto(self) -> Seq {
+    /// The last seq sent (`None`: nothing yet).
+    fn upto(self) -> Option<Seq> {
         match self {
-            Delivery::Live(s) | Delivery::Behind(s) => s,
+            Delivery::Live(s) | Delivery::Behind(s) => Some(s),
+            Delivery::Unreached => None,
         }
     }
 }
@@ -131,7 +140,12 @@ impl Sequencer {
 
     /// Where each conversation's stream stands (what the client has been sent).
     pub(crate) fn cursors(&self) -> BTreeMap<ConversationId, Seq> {
-        self.convs.iter().map(|(c, d)| (*c, d.upto())).collect()
+        self.convs.iter().filter_map(|(c, d)| Some((*c, d.upto()?))).collect()
+    }
+
+    /// The conversations a sync did not reach yet, of which nothing was sent.
+    pub(crate) fn unreached(&self) -> impl Iterator<Item = ConversationId> + '_ {
+        self.convs.iter().filter(|(_, d)| **d == Delivery::Unreached).map(|(c, _)| *c)
     }
 
     /// Whether a sync ran (a catch-up before one has nothing to do).
@@ -150,8 +164,8 @@ impl Sequencer {
     ) -> Option<Read> {
         let next = match self.convs.get(&conv) {
             Some(Delivery::Live(upto)) => self.next_live(conv, *upto, seq, out),
-            // Paging through a backlog: the next sync brings this entry.
-            Some(Delivery::Behind(_)) => None,
+            // Paging through a backlog, or not reached by a sync yet: a sync brings this entry.
+            Some(Delivery::Behind(_) | Delivery::Unreached) => None,
             // Before the first sync the client has not asked for anything yet.
             None if !self.synced => None,
             // A conversation new to this session (created, or the user was added): announce
@@ -185,20 +199,25 @@ impl Sequencer {
         client: Option<Seq>,
         last_seq: Seq,
     ) -> SyncRead {
-        let sent = self.convs.get(&conv).map(|d| d.upto());
+        let sent = self.convs.get(&conv).and_then(|d| d.upto());
         SyncRead::new(client.max(sent), last_seq)
     }
 
     /// A sync succeeded (record nothing of one that failed: its reply was an error). Each
     /// conversation of the reply continues where its part ended; one with `has_more` holds
-    /// live entries until a later sync reaches the end.
+    /// live entries until a later sync reaches the end; one the reply did not reach goes on
+    /// as it was, or, if the session sent nothing of it, waits for a sync to reach it.
     pub(crate) fn sync_ran(
         &mut self,
         outcomes: impl IntoIterator<Item = (ConversationId, Synced)>,
     ) {
         for (conv, synced) in outcomes {
-            let sent = self.convs.get(&conv).map(|d| d.upto());
+            let sent = self.convs.get(&conv).and_then(|d| d.upto());
             let delivery = match synced {
+                Synced::Unreached => {
+                    self.convs.entry(conv).or_insert(Delivery::Unreached);
+                    continue;
+                }
                 // Never below what this session already sent (the summary may be older).
                 Synced::UpToDate { last_seq } => Delivery::Live(last_seq.max(sent.unwrap_or(0))),
                 Synced::Page { cursor, last, has_more } => {
@@ -490,6 +509,32 @@ mod tests {
     }
 
     #[test]
+    fn a_conversation_a_sync_did_not_reach_waits_for_a_sync() {
+        let mut s = synced(&[(A, 3)]);
+        let c = ConversationId(3);
+        s.sync_ran([
+            (A, Synced::Unreached),
+            (B, Synced::Page { cursor: None, last: Some(2), has_more: true }),
+            (c, Synced::Unreached),
+        ]);
+        // A stream already going goes on; one never sent is neither live nor announced.
+        assert_eq!(s.cursors(), BTreeMap::from([(A, 3), (B, 2)]));
+        assert_eq!(s.unreached().collect::<Vec<_>>(), [c]);
+        let mut out = Vec::new();
+        assert_eq!(s.live(A, 4, &mut out), None);
+        assert_eq!(s.live(c, 9, &mut out), None);
+        assert_eq!(s.catch_up(c, 9), None);
+        assert_eq!(s.resubscribed(c), None);
+        assert_eq!(sent(&mut out), ["l4"]);
+        assert_eq!(s.sync_read(c, Some(4), 9), SyncRead::After(4));
+        assert_eq!(s.sync_read(c, None, 9), SyncRead::Latest);
+        s.sync_ran([(c, Synced::Page { cursor: Some(4), last: Some(9), has_more: false })]);
+        assert_eq!(s.live(c, 10, &mut out), None);
+        assert_eq!(sent(&mut out), ["l10"]);
+        assert_eq!(s.unreached().count(), 0);
+    }
+
+    #[test]
     fn a_conversation_new_to_the_session_is_announced_with_its_latest_page() {
         let mut s = synced(&[(A, 3)]);
         let mut out = Vec::new();
@@ -676,6 +721,9 @@ mod tests {
         members: Vec<(bool, bool)>,
         pages: Pages,
         sync_limit: u32,
+        /// Entries one sync reply may carry (the byte budget, counted in entries), and
+        /// conversations with entries it may carry.
+        budget: (usize, usize),
         ops: Vec<Op>,
         /// Whether the last entry of each log is routed at the end (else only a catch-up
         /// brings what is missing).
@@ -690,12 +738,16 @@ mod tests {
             proptest::collection::vec(any::<(bool, bool)>(), CONVS),
             pages,
             1..=max_page,
+            (1..=2 * max_page as usize, 1..=CONVS),
             proptest::collection::vec(op(), 0..=max_ops),
             any::<bool>(),
         )
-            .prop_map(|(logs, members, (latest, max), sync_limit, ops, last_live)| {
-                Scenario { logs, members, pages: Pages { latest, max }, sync_limit, ops, last_live }
-            })
+            .prop_map(
+                |(logs, members, (latest, max), sync_limit, budget, ops, last_live)| {
+                    let pages = Pages { latest, max };
+                    Scenario { logs, members, pages, sync_limit, budget, ops, last_live }
+                },
+            )
     }
 
     fn id(c: usize) -> ConversationId {
@@ -725,7 +777,10 @@ mod tests {
         /// Per conversation: the client's last sync reply had `has_more` (it pages a backlog,
         /// and nothing else of it may arrive before its next sync).
         behind: Vec<bool>,
+        /// The client's last sync reply said `more` (its budget ran out).
+        more: bool,
         sync_limit: u32,
+        budget: (usize, usize),
         fail: bool,
         cancel: bool,
         abandoned: Vec<Read>,
@@ -749,7 +804,9 @@ mod tests {
                 checkpoint: vec![0; CONVS],
                 asked: None,
                 behind: vec![false; CONVS],
+                more: false,
                 sync_limit: s.sync_limit,
+                budget: s.budget,
                 fail: false,
                 cancel: false,
                 abandoned: Vec::new(),
@@ -845,8 +902,12 @@ mod tests {
                 Some(cursors) => cursors,
                 None => (0..CONVS).map(|c| self.cursor(c)).collect(),
             };
+            let (max_entries, max_convs) = self.budget;
             let mut outcomes = Vec::new();
             let mut reply = Vec::new();
+            let mut n_entries = 0;
+            let mut more = false;
+            let mut unreached = Vec::new();
             for (c, &client) in cursors.iter().enumerate() {
                 if !self.member[c] {
                     continue;
@@ -856,24 +917,43 @@ mod tests {
                 // sent since the client asked), but after what the client had seen.
                 let seen = client.unwrap_or(0);
                 let last_seq = self.committed[c].saturating_sub(lag).max(seen).max(1);
-                let (cursor, range) = match self.seq.sync_read(conv, client, last_seq) {
+                let limit = Seq::from(self.sync_limit);
+                // The latest page is read forwards from where it starts.
+                let (cursor, from) = match self.seq.sync_read(conv, client, last_seq) {
                     SyncRead::UpToDate => {
                         outcomes.push((conv, Synced::UpToDate { last_seq }));
                         continue;
                     }
-                    SyncRead::After(after) => (Some(after), Range::After(after)),
-                    SyncRead::Latest => (None, Range::Latest),
+                    SyncRead::After(after) => (Some(after), after),
+                    SyncRead::Latest => (None, last_seq.saturating_sub(limit)),
                 };
-                let Some((entries, more)) = self.store(conv, range, self.sync_limit) else {
+                if n_entries == max_entries || reply.len() == max_convs {
+                    outcomes.push((conv, Synced::Unreached));
+                    unreached.push(c);
+                    more = true;
+                    continue;
+                }
+                let take = u32::try_from(limit.min((max_entries - n_entries) as Seq))
+                    .expect("a small page");
+                let Some((entries, store_more)) = self.store(conv, Range::After(from), take) else {
                     return false;
                 };
-                let has_more = more && cursor.is_some();
+                // Cut short by the budget, before the page's limit.
+                let cut = store_more && Seq::from(take) < limit;
+                let has_more = if cursor.is_some() { store_more } else { cut };
+                more |= has_more;
+                n_entries += entries.len();
                 let last = entries.last().map(|e| e.seq);
                 outcomes.push((conv, Synced::Page { cursor, last, has_more }));
                 reply.push((c, entries, has_more));
             }
             self.seq.sync_ran(outcomes);
-            self.behind = vec![false; CONVS];
+            // A conversation the reply did not reach stays as it was.
+            let behind = std::mem::replace(&mut self.behind, vec![false; CONVS]);
+            for c in unreached {
+                self.behind[c] = behind[c];
+            }
+            self.more = more;
             for (c, entries, has_more) in reply {
                 self.behind[c] = has_more;
                 for e in entries {
@@ -944,11 +1024,19 @@ mod tests {
             }
         }
 
-        /// The sequencer's cursors are exactly what the client holds.
+        /// The sequencer's cursors are exactly what the client holds, but for conversations
+        /// a sync did not reach since a long-poll reset (the poll returns the client's own
+        /// cursors for them: `Deliverer::next_cursors`).
         fn check_agrees(&self) {
             let client: BTreeMap<_, _> =
                 (0..CONVS).filter_map(|c| self.client[c].last().map(|&s| (id(c), s))).collect();
-            assert_eq!(self.seq.cursors(), client);
+            let mut cursors = self.seq.cursors();
+            for conv in self.seq.unreached() {
+                if let Some(&seq) = client.get(&conv) {
+                    cursors.insert(conv, seq);
+                }
+            }
+            assert_eq!(cursors, client);
         }
 
         /// Commits the rest of every log (the user in every conversation) with at most the
@@ -966,10 +1054,12 @@ mod tests {
                 }
             }
             let mut n_syncs = 0;
-            while self.behind.contains(&true) || !self.seq.has_synced() {
+            while self.more || self.behind.contains(&true) || !self.seq.has_synced() {
                 assert!(self.sync(0));
                 n_syncs += 1;
-                assert!(n_syncs <= 100, "paging never ends");
+                // Every reply that says there is more carries at least one entry.
+                let n_entries: Seq = self.logs.iter().sum();
+                assert!(n_syncs <= n_entries + 10, "paging never ends");
             }
             self.catch_up();
             self.check_agrees();

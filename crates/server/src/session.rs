@@ -4,7 +4,7 @@
 //! A user has at most `max_sessions_per_user` sessions on a node, whatever their transport.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use natter_cluster::SessionId;
 use natter_proto::{DeviceId, ErrorCode, UserId};
@@ -22,25 +22,69 @@ use crate::state::AppState;
 pub(crate) struct SessionHandle {
     /// The device (token) the session authenticated as: revoking it ends the session.
     pub(crate) device: DeviceId,
-    pub(crate) tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<Outbound>,
+    /// Bytes queued and not yet written ([`Outbound::size`]): added here when an item is
+    /// queued, released by the [`SessionQueue`] once the transport wrote it. An atomic, not a
+    /// lock: the router adds to it for every entry it fans out.
+    queued: Arc<AtomicUsize>,
+    /// `outbound_queue_bytes`: past it the session is a slow consumer, like a full queue.
+    max_queued: usize,
     pub(crate) kill: CancellationToken,
     /// The close code to send when `kill` fires (0: none chosen).
     pub(crate) close_code: Arc<AtomicU16>,
 }
 
 impl SessionHandle {
-    /// Queues a frame without waiting; a full queue ends the session as a slow consumer
-    /// (it resumes by reconnecting), so one slow reader never holds up fan-out.
+    /// Queues a frame without waiting; a full queue (`outbound_queue` frames or
+    /// `outbound_queue_bytes`) ends the session as a slow consumer (it resumes by
+    /// reconnecting), so one slow reader never holds up fan-out nor holds much memory.
     pub(crate) fn offer(&self, item: Outbound) {
+        let size = item.size();
+        if !self.reserve(size) {
+            return;
+        }
         match self.tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    metrics::counter!("natter_slow_consumers_total").increment(1);
-                    self.close(natter_proto::close::SLOW_CONSUMER);
-                }
+                self.release(size);
+                self.slow_consumer();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.release(size),
+        }
+    }
+
+    /// Queues a reply to the session's own request, waiting while the queue has no free
+    /// slot (that pauses the session's reader, not anyone else); past `outbound_queue_bytes`
+    /// the session is a slow consumer.
+    pub(crate) async fn send(&self, item: Outbound) {
+        let size = item.size();
+        if !self.reserve(size) {
+            return;
+        }
+        if self.tx.send(item).await.is_err() {
+            self.release(size);
+        }
+    }
+
+    /// Counts `size` more bytes queued, or ends the session if that would pass the cap.
+    fn reserve(&self, size: usize) -> bool {
+        let before = self.queued.fetch_add(size, Ordering::Relaxed);
+        if before + size <= self.max_queued {
+            return true;
+        }
+        self.release(size);
+        self.slow_consumer();
+        false
+    }
+
+    fn release(&self, size: usize) {
+        self.queued.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    fn slow_consumer(&self) {
+        if !self.kill.is_cancelled() {
+            metrics::counter!("natter_slow_consumers_total").increment(1);
+            self.close(natter_proto::close::SLOW_CONSUMER);
         }
     }
 
@@ -55,12 +99,45 @@ impl SessionHandle {
     }
 }
 
+/// The receiving end of a session's queue. What it hands out stays counted against
+/// `outbound_queue_bytes` until the transport calls [`SessionQueue::written`].
+pub(crate) struct SessionQueue {
+    rx: mpsc::Receiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+    /// Bytes handed out since the last `written`.
+    taken: usize,
+}
+
+impl SessionQueue {
+    /// Like [`mpsc::Receiver::recv_many`] (and as cancel-safe).
+    pub(crate) async fn recv_many(&mut self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
+        let start = buf.len();
+        let n = self.rx.recv_many(buf, limit).await;
+        self.taken += buf[start..].iter().map(Outbound::size).sum::<usize>();
+        n
+    }
+
+    /// The next item if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.try_recv().ok()?;
+        self.taken += item.size();
+        Some(item)
+    }
+
+    /// What was handed out so far is written (or handed to the HTTP body): it no longer
+    /// counts against the session's queue.
+    pub(crate) fn written(&mut self) {
+        let taken = std::mem::take(&mut self.taken);
+        self.queued.fetch_sub(taken, Ordering::Relaxed);
+    }
+}
+
 /// A registered session: its id, its handle, the receiving end of its queue, and the guard
 /// that deregisters it.
 pub(crate) struct OpenSession {
     pub(crate) id: SessionId,
     pub(crate) handle: SessionHandle,
-    pub(crate) rx: mpsc::Receiver<Outbound>,
+    pub(crate) rx: SessionQueue,
     pub(crate) guard: SessionGuard,
     /// Resolves once the cluster registry routes the user's entries here; the session's
     /// deliverer waits for it before its first store read.
@@ -74,9 +151,13 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession
     let user = principal.user_id;
     let limits = &state.cfg().limits;
     let (tx, rx) = mpsc::channel(limits.outbound_queue);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let rx = SessionQueue { rx, queued: queued.clone(), taken: 0 };
     let handle = SessionHandle {
         device: principal.device_id,
         tx,
+        queued,
+        max_queued: limits.outbound_queue_bytes,
         kill: CancellationToken::new(),
         close_code: Arc::new(AtomicU16::new(0)),
     };
@@ -86,7 +167,7 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession
         session_id: Some(id),
     };
     // Queued before registering, so it is the first frame the client sees.
-    let _ = handle.tx.try_send(Outbound::Frame(ready.to_json().into()));
+    handle.offer(Outbound::Frame(ready.to_json().into()));
     if !state.sessions().try_register(user, id, handle.clone(), limits.max_sessions_per_user) {
         metrics::counter!("natter_sessions_refused_total").increment(1);
         return Err(ApiError::new(ErrorCode::TooManyRequests, "too many sessions for this user"));

@@ -107,6 +107,16 @@ impl Endpoint {
         body.as_str().expect("metrics are text").to_owned()
     }
 
+    /// The value of the Prometheus sample `natter_<name>` on `/metrics` (0 when absent).
+    /// Metrics are shared by every in-process server of a test binary.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        let prefix = format!("natter_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
     /// A POST of credentials that waits out `too_many_requests` (many concurrent logins
     /// from this one address fill its share of the password-hashing queue) as the server's
     /// `retry_after_ms` says.

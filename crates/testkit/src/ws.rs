@@ -185,6 +185,55 @@ impl WsClient {
         }
     }
 
+    /// Sends messages `(client_msg_id, body)` to `conv` without waiting between them, then
+    /// waits for every ack (in any order). Use a session that has not synced: it receives
+    /// no live entries, so nothing but acks comes back.
+    pub async fn send_all(
+        &mut self,
+        conv: ConversationId,
+        messages: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<Ack> {
+        let mut waiting = std::collections::HashSet::new();
+        for (client_msg_id, body) in messages {
+            let req_id = self.req_id();
+            let frame = ClientFrame::Send {
+                req_id,
+                conversation: conv,
+                client_msg_id,
+                body,
+                reply_to: None,
+            };
+            self.send_frame(&frame).await;
+            waiting.insert(req_id);
+        }
+        let mut acks = Vec::new();
+        while !waiting.is_empty() {
+            match self.next().await {
+                ServerFrame::Ack { req_id, ack } if waiting.remove(&req_id) => acks.push(ack),
+                other => panic!("expected acks, got {other:?}"),
+            }
+        }
+        acks
+    }
+
+    /// One `sync` request: the reply's conversations, whether it says `more`, and the length
+    /// of its JSON (the proto writes exactly what the server wrote).
+    pub async fn sync_page(
+        &mut self,
+        cursors: BTreeMap<ConversationId, Seq>,
+    ) -> (Vec<SyncConversation>, bool, usize) {
+        match self.request(|req_id| ClientFrame::Sync { req_id, cursors, limit: None }).await {
+            frame @ ServerFrame::Synced { .. } => {
+                let size = frame.to_json().len();
+                let ServerFrame::Synced { conversations, more, .. } = frame else {
+                    unreachable!("matched a synced frame")
+                };
+                (conversations, more, size)
+            }
+            other => panic!("expected synced, got {other:?}"),
+        }
+    }
+
     /// Syncs with these cursors and returns the reply's conversations.
     pub async fn sync(&mut self, cursors: BTreeMap<ConversationId, Seq>) -> Vec<SyncConversation> {
         self.sync_limit(cursors, None).await
@@ -219,6 +268,30 @@ impl WsClient {
                 Ok(Some(Ok(Message::Close(frame)))) => return frame,
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(_))) => return None,
+            }
+        }
+    }
+
+    /// The next frame, or the server's close code (`None`: the connection ended without a
+    /// close frame) when it closes first; panics on timeout.
+    pub async fn next_or_close(&mut self) -> Result<ServerFrame, Option<u16>> {
+        if let Some(frame) = self.stash.pop_front() {
+            return Ok(frame);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("neither a frame nor a close before the timeout"),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Ok(serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("server sent a frame the proto cannot parse ({e}): {text}")
+                    }));
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Err(frame.map(|f| u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(None) | Ok(Some(Err(_))) => return Err(None),
             }
         }
     }

@@ -3,7 +3,7 @@
 use natter_proto::{ConversationId, Seq, UserId};
 use natter_store::CursorUpdate;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, check_seq};
 use crate::state::AppState;
 
 /// Hands a cursor report to the coalescer, which writes it and tells the other members.
@@ -15,6 +15,9 @@ pub(crate) async fn report(
     read: Option<Seq>,
 ) -> ApiResult<()> {
     state.rate().check(crate::rate::Action::Cursor, user)?;
+    for seq in delivered.into_iter().chain(read) {
+        check_seq("seq", seq)?;
+    }
     if !state.members().contains(conversation, user).await? {
         return Err(ApiError::not_found("conversation"));
     }

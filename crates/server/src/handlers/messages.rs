@@ -4,7 +4,8 @@ use natter_proto::{ConversationId, NewEntry, Seq, UserId};
 use natter_store::{Append, PendingAck, Range};
 
 use crate::config::Limits;
-use crate::error::{ApiError, ApiResult};
+use crate::delivery::json_len;
+use crate::error::{ApiError, ApiResult, check_seq};
 use crate::rate::Action;
 use crate::state::AppState;
 
@@ -15,6 +16,15 @@ pub(crate) fn validate(limits: &Limits, client_msg_id: &str, entry: &NewEntry) -
     }
     if client_msg_id.len() > limits.max_client_msg_id_bytes {
         return Err(ApiError::too_large("client_msg_id too long"));
+    }
+    let target = match entry {
+        NewEntry::Message { reply_to, .. } => *reply_to,
+        NewEntry::Edit { target, .. }
+        | NewEntry::Delete { target }
+        | NewEntry::Reaction { target, .. } => Some(*target),
+    };
+    if let Some(seq) = target {
+        check_seq("target", seq)?;
     }
     let body = match entry {
         NewEntry::Message { body, .. } | NewEntry::Edit { body, .. } => Some(body),
@@ -54,7 +64,10 @@ pub(crate) async fn submit(
 
 /// # `history` frame and `GET /v1/conversations/{id}/entries`
 ///
-/// A page before or after a `seq` (or the latest page), with each message's current state.
+/// A page before or after a `seq` (or the latest page), with each message's current state,
+/// of at most `max_reply_bytes` (but at least one entry): a longer page is cut at the end
+/// away from its anchor (the newest entries of an `after` page, the oldest of the others),
+/// with `has_more`.
 pub(crate) async fn history(
     state: &AppState,
     user: UserId,
@@ -65,13 +78,44 @@ pub(crate) async fn history(
 ) -> ApiResult<natter_store::Page> {
     let range = match (before, after) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give before or after, not both")),
-        (Some(b), None) => Range::Before(b),
-        (None, Some(a)) => Range::After(a),
+        (Some(b), None) => Range::Before(check_seq("before", b)?),
+        (None, Some(a)) => Range::After(check_seq("after", a)?),
         (None, None) => Range::Latest,
     };
     if state.store().role(user, conversation).await?.is_none() {
         return Err(ApiError::not_found("conversation"));
     }
-    let limit = state.cfg().limits.page(limit);
-    Ok(state.store().entries(conversation, range, limit).await?)
+    let limits = &state.cfg().limits;
+    let mut page = state.store().entries(conversation, range, limits.page(limit)).await?;
+    let forward = matches!(range, Range::After(_));
+    if fit(&mut page.entries, limits.max_reply_bytes, forward) {
+        page.has_more = true;
+    }
+    Ok(page)
+}
+
+/// Keeps the entries that fit in `max_bytes` of JSON (at least one), from the start when
+/// `forward`, else from the end. Returns whether any were dropped.
+fn fit(entries: &mut Vec<natter_proto::Entry>, max_bytes: usize, forward: bool) -> bool {
+    let n = entries.len();
+    let mut left = max_bytes;
+    let mut fits = 0;
+    for i in 0..n {
+        let entry = &entries[if forward { i } else { n - 1 - i }];
+        let size = json_len(entry) + 1;
+        if size > left && fits > 0 {
+            break;
+        }
+        left = left.saturating_sub(size);
+        fits += 1;
+    }
+    if fits == n {
+        return false;
+    }
+    if forward {
+        entries.truncate(fits);
+    } else {
+        entries.drain(..n - fits);
+    }
+    true
 }

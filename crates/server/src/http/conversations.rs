@@ -4,7 +4,7 @@
 //! as for one that does not exist.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use natter_proto::rest::{
@@ -16,12 +16,11 @@ use natter_store::GroupChange;
 use serde::Deserialize;
 
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::handlers::{cursors, messages};
 use crate::rate::Action;
 use crate::state::AppState;
 
-type JsonBody<T> = Result<Json<T>, JsonRejection>;
 type IdPath = Result<Path<i64>, PathRejection>;
 
 fn conv_id(path: IdPath) -> ApiResult<ConversationId> {
@@ -43,7 +42,7 @@ pub(super) async fn create(
     auth: Auth,
     body: JsonBody<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<ConversationSummary>)> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let me = auth.principal.user_id;
     state.rate().check(Action::CreateConversation, me)?;
     let store = state.store();
@@ -113,7 +112,7 @@ pub(super) async fn update(
     body: JsonBody<UpdateConversation>,
 ) -> ApiResult<Json<Ack>> {
     let conv = conv_id(id)?;
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     check_title(&state, &req.title)?;
     let change = GroupChange::SetTitle { title: req.title };
     Ok(Json(state.store().change_group(auth.principal.user_id, conv, change).await?))
@@ -141,7 +140,7 @@ pub(super) async fn add_member(
     body: JsonBody<AddMember>,
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
     let conv = conv_id(id)?;
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     state.rate().check(Action::AddMember, auth.principal.user_id)?;
     let change =
         GroupChange::AddMember { user: req.user_id, role: req.role.unwrap_or(Role::Member) };
@@ -156,7 +155,7 @@ pub(super) async fn update_member(
     body: JsonBody<UpdateMember>,
 ) -> ApiResult<Json<Ack>> {
     let Path((conv, user)) = path?;
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let change = GroupChange::SetRole { user: UserId(user), role: req.role };
     Ok(Json(
         state.store().change_group(auth.principal.user_id, ConversationId(conv), change).await?,
@@ -204,7 +203,7 @@ pub(super) async fn post_entry(
     body: JsonBody<PostEntry>,
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
     let conv = conv_id(id)?;
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let user = auth.principal.user_id;
     let pending = messages::submit(&state, user, conv, req.client_msg_id, req.entry).await?;
     Ok((StatusCode::CREATED, Json(pending.wait().await?)))
@@ -217,7 +216,7 @@ pub(super) async fn set_cursors(
     body: JsonBody<SetCursors>,
 ) -> ApiResult<StatusCode> {
     let conv = conv_id(id)?;
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     cursors::report(&state, auth.principal.user_id, conv, req.delivered_seq, req.read_seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -249,9 +248,8 @@ pub(super) async fn sync(
     auth: Auth,
     body: JsonBody<SyncRequest>,
 ) -> ApiResult<Json<SyncResponse>> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let user = auth.principal.user_id;
-    let conversations =
-        crate::delivery::sync(&state, user, &req.cursors, req.limit, None, None).await?;
-    Ok(Json(SyncResponse { conversations }))
+    let reply = crate::delivery::sync(&state, user, &req.cursors, req.limit, None, None).await?;
+    Ok(Json(SyncResponse { conversations: reply.conversations, more: reply.more }))
 }

@@ -12,7 +12,7 @@ use natter_proto::ConversationId;
 use natter_proto::rest::{PresenceSubscribed, PresenceSubscription, SetStatus, Typing};
 
 use crate::auth::Auth;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, JsonBody};
 use crate::handlers::presence;
 use crate::state::AppState;
 
@@ -34,10 +34,10 @@ pub(super) async fn subscribe_presence(
     State(state): State<AppState>,
     auth: Auth,
     id: Result<Path<u64>, PathRejection>,
-    body: Result<Json<PresenceSubscription>, JsonRejection>,
+    body: JsonBody<PresenceSubscription>,
 ) -> ApiResult<Json<PresenceSubscribed>> {
     let sid = id?.0;
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let (users, denied) =
         presence::subscribe(&state, auth.principal.user_id, sid, req.users).await?;
     Ok(Json(PresenceSubscribed { users, denied }))

@@ -15,22 +15,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use natter_cluster::SessionId;
 use natter_proto::rest::PollRequest;
 use natter_proto::{DeviceId, ErrorCode, UserId};
 use natter_store::Principal;
-use tokio::sync::mpsc;
 
 use super::sse::{BATCH, entry_frames};
 use crate::auth::Auth;
-use crate::delivery::{Deliverer, Outbound};
-use crate::error::{ApiError, ApiResult};
-use crate::session::{self, SessionGuard, SessionHandle};
+use crate::delivery::Deliverer;
+use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::session::{self, SessionGuard, SessionHandle, SessionQueue};
 use crate::state::AppState;
 
 /// The node's long-poll streams, by session id.
@@ -138,7 +136,7 @@ impl Drop for PollStream {
 }
 
 struct PollInner {
-    rx: mpsc::Receiver<Outbound>,
+    rx: SessionQueue,
     deliverer: Deliverer,
 }
 
@@ -184,9 +182,9 @@ pub(super) async fn poll(
     State(state): State<AppState>,
     Extension(streams): Extension<Arc<PollStreams>>,
     auth: Auth,
-    body: Result<Json<PollRequest>, JsonRejection>,
+    body: JsonBody<PollRequest>,
 ) -> ApiResult<Response> {
-    let Json(req) = body?;
+    let JsonBody(req) = body;
     let limits = &state.cfg().limits;
     let wait = Duration::from_millis(req.timeout_ms.unwrap_or(limits.max_poll_timeout_ms))
         .min(Duration::from_millis(limits.max_poll_timeout_ms));
@@ -197,13 +195,15 @@ pub(super) async fn poll(
     let mut inner = stream.inner.lock().await;
     let PollInner { rx, deliverer } = &mut *inner;
     let mut out = Vec::new();
-    if new && let Ok(ready) = rx.try_recv() {
+    if new && let Some(ready) = rx.try_recv() {
         deliverer.process(ready, &mut out).await;
     }
-    // The request's cursors are the truth: an earlier response may have been lost.
+    // The request's cursors are the truth: an earlier response may have been lost. A reply
+    // cut by its budget returns at once (it has entries); the next poll goes on from its
+    // cursors.
     deliverer.reset();
-    entry_frames(deliverer.sync(&req.cursors, req.limit).await?, &mut out);
-    while let Ok(item) = rx.try_recv() {
+    entry_frames(deliverer.sync(&req.cursors, req.limit).await?.conversations, &mut out);
+    while let Some(item) = rx.try_recv() {
         deliverer.process(item, &mut out).await;
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -229,7 +229,9 @@ pub(super) async fn poll(
         return Err(ApiError::unauthenticated());
     }
     deliverer.record_latencies();
-    let cursors = serde_json::to_string(&deliverer.cursors()).expect("cursors serialize");
+    rx.written();
+    let cursors = deliverer.next_cursors(&req.cursors);
+    let cursors = serde_json::to_string(&cursors).expect("cursors serialize");
     drop(inner);
     *stream.last_used.lock().expect("last_used lock poisoned") = Instant::now();
     // The frames are already JSON: the body is assembled around them, not re-serialized.

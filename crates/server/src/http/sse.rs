@@ -16,20 +16,23 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use natter_proto::{ConversationId, Seq, ServerFrame, SyncConversation};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::auth::Auth;
-use crate::delivery::{Deliverer, Outbound, Produced};
-use crate::error::{ApiError, ApiResult};
-use crate::session::{self, SessionGuard, SessionHandle};
+use crate::delivery::{Deliverer, Produced};
+use crate::error::{ApiError, ApiResult, check_seq};
+use crate::session::{self, SessionGuard, SessionHandle, SessionQueue};
 use crate::state::AppState;
 
 /// Items drained from a session queue per step.
 pub(super) const BATCH: usize = 256;
 
 fn parse_cursors(text: &str) -> ApiResult<BTreeMap<ConversationId, Seq>> {
-    natter_proto::parse_cursors(text)
-        .ok_or_else(|| ApiError::bad_request("cursors are conv:seq pairs separated by commas"))
+    let cursors = natter_proto::parse_cursors(text)
+        .ok_or_else(|| ApiError::bad_request("cursors are conv:seq pairs separated by commas"))?;
+    for &seq in cursors.values() {
+        check_seq("cursor", seq)?;
+    }
+    Ok(cursors)
 }
 
 pub(super) fn entry_frames(convs: Vec<SyncConversation>, out: &mut Vec<Produced>) {
@@ -91,7 +94,7 @@ struct SseStream {
     /// Cursors still to catch up from, before the live stream.
     catch_up: Option<BTreeMap<ConversationId, Seq>>,
     limit: Option<u32>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: SessionQueue,
     handle: SessionHandle,
     _guard: SessionGuard,
     pending: std::collections::VecDeque<Event>,
@@ -117,23 +120,25 @@ impl SseStream {
         let mut out = Vec::new();
         if let Some(cursors) = self.catch_up.take() {
             // `ready` was queued first: it leads.
-            if let Ok(first) = self.rx.try_recv() {
+            if let Some(first) = self.rx.try_recv() {
                 self.deliverer.process(first, &mut out).await;
             }
             match self.deliverer.sync(&cursors, self.limit).await {
-                Ok(convs) => {
+                Ok(reply) => {
                     let replied: HashSet<ConversationId> =
-                        convs.iter().map(|c| c.conversation.id).collect();
+                        reply.conversations.iter().map(|c| c.conversation.id).collect();
                     // Conversations with nothing new are caught up where the server says.
                     for (conv, upto) in self.deliverer.cursors() {
                         if !replied.contains(&conv) {
                             self.ids.insert(conv, upto);
                         }
                     }
-                    if convs.iter().any(|c| c.has_more) {
-                        self.catch_up = Some(self.deliverer.cursors());
+                    // Cut by its budget: the next step syncs on, from the client's own cursors
+                    // for what this one did not reach.
+                    if reply.more {
+                        self.catch_up = Some(self.deliverer.next_cursors(&cursors));
                     }
-                    entry_frames(convs, &mut out);
+                    entry_frames(reply.conversations, &mut out);
                 }
                 Err(err) => {
                     let frame = ServerFrame::Error { req_id: None, error: err.body() };
@@ -158,6 +163,8 @@ impl SseStream {
                 }
             }
         }
+        // What was taken from the queue is in `pending` now, on its way to the body.
+        self.rx.written();
         for produced in out {
             let mut event = Event::default().data(produced.frame.as_str());
             if let Some((conv, seq)) = produced.entry {

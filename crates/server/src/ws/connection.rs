@@ -14,13 +14,13 @@ use futures_util::{SinkExt, StreamExt};
 use natter_cluster::SessionId;
 use natter_proto::{ClientFrame, ErrorBody, ErrorCode, ServerFrame, close};
 use natter_store::{Principal, TokenHash};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::auth;
 use crate::delivery::{Deliverer, Outbound, Produced};
 use crate::rate::FrameLimit;
-use crate::session::{self, SessionHandle};
+use crate::session::{self, SessionHandle, SessionQueue};
 use crate::state::AppState;
 use crate::ws::dispatch;
 
@@ -75,7 +75,7 @@ async fn run_session(
     let (sink, stream) = socket.split();
     tokio::join!(
         write_loop(&state, principal, sink, rx, &handle, registered),
-        read_loop(&state, principal, id, stream, handle.tx.clone(), &handle),
+        read_loop(&state, principal, id, stream, &handle),
     );
     drop(guard);
     tracing::debug!(close_code = handle.close_code(), "session ended");
@@ -124,7 +124,7 @@ async fn write_loop(
     state: &AppState,
     principal: Principal,
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: SessionQueue,
     handle: &SessionHandle,
     registered: crate::cluster::Registration,
 ) {
@@ -156,9 +156,11 @@ async fn write_loop(
             res = Box::pin(write_batch(&mut deliverer, &mut sink, &mut buf, &mut out)) => res,
         };
         if let Err(err) = res {
-            tracing::debug!(error = %err, "write failed");
+            log_write_error(&err);
             break 0;
         }
+        // Written: the batch no longer counts against `outbound_queue_bytes`.
+        rx.written();
     };
     handle.kill.cancel();
     drop((rx, buf));
@@ -169,6 +171,20 @@ async fn write_loop(
         // a client must not send), but the answer reaches the wire only on a later write or
         // flush: without this, the client would see TCP end with no Close.
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+    }
+}
+
+/// A write fails when the client is gone (logged at debug), or when a frame does not fit the
+/// write buffer (a server bug: no reply may be that large; logged as an error, as the
+/// client only sees its connection end).
+fn log_write_error(err: &axum::Error) {
+    use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match err.source().and_then(|e| e.downcast_ref::<WsError>()) {
+        Some(WsError::WriteBufferFull(_)) => {
+            tracing::error!(error = %err, "a frame did not fit the write buffer; closing");
+        }
+        _ => tracing::debug!(error = %err, "write failed"),
     }
 }
 
@@ -200,7 +216,6 @@ async fn read_loop(
     principal: Principal,
     session: SessionId,
     mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Outbound>,
     handle: &SessionHandle,
 ) {
     let limits = &state.cfg().limits;
@@ -211,7 +226,7 @@ async fn read_loop(
         state,
         principal,
         session,
-        tx: &tx,
+        out: handle,
         in_flight: &in_flight,
         frames: &frames,
     };
@@ -248,7 +263,7 @@ async fn read_loop(
                     ErrorCode::MalformedFrame,
                     "frames are JSON text; binary frames are not accepted",
                 );
-                dispatch::reply(&tx, ServerFrame::Error { req_id: None, error }).await;
+                dispatch::reply(handle, ServerFrame::Error { req_id: None, error }).await;
             }
             // Pings are answered by the WebSocket layer; pongs only prove liveness.
             Ok(Some(Ok(_))) => {}

@@ -10,12 +10,13 @@ use natter_proto::{
     ClientFrame, ConversationId, ErrorBody, ErrorCode, NewEntry, ReqId, ServerFrame,
 };
 use natter_store::Principal;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::delivery::Outbound;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{cursors, messages, presence};
 use crate::rate::FrameLimit;
+use crate::session::SessionHandle;
 use crate::state::AppState;
 
 /// What dispatch needs of the session it serves.
@@ -23,14 +24,15 @@ pub(crate) struct Ctx<'a> {
     pub(crate) state: &'a AppState,
     pub(crate) principal: Principal,
     pub(crate) session: SessionId,
-    pub(crate) tx: &'a mpsc::Sender<Outbound>,
+    /// Where replies are queued (counted against the session's queue caps).
+    pub(crate) out: &'a SessionHandle,
     pub(crate) in_flight: &'a Arc<Semaphore>,
     /// The connection's bucket for request frames.
     pub(crate) frames: &'a FrameLimit,
 }
 
-pub(crate) async fn reply(tx: &mpsc::Sender<Outbound>, frame: ServerFrame) {
-    let _ = tx.send(Outbound::Frame(frame.to_json().into())).await;
+pub(crate) async fn reply(out: &SessionHandle, frame: ServerFrame) {
+    out.send(Outbound::Frame(frame.to_json().into())).await;
 }
 
 fn error(req_id: Option<ReqId>, err: ApiError) -> ServerFrame {
@@ -38,7 +40,7 @@ fn error(req_id: Option<ReqId>, err: ApiError) -> ServerFrame {
 }
 
 /// Replies `ok` (when a `req_id` was given) or the error.
-async fn done(tx: &mpsc::Sender<Outbound>, req_id: Option<ReqId>, res: ApiResult<()>) {
+async fn done(tx: &SessionHandle, req_id: Option<ReqId>, res: ApiResult<()>) {
     match (req_id, res) {
         (Some(req_id), Ok(())) => reply(tx, ServerFrame::Ok { req_id }).await,
         (req_id, Err(err)) => reply(tx, error(req_id, err)).await,
@@ -47,7 +49,7 @@ async fn done(tx: &mpsc::Sender<Outbound>, req_id: Option<ReqId>, res: ApiResult
 }
 
 pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
-    let Ctx { state, principal, session, tx, in_flight, frames } = *ctx;
+    let Ctx { state, principal, session, out: tx, in_flight, frames } = *ctx;
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err((req_id, error)) => return reply(tx, ServerFrame::Error { req_id, error }).await,
@@ -93,8 +95,7 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
             return done(tx, req_id, res).await;
         }
         ClientFrame::Sync { req_id, cursors, limit } => {
-            let _ = tx.send(Outbound::Sync { req_id, cursors, limit }).await;
-            return;
+            return tx.send(Outbound::Sync { req_id, cursors, limit }).await;
         }
         ClientFrame::History { req_id, conversation, before, after, limit } => {
             return history(ctx, req_id, conversation, (before, after, limit)).await;
@@ -133,7 +134,7 @@ async fn history(
     (before, after, limit): (Option<u64>, Option<u64>, Option<u32>),
 ) {
     let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else { return };
-    let (state, tx, user) = (ctx.state.clone(), ctx.tx.clone(), ctx.principal.user_id);
+    let (state, tx, user) = (ctx.state.clone(), ctx.out.clone(), ctx.principal.user_id);
     ctx.state.tasks().spawn(async move {
         let res = messages::history(&state, user, conversation, before, after, limit);
         let frame = match res.await {

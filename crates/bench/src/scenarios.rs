@@ -544,11 +544,9 @@ pub(crate) async fn group(common: &Common, args: GroupArgs) -> anyhow::Result<bo
     let users = accounts(&api, common, &run_id, "g", n).await?;
     let convs: Vec<ConversationId> = Api::each(0..args.groups, common.setup_concurrency, |g| {
         let members = &users[g * args.size..(g + 1) * args.size];
-        let others = members[1..].iter().map(|a| a.user).collect();
         let title = format!("{run_id} group {g}");
         let api = api.clone();
-        let token = members[0].token.clone();
-        async move { api.group(&token, &title, others).await }
+        async move { api.group(&members[0], &title, &members[1..]).await }
     })
     .await
     .context("creating groups")?;
@@ -617,11 +615,9 @@ pub(crate) async fn storm(common: &Common, args: StormArgs) -> anyhow::Result<bo
     let n_groups = n_users.div_ceil(args.group_size);
     let groups: Vec<ConversationId> = Api::each(0..n_groups, common.setup_concurrency, |g| {
         let members = &users[g * args.group_size..((g + 1) * args.group_size).min(n_users)];
-        let others = members[1..].iter().map(|a| a.user).collect();
         let title = format!("{run_id} storm {g}");
         let api = api.clone();
-        let token = members[0].token.clone();
-        async move { api.group(&token, &title, others).await }
+        async move { api.group(&members[0], &title, &members[1..]).await }
     })
     .await
     .context("creating groups")?;

@@ -130,6 +130,9 @@ limits! {
     /// Messages waiting to be published to the bus; beyond it they are dropped and the
     /// other nodes catch up from the store.
     bus_queue: usize = 65_536, "NATTER_BUS_QUEUE";
+    /// Most group invitations one user may have pending; inviting them beyond it is a
+    /// `conflict` (contacts are still added directly). 0: only contacts can be added.
+    max_pending_invitations: u32 = 100, "NATTER_MAX_PENDING_INVITATIONS";
 }
 
 impl Limits {

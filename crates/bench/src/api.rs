@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use natter_proto::rest::{CreateConversation, Credentials, Session};
-use natter_proto::{ConversationId, ConversationSummary, UserId};
+use natter_proto::rest::{CreateConversation, CreatedConversation, Credentials, Session};
+use natter_proto::{Ack, ConversationId, ConversationSummary, UserId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -110,17 +110,24 @@ impl Api {
         Ok(summary.id)
     }
 
-    /// A new group owned by the token's user, with `members`.
+    /// A new group owned by `owner`, with `members`: the fresh accounts share no conversation
+    /// with the owner, so they are invited, and each accepts at once.
     pub(crate) async fn group(
         &self,
-        token: &str,
+        owner: &Account,
         title: &str,
-        members: Vec<UserId>,
+        members: &[Account],
     ) -> anyhow::Result<ConversationId> {
-        let body = CreateConversation::Group { title: title.to_owned(), members };
-        let summary: ConversationSummary =
-            self.post("/v1/conversations", Some(token), &body).await?;
-        Ok(summary.id)
+        let ids = members.iter().map(|m| m.user).collect();
+        let body = CreateConversation::Group { title: title.to_owned(), members: ids };
+        let created: CreatedConversation =
+            self.post("/v1/conversations", Some(&owner.token), &body).await?;
+        let conv = created.conversation.id;
+        for member in members.iter().filter(|m| created.invited.contains(&m.user)) {
+            let path = format!("/v1/invitations/{conv}/accept");
+            let _: Ack = self.post(&path, Some(&member.token), &()).await?;
+        }
+        Ok(conv)
     }
 
     /// Runs `f` over `items`, `concurrency` at a time, keeping their order.

@@ -70,6 +70,11 @@ async fn every_scenario_runs_checks_and_reports() {
             "2",
             "--p99-ms",
             "1000",
+            // The search's mechanics are under test, not this machine's latency: a step of
+            // 0.5 s must not fail because the last 5% of its messages arrived after it (at
+            // 80 msg/s that is any delay over 25 ms, which a loaded CI machine exceeds).
+            "--min-delivered",
+            "0.5",
         ],
     )
     .await;

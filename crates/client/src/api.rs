@@ -1,13 +1,14 @@
-//! REST calls under `/v1/`: accounts and sessions, conversations and members, history pages,
-//! cursors. Stateless request/response; the live side is [`crate::Client`].
+//! REST calls under `/v1/`: accounts and sessions, conversations and members, invitations,
+//! history pages, cursors. Stateless request/response; the live side is [`crate::Client`].
 
 use natter_proto::rest::{
-    AddMember, ConversationPage, CreateConversation, Credentials, EntryPage, Me, Member, PostEntry,
-    Receipts, Session, SetCursors, UpdateConversation, UpdateMember, User,
+    AddMember, AddedMember, ConversationPage, CreateConversation, CreatedConversation, Credentials,
+    EntryPage, Invitations, Me, Member, PostEntry, Receipts, Session, SetCursors,
+    UpdateConversation, UpdateMember, User,
 };
 use natter_proto::{
-    Ack, ConversationId, ConversationSummary, ErrorBody, ErrorCode, NewEntry, Receipt, Role, Seq,
-    UserId,
+    Ack, ConversationId, ConversationSummary, ErrorBody, ErrorCode, Invitation, NewEntry, Receipt,
+    Role, Seq, UserId,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -133,12 +134,14 @@ impl Api {
         self.call(Method::POST, "/v1/conversations", &[], Some(&body)).await
     }
 
-    /// `POST /v1/conversations`: a new group owned by the caller.
+    /// `POST /v1/conversations`: a new group owned by the caller. Those of `members` who share
+    /// a conversation with the caller are members; the others are invited
+    /// ([`CreatedConversation::invited`]) and join if they accept.
     pub async fn create_group(
         &self,
         title: &str,
         members: &[UserId],
-    ) -> Result<ConversationSummary> {
+    ) -> Result<CreatedConversation> {
         let body = CreateConversation::Group { title: title.into(), members: members.to_vec() };
         self.call(Method::POST, "/v1/conversations", &[], Some(&body)).await
     }
@@ -176,15 +179,34 @@ impl Api {
         self.call(Method::GET, &path, &[], None::<&()>).await
     }
 
-    /// `POST /v1/conversations/{id}/members`.
+    /// `POST /v1/conversations/{id}/members`: a member at once if they share a conversation
+    /// with the caller ([`AddedMember::Member`]), else invited ([`AddedMember::Invited`]).
     pub async fn add_member(
         &self,
         conv: ConversationId,
         user: UserId,
         role: Option<Role>,
-    ) -> Result<Ack> {
+    ) -> Result<AddedMember> {
         let path = format!("/v1/conversations/{conv}/members");
         self.call(Method::POST, &path, &[], Some(&AddMember { user_id: user, role })).await
+    }
+
+    /// `GET /v1/invitations`: the caller's pending invitations to groups, oldest first.
+    pub async fn invitations(&self) -> Result<Vec<Invitation>> {
+        let res: Invitations = self.call(Method::GET, "/v1/invitations", &[], None::<&()>).await?;
+        Ok(res.invitations)
+    }
+
+    /// `POST /v1/invitations/{id}/accept`: joins the group; the ack of the `member_added`
+    /// entry.
+    pub async fn accept_invitation(&self, conv: ConversationId) -> Result<Ack> {
+        let path = format!("/v1/invitations/{conv}/accept");
+        self.call(Method::POST, &path, &[], None::<&()>).await
+    }
+
+    /// `DELETE /v1/invitations/{id}`: declines (deletes) the invitation.
+    pub async fn decline_invitation(&self, conv: ConversationId) -> Result<()> {
+        self.call_empty(Method::DELETE, &format!("/v1/invitations/{conv}"), None::<&()>).await
     }
 
     /// `PATCH /v1/conversations/{id}/members/{user}`.

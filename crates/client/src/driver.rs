@@ -439,6 +439,9 @@ impl Driver {
             ServerFrame::Presence { users } => {
                 self.events.push(Event::Presence(users), Keep::Nothing);
             }
+            ServerFrame::Invitation { invitation } => {
+                self.events.push(Event::Invitation(invitation), Keep::Nothing);
+            }
             ServerFrame::Ok { req_id } => match conn.sent.remove(&req_id) {
                 Some(Sent::Read(conv, seq)) => self.read_done(conv, seq),
                 Some(Sent::App) => self.answer(req_id, Ok(ServerFrame::Ok { req_id })),

@@ -5,7 +5,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use natter_proto::{
-    Ack, ConversationId, ConversationSummary, DeviceId, Entry, ErrorBody, Presence, Receipt, UserId,
+    Ack, ConversationId, ConversationSummary, DeviceId, Entry, ErrorBody, Invitation, Presence,
+    Receipt, UserId,
 };
 use tokio::sync::mpsc;
 
@@ -52,6 +53,10 @@ pub enum Event {
     /// Presence of watched users ([`crate::Client::subscribe_presence`]): changes as they
     /// come, and the current state after each reconnect.
     Presence(Vec<Presence>),
+    /// The user was invited to a group (live, while connected; [`crate::Api::invitations`]
+    /// lists the pending ones). Accepting it ([`crate::Api::accept_invitation`]) makes them
+    /// a member, and the group's entries follow.
+    Invitation(Invitation),
 }
 
 /// The connection's life cycle.

@@ -1,15 +1,17 @@
 //! The SDK's API against a real server, one feature after another: REST helpers (register,
 //! login, lookups), typed events for entries, receipts (delivered reported automatically,
 //! read by call), typing and presence (G6: only for watched users), history pages, a
-//! conversation announced live, a refused send reported without blocking the outbox (and an
-//! oversized one refused before it), and a refused token ending the client.
+//! conversation announced live, invitations (live as an event, listed, accepted, declined), a
+//! refused send reported without blocking the outbox (and an oversized one refused before it),
+//! and a refused token ending the client.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_client::proto::{EntryBody, ErrorCode, Status};
+use natter_client::proto::rest::AddedMember;
+use natter_client::proto::{EntryBody, ErrorCode, Role, Status};
 use natter_client::{
     Api, Client, CloseReason, ConnectionState, Error, Event, HistoryRange, MemoryStore,
 };
@@ -106,7 +108,9 @@ async fn receipts_typing_presence_and_history() {
 
     // A group bob creates with alice is announced to her live, from its first entry.
     let bob_api = api.with_token(&bob_token);
-    let group = bob_api.create_group("plans", &[alice_user.user_id]).await.expect("group").id;
+    let created = bob_api.create_group("plans", &[alice_user.user_id]).await.expect("group");
+    assert!(created.invited.is_empty(), "alice shares a conversation with bob: a member");
+    let group = created.conversation.id;
     bob.send(group, "welcome").await.expect("send");
     wait_for(&mut a_events, &mut a_seen, "the group's message", |e| {
         matches!(e, Event::Entry(entry) if entry.conversation == group && entry.seq == 2)
@@ -136,6 +140,65 @@ async fn receipts_typing_presence_and_history() {
     assert_eq!(closed, CloseReason::Client);
     assert!(a_events.next().await.is_none(), "nothing follows Closed");
     assert!(matches!(alice.send(conv, "late").await, Err(Error::Closed)));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_are_events_listed_accepted_and_declined() {
+    let node = start_node().await;
+    let url = node.base_url();
+    let (_, alice_token) = account(&url, "alice").await;
+    let (sam_id, sam_token) = account(&url, "sam").await;
+    let alice_api = Api::new(&url).expect("url").with_token(&alice_token);
+    let sam_api = Api::new(&url).expect("url").with_token(&sam_token);
+    let (sam, mut events) = connect(config(&url, &sam_token, Arc::new(MemoryStore::new()))).await;
+    let mut seen = Vec::new();
+    wait_connected(&mut events, &mut seen).await;
+
+    // sam shares nothing with alice: creating a group naming him invites him.
+    let created = alice_api.create_group("one", &[sam_id]).await.expect("group");
+    assert_eq!(created.invited, vec![sam_id]);
+    let one = created.conversation.id;
+    let invitation = wait_for(&mut events, &mut seen, "the invitation", |e| match e {
+        Event::Invitation(inv) => Some(inv.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (invitation.conversation, invitation.user, invitation.role),
+        (one, sam_id, Role::Member)
+    );
+    assert_eq!(invitation.inviter_handle, "alice");
+    // So does adding him to another.
+    let two = alice_api.create_group("two", &[]).await.expect("group").conversation.id;
+    let added = alice_api.add_member(two, sam_id, None).await.expect("add");
+    assert!(matches!(&added, AddedMember::Invited(inv) if inv.conversation == two), "{added:?}");
+    let listed = sam_api.invitations().await.expect("list");
+    assert_eq!(listed.iter().map(|i| i.conversation).collect::<Vec<_>>(), vec![one, two]);
+
+    // Declined: gone. Accepted: a member, and the group's entries follow as events.
+    sam_api.decline_invitation(two).await.expect("decline");
+    let ack = sam_api.accept_invitation(one).await.expect("accept");
+    assert_eq!(ack.seq, 2);
+    assert!(sam_api.invitations().await.expect("list").is_empty());
+    let joined = wait_for(&mut events, &mut seen, "the group's entries", |e| match e {
+        Event::Entry(entry) if entry.conversation == one && entry.seq == 2 => Some(entry.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.body, EntryBody::MemberAdded { user: sam_id, role: Role::Member });
+    assert_eq!(
+        sam_api.accept_invitation(two).await.expect_err("declined").code(),
+        Some(ErrorCode::NotFound)
+    );
+    // Now a contact of alice's, sam is added to her groups directly.
+    let three = alice_api.create_group("three", &[sam_id]).await.expect("group");
+    assert!(three.invited.is_empty());
+    assert!(matches!(
+        alice_api.add_member(two, sam_id, None).await.expect("add"),
+        AddedMember::Member(_)
+    ));
+    sam.close().await.expect("close");
     node.stop().await;
 }
 

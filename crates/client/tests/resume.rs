@@ -219,9 +219,11 @@ async fn a_backlog_larger_than_a_sync_reply_arrives_whole() {
     let (_, alice_token) = account(&url, "alice").await;
     let (bob_id, bob_token) = account(&url, "bob").await;
     let api = Api::new(&url).expect("url").with_token(&alice_token);
+    // Contacts first, so that Bob is added to the groups, not invited.
+    api.create_direct(bob_id).await.expect("direct");
     let mut groups = Vec::new();
     for title in ["one", "two"] {
-        let g = api.create_group(title, &[bob_id]).await.expect("group").id;
+        let g = api.create_group(title, &[bob_id]).await.expect("group").conversation.id;
         for i in 0..100 {
             let mut body = format!("{title} {i:03} ");
             body.extend(std::iter::repeat_n('x', 16 * 1024 - body.len()));

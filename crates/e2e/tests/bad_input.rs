@@ -810,6 +810,8 @@ async fn non_member_sees_not_found_exactly_as_for_a_missing_conversation() {
 async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() {
     let server = TestServer::start_with(|c| c.limits.outbound_queue = 8).await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
+    // (Contacts of alice, so that the group's creation adds them.)
+    let ab = server.contacts(&alice, &[&bob, &carol]).await[0];
     let conv = server.create_group(&alice, "flood", &[&bob, &carol]).await;
 
     // bob syncs, reads a few entries later, and otherwise leaves his socket alone.
@@ -871,7 +873,7 @@ async fn slow_consumer_is_dropped_without_blocking_others_and_resumes_exactly() 
     let mut got: Vec<Entry> = Vec::new();
     loop {
         let cursor = got.last().map_or(seen, |e| e.seq);
-        let synced = bob_ws.sync(BTreeMap::from([(conv, cursor)])).await;
+        let synced = bob_ws.sync(BTreeMap::from([(conv, cursor), (ab, 1)])).await;
         assert_eq!(synced.len(), 1);
         got.extend(synced[0].entries.iter().cloned());
         if !synced[0].has_more {

@@ -34,8 +34,10 @@ async fn run(seed: u64) {
     for i in 0..6 {
         users.push(n0.user(&format!("u{i}")).await);
     }
-    let small = n0.create_group(&users[0], "small", &[&users[1], &users[2]]).await;
     let others: Vec<&TestUser> = users[1..].iter().collect();
+    // The owner's contacts, so that the groups' creation adds them.
+    n0.contacts(&users[0], &others).await;
+    let small = n0.create_group(&users[0], "small", &[&users[1], &users[2]]).await;
     let large = n0.create_group(&users[0], "large", &others).await;
     let direct = n0.create_direct(&users[3], &users[4]).await;
     let members: Vec<(ConversationId, Vec<usize>)> =

@@ -336,6 +336,7 @@ async fn sse_catches_up_pages_goes_live_and_resumes_from_last_event_id() {
     let server = start().await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
+    server.contacts(&alice, &[&carol]).await;
     let group = server.create_group(&alice, "g", &[&bob, &carol]).await;
 
     // A backlog larger than the page limit (7): 25 in the direct, 5 in the group.
@@ -571,6 +572,7 @@ async fn switching_transports_mid_traffic_loses_and_repeats_nothing() {
     let server = start().await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
+    server.contacts(&alice, &[&carol]).await;
     let group = server.create_group(&alice, "g", &[&bob, &carol]).await;
 
     // 300 messages in bursts of 5, alternating conversations, at most 30 ahead of bob.

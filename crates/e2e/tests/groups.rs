@@ -254,6 +254,10 @@ async fn membership_changes_are_log_entries_with_permissions() {
     let fa = server.create_direct(&frank, &alice).await;
     let fc = server.create_direct(&frank, &carol).await;
     let fd = server.create_direct(&frank, &dave).await;
+    // Whoever adds someone shares a conversation with them (else it would be an invitation).
+    let ab = server.contacts(&alice, &[&bob, &carol, &dave]).await[0];
+    let bob_with = server.contacts(&bob, &[&erin, &dave]).await;
+    let (be, bd) = (bob_with[0], bob_with[1]);
 
     let mut live = Vec::new();
     for user in [&alice, &bob, &carol, &dave, &erin] {
@@ -415,10 +419,11 @@ async fn membership_changes_are_log_entries_with_permissions() {
     }
 
     // Sync carries every membership entry: a new device from scratch, and one with a cursor,
-    // over WebSocket and REST; history tells the same story.
+    // over WebSocket and REST; history tells the same story. (The devices know the direct
+    // conversations already: the syncs are about the group.)
     let all = vec![e1, e2, e3, e4, e5, e6, e7, e8, e9, e10];
     let mut fresh = server.ws_token(&server.login("erin").await).await;
-    let synced = fresh.sync(BTreeMap::new()).await;
+    let synced = fresh.sync(BTreeMap::from([(be, 1)])).await;
     assert_eq!(synced.len(), 1);
     assert_eq!(synced[0].conversation.id, g);
     assert_eq!(synced[0].entries.iter().map(said).collect::<Vec<_>>(), all);
@@ -427,7 +432,10 @@ async fn membership_changes_are_log_entries_with_permissions() {
         Method::POST,
         "/v1/sync",
         &bob,
-        Some(&SyncRequest { cursors: BTreeMap::from([(g, 5)]), limit: None }),
+        Some(&SyncRequest {
+            cursors: BTreeMap::from([(g, 5), (ab, 1), (be, 1), (bd, 1)]),
+            limit: None,
+        }),
         StatusCode::OK,
     )
     .await;
@@ -435,7 +443,7 @@ async fn membership_changes_are_log_entries_with_permissions() {
     let got: Vec<Said> = rest.conversations[0].entries.iter().map(said).collect();
     assert_eq!(got, all[5..].to_vec());
     let mut resumed = server.ws_token(&server.login("bob").await).await;
-    let synced = resumed.sync(BTreeMap::from([(g, 5)])).await;
+    let synced = resumed.sync(BTreeMap::from([(g, 5), (ab, 1), (be, 1), (bd, 1)])).await;
     assert_eq!(synced.len(), 1);
     assert_eq!(synced[0].entries.iter().map(said).collect::<Vec<_>>(), all[5..].to_vec());
     let history: Vec<Said> = server.all_entries(&erin, g, 3).await.iter().map(said).collect();
@@ -461,6 +469,7 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
     // seniority in the group, not by id.
     let [carol, bob] = server.users(["carol", "bob"]).await;
     assert!(carol.id < bob.id);
+    server.contacts(&alice, &[&bob, &carol]).await;
 
     // No admin: the member who joined first inherits.
     let g1 = server.create_group(&alice, "one", &[&bob]).await;
@@ -521,6 +530,7 @@ async fn member_cap_is_enforced_on_create_and_add() {
         expect::<(), _>(&server, Method::GET, "/v1/conversations", &alice, None, StatusCode::OK)
             .await;
     assert!(page.conversations.is_empty(), "nothing was created: {page:?}");
+    server.contacts(&alice, &[&bob, &carol, &dave]).await;
 
     // Repeated ids and the owner herself are one member each: three in all.
     let (status, json) =

@@ -273,6 +273,7 @@ async fn same_key_from_another_sender_or_conversation_is_another_entry() {
     let server = TestServer::start().await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
+    server.contacts(&alice, &[&carol]).await;
     let group = server.create_group(&alice, "trio", &[&bob, &carol]).await;
     let mut a = server.ws(&alice).await;
 

@@ -32,6 +32,7 @@ async fn health_readiness_and_metrics() {
     let names: Vec<String> = (0..4).map(|i| format!("u{i}")).collect();
     let users = join_all(names.iter().map(|n| server.user(n))).await;
     let refs: Vec<_> = users[1..].iter().collect();
+    server.contacts(&users[0], &refs).await;
     let conv = server.create_group(&users[0], "ops", &refs).await;
     let mut sessions = join_all(users.iter().map(|u| server.ws(u))).await;
     for ws in &mut sessions {

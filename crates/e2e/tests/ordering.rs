@@ -218,17 +218,30 @@ async fn concurrent_senders_yield_one_order_for_every_session() {
         users.push(server.user(&format!("member{i}")).await);
     }
     let others: Vec<&TestUser> = users[1..].iter().collect();
+    // The owner's contacts (a direct conversation each), so that the group's creation adds
+    // them; every session knows its direct conversations already (`known`).
+    let directs = server.contacts(&users[0], &others).await;
+    let known = |u: &TestUser| -> BTreeMap<ConversationId, Seq> {
+        match users.iter().position(|v| v.id == u.id) {
+            Some(0) => directs.iter().map(|&d| (d, 1)).collect(),
+            Some(i) => BTreeMap::from([(directs[i - 1], 1)]),
+            None => unreachable!("a member"),
+        }
+    };
     let conv = server.create_group(&users[0], "busy", &others).await;
     let n_total = (WS_SENDERS + REST_SENDERS) * PER_SENDER;
     let last = n_total as Seq + 1;
 
     // Receivers: one session per member, a second device for half of them.
+    let mut cursors: HashMap<String, BTreeMap<ConversationId, Seq>> = HashMap::new();
     let mut receivers: Vec<(String, WsClient)> = Vec::new();
     for u in &users {
+        cursors.insert(format!("{}/1", u.handle), known(u));
         receivers.push((format!("{}/1", u.handle), server.ws(u).await));
     }
     for u in &users[..GROUP_USERS / 2] {
         let token = server.login(&u.handle).await;
+        cursors.insert(format!("{}/2", u.handle), known(u));
         receivers.push((format!("{}/2", u.handle), server.ws_token(&token).await));
     }
     // Senders: each its own device and socket, members too.
@@ -237,6 +250,7 @@ async fn concurrent_senders_yield_one_order_for_every_session() {
         let u = &users[i % GROUP_USERS];
         let token = server.login(&u.handle).await;
         let tag = format!("ws{i}-{}", u.handle);
+        cursors.insert(tag.clone(), known(u));
         senders.push((tag, u.id, server.ws_token(&token).await));
     }
 
@@ -247,7 +261,7 @@ async fn concurrent_senders_yield_one_order_for_every_session() {
         .map(|(name, ws)| (name.clone(), ws))
         .chain(senders.iter_mut().map(|(tag, _, ws)| (tag.clone(), ws)));
     for (name, ws) in sessions {
-        let synced = ws.sync(BTreeMap::new()).await;
+        let synced = ws.sync(cursors[&name].clone()).await;
         assert_eq!(synced.len(), 1, "{name}: {synced:?}");
         assert_eq!(synced[0].conversation.id, conv);
         assert_eq!(seqs(&synced[0].entries), vec![1], "{name}");
@@ -504,8 +518,10 @@ async fn rest_sync(
 async fn offline_member_gets_everything_on_first_sync() {
     let server = TestServer::start().await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
-    let group = server.create_group(&alice, "while away", &[&bob, &carol]).await;
+    // (The direct first, and one with bob, so that both are alice's contacts and members.)
     let direct = server.create_direct(&alice, &carol).await;
+    server.contacts(&alice, &[&bob]).await;
+    let group = server.create_group(&alice, "while away", &[&bob, &carol]).await;
 
     // Carol has never connected while the group grows to 250 entries and the direct to 120.
     let mut a = server.ws(&alice).await;
@@ -613,8 +629,12 @@ async fn offline_member_gets_everything_on_first_sync() {
 async fn conversations_after_sync_are_announced_live() {
     let server = TestServer::start().await;
     let [alice, bob, dave] = server.users(["alice", "bob", "dave"]).await;
+    // alice's contacts, so that she adds them to groups; bob's sessions know that direct
+    // conversation already (its cursor), it is not one of the new ones.
+    let ab = server.contacts(&alice, &[&bob, &dave]).await[0];
+    let known = BTreeMap::from([(ab, 1)]);
     let mut b = server.ws(&bob).await;
-    assert_eq!(b.sync(BTreeMap::new()).await, vec![]);
+    assert_eq!(b.sync(known.clone()).await, vec![]);
     // A second device of Bob that has not synced yet.
     let token = server.login("bob").await;
     let mut b2 = server.ws_token(&token).await;
@@ -643,7 +663,7 @@ async fn conversations_after_sync_are_announced_live() {
     // The unsynced device got nothing live: its first frame is the sync reply, which holds
     // both new conversations.
     let req_id = b2.req_id();
-    b2.send_frame(&ClientFrame::Sync { req_id, cursors: BTreeMap::new(), limit: None }).await;
+    b2.send_frame(&ClientFrame::Sync { req_id, cursors: known, limit: None }).await;
     match next_frame(&mut b2, "the sync reply").await {
         ServerFrame::Synced { req_id: got, conversations, .. } => {
             assert_eq!(got, req_id);

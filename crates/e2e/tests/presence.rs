@@ -107,6 +107,7 @@ async fn silent_client_goes_offline() {
     })
     .await;
     let [alice, bob, carol, erin] = server.users(["alice", "bob", "carol", "erin"]).await;
+    server.contacts(&alice, &[&bob, &carol, &erin]).await;
     server.create_group(&alice, "team", &[&bob, &carol, &erin]).await;
 
     // Bob's session (and its idle timer) starts after this instant.
@@ -220,7 +221,8 @@ async fn a_session_that_did_not_subscribe_gets_no_presence() {
     let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
     let mut members: Vec<&TestUser> = users.iter().collect();
     members.push(&wally);
-    let group = server.create_group(&olga, "everyone", &members).await;
+    // Strangers to olga: each joins by accepting the invitation.
+    let group = server.create_group_joined(&olga, "everyone", &members).await;
 
     // Olga shares a conversation with all of them and never subscribes; Wally watches them
     // all, to know when each change was published.
@@ -289,7 +291,9 @@ async fn flapping_users_are_batched() {
     let handles: Vec<String> = (0..N).map(|i| format!("flap{i:02}")).collect();
     let users = register_all(&server, &handles).await;
     let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
-    server.create_group(&sam, "flappers", &users.iter().collect::<Vec<_>>()).await;
+    let members = users.iter().collect::<Vec<_>>();
+    server.contacts(&sam, &members).await;
+    server.create_group(&sam, "flappers", &members).await;
     let (mut s, _) = connect(&server, &sam.token).await;
     let (now, denied) = subscribe(&mut s, &ids).await;
     assert!(denied.is_empty());
@@ -367,6 +371,7 @@ async fn a_reconnect_within_the_grace_is_no_change() {
     })
     .await;
     let [sam, dan, eli] = server.users(["sam", "dan", "eli"]).await;
+    server.contacts(&sam, &[&dan, &eli]).await;
     server.create_group(&sam, "team", &[&dan, &eli]).await;
     let (dan_ws, _) = connect(&server, &dan.token).await;
     let (eli_ws, _) = connect(&server, &eli.token).await;
@@ -404,6 +409,7 @@ async fn set_status_away_and_back() {
     })
     .await;
     let [sam, ann, ctl] = server.users(["sam", "ann", "ctl"]).await;
+    server.contacts(&sam, &[&ann, &ctl]).await;
     server.create_group(&sam, "team", &[&ann, &ctl]).await;
     let (mut ann1, _) = connect(&server, &ann.token).await;
     let (mut ann2, _) = connect(&server, &server.login("ann").await).await;
@@ -451,7 +457,9 @@ async fn subscriptions_are_capped() {
         users.push(server.user(h).await);
     }
     let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
-    server.create_group(&sam, "team", &users.iter().collect::<Vec<_>>()).await;
+    let members = users.iter().collect::<Vec<_>>();
+    server.contacts(&sam, &members).await;
+    server.create_group(&sam, "team", &members).await;
     let (mut s, _) = connect(&server, &sam.token).await;
 
     // Duplicates count once; the first three are watched, the rest refused.
@@ -475,6 +483,7 @@ async fn http_streams_subscribe_by_session_id() {
     })
     .await;
     let [alice, bob, mallory] = server.users(["alice", "bob", "mallory"]).await;
+    server.contacts(&alice, &[&bob, &mallory]).await;
     server.create_group(&alice, "team", &[&bob, &mallory]).await;
     let (mut bob_ws, _) = connect(&server, &bob.token).await;
 

@@ -159,6 +159,11 @@ async fn typing_cursors_creation_and_member_adds_have_buckets_of_their_own() {
     .await;
     let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
     let conv = server.create_direct(&alice, &bob).await;
+    // Contacts of whoever adds them below, made by the others (each in their own creation
+    // bucket): carol of alice and of bob, dave of bob.
+    server.create_direct(&carol, &alice).await;
+    server.create_direct(&carol, &bob).await;
+    server.create_direct(&dave, &bob).await;
     let mut a = server.synced_ws(&alice).await;
 
     let typing = |typing| {

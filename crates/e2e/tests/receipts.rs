@@ -102,6 +102,7 @@ async fn unread_counts_and_coalesced_receipts() {
     let server = TestServer::start_with(|c| c.limits.receipt_flush_ms = 1000).await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let direct = server.create_direct(&alice, &bob).await;
+    server.contacts(&alice, &[&carol]).await;
     let group = server.create_group(&alice, "trio", &[&bob, &carol]).await;
     let mut a = server.ws(&alice).await;
     let mut b = server.ws(&bob).await;

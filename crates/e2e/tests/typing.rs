@@ -107,6 +107,7 @@ const DEFAULT_TTL_MS: u64 = 6_000;
 async fn typing_reaches_every_other_members_sessions_and_no_one_else() {
     let server = TestServer::start().await;
     let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
+    server.contacts(&alice, &[&bob, &carol]).await;
     let group = server.create_group(&alice, "team", &[&bob, &carol]).await;
     // Dave is no member of the group; he shares a direct conversation with each typist so
     // that barriers can reach him.
@@ -201,6 +202,7 @@ async fn a_burst_of_fifty_reports_forwards_one() {
     })
     .await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
+    server.contacts(&alice, &[&bob, &carol]).await;
     let group = server.create_group(&alice, "team", &[&bob, &carol]).await;
     let mut a = live(&server, &alice.token).await;
     let mut b = live(&server, &bob.token).await;
@@ -313,6 +315,7 @@ async fn typing_stops_when_the_typists_session_drops() {
     const TTL_MS: u64 = 120_000;
     let server = TestServer::start_with(|c| c.limits.typing_ttl_ms = TTL_MS).await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
+    server.contacts(&alice, &[&bob, &carol]).await;
     let group = server.create_group(&alice, "team", &[&bob, &carol]).await;
     let mut a1 = live(&server, &alice.token).await;
     let mut a2 = live(&server, &server.login("alice").await).await;

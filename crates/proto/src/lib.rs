@@ -427,6 +427,27 @@ pub struct ConversationSummary {
     pub unread: u64,
 }
 
+/// An invitation to join a group: what adding someone who shares no conversation with the
+/// adder makes instead of a member. It stays pending until the invitee accepts it (and
+/// becomes a member) or declines it; until then they are not a member in any way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The group.
+    pub conversation: ConversationId,
+    /// The group's title, as it is now.
+    pub title: String,
+    /// Who is invited.
+    pub user: UserId,
+    /// Who invited them.
+    pub inviter: UserId,
+    /// The inviter's handle (the invitee may have no other way to learn it).
+    pub inviter_handle: String,
+    /// The role the invitee gets on accepting (`member` or `admin`).
+    pub role: Role,
+    /// When the invitation was made, ms since the Unix epoch.
+    pub invited_at: i64,
+}
+
 /// A user's availability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -755,6 +776,9 @@ pub enum ServerFrame {
     PresenceSubscribed { req_id: ReqId, users: Vec<Presence>, denied: Vec<UserId> },
     /// Presence changes of watched users, batched (at most one frame per session per window).
     Presence { users: Vec<Presence> },
+    /// The user was invited to a group (sent to their sessions when the invitation is made;
+    /// `GET /v1/invitations` lists the pending ones).
+    Invitation { invitation: Invitation },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<ReqId>,
@@ -916,5 +940,41 @@ mod tests {
         assert!(json.contains(r#""kind":"reaction""#), "{json}");
         let back: ServerFrame = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ServerFrame::Entry { entry: e });
+    }
+
+    #[test]
+    fn invitation_frames_and_add_answers_tell_invitations_from_acks() {
+        let invitation = Invitation {
+            conversation: ConversationId(5),
+            title: "team".into(),
+            user: UserId(2),
+            inviter: UserId(1),
+            inviter_handle: "alice".into(),
+            role: Role::Member,
+            invited_at: 7,
+        };
+        let frame = ServerFrame::Invitation { invitation: invitation.clone() };
+        let json = frame.to_json();
+        assert!(
+            json.starts_with(r#"{"type":"invitation","invitation":{"conversation":5,"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), frame);
+
+        use rest::AddedMember;
+        let invited = serde_json::to_string(&invitation).unwrap();
+        assert_eq!(
+            serde_json::from_str::<AddedMember>(&invited).unwrap(),
+            AddedMember::Invited(invitation)
+        );
+        let ack = Ack {
+            conversation: ConversationId(5),
+            seq: 2,
+            id: "e".into(),
+            ts: 9,
+            client_msg_id: None,
+        };
+        let added = serde_json::to_string(&ack).unwrap();
+        assert_eq!(serde_json::from_str::<AddedMember>(&added).unwrap(), AddedMember::Member(ack));
     }
 }

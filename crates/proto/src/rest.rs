@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ConversationId, ConversationSummary, DeviceId, Entry, Receipt, Role, Seq, SyncConversation,
-    UserId,
+    Ack, ConversationId, ConversationSummary, DeviceId, Entry, Invitation, Receipt, Role, Seq,
+    SyncConversation, UserId,
 };
 
 /// `POST /v1/accounts`, and the password half of `POST /v1/sessions`.
@@ -56,6 +56,17 @@ pub enum CreateConversation {
     },
 }
 
+/// The answer to `POST /v1/conversations`: the conversation's summary, and (for a group) who
+/// was invited instead of added because they share no conversation with the creator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedConversation {
+    #[serde(flatten)]
+    pub conversation: ConversationSummary,
+    /// Invited, not members: they join if they accept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invited: Vec<UserId>,
+}
+
 /// `GET /v1/conversations`: most recent activity first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConversationPage {
@@ -87,6 +98,22 @@ pub struct AddMember {
     pub user_id: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+}
+
+/// The answer to `POST /v1/conversations/{id}/members`: `201` with the ack of the
+/// `member_added` entry (the user shares a conversation with the caller), or `202` with the
+/// invitation made instead (they do not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AddedMember {
+    Invited(Invitation),
+    Member(Ack),
+}
+
+/// `GET /v1/invitations`: the caller's pending invitations, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitations {
+    pub invitations: Vec<Invitation>,
 }
 
 /// `PATCH /v1/conversations/{id}/members/{user_id}`.

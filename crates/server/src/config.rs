@@ -172,6 +172,9 @@ limits! {
     /// Bytes of frames queued for one session before it is dropped as a slow consumer
     /// (besides the `outbound_queue` frame count).
     outbound_queue_bytes: usize = 8 * 1024 * 1024, "NATTER_OUTBOUND_QUEUE_BYTES";
+    /// Most group invitations one user may have pending; inviting them beyond it is a
+    /// `conflict` (contacts are still added directly). 0: only contacts can be added.
+    max_pending_invitations: u32 = 100, "NATTER_MAX_PENDING_INVITATIONS";
 }
 
 impl Limits {

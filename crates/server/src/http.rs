@@ -3,6 +3,7 @@
 mod accounts;
 mod conversations;
 mod ephemeral;
+mod invitations;
 mod poll;
 mod sse;
 
@@ -52,6 +53,9 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/conversations/{id}/cursors", put(conversations::set_cursors))
         .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
         .route("/v1/conversations/{id}/typing", post(ephemeral::typing))
+        .route("/v1/invitations", get(invitations::list))
+        .route("/v1/invitations/{id}", axum::routing::delete(invitations::decline))
+        .route("/v1/invitations/{id}/accept", post(invitations::accept))
         .route("/v1/sync", post(conversations::sync))
         .route("/v1/events", get(sse::events))
         .route("/v1/poll", post(poll::poll))

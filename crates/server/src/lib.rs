@@ -121,6 +121,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let limits = StoreLimits {
         max_group_members: cfg.limits.max_group_members,
         pool_size: cfg.limits.db_pool_size,
+        max_pending_invitations: cfg.limits.max_pending_invitations,
     };
     let store: Arc<dyn Store> = match &cfg.database_url {
         Some(url) => Arc::new(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natter_client::HistoryRange;
-use natter_proto::rest::{PollRequest, PollResponse};
+use natter_proto::rest::{AddedMember, PollRequest, PollResponse};
 use natter_proto::{
     Ack, ClientFrame, ConversationId, Entry, EntryBody, NewEntry, ReqId, Seq, ServerFrame, Status,
     UserId,
@@ -294,9 +294,11 @@ async fn entries_receipts_typing_and_presence_cross_nodes() {
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
     let carol = register(n3, "carol").await;
+    alice.contacts(n1, &[&bob, &carol]).await;
     let group = within("create", alice.api(n1).create_group("trio", &[bob.id, carol.id]))
         .await
         .expect("create group")
+        .conversation
         .id;
 
     let connected_ms = now_ms();
@@ -435,9 +437,12 @@ async fn concurrent_senders(extra_args: &[&str], large: bool) {
     let late = register(addrs[1], "late").await;
     let owner = accounts[0].clone();
     let others: Vec<UserId> = accounts[1..].iter().map(|a| a.id).collect();
+    let contacts: Vec<&TestUser> = accounts[1..].iter().chain([&late]).collect();
+    owner.contacts(addrs[0], &contacts).await;
     let group = within("create", owner.api(addrs[0]).create_group("busy", &others))
         .await
         .expect("create group")
+        .conversation
         .id;
     // created, the messages, and `late` joining.
     let last = (1 + SENDERS * SENDS + 1) as Seq;
@@ -470,9 +475,13 @@ async fn concurrent_senders(extra_args: &[&str], large: bool) {
         }));
     }
     go.wait().await;
-    let added = within("add", owner.api(addrs[1]).add_member(group, late.id, None))
-        .await
-        .expect("add a member mid-stream");
+    let AddedMember::Member(added) =
+        within("add", owner.api(addrs[1]).add_member(group, late.id, None))
+            .await
+            .expect("add a member mid-stream")
+    else {
+        panic!("late is the owner's contact: added, not invited");
+    };
     let mut peers = Vec::new();
     for task in tasks {
         peers.push(task.await.expect("a member's task"));
@@ -562,11 +571,14 @@ async fn membership_changes_across_nodes() {
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
     let carol = register(n3, "carol").await;
+    alice.contacts(n1, &[&bob]).await;
     let group = within("create", alice.api(n1).create_group("pair", &[bob.id]))
         .await
         .expect("create group")
+        .conversation
         .id;
-    // Direct conversations with Carol, to know when everything sent before reached her.
+    // Direct conversations with Carol, to know when everything sent before reached her (and
+    // Alice's makes Carol her contact, whom she adds rather than invites).
     let ac = within("direct", alice.api(n1).create_direct(carol.id)).await.expect("direct").id;
     let bc = within("direct", bob.api(n2).create_direct(carol.id)).await.expect("direct").id;
 
@@ -583,8 +595,11 @@ async fn membership_changes_across_nodes() {
     b.wait_seq(group, 4).await;
 
     // Added through node-1's REST API: the group is announced to Carol on node-3.
-    let added =
-        within("add", alice.api(n1).add_member(group, carol.id, None)).await.expect("add Carol");
+    let AddedMember::Member(added) =
+        within("add", alice.api(n1).add_member(group, carol.id, None)).await.expect("add Carol")
+    else {
+        panic!("Carol is Alice's contact: added, not invited");
+    };
     assert_eq!(added.seq, 5);
     cc.wait_seq(group, 5).await;
     assert_eq!(cc.seqs(group), [1, 2, 3, 4, 5], "the announcement starts at the beginning");
@@ -874,9 +889,11 @@ async fn a_group_growing_past_the_threshold_keeps_reaching_other_nodes() {
     let alice = register(n1, "alice").await;
     let bob = register(n2, "bob").await;
     let carol = register(n1, "carol").await;
+    alice.contacts(n1, &[&bob, &carol]).await;
     let group = within("create", alice.api(n1).create_group("g", &[bob.id]))
         .await
         .expect("create group")
+        .conversation
         .id;
     let mut a = Peer::connect("alice@node-1", n1, &alice.token).await;
     let mut b = Peer::connect("bob@node-2", n2, &bob.token).await;

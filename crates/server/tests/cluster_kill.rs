@@ -108,11 +108,14 @@ async fn kill_9_under_traffic_loses_and_repeats_nothing() {
         accounts.push(register(n2, handle).await);
     }
     let group = |owner: usize, title: &'static str, others: [usize; 2]| {
-        let api = accounts[owner].api(n2);
-        let members = others.map(|i| accounts[i].id);
+        let (owner, api) = (&accounts[owner], accounts[owner].api(n2));
+        let members = others.map(|i| &accounts[i]);
         async move {
-            let conv = within("create a group", api.create_group(title, &members)).await;
-            conv.expect("group created").id
+            // The owner's contacts, so that the creation adds them.
+            owner.contacts(n2, &members).await;
+            let ids = members.map(|m| m.id);
+            let conv = within("create a group", api.create_group(title, &ids)).await;
+            conv.expect("group created").conversation.id
         }
     };
     let g1 = group(0, "one", [1, 2]).await;
@@ -122,6 +125,7 @@ async fn kill_9_under_traffic_loses_and_repeats_nothing() {
     let zed = register(n2, "zed").await;
     let wes = register(n2, "wes").await;
     let wyn = register(n3, "wyn").await;
+    zed.contacts(n2, &[&wes, &wyn]).await;
     within("create a group", zed.api(n2).create_group("watch", &[wes.id, wyn.id]))
         .await
         .expect("group created");

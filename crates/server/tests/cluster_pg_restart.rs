@@ -69,12 +69,16 @@ async fn postgres_restart_under_traffic_loses_and_repeats_nothing() {
         accounts.push(register(addrs[i % 3], handle).await);
     }
     let pia = register(addrs[1], "pia").await;
+    // The owners' contacts, so that the creations add them.
+    accounts[0].contacts(addrs[0], &[&accounts[1], &accounts[2], &pia]).await;
+    accounts[3].contacts(addrs[0], &[&accounts[4], &accounts[5]]).await;
     let g1 = within(
         "create a group",
         accounts[0].api(addrs[0]).create_group("one", &[accounts[1].id, accounts[2].id, pia.id]),
     )
     .await
     .expect("group created")
+    .conversation
     .id;
     let g2 = within(
         "create a group",
@@ -82,6 +86,7 @@ async fn postgres_restart_under_traffic_loses_and_repeats_nothing() {
     )
     .await
     .expect("group created")
+    .conversation
     .id;
 
     // Each group has a member on each node.

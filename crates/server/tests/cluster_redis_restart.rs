@@ -94,9 +94,11 @@ async fn redis_restart_under_traffic_loses_nothing() {
     let sam = register(n1, "sam").await;
     let rex = register(n2, "rex").await;
     let roy = register(n3, "roy").await;
+    sol.contacts(n1, &[&sam, &rex, &roy]).await;
     let g = within("create a group", sol.api(n1).create_group("all", &[sam.id, rex.id, roy.id]))
         .await
         .expect("group created")
+        .conversation
         .id;
     let d = within("create a direct", sam.api(n1).create_direct(roy.id))
         .await

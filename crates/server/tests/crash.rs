@@ -41,6 +41,7 @@ async fn acked_sends_survive_kill_9_mid_stream() {
         users.push(node.user(&format!("sender{k}")).await);
     }
     let others: Vec<&TestUser> = users[1..].iter().collect();
+    node.contacts(&users[0], &others).await;
     let conv = node.create_group(&users[0], "crash", &others).await;
 
     // Four connections pipeline their sends; once half of all acks are in, every sender stops

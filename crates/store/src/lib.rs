@@ -11,8 +11,8 @@
 //! - [`postgres::PgStore`] is the same store for several nodes sharing one PostgreSQL.
 //!
 //! Authorization that must be atomic with a write (membership, roles, ownership of the
-//! message being edited, the member cap, idempotency) is checked inside the writing
-//! transaction, by the pure functions of `rules`: each backend loads the facts a rule needs
+//! message being edited, the member cap, who may be added and who only invited, idempotency)
+//! is checked inside the writing transaction, by the pure functions of `rules`: each backend loads the facts a rule needs
 //! and applies the effect it returns, so only the SQL differs between them.
 
 mod codec;
@@ -25,8 +25,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use natter_proto::{
-    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Entry, ErrorCode, NewEntry,
-    Receipt, Role, Seq, UserId, rest::Member,
+    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Entry, ErrorCode, Invitation,
+    NewEntry, Receipt, Role, Seq, UserId, rest::Member,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -77,11 +77,13 @@ pub struct StoreLimits {
     pub max_group_members: u32,
     /// Connections a pooled backend (PostgreSQL) may open.
     pub pool_size: usize,
+    /// Most invitations one user may have pending, so that nobody can be flooded with them.
+    pub max_pending_invitations: u32,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { max_group_members: 1000, pool_size: 16 }
+        StoreLimits { max_group_members: 1000, pool_size: 16, max_pending_invitations: 100 }
     }
 }
 
@@ -109,13 +111,10 @@ pub struct Append {
     pub entry: NewEntry,
 }
 
-/// A change to a group that becomes a system entry of its log.
+/// A change to a group that becomes a system entry of its log. (Adding a member is
+/// [`Store::add_member`]: it may make an invitation instead.)
 #[derive(Debug, Clone)]
 pub enum GroupChange {
-    AddMember {
-        user: UserId,
-        role: Role,
-    },
     /// Removing oneself is leaving; an owner who leaves hands ownership on.
     RemoveMember {
         user: UserId,
@@ -127,6 +126,23 @@ pub enum GroupChange {
     SetTitle {
         title: String,
     },
+}
+
+/// A new group: its id, and the invitations made to the members named at creation who
+/// share no conversation with the owner (the others are members, in its `created` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGroup {
+    pub id: ConversationId,
+    pub invitations: Vec<Invitation>,
+}
+
+/// What [`Store::add_member`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// The user shares a conversation with the actor: a member now, by this `member_added`.
+    Member(Ack),
+    /// They do not: invited; nothing entered the log.
+    Invited(Invitation),
 }
 
 /// Which part of a log to read.
@@ -184,17 +200,28 @@ pub trait Store: Send + Sync + 'static {
     async fn create_device(&self, user: UserId, name: &str, token: TokenHash) -> Result<DeviceId>;
     /// The direct conversation of `a` and `b`, created if needed; `true` if created now.
     async fn create_direct(&self, a: UserId, b: UserId) -> Result<(ConversationId, bool)>;
-    /// A new group owned by `owner` with the other `members`.
+    /// A new group owned by `owner`: those of `members` who share a conversation with the
+    /// owner are members at once, the others are invited (within the member cap, which
+    /// counts them all, and each invitee's cap of pending invitations).
     async fn create_group(
         &self,
         owner: UserId,
         title: &str,
         members: &[UserId],
-    ) -> Result<ConversationId>;
+    ) -> Result<NewGroup>;
     /// Queues an append behind every append submitted before it (so one session's sends keep
     /// their order) and returns at once; the [`PendingAck`] resolves once it is committed. A
     /// repeated `(sender, conversation, client_msg_id)` resolves to the original ack.
     async fn submit_append(&self, append: Append) -> Result<PendingAck>;
+    /// Adds `user` to a group as `actor` (an admin): at once if they share a conversation with
+    /// the actor, else as an invitation to accept.
+    async fn add_member(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Added>;
     /// Applies a group change as a system entry, checking the actor's role.
     async fn change_group(
         &self,
@@ -236,17 +263,24 @@ pub trait Store: Send + Sync + 'static {
     /// A page of the log, message entries with their current state.
     async fn entries(&self, conversation: ConversationId, range: Range, limit: u32)
     -> Result<Page>;
+    /// `user`'s pending invitations, oldest first.
+    async fn invitations(&self, user: UserId) -> Result<Vec<Invitation>>;
 
     // ---- update ----
 
     /// Advances cursors (never backwards, clamped to `last_seq`, `read` implies `delivered`)
     /// for members; returns the receipts that changed. Non-members are skipped.
     async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>>;
+    /// `user` accepts their invitation to a group: a `member_added` entry (sent by them) makes
+    /// them a member, if the group still has members and room.
+    async fn accept_invitation(&self, user: UserId, conversation: ConversationId) -> Result<Ack>;
 
     // ---- delete ----
 
     /// Revokes a token (logout).
     async fn delete_device(&self, token: TokenHash) -> Result<()>;
+    /// `user` declines their invitation to a group: it is deleted; nobody is told.
+    async fn decline_invitation(&self, user: UserId, conversation: ConversationId) -> Result<()>;
 
     /// Flushes pending commits and stops the writer; later writes fail with `Unavailable`.
     async fn close(&self);

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use natter_proto::{
-    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Receipt, Role, UserId,
-    rest::Member,
+    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
+    UserId, rest::Member,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -36,8 +36,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, Page, PendingAck, Principal, Range,
-    Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
+    Added, Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, NewGroup, Page, PendingAck,
+    Principal, Range, Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -58,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_members_seq.sql"),
     include_str!("../migrations/postgres/0003_handle_key.sql"),
+    include_str!("../migrations/postgres/0004_invitations.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -159,9 +160,12 @@ pub(crate) enum Op {
     CreateDirect { a: UserId, b: UserId },
     CreateGroup { owner: UserId, title: String, members: Vec<UserId> },
     Append(Append),
+    AddMember { actor: UserId, conversation: ConversationId, user: UserId, role: Role },
     ChangeGroup { actor: UserId, conversation: ConversationId, change: GroupChange },
     SetCursors(Vec<CursorUpdate>),
+    AcceptInvitation { user: UserId, conversation: ConversationId },
     DeleteDevice(TokenHash),
+    DeclineInvitation { user: UserId, conversation: ConversationId },
 }
 
 impl Op {
@@ -169,7 +173,9 @@ impl Op {
     fn lock_order(&self) -> i64 {
         match self {
             Op::Append(append) => append.conversation.0,
-            Op::ChangeGroup { conversation, .. } => conversation.0,
+            Op::AddMember { conversation, .. }
+            | Op::ChangeGroup { conversation, .. }
+            | Op::AcceptInvitation { conversation, .. } => conversation.0,
             _ => 0,
         }
     }
@@ -181,7 +187,8 @@ pub(crate) enum Out {
     User(UserId),
     Device(DeviceId),
     Direct(ConversationId, bool),
-    Group(ConversationId),
+    Group(NewGroup),
+    Added(Added),
     Ack(Ack),
     Receipts(Vec<Receipt>),
     Done,
@@ -512,10 +519,10 @@ impl Store for PgStore {
         owner: UserId,
         title: &str,
         members: &[UserId],
-    ) -> Result<ConversationId> {
+    ) -> Result<NewGroup> {
         let op = Op::CreateGroup { owner, title: title.to_owned(), members: members.to_vec() };
         match self.write(op).await? {
-            Out::Group(id) => Ok(id),
+            Out::Group(group) => Ok(group),
             other => Err(unexpected(other)),
         }
     }
@@ -524,6 +531,19 @@ impl Store for PgStore {
         let (tx, rx) = oneshot::channel();
         self.submit(Op::Append(append), Reply::Ack(tx)).await?;
         Ok(PendingAck(rx))
+    }
+
+    async fn add_member(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Added> {
+        match self.write(Op::AddMember { actor, conversation, user, role }).await? {
+            Out::Added(added) => Ok(added),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn change_group(
@@ -607,6 +627,11 @@ impl Store for PgStore {
         read::entries(&c, conversation, range, limit).await.map_err(Fail::into_store)
     }
 
+    async fn invitations(&self, user: UserId) -> Result<Vec<Invitation>> {
+        let c = self.client().await?;
+        read::invitations(&c, user).await.map_err(Fail::into_store)
+    }
+
     async fn set_cursors(&self, mut updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
         // Rows in one order on every node, so two nodes' writes cannot deadlock.
         updates.sort_by_key(|u| (u.conversation, u.user));
@@ -616,8 +641,22 @@ impl Store for PgStore {
         }
     }
 
+    async fn accept_invitation(&self, user: UserId, conversation: ConversationId) -> Result<Ack> {
+        match self.write(Op::AcceptInvitation { user, conversation }).await? {
+            Out::Ack(ack) => Ok(ack),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn delete_device(&self, token: TokenHash) -> Result<()> {
         match self.write(Op::DeleteDevice(token)).await? {
+            Out::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn decline_invitation(&self, user: UserId, conversation: ConversationId) -> Result<()> {
+        match self.write(Op::DeclineInvitation { user, conversation }).await? {
             Out::Done => Ok(()),
             other => Err(unexpected(other)),
         }

@@ -1,6 +1,9 @@
 //! The store's rules, written once for both backends: who may change a group and how (roles,
 //! the owner's hand-off, the member cap, "already a member", direct conversations never
-//! change), who may edit or delete a message (only its sender, never once deleted), what an
+//! change), who is added to a group at once and who only invited (the adder's contacts, that
+//! is users who share a conversation with them, are added; anyone else gets an invitation,
+//! one per group and at most `max_pending` per invitee) and what accepting or declining one
+//! checks, who may edit or delete a message (only its sender, never once deleted), what an
 //! append must name (a seq that is a message), idempotent appends (an earlier ack for the same
 //! `(sender, conversation, client_msg_id)` is the answer), what creating a direct conversation
 //! or a group checks, how cursors advance, and what a deletion leaves of a message.
@@ -57,8 +60,8 @@ impl NewConversation {
     }
 
     /// The ids of the members besides the creator, whose accounts the backend counts for
-    /// [`invitees_exist`].
-    pub(crate) fn invitee_ids(&self) -> Vec<i64> {
+    /// [`others_exist`].
+    pub(crate) fn other_ids(&self) -> Vec<i64> {
         self.members.iter().skip(1).map(|&(user, _)| user.0).collect()
     }
 
@@ -114,8 +117,8 @@ pub(crate) fn create_direct(
 }
 
 /// The group `owner` asked for: the owner first, then `members` without repeats, within the
-/// cap (which counts the owner). The backend then checks the invitees' accounts with
-/// [`invitees_exist`].
+/// cap (which counts the owner, and the members who will only be invited). The backend then
+/// checks the others' accounts with [`others_exist`] and sorts them with [`seat_or_invite`].
 pub(crate) fn create_group(
     owner: UserId,
     title: &str,
@@ -141,12 +144,52 @@ pub(crate) fn create_group(
     })
 }
 
-/// `n_found`: how many of `new`'s invitees have an account.
-pub(crate) fn invitees_exist(new: &NewConversation, n_found: u64) -> Result<()> {
+/// `n_found`: how many of the members of `new` besides its creator have an account.
+pub(crate) fn others_exist(new: &NewConversation, n_found: u64) -> Result<()> {
     if n_found < new.members.len().saturating_sub(1) as u64 {
         return Err(StoreError::NotFound("user"));
     }
     Ok(())
+}
+
+/// A group to create once its members are sorted by [`seat_or_invite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewGroup {
+    /// The owner and the owner's contacts: the members its `created` entry lists.
+    pub(crate) conversation: NewConversation,
+    /// The others, to invite as members.
+    pub(crate) invited: Vec<UserId>,
+}
+
+/// Sorts the members of a new group (from [`create_group`]): the owner's contacts stay
+/// members, the others are invited instead, each only if they have fewer than `max_pending`
+/// invitations pending. `contacts`: those of them who share a conversation with the owner;
+/// `pending`: pending invitation counts (a user not listed has none).
+pub(crate) fn seat_or_invite(
+    new: NewConversation,
+    contacts: &[UserId],
+    pending: &[(UserId, u64)],
+    max_pending: u32,
+) -> Result<NewGroup> {
+    let creator = new.creator();
+    let (members, strangers): (Vec<_>, Vec<_>) = new
+        .members
+        .iter()
+        .copied()
+        .partition(|&(user, _)| user == creator || contacts.contains(&user));
+    let mut invited = Vec::with_capacity(strangers.len());
+    for (user, _) in strangers {
+        let n_pending = pending.iter().find(|&&(u, _)| u == user).map_or(0, |&(_, n)| n);
+        if n_pending >= u64::from(max_pending) {
+            return Err(too_many_invitations());
+        }
+        invited.push(user);
+    }
+    Ok(NewGroup { conversation: NewConversation { members, ..new }, invited })
+}
+
+fn too_many_invitations() -> StoreError {
+    StoreError::Conflict("too many pending invitations")
 }
 
 /// What an earlier append with the same `(sender, conversation, client_msg_id)` committed.
@@ -293,9 +336,7 @@ pub(crate) struct Subject {
 /// The user whose [`Subject`] facts `change` needs, if any.
 pub(crate) fn subject_of(change: &GroupChange) -> Option<UserId> {
     match change {
-        GroupChange::AddMember { user, .. }
-        | GroupChange::RemoveMember { user }
-        | GroupChange::SetRole { user, .. } => Some(*user),
+        GroupChange::RemoveMember { user } | GroupChange::SetRole { user, .. } => Some(*user),
         GroupChange::SetTitle { .. } => None,
     }
 }
@@ -304,13 +345,16 @@ pub(crate) fn subject_of(change: &GroupChange) -> Option<UserId> {
 /// change as each variant says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GroupEffect {
-    /// Insert the member, joined at the seq of the `member_added` entry.
+    /// Insert the member, joined at the seq of the `member_added` entry, and delete their
+    /// invitation to the group if they had one.
     Add {
         user: UserId,
         role: Role,
     },
     /// Delete the member. If they owned the group, the backend picks the heir (the
-    /// longest-standing admin, else member) and applies [`hand_on`] to them.
+    /// longest-standing admin, else member) and applies [`hand_on`] to them; with no heir
+    /// the group is left empty, and its pending invitations are deleted with it (nobody can
+    /// join a group nobody is in).
     Remove {
         user: UserId,
         owner_left: bool,
@@ -348,7 +392,6 @@ pub(crate) fn hand_on(heir: UserId) -> GroupEffect {
 /// every member may do.
 pub(crate) fn change_group(
     actor: &Actor,
-    cap: u32,
     change: &GroupChange,
     subject: Option<Subject>,
 ) -> Result<GroupEffect> {
@@ -357,25 +400,6 @@ pub(crate) fn change_group(
             .ok_or_else(|| StoreError::Internal("the changed user's facts were not loaded".into()))
     };
     match change {
-        GroupChange::AddMember { user, role } => {
-            if actor.role < Role::Admin {
-                return Err(StoreError::Forbidden("only admins add members"));
-            }
-            if *role == Role::Owner || (*role == Role::Admin && actor.role != Role::Owner) {
-                return Err(StoreError::Forbidden("that role cannot be given by this member"));
-            }
-            let subject = subject()?;
-            if !subject.exists {
-                return Err(StoreError::NotFound("user"));
-            }
-            if subject.role.is_some() {
-                return Err(StoreError::Conflict("already a member"));
-            }
-            if actor.n_members >= u64::from(cap) {
-                return Err(StoreError::Conflict("the group is full"));
-            }
-            Ok(GroupEffect::Add { user: *user, role: *role })
-        }
         GroupChange::RemoveMember { user } => {
             let Some(target_role) = subject()?.role else {
                 return Err(StoreError::NotFound("member"));
@@ -410,6 +434,103 @@ pub(crate) fn change_group(
             Ok(GroupEffect::SetTitle { title: title.clone() })
         }
     }
+}
+
+// ---- create: adding members and invitations ----
+
+/// What the backend loaded about the user an add names, beyond their [`Subject`] facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reach {
+    /// They share a conversation with the actor (they are the actor's contact).
+    pub(crate) contact: bool,
+    /// They have an invitation to this group already.
+    pub(crate) invited: bool,
+    /// Their pending invitations, to any group.
+    pub(crate) n_pending: u64,
+}
+
+/// What adding a user to a group does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Addition {
+    /// A contact of the actor: a member at once ([`GroupEffect::Add`]).
+    Member(GroupEffect),
+    /// Anyone else: an invitation row; nothing enters the log.
+    Invite { user: UserId, role: Role },
+}
+
+/// `actor` (from [`group_actor`]) adds `user` as `role`; `subject` and `reach` are that user's
+/// facts. Everything an add checks comes first, in the same order whoever the user is, so an
+/// invitation tells the actor nothing an add would not (an unknown id is `not_found` either
+/// way); only then does a contact become a member and anyone else an invitation, which must
+/// be the first to this group and within the invitee's `max_pending`.
+pub(crate) fn add_member(
+    actor: &Actor,
+    cap: u32,
+    max_pending: u32,
+    user: UserId,
+    role: Role,
+    subject: Subject,
+    reach: Reach,
+) -> Result<Addition> {
+    if actor.role < Role::Admin {
+        return Err(StoreError::Forbidden("only admins add members"));
+    }
+    if role == Role::Owner || (role == Role::Admin && actor.role != Role::Owner) {
+        return Err(StoreError::Forbidden("that role cannot be given by this member"));
+    }
+    if !subject.exists {
+        return Err(StoreError::NotFound("user"));
+    }
+    if subject.role.is_some() {
+        return Err(StoreError::Conflict("already a member"));
+    }
+    if actor.n_members >= u64::from(cap) {
+        return Err(StoreError::Conflict("the group is full"));
+    }
+    if reach.contact {
+        return Ok(Addition::Member(GroupEffect::Add { user, role }));
+    }
+    if reach.invited {
+        return Err(StoreError::Conflict("already invited"));
+    }
+    if reach.n_pending >= u64::from(max_pending) {
+        return Err(too_many_invitations());
+    }
+    Ok(Addition::Invite { user, role })
+}
+
+/// `user` accepts an invitation. `offered`: the role their invitation to the group offers,
+/// `None` if they have none; `row`: the group, `None` if there is none; `role`: their role in
+/// it now. The group must still have members (an empty group is gone) and room; the
+/// `member_added` entry is sent by the user who joined.
+pub(crate) fn accept_invitation(
+    user: UserId,
+    offered: Option<Role>,
+    row: Option<GroupRow>,
+    role: Option<Role>,
+    cap: u32,
+) -> Result<GroupEffect> {
+    let Some(offered) = offered else {
+        return Err(StoreError::NotFound("invitation"));
+    };
+    let Some(row) = row.filter(|r| r.kind == ConversationKind::Group && r.n_members > 0) else {
+        return Err(StoreError::NotFound("conversation"));
+    };
+    if role.is_some() {
+        return Err(StoreError::Conflict("already a member"));
+    }
+    if row.n_members >= u64::from(cap) {
+        return Err(StoreError::Conflict("the group is full"));
+    }
+    Ok(GroupEffect::Add { user, role: offered })
+}
+
+/// `n_deleted`: how many invitations declining deleted (0 or 1).
+pub(crate) fn decline_invitation(n_deleted: u64) -> Result<()> {
+    if n_deleted == 0 {
+        return Err(StoreError::NotFound("invitation"));
+    }
+    Ok(())
 }
 
 // ---- update: cursors and redaction ----
@@ -493,8 +614,15 @@ mod tests {
     }
 
     fn outsider() -> Option<Subject> {
-        Some(Subject { exists: true, role: None })
+        Some(stranger())
     }
+
+    fn stranger() -> Subject {
+        Subject { exists: true, role: None }
+    }
+
+    const CONTACT: Reach = Reach { contact: true, invited: false, n_pending: 0 };
+    const STRANGER: Reach = Reach { contact: false, invited: false, n_pending: 0 };
 
     // ---- create ----
 
@@ -554,7 +682,7 @@ mod tests {
         assert_eq!(new.direct_key.as_deref(), Some("1:2"));
         assert_eq!(new.members, vec![(B, Role::Member), (A, Role::Member)]);
         assert_eq!(new.creator(), B);
-        assert_eq!(new.invitee_ids(), vec![1]);
+        assert_eq!(new.other_ids(), vec![1]);
         assert_eq!(
             new.created(),
             EntryBody::Created {
@@ -582,7 +710,7 @@ mod tests {
         assert_eq!(new.direct_key, None);
         assert_eq!(new.members, vec![(A, Role::Owner), (B, Role::Member), (C, Role::Member)]);
         assert_eq!(new.creator(), A);
-        assert_eq!(new.invitee_ids(), vec![2, 3]);
+        assert_eq!(new.other_ids(), vec![2, 3]);
         assert_eq!(
             new.created(),
             EntryBody::Created {
@@ -606,12 +734,37 @@ mod tests {
     }
 
     #[test]
-    fn invitees_must_all_exist() {
+    fn the_other_members_must_all_exist() {
         let new = create_group(A, "team", &[B, C], 10).expect("group");
-        assert!(invitees_exist(&new, 2).is_ok());
-        assert_eq!(err(invitees_exist(&new, 1)), (ErrorCode::NotFound, "user not found".into()));
+        assert!(others_exist(&new, 2).is_ok());
+        assert_eq!(err(others_exist(&new, 1)), (ErrorCode::NotFound, "user not found".into()));
         let solo = create_group(A, "me", &[], 10).expect("group");
-        assert!(invitees_exist(&solo, 0).is_ok());
+        assert!(others_exist(&solo, 0).is_ok());
+    }
+
+    #[test]
+    fn a_new_group_seats_the_owners_contacts_and_invites_the_others() {
+        let d = UserId(4);
+        let new = create_group(A, "team", &[B, C, d], 10).expect("group");
+        let group = seat_or_invite(new.clone(), &[C], &[(B, 99), (C, 100)], 100).expect("sorted");
+        assert_eq!(group.conversation.members, vec![(A, Role::Owner), (C, Role::Member)]);
+        assert_eq!(group.invited, vec![B, d]);
+        assert_eq!(
+            group.conversation.created(),
+            EntryBody::Created {
+                conversation_kind: ConversationKind::Group,
+                title: Some("team".to_owned()),
+                members: vec![A, C]
+            }
+        );
+        // Only a stranger's own pending invitations count, and only for strangers.
+        assert_eq!(
+            err(seat_or_invite(new.clone(), &[C], &[(B, 100)], 100)),
+            (ErrorCode::Conflict, "conflict: too many pending invitations".into())
+        );
+        let everyone = seat_or_invite(new, &[B, C, d], &[(B, 100)], 100).expect("contacts");
+        assert_eq!(everyone.conversation.members.len(), 4);
+        assert!(everyone.invited.is_empty());
     }
 
     // ---- appends ----
@@ -740,7 +893,6 @@ mod tests {
 
     #[test]
     fn subject_of_names_the_changed_user() {
-        assert_eq!(subject_of(&GroupChange::AddMember { user: B, role: Role::Member }), Some(B));
         assert_eq!(subject_of(&GroupChange::RemoveMember { user: B }), Some(B));
         assert_eq!(subject_of(&GroupChange::SetRole { user: C, role: Role::Admin }), Some(C));
         assert_eq!(subject_of(&GroupChange::SetTitle { title: "t".to_owned() }), None);
@@ -748,8 +900,12 @@ mod tests {
 
     #[test]
     fn add_member_needs_an_admin_and_a_role_they_may_give() {
-        let add = |role| GroupChange::AddMember { user: C, role };
-        let ok = |a: &Actor, role| change_group(a, 10, &add(role), outsider());
+        let ok = |a: &Actor, role| {
+            add_member(a, 10, 100, C, role, stranger(), CONTACT).map(|added| match added {
+                Addition::Member(effect) => effect,
+                other => panic!("a contact is added: {other:?}"),
+            })
+        };
         assert_eq!(
             ok(&actor(A, Role::Admin), Role::Member).expect("admin adds"),
             GroupEffect::Add { user: C, role: Role::Member }
@@ -769,36 +925,100 @@ mod tests {
         assert_eq!(err(ok(&actor(A, Role::Admin), Role::Admin)), cannot);
         assert_eq!(err(ok(&actor(A, Role::Owner), Role::Owner)), cannot);
         // Permission is checked before anything about the user.
-        let ghost = Some(Subject { exists: false, role: None });
+        let ghost = Subject { exists: false, role: None };
         assert_eq!(
-            err(change_group(&actor(A, Role::Member), 10, &add(Role::Member), ghost)).0,
+            err(add_member(&actor(A, Role::Member), 10, 100, C, Role::Member, ghost, CONTACT)).0,
             ErrorCode::Forbidden
         );
     }
 
     #[test]
     fn add_member_needs_an_account_not_yet_in_a_group_with_room() {
-        let add = GroupChange::AddMember { user: C, role: Role::Member };
         let owner = actor(A, Role::Owner);
-        let ghost = Some(Subject { exists: false, role: None });
+        let ghost = Subject { exists: false, role: None };
+        let in_group = |role| Subject { exists: true, role: Some(role) };
+        // The same answers whether the user is a contact (an add) or not (an invitation).
+        for reach in [CONTACT, STRANGER] {
+            let add = |cap, subject| add_member(&owner, cap, 100, C, Role::Member, subject, reach);
+            assert_eq!(err(add(10, ghost)), (ErrorCode::NotFound, "user not found".into()));
+            assert_eq!(
+                err(add(10, in_group(Role::Member))),
+                (ErrorCode::Conflict, "conflict: already a member".into())
+            );
+            // n_members is 3: a cap of 3 is full, 4 has room for one more.
+            assert_eq!(
+                err(add(3, stranger())),
+                (ErrorCode::Conflict, "conflict: the group is full".into())
+            );
+            assert!(add(4, stranger()).is_ok());
+            // "already a member" wins over "full": the cap is about newcomers.
+            assert_eq!(err(add(3, in_group(Role::Admin))).1, "conflict: already a member");
+        }
+    }
+
+    #[test]
+    fn a_contact_is_added_and_anyone_else_invited_once_within_their_cap() {
+        let admin = actor(A, Role::Admin);
+        let add = |reach| add_member(&admin, 10, 100, C, Role::Member, stranger(), reach);
         assert_eq!(
-            err(change_group(&owner, 10, &add, ghost)),
-            (ErrorCode::NotFound, "user not found".into())
+            add(CONTACT).expect("contact"),
+            Addition::Member(GroupEffect::Add { user: C, role: Role::Member })
         );
         assert_eq!(
-            err(change_group(&owner, 10, &add, member(Role::Member))),
+            add(STRANGER).expect("stranger"),
+            Addition::Invite { user: C, role: Role::Member }
+        );
+        let owner = actor(A, Role::Owner);
+        assert_eq!(
+            add_member(&owner, 10, 100, C, Role::Admin, stranger(), STRANGER).expect("invite"),
+            Addition::Invite { user: C, role: Role::Admin }
+        );
+        // One invitation per group; a contact is added even with one pending (it is dropped).
+        let invited = Reach { invited: true, ..STRANGER };
+        assert_eq!(err(add(invited)), (ErrorCode::Conflict, "conflict: already invited".into()));
+        assert!(matches!(add(Reach { contact: true, ..invited }), Ok(Addition::Member(_))));
+        // At most 100 pending per invitee; their cap does not limit adding a contact.
+        assert!(add(Reach { n_pending: 99, ..STRANGER }).is_ok());
+        let full = Reach { n_pending: 100, ..STRANGER };
+        assert_eq!(
+            err(add(full)),
+            (ErrorCode::Conflict, "conflict: too many pending invitations".into())
+        );
+        assert!(matches!(add(Reach { contact: true, ..full }), Ok(Addition::Member(_))));
+    }
+
+    #[test]
+    fn accepting_needs_the_invitation_and_a_group_with_members_and_room() {
+        let group = |n_members| Some(GroupRow { kind: ConversationKind::Group, n_members });
+        assert_eq!(
+            accept_invitation(C, Some(Role::Admin), group(3), None, 10).expect("join"),
+            GroupEffect::Add { user: C, role: Role::Admin }
+        );
+        assert_eq!(
+            GroupEffect::Add { user: C, role: Role::Member }.entry(),
+            EntryBody::MemberAdded { user: C, role: Role::Member }
+        );
+        assert_eq!(
+            err(accept_invitation(C, None, group(3), None, 10)),
+            (ErrorCode::NotFound, "invitation not found".into())
+        );
+        let gone = (ErrorCode::NotFound, "conversation not found".to_owned());
+        assert_eq!(err(accept_invitation(C, Some(Role::Member), None, None, 10)), gone);
+        assert_eq!(err(accept_invitation(C, Some(Role::Member), group(0), None, 10)), gone);
+        let direct = Some(GroupRow { kind: ConversationKind::Direct, n_members: 2 });
+        assert_eq!(err(accept_invitation(C, Some(Role::Member), direct, None, 10)), gone);
+        assert_eq!(
+            err(accept_invitation(C, Some(Role::Member), group(3), Some(Role::Member), 10)),
             (ErrorCode::Conflict, "conflict: already a member".into())
         );
-        // n_members is 3: a cap of 3 is full, 4 has room for one more.
         assert_eq!(
-            err(change_group(&owner, 3, &add, outsider())),
+            err(accept_invitation(C, Some(Role::Member), group(3), None, 3)),
             (ErrorCode::Conflict, "conflict: the group is full".into())
         );
-        assert!(change_group(&owner, 4, &add, outsider()).is_ok());
-        // "already a member" wins over "full": the cap is about newcomers.
+        assert!(decline_invitation(1).is_ok());
         assert_eq!(
-            err(change_group(&owner, 3, &add, member(Role::Admin))).1,
-            "conflict: already a member"
+            err(decline_invitation(0)),
+            (ErrorCode::NotFound, "invitation not found".into())
         );
     }
 
@@ -809,42 +1029,36 @@ mod tests {
         // The owner removes anyone; an admin removes members only.
         for role in [Role::Member, Role::Admin] {
             assert_eq!(
-                change_group(&actor(A, Role::Owner), 10, &remove(B), member(role)).expect("owner"),
+                change_group(&actor(A, Role::Owner), &remove(B), member(role)).expect("owner"),
                 removed(B, false)
             );
         }
         assert_eq!(
-            change_group(&actor(A, Role::Admin), 10, &remove(B), member(Role::Member))
-                .expect("admin"),
+            change_group(&actor(A, Role::Admin), &remove(B), member(Role::Member)).expect("admin"),
             removed(B, false)
         );
         let denied =
             (ErrorCode::Forbidden, "forbidden: not allowed to remove this member".to_owned());
         for role in [Role::Admin, Role::Owner] {
-            assert_eq!(
-                err(change_group(&actor(A, Role::Admin), 10, &remove(B), member(role))),
-                denied
-            );
+            assert_eq!(err(change_group(&actor(A, Role::Admin), &remove(B), member(role))), denied);
         }
         assert_eq!(
-            err(change_group(&actor(A, Role::Member), 10, &remove(B), member(Role::Member))),
+            err(change_group(&actor(A, Role::Member), &remove(B), member(Role::Member))),
             denied
         );
         // Anyone may leave; an owner who leaves hands ownership on.
         assert_eq!(
-            change_group(&actor(A, Role::Member), 10, &remove(A), member(Role::Member))
-                .expect("leave"),
+            change_group(&actor(A, Role::Member), &remove(A), member(Role::Member)).expect("leave"),
             removed(A, false)
         );
         assert_eq!(
-            change_group(&actor(A, Role::Owner), 10, &remove(A), member(Role::Owner))
-                .expect("leave"),
+            change_group(&actor(A, Role::Owner), &remove(A), member(Role::Owner)).expect("leave"),
             removed(A, true)
         );
         // Someone who is not a member is not found, whoever asks.
         for role in [Role::Member, Role::Owner] {
             assert_eq!(
-                err(change_group(&actor(A, role), 10, &remove(C), outsider())),
+                err(change_group(&actor(A, role), &remove(C), outsider())),
                 (ErrorCode::NotFound, "member not found".into())
             );
         }
@@ -855,20 +1069,15 @@ mod tests {
         let set = |user, role| GroupChange::SetRole { user, role };
         let owner = actor(A, Role::Owner);
         assert_eq!(
-            change_group(&owner, 10, &set(B, Role::Admin), member(Role::Member)).expect("promote"),
+            change_group(&owner, &set(B, Role::Admin), member(Role::Member)).expect("promote"),
             GroupEffect::SetRole { user: B, role: Role::Admin }
         );
         assert_eq!(
-            change_group(&owner, 10, &set(B, Role::Member), member(Role::Admin)).expect("demote"),
+            change_group(&owner, &set(B, Role::Member), member(Role::Admin)).expect("demote"),
             GroupEffect::SetRole { user: B, role: Role::Member }
         );
         assert_eq!(
-            err(change_group(
-                &actor(A, Role::Admin),
-                10,
-                &set(B, Role::Member),
-                member(Role::Member)
-            )),
+            err(change_group(&actor(A, Role::Admin), &set(B, Role::Member), member(Role::Member))),
             (ErrorCode::Forbidden, "forbidden: only the owner changes roles".into())
         );
         let ownership = (
@@ -876,15 +1085,12 @@ mod tests {
             "bad request: ownership passes on only when the owner leaves".to_owned(),
         );
         assert_eq!(
-            err(change_group(&owner, 10, &set(B, Role::Owner), member(Role::Member))),
+            err(change_group(&owner, &set(B, Role::Owner), member(Role::Member))),
             ownership
         );
+        assert_eq!(err(change_group(&owner, &set(A, Role::Admin), member(Role::Owner))), ownership);
         assert_eq!(
-            err(change_group(&owner, 10, &set(A, Role::Admin), member(Role::Owner))),
-            ownership
-        );
-        assert_eq!(
-            err(change_group(&owner, 10, &set(C, Role::Admin), outsider())),
+            err(change_group(&owner, &set(C, Role::Admin), outsider())),
             (ErrorCode::NotFound, "member not found".into())
         );
     }
@@ -894,23 +1100,20 @@ mod tests {
         let set = GroupChange::SetTitle { title: "new".to_owned() };
         for role in [Role::Admin, Role::Owner] {
             assert_eq!(
-                change_group(&actor(A, role), 10, &set, None).expect("title"),
+                change_group(&actor(A, role), &set, None).expect("title"),
                 GroupEffect::SetTitle { title: "new".to_owned() }
             );
         }
         assert_eq!(
-            err(change_group(&actor(A, Role::Member), 10, &set, None)),
+            err(change_group(&actor(A, Role::Member), &set, None)),
             (ErrorCode::Forbidden, "forbidden: only admins change the title".into())
         );
     }
 
     #[test]
     fn a_change_that_names_a_user_needs_their_facts() {
-        let add = GroupChange::AddMember { user: C, role: Role::Member };
-        assert_eq!(
-            err(change_group(&actor(A, Role::Owner), 10, &add, None)).0,
-            ErrorCode::Internal
-        );
+        let remove = GroupChange::RemoveMember { user: C };
+        assert_eq!(err(change_group(&actor(A, Role::Owner), &remove, None)).0, ErrorCode::Internal);
     }
 
     #[test]

@@ -19,15 +19,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use natter_proto::{
-    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Receipt, Role, UserId,
-    rest::Member,
+    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
+    UserId, rest::Member,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, Page, PendingAck, Principal, Range,
-    Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
+    Added, Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, NewGroup, Page, PendingAck,
+    Principal, Range, Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_members_seq.sql"),
     include_str!("../migrations/sqlite/0003_handle_key.sql"),
+    include_str!("../migrations/sqlite/0004_invitations.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -368,15 +369,30 @@ impl Store for SqliteStore {
         owner: UserId,
         title: &str,
         members: &[UserId],
-    ) -> Result<ConversationId> {
+    ) -> Result<NewGroup> {
         let (title, members) = (title.to_owned(), members.to_vec());
-        let cap = self.limits.max_group_members;
-        self.write(move |c, out| write::create_group(c, out, cap, owner, &title, &members)).await
+        let limits = self.limits.clone();
+        self.write(move |c, out| write::create_group(c, out, &limits, owner, &title, &members))
+            .await
     }
 
     async fn submit_append(&self, append: Append) -> Result<PendingAck> {
         let rx = self.submit(move |c, out| write::append(c, out, &append)).await?;
         Ok(PendingAck(rx))
+    }
+
+    async fn add_member(
+        &self,
+        actor: UserId,
+        conversation: ConversationId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Added> {
+        let limits = self.limits.clone();
+        self.write(move |c, out| {
+            write::add_member(c, out, &limits, actor, conversation, user, role)
+        })
+        .await
     }
 
     async fn change_group(
@@ -385,9 +401,7 @@ impl Store for SqliteStore {
         conversation: ConversationId,
         change: GroupChange,
     ) -> Result<Ack> {
-        let cap = self.limits.max_group_members;
-        self.write(move |c, out| write::change_group(c, out, cap, actor, conversation, &change))
-            .await
+        self.write(move |c, out| write::change_group(c, out, actor, conversation, &change)).await
     }
 
     async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>> {
@@ -450,12 +464,25 @@ impl Store for SqliteStore {
         self.read(move |c| read::entries(c, conversation, range, limit)).await
     }
 
+    async fn invitations(&self, user: UserId) -> Result<Vec<Invitation>> {
+        self.read(move |c| read::invitations(c, user)).await
+    }
+
     async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
         self.write(move |c, _| write::set_cursors(c, &updates)).await
     }
 
+    async fn accept_invitation(&self, user: UserId, conversation: ConversationId) -> Result<Ack> {
+        let cap = self.limits.max_group_members;
+        self.write(move |c, out| write::accept_invitation(c, out, cap, user, conversation)).await
+    }
+
     async fn delete_device(&self, token: TokenHash) -> Result<()> {
         self.write(move |c, _| write::delete_device(c, &token)).await
+    }
+
+    async fn decline_invitation(&self, user: UserId, conversation: ConversationId) -> Result<()> {
+        self.write(move |c, _| write::decline_invitation(c, user, conversation)).await
     }
 
     async fn close(&self) {

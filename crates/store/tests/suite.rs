@@ -6,7 +6,9 @@
 //! assigned at commit, contiguous per conversation, and one submitter's appends commit in
 //! submission order), G4 (idempotent appends per `(sender, conversation, client_msg_id)`),
 //! membership checks, message state after edits, deletions and reactions, log paging, group
-//! changes (roles, leaving, owner hand-off), cursor rules, conversation lists with keyset
+//! changes (roles, leaving, owner hand-off), invitations (a stranger added to a group is
+//! invited, not made a member, until they accept; declining leaves nothing; one per group;
+//! capped per invitee; re-inviting after a decline or a departure), cursor rules, conversation lists with keyset
 //! paging, the commit feed (every committed entry, in commit order: where routing starts),
 //! and `close` (pending commits flushed, later writes `Unavailable`, the feed ends).
 //!
@@ -26,8 +28,8 @@ use natter_proto::{
 use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
 use natter_store::{
-    Append, CommitFeed, CursorUpdate, GroupChange, Page, PendingAck, Range, Result, Store,
-    StoreLimits,
+    Added, Append, CommitFeed, CursorUpdate, GroupChange, NewGroup, Page, PendingAck, Range,
+    Result, Store, StoreLimits,
 };
 use tokio::sync::mpsc;
 
@@ -50,6 +52,10 @@ macro_rules! store_suite {
             edits_deletes_and_reactions_update_message_state,
             entries_pages_after_before_latest,
             change_group_checks_roles_and_hands_ownership_on,
+            strangers_are_invited_and_contacts_added,
+            accepting_makes_a_member_and_declining_leaves_nothing,
+            accepting_checks_the_group_again,
+            pending_invitations_are_capped_per_invitee,
             refusals_read_the_same_on_every_backend,
             set_cursors_is_monotonic_clamped_and_read_implies_delivered,
             conversations_most_recent_first_with_keyset_paging,
@@ -145,6 +151,16 @@ type Guard = Box<dyn Send>;
 
 /// The member cap every suite store gets: small, so that the cap is easy to reach.
 const MAX_GROUP_MEMBERS: u32 = 4;
+/// The cap on one user's pending invitations, small for the same reason.
+const MAX_PENDING_INVITATIONS: u32 = 3;
+
+fn limits() -> StoreLimits {
+    StoreLimits {
+        max_group_members: MAX_GROUP_MEMBERS,
+        max_pending_invitations: MAX_PENDING_INVITATIONS,
+        ..StoreLimits::default()
+    }
+}
 /// How long one test may take before it fails (a hung store must not hang the suite).
 const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -163,8 +179,7 @@ impl<S: Store> Fixture<S> {
         Fut: Future<Output = Option<(S, Guard)>>,
     {
         let (feed_tx, feed_rx) = mpsc::channel(1 << 20);
-        let limits = StoreLimits { max_group_members: MAX_GROUP_MEMBERS, ..StoreLimits::default() };
-        let (store, guard) = open(limits, feed_tx).await?;
+        let (store, guard) = open(limits(), feed_tx).await?;
         Some(Fixture { store: Arc::new(store), feed_rx, _guard: guard })
     }
 }
@@ -183,6 +198,49 @@ async fn users<S: Store, const N: usize>(s: &S, handles: [&str; N]) -> [UserId; 
         out[i] = user(s, h).await;
     }
     out
+}
+
+/// Makes `user` a contact of each of `others` (a direct conversation each): adding them to a
+/// group of `user`'s then adds them instead of inviting them.
+async fn contacts<S: Store>(s: &S, user: UserId, others: &[UserId]) {
+    for &other in others {
+        s.create_direct(user, other).await.expect("direct");
+    }
+}
+
+/// Adds a contact of `actor` to a group: the ack of `member_added` (an invitation panics).
+async fn add_member<S: Store>(
+    s: &S,
+    actor: UserId,
+    conv: ConversationId,
+    user: UserId,
+    role: Role,
+) -> Result<Ack> {
+    match s.add_member(actor, conv, user, role).await? {
+        Added::Member(ack) => Ok(ack),
+        Added::Invited(inv) => panic!("{user:?} is no contact of {actor:?}: invited, {inv:?}"),
+    }
+}
+
+/// Invites a stranger to a group (an add that made a member panics).
+async fn invite<S: Store>(
+    s: &S,
+    actor: UserId,
+    conv: ConversationId,
+    user: UserId,
+    role: Role,
+) -> Result<natter_proto::Invitation> {
+    match s.add_member(actor, conv, user, role).await? {
+        Added::Invited(inv) => Ok(inv),
+        Added::Member(ack) => panic!("{user:?} is a contact of {actor:?}: added, {ack:?}"),
+    }
+}
+
+/// A group whose members are all contacts of the owner (an invitation panics).
+async fn group<S: Store>(s: &S, owner: UserId, title: &str, members: &[UserId]) -> ConversationId {
+    let NewGroup { id, invitations } = s.create_group(owner, title, members).await.expect("group");
+    assert!(invitations.is_empty(), "invited instead of added: {invitations:?}");
+    id
 }
 
 fn msg(body: &str) -> NewEntry {
@@ -355,7 +413,8 @@ async fn create_direct_is_one_per_pair_in_either_order<S: Store>(f: Fixture<S>) 
 async fn create_group_enforces_the_member_cap<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
     let [o, a, b, c, d] = users(s, ["o", "a", "b", "c", "d"]).await;
-    let g = s.create_group(o, "team", &[a, b]).await.expect("group");
+    contacts(s, o, &[a, b, c, d]).await;
+    let g = group(s, o, "team", &[a, b]).await;
     let entries = log(s, g).await;
     assert_contiguous(&entries, 1, 1);
     assert_eq!(entries[0].sender, o);
@@ -386,13 +445,12 @@ async fn create_group_enforces_the_member_cap<S: Store>(f: Fixture<S>) {
     );
 
     // Exactly at the cap (owner included) is allowed; one more is a conflict.
-    let full = s.create_group(o, "full", &[a, b, c]).await.expect("at cap");
+    let full = group(s, o, "full", &[a, b, c]).await;
     assert_eq!(s.member_ids(full).await.expect("ids").len(), 4);
     assert_eq!(code(s.create_group(o, "over", &[a, b, c, d]).await), ErrorCode::Conflict);
     assert_eq!(code(s.create_group(o, "ghost", &[a, UserId(999_999)]).await), ErrorCode::NotFound);
     // Adding to a full group is a conflict too.
-    let add = GroupChange::AddMember { user: d, role: Role::Member };
-    assert_eq!(code(s.change_group(o, full, add).await), ErrorCode::Conflict);
+    assert_eq!(code(add_member(s, o, full, d, Role::Member).await), ErrorCode::Conflict);
     assert_eq!(last_seq(s, o, full).await, 1);
 }
 
@@ -462,7 +520,8 @@ async fn one_submitters_appends_commit_in_submission_order<S: Store>(f: Fixture<
 async fn concurrent_submitters_get_contiguous_seqs<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
     let members = users(s, ["a", "b", "c", "d"]).await;
-    let g = s.create_group(members[0], "busy", &members[1..]).await.expect("group");
+    contacts(s, members[0], &members[1..]).await;
+    let g = group(s, members[0], "busy", &members[1..]).await;
     const PER: usize = 100;
     let mut tasks = Vec::new();
     for (k, &u) in members.iter().enumerate() {
@@ -513,7 +572,8 @@ async fn non_member_append_is_not_found<S: Store>(f: Fixture<S>) {
         ErrorCode::NotFound
     );
     // A member removed from a group can no longer append.
-    let g = s.create_group(a, "g", &[c]).await.expect("group");
+    contacts(s, a, &[c]).await;
+    let g = group(s, a, "g", &[c]).await;
     send(s, g, c, "c1", "before").await;
     s.change_group(a, g, GroupChange::RemoveMember { user: c }).await.expect("remove");
     assert_eq!(code(append(s, g, c, "c2", msg("after")).await), ErrorCode::NotFound);
@@ -658,11 +718,13 @@ async fn entries_pages_after_before_latest<S: Store>(f: Fixture<S>) {
 async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
     let [o, a, b, c, d] = users(s, ["o", "a", "b", "c", "d"]).await;
-    let g = s.create_group(o, "g", &[a, b]).await.expect("group"); // 1
-    let add = |user: UserId, role: Role| GroupChange::AddMember { user, role };
+    contacts(s, o, &[a, b, c]).await;
+    contacts(s, a, &[c]).await;
+    let g = group(s, o, "g", &[a, b]).await; // 1
+    let add = |actor: UserId, user: UserId, role: Role| add_member(s, actor, g, user, role);
 
     // Members change nothing.
-    assert_eq!(code(s.change_group(a, g, add(c, Role::Member)).await), ErrorCode::Forbidden);
+    assert_eq!(code(add(a, c, Role::Member).await), ErrorCode::Forbidden);
     let title = |t: &str| GroupChange::SetTitle { title: t.to_owned() };
     assert_eq!(code(s.change_group(a, g, title("mine")).await), ErrorCode::Forbidden);
     let set_role = |user: UserId, role: Role| GroupChange::SetRole { user, role };
@@ -682,24 +744,13 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
     );
 
     // Admins add members, but not admins or owners.
-    assert_eq!(code(s.change_group(a, g, add(c, Role::Admin)).await), ErrorCode::Forbidden);
-    assert_eq!(code(s.change_group(a, g, add(c, Role::Owner)).await), ErrorCode::Forbidden);
-    assert_eq!(
-        code(s.change_group(a, g, add(UserId(999_999), Role::Member)).await),
-        ErrorCode::NotFound
-    );
-    assert_eq!(
-        code(s.change_group(a, g, add(b, Role::Member)).await),
-        ErrorCode::Conflict,
-        "already a member"
-    );
-    let added = s.change_group(a, g, add(c, Role::Member)).await.expect("add"); // 3
+    assert_eq!(code(add(a, c, Role::Admin).await), ErrorCode::Forbidden);
+    assert_eq!(code(add(a, c, Role::Owner).await), ErrorCode::Forbidden);
+    assert_eq!(code(add(a, UserId(999_999), Role::Member).await), ErrorCode::NotFound);
+    assert_eq!(code(add(a, b, Role::Member).await), ErrorCode::Conflict, "already a member");
+    let added = add(a, c, Role::Member).await.expect("add"); // 3
     assert_eq!(added.seq, 3);
-    assert_eq!(
-        code(s.change_group(o, g, add(d, Role::Member)).await),
-        ErrorCode::Conflict,
-        "the group is full"
-    );
+    assert_eq!(code(add(o, d, Role::Member).await), ErrorCode::Conflict, "the group is full");
 
     // Admins remove members but not the owner (or other admins); anyone may leave.
     let remove = |user: UserId| GroupChange::RemoveMember { user };
@@ -740,8 +791,8 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
     assert_eq!((members[0].user_id, members[0].role), (a, Role::Owner));
 
     // Without an admin, the longest-standing member takes over.
-    let h = s.create_group(o, "h", &[b]).await.expect("group"); // b joined at 1
-    s.change_group(o, h, add(c, Role::Member)).await.expect("add c");
+    let h = group(s, o, "h", &[b]).await; // b joined at 1
+    add_member(s, o, h, c, Role::Member).await.expect("add c");
     s.change_group(o, h, remove(o)).await.expect("owner leaves");
     assert_eq!(s.role(b, h).await.expect("role"), Some(Role::Owner));
     assert_eq!(s.role(c, h).await.expect("role"), Some(Role::Member));
@@ -752,10 +803,192 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
     assert_eq!(last_seq(s, b, bc).await, 1);
 }
 
+// ---- invitations ----
+
+async fn strangers_are_invited_and_contacts_added<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, a, x, y] = users(s, ["o", "a", "x", "y"]).await;
+    contacts(s, o, &[a]).await;
+
+    // Creating: the owner's contacts are members, the others invited.
+    let NewGroup { id: g, invitations } = s.create_group(o, "team", &[a, x]).await.expect("group");
+    let entries = log(s, g).await;
+    assert_contiguous(&entries, 1, 1);
+    assert_eq!(
+        entries[0].body,
+        EntryBody::Created {
+            conversation_kind: ConversationKind::Group,
+            title: Some("team".to_owned()),
+            members: vec![o, a],
+        }
+    );
+    assert_eq!(invitations.len(), 1, "{invitations:?}");
+    let inv = &invitations[0];
+    assert_eq!(
+        (inv.conversation, inv.title.as_str(), inv.user, inv.inviter, inv.inviter_handle.as_str()),
+        (g, "team", x, o, "o")
+    );
+    assert_eq!(inv.role, Role::Member);
+    assert!(inv.invited_at > 0);
+    assert_eq!(s.invitations(x).await.expect("list"), invitations);
+
+    // An invitee is not a member in any way.
+    assert_eq!(s.role(x, g).await.expect("role"), None);
+    assert_eq!(code(s.conversation(x, g).await), ErrorCode::NotFound);
+    assert!(s.memberships(x).await.expect("memberships").is_empty());
+    assert_eq!(s.share_conversation(o, &[x, a]).await.expect("shared"), vec![a]);
+    let ids: BTreeSet<UserId> = s.member_ids(g).await.expect("ids").into_iter().collect();
+    assert_eq!(ids, BTreeSet::from([o, a]));
+    assert_eq!(code(append(s, g, x, "x1", msg("let me in")).await), ErrorCode::NotFound);
+
+    // Adding: a stranger is invited (nothing enters the log), with the role asked for.
+    let inv = invite(s, o, g, y, Role::Admin).await.expect("invite y");
+    assert_eq!((inv.conversation, inv.user, inv.inviter, inv.role), (g, y, o, Role::Admin));
+    assert_eq!(s.invitations(y).await.expect("list"), vec![inv]);
+    assert_eq!(last_seq(s, o, g).await, 1);
+    assert_eq!(code(s.add_member(o, g, y, Role::Member).await), ErrorCode::Conflict, "once");
+    // An unknown id is not found, as for an add.
+    assert_eq!(code(s.add_member(o, g, UserId(999_999), Role::Member).await), ErrorCode::NotFound);
+    // The invitation stands until answered, whatever the title becomes.
+    s.change_group(o, g, GroupChange::SetTitle { title: "renamed".to_owned() })
+        .await
+        .expect("title"); // 2
+    assert_eq!(s.invitations(y).await.expect("list")[0].title, "renamed");
+
+    // Once a contact (they share a conversation now), y is added directly, and the
+    // invitation is gone.
+    contacts(s, o, &[y]).await;
+    let ack = add_member(s, o, g, y, Role::Member).await.expect("add y"); // 3
+    assert_eq!(ack.seq, 3);
+    assert!(s.invitations(y).await.expect("list").is_empty());
+    assert_eq!(s.role(y, g).await.expect("role"), Some(Role::Member));
+    // Contacts are the adder's own: z is a's contact, not o's. o's add is an invitation; a's
+    // (as an admin) adds z, and drops that invitation.
+    let [z] = users(s, ["z"]).await;
+    contacts(s, a, &[z]).await;
+    s.change_group(o, g, GroupChange::SetRole { user: a, role: Role::Admin }).await.expect("a");
+    assert_eq!(invite(s, o, g, z, Role::Member).await.expect("invite z").inviter, o);
+    add_member(s, a, g, z, Role::Member).await.expect("a adds z");
+    assert!(s.invitations(z).await.expect("list").is_empty());
+}
+
+async fn accepting_makes_a_member_and_declining_leaves_nothing<S: Store>(mut f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, x, y] = users(s, ["o", "x", "y"]).await;
+    let NewGroup { id: g, .. } = s.create_group(o, "g", &[x]).await.expect("group"); // 1
+    invite(s, o, g, y, Role::Member).await.expect("invite y");
+    send(s, g, o, "o1", "before anyone joined").await; // 2
+
+    // x accepts: a member now, by the `member_added` entry x sends, seeing the whole history.
+    let ack = s.accept_invitation(x, g).await.expect("accept"); // 3
+    assert_eq!(ack.seq, 3);
+    let entries = log(s, g).await;
+    assert_contiguous(&entries, 1, 3);
+    assert_eq!(
+        (entries[2].sender, &entries[2].body),
+        (x, &EntryBody::MemberAdded { user: x, role: Role::Member })
+    );
+    assert_eq!(s.role(x, g).await.expect("role"), Some(Role::Member));
+    assert_eq!(s.conversation(x, g).await.expect("summary").last_seq, 3);
+    assert!(s.invitations(x).await.expect("list").is_empty());
+    assert_eq!(code(s.accept_invitation(x, g).await), ErrorCode::NotFound, "used up");
+    send(s, g, x, "x1", "hello").await; // 4
+    // The feed carried the accepted member's entry like any membership change.
+    let mut fed = Vec::new();
+    while fed.len() < 4 {
+        fed.extend(f.feed_rx.recv().await.expect("feed"));
+    }
+    let joined = fed.iter().find(|c| c.entry.seq == 3 && c.entry.conversation == g);
+    assert_eq!(joined.map(|c| c.members_seq), Some(3));
+
+    // y declines: nothing is left, and nothing was written.
+    s.decline_invitation(y, g).await.expect("decline");
+    assert!(s.invitations(y).await.expect("list").is_empty());
+    assert_eq!(s.role(y, g).await.expect("role"), None);
+    assert_eq!(code(s.accept_invitation(y, g).await), ErrorCode::NotFound);
+    assert_eq!(code(s.decline_invitation(y, g).await), ErrorCode::NotFound);
+    assert_eq!(last_seq(s, o, g).await, 4);
+    // Re-inviting after a decline is a fresh invitation.
+    invite(s, o, g, y, Role::Member).await.expect("re-invite");
+    assert_eq!(s.invitations(y).await.expect("list").len(), 1);
+
+    // x leaves; having shared nothing else with o, x is a stranger again: adding them back
+    // is an invitation, not membership.
+    s.change_group(x, g, GroupChange::RemoveMember { user: x }).await.expect("leave"); // 5
+    let again = invite(s, o, g, x, Role::Member).await.expect("invited again");
+    assert_eq!(again.user, x);
+    assert_eq!(s.role(x, g).await.expect("role"), None);
+    assert_eq!(code(s.conversation(x, g).await), ErrorCode::NotFound);
+    assert_eq!(last_seq(s, o, g).await, 5);
+    s.accept_invitation(x, g).await.expect("back"); // 6
+    assert_eq!(s.role(x, g).await.expect("role"), Some(Role::Member));
+}
+
+async fn accepting_checks_the_group_again<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, a, b, c, x] = users(s, ["o", "a", "b", "c", "x"]).await;
+    contacts(s, o, &[a, b, c]).await;
+    let g = group(s, o, "g", &[a, b]).await; // 3 of 4
+    invite(s, o, g, x, Role::Member).await.expect("invite");
+    add_member(s, o, g, c, Role::Member).await.expect("the last place"); // 4 of 4
+    // The group filled up after the invitation: accepting waits for room.
+    assert_eq!(code(s.accept_invitation(x, g).await), ErrorCode::Conflict);
+    assert_eq!(s.invitations(x).await.expect("list").len(), 1, "the invitation stays");
+    s.change_group(c, g, GroupChange::RemoveMember { user: c }).await.expect("leave");
+    s.accept_invitation(x, g).await.expect("room again");
+    assert_eq!(s.member_ids(g).await.expect("ids").len(), 4);
+
+    // A group everyone left is gone, and so are its invitations.
+    let [y] = users(s, ["y"]).await;
+    let h = group(s, o, "h", &[]).await;
+    invite(s, o, h, y, Role::Member).await.expect("invite");
+    s.change_group(o, h, GroupChange::RemoveMember { user: o }).await.expect("the last leaves");
+    assert!(s.invitations(y).await.expect("list").is_empty());
+    assert_eq!(code(s.accept_invitation(y, h).await), ErrorCode::NotFound);
+    assert_eq!(s.role(y, h).await.expect("role"), None);
+}
+
+async fn pending_invitations_are_capped_per_invitee<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [x, o1, o2, o3, o4] = users(s, ["x", "o1", "o2", "o3", "o4"]).await;
+    // Three strangers invite x, each to a group of their own: x's cap.
+    let mut groups = Vec::new();
+    for owner in [o1, o2] {
+        let g = group(s, owner, "g", &[]).await;
+        invite(s, owner, g, x, Role::Member).await.expect("invite");
+        groups.push(g);
+    }
+    let NewGroup { id, invitations } = s.create_group(o3, "g", &[x]).await.expect("group");
+    assert_eq!(invitations.len(), 1);
+    groups.push(id);
+    assert_eq!(s.invitations(x).await.expect("list").len(), 3);
+    // A fourth is refused, by add or by creation (which then creates nothing).
+    let g4 = group(s, o4, "g4", &[]).await;
+    assert_eq!(code(s.add_member(o4, g4, x, Role::Member).await), ErrorCode::Conflict);
+    let before = s.conversations(o4, None, 100).await.expect("list").len();
+    assert_eq!(code(s.create_group(o4, "flood", &[x]).await), ErrorCode::Conflict);
+    assert_eq!(s.conversations(o4, None, 100).await.expect("list").len(), before);
+    // The cap limits invitations, not contacts: a contact is added however many are pending.
+    contacts(s, o4, &[x]).await;
+    add_member(s, o4, g4, x, Role::Member).await.expect("a contact");
+    // Answering one frees a place.
+    let [o5] = users(s, ["o5"]).await;
+    let g5 = group(s, o5, "g5", &[]).await;
+    assert_eq!(code(s.add_member(o5, g5, x, Role::Member).await), ErrorCode::Conflict);
+    s.decline_invitation(x, groups[0]).await.expect("decline");
+    invite(s, o5, g5, x, Role::Member).await.expect("room again");
+    s.accept_invitation(x, groups[1]).await.expect("accept");
+    let pending: BTreeSet<ConversationId> =
+        s.invitations(x).await.expect("list").iter().map(|i| i.conversation).collect();
+    assert_eq!(pending, BTreeSet::from([groups[2], g5]));
+}
+
 /// Every refusal a rule makes, as its message (which both backends take from one place).
 async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
     let s = &*f.store;
     let [o, a, b, c] = users(s, ["o", "a", "b", "c"]).await;
+    contacts(s, o, &[a, b]).await;
+    contacts(s, a, &[c]).await;
     let ghost = UserId(999_999);
     let says = |res: Result<Ack>| match res {
         Ok(ack) => panic!("expected a refusal, got {ack:?}"),
@@ -772,14 +1005,14 @@ async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
         "bad request: a direct conversation needs another user"
     );
     assert_eq!(direct(s.create_direct(a, ghost).await), "user not found");
-    let group = |res: Result<ConversationId>| res.expect_err("refused").to_string();
+    let refused = |res: Result<NewGroup>| res.expect_err("refused").to_string();
     assert_eq!(
-        group(s.create_group(o, "big", &[a, b, c, ghost]).await),
+        refused(s.create_group(o, "big", &[a, b, c, ghost]).await),
         "conflict: too many members for a group"
     );
-    assert_eq!(group(s.create_group(o, "ghost", &[a, ghost]).await), "user not found");
+    assert_eq!(refused(s.create_group(o, "ghost", &[a, ghost]).await), "user not found");
     // The owner and repeats count once against the cap.
-    let g = s.create_group(o, "g", &[a, o, a, b]).await.expect("group");
+    let g = group(s, o, "g", &[a, o, a, b]).await;
     assert_eq!(s.member_ids(g).await.expect("ids").len(), 3);
 
     // Appends.
@@ -800,7 +1033,7 @@ async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
 
     // Group changes.
     let change = |actor: UserId, change: GroupChange| s.change_group(actor, g, change);
-    let add = |user: UserId, role: Role| GroupChange::AddMember { user, role };
+    let add = |actor: UserId, user: UserId, role: Role| add_member(s, actor, g, user, role);
     let title = GroupChange::SetTitle { title: "t".to_owned() };
     assert_eq!(says(s.change_group(c, g, title.clone()).await), "conversation not found");
     assert_eq!(
@@ -808,7 +1041,7 @@ async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
         "forbidden: a direct conversation cannot change"
     );
     assert_eq!(says(change(a, title).await), "forbidden: only admins change the title");
-    assert_eq!(says(change(a, add(c, Role::Member)).await), "forbidden: only admins add members");
+    assert_eq!(says(add(a, c, Role::Member).await), "forbidden: only admins add members");
     let set_role = |user: UserId, role: Role| GroupChange::SetRole { user, role };
     assert_eq!(
         says(change(a, set_role(b, Role::Admin)).await),
@@ -821,17 +1054,46 @@ async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
     assert_eq!(says(change(o, set_role(c, Role::Admin)).await), "member not found");
     change(o, set_role(a, Role::Admin)).await.expect("promote");
     assert_eq!(
-        says(change(a, add(c, Role::Admin)).await),
+        says(add(a, c, Role::Admin).await),
         "forbidden: that role cannot be given by this member"
     );
-    assert_eq!(says(change(a, add(ghost, Role::Member)).await), "user not found");
-    assert_eq!(says(change(a, add(b, Role::Member)).await), "conflict: already a member");
+    assert_eq!(says(add(a, ghost, Role::Member).await), "user not found");
+    assert_eq!(says(add(a, b, Role::Member).await), "conflict: already a member");
     let remove = |user: UserId| GroupChange::RemoveMember { user };
     assert_eq!(says(change(a, remove(o)).await), "forbidden: not allowed to remove this member");
     assert_eq!(says(change(a, remove(c)).await), "member not found");
-    change(a, add(c, Role::Member)).await.expect("add"); // 4 of 4
-    let [d] = users(s, ["d"]).await;
-    assert_eq!(says(change(o, add(d, Role::Member)).await), "conflict: the group is full");
+    // Invitations (of strangers: d shares no conversation with o).
+    let [d, e] = users(s, ["d", "e"]).await;
+    let refuse = |res: Result<natter_proto::Invitation>| res.expect_err("refused").to_string();
+    invite(s, o, g, d, Role::Member).await.expect("invite");
+    assert_eq!(refuse(invite(s, o, g, d, Role::Member).await), "conflict: already invited");
+    assert_eq!(
+        s.accept_invitation(e, g).await.expect_err("none").to_string(),
+        "invitation not found"
+    );
+    assert_eq!(
+        s.decline_invitation(e, g).await.expect_err("none").to_string(),
+        "invitation not found"
+    );
+    for i in 1..MAX_PENDING_INVITATIONS {
+        let h = group(s, o, &format!("h{i}"), &[]).await;
+        invite(s, o, h, e, Role::Member).await.expect("within the cap");
+    }
+    let last = group(s, o, "last", &[]).await;
+    invite(s, o, last, e, Role::Member).await.expect("the last one within the cap");
+    let over = group(s, o, "over", &[]).await;
+    assert_eq!(
+        refuse(invite(s, o, over, e, Role::Member).await),
+        "conflict: too many pending invitations"
+    );
+    assert_eq!(
+        refused(s.create_group(o, "more", &[e]).await),
+        "conflict: too many pending invitations"
+    );
+
+    add(a, c, Role::Member).await.expect("add"); // 4 of 4
+    assert_eq!(says(add(o, d, Role::Member).await), "conflict: the group is full");
+    assert_eq!(says(s.accept_invitation(d, g).await), "conflict: the group is full");
 }
 
 // ---- cursors ----
@@ -905,8 +1167,9 @@ async fn conversations_most_recent_first_with_keyset_paging<S: Store>(f: Fixture
     for p in [p1, p2, p3, p4] {
         convs.push(s.create_direct(me, p).await.expect("direct").0);
     }
-    convs.push(s.create_group(p1, "group", &[me, p2]).await.expect("group"));
+    // (Before the group, so that p2 is p1's contact and a member, not invited.)
     let (others, _) = s.create_direct(p1, p2).await.expect("not mine");
+    convs.push(group(s, p1, "group", &[me, p2]).await);
     // The oldest conversation gets the newest entry.
     let bump = send(s, convs[0], p1, "bump", "hello").await;
 
@@ -950,10 +1213,11 @@ async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>
     let [me, p, q] = users(s, ["me", "p", "q"]).await;
     assert!(s.memberships(me).await.expect("none yet").is_empty());
     let (direct, _) = s.create_direct(p, me).await.expect("direct");
-    let g1 = s.create_group(me, "mine", &[p]).await.expect("group");
-    let g2 = s.create_group(q, "theirs", &[me]).await.expect("group");
+    let g1 = group(s, me, "mine", &[p]).await;
+    // (p, not q, owns it: q shares no conversation with me and could only invite me.)
+    let g2 = group(s, p, "theirs", &[me]).await;
     s.create_direct(p, q).await.expect("not mine");
-    send(s, g2, q, "q1", "hi").await;
+    send(s, g2, p, "p1", "hi").await;
 
     let by_id = |list: Vec<natter_proto::ConversationSummary>| {
         list.into_iter().map(|c| (c.id, (c.kind, c.role, c.last_seq))).collect::<BTreeMap<_, _>>()
@@ -979,7 +1243,7 @@ async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut
     let s = &*f.store;
     let [a, b, c] = users(s, ["a", "b", "c"]).await;
     let (ab, _) = s.create_direct(a, b).await.expect("direct");
-    let g = s.create_group(a, "g", &[b]).await.expect("group");
+    let g = group(s, a, "g", &[b]).await;
     // Interleaved, pipelined appends to two conversations, with refused ones among them.
     let mut pending = Vec::new();
     for i in 0..60 {
@@ -995,9 +1259,9 @@ async fn commit_feed_carries_every_committed_entry_in_commit_order<S: Store>(mut
     for (ok, p) in pending {
         assert_eq!(p.wait().await.is_ok(), ok);
     }
-    s.change_group(a, g, GroupChange::AddMember { user: c, role: Role::Member })
-        .await
-        .expect("add");
+    // c, a stranger, is invited (nothing on the feed) and accepts (a `member_added`).
+    invite(s, a, g, c, Role::Member).await.expect("invite");
+    s.accept_invitation(c, g).await.expect("accept");
     // A retry is answered from the log: no new entry, nothing on the feed.
     assert_eq!(send(s, ab, b, "m1", "again").await.seq, 2);
 
@@ -1122,15 +1386,13 @@ async fn postgres_two_stores_share_one_log() {
     let mut config = guard.admin.clone();
     config.dbname(&guard.name);
     let (feed_tx, _) = mpsc::channel(1);
-    let limits = StoreLimits { max_group_members: MAX_GROUP_MEMBERS, ..StoreLimits::default() };
-    let second = PgStore::open(config, limits, feed_tx).await.expect("second store");
+    let second = PgStore::open(config, limits(), feed_tx).await.expect("second store");
     within(async {
         let [a, b, c] = users(&first, ["a", "b", "c"]).await;
-        let convs = [
-            first.create_group(a, "g1", &[b, c]).await.expect("group"),
-            second.create_group(b, "g2", &[a, c]).await.expect("group"),
-            first.create_direct(a, b).await.expect("direct").0,
-        ];
+        let ab = first.create_direct(a, b).await.expect("direct").0;
+        contacts(&first, c, &[a, b]).await;
+        let convs =
+            [group(&first, a, "g1", &[b, c]).await, group(&second, b, "g2", &[a, c]).await, ab];
         const PER_SENDER: usize = 150;
         let stores = [&first, &second];
         let mut pending = Vec::new();
@@ -1179,14 +1441,61 @@ async fn postgres_two_stores_share_one_log() {
     first.close().await;
 }
 
+/// Two stores on one database (two nodes) inviting one user at once, each to groups of its
+/// own: the invitee's pending invitations stop at the cap, not at the cap per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_stores_keep_the_invitation_cap() {
+    let Some((first, guard)) = postgres_with_db().await else { return };
+    let mut config = guard.admin.clone();
+    config.dbname(&guard.name);
+    let (feed_tx, _) = mpsc::channel(1);
+    let second = PgStore::open(config, limits(), feed_tx).await.expect("second store");
+    let stores = [Arc::new(first), Arc::new(second)];
+    within(async {
+        let x = user(&*stores[0], "x").await;
+        let mut groups = Vec::new();
+        for i in 0..20 {
+            let owner = user(&*stores[0], &format!("o{i}")).await;
+            groups.push((owner, group(&*stores[0], owner, "g", &[]).await));
+        }
+        // All submitted at once: each store commits its half in one batch, the two batches
+        // running side by side.
+        let start = Arc::new(tokio::sync::Barrier::new(groups.len()));
+        let tasks: Vec<_> = groups
+            .into_iter()
+            .enumerate()
+            .map(|(i, (owner, g))| {
+                let (store, start) = (stores[i % 2].clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store.add_member(owner, g, x, Role::Member).await
+                })
+            })
+            .collect();
+        let mut n_invited = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(Added::Invited(_)) => n_invited += 1,
+                Ok(added) => panic!("x is nobody's contact: {added:?}"),
+                Err(err) => assert_eq!(err.to_string(), "conflict: too many pending invitations"),
+            }
+        }
+        assert_eq!(n_invited, MAX_PENDING_INVITATIONS);
+        assert_eq!(
+            stores[1].invitations(x).await.expect("list").len(),
+            MAX_PENDING_INVITATIONS as usize
+        );
+    })
+    .await;
+    for store in stores {
+        store.close().await;
+    }
+}
+
 async fn postgres_with_db() -> Option<(PgStore, ScratchDb)> {
     // Nobody reads this feed: once its receiver is gone the store only logs that.
     let (feed_tx, _) = mpsc::channel(1);
-    scratch_postgres(
-        StoreLimits { max_group_members: MAX_GROUP_MEMBERS, ..StoreLimits::default() },
-        feed_tx,
-    )
-    .await
+    scratch_postgres(limits(), feed_tx).await
 }
 
 /// Terminates every connection to the scratch database; returns how many there were.

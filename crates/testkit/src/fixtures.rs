@@ -9,6 +9,7 @@ use anyhow::bail;
 use natter_proto::{ConversationId, Seq, UserId};
 
 use crate::http::Endpoint;
+use crate::wait::within;
 use crate::ws::WsClient;
 
 /// The password of every account the kit registers.
@@ -28,6 +29,18 @@ impl TestUser {
         natter_client::Api::new(format!("http://{addr}"))
             .expect("an http url")
             .with_token(&self.token)
+    }
+
+    /// Makes this user a contact of each of `others` through the node at `addr` (see
+    /// [`Endpoint::contacts`]): the direct conversations, in the order of `others`.
+    pub async fn contacts(&self, addr: SocketAddr, others: &[&TestUser]) -> Vec<ConversationId> {
+        let api = self.api(addr);
+        let mut convs = Vec::with_capacity(others.len());
+        for other in others {
+            let direct = within("a direct conversation", api.create_direct(other.id)).await;
+            convs.push(direct.expect("a direct conversation").id);
+        }
+        convs
     }
 }
 
@@ -50,9 +63,20 @@ impl Endpoint {
         (alice, bob, conv)
     }
 
-    /// A group `owner` created with `members`, titled "group".
+    /// A group `owner` created with `members` (contacts of the owner), titled "group".
     pub async fn group(&self, owner: &TestUser, members: &[&TestUser]) -> ConversationId {
         self.create_group(owner, "group", members).await
+    }
+
+    /// Makes `user` a contact of each of `others`: the direct conversation of each pair
+    /// (created by `user`), so that adding them to a group of `user`'s adds them rather than
+    /// inviting them. Returns those conversations, in the order of `others`.
+    pub async fn contacts(&self, user: &TestUser, others: &[&TestUser]) -> Vec<ConversationId> {
+        let mut convs = Vec::with_capacity(others.len());
+        for other in others {
+            convs.push(self.create_direct(user, other).await);
+        }
+        convs
     }
 
     /// A WebSocket of `user` after `ready` and an initial sync from no cursors: live from

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use natter_proto::rest::{
-    CreateConversation, Credentials, EntryPage, PollRequest, PollResponse, PostEntry, Session, User,
+    CreateConversation, CreatedConversation, Credentials, EntryPage, PollRequest, PollResponse,
+    PostEntry, Session, User,
 };
 use natter_proto::{Ack, ConversationId, ConversationSummary, Entry, NewEntry, Seq};
 use reqwest::StatusCode;
@@ -174,26 +175,68 @@ impl Endpoint {
         serde_json::from_value::<ConversationSummary>(json).expect("summary").id
     }
 
+    /// A group `owner` created with `members`, who must all be members: contacts of the
+    /// owner (see [`Endpoint::contacts`]); panics if anyone was only invited.
     pub async fn create_group(
         &self,
         owner: &TestUser,
         title: &str,
         members: &[&TestUser],
     ) -> ConversationId {
+        let created = self.create_group_inviting(owner, title, members).await;
+        assert!(
+            created.invited.is_empty(),
+            "{:?} share no conversation with {}: invited, not added (make them contacts first)",
+            created.invited,
+            owner.handle
+        );
+        created.conversation.id
+    }
+
+    /// A group `owner` created naming `members`: the owner's contacts among them are
+    /// members, the others invited (`invited`).
+    pub async fn create_group_inviting(
+        &self,
+        owner: &TestUser,
+        title: &str,
+        members: &[&TestUser],
+    ) -> CreatedConversation {
         let body = CreateConversation::Group {
             title: title.to_owned(),
             members: members.iter().map(|m| m.id).collect(),
         };
-        let summary: ConversationSummary = self
-            .ok(
-                reqwest::Method::POST,
-                "/v1/conversations",
-                &owner.token,
-                Some(&body),
-                StatusCode::CREATED,
-            )
-            .await;
-        summary.id
+        self.ok(
+            reqwest::Method::POST,
+            "/v1/conversations",
+            &owner.token,
+            Some(&body),
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    /// A group `owner` created naming `members`, every one of whom is a member after it: the
+    /// owner's contacts at once (in `created`), the others by accepting their invitation (a
+    /// `member_added` entry each, in the order of `members`). For groups of strangers too
+    /// many to make contacts of first (creating conversations is rate-limited).
+    pub async fn create_group_joined(
+        &self,
+        owner: &TestUser,
+        title: &str,
+        members: &[&TestUser],
+    ) -> ConversationId {
+        let created = self.create_group_inviting(owner, title, members).await;
+        let conv = created.conversation.id;
+        for member in members.iter().filter(|m| created.invited.contains(&m.id)) {
+            self.accept_invitation(member, conv).await;
+        }
+        conv
+    }
+
+    /// `user` accepts their invitation to `conv`; the ack of the `member_added` entry.
+    pub async fn accept_invitation(&self, user: &TestUser, conv: ConversationId) -> Ack {
+        let path = format!("/v1/invitations/{conv}/accept");
+        self.ok::<(), _>(reqwest::Method::POST, &path, &user.token, None, StatusCode::CREATED).await
     }
 
     /// Appends over REST; returns the status and body.

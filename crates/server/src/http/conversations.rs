@@ -1,23 +1,26 @@
 //! # Conversations, members, entries, cursors and sync over REST
 //!
 //! Every route answers `not_found` for a conversation the caller is not a member of, exactly
-//! as for one that does not exist.
+//! as for one that does not exist. Adding someone to a group (or naming them when creating
+//! one) who shares no conversation with the caller invites them instead (`http/invitations.rs`).
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use natter_proto::rest::{
-    AddMember, ConversationPage, CreateConversation, EntryPage, Member, PostEntry, Receipts,
-    SetCursors, SyncRequest, SyncResponse, UpdateConversation, UpdateMember,
+    AddMember, ConversationPage, CreateConversation, CreatedConversation, EntryPage, Member,
+    PostEntry, Receipts, SetCursors, SyncRequest, SyncResponse, UpdateConversation, UpdateMember,
 };
 use natter_proto::{Ack, ConversationId, ConversationSummary, Receipt, Role, Seq, UserId};
-use natter_store::GroupChange;
+use natter_store::{Added, GroupChange};
 use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::handlers::{cursors, messages};
+use crate::http::invitations;
 use crate::rate::Action;
 use crate::state::AppState;
 
@@ -37,15 +40,18 @@ fn check_title(state: &AppState, title: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A direct conversation (the existing one: `200`), or a group whose members are the
+/// caller's contacts named in `members`; the others named are invited (`invited`).
 pub(super) async fn create(
     State(state): State<AppState>,
     auth: Auth,
     body: JsonBody<CreateConversation>,
-) -> ApiResult<(StatusCode, Json<ConversationSummary>)> {
+) -> ApiResult<(StatusCode, Json<CreatedConversation>)> {
     let JsonBody(req) = body;
     let me = auth.principal.user_id;
     state.rate().check(Action::CreateConversation, me)?;
     let store = state.store();
+    let mut invited = Vec::new();
     let (conv, created) = match req {
         CreateConversation::Direct { peer } => store.create_direct(me, peer).await?,
         CreateConversation::Group { title, members } => {
@@ -60,11 +66,17 @@ pub(super) async fn create(
                     "too many members for a group",
                 ));
             }
-            (store.create_group(me, &title, &members).await?, true)
+            let group = store.create_group(me, &title, &members).await?;
+            for invitation in group.invitations {
+                invited.push(invitation.user);
+                invitations::announce(&state, invitation);
+            }
+            (group.id, true)
         }
     };
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(store.conversation(me, conv).await?)))
+    let conversation = store.conversation(me, conv).await?;
+    Ok((status, Json(CreatedConversation { conversation, invited })))
 }
 
 #[derive(Deserialize)]
@@ -133,19 +145,26 @@ pub(super) async fn members(
     Ok(Json(state.store().members(conv).await?))
 }
 
+/// `201` with the ack of `member_added` for a contact of the caller; `202` with the
+/// invitation for anyone else.
 pub(super) async fn add_member(
     State(state): State<AppState>,
     auth: Auth,
     id: IdPath,
     body: JsonBody<AddMember>,
-) -> ApiResult<(StatusCode, Json<Ack>)> {
+) -> ApiResult<Response> {
     let conv = conv_id(id)?;
     let JsonBody(req) = body;
-    state.rate().check(Action::AddMember, auth.principal.user_id)?;
-    let change =
-        GroupChange::AddMember { user: req.user_id, role: req.role.unwrap_or(Role::Member) };
-    let ack = state.store().change_group(auth.principal.user_id, conv, change).await?;
-    Ok((StatusCode::CREATED, Json(ack)))
+    let me = auth.principal.user_id;
+    state.rate().check(Action::AddMember, me)?;
+    let role = req.role.unwrap_or(Role::Member);
+    Ok(match state.store().add_member(me, conv, req.user_id, role).await? {
+        Added::Member(ack) => (StatusCode::CREATED, Json(ack)).into_response(),
+        Added::Invited(invitation) => {
+            invitations::announce(&state, invitation.clone());
+            (StatusCode::ACCEPTED, Json(invitation)).into_response()
+        }
+    })
 }
 
 pub(super) async fn update_member(

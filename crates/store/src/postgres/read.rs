@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use natter_proto::{
-    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, MessageState, ReactionSummary,
-    UserId, rest::Member,
+    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessageState,
+    ReactionSummary, UserId, rest::Member,
 };
 use tokio_postgres::Row;
 
@@ -131,6 +131,48 @@ pub(super) async fn member_ids(c: &Conn, conv: ConversationId) -> PgResult<Vec<U
     let rows =
         query(c, "SELECT user_id FROM members WHERE conversation_id = $1", &[&conv.0]).await?;
     Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
+}
+
+const INVITATIONS: &str = "SELECT i.conversation_id, c.title, i.user_id, i.inviter, u.handle,
+         i.role, i.invited_at
+     FROM invitations i JOIN conversations c ON c.id = i.conversation_id
+     JOIN users u ON u.id = i.inviter";
+
+fn invitation_row(r: &Row) -> Invitation {
+    Invitation {
+        conversation: ConversationId(r.get(0)),
+        title: r.get::<_, Option<String>>(1).unwrap_or_default(),
+        user: UserId(r.get(2)),
+        inviter: UserId(r.get(3)),
+        inviter_handle: r.get(4),
+        role: parse_role(r.get(5)),
+        invited_at: r.get(6),
+    }
+}
+
+/// `user`'s pending invitations, oldest first.
+pub(super) async fn invitations(c: &Conn, user: UserId) -> PgResult<Vec<Invitation>> {
+    let sql =
+        format!("{INVITATIONS} WHERE i.user_id = $1 ORDER BY i.invited_at, i.conversation_id");
+    let rows = query(c, &sql, &[&user.0]).await?;
+    Ok(rows.iter().map(invitation_row).collect())
+}
+
+/// `user`'s invitation to one group, if any (the committer reads back what it just made).
+pub(super) async fn invitation(
+    c: &Conn,
+    conv: ConversationId,
+    user: UserId,
+) -> PgResult<Option<Invitation>> {
+    let sql = format!("{INVITATIONS} WHERE i.conversation_id = $1 AND i.user_id = $2");
+    Ok(query_opt(c, &sql, &[&conv.0, &user.0]).await?.as_ref().map(invitation_row))
+}
+
+/// The pending invitations to one group (the committer reads back what it just made).
+pub(super) async fn group_invitations(c: &Conn, conv: ConversationId) -> PgResult<Vec<Invitation>> {
+    let sql = format!("{INVITATIONS} WHERE i.conversation_id = $1 ORDER BY i.user_id");
+    let rows = query(c, &sql, &[&conv.0]).await?;
+    Ok(rows.iter().map(invitation_row).collect())
 }
 
 pub(super) async fn entries(

@@ -2,20 +2,22 @@
 //! (READ COMMITTED), and pushes the entries it appends to `out`. What a job may do is decided
 //! by `crate::rules`, as for SQLite; this file loads the facts a rule needs and applies the
 //! effect it returns. Where two nodes could race, a row lock (`FOR UPDATE`, the counter
-//! `UPDATE`) taken before the facts are read, or a unique key, decides.
+//! `UPDATE`) taken before the facts are read, or a unique key, decides. An invitee's pending
+//! invitations are counted under a lock on their `users` row (`FOR NO KEY UPDATE`, which
+//! logins and new memberships, taking `KEY SHARE` for their foreign keys, do not wait for).
 
 use natter_proto::{Ack, Committed, ConversationId, DeviceId, EntryBody, Receipt, Role, UserId};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::{Conn, Fail, Op, Out, PgResult};
+use super::{Conn, Fail, Op, Out, PgResult, read};
 use crate::codec::{
     Appended, changes_members, conversation_kind_str, kind_str, now_ms, parse_conversation_kind,
     parse_role, role_str,
 };
-use crate::rules::{self, Admit, Direct, GroupEffect, NewConversation};
-use crate::{Append, CursorUpdate, GroupChange, StoreLimits, TokenHash};
+use crate::rules::{self, Addition, Admit, Direct, GroupEffect, NewConversation};
+use crate::{Added, Append, CursorUpdate, GroupChange, NewGroup, StoreLimits, TokenHash};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -57,15 +59,27 @@ pub(super) async fn run(
             Out::Direct(id, created)
         }
         Op::CreateGroup { owner, title, members } => {
-            Out::Group(create_group(c, out, cap, *owner, title, members).await?)
+            Out::Group(create_group(c, out, limits, *owner, title, members).await?)
         }
         Op::Append(a) => Out::Ack(append(c, out, a).await?),
+        Op::AddMember { actor, conversation, user, role } => {
+            Out::Added(add_member(c, out, limits, *actor, *conversation, *user, *role).await?)
+        }
         Op::ChangeGroup { actor, conversation, change } => {
-            Out::Ack(change_group(c, out, cap, *actor, *conversation, change).await?)
+            Out::Ack(change_group(c, out, *actor, *conversation, change).await?)
         }
         Op::SetCursors(updates) => Out::Receipts(set_cursors(c, updates).await?),
+        Op::AcceptInvitation { user, conversation } => {
+            Out::Ack(accept_invitation(c, out, cap, *user, *conversation).await?)
+        }
         Op::DeleteDevice(token) => {
             execute(c, "DELETE FROM devices WHERE token_hash = $1", &[&&token[..]]).await?;
+            Out::Done
+        }
+        Op::DeclineInvitation { user, conversation } => {
+            let sql = "DELETE FROM invitations WHERE conversation_id = $1 AND user_id = $2";
+            let n = execute(c, sql, &[&conversation.0, &user.0]).await?;
+            rules::decline_invitation(n)?;
             Out::Done
         }
     })
@@ -182,16 +196,142 @@ async fn create_direct(
 async fn create_group(
     c: &Conn,
     out: &mut Vec<Committed>,
-    cap: u32,
+    limits: &StoreLimits,
     owner: UserId,
     title: &str,
     members: &[UserId],
-) -> PgResult<ConversationId> {
-    let new = rules::create_group(owner, title, members, cap)?;
-    let sql = "SELECT count(*) FROM users WHERE id = ANY($1)";
-    let row = query_one(c, sql, &[&new.invitee_ids()]).await?;
-    rules::invitees_exist(&new, row.get::<_, i64>(0) as u64)?;
-    insert_conversation(c, out, new).await
+) -> PgResult<NewGroup> {
+    let new = rules::create_group(owner, title, members, limits.max_group_members)?;
+    let ids = new.other_ids();
+    // Their rows are locked (in id order, so two creations cannot deadlock over them) before
+    // their pending invitations are counted; the rows found are the accounts that exist.
+    let sql = "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+    let found = query(c, sql, &[&ids]).await?;
+    rules::others_exist(&new, found.len() as u64)?;
+    let contacts: Vec<UserId> = query(
+        c,
+        "SELECT DISTINCT b.user_id FROM members a JOIN members b
+             ON b.conversation_id = a.conversation_id
+         WHERE a.user_id = $1 AND b.user_id = ANY($2)",
+        &[&owner.0, &ids],
+    )
+    .await?
+    .iter()
+    .map(|r| UserId(r.get(0)))
+    .collect();
+    let pending: Vec<(UserId, u64)> = query(
+        c,
+        "SELECT user_id, count(*) FROM invitations WHERE user_id = ANY($1) GROUP BY user_id",
+        &[&ids],
+    )
+    .await?
+    .iter()
+    .map(|r| (UserId(r.get(0)), r.get::<_, i64>(1) as u64))
+    .collect();
+    let group = rules::seat_or_invite(new, &contacts, &pending, limits.max_pending_invitations)?;
+    let id = insert_conversation(c, out, group.conversation).await?;
+    if group.invited.is_empty() {
+        return Ok(NewGroup { id, invitations: Vec::new() });
+    }
+    let now = now_ms();
+    for &user in &group.invited {
+        insert_invitation(c, id, user, owner, Role::Member, now).await?;
+    }
+    Ok(NewGroup { id, invitations: read::group_invitations(c, id).await? })
+}
+
+async fn insert_invitation(
+    c: &Conn,
+    conv: ConversationId,
+    user: UserId,
+    inviter: UserId,
+    role: Role,
+    now: i64,
+) -> PgResult<()> {
+    execute(
+        c,
+        "INSERT INTO invitations (conversation_id, user_id, inviter, role, invited_at)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&conv.0, &user.0, &inviter.0, &role_str(role), &now],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn add_member(
+    c: &Conn,
+    out: &mut Vec<Committed>,
+    limits: &StoreLimits,
+    actor: UserId,
+    conv: ConversationId,
+    user: UserId,
+    role: Role,
+) -> PgResult<Added> {
+    let row = group_row(c, conv).await?;
+    let actor = rules::group_actor(actor, row, self::role(c, actor, conv).await?)?;
+    // The invitee's row, before their pending invitations are counted (see the module doc).
+    query_opt(c, "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", &[&user.0]).await?;
+    let subject = subject(c, conv, user).await?;
+    let row = query_one(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM members a JOIN members b
+                 ON b.conversation_id = a.conversation_id
+                 WHERE a.user_id = $1 AND b.user_id = $2),
+                EXISTS (SELECT 1 FROM invitations WHERE conversation_id = $3 AND user_id = $2),
+                (SELECT count(*) FROM invitations WHERE user_id = $2)",
+        &[&actor.user.0, &user.0, &conv.0],
+    )
+    .await?;
+    let reach = rules::Reach {
+        contact: row.get(0),
+        invited: row.get(1),
+        n_pending: row.get::<_, i64>(2) as u64,
+    };
+    let (cap, max_pending) = (limits.max_group_members, limits.max_pending_invitations);
+    match rules::add_member(&actor, cap, max_pending, user, role, subject, reach)? {
+        Addition::Member(effect) => {
+            Ok(Added::Member(apply(c, out, conv, actor.user, &effect, now_ms()).await?))
+        }
+        Addition::Invite { user, role } => {
+            insert_invitation(c, conv, user, actor.user, role, now_ms()).await?;
+            let invitation = read::invitation(c, conv, user)
+                .await?
+                .ok_or_else(|| crate::postgres::internal("the invitation just made is missing"))?;
+            Ok(Added::Invited(invitation))
+        }
+    }
+}
+
+async fn accept_invitation(
+    c: &Conn,
+    out: &mut Vec<Committed>,
+    cap: u32,
+    user: UserId,
+    conv: ConversationId,
+) -> PgResult<Ack> {
+    // The group's row lock first, as for every membership change: the member count and the
+    // invitation read after it are current.
+    let row = group_row(c, conv).await?;
+    let sql = "SELECT role FROM invitations WHERE conversation_id = $1 AND user_id = $2";
+    let offered = query_opt(c, sql, &[&conv.0, &user.0]).await?.map(|r| parse_role(r.get(0)));
+    let effect = rules::accept_invitation(user, offered, row, role(c, user, conv).await?, cap)?;
+    apply(c, out, conv, user, &effect, now_ms()).await
+}
+
+/// The conversation row a group change (or an accepted invitation) reads first, locked: the
+/// lock serializes membership changes of the group (the member cap, roles) across nodes, and
+/// what is read after it is current.
+async fn group_row(c: &Conn, conv: ConversationId) -> PgResult<Option<rules::GroupRow>> {
+    let row = query_opt(
+        c,
+        "SELECT kind, n_members FROM conversations WHERE id = $1 FOR UPDATE",
+        &[&conv.0],
+    )
+    .await?;
+    Ok(row.map(|r| rules::GroupRow {
+        kind: parse_conversation_kind(r.get(0)),
+        n_members: r.get::<_, i64>(1) as u64,
+    }))
 }
 
 /// The message projection row at `seq`, if that seq is a message.
@@ -251,29 +391,17 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
 async fn change_group(
     c: &Conn,
     out: &mut Vec<Committed>,
-    cap: u32,
     actor: UserId,
     conv: ConversationId,
     change: &GroupChange,
 ) -> PgResult<Ack> {
-    // The row lock serializes group changes (the member cap, roles) across nodes; what is
-    // read after it is current.
-    let row = query_opt(
-        c,
-        "SELECT kind, n_members FROM conversations WHERE id = $1 FOR UPDATE",
-        &[&conv.0],
-    )
-    .await?;
-    let row = row.map(|r| rules::GroupRow {
-        kind: parse_conversation_kind(r.get(0)),
-        n_members: r.get::<_, i64>(1) as u64,
-    });
+    let row = group_row(c, conv).await?;
     let actor = rules::group_actor(actor, row, role(c, actor, conv).await?)?;
     let subject = match rules::subject_of(change) {
         Some(user) => Some(subject(c, conv, user).await?),
         None => None,
     };
-    let effect = rules::change_group(&actor, cap, change, subject)?;
+    let effect = rules::change_group(&actor, change, subject)?;
     let now = now_ms();
     let ack = apply(c, out, conv, actor.user, &effect, now).await?;
     if let GroupEffect::Remove { owner_left: true, .. } = effect {
@@ -285,8 +413,14 @@ async fn change_group(
             &[&conv.0],
         )
         .await?;
-        if let Some(heir) = heir {
-            apply(c, out, conv, actor.user, &rules::hand_on(UserId(heir.get(0))), now).await?;
+        match heir {
+            Some(heir) => {
+                apply(c, out, conv, actor.user, &rules::hand_on(UserId(heir.get(0))), now).await?;
+            }
+            None => {
+                let sql = "DELETE FROM invitations WHERE conversation_id = $1";
+                execute(c, sql, &[&conv.0]).await?;
+            }
         }
     }
     Ok(ack)
@@ -316,7 +450,11 @@ async fn apply(
 ) -> PgResult<Ack> {
     let ack = append_entry(c, out, conv, actor, None, effect.entry(), now).await?;
     match effect {
-        GroupEffect::Add { user, role } => insert_member(c, conv, *user, *role, ack.seq).await?,
+        GroupEffect::Add { user, role } => {
+            insert_member(c, conv, *user, *role, ack.seq).await?;
+            let sql = "DELETE FROM invitations WHERE conversation_id = $1 AND user_id = $2";
+            execute(c, sql, &[&conv.0, &user.0]).await?;
+        }
         GroupEffect::Remove { user, .. } => {
             let sql = "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2";
             execute(c, sql, &[&conv.0, &user.0]).await?;

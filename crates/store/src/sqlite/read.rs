@@ -1,8 +1,8 @@
 //! Reading queries, run on the reader pool.
 
 use natter_proto::{
-    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, MessageState, ReactionSummary,
-    UserId, rest::Member,
+    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessageState,
+    ReactionSummary, UserId, rest::Member,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -154,6 +154,52 @@ pub(super) fn member_ids(c: &Connection, conv: ConversationId) -> Result<Vec<Use
         .prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1")
         .map_err(internal)?;
     let rows = st.query_map(params![conv.0], |r| Ok(UserId(r.get(0)?))).map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+const INVITATIONS: &str = "SELECT i.conversation_id, c.title, i.user_id, i.inviter, u.handle,
+         i.role, i.invited_at
+     FROM invitations i JOIN conversations c ON c.id = i.conversation_id
+     JOIN users u ON u.id = i.inviter";
+
+fn invitation_row(r: &Row<'_>) -> rusqlite::Result<Invitation> {
+    Ok(Invitation {
+        conversation: ConversationId(r.get(0)?),
+        title: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+        user: UserId(r.get(2)?),
+        inviter: UserId(r.get(3)?),
+        inviter_handle: r.get(4)?,
+        role: parse_role(&r.get::<_, String>(5)?),
+        invited_at: r.get(6)?,
+    })
+}
+
+/// `user`'s pending invitations, oldest first.
+pub(super) fn invitations(c: &Connection, user: UserId) -> Result<Vec<Invitation>> {
+    let sql =
+        format!("{INVITATIONS} WHERE i.user_id = ?1 ORDER BY i.invited_at, i.conversation_id");
+    let mut st = c.prepare_cached(&sql).map_err(internal)?;
+    let rows = st.query_map(params![user.0], invitation_row).map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+/// `user`'s invitation to one group, if any (the writer reads back what it just made).
+pub(super) fn invitation(
+    c: &Connection,
+    conv: ConversationId,
+    user: UserId,
+) -> Result<Option<Invitation>> {
+    let sql = format!("{INVITATIONS} WHERE i.conversation_id = ?1 AND i.user_id = ?2");
+    c.prepare_cached(&sql)
+        .and_then(|mut st| st.query_row(params![conv.0, user.0], invitation_row).optional())
+        .map_err(internal)
+}
+
+/// The pending invitations to one group (the writer reads back what it just made).
+pub(super) fn group_invitations(c: &Connection, conv: ConversationId) -> Result<Vec<Invitation>> {
+    let sql = format!("{INVITATIONS} WHERE i.conversation_id = ?1 ORDER BY i.user_id");
+    let mut st = c.prepare_cached(&sql).map_err(internal)?;
+    let rows = st.query_map(params![conv.0], invitation_row).map_err(internal)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
 }
 

@@ -6,13 +6,13 @@
 use natter_proto::{Ack, Committed, ConversationId, DeviceId, EntryBody, Receipt, Role, UserId};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
-use super::internal;
+use super::{internal, read};
 use crate::codec::{
     Appended, changes_members, conversation_kind_str, kind_str, now_ms, parse_conversation_kind,
     parse_role, role_str,
 };
-use crate::rules::{self, Admit, Direct, GroupEffect, NewConversation};
-use crate::{Append, CursorUpdate, GroupChange, Result, TokenHash};
+use crate::rules::{self, Addition, Admit, Direct, GroupEffect, NewConversation};
+use crate::{Added, Append, CursorUpdate, GroupChange, NewGroup, Result, StoreLimits, TokenHash};
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == SqliteCode::ConstraintViolation)
@@ -144,13 +144,13 @@ pub(super) fn create_direct(
 pub(super) fn create_group(
     c: &Connection,
     out: &mut Vec<Committed>,
-    cap: u32,
+    limits: &StoreLimits,
     owner: UserId,
     title: &str,
     members: &[UserId],
-) -> Result<ConversationId> {
-    let new = rules::create_group(owner, title, members, cap)?;
-    let ids = serde_json::to_string(&new.invitee_ids()).map_err(internal)?;
+) -> Result<NewGroup> {
+    let new = rules::create_group(owner, title, members, limits.max_group_members)?;
+    let ids = serde_json::to_string(&new.other_ids()).map_err(internal)?;
     let n_found: i64 = c
         .query_row(
             "SELECT count(*) FROM users WHERE id IN (SELECT value FROM json_each(?1))",
@@ -158,8 +158,127 @@ pub(super) fn create_group(
             |r| r.get(0),
         )
         .map_err(internal)?;
-    rules::invitees_exist(&new, n_found as u64)?;
-    insert_conversation(c, out, new)
+    rules::others_exist(&new, n_found as u64)?;
+    let mut st = c
+        .prepare_cached(
+            "SELECT DISTINCT b.user_id FROM members a JOIN members b
+                 ON b.conversation_id = a.conversation_id
+             WHERE a.user_id = ?1 AND b.user_id IN (SELECT value FROM json_each(?2))",
+        )
+        .map_err(internal)?;
+    let contacts = st
+        .query_map(params![owner.0, ids], |r| Ok(UserId(r.get(0)?)))
+        .map_err(internal)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(internal)?;
+    let mut st = c
+        .prepare_cached(
+            "SELECT user_id, count(*) FROM invitations
+             WHERE user_id IN (SELECT value FROM json_each(?1)) GROUP BY user_id",
+        )
+        .map_err(internal)?;
+    let pending = st
+        .query_map(params![ids], |r| Ok((UserId(r.get(0)?), r.get::<_, i64>(1)? as u64)))
+        .map_err(internal)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(internal)?;
+    let group = rules::seat_or_invite(new, &contacts, &pending, limits.max_pending_invitations)?;
+    let id = insert_conversation(c, out, group.conversation)?;
+    if group.invited.is_empty() {
+        return Ok(NewGroup { id, invitations: Vec::new() });
+    }
+    let now = now_ms();
+    for &user in &group.invited {
+        insert_invitation(c, id, user, owner, Role::Member, now)?;
+    }
+    Ok(NewGroup { id, invitations: read::group_invitations(c, id)? })
+}
+
+fn insert_invitation(
+    c: &Connection,
+    conv: ConversationId,
+    user: UserId,
+    inviter: UserId,
+    role: Role,
+    now: i64,
+) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO invitations (conversation_id, user_id, inviter, role, invited_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut st| st.execute(params![conv.0, user.0, inviter.0, role_str(role), now]))
+    .map_err(internal)?;
+    Ok(())
+}
+
+pub(super) fn add_member(
+    c: &Connection,
+    out: &mut Vec<Committed>,
+    limits: &StoreLimits,
+    actor: UserId,
+    conv: ConversationId,
+    user: UserId,
+    role: Role,
+) -> Result<Added> {
+    let actor = rules::group_actor(actor, group_row(c, conv)?, self::role(c, actor, conv)?)?;
+    let subject = subject(c, conv, user)?;
+    let reach = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM members a JOIN members b
+                     ON b.conversation_id = a.conversation_id
+                     WHERE a.user_id = ?1 AND b.user_id = ?2),
+                    EXISTS (SELECT 1 FROM invitations WHERE conversation_id = ?3 AND user_id = ?2),
+                    (SELECT count(*) FROM invitations WHERE user_id = ?2)",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![actor.user.0, user.0, conv.0], |r| {
+                Ok(rules::Reach {
+                    contact: r.get(0)?,
+                    invited: r.get(1)?,
+                    n_pending: r.get::<_, i64>(2)? as u64,
+                })
+            })
+        })
+        .map_err(internal)?;
+    let (cap, max_pending) = (limits.max_group_members, limits.max_pending_invitations);
+    match rules::add_member(&actor, cap, max_pending, user, role, subject, reach)? {
+        Addition::Member(effect) => {
+            Ok(Added::Member(apply(c, out, conv, actor.user, &effect, now_ms())?))
+        }
+        Addition::Invite { user, role } => {
+            insert_invitation(c, conv, user, actor.user, role, now_ms())?;
+            let invitation = read::invitation(c, conv, user)?
+                .ok_or_else(|| internal("the invitation just made is missing"))?;
+            Ok(Added::Invited(invitation))
+        }
+    }
+}
+
+pub(super) fn accept_invitation(
+    c: &Connection,
+    out: &mut Vec<Committed>,
+    cap: u32,
+    user: UserId,
+    conv: ConversationId,
+) -> Result<Ack> {
+    let offered = c
+        .prepare_cached("SELECT role FROM invitations WHERE conversation_id = ?1 AND user_id = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![conv.0, user.0], |r| r.get::<_, String>(0)).optional()
+        })
+        .map_err(internal)?
+        .map(|s| parse_role(&s));
+    let effect =
+        rules::accept_invitation(user, offered, group_row(c, conv)?, role(c, user, conv)?, cap)?;
+    apply(c, out, conv, user, &effect, now_ms())
+}
+
+pub(super) fn decline_invitation(c: &Connection, user: UserId, conv: ConversationId) -> Result<()> {
+    let n = c
+        .prepare_cached("DELETE FROM invitations WHERE conversation_id = ?1 AND user_id = ?2")
+        .and_then(|mut st| st.execute(params![conv.0, user.0]))
+        .map_err(internal)?;
+    rules::decline_invitation(n as u64)
 }
 
 /// The message projection row at `seq`, if that seq is a message.
@@ -206,28 +325,16 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
 pub(super) fn change_group(
     c: &Connection,
     out: &mut Vec<Committed>,
-    cap: u32,
     actor: UserId,
     conv: ConversationId,
     change: &GroupChange,
 ) -> Result<Ack> {
-    let row = c
-        .query_row(
-            "SELECT kind, n_members FROM conversations WHERE id = ?1",
-            params![conv.0],
-            |r| {
-                let kind = parse_conversation_kind(&r.get::<_, String>(0)?);
-                Ok(rules::GroupRow { kind, n_members: r.get::<_, i64>(1)? as u64 })
-            },
-        )
-        .optional()
-        .map_err(internal)?;
-    let actor = rules::group_actor(actor, row, role(c, actor, conv)?)?;
+    let actor = rules::group_actor(actor, group_row(c, conv)?, role(c, actor, conv)?)?;
     let subject = match rules::subject_of(change) {
         Some(user) => Some(subject(c, conv, user)?),
         None => None,
     };
-    let effect = rules::change_group(&actor, cap, change, subject)?;
+    let effect = rules::change_group(&actor, change, subject)?;
     let now = now_ms();
     let ack = apply(c, out, conv, actor.user, &effect, now)?;
     if let GroupEffect::Remove { owner_left: true, .. } = effect {
@@ -241,11 +348,30 @@ pub(super) fn change_group(
             )
             .optional()
             .map_err(internal)?;
-        if let Some(heir) = heir {
-            apply(c, out, conv, actor.user, &rules::hand_on(UserId(heir)), now)?;
+        match heir {
+            Some(heir) => {
+                apply(c, out, conv, actor.user, &rules::hand_on(UserId(heir)), now)?;
+            }
+            None => {
+                c.execute("DELETE FROM invitations WHERE conversation_id = ?1", params![conv.0])
+                    .map_err(internal)?;
+            }
         }
     }
     Ok(ack)
+}
+
+/// The conversation row a group change (or an accepted invitation) reads first.
+fn group_row(c: &Connection, conv: ConversationId) -> Result<Option<rules::GroupRow>> {
+    c.prepare_cached("SELECT kind, n_members FROM conversations WHERE id = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![conv.0], |r| {
+                let kind = parse_conversation_kind(&r.get::<_, String>(0)?);
+                Ok(rules::GroupRow { kind, n_members: r.get::<_, i64>(1)? as u64 })
+            })
+            .optional()
+        })
+        .map_err(internal)
 }
 
 /// The facts of the user a group change names.
@@ -274,7 +400,12 @@ fn apply(
 ) -> Result<Ack> {
     let ack = append_entry(c, out, conv, actor, None, effect.entry(), now)?;
     match effect {
-        GroupEffect::Add { user, role } => insert_member(c, conv, *user, *role, ack.seq)?,
+        GroupEffect::Add { user, role } => {
+            insert_member(c, conv, *user, *role, ack.seq)?;
+            c.prepare_cached("DELETE FROM invitations WHERE conversation_id = ?1 AND user_id = ?2")
+                .and_then(|mut st| st.execute(params![conv.0, user.0]))
+                .map_err(internal)?;
+        }
         GroupEffect::Remove { user, .. } => {
             c.execute(
                 "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2",

@@ -108,6 +108,8 @@ async fn memory_stays_bounded_while_several_large_syncs_run() {
         users.push(server.user(&format!("reader{i}")).await);
     }
     let members: Vec<&TestUser> = users.iter().collect();
+    // Contacts first, so that the readers are added, not invited.
+    server.contacts(&alice, &members).await;
     // Two groups of 200 messages of 16 KiB each (seqs 2..=201), as in the report.
     let mut a = server.ws(&alice).await;
     let mut groups = Vec::new();

@@ -51,6 +51,8 @@ async fn large_groups(
     members: &[&TestUser],
 ) -> (TestUser, [ConversationId; 2]) {
     let alice = server.user("alice").await;
+    // Contacts first, so that the members are added, not invited.
+    server.contacts(&alice, members).await;
     let g1 = server.create_group(&alice, "big one", members).await;
     let g2 = server.create_group(&alice, "big two", members).await;
     let mut a = server.ws(&alice).await;
@@ -210,6 +212,7 @@ async fn conversations_a_reply_did_not_reach_wait_for_the_next_sync() {
     .await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
+    let contact = server.create_direct(&alice, &bob).await;
     let mut groups = Vec::new();
     for i in 0..4 {
         let g = server.create_group(&alice, &format!("g{i}"), &[&bob]).await;
@@ -219,7 +222,9 @@ async fn conversations_a_reply_did_not_reach_wait_for_the_next_sync() {
         groups.push(g);
     }
     let mut b = server.ws(&bob).await;
-    let cursors: BTreeMap<_, _> = groups.iter().map(|&g| (g, 0)).collect();
+    let mut cursors: BTreeMap<_, _> = groups.iter().map(|&g| (g, 0)).collect();
+    // The contacts' direct conversation is up to date: only the groups have something new.
+    cursors.insert(contact, 1);
     let (first, more, _) = b.sync_page(cursors.clone()).await;
     assert!(more, "four conversations do not fit a reply of two");
     let reached: Vec<ConversationId> = first.iter().map(|c| c.conversation.id).collect();
@@ -232,7 +237,6 @@ async fn conversations_a_reply_did_not_reach_wait_for_the_next_sync() {
     let late = server.send_rest(&alice, unreached, "late", "late").await;
     assert_eq!(late.seq, 7);
     let mut got: BTreeMap<ConversationId, Vec<Seq>> = BTreeMap::new();
-    let mut cursors = cursors;
     for item in first {
         let conv = item.conversation.id;
         cursors.insert(conv, item.entries.last().expect("entries").seq);
@@ -257,6 +261,7 @@ async fn a_reader_that_stops_is_closed_once_its_unwritten_bytes_pass_the_cap() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
+    server.create_direct(&alice, &bob).await;
     let conv = server.create_group(&alice, "flood", &[&bob]).await;
     let mut slow = server.ws(&bob).await;
     slow.sync(BTreeMap::new()).await;

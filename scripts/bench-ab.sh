@@ -22,14 +22,25 @@ run_one() { # build-dir label scenario args...
     local dir="$1" label="$2" scenario="$3"; shift 3
     local data flags=()
     data="$(mktemp -d /tmp/natter-ab.XXXXXX)"
-    if "$dir/natter" serve --help | grep -q -- '--send-per-sec'; then
-        flags=(--send-per-sec 0 --frames-per-sec 0)
+    local help
+    help="$("$dir/natter" serve --help)"
+    # Whatever the build knows of: rate limits off, the caps meant for the open Internet
+    # lifted (every bench connection comes from 127.0.0.1), metrics behind a token.
+    if grep -q -- '--send-per-sec' <<<"$help"; then
+        flags+=(--send-per-sec 0 --frames-per-sec 0)
+    fi
+    if grep -q -- '--max-connections-per-ip' <<<"$help"; then
+        flags+=(--max-connections-per-ip 0 --max-sessions-per-user 1000)
+    fi
+    if grep -q -- '--metrics-token' <<<"$help"; then
+        flags+=(--metrics-token bench-ab-metrics-token)
     fi
     "$dir/natter" serve --data-dir "$data" --listen "127.0.0.1:$PORT" "${flags[@]}" \
         >"$OUT/$label-$scenario.server.log" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do curl -fsS "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-    "$dir/natter-bench" --server "$URL" --json "$scenario" "$@" >"$OUT/$label-$scenario.json" || true
+    NATTER_METRICS_TOKEN=bench-ab-metrics-token "$dir/natter-bench" --server "$URL" --json "$scenario" "$@" \
+        >"$OUT/$label-$scenario.json" || true
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -rf "$data"
 }

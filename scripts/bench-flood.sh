@@ -16,6 +16,7 @@
 # SECS (10), PORT (18190), and NATTER / NATTER_BENCH (binaries; default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export NATTER_METRICS_TOKEN=bench-flood-metrics-token
 
 OUT="${1:-bench-flood-out}"
 QUIET_PAIRS="${QUIET_PAIRS:-50}"
@@ -35,7 +36,9 @@ SERVER_PID=""
 DATA=""
 start_server() {
     DATA="$(mktemp -d /tmp/natter-flood.XXXXXX)"
-    "$NATTER" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" "$@" >"$OUT/server.log" 2>&1 &
+    # Metrics behind a token, as in production; both bench processes come from 127.0.0.1.
+    "$NATTER" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --metrics-token "$NATTER_METRICS_TOKEN" \
+        "$@" >"$OUT/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
         curl -fsS "$URL/readyz" >/dev/null 2>&1 && return

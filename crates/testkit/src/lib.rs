@@ -14,7 +14,7 @@
 //!   PostgreSQL, Redis, HAProxy, free ports, log capture), for the tests that only real
 //!   processes can do.
 //!
-//! It is only ever a dev-dependency (crates/e2e/tests/crate_graph.rs checks that no other
+//! It is only ever a dev-dependency (crates/e2e/tests/e2e/crate_graph.rs checks that no other
 //! crate depends on it).
 
 mod fixtures;

@@ -1,0 +1,24 @@
+//! The end-to-end tests, one module per topic, in one test binary: one link of the server
+//! and its dependencies instead of one per file (most of a clean CI run is building). Tests
+//! that need a process of their own stay separate binaries: `auth_hardening.rs` times
+//! password hashing (the hashing threads are the process's), `sync_memory.rs` measures the
+//! process's memory under the binary's allocator, and `sync_size.rs` reads process-wide
+//! metrics.
+
+mod bad_input;
+mod cluster_faults;
+mod crate_graph;
+mod edits;
+mod fallback;
+mod groups;
+mod idempotency;
+mod invitations;
+mod limits;
+mod operations;
+mod ordering;
+mod presence;
+mod rate_limits;
+mod receipts;
+mod smoke;
+mod typing;
+mod ws_protocol;

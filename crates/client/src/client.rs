@@ -117,7 +117,8 @@ impl Client {
     /// later ones unless [`Config::max_in_flight`] is 1. A send the server rate-limits
     /// (`too_many_requests`) is not an error: the outbox pauses for the `retry_after_ms` the
     /// server gave and writes it and the sends after it again, in order, on the same
-    /// connection.
+    /// connection (the server holds the later ones back until the refused one is retried,
+    /// so they still commit in order).
     pub async fn append(&self, conversation: ConversationId, entry: NewEntry) -> Result<Pending> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Append { conversation, entry, reply }).await?;

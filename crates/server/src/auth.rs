@@ -28,6 +28,11 @@ pub(crate) mod policy;
 pub(crate) struct ClientAddr(IpAddr);
 
 impl ClientAddr {
+    /// The address as keyed: IPv4, or the /64 of an IPv6 address.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.0
+    }
+
     pub(crate) fn from_ip(ip: IpAddr) -> ClientAddr {
         match ip {
             IpAddr::V4(_) => ClientAddr(ip),

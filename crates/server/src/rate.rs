@@ -96,16 +96,73 @@ impl RateLimits {
     }
 }
 
-/// One connection's bucket for request frames.
-pub(crate) struct FrameLimit {
+/// One WebSocket connection's limits: its bucket for request frames, and the append it was
+/// last refused, which holds back the appends after it.
+pub(crate) struct ConnLimits {
     bucket: Option<DefaultDirectRateLimiter>,
+    // A std mutex: one short section per append, never across an await.
+    held: std::sync::Mutex<Option<Held>>,
 }
 
-impl FrameLimit {
-    pub(crate) fn new(l: &Limits) -> FrameLimit {
+/// A rate-limited append and until when the ones after it wait for its retry: a connection's
+/// appends commit in the order they were sent (the SDK resends the refused one first), even
+/// when a token comes back between a refusal and the next send.
+struct Held {
+    client_msg_id: String,
+    /// When the bucket has a token for it again.
+    token_at: std::time::Instant,
+    /// When the hold lapses if the client never retries it ([`HOLD_GRACE`] after `token_at`).
+    until: std::time::Instant,
+}
+
+/// How long after its token is back a refused append holds the later ones of its connection
+/// for its retry: a client following `retry_after_ms` retries well within it; one that gives
+/// up on the refused send is not blocked for longer.
+const HOLD_GRACE: Duration = Duration::from_secs(2);
+
+impl ConnLimits {
+    pub(crate) fn new(l: &Limits) -> ConnLimits {
         let second = Duration::from_secs(1);
-        FrameLimit {
+        ConnLimits {
             bucket: quota(l.frames_per_sec, second, l.frames_burst).map(RateLimiter::direct),
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether an append may go on: refused while an earlier refused append of this
+    /// connection waits for its retry (until the wait it was given ends); its retry lifts
+    /// the hold.
+    pub(crate) fn admit_append(&self, client_msg_id: &str) -> ApiResult<()> {
+        let mut held = self.held.lock().expect("held lock poisoned");
+        match held.as_ref() {
+            Some(h) if h.client_msg_id == client_msg_id => *held = None,
+            Some(h) => {
+                let now = std::time::Instant::now();
+                if h.until > now {
+                    return Err(ApiError::too_many_requests(
+                        "an earlier rate-limited send of this connection goes first",
+                        h.token_at.saturating_duration_since(now),
+                    ));
+                }
+                *held = None;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// An append was refused with `err`: if for its rate, the appends after it wait.
+    pub(crate) fn append_refused(&self, client_msg_id: &str, err: &ApiError) {
+        let Some(ms) =
+            err.retry_after_ms.filter(|_| err.code == natter_proto::ErrorCode::TooManyRequests)
+        else {
+            return;
+        };
+        let token_at = std::time::Instant::now() + Duration::from_millis(ms);
+        let until = token_at + HOLD_GRACE;
+        let mut held = self.held.lock().expect("held lock poisoned");
+        if held.is_none() {
+            *held = Some(Held { client_msg_id: client_msg_id.to_owned(), token_at, until });
         }
     }
 
@@ -148,7 +205,7 @@ mod tests {
     fn zero_means_unlimited() {
         let limits = Limits { typing_per_sec: 0, frames_per_sec: 0, ..Limits::default() };
         let rate = RateLimits::new(&limits);
-        let frames = FrameLimit::new(&limits);
+        let frames = ConnLimits::new(&limits);
         for _ in 0..10_000 {
             rate.check(Action::Typing, UserId(1)).expect("unlimited");
             frames.check().expect("unlimited");

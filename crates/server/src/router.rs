@@ -89,8 +89,10 @@ async fn fan_out(
     let members = match state.members().apply(&committed).await {
         Ok(members) => members,
         Err(err) => {
-            // The entry is durable; members will get it on sync.
+            // The entry is durable; members here get it on sync, and other nodes, which will
+            // not hear of it from this one, catch up after the next heartbeat.
             tracing::warn!(%conv, seq = committed.entry.seq, error = %err, "cannot load members");
+            state.port().report_trouble();
             return None;
         }
     };

@@ -234,8 +234,9 @@ impl Gate {
         let Ok(permit) = self.all.clone().try_acquire_owned() else {
             return Err("max_connections");
         };
-        // IPv4 clients of an IPv6 listener appear as ::ffff:a.b.c.d.
-        let ip = ip.to_canonical();
+        // One key per client as the login limits see it: IPv4 clients of an IPv6 listener
+        // (::ffff:a.b.c.d) as IPv4, IPv6 by /64 (one host may hold a whole /64).
+        let ip = crate::auth::ClientAddr::from_ip(ip).ip();
         let per_ip = if self.per_ip_cap > 0 {
             let mut counts = self.per_ip.lock().expect("per-address counts lock poisoned");
             let n = counts.entry(ip).or_insert(0);

@@ -246,3 +246,56 @@ async fn a_connection_flooding_requests_is_refused_frame_by_frame_and_stays_usab
     let mut other = server.synced_ws(&alice).await;
     other.send_msg(conv, "other-conn", "fine").await;
 }
+
+/// A refused send holds back the later sends of its connection until it is retried, even
+/// when a token comes back first: one connection's sends commit in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_goes_before_the_sends_after_it() {
+    // One at once, then one every 50 ms.
+    let server = TestServer::start_with(|c| {
+        c.limits.send_per_sec = 20;
+        c.limits.send_burst = 1;
+    })
+    .await;
+    let (alice, _bob, conv) = server.direct_pair().await;
+    let mut a = server.synced_ws(&alice).await;
+    let send = |id: &'static str| {
+        move |req_id| ClientFrame::Send {
+            req_id,
+            conversation: conv,
+            client_msg_id: id.into(),
+            body: id.into(),
+            reply_to: None,
+        }
+    };
+    assert!(matches!(a.request(send("m0")).await, ServerFrame::Ack { .. }));
+    let reply = a.request(send("m1")).await;
+    let error = refused(&reply).expect("the burst was one: m1 is refused");
+    assert_limited(error, 50);
+    // The wait the server gave has passed: a token is back. m2 must still wait for m1.
+    let wait = error.retry_after_ms.expect("checked") + 20;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    let reply = a.request(send("m2")).await;
+    assert_limited(refused(&reply).expect("m2 waits for the refused m1"), 50);
+    // m1's retry goes through, then m2 (once its token is back).
+    for id in ["m1", "m2"] {
+        let ack = within("the send to be acked", async {
+            loop {
+                match a.request(send(id)).await {
+                    ServerFrame::Ack { ack, .. } => return ack,
+                    ServerFrame::Error { error, .. } => {
+                        assert_limited(&error, 50);
+                        let ms = error.retry_after_ms.expect("checked");
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(ack.client_msg_id.as_deref(), Some(id));
+    }
+    let log: Vec<Option<String>> =
+        server.all_entries(&alice, conv, 100).await.into_iter().map(|e| e.client_msg_id).collect();
+    assert_eq!(log, [None, Some("m0".into()), Some("m1".into()), Some("m2".into())]);
+}

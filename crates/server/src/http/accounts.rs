@@ -41,6 +41,11 @@ pub(super) async fn login(
     let Json(creds) = body?;
     let limits = &state.cfg().limits;
     let handle = policy::normalize_handle(&creds.handle);
+    // No account has a longer handle (registration caps it), and a long one must not become
+    // a key of the failure counts (their cap is in entries, not bytes).
+    if handle.chars().count() > limits.max_handle_chars {
+        return Err(ApiError::unauthenticated());
+    }
     let key = natter_store::handle_key(&handle);
     if let Some(wait) = state.logins().blocked(addr, &key, Instant::now()) {
         return Err(ApiError::too_many_requests("too many failed logins; retry later", wait));

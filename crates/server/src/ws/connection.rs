@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::auth;
 use crate::delivery::{Deliverer, Outbound, Produced};
-use crate::rate::FrameLimit;
+use crate::rate::ConnLimits;
 use crate::session::{self, SessionHandle, SessionQueue};
 use crate::state::AppState;
 use crate::ws::dispatch;
@@ -221,7 +221,7 @@ async fn read_loop(
     let limits = &state.cfg().limits;
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let idle = limits.idle_timeout();
-    let frames = FrameLimit::new(limits);
+    let frames = ConnLimits::new(limits);
     let ctx = dispatch::Ctx {
         state,
         principal,

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::delivery::Outbound;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::{cursors, messages, presence};
-use crate::rate::FrameLimit;
+use crate::rate::ConnLimits;
 use crate::session::SessionHandle;
 use crate::state::AppState;
 
@@ -28,7 +28,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) out: &'a SessionHandle,
     pub(crate) in_flight: &'a Arc<Semaphore>,
     /// The connection's bucket for request frames.
-    pub(crate) frames: &'a FrameLimit,
+    pub(crate) frames: &'a ConnLimits,
 }
 
 pub(crate) async fn reply(out: &SessionHandle, frame: ServerFrame) {
@@ -50,11 +50,16 @@ async fn done(tx: &SessionHandle, req_id: Option<ReqId>, res: ApiResult<()>) {
 
 pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
     let Ctx { state, principal, session, out: tx, in_flight, frames } = *ctx;
+    // Every frame takes a token, a malformed one too (its error reply costs as much).
+    let limited = frames.check();
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
-        Err((req_id, error)) => return reply(tx, ServerFrame::Error { req_id, error }).await,
+        Err((req_id, error)) => {
+            let error = limited.err().map_or(error, |err| err.body());
+            return reply(tx, ServerFrame::Error { req_id, error }).await;
+        }
     };
-    if let Err(err) = frames.check() {
+    if let Err(err) = limited {
         return reply(tx, error(frame.req_id(), err)).await;
     }
     let user = principal.user_id;
@@ -110,9 +115,16 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
             return reply(tx, ServerFrame::Error { req_id: None, error }).await;
         }
     };
+    if let Err(err) = frames.admit_append(&client_msg_id) {
+        return reply(tx, error(Some(req_id), err)).await;
+    }
     let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+    let id = client_msg_id.clone();
     match messages::submit(state, user, conversation, client_msg_id, entry).await {
-        Err(err) => reply(tx, error(Some(req_id), err)).await,
+        Err(err) => {
+            frames.append_refused(&id, &err);
+            reply(tx, error(Some(req_id), err)).await
+        }
         Ok(pending) => {
             let tx = tx.clone();
             state.tasks().spawn(async move {

@@ -5,7 +5,6 @@
 //! refused send reported without blocking the outbox (and an oversized one refused before it),
 //! and a refused token ending the client.
 
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use natter_client::{
     Api, Client, CloseReason, ConnectionState, Error, Event, HistoryRange, MemoryStore,
 };
 use natter_testkit::PASSWORD;
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_typing_presence_and_history() {

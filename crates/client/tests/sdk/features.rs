@@ -5,17 +5,16 @@
 //! refused send reported without blocking the outbox (and an oversized one refused before it),
 //! and a refused token ending the client.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use natter_client::proto::rest::AddedMember;
 use natter_client::proto::{EntryBody, ErrorCode, Role, Status};
 use natter_client::{
     Api, Client, CloseReason, ConnectionState, Error, Event, HistoryRange, MemoryStore,
 };
 use natter_testkit::PASSWORD;
-use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_typing_presence_and_history() {

@@ -2,13 +2,12 @@
 //! server and the SDK drops live `entry` frames, so `seq` jumps; the SDK holds what follows,
 //! fills the gap from history and hands the app a contiguous run with no duplicate.
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::*;
 use natter_client::proto::ServerFrame;
 use natter_client::{Api, Event, MemoryStore};
-use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_live_entries_are_filled_from_history_before_what_follows() {

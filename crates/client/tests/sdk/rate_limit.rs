@@ -2,13 +2,12 @@
 //! failing: every message is acked (none reported failed), the peer sees each once and in
 //! order, the connection stays up, and it took about as long as the limit allows.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use natter_client::{ConnectionState, Event, MemoryStore};
 use natter_testkit::TestServer;
-use crate::support::*;
 
 const N: usize = 40;
 const PER_SEC: u32 = 20;

@@ -6,13 +6,12 @@
 //! - a server restart on the same data directory and port, with sends queued while it is down;
 //! - every connection cut, again and again, while the app keeps sending.
 
-
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::support::*;
 use natter_client::proto::ConversationId;
 use natter_client::{Api, ConnectionState, Event, MemoryStore};
-use crate::support::*;
 
 /// Messages from `sender` in `seen`, as (seq, body), in the order the app got them.
 fn messages_from(

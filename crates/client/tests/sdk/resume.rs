@@ -3,13 +3,12 @@
 //! written while the server was unreachable, then the app quit — delivered by the next run
 //! exactly once, in order, with their acks reported to it.
 
-
 use std::sync::Arc;
 
+use crate::support::*;
 use natter_client::proto::{ConversationId, NewEntry};
 use natter_client::{Api, Event, FileStore, MemoryStore, Snapshot, StateStore};
 use natter_testkit::{poll_until, within};
-use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_app_resumes_cursors_and_delivers_the_persisted_outbox() {

@@ -85,19 +85,6 @@ pub enum Envelope {
 }
 
 impl Envelope {
-    /// The node that sent it.
-    pub fn sender(&self) -> &str {
-        match self {
-            Envelope::Entries { node, .. }
-            | Envelope::Presence { node, .. }
-            | Envelope::CatchUp { node }
-            | Envelope::NodeGone { node }
-            | Envelope::Revoked { node, .. } => node,
-            // Frames are sent only to other nodes' topics.
-            Envelope::Frame { .. } => "",
-        }
-    }
-
     pub(crate) fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("envelopes serialize")
     }

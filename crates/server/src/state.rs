@@ -53,7 +53,7 @@ impl AppState {
         (cluster, port): (Cluster, Port),
         presence_changes: mpsc::UnboundedSender<LocalPresence>,
     ) -> AppState {
-        let limits = cfg.limits.clone();
+        let rate = RateLimits::new(&cfg.limits);
         AppState(Arc::new(Inner {
             members: MemberCache::new(store.clone()),
             logins: LoginGuard::new(&cfg.limits),
@@ -61,7 +61,7 @@ impl AppState {
             store,
             sessions: Registry::default(),
             typing: TypingHub::default(),
-            rate: RateLimits::new(&limits),
+            rate,
             presence: PresenceHub::new(presence_changes),
             cluster,
             port,

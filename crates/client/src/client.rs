@@ -95,7 +95,8 @@ impl Client {
     /// [`crate::FileStore`], app restarts. The ack is read after the events before it: in
     /// the task that reads [`Events`], use [`Client::send_nowait`] instead.
     pub async fn send(&self, conversation: ConversationId, body: impl Into<String>) -> Result<Ack> {
-        let entry = NewEntry::Message { body: body.into(), reply_to: None };
+        let entry =
+            NewEntry::Message { body: body.into(), reply_to: None, attachments: Vec::new() };
         self.append(conversation, entry).await?.ack().await
     }
 
@@ -106,7 +107,8 @@ impl Client {
         conversation: ConversationId,
         body: impl Into<String>,
     ) -> Result<String> {
-        let entry = NewEntry::Message { body: body.into(), reply_to: None };
+        let entry =
+            NewEntry::Message { body: body.into(), reply_to: None, attachments: Vec::new() };
         Ok(self.append(conversation, entry).await?.client_msg_id)
     }
 

@@ -134,7 +134,11 @@ mod tests {
         OutboxItem {
             client_msg_id: id.to_owned(),
             conversation: ConversationId(1),
-            entry: NewEntry::Message { body: id.to_owned(), reply_to: None },
+            entry: NewEntry::Message {
+                body: id.to_owned(),
+                reply_to: None,
+                attachments: Vec::new(),
+            },
         }
     }
 

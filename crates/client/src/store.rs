@@ -178,7 +178,11 @@ mod tests {
                 OutboxItem {
                     client_msg_id: "a".into(),
                     conversation: ConversationId(3),
-                    entry: NewEntry::Message { body: "hi".into(), reply_to: Some(2) },
+                    entry: NewEntry::Message {
+                        body: "hi".into(),
+                        reply_to: Some(2),
+                        attachments: Vec::new(),
+                    },
                 },
                 OutboxItem {
                     client_msg_id: "b".into(),

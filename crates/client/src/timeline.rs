@@ -194,7 +194,11 @@ mod tests {
             sender: UserId(1),
             ts: 0,
             client_msg_id: None,
-            body: EntryBody::Message { body: format!("m{seq}"), reply_to: None },
+            body: EntryBody::Message {
+                body: format!("m{seq}"),
+                reply_to: None,
+                attachments: Vec::new(),
+            },
             state: None,
         }
     }

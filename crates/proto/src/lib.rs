@@ -83,6 +83,11 @@ pub enum ErrorCode {
     Internal,
     /// The request (its body) did not arrive in time; the connection is closed.
     RequestTimeout,
+    /// An upload's content is not of an allowed type (sniffed from its bytes), or its bytes
+    /// do not match the type it claims, or an image cannot be decoded.
+    UnsupportedMediaType,
+    /// The user's media storage quota would be exceeded.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -99,6 +104,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
             ErrorCode::RequestTimeout => 408,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::QuotaExceeded => 403,
         }
     }
 
@@ -303,6 +310,9 @@ pub enum EntryBody {
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<Seq>,
+        /// Uploaded media, in the order the sender attached them (see [`Attachment`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     /// The sender replaced the text of their own message `target`.
     Edit { target: Seq, body: String },
@@ -337,6 +347,19 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl EntryBody {
+    /// A text message that replies to nothing and carries no attachments.
+    pub fn text(body: impl Into<String>) -> EntryBody {
+        EntryBody::Message { body: body.into(), reply_to: None, attachments: Vec::new() }
+    }
+
+    /// The attachments of a message entry (none for other kinds).
+    pub fn attachments(&self) -> &[Attachment] {
+        match self {
+            EntryBody::Message { attachments, .. } => attachments,
+            _ => &[],
+        }
+    }
+
     /// The message this entry changes, for edits, deletions and reactions.
     pub fn target(&self) -> Option<Seq> {
         match self {
@@ -346,6 +369,46 @@ impl EntryBody {
             _ => None,
         }
     }
+}
+
+/// One uploaded file attached to a message, as the entry carries it. Everything but the URLs
+/// is fixed when the message is committed (from the upload's record); `url` and
+/// `thumbnail_url` are signed for the reader each time the entry is sent, and never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The media id (`POST /v1/media`).
+    pub id: String,
+    /// The type sniffed from the bytes on upload.
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// The file name the uploader gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Pixel dimensions, for images (as displayed: after the EXIF orientation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A BlurHash of the image, to paint before the thumbnail arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+    /// The thumbnail's pixel dimensions, when one was made (images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<Dimensions>,
+    /// A download URL signed for the reader, expiring (see docs/protocol.md, "Media").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The thumbnail's signed URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+}
+
+/// Width and height in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dimensions {
+    pub width: u32,
+    pub height: u32,
 }
 
 /// The current state of a message, as history and sync show it.
@@ -380,6 +443,9 @@ pub enum NewEntry {
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<Seq>,
+        /// Media ids of the sender's own uploads (`POST /v1/media`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<String>,
     },
     Edit {
         target: Seq,
@@ -394,6 +460,13 @@ pub enum NewEntry {
         #[serde(default)]
         remove: bool,
     },
+}
+
+impl NewEntry {
+    /// A text message that replies to nothing and carries no attachments.
+    pub fn text(body: impl Into<String>) -> NewEntry {
+        NewEntry::Message { body: body.into(), reply_to: None, attachments: Vec::new() }
+    }
 }
 
 /// Stage one of delivery: the entry is durably committed.
@@ -501,6 +574,9 @@ pub enum ClientFrame {
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<Seq>,
+        /// Media ids of the sender's own uploads.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<String>,
     },
     /// Replace the text of one of the caller's messages.
     Edit {
@@ -895,7 +971,7 @@ mod tests {
             sender: UserId(3),
             ts: 4,
             client_msg_id: None,
-            body: EntryBody::Message { body: body.into(), reply_to: None },
+            body: EntryBody::Message { body: body.into(), reply_to: None, attachments: Vec::new() },
             state: Some(MessageState {
                 body: state.into(),
                 edited_seq,

@@ -394,7 +394,11 @@ mod tests {
             sender: UserId(1),
             ts: 0,
             client_msg_id: None,
-            body: EntryBody::Message { body: String::new(), reply_to: None },
+            body: EntryBody::Message {
+                body: String::new(),
+                reply_to: None,
+                attachments: Vec::new(),
+            },
             state: None,
         }
     }

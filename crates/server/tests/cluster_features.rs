@@ -165,6 +165,7 @@ impl Peer {
             client_msg_id: client_msg_id.to_owned(),
             body: body_of(client_msg_id),
             reply_to: None,
+            attachments: Vec::new(),
         };
         self.ws.send_frame(&frame).await;
     }
@@ -816,7 +817,11 @@ async fn sse_and_long_poll_on_other_nodes() {
         tokio::spawn(async move { poll(n3, &token, &req).await })
     };
 
-    let entry = NewEntry::Message { body: "over REST on node-1".to_owned(), reply_to: None };
+    let entry = NewEntry::Message {
+        body: "over REST on node-1".to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+    };
     let ack = within("post", alice.api(n1).post_entry(conv, "rest-1", entry))
         .await
         .expect("post an entry");

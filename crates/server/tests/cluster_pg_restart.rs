@@ -36,7 +36,11 @@ async fn post_message(
 ) -> (u16, String) {
     let body = PostEntry {
         client_msg_id: client_msg_id.to_owned(),
-        entry: NewEntry::Message { body: client_msg_id.to_owned(), reply_to: None },
+        entry: NewEntry::Message {
+            body: client_msg_id.to_owned(),
+            reply_to: None,
+            attachments: Vec::new(),
+        },
     };
     let req = reqwest::Client::new()
         .post(format!("http://{addr}/v1/conversations/{conv}/entries"))
@@ -56,6 +60,7 @@ async fn ws_send(ws: &mut WsClient, conv: ConversationId, client_msg_id: &str) -
         client_msg_id: client_msg_id.to_owned(),
         body: client_msg_id.to_owned(),
         reply_to: None,
+        attachments: Vec::new(),
     })
     .await
 }

@@ -331,6 +331,7 @@ async fn pump(
                 client_msg_id: cmid.clone(),
                 body: body.clone(),
                 reply_to: None,
+                attachments: Vec::new(),
             };
             let text = serde_json::to_string(&frame).expect("frame serializes");
             if sink.send(Message::Text(text.into())).await.is_err() {

@@ -265,13 +265,17 @@ pub(crate) fn append_body(a: &Append, target: Option<Message>) -> Result<EntryBo
         }
     };
     match &a.entry {
-        NewEntry::Message { body, reply_to } => {
+        NewEntry::Message { body, reply_to, .. } => {
             if let Some(seq) = *reply_to
                 && target.is_none()
             {
                 return Err(not_a_message(seq));
             }
-            Ok(EntryBody::Message { body: body.clone(), reply_to: *reply_to })
+            Ok(EntryBody::Message {
+                body: body.clone(),
+                reply_to: *reply_to,
+                attachments: Vec::new(),
+            })
         }
         NewEntry::Edit { target, body } => {
             live(*target, true)?;
@@ -568,7 +572,7 @@ pub(crate) fn redacted(original: Option<&str>, target: Seq) -> Result<(String, S
                 _ => None,
             }
         });
-    let message = EntryBody::Message { body: String::new(), reply_to };
+    let message = EntryBody::Message { body: String::new(), reply_to, attachments: Vec::new() };
     let edit = EntryBody::Edit { target, body: String::new() };
     let json = |body: &EntryBody| {
         serde_json::to_string(body).map_err(|err| StoreError::Internal(err.to_string()))
@@ -598,7 +602,7 @@ mod tests {
     }
 
     fn msg(reply_to: Option<Seq>) -> NewEntry {
-        NewEntry::Message { body: "hi".to_owned(), reply_to }
+        NewEntry::Message { body: "hi".to_owned(), reply_to, attachments: Vec::new() }
     }
 
     fn live(sender: UserId) -> Option<Message> {
@@ -809,12 +813,22 @@ mod tests {
     #[test]
     fn messages_and_replies() {
         let body = append_body(&append_of(A, msg(None)), None).expect("message");
-        assert_eq!(body, EntryBody::Message { body: "hi".to_owned(), reply_to: None });
+        assert_eq!(
+            body,
+            EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: Vec::new() }
+        );
         // A reply may quote anyone's message, deleted or not.
         let reply = append_of(A, msg(Some(3)));
         for target in [live(B), Some(Message { sender: B, deleted: true })] {
             let body = append_body(&reply, target).expect("reply");
-            assert_eq!(body, EntryBody::Message { body: "hi".to_owned(), reply_to: Some(3) });
+            assert_eq!(
+                body,
+                EntryBody::Message {
+                    body: "hi".to_owned(),
+                    reply_to: Some(3),
+                    attachments: Vec::new()
+                }
+            );
         }
         assert_eq!(
             err(append_body(&reply, None)),
@@ -1167,7 +1181,7 @@ mod tests {
         let (message, edit) = redacted(Some(original), 8).expect("redact");
         assert_eq!(
             serde_json::from_str::<EntryBody>(&message).expect("json"),
-            EntryBody::Message { body: String::new(), reply_to: Some(3) }
+            EntryBody::Message { body: String::new(), reply_to: Some(3), attachments: Vec::new() }
         );
         assert_eq!(
             serde_json::from_str::<EntryBody>(&edit).expect("json"),
@@ -1177,7 +1191,7 @@ mod tests {
             let (message, _) = redacted(original, 8).expect("redact");
             assert_eq!(
                 serde_json::from_str::<EntryBody>(&message).expect("json"),
-                EntryBody::Message { body: String::new(), reply_to: None }
+                EntryBody::Message { body: String::new(), reply_to: None, attachments: Vec::new() }
             );
         }
     }

@@ -244,7 +244,7 @@ async fn group<S: Store>(s: &S, owner: UserId, title: &str, members: &[UserId]) 
 }
 
 fn msg(body: &str) -> NewEntry {
-    NewEntry::Message { body: body.to_owned(), reply_to: None }
+    NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() }
 }
 
 fn append_of(conv: ConversationId, sender: UserId, cmid: &str, entry: NewEntry) -> Append {
@@ -612,7 +612,8 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
     assert_eq!(code(append(s, ab, a, "x3", edit_created).await), ErrorCode::BadRequest);
     let react_missing = NewEntry::Reaction { target: 99, emoji: "+1".to_owned(), remove: false };
     assert_eq!(code(append(s, ab, a, "x4", react_missing).await), ErrorCode::BadRequest);
-    let reply_missing = NewEntry::Message { body: "re".to_owned(), reply_to: Some(99) };
+    let reply_missing =
+        NewEntry::Message { body: "re".to_owned(), reply_to: Some(99), attachments: Vec::new() };
     assert_eq!(code(append(s, ab, a, "x5", reply_missing).await), ErrorCode::BadRequest);
 
     let state_of = |entries: &[Entry], seq: Seq| {
@@ -649,7 +650,11 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
         ]
     );
 
-    let reply = NewEntry::Message { body: "re: first".to_owned(), reply_to: Some(m.seq) };
+    let reply = NewEntry::Message {
+        body: "re: first".to_owned(),
+        reply_to: Some(m.seq),
+        attachments: Vec::new(),
+    };
     let r = append(s, ab, b, "reply", reply).await.expect("reply"); // 9
     let del = append(s, ab, a, "d1", NewEntry::Delete { target: m.seq }).await.expect("delete"); // 10
     assert_eq!((r.seq, del.seq), (9, 10));
@@ -661,7 +666,11 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
     assert!(st.reactions.is_empty(), "a tombstone keeps no reactions");
     assert_eq!(
         entries[8].body,
-        EntryBody::Message { body: "re: first".to_owned(), reply_to: Some(m.seq) }
+        EntryBody::Message {
+            body: "re: first".to_owned(),
+            reply_to: Some(m.seq),
+            attachments: Vec::new()
+        }
     );
     // A tombstone cannot be edited or reacted to again.
     let late_edit = NewEntry::Edit { target: m.seq, body: "back".to_owned() };
@@ -1028,7 +1037,8 @@ async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
     append(s, ab, a, "d", NewEntry::Delete { target: m.seq }).await.expect("delete");
     assert_eq!(says(append(s, ab, a, "x", edit(m.seq)).await), "conflict: message is deleted");
     // A reply may still quote the tombstone.
-    let reply = NewEntry::Message { body: "re".to_owned(), reply_to: Some(m.seq) };
+    let reply =
+        NewEntry::Message { body: "re".to_owned(), reply_to: Some(m.seq), attachments: Vec::new() };
     append(s, ab, b, "re", reply).await.expect("reply to a deleted message");
 
     // Group changes.

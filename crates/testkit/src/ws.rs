@@ -177,6 +177,7 @@ impl WsClient {
                 client_msg_id: client_msg_id.to_owned(),
                 body: body.to_owned(),
                 reply_to: None,
+                attachments: Vec::new(),
             })
             .await;
         match reply {
@@ -202,6 +203,7 @@ impl WsClient {
                 client_msg_id,
                 body,
                 reply_to: None,
+                attachments: Vec::new(),
             };
             self.send_frame(&frame).await;
             waiting.insert(req_id);

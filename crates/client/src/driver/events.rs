@@ -178,7 +178,7 @@ mod tests {
             sender: UserId(1),
             ts: 0,
             client_msg_id: None,
-            body: EntryBody::Message { body: "m".into(), reply_to: None },
+            body: EntryBody::Message { body: "m".into(), reply_to: None, attachments: Vec::new() },
             state: None,
         })
     }
@@ -187,7 +187,7 @@ mod tests {
         OutboxItem {
             client_msg_id: id.into(),
             conversation: C,
-            entry: NewEntry::Message { body: id.into(), reply_to: None },
+            entry: NewEntry::Message { body: id.into(), reply_to: None, attachments: Vec::new() },
         }
     }
 

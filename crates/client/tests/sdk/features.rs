@@ -220,7 +220,11 @@ async fn refused_sends_fail_alone_and_a_refused_token_closes_the_client() {
     // outbox still goes.
     let refused = alice.append(
         theirs,
-        natter_client::proto::NewEntry::Message { body: "intruding".into(), reply_to: None },
+        natter_client::proto::NewEntry::Message {
+            body: "intruding".into(),
+            reply_to: None,
+            attachments: Vec::new(),
+        },
     );
     let refused = refused.await.expect("queued");
     let refused_id = refused.client_msg_id().to_owned();

@@ -203,7 +203,11 @@ async fn closing_without_reading_events_loses_nothing() {
 }
 
 fn message(body: &str) -> natter_client::proto::NewEntry {
-    natter_client::proto::NewEntry::Message { body: body.to_owned(), reply_to: None }
+    natter_client::proto::NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+    }
 }
 
 /// A backlog far larger than one sync reply (two groups of 100 messages of 16 KiB: 3.3 MB;
@@ -225,7 +229,7 @@ async fn a_backlog_larger_than_a_sync_reply_arrives_whole() {
         for i in 0..100 {
             let mut body = format!("{title} {i:03} ");
             body.extend(std::iter::repeat_n('x', 16 * 1024 - body.len()));
-            let entry = NewEntry::Message { body, reply_to: None };
+            let entry = NewEntry::Message { body, reply_to: None, attachments: Vec::new() };
             api.post_entry(g, &format!("{title}-{i}"), entry).await.expect("send");
         }
         groups.push(g);

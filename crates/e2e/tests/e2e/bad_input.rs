@@ -145,11 +145,12 @@ fn send_frame(req_id: ReqId, conv: ConversationId, client_msg_id: &str, body: &s
         client_msg_id: client_msg_id.to_owned(),
         body: body.to_owned(),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 
 fn message(body: &str) -> NewEntry {
-    NewEntry::Message { body: body.to_owned(), reply_to: None }
+    NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() }
 }
 
 fn small_frames() -> impl FnOnce(&mut natter_server::Config) {

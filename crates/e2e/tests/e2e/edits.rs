@@ -44,6 +44,7 @@ fn reply(
         client_msg_id: cmid,
         body,
         reply_to: Some(reply_to),
+        attachments: Vec::new(),
     }
 }
 
@@ -107,7 +108,7 @@ fn tombstone(edited_seq: Option<Seq>) -> MessageState {
 }
 
 fn message(body: &str, reply_to: Option<Seq>) -> EntryBody {
-    EntryBody::Message { body: body.to_owned(), reply_to }
+    EntryBody::Message { body: body.to_owned(), reply_to, attachments: Vec::new() }
 }
 
 async fn summary(
@@ -367,7 +368,7 @@ async fn refused_changes_store_nothing() {
         ),
         (
             &bob,
-            NewEntry::Message { body: "re".into(), reply_to: Some(99) },
+            NewEntry::Message { body: "re".into(), reply_to: Some(99), attachments: Vec::new() },
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),

@@ -131,6 +131,7 @@ fn spawn_sender(
                     client_msg_id: text.clone(),
                     body: text,
                     reply_to: None,
+                    attachments: Vec::new(),
                 })
                 .await;
                 req_ids.push(req_id);

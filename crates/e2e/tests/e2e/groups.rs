@@ -360,7 +360,8 @@ async fn membership_changes_are_log_entries_with_permissions() {
         refused::<()>(&server, Method::GET, &path, &dave, None, StatusCode::NOT_FOUND, "not_found")
             .await;
     }
-    let still_here = NewEntry::Message { body: "still here?".into(), reply_to: None };
+    let still_here =
+        NewEntry::Message { body: "still here?".into(), reply_to: None, attachments: Vec::new() };
     let (status, _) = server.post_entry(&dave, g, "d1", still_here).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let reply = d
@@ -386,7 +387,11 @@ async fn membership_changes_are_log_entries_with_permissions() {
     let e9 = (9, alice.id, EntryBody::RoleChanged { user: bob.id, role: Role::Owner });
     let ack10 = server.send_rest(&erin, g, "e1", "just us").await;
     assert_eq!(ack10.seq, 10);
-    let e10 = (10, erin.id, EntryBody::Message { body: "just us".into(), reply_to: None });
+    let e10 = (
+        10,
+        erin.id,
+        EntryBody::Message { body: "just us".into(), reply_to: None, attachments: Vec::new() },
+    );
 
     // Each got exactly what was written while a member, and the entry of its own leaving;
     // after that, nothing (the barrier is the next frame).

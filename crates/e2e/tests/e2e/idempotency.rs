@@ -22,6 +22,7 @@ fn send(req_id: ReqId, conv: ConversationId, client_msg_id: &str, body: &str) ->
         client_msg_id: client_msg_id.to_owned(),
         body: body.to_owned(),
         reply_to: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -319,6 +320,7 @@ async fn rejected_send_does_not_use_up_its_key() {
             client_msg_id: "k".to_owned(),
             body: "re: nothing".to_owned(),
             reply_to: Some(99),
+            attachments: Vec::new(),
         })
         .await;
     match reply {

@@ -150,7 +150,11 @@ async fn a_stranger_added_to_a_group_is_invited_and_gets_nothing_of_it() {
             &sam,
             g,
             "s1",
-            natter_proto::NewEntry::Message { body: "hi".into(), reply_to: None },
+            natter_proto::NewEntry::Message {
+                body: "hi".into(),
+                reply_to: None,
+                attachments: Vec::new(),
+            },
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -54,6 +54,7 @@ async fn health_readiness_and_metrics() {
                 client_msg_id: format!("{i}-{n}"),
                 body: format!("message {n} from {i}"),
                 reply_to: None,
+                attachments: Vec::new(),
             })
             .await;
         }

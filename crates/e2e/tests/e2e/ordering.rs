@@ -42,7 +42,7 @@ fn seqs(entries: &[Entry]) -> Vec<Seq> {
 }
 
 fn message(body: &str) -> EntryBody {
-    EntryBody::Message { body: body.to_owned(), reply_to: None }
+    EntryBody::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() }
 }
 
 /// The next frame, failing the test with `what` on timeout or close.
@@ -88,6 +88,7 @@ async fn send_many(
             client_msg_id: format!("{tag}-{i}"),
             body: body.clone(),
             reply_to: None,
+            attachments: Vec::new(),
         })
         .await;
     }
@@ -160,6 +161,7 @@ async fn ws_sender(
                 client_msg_id: format!("{tag}-{i}"),
                 body: format!("{tag} #{i}"),
                 reply_to: None,
+                attachments: Vec::new(),
             })
             .await;
         }

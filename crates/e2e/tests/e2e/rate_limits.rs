@@ -39,6 +39,7 @@ async fn flood(
             client_msg_id: client_msg_id.clone(),
             body: format!("message {i}"),
             reply_to: None,
+            attachments: Vec::new(),
         })
         .await;
         pending.insert(req_id, client_msg_id);
@@ -127,6 +128,7 @@ async fn a_flooding_sender_is_refused_and_others_are_not() {
                     client_msg_id: id.into(),
                     body: "at last".into(),
                     reply_to: None,
+                    attachments: Vec::new(),
                 })
                 .await;
             match reply {
@@ -266,6 +268,7 @@ async fn a_refused_send_goes_before_the_sends_after_it() {
             client_msg_id: id.into(),
             body: id.into(),
             reply_to: None,
+            attachments: Vec::new(),
         }
     };
     assert!(matches!(a.request(send("m0")).await, ServerFrame::Ack { .. }));

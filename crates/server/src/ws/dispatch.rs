@@ -64,8 +64,8 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
     }
     let user = principal.user_id;
     let (req_id, conversation, client_msg_id, entry) = match frame {
-        ClientFrame::Send { req_id, conversation, client_msg_id, body, reply_to } => {
-            (req_id, conversation, client_msg_id, NewEntry::Message { body, reply_to })
+        ClientFrame::Send { req_id, conversation, client_msg_id, body, reply_to, attachments } => {
+            (req_id, conversation, client_msg_id, NewEntry::Message { body, reply_to, attachments })
         }
         ClientFrame::Edit { req_id, conversation, client_msg_id, target, body } => {
             (req_id, conversation, client_msg_id, NewEntry::Edit { target, body })

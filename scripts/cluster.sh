@@ -231,9 +231,12 @@ start_node() {
     local i="$1" name="${NODES[$1]}"
     say "$name on 127.0.0.1:$(node_port "$i")"
     mkdir -p "$DIR/$name"
+    # One URL-signing key for all nodes, made once per cluster directory (in the environment,
+    # not on the command line, where ps would show it).
+    [[ -s "$DIR/media.key" ]] || (umask 077; head -c 48 /dev/urandom | base64 -w0 >"$DIR/media.key")
     # Every client reaches the nodes from 127.0.0.1 (through HAProxy, or the bench directly):
     # no cap per client address.
-    NO_COLOR=1 setsid nohup "$BIN" serve --listen "127.0.0.1:$(node_port "$i")" \
+    NO_COLOR=1 NATTER_MEDIA_SECRET="$(cat "$DIR/media.key")" setsid nohup "$BIN" serve --listen "127.0.0.1:$(node_port "$i")" \
         --data-dir "$DIR/$name" --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" \
         --node-id "$name" --max-connections-per-ip 0 >"$DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$DIR/$name.pid"

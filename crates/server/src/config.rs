@@ -116,6 +116,22 @@ limits! {
     min_password_chars: usize = 8, "NATTER_MIN_PASSWORD_CHARS";
     /// Longest password accepted, in bytes (argon2 input is capped to bound its cost).
     max_password_bytes: usize = 1024, "NATTER_MAX_PASSWORD_BYTES";
+    /// Largest upload of any type, in bytes (then `too_large`).
+    max_upload_bytes: u64 = 256 * 1024 * 1024, "NATTER_MAX_UPLOAD_BYTES";
+    /// Largest image upload, in bytes: images are decoded for their thumbnail.
+    max_image_bytes: u64 = 25 * 1024 * 1024, "NATTER_MAX_IMAGE_BYTES";
+    /// Bytes of uploads one user may keep stored (then `quota_exceeded`).
+    media_quota_bytes: u64 = 2 * 1024 * 1024 * 1024, "NATTER_MEDIA_QUOTA_BYTES";
+    /// Uploads one user may start per minute (0: unlimited; then `too_many_requests`).
+    media_uploads_per_min: u32 = 60, "NATTER_MEDIA_UPLOADS_PER_MIN";
+    /// Uploads one user may start at once before `media_uploads_per_min` applies.
+    media_uploads_burst: u32 = 30, "NATTER_MEDIA_UPLOADS_BURST";
+    /// How long a signed download URL stays valid, in seconds.
+    media_url_ttl_secs: u64 = 24 * 3600, "NATTER_MEDIA_URL_TTL_SECS";
+    /// An upload no message carries is collected this long after it was made, in seconds.
+    media_unattached_ttl_secs: u64 = 24 * 3600, "NATTER_MEDIA_UNATTACHED_TTL_SECS";
+    /// How often unreferenced media are collected, in seconds.
+    media_gc_interval_secs: u64 = 3600, "NATTER_MEDIA_GC_INTERVAL_SECS";
     /// PostgreSQL connections in the pool (cluster mode).
     db_pool_size: usize = 16, "NATTER_DB_POOL_SIZE";
     /// A node's registry and presence entries in Redis lapse this long after its last
@@ -258,6 +274,10 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Bearer token `GET /metrics` requires; without one, `/metrics` is off.
     pub metrics_token: Option<String>,
+    /// The key that signs media download URLs (at least 32 bytes). Without one, a single
+    /// node makes a random key once and keeps it in `<data_dir>/media.key`; nodes of a
+    /// cluster must share one, so cluster mode requires it.
+    pub media_secret: Option<String>,
     pub limits: Limits,
 }
 
@@ -275,6 +295,7 @@ impl Default for Config {
             public_scheme: "http".to_owned(),
             trust_forwarded_for: false,
             metrics_token: None,
+            media_secret: None,
             limits: Limits::default(),
         }
     }
@@ -319,6 +340,9 @@ pub struct ServeArgs {
     /// Bearer token for GET /metrics (without it, /metrics is off).
     #[arg(long, env = "NATTER_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
+    /// Key that signs media download URLs, at least 32 bytes [default: kept in the data dir].
+    #[arg(long, env = "NATTER_MEDIA_SECRET", hide_env_values = true)]
+    pub media_secret: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -363,6 +387,9 @@ impl Config {
         if let Some(v) = &args.metrics_token {
             cfg.metrics_token = Some(v.clone());
         }
+        if let Some(v) = &args.media_secret {
+            cfg.media_secret = Some(v.clone());
+        }
         args.limits.apply(&mut cfg.limits);
         cfg.validate()?;
         Ok(cfg)
@@ -394,6 +421,12 @@ impl Config {
         }
         if l.max_group_members < 2 {
             bail!("max_group_members must be at least 2");
+        }
+        if self.media_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            bail!("media_secret must be at least 32 bytes");
+        }
+        if self.redis_url.is_some() && self.media_secret.is_none() {
+            bail!("cluster mode needs media_secret: every node must sign and check the same URLs");
         }
         if self.redis_url.is_some() && self.database_url.is_none() {
             bail!("redis_url (cluster mode) needs database_url: nodes share one PostgreSQL");

@@ -35,6 +35,9 @@ use crate::wait::{WAIT, poll_until, within};
 /// Lines of a process's output printed when its handle drops during a panic.
 const TAIL: usize = 60;
 
+/// The media URL key every node of a test cluster shares (cluster mode requires one).
+pub const MEDIA_SECRET: &str = "natter-test-cluster-media-secret-0123456789";
+
 /// Between two attempts to start a service again (its port may linger a moment): panics
 /// with its last log lines once `deadline` passed.
 pub(crate) async fn retry_launch(what: &str, port: u16, logs: &Logs, deadline: Instant) {
@@ -168,6 +171,8 @@ impl Node {
         let mut args = vec!["--database-url".to_owned(), pg.url()];
         args.extend(["--redis-url".to_owned(), redis.url()]);
         args.extend(["--node-id".to_owned(), name.to_owned()]);
+        // Every node of a cluster signs and checks media URLs with the same key.
+        args.extend(["--media-secret".to_owned(), MEDIA_SECRET.to_owned()]);
         args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         Node::spawn_args(bin.as_ref(), name, &args).await
     }

@@ -1,0 +1,259 @@
+//! Media: uploads on their own HTTP path, content-addressed blobs behind `object_store`, and
+//! signed download URLs. An upload streams to a staging file in the data directory while it
+//! is hashed (never held in memory), is sniffed from its first bytes, and is then copied
+//! into the blob store under its SHA-256 (`blobs/ab/abcdef…`), so equal bytes are stored
+//! once. The store's `media` rows say who uploaded what; `media_refs` say which messages
+//! carry it, and so who may download it.
+
+pub(crate) mod sign;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The first bytes of an upload that sniffing looks at.
+pub(crate) const SNIFF_BYTES: usize = 8 * 1024;
+
+/// Chunks copied from a staging file into the blob store: the memory one copy holds.
+const COPY_CHUNK: usize = 1024 * 1024;
+
+/// Where blobs live and where uploads are staged.
+pub(crate) struct Blobs {
+    objects: Arc<dyn ObjectStore>,
+    staging: PathBuf,
+}
+
+/// An upload written to its staging file: its size, hash and first bytes.
+pub(crate) struct Staged {
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
+    pub(crate) head: Vec<u8>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // The staging file is only a step: whatever happens to the upload, it goes.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Why staging stopped.
+#[derive(Debug)]
+pub(crate) enum StageError {
+    /// More than the cap arrived.
+    TooLarge,
+    /// The client's body broke off (or timed out).
+    Body(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(err: std::io::Error) -> StageError {
+        StageError::Io(err)
+    }
+}
+
+impl Blobs {
+    /// Blobs in `<data_dir>/media/blobs`, staging in `<data_dir>/media/staging`.
+    pub(crate) fn local(data_dir: &Path) -> anyhow::Result<Blobs> {
+        let root = data_dir.join("media").join("blobs");
+        std::fs::create_dir_all(&root)?;
+        let objects = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
+        Blobs::with_store(Arc::new(objects), data_dir)
+    }
+
+    pub(crate) fn with_store(
+        objects: Arc<dyn ObjectStore>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Blobs> {
+        let staging = data_dir.join("media").join("staging");
+        std::fs::create_dir_all(&staging)?;
+        // Staging files of a previous run are uploads that never completed.
+        for entry in std::fs::read_dir(&staging)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(Blobs { objects, staging })
+    }
+
+    pub(crate) fn key(sha256: &str) -> ObjectPath {
+        ObjectPath::from(format!("blobs/{}/{sha256}", &sha256[..2]))
+    }
+
+    /// Streams `body` to a new staging file, hashing as it goes, refusing more than `cap`.
+    pub(crate) async fn stage<S, E>(&self, mut body: S, cap: u64) -> Result<Staged, StageError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = self.staging.join(uuid::Uuid::now_v7().to_string());
+        let mut staged = Staged { path, size: 0, sha256: String::new(), head: Vec::new() };
+        let mut file = tokio::fs::File::create(&staged.path).await?;
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| StageError::Body(err.to_string()))?;
+            staged.size += chunk.len() as u64;
+            if staged.size > cap {
+                return Err(StageError::TooLarge);
+            }
+            if staged.head.len() < SNIFF_BYTES {
+                let take = (SNIFF_BYTES - staged.head.len()).min(chunk.len());
+                staged.head.extend_from_slice(&chunk[..take]);
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        staged.sha256 = hex(&hasher.finalize());
+        Ok(staged)
+    }
+
+    /// Stores bytes already in memory (processed images, thumbnails) under their hash.
+    pub(crate) async fn put_bytes(&self, bytes: Vec<u8>) -> object_store::Result<String> {
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let key = Blobs::key(&sha256);
+        if self.objects.head(&key).await.is_err() {
+            self.objects.put(&key, PutPayload::from(bytes)).await?;
+        }
+        Ok(sha256)
+    }
+
+    /// Copies a staged upload into the blob store under its hash, unless those bytes are
+    /// stored already; memory stays one chunk (`COPY_CHUNK`) and the writer's buffers.
+    pub(crate) async fn put_staged(&self, staged: &Staged) -> anyhow::Result<()> {
+        let key = Blobs::key(&staged.sha256);
+        if self.objects.head(&key).await.is_ok() {
+            return Ok(());
+        }
+        let upload = self.objects.put_multipart(&key).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, COPY_CHUNK);
+        let mut file = tokio::fs::File::open(&staged.path).await?;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(2).await?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Reads a whole staged file (images, whose size cap keeps this small).
+    pub(crate) async fn read_staged(&self, staged: &Staged) -> std::io::Result<Vec<u8>> {
+        tokio::fs::read(&staged.path).await
+    }
+
+    pub(crate) fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Deletes the objects of blobs nothing references any more.
+    pub(crate) async fn delete(&self, shas: &[String]) {
+        for sha in shas {
+            if let Err(err) = self.objects.delete(&Blobs::key(sha)).await
+                && !matches!(err, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(sha256 = %sha, error = %err, "cannot delete blob");
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The URL-signing key: the configured one, or (single node) one made once and kept in
+/// `<data_dir>/media.key`, readable only by the server's user.
+pub(crate) fn load_secret(media_secret: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = media_secret {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("media.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => anyhow::bail!("{} is shorter than 32 bytes", path.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err.into()),
+    }
+    let mut key = vec![0u8; 48];
+    getrandom::fill(&mut key).map_err(|err| anyhow::anyhow!("no OS random source: {err}"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, &key)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(
+        parts: &[&'static [u8]],
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures_util::stream::iter(
+            parts.iter().map(|p| Ok(bytes::Bytes::from_static(p))).collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn staged_uploads_are_hashed_capped_and_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path()).unwrap();
+        let staged = blobs.stage(body(&[b"hello ", b"world"]), 100).await.unwrap();
+        assert_eq!(staged.size, 11);
+        assert_eq!(staged.head, b"hello world");
+        // sha256("hello world")
+        assert_eq!(
+            staged.sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        blobs.put_staged(&staged).await.unwrap();
+        let again = blobs.stage(body(&[b"hello world"]), 100).await.unwrap();
+        blobs.put_staged(&again).await.unwrap();
+        let stored = blobs.objects().get(&Blobs::key(&staged.sha256)).await.unwrap();
+        assert_eq!(stored.bytes().await.unwrap().as_ref(), b"hello world");
+        let (path, again_path) = (staged.path.clone(), again.path.clone());
+        drop((staged, again));
+        assert!(!path.exists() && !again_path.exists(), "staging files are removed");
+        let files: Vec<_> = walk(&dir.path().join("media/blobs"));
+        assert_eq!(files.len(), 1, "one blob for equal bytes: {files:?}");
+
+        assert!(matches!(
+            blobs.stage(body(&[b"0123456789", b"x"]), 10).await,
+            Err(StageError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn a_made_key_is_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_secret(None, dir.path()).unwrap();
+        assert!(key.len() >= 32);
+        assert_eq!(load_secret(None, dir.path()).unwrap(), key);
+        assert_eq!(load_secret(Some("configured"), dir.path()).unwrap(), b"configured");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        }
+        out
+    }
+}

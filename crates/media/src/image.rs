@@ -264,3 +264,200 @@ fn thumbnail(img: &DynamicImage, side: u32) -> Result<Thumbnail, ImageError> {
     res.map_err(|e| ImageError::Undecodable(format!("thumbnail encoding failed: {e}")))?;
     Ok(Thumbnail { bytes: out, content_type, width: small.width(), height: small.height() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(width: u32, height: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, ((x ^ y) & 0xff) as u8])
+        }))
+    }
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    /// Puts an APP1 segment holding `tiff` right after SOI.
+    fn with_exif(jpeg: &[u8], tiff: &[u8]) -> Vec<u8> {
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend_from_slice(tiff);
+        let len = u16::try_from(payload.len() + 2).unwrap();
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// The GPS IFD's one entry: GPSLatitudeRef (1), ASCII (2), count 2, "N".
+    const GPS_ENTRY: &[u8] = b"\x01\x00\x02\x00\x02\x00\x00\x00N\x00\x00\x00";
+
+    /// Little-endian TIFF: IFD0 with a GPSInfo pointer (0x8825) to a GPS IFD at offset 26.
+    fn gps_tiff() -> Vec<u8> {
+        let mut t = b"II\x2A\x00\x08\x00\x00\x00".to_vec();
+        t.extend_from_slice(b"\x01\x00"); // one entry
+        t.extend_from_slice(b"\x25\x88\x04\x00\x01\x00\x00\x00\x1A\x00\x00\x00");
+        t.extend_from_slice(b"\x00\x00\x00\x00"); // no next IFD
+        assert_eq!(t.len(), 26);
+        t.extend_from_slice(b"\x01\x00");
+        t.extend_from_slice(GPS_ENTRY);
+        t.extend_from_slice(b"\x00\x00\x00\x00");
+        t
+    }
+
+    /// Little-endian TIFF: IFD0 with Orientation (0x0112), SHORT, = `orientation`.
+    fn orientation_tiff(orientation: u8) -> Vec<u8> {
+        let mut t = b"II\x2A\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00".to_vec();
+        t.extend_from_slice(&[orientation, 0, 0, 0]);
+        t.extend_from_slice(b"\x00\x00\x00\x00");
+        t
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn jpeg_gps_exif_is_stripped_losslessly() {
+        let jpeg = with_exif(&encode(&gradient(64, 48), ImageFormat::Jpeg), &gps_tiff());
+        assert!(contains(&jpeg, b"Exif\0\0") && contains(&jpeg, GPS_ENTRY));
+        let out = process(&jpeg, "image/jpeg", &ImageLimits::default()).unwrap();
+        assert!(!contains(&out.bytes, b"Exif"));
+        assert!(!contains(&out.bytes, GPS_ENTRY));
+        let segments = img_parts::jpeg::Jpeg::from_bytes(Bytes::from(out.bytes.clone())).unwrap();
+        assert!(segments.segment_by_marker(img_parts::jpeg::markers::APP1).is_none());
+        assert_eq!((out.width, out.height), (64, 48));
+        let back = image::load_from_memory_with_format(&out.bytes, ImageFormat::Jpeg).unwrap();
+        assert_eq!((back.width(), back.height()), (64, 48));
+        // Lossless: only the APP1 segment went away.
+        assert_eq!(out.bytes.len(), jpeg.len() - (gps_tiff().len() + 6 + 4));
+        assert!(out.thumbnail.is_none());
+    }
+
+    #[test]
+    fn jpeg_orientation_is_applied_and_exif_dropped() {
+        let jpeg = with_exif(&encode(&gradient(40, 20), ImageFormat::Jpeg), &orientation_tiff(6));
+        let out = process(&jpeg, "image/jpeg", &ImageLimits::default()).unwrap();
+        assert_eq!((out.width, out.height), (20, 40));
+        assert!(!contains(&out.bytes, b"Exif"));
+        let back = image::load_from_memory_with_format(&out.bytes, ImageFormat::Jpeg).unwrap();
+        assert_eq!((back.width(), back.height()), (20, 40));
+    }
+
+    #[test]
+    fn png_text_chunks_are_stripped() {
+        let png = encode(&gradient(8, 8), ImageFormat::Png);
+        // A tEXt chunk right after IHDR (8-byte signature + 25-byte IHDR chunk).
+        let data = b"Comment\0taken at 51.5N";
+        let mut chunk = u32::try_from(data.len()).unwrap().to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"tEXt");
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
+        let with_text = [&png[..33], &chunk, &png[33..]].concat();
+        let out = process(&with_text, "image/png", &ImageLimits::default()).unwrap();
+        assert!(!contains(&out.bytes, b"tEXt") && !contains(&out.bytes, b"51.5N"));
+        assert_eq!(out.bytes, png);
+    }
+
+    #[test]
+    fn webp_and_gif_process() {
+        for (format, ct) in [(ImageFormat::WebP, "image/webp"), (ImageFormat::Gif, "image/gif")] {
+            let bytes = encode(&DynamicImage::ImageRgba8(gradient(400, 100).to_rgba8()), format);
+            let out = process(&bytes, ct, &ImageLimits::default()).unwrap();
+            assert_eq!((out.width, out.height), (400, 100), "{ct}");
+            let thumb = out.thumbnail.unwrap();
+            assert_eq!((thumb.width, thumb.height), (320, 80), "{ct}");
+            image::load_from_memory(&out.bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn bomb_is_refused_from_the_header() {
+        let mut png = encode(&gradient(1, 1), ImageFormat::Png);
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let limits =
+            ImageLimits { max_width: 200_000, max_height: 200_000, ..ImageLimits::default() };
+        let err = process(&png, "image/png", &limits).unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooManyPixels { width: 100_000, height: 100_000, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "image is 100000x100000, over the 50000000-pixel cap");
+        let err = process(&png, "image/png", &ImageLimits::default()).unwrap_err();
+        assert!(matches!(err, ImageError::TooManyPixels { .. }), "{err}");
+    }
+
+    #[test]
+    fn truncated_jpeg_is_undecodable() {
+        let jpeg = encode(&gradient(64, 64), ImageFormat::Jpeg);
+        let err =
+            process(&jpeg[..jpeg.len() / 2], "image/jpeg", &ImageLimits::default()).unwrap_err();
+        assert!(matches!(err, ImageError::Undecodable(_)), "{err}");
+        assert!(err.to_string().starts_with("image data is truncated or corrupt: "), "{err}");
+    }
+
+    #[test]
+    fn unsupported_types() {
+        let err = process(b"<svg/>", "image/svg+xml", &ImageLimits::default()).unwrap_err();
+        assert!(matches!(err, ImageError::Unsupported));
+    }
+
+    #[test]
+    fn thumbnail_and_placeholder() {
+        let jpeg = encode(&gradient(1000, 500), ImageFormat::Jpeg);
+        let out = process(&jpeg, "image/jpeg", &ImageLimits::default()).unwrap();
+        let thumb = out.thumbnail.unwrap();
+        assert_eq!((thumb.width, thumb.height, thumb.content_type), (320, 160, "image/jpeg"));
+        let back = image::load_from_memory_with_format(&thumb.bytes, ImageFormat::Jpeg).unwrap();
+        assert_eq!((back.width(), back.height()), (320, 160));
+        // 4x3 components: 1 size + 1 max + 4 DC + 2 * 11 AC characters.
+        assert_eq!(out.placeholder.len(), 28, "{}", out.placeholder);
+
+        let rgba = DynamicImage::ImageRgba8(gradient(500, 1000).to_rgba8());
+        let out = process(&encode(&rgba, ImageFormat::Png), "image/png", &ImageLimits::default())
+            .unwrap();
+        let thumb = out.thumbnail.unwrap();
+        assert_eq!((thumb.width, thumb.height, thumb.content_type), (160, 320, "image/png"));
+    }
+
+    /// Truncations and bit flips of valid images give Ok or Err, never a panic: calls the
+    /// inner function, below `process`'s catch_unwind.
+    #[test]
+    fn mangled_input_never_panics() {
+        let limits = ImageLimits::default();
+        let jpeg = with_exif(&encode(&gradient(24, 16), ImageFormat::Jpeg), &orientation_tiff(6));
+        let png = encode(&gradient(24, 16), ImageFormat::Png);
+        let gif = encode(&gradient(24, 16), ImageFormat::Gif);
+        let webp = encode(&gradient(24, 16), ImageFormat::WebP);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for (bytes, format) in [
+            (jpeg, ImageFormat::Jpeg),
+            (png, ImageFormat::Png),
+            (gif, ImageFormat::Gif),
+            (webp, ImageFormat::WebP),
+        ] {
+            for len in 0..bytes.len() {
+                let _ = process_format(&bytes[..len], format, &limits);
+            }
+            for _ in 0..300 {
+                let mut mangled = bytes.clone();
+                for _ in 0..4 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let at = (seed % mangled.len() as u64) as usize;
+                    mangled[at] ^= (seed >> 32) as u8 | 1;
+                }
+                let _ = process_format(&mangled, format, &limits);
+            }
+        }
+    }
+}

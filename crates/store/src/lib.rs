@@ -25,8 +25,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use natter_proto::{
-    Ack, Committed, ConversationId, ConversationSummary, DeviceId, Entry, ErrorCode, Invitation,
-    NewEntry, Receipt, Role, Seq, UserId, rest::Member,
+    Ack, Attachment, Committed, ConversationId, ConversationSummary, DeviceId, Dimensions, Entry,
+    ErrorCode, Invitation, NewEntry, Receipt, Role, Seq, UserId, rest::Member,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,6 +42,8 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("media storage quota exceeded")]
+    QuotaExceeded,
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store fault: {0}")]
@@ -56,6 +58,7 @@ impl StoreError {
             StoreError::Forbidden(_) => ErrorCode::Forbidden,
             StoreError::Conflict(_) => ErrorCode::Conflict,
             StoreError::BadRequest(_) => ErrorCode::BadRequest,
+            StoreError::QuotaExceeded => ErrorCode::QuotaExceeded,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Internal(_) => ErrorCode::Internal,
         }
@@ -185,6 +188,76 @@ impl PendingAck {
     }
 }
 
+/// An upload to record ([`Store::create_media`]); its object (and thumbnail) is stored.
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    pub id: String,
+    pub owner: UserId,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    pub name: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub placeholder: Option<String>,
+    pub thumbnail: Option<NewThumbnail>,
+    /// The owner's quota: the sizes of their media rows, this one included, may not pass it.
+    pub quota_bytes: u64,
+}
+
+/// A thumbnail's stored object (its size is not counted against the quota).
+#[derive(Debug, Clone)]
+pub struct NewThumbnail {
+    pub sha256: String,
+    pub size: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// An upload as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRecord {
+    pub id: String,
+    pub owner: UserId,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    pub name: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub placeholder: Option<String>,
+    /// The thumbnail's object and dimensions.
+    pub thumbnail: Option<(String, Dimensions)>,
+    pub created_at: i64,
+}
+
+impl MediaRecord {
+    /// The attachment a message carries for this upload (URLs are signed later, per reader).
+    pub fn attachment(&self) -> Attachment {
+        Attachment {
+            id: self.id.clone(),
+            content_type: self.content_type.clone(),
+            size: self.size,
+            name: self.name.clone(),
+            width: self.width,
+            height: self.height,
+            placeholder: self.placeholder.clone(),
+            thumbnail: self.thumbnail.as_ref().map(|(_, d)| *d),
+            url: None,
+            thumbnail_url: None,
+        }
+    }
+}
+
+/// What [`Store::collect_media`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Media rows removed.
+    pub media: u64,
+    /// Objects whose rows were removed: the caller must now delete them.
+    pub blobs: Vec<String>,
+}
+
 /// Keyset position in the conversation list: `(last_activity, id)` of the last row seen.
 pub type ListCursor = (i64, ConversationId);
 
@@ -229,6 +302,10 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         change: GroupChange,
     ) -> Result<Ack>;
+    /// Records an upload in one transaction: `QuotaExceeded` if the owner's media sizes plus
+    /// this one pass `quota_bytes`; its blob rows (object and thumbnail) are upserted as no
+    /// longer orphaned.
+    async fn create_media(&self, media: NewMedia) -> Result<()>;
 
     // ---- read ----
 
@@ -265,6 +342,12 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Page>;
     /// `user`'s pending invitations, oldest first.
     async fn invitations(&self, user: UserId) -> Result<Vec<Invitation>>;
+    async fn media(&self, id: &str) -> Result<Option<MediaRecord>>;
+    /// The sum of the sizes of `user`'s media rows.
+    async fn media_usage(&self, user: UserId) -> Result<u64>;
+    /// Whether `user` may read the media: its owner, or a current member of a conversation
+    /// with a message attaching it. `false` for an unknown id.
+    async fn media_access(&self, user: UserId, id: &str) -> Result<bool>;
 
     // ---- update ----
 
@@ -281,6 +364,15 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_device(&self, token: TokenHash) -> Result<()>;
     /// `user` declines their invitation to a group: it is deleted; nobody is told.
     async fn decline_invitation(&self, user: UserId, conversation: ConversationId) -> Result<()>;
+    /// In one transaction (times in ms since the epoch): deletes media rows no message
+    /// attaches created before `unattached_before`; marks blobs nothing references as
+    /// orphaned now; deletes blob rows orphaned at or before `orphaned_before` that nothing
+    /// references still, returning their shas (the caller deletes the objects).
+    async fn collect_media(
+        &self,
+        unattached_before: i64,
+        orphaned_before: i64,
+    ) -> Result<Collected>;
 
     /// Flushes pending commits and stops the writer; later writes fail with `Unavailable`.
     async fn close(&self);

@@ -36,8 +36,9 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    Added, Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, NewGroup, Page, PendingAck,
-    Principal, Range, Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
+    Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
+    NewGroup, NewMedia, Page, PendingAck, Principal, Range, Result, Store, StoreError, StoreLimits,
+    TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -59,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0002_members_seq.sql"),
     include_str!("../migrations/postgres/0003_handle_key.sql"),
     include_str!("../migrations/postgres/0004_invitations.sql"),
+    include_str!("../migrations/postgres/0005_media.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -164,6 +166,8 @@ pub(crate) enum Op {
     ChangeGroup { actor: UserId, conversation: ConversationId, change: GroupChange },
     SetCursors(Vec<CursorUpdate>),
     AcceptInvitation { user: UserId, conversation: ConversationId },
+    CreateMedia(NewMedia),
+    CollectMedia { unattached_before: i64, orphaned_before: i64 },
     DeleteDevice(TokenHash),
     DeclineInvitation { user: UserId, conversation: ConversationId },
 }
@@ -191,6 +195,7 @@ pub(crate) enum Out {
     Added(Added),
     Ack(Ack),
     Receipts(Vec<Receipt>),
+    Collected(Collected),
     Done,
 }
 
@@ -558,6 +563,13 @@ impl Store for PgStore {
         }
     }
 
+    async fn create_media(&self, media: NewMedia) -> Result<()> {
+        match self.write(Op::CreateMedia(media)).await? {
+            Out::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>> {
         let c = self.client().await?;
         read::user_by_handle(&c, handle).await.map_err(Fail::into_store)
@@ -632,6 +644,22 @@ impl Store for PgStore {
         read::invitations(&c, user).await.map_err(Fail::into_store)
     }
 
+    async fn media(&self, id: &str) -> Result<Option<MediaRecord>> {
+        let c = self.client().await?;
+        let ids = [id.to_owned()];
+        Ok(write::media_rows(&c, &ids).await.map_err(Fail::into_store)?.pop())
+    }
+
+    async fn media_usage(&self, user: UserId) -> Result<u64> {
+        let c = self.client().await?;
+        write::media_usage(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn media_access(&self, user: UserId, id: &str) -> Result<bool> {
+        let c = self.client().await?;
+        write::media_access(&c, user, id).await.map_err(Fail::into_store)
+    }
+
     async fn set_cursors(&self, mut updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
         // Rows in one order on every node, so two nodes' writes cannot deadlock.
         updates.sort_by_key(|u| (u.conversation, u.user));
@@ -658,6 +686,17 @@ impl Store for PgStore {
     async fn decline_invitation(&self, user: UserId, conversation: ConversationId) -> Result<()> {
         match self.write(Op::DeclineInvitation { user, conversation }).await? {
             Out::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn collect_media(
+        &self,
+        unattached_before: i64,
+        orphaned_before: i64,
+    ) -> Result<Collected> {
+        match self.write(Op::CollectMedia { unattached_before, orphaned_before }).await? {
+            Out::Collected(collected) => Ok(collected),
             other => Err(unexpected(other)),
         }
     }

@@ -16,10 +16,11 @@
 //! when and how the facts are read (the writer thread, PostgreSQL's row locks) stays theirs.
 
 use natter_proto::{
-    Ack, ConversationId, ConversationKind, EntryBody, NewEntry, Receipt, Role, Seq, UserId,
+    Ack, Attachment, ConversationId, ConversationKind, EntryBody, NewEntry, Receipt, Role, Seq,
+    UserId,
 };
 
-use crate::{Append, CursorUpdate, GroupChange, Result, StoreError};
+use crate::{Append, CursorUpdate, GroupChange, MediaRecord, Result, StoreError};
 
 // ---- create ----
 
@@ -253,7 +254,49 @@ pub(crate) fn append_target(entry: &NewEntry) -> Option<Seq> {
 /// The entry to append. `target`: the message row at [`append_target`], `None` if that seq is
 /// not a message (or the entry names none). A reply may quote a deleted message; edits,
 /// deletions and reactions need a live one, and only its sender edits or deletes it.
-pub(crate) fn append_body(a: &Append, target: Option<Message>) -> Result<EntryBody> {
+/// Most attachments one message may carry.
+pub(crate) const MAX_ATTACHMENTS: usize = 10;
+
+/// The media ids a message attaches (empty for every other entry).
+pub(crate) fn attachment_ids(entry: &NewEntry) -> &[String] {
+    match entry {
+        NewEntry::Message { attachments, .. } => attachments,
+        _ => &[],
+    }
+}
+
+/// A message's attachments, in the order given. `found`: the media rows of those of `ids`
+/// that exist. Someone else's upload reads exactly like a missing one (`NotFound`), so a
+/// send cannot probe which ids exist.
+pub(crate) fn attachments(
+    sender: UserId,
+    ids: &[String],
+    found: Vec<MediaRecord>,
+) -> Result<Vec<Attachment>> {
+    if ids.len() > MAX_ATTACHMENTS {
+        return Err(StoreError::BadRequest(format!("at most {MAX_ATTACHMENTS} attachments")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !ids.iter().all(|id| seen.insert(id.as_str())) {
+        return Err(StoreError::BadRequest("duplicate attachment".to_owned()));
+    }
+    ids.iter()
+        .map(|id| {
+            found
+                .iter()
+                .find(|m| &m.id == id && m.owner == sender)
+                .map(MediaRecord::attachment)
+                .ok_or(StoreError::NotFound("media"))
+        })
+        .collect()
+}
+
+/// `attachments`: what [`attachments`] made of the message's media ids (empty otherwise).
+pub(crate) fn append_body(
+    a: &Append,
+    target: Option<Message>,
+    attachments: Vec<Attachment>,
+) -> Result<EntryBody> {
     let live = |seq: Seq, must_own: bool| -> Result<()> {
         match target {
             None => Err(not_a_message(seq)),
@@ -271,11 +314,7 @@ pub(crate) fn append_body(a: &Append, target: Option<Message>) -> Result<EntryBo
             {
                 return Err(not_a_message(seq));
             }
-            Ok(EntryBody::Message {
-                body: body.clone(),
-                reply_to: *reply_to,
-                attachments: Vec::new(),
-            })
+            Ok(EntryBody::Message { body: body.clone(), reply_to: *reply_to, attachments })
         }
         NewEntry::Edit { target, body } => {
             live(*target, true)?;
@@ -812,7 +851,7 @@ mod tests {
 
     #[test]
     fn messages_and_replies() {
-        let body = append_body(&append_of(A, msg(None)), None).expect("message");
+        let body = append_body(&append_of(A, msg(None)), None, Vec::new()).expect("message");
         assert_eq!(
             body,
             EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: Vec::new() }
@@ -820,7 +859,7 @@ mod tests {
         // A reply may quote anyone's message, deleted or not.
         let reply = append_of(A, msg(Some(3)));
         for target in [live(B), Some(Message { sender: B, deleted: true })] {
-            let body = append_body(&reply, target).expect("reply");
+            let body = append_body(&reply, target, Vec::new()).expect("reply");
             assert_eq!(
                 body,
                 EntryBody::Message {
@@ -831,7 +870,7 @@ mod tests {
             );
         }
         assert_eq!(
-            err(append_body(&reply, None)),
+            err(append_body(&reply, None, Vec::new())),
             (ErrorCode::BadRequest, "bad request: seq 3 is not a message".into())
         );
     }
@@ -841,28 +880,28 @@ mod tests {
         let edit = NewEntry::Edit { target: 2, body: "fixed".to_owned() };
         let delete = NewEntry::Delete { target: 2 };
         assert_eq!(
-            append_body(&append_of(A, edit.clone()), live(A)).expect("own edit"),
+            append_body(&append_of(A, edit.clone()), live(A), Vec::new()).expect("own edit"),
             EntryBody::Edit { target: 2, body: "fixed".to_owned() }
         );
         assert_eq!(
-            append_body(&append_of(A, delete.clone()), live(A)).expect("own delete"),
+            append_body(&append_of(A, delete.clone()), live(A), Vec::new()).expect("own delete"),
             EntryBody::Delete { target: 2 }
         );
         for entry in [edit, delete] {
             let a = append_of(A, entry);
             assert_eq!(
-                err(append_body(&a, live(B))),
+                err(append_body(&a, live(B), Vec::new())),
                 (ErrorCode::Forbidden, "forbidden: only the sender may change a message".into())
             );
             // Deleted wins over ownership: nobody may change it any more.
             for sender in [A, B] {
                 assert_eq!(
-                    err(append_body(&a, Some(Message { sender, deleted: true }))),
+                    err(append_body(&a, Some(Message { sender, deleted: true }), Vec::new())),
                     (ErrorCode::Conflict, "conflict: message is deleted".into())
                 );
             }
             assert_eq!(
-                err(append_body(&a, None)),
+                err(append_body(&a, None, Vec::new())),
                 (ErrorCode::BadRequest, "bad request: seq 2 is not a message".into())
             );
         }
@@ -873,14 +912,14 @@ mod tests {
         let react = NewEntry::Reaction { target: 2, emoji: "+1".to_owned(), remove: true };
         let a = append_of(A, react);
         assert_eq!(
-            append_body(&a, live(B)).expect("react"),
+            append_body(&a, live(B), Vec::new()).expect("react"),
             EntryBody::Reaction { target: 2, emoji: "+1".to_owned(), remove: true }
         );
         assert_eq!(
-            err(append_body(&a, Some(Message { sender: A, deleted: true }))),
+            err(append_body(&a, Some(Message { sender: A, deleted: true }), Vec::new())),
             (ErrorCode::Conflict, "conflict: message is deleted".into())
         );
-        assert_eq!(err(append_body(&a, None)).0, ErrorCode::BadRequest);
+        assert_eq!(err(append_body(&a, None, Vec::new())).0, ErrorCode::BadRequest);
     }
 
     // ---- group changes ----
@@ -1194,5 +1233,71 @@ mod tests {
                 EntryBody::Message { body: String::new(), reply_to: None, attachments: Vec::new() }
             );
         }
+    }
+
+    fn media(id: &str, owner: UserId) -> MediaRecord {
+        MediaRecord {
+            id: id.to_owned(),
+            owner,
+            sha256: format!("sha-{id}"),
+            size: 10,
+            content_type: "image/png".to_owned(),
+            name: Some(format!("{id}.png")),
+            width: Some(4),
+            height: Some(3),
+            placeholder: None,
+            thumbnail: Some(("t".to_owned(), natter_proto::Dimensions { width: 2, height: 1 })),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn attachments_are_the_senders_own_uploads_in_order() {
+        let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let found = vec![media("b", A), media("a", A), media("c", B)];
+        let got = attachments(A, &ids(&["a", "b"]), found.clone()).expect("own uploads");
+        assert_eq!(got.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(got[0], media("a", A).attachment());
+        assert_eq!(got[0].thumbnail, Some(natter_proto::Dimensions { width: 2, height: 1 }));
+        assert!(got[0].url.is_none() && got[0].thumbnail_url.is_none());
+        assert_eq!(attachments(A, &[], Vec::new()).expect("none"), Vec::new());
+        // Someone else's upload reads like a missing one.
+        let not_found = (ErrorCode::NotFound, "media not found".to_owned());
+        assert_eq!(err(attachments(A, &ids(&["a", "c"]), found.clone())), not_found);
+        assert_eq!(err(attachments(A, &ids(&["zz"]), found.clone())), not_found);
+        assert_eq!(err(attachments(A, &ids(&["a", "a"]), found.clone())).0, ErrorCode::BadRequest);
+        let many: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+        let all: Vec<MediaRecord> = many.iter().map(|id| media(id, A)).collect();
+        assert_eq!(
+            err(attachments(A, &many, all.clone())),
+            (ErrorCode::BadRequest, "bad request: at most 10 attachments".to_owned())
+        );
+        assert_eq!(attachments(A, &many[..10], all).expect("ten").len(), 10);
+    }
+
+    #[test]
+    fn a_message_carries_its_attachments() {
+        let att = vec![media("a", A).attachment()];
+        let body = append_body(&append_of(A, msg(None)), None, att.clone()).expect("message");
+        assert_eq!(
+            body,
+            EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: att }
+        );
+    }
+
+    #[test]
+    fn redaction_drops_attachments() {
+        let original = EntryBody::Message {
+            body: "hi".to_owned(),
+            reply_to: Some(1),
+            attachments: vec![media("a", A).attachment()],
+        };
+        let json = serde_json::to_string(&original).expect("json");
+        let (message, _) = redacted(Some(&json), 2).expect("redacted");
+        let body: EntryBody = serde_json::from_str(&message).expect("parses");
+        assert_eq!(
+            body,
+            EntryBody::Message { body: String::new(), reply_to: Some(1), attachments: Vec::new() }
+        );
     }
 }

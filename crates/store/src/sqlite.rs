@@ -26,8 +26,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    Added, Append, CommitFeed, CursorUpdate, GroupChange, ListCursor, NewGroup, Page, PendingAck,
-    Principal, Range, Result, Store, StoreError, StoreLimits, TokenHash, UserRecord,
+    Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
+    NewGroup, NewMedia, Page, PendingAck, Principal, Range, Result, Store, StoreError, StoreLimits,
+    TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_members_seq.sql"),
     include_str!("../migrations/sqlite/0003_handle_key.sql"),
     include_str!("../migrations/sqlite/0004_invitations.sql"),
+    include_str!("../migrations/sqlite/0005_media.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -404,6 +406,10 @@ impl Store for SqliteStore {
         self.write(move |c, out| write::change_group(c, out, actor, conversation, &change)).await
     }
 
+    async fn create_media(&self, media: NewMedia) -> Result<()> {
+        self.write(move |c, _| write::create_media(c, &media)).await
+    }
+
     async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>> {
         let handle = handle.to_owned();
         self.read(move |c| read::user_by_handle(c, &handle)).await
@@ -468,6 +474,20 @@ impl Store for SqliteStore {
         self.read(move |c| read::invitations(c, user)).await
     }
 
+    async fn media(&self, id: &str) -> Result<Option<MediaRecord>> {
+        let ids = vec![id.to_owned()];
+        self.read(move |c| Ok(write::media_rows(c, &ids)?.pop())).await
+    }
+
+    async fn media_usage(&self, user: UserId) -> Result<u64> {
+        self.read(move |c| write::media_usage(c, user)).await
+    }
+
+    async fn media_access(&self, user: UserId, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.read(move |c| write::media_access(c, user, &id)).await
+    }
+
     async fn set_cursors(&self, updates: Vec<CursorUpdate>) -> Result<Vec<Receipt>> {
         self.write(move |c, _| write::set_cursors(c, &updates)).await
     }
@@ -483,6 +503,14 @@ impl Store for SqliteStore {
 
     async fn decline_invitation(&self, user: UserId, conversation: ConversationId) -> Result<()> {
         self.write(move |c, _| write::decline_invitation(c, user, conversation)).await
+    }
+
+    async fn collect_media(
+        &self,
+        unattached_before: i64,
+        orphaned_before: i64,
+    ) -> Result<Collected> {
+        self.write(move |c, _| write::collect_media(c, unattached_before, orphaned_before)).await
     }
 
     async fn close(&self) {

@@ -28,8 +28,8 @@ use natter_proto::{
 use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
 use natter_store::{
-    Added, Append, CommitFeed, CursorUpdate, GroupChange, NewGroup, Page, PendingAck, Range,
-    Result, Store, StoreLimits,
+    Added, Append, CommitFeed, CursorUpdate, GroupChange, NewGroup, NewMedia, NewThumbnail, Page,
+    PendingAck, Range, Result, Store, StoreLimits,
 };
 use tokio::sync::mpsc;
 
@@ -62,6 +62,10 @@ macro_rules! store_suite {
             memberships_list_every_conversation_of_the_user,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
+            media_round_trip_and_quota,
+            appends_carry_the_senders_own_media,
+            media_access_follows_ownership_and_membership,
+            collect_media_keeps_what_is_attached_and_shared,
         );
     };
     (@tests $backend:ident, $open:ident; $($name:ident,)*) => {
@@ -1522,4 +1526,150 @@ async fn terminate_backends(db: &ScratchDb) -> i64 {
     drop(client);
     let _ = conn.await;
     row.get(0)
+}
+
+// ---- media ----
+
+fn new_media(id: &str, owner: UserId, sha: &str, size: u64) -> NewMedia {
+    NewMedia {
+        id: id.to_owned(),
+        owner,
+        sha256: sha.to_owned(),
+        size,
+        content_type: "image/png".to_owned(),
+        name: Some(format!("{id}.png")),
+        width: Some(640),
+        height: Some(480),
+        placeholder: Some("LKO2?U%2Tw=w".to_owned()),
+        thumbnail: Some(NewThumbnail {
+            sha256: format!("thumb-{sha}"),
+            size: 10,
+            width: 64,
+            height: 48,
+        }),
+        quota_bytes: 1000,
+    }
+}
+
+fn with_media(body: &str, ids: &[&str]) -> NewEntry {
+    NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: ids.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn media_round_trip_and_quota<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    s.create_media(new_media("m1", a, "sha1", 600)).await.expect("create");
+    let m = s.media("m1").await.expect("media").expect("found");
+    assert_eq!((m.owner, m.sha256.as_str(), m.size), (a, "sha1", 600));
+    assert_eq!((m.width, m.height, m.name.as_deref()), (Some(640), Some(480), Some("m1.png")));
+    assert_eq!(
+        m.thumbnail.as_ref().map(|(sha, d)| (sha.as_str(), d.width)),
+        Some(("thumb-sha1", 64))
+    );
+    let att = m.attachment();
+    assert_eq!(att.thumbnail.map(|d| d.height), Some(48));
+    assert!(att.url.is_none());
+    assert!(s.media("nope").await.expect("media").is_none());
+    assert_eq!(s.media_usage(a).await.expect("usage"), 600);
+    assert_eq!(s.media_usage(b).await.expect("usage"), 0);
+    // 600 + 401 > 1000 (thumbnails do not count); exactly the quota is fine.
+    assert_eq!(
+        code(s.create_media(new_media("m2", a, "sha2", 401)).await),
+        ErrorCode::QuotaExceeded
+    );
+    s.create_media(new_media("m3", a, "sha3", 400)).await.expect("up to the quota");
+    assert_eq!(s.media_usage(a).await.expect("usage"), 1000);
+    s.create_media(new_media("m4", b, "sha4", 1000)).await.expect("b's own quota");
+}
+
+async fn appends_carry_the_senders_own_media<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    let (conv, _) = s.create_direct(a, b).await.expect("direct");
+    s.create_media(new_media("a1", a, "s1", 10)).await.expect("a1");
+    s.create_media(new_media("a2", a, "s2", 10)).await.expect("a2");
+    s.create_media(new_media("b1", b, "s3", 10)).await.expect("b1");
+    let ack = append(s, conv, a, "c1", with_media("look", &["a2", "a1"])).await.expect("send");
+    let again = append(s, conv, a, "c1", with_media("look", &["b1"])).await.expect("repeat");
+    assert_eq!(again.seq, ack.seq, "a repeat gets the earlier ack");
+    assert_eq!(code(append(s, conv, a, "c2", with_media("x", &["b1"])).await), ErrorCode::NotFound);
+    assert_eq!(code(append(s, conv, a, "c3", with_media("x", &["zz"])).await), ErrorCode::NotFound);
+    assert_eq!(
+        code(append(s, conv, a, "c4", with_media("x", &["a1", "a1"])).await),
+        ErrorCode::BadRequest
+    );
+    let eleven: Vec<String> = (0..11).map(|i| format!("x{i}")).collect();
+    let refs: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    assert_eq!(code(append(s, conv, a, "c5", with_media("x", &refs)).await), ErrorCode::BadRequest);
+    let entry = log(s, conv).await.into_iter().find(|e| e.seq == ack.seq).expect("entry");
+    let ids: Vec<&str> = entry.body.attachments().iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["a2", "a1"]);
+    assert_eq!(entry.body.attachments()[0], s.media("a2").await.unwrap().unwrap().attachment());
+    // Edits keep them; deletion drops them and the refs.
+    let edit = NewEntry::Edit { target: ack.seq, body: "new".to_owned() };
+    append(s, conv, a, "c6", edit).await.expect("edit");
+    let entry = log(s, conv).await.into_iter().find(|e| e.seq == ack.seq).expect("entry");
+    assert_eq!(entry.body.attachments().len(), 2);
+    assert!(s.media_access(b, "a1").await.expect("access"));
+    append(s, conv, a, "c7", NewEntry::Delete { target: ack.seq }).await.expect("delete");
+    let entry = log(s, conv).await.into_iter().find(|e| e.seq == ack.seq).expect("entry");
+    assert!(entry.body.attachments().is_empty(), "deleted message keeps no attachments");
+    assert!(!s.media_access(b, "a1").await.expect("access"), "refs went with the message");
+    assert!(s.media_access(a, "a1").await.expect("owner still"));
+}
+
+async fn media_access_follows_ownership_and_membership<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [o, a, b, x] = users(s, ["o", "a", "b", "x"]).await;
+    contacts(s, o, &[a, b]).await;
+    let g = group(s, o, "g", &[a, b]).await;
+    s.create_media(new_media("m", o, "s", 10)).await.expect("m");
+    assert!(s.media_access(o, "m").await.unwrap());
+    assert!(!s.media_access(a, "m").await.unwrap(), "not attached yet");
+    append(s, g, o, "c1", with_media("hi", &["m"])).await.expect("send");
+    assert!(s.media_access(a, "m").await.unwrap());
+    assert!(s.media_access(b, "m").await.unwrap());
+    assert!(!s.media_access(x, "m").await.unwrap(), "non-member");
+    s.change_group(o, g, GroupChange::RemoveMember { user: b }).await.expect("remove");
+    assert!(!s.media_access(b, "m").await.unwrap(), "former member");
+    assert!(!s.media_access(o, "unknown").await.unwrap());
+}
+
+async fn collect_media_keeps_what_is_attached_and_shared<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["a", "b"]).await;
+    let (conv, _) = s.create_direct(a, b).await.expect("direct");
+    let plain = |id: &str, sha: &str| {
+        let mut m = new_media(id, a, sha, 10);
+        m.thumbnail = None;
+        m
+    };
+    s.create_media(plain("old", "s-old")).await.unwrap();
+    s.create_media(plain("kept", "s-kept")).await.unwrap();
+    s.create_media(plain("d1", "s-dup")).await.unwrap();
+    s.create_media(plain("d2", "s-dup")).await.unwrap();
+    let ack = append(s, conv, a, "c1", with_media("x", &["kept", "d2"])).await.unwrap();
+    let far = i64::MAX / 2;
+    let mut got = s.collect_media(far, far).await.expect("collect");
+    got.blobs.sort();
+    assert_eq!(got.media, 2, "old and d1");
+    assert_eq!(got.blobs, ["s-old"], "s-dup is still d2's");
+    assert!(s.media("old").await.unwrap().is_none());
+    assert!(s.media("kept").await.unwrap().is_some());
+    // Nothing more to do.
+    assert_eq!(s.collect_media(far, far).await.unwrap(), natter_store::Collected::default());
+    // Marked orphaned, but not yet old enough to go.
+    append(s, conv, a, "c2", NewEntry::Delete { target: ack.seq }).await.unwrap();
+    let got = s.collect_media(far, 0).await.unwrap();
+    assert_eq!((got.media, got.blobs.len()), (2, 0));
+    let mut got = s.collect_media(far, far).await.unwrap();
+    got.blobs.sort();
+    assert_eq!(got.blobs, ["s-dup", "s-kept"]);
+    // An upload of an orphaned object revives its blob row.
+    s.create_media(plain("again", "s-x")).await.unwrap();
+    assert_eq!(s.collect_media(0, far).await.unwrap(), natter_store::Collected::default());
 }

@@ -17,7 +17,10 @@ use crate::codec::{
     parse_role, role_str,
 };
 use crate::rules::{self, Addition, Admit, Direct, GroupEffect, NewConversation};
-use crate::{Added, Append, CursorUpdate, GroupChange, NewGroup, StoreLimits, TokenHash};
+use crate::{
+    Added, Append, Collected, CursorUpdate, GroupChange, MediaRecord, NewGroup, NewMedia,
+    StoreError, StoreLimits, TokenHash,
+};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -71,6 +74,13 @@ pub(super) async fn run(
         Op::SetCursors(updates) => Out::Receipts(set_cursors(c, updates).await?),
         Op::AcceptInvitation { user, conversation } => {
             Out::Ack(accept_invitation(c, out, cap, *user, *conversation).await?)
+        }
+        Op::CreateMedia(media) => {
+            create_media(c, media).await?;
+            Out::Done
+        }
+        Op::CollectMedia { unattached_before, orphaned_before } => {
+            Out::Collected(collect_media(c, *unattached_before, *orphaned_before).await?)
         }
         Op::DeleteDevice(token) => {
             execute(c, "DELETE FROM devices WHERE token_hash = $1", &[&&token[..]]).await?;
@@ -383,9 +393,161 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         Some(seq) => message(c, a.conversation, seq).await?,
         None => None,
     };
-    let body = rules::append_body(a, target)?;
+    let ids = rules::attachment_ids(&a.entry);
+    let attachments = if ids.is_empty() {
+        Vec::new()
+    } else {
+        let found = if ids.len() > rules::MAX_ATTACHMENTS {
+            Vec::new()
+        } else {
+            media_rows(c, ids).await?
+        };
+        rules::attachments(a.sender, ids, found)?
+    };
+    let body = rules::append_body(a, target, attachments)?;
     let id = Some(a.client_msg_id.as_str());
-    append_entry(c, out, a.conversation, a.sender, id, body, now_ms()).await
+    let ack = append_entry(c, out, a.conversation, a.sender, id, body, now_ms()).await?;
+    for media in ids {
+        execute(
+            c,
+            "INSERT INTO media_refs (media_id, conversation_id, seq) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[media, &a.conversation.0, &(ack.seq as i64)],
+        )
+        .await?;
+    }
+    Ok(ack)
+}
+
+const MEDIA_COLUMNS: &str = "id, owner, sha256, size, content_type, name, width, height, \
+     placeholder, thumb_sha256, thumb_width, thumb_height, created_at";
+
+fn media_row(r: &Row) -> MediaRecord {
+    let thumb: Option<String> = r.get(9);
+    let dims = match (r.get::<_, Option<i64>>(10), r.get::<_, Option<i64>>(11)) {
+        (Some(width), Some(height)) => {
+            Some(natter_proto::Dimensions { width: width as u32, height: height as u32 })
+        }
+        _ => None,
+    };
+    MediaRecord {
+        id: r.get(0),
+        owner: UserId(r.get(1)),
+        sha256: r.get(2),
+        size: r.get::<_, i64>(3) as u64,
+        content_type: r.get(4),
+        name: r.get(5),
+        width: r.get::<_, Option<i64>>(6).map(|v| v as u32),
+        height: r.get::<_, Option<i64>>(7).map(|v| v as u32),
+        placeholder: r.get(8),
+        thumbnail: thumb.zip(dims),
+        created_at: r.get(12),
+    }
+}
+
+/// The media rows of those of `ids` that exist.
+pub(super) async fn media_rows(c: &Conn, ids: &[String]) -> PgResult<Vec<MediaRecord>> {
+    let sql = format!("SELECT {MEDIA_COLUMNS} FROM media WHERE id = ANY($1)");
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    Ok(query(c, &sql, &[&ids]).await?.iter().map(media_row).collect())
+}
+
+pub(super) async fn media_usage(c: &Conn, user: UserId) -> PgResult<u64> {
+    let row = query_one(
+        c,
+        "SELECT coalesce(sum(size), 0)::BIGINT FROM media WHERE owner = $1",
+        &[&user.0],
+    )
+    .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+pub(super) async fn media_access(c: &Conn, user: UserId, id: &str) -> PgResult<bool> {
+    let row = query_one(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM media WHERE id = $1 AND owner = $2)
+             OR EXISTS (SELECT 1 FROM media_refs r JOIN members m
+                            ON m.conversation_id = r.conversation_id
+                        WHERE r.media_id = $1 AND m.user_id = $2)",
+        &[&id, &user.0],
+    )
+    .await?;
+    Ok(row.get(0))
+}
+
+async fn create_media(c: &Conn, m: &NewMedia) -> PgResult<()> {
+    // The owner's row lock serializes uploads of one owner across nodes (the quota check).
+    query_opt(c, "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", &[&m.owner.0]).await?;
+    let used = media_usage(c, m.owner).await?;
+    if used.saturating_add(m.size) > m.quota_bytes {
+        return Err(StoreError::QuotaExceeded.into());
+    }
+    let now = now_ms();
+    let upsert =
+        "INSERT INTO blobs (sha256, size, created_at, orphaned_at) VALUES ($1, $2, $3, NULL)
+         ON CONFLICT (sha256) DO UPDATE SET orphaned_at = NULL";
+    execute(c, upsert, &[&m.sha256, &(m.size as i64), &now]).await?;
+    if let Some(t) = &m.thumbnail {
+        execute(c, upsert, &[&t.sha256, &(t.size as i64), &now]).await?;
+    }
+    let thumb = m.thumbnail.as_ref();
+    let st = c
+        .prepare_cached(
+            "INSERT INTO media (id, owner, sha256, size, content_type, name, width, height,
+                 placeholder, thumb_sha256, thumb_width, thumb_height, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .await?;
+    let res = c
+        .execute(
+            &st,
+            &[
+                &m.id,
+                &m.owner.0,
+                &m.sha256,
+                &(m.size as i64),
+                &m.content_type,
+                &m.name,
+                &m.width.map(i64::from),
+                &m.height.map(i64::from),
+                &m.placeholder,
+                &thumb.map(|t| t.sha256.as_str()),
+                &thumb.map(|t| i64::from(t.width)),
+                &thumb.map(|t| i64::from(t.height)),
+                &now,
+            ],
+        )
+        .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(StoreError::Conflict("media id is taken").into())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn collect_media(
+    c: &Conn,
+    unattached_before: i64,
+    orphaned_before: i64,
+) -> PgResult<Collected> {
+    let media = execute(
+        c,
+        "DELETE FROM media WHERE created_at < $1
+             AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)",
+        &[&unattached_before],
+    )
+    .await?;
+    let unreferenced = "NOT EXISTS (SELECT 1 FROM media m WHERE m.sha256 = blobs.sha256)
+         AND NOT EXISTS (SELECT 1 FROM media m WHERE m.thumb_sha256 = blobs.sha256)";
+    let sql =
+        format!("UPDATE blobs SET orphaned_at = $1 WHERE orphaned_at IS NULL AND {unreferenced}");
+    execute(c, &sql, &[&now_ms()]).await?;
+    let sql =
+        format!("DELETE FROM blobs WHERE orphaned_at <= $1 AND {unreferenced} RETURNING sha256");
+    let blobs = query(c, &sql, &[&orphaned_before]).await?.iter().map(|r| r.get(0)).collect();
+    Ok(Collected { media, blobs })
 }
 
 async fn change_group(
@@ -614,6 +776,12 @@ async fn redact(c: &Conn, conv: ConversationId, target: u64) -> PgResult<()> {
     execute(
         c,
         "DELETE FROM reactions WHERE conversation_id = $1 AND seq = $2",
+        &[&conv.0, &target],
+    )
+    .await?;
+    execute(
+        c,
+        "DELETE FROM media_refs WHERE conversation_id = $1 AND seq = $2",
         &[&conv.0, &target],
     )
     .await?;

@@ -12,7 +12,10 @@ use crate::codec::{
     parse_role, role_str,
 };
 use crate::rules::{self, Addition, Admit, Direct, GroupEffect, NewConversation};
-use crate::{Added, Append, CursorUpdate, GroupChange, NewGroup, Result, StoreLimits, TokenHash};
+use crate::{
+    Added, Append, Collected, CursorUpdate, GroupChange, MediaRecord, NewGroup, NewMedia, Result,
+    StoreError, StoreLimits, TokenHash,
+};
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == SqliteCode::ConstraintViolation)
@@ -317,9 +320,157 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
         Some(seq) => message(c, a.conversation, seq)?,
         None => None,
     };
-    let body = rules::append_body(a, target)?;
+    let ids = rules::attachment_ids(&a.entry);
+    let attachments = if ids.is_empty() {
+        Vec::new()
+    } else {
+        let found =
+            if ids.len() > rules::MAX_ATTACHMENTS { Vec::new() } else { media_rows(c, ids)? };
+        rules::attachments(a.sender, ids, found)?
+    };
+    let body = rules::append_body(a, target, attachments)?;
     let id = Some(a.client_msg_id.as_str());
-    append_entry(c, out, a.conversation, a.sender, id, body, now_ms())
+    let ack = append_entry(c, out, a.conversation, a.sender, id, body, now_ms())?;
+    for media in ids {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO media_refs (media_id, conversation_id, seq) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut st| st.execute(params![media, a.conversation.0, ack.seq as i64]))
+        .map_err(internal)?;
+    }
+    Ok(ack)
+}
+
+const MEDIA_COLUMNS: &str = "id, owner, sha256, size, content_type, name, width, height, \
+     placeholder, thumb_sha256, thumb_width, thumb_height, created_at";
+
+fn media_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRecord> {
+    let thumb: Option<String> = r.get(9)?;
+    let dims = |w: Option<i64>, h: Option<i64>| match (w, h) {
+        (Some(width), Some(height)) => {
+            Some(natter_proto::Dimensions { width: width as u32, height: height as u32 })
+        }
+        _ => None,
+    };
+    Ok(MediaRecord {
+        id: r.get(0)?,
+        owner: UserId(r.get(1)?),
+        sha256: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        content_type: r.get(4)?,
+        name: r.get(5)?,
+        width: r.get::<_, Option<i64>>(6)?.map(|v| v as u32),
+        height: r.get::<_, Option<i64>>(7)?.map(|v| v as u32),
+        placeholder: r.get(8)?,
+        thumbnail: thumb.zip(dims(r.get(10)?, r.get(11)?)),
+        created_at: r.get(12)?,
+    })
+}
+
+/// The media rows of those of `ids` that exist.
+pub(super) fn media_rows(c: &Connection, ids: &[String]) -> Result<Vec<MediaRecord>> {
+    let json = serde_json::to_string(ids).map_err(internal)?;
+    let sql =
+        format!("SELECT {MEDIA_COLUMNS} FROM media WHERE id IN (SELECT value FROM json_each(?1))");
+    c.prepare_cached(&sql)
+        .and_then(|mut st| st.query_map(params![json], media_row)?.collect())
+        .map_err(internal)
+}
+
+pub(super) fn media_usage(c: &Connection, user: UserId) -> Result<u64> {
+    c.prepare_cached("SELECT coalesce(sum(size), 0) FROM media WHERE owner = ?1")
+        .and_then(|mut st| st.query_row(params![user.0], |r| r.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .map_err(internal)
+}
+
+pub(super) fn media_access(c: &Connection, user: UserId, id: &str) -> Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM media WHERE id = ?1 AND owner = ?2)
+             OR EXISTS (SELECT 1 FROM media_refs r JOIN members m
+                            ON m.conversation_id = r.conversation_id
+                        WHERE r.media_id = ?1 AND m.user_id = ?2)",
+    )
+    .and_then(|mut st| st.query_row(params![id, user.0], |r| r.get(0)))
+    .map_err(internal)
+}
+
+pub(super) fn create_media(c: &Connection, m: &NewMedia) -> Result<()> {
+    let used = media_usage(c, m.owner)?;
+    if used.saturating_add(m.size) > m.quota_bytes {
+        return Err(StoreError::QuotaExceeded);
+    }
+    let now = now_ms();
+    let upsert =
+        "INSERT INTO blobs (sha256, size, created_at, orphaned_at) VALUES (?1, ?2, ?3, NULL)
+         ON CONFLICT (sha256) DO UPDATE SET orphaned_at = NULL";
+    c.prepare_cached(upsert)
+        .and_then(|mut st| st.execute(params![m.sha256, m.size as i64, now]))
+        .map_err(internal)?;
+    if let Some(t) = &m.thumbnail {
+        c.prepare_cached(upsert)
+            .and_then(|mut st| st.execute(params![t.sha256, t.size as i64, now]))
+            .map_err(internal)?;
+    }
+    let thumb = m.thumbnail.as_ref();
+    c.prepare_cached(
+        "INSERT INTO media (id, owner, sha256, size, content_type, name, width, height,
+             placeholder, thumb_sha256, thumb_width, thumb_height, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            m.id,
+            m.owner.0,
+            m.sha256,
+            m.size as i64,
+            m.content_type,
+            m.name,
+            m.width,
+            m.height,
+            m.placeholder,
+            thumb.map(|t| &t.sha256),
+            thumb.map(|t| t.width),
+            thumb.map(|t| t.height),
+            now
+        ])
+    })
+    .map_err(|err| {
+        if is_unique_violation(&err) {
+            StoreError::Conflict("media id is taken")
+        } else {
+            internal(err)
+        }
+    })?;
+    Ok(())
+}
+
+pub(super) fn collect_media(
+    c: &Connection,
+    unattached_before: i64,
+    orphaned_before: i64,
+) -> Result<Collected> {
+    let media = c
+        .execute(
+            "DELETE FROM media WHERE created_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)",
+            params![unattached_before],
+        )
+        .map_err(internal)? as u64;
+    let unreferenced = "NOT EXISTS (SELECT 1 FROM media m WHERE m.sha256 = blobs.sha256)
+         AND NOT EXISTS (SELECT 1 FROM media m WHERE m.thumb_sha256 = blobs.sha256)";
+    c.execute(
+        &format!("UPDATE blobs SET orphaned_at = ?1 WHERE orphaned_at IS NULL AND {unreferenced}"),
+        params![now_ms()],
+    )
+    .map_err(internal)?;
+    let blobs = c
+        .prepare(&format!(
+            "DELETE FROM blobs WHERE orphaned_at <= ?1 AND {unreferenced} RETURNING sha256"
+        ))
+        .and_then(|mut st| st.query_map(params![orphaned_before], |r| r.get(0))?.collect())
+        .map_err(internal)?;
+    Ok(Collected { media, blobs })
 }
 
 pub(super) fn change_group(
@@ -555,6 +706,11 @@ fn redact(c: &Connection, conv: ConversationId, target: u64) -> Result<()> {
     .map_err(internal)?;
     c.execute(
         "DELETE FROM reactions WHERE conversation_id = ?1 AND seq = ?2",
+        params![conv.0, target],
+    )
+    .map_err(internal)?;
+    c.execute(
+        "DELETE FROM media_refs WHERE conversation_id = ?1 AND seq = ?2",
         params![conv.0, target],
     )
     .map_err(internal)?;

@@ -251,9 +251,6 @@ pub(crate) fn append_target(entry: &NewEntry) -> Option<Seq> {
     }
 }
 
-/// The entry to append. `target`: the message row at [`append_target`], `None` if that seq is
-/// not a message (or the entry names none). A reply may quote a deleted message; edits,
-/// deletions and reactions need a live one, and only its sender edits or deletes it.
 /// Most attachments one message may carry.
 pub(crate) const MAX_ATTACHMENTS: usize = 10;
 
@@ -263,6 +260,17 @@ pub(crate) fn attachment_ids(entry: &NewEntry) -> &[String] {
         NewEntry::Message { attachments, .. } => attachments,
         _ => &[],
     }
+}
+
+/// The media rows an append must load for [`attachments`]: none when there are more ids than
+/// a message may carry (the rule refuses them unread).
+pub(crate) fn media_to_load(ids: &[String]) -> &[String] {
+    if ids.len() > MAX_ATTACHMENTS { &[] } else { ids }
+}
+
+/// Whether an upload of `size` bytes fits its owner's quota, who stores `used` already.
+pub(crate) fn within_quota(used: u64, size: u64, quota: u64) -> Result<()> {
+    if used.saturating_add(size) > quota { Err(StoreError::QuotaExceeded) } else { Ok(()) }
 }
 
 /// A message's attachments, in the order given. `found`: the media rows of those of `ids`
@@ -291,6 +299,9 @@ pub(crate) fn attachments(
         .collect()
 }
 
+/// The entry to append. `target`: the message row at [`append_target`], `None` if that seq is
+/// not a message (or the entry names none). A reply may quote a deleted message; edits,
+/// deletions and reactions need a live one, and only its sender edits or deletes it.
 /// `attachments`: what [`attachments`] made of the message's media ids (empty otherwise).
 pub(crate) fn append_body(
     a: &Append,

@@ -394,16 +394,11 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         None => None,
     };
     let ids = rules::attachment_ids(&a.entry);
-    let attachments = if ids.is_empty() {
-        Vec::new()
-    } else {
-        let found = if ids.len() > rules::MAX_ATTACHMENTS {
-            Vec::new()
-        } else {
-            media_rows(c, ids).await?
-        };
-        rules::attachments(a.sender, ids, found)?
+    let found = match rules::media_to_load(ids) {
+        [] => Vec::new(),
+        load => media_rows(c, load).await?,
     };
+    let attachments = rules::attachments(a.sender, ids, found)?;
     let body = rules::append_body(a, target, attachments)?;
     let id = Some(a.client_msg_id.as_str());
     let ack = append_entry(c, out, a.conversation, a.sender, id, body, now_ms()).await?;
@@ -478,10 +473,7 @@ pub(super) async fn media_access(c: &Conn, user: UserId, id: &str) -> PgResult<b
 async fn create_media(c: &Conn, m: &NewMedia) -> PgResult<()> {
     // The owner's row lock serializes uploads of one owner across nodes (the quota check).
     query_opt(c, "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", &[&m.owner.0]).await?;
-    let used = media_usage(c, m.owner).await?;
-    if used.saturating_add(m.size) > m.quota_bytes {
-        return Err(StoreError::QuotaExceeded.into());
-    }
+    rules::within_quota(media_usage(c, m.owner).await?, m.size, m.quota_bytes)?;
     let now = now_ms();
     let upsert =
         "INSERT INTO blobs (sha256, size, created_at, orphaned_at) VALUES ($1, $2, $3, NULL)

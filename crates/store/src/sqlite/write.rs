@@ -321,13 +321,11 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
         None => None,
     };
     let ids = rules::attachment_ids(&a.entry);
-    let attachments = if ids.is_empty() {
-        Vec::new()
-    } else {
-        let found =
-            if ids.len() > rules::MAX_ATTACHMENTS { Vec::new() } else { media_rows(c, ids)? };
-        rules::attachments(a.sender, ids, found)?
+    let found = match rules::media_to_load(ids) {
+        [] => Vec::new(),
+        load => media_rows(c, load)?,
     };
+    let attachments = rules::attachments(a.sender, ids, found)?;
     let body = rules::append_body(a, target, attachments)?;
     let id = Some(a.client_msg_id.as_str());
     let ack = append_entry(c, out, a.conversation, a.sender, id, body, now_ms())?;
@@ -396,10 +394,7 @@ pub(super) fn media_access(c: &Connection, user: UserId, id: &str) -> Result<boo
 }
 
 pub(super) fn create_media(c: &Connection, m: &NewMedia) -> Result<()> {
-    let used = media_usage(c, m.owner)?;
-    if used.saturating_add(m.size) > m.quota_bytes {
-        return Err(StoreError::QuotaExceeded);
-    }
+    rules::within_quota(media_usage(c, m.owner)?, m.size, m.quota_bytes)?;
     let now = now_ms();
     let upsert =
         "INSERT INTO blobs (sha256, size, created_at, orphaned_at) VALUES (?1, ?2, ?3, NULL)

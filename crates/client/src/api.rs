@@ -270,6 +270,30 @@ impl Api {
         Ok(res.receipts)
     }
 
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A request to `path`, with the token if there is one.
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base_url));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// A JSON answer, or the server's refusal.
+    pub(crate) async fn parse<R: DeserializeOwned>(&self, res: reqwest::Response) -> Result<R> {
+        let status = res.status();
+        let bytes = res.bytes().await.map_err(Error::Http)?;
+        if !status.is_success() {
+            return Err(refusal(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|err| Error::Protocol(format!("answer does not parse: {err}")))
+    }
+
     async fn send<B: Serialize>(
         &self,
         method: Method,
@@ -277,12 +301,9 @@ impl Api {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<Vec<u8>> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base_url));
+        let mut req = self.request(method, path);
         if !query.is_empty() {
             req = req.query(query);
-        }
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
         }
         if let Some(body) = body {
             req = req.json(body);
@@ -293,12 +314,7 @@ impl Api {
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(Error::Server(body)),
-            Err(_) => {
-                Err(Error::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))))
-            }
-        }
+        Err(refusal(status, &bytes))
     }
 
     async fn call<B: Serialize, R: DeserializeOwned>(
@@ -320,5 +336,13 @@ impl Api {
         body: Option<&B>,
     ) -> Result<()> {
         self.send(method, path, &[], body).await.map(|_| ())
+    }
+}
+
+/// The error an unsuccessful answer carries.
+pub(crate) fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => Error::Server(body),
+        Err(_) => Error::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(bytes))),
     }
 }

@@ -66,6 +66,7 @@
 pub mod api;
 pub mod client;
 pub mod event;
+pub mod media;
 pub mod store;
 
 mod backoff;

@@ -360,6 +360,14 @@ impl EntryBody {
         }
     }
 
+    /// The attachments of a message entry, to fill in their URLs.
+    pub fn attachments_mut(&mut self) -> &mut [Attachment] {
+        match self {
+            EntryBody::Message { attachments, .. } => attachments,
+            _ => &mut [],
+        }
+    }
+
     /// The message this entry changes, for edits, deletions and reactions.
     pub fn target(&self) -> Option<Seq> {
         match self {

@@ -221,3 +221,35 @@ pub struct PollResponse {
     pub cursors: BTreeMap<ConversationId, Seq>,
     pub events: Vec<crate::ServerFrame>,
 }
+
+/// The answer to a finished upload (`POST /v1/media`, the last `PATCH` of a resumable one)
+/// and to `GET /v1/media/{id}`: the attachment as a message will carry it, with URLs signed
+/// for the caller, and the SHA-256 of the stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    #[serde(flatten)]
+    pub attachment: crate::Attachment,
+    /// Hex SHA-256 of the stored bytes: of the upload itself, or for an image of the bytes
+    /// left once its metadata (EXIF, XMP, IPTC, text chunks) was stripped.
+    pub sha256: String,
+}
+
+/// `POST /v1/media/uploads`: starts a resumable upload of `length` bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewUpload {
+    pub length: u64,
+    /// The type the client believes the bytes are; checked against the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The file name to show (at most 255 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The answer to `POST /v1/media/uploads`: `PATCH /v1/media/uploads/{id}` from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadCreated {
+    pub id: String,
+    pub offset: u64,
+    pub length: u64,
+}

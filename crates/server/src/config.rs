@@ -278,8 +278,38 @@ pub struct Config {
     /// node makes a random key once and keeps it in `<data_dir>/media.key`; nodes of a
     /// cluster must share one, so cluster mode requires it.
     pub media_secret: Option<String>,
+    /// Where blobs live: unset, `<data_dir>/media/blobs`; `s3://bucket/prefix`, an
+    /// S3-compatible store, credentials and endpoint from the usual `AWS_*` variables
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`).
+    pub media_url: Option<String>,
+    /// The types an upload may be, as sniffed from its bytes: `type/subtype` or `type/*`,
+    /// each optionally with its own size cap in bytes (`video/*=104857600`). The first
+    /// pattern that matches applies; a type no pattern matches is `unsupported_media_type`.
+    pub media_types: Vec<String>,
     pub limits: Limits,
 }
+
+/// The default allow-list: pictures, sound, video, text, PDF, office documents and common
+/// archives; anything else (executables, unknown binaries) is refused.
+pub const DEFAULT_MEDIA_TYPES: &[&str] = &[
+    "image/*",
+    "video/*",
+    "audio/*",
+    "text/*",
+    "application/pdf",
+    "application/zip",
+    "application/gzip",
+    "application/x-tar",
+    "application/x-7z-compressed",
+    "application/vnd.rar",
+    "application/rtf",
+    "application/msword",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.*",
+    "application/vnd.oasis.opendocument.*",
+    "application/epub+zip",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -296,6 +326,8 @@ impl Default for Config {
             trust_forwarded_for: false,
             metrics_token: None,
             media_secret: None,
+            media_url: None,
+            media_types: DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             limits: Limits::default(),
         }
     }
@@ -343,6 +375,13 @@ pub struct ServeArgs {
     /// Key that signs media download URLs, at least 32 bytes [default: kept in the data dir].
     #[arg(long, env = "NATTER_MEDIA_SECRET", hide_env_values = true)]
     pub media_secret: Option<String>,
+    /// Blob storage: s3://bucket/prefix (credentials from AWS_*) [default: the data dir].
+    #[arg(long, env = "NATTER_MEDIA_URL")]
+    pub media_url: Option<String>,
+    /// Upload types allowed, comma-separated `type/subtype` or `type/*`, each optionally
+    /// `=max_bytes` [default: images, audio, video, text, PDF, office files, archives].
+    #[arg(long, env = "NATTER_MEDIA_TYPES", value_delimiter = ',')]
+    pub media_types: Option<Vec<String>>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -390,6 +429,12 @@ impl Config {
         if let Some(v) = &args.media_secret {
             cfg.media_secret = Some(v.clone());
         }
+        if let Some(v) = &args.media_url {
+            cfg.media_url = Some(v.clone());
+        }
+        if let Some(v) = &args.media_types {
+            cfg.media_types = v.clone();
+        }
         args.limits.apply(&mut cfg.limits);
         cfg.validate()?;
         Ok(cfg)
@@ -428,6 +473,10 @@ impl Config {
         if self.redis_url.is_some() && self.media_secret.is_none() {
             bail!("cluster mode needs media_secret: every node must sign and check the same URLs");
         }
+        if self.media_url.as_ref().is_some_and(|u| !u.starts_with("s3://")) {
+            bail!("media_url must be s3://bucket[/prefix]");
+        }
+        crate::media::TypePolicy::parse(&self.media_types, l)?;
         if self.redis_url.is_some() && self.database_url.is_none() {
             bail!("redis_url (cluster mode) needs database_url: nodes share one PostgreSQL");
         }

@@ -283,7 +283,10 @@ impl Deliverer {
             }
         }
         match self.state.store().entries(conv, read.range, read.limit).await {
-            Ok(page) => Some(page.entries),
+            Ok(mut page) => {
+                self.state.media().sign_entries(&mut page.entries, self.user);
+                Some(page.entries)
+            }
             Err(err) => {
                 tracing::warn!(%conv, error = %err, "store read for delivery failed");
                 None

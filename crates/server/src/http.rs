@@ -4,6 +4,7 @@ mod accounts;
 mod conversations;
 mod ephemeral;
 mod invitations;
+mod media;
 mod poll;
 mod sse;
 
@@ -53,6 +54,17 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/conversations/{id}/cursors", put(conversations::set_cursors))
         .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
         .route("/v1/conversations/{id}/typing", post(ephemeral::typing))
+        .route("/v1/media", post(media::upload))
+        .route("/v1/media/uploads", post(media::create_upload))
+        .route(
+            "/v1/media/uploads/{id}",
+            axum::routing::head(media::upload_offset)
+                .patch(media::append_upload)
+                .delete(media::delete_upload),
+        )
+        .route("/v1/media/{id}", get(media::get))
+        .route("/v1/media/{id}/content", get(media::content))
+        .route("/v1/media/{id}/thumbnail", get(media::thumbnail))
         .route("/v1/invitations", get(invitations::list))
         .route("/v1/invitations/{id}", axum::routing::delete(invitations::decline))
         .route("/v1/invitations/{id}/accept", post(invitations::accept))

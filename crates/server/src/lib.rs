@@ -25,8 +25,6 @@ mod delivery;
 mod error;
 mod handlers;
 mod http;
-// Storage and signing land first; the upload and download routes that use them follow.
-#[allow(dead_code)]
 mod media;
 mod members;
 mod metrics;
@@ -57,6 +55,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{Config, Limits, ServeArgs};
 pub use natter_cluster::local::{Faults, LocalHub};
+pub use natter_store::Collected;
 pub use state::AppState;
 
 /// Committed batches waiting for the router. The store's writer blocks past this, which
@@ -91,6 +90,18 @@ impl RunningServer {
     /// Waits until the node stops (after [`RunningServer::stop`] or a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.done.await.context("server task panicked")?
+    }
+
+    /// Collects media now (as the node does every `media_gc_interval_secs`): uploads never
+    /// attached within `media_unattached_ttl_secs`, then blobs nothing references.
+    pub async fn collect_media(&self) -> anyhow::Result<Collected> {
+        let ttl = std::time::Duration::from_secs(self.state.cfg().limits.media_unattached_ttl_secs);
+        let store = self.state.store().clone();
+        self.state
+            .media()
+            .collect(store.as_ref(), ttl)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))
     }
 
     /// A token that stops the node when cancelled.
@@ -168,8 +179,16 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let drain = cfg.drain_timeout();
     let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
     let cluster::Joined { cluster, port, tasks } = joined;
-    let state =
-        AppState::new(cfg, store.clone(), receipts_tx, metrics, (cluster, port), presence_tx);
+    let media = media::Media::open(&cfg).await.context("opening media storage")?;
+    let state = AppState::new(
+        cfg,
+        store.clone(),
+        receipts_tx,
+        metrics,
+        (cluster, port),
+        presence_tx,
+        media,
+    );
     let cluster_stop = tokio_util::sync::CancellationToken::new();
     let cluster_tasks = cluster::spawn(&state, tasks, &cluster_stop);
 
@@ -177,6 +196,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let receipts_task = tokio::spawn(receipts::run(state.clone(), receipts_rx));
     let polls = Arc::new(http::PollStreams::default());
     let ephemeral_task = tokio::spawn(run_ephemeral(state.clone(), polls.clone()));
+    let media_task = tokio::spawn(collect_media(state.clone()));
     let app = http::router(state.clone(), polls.clone());
     let serve_state = state.clone();
     let done = tokio::spawn(async move {
@@ -192,6 +212,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         }
         let _ = receipts_task.await;
         let _ = ephemeral_task.await;
+        let _ = media_task.await;
         // Poll streams hold sessions between requests; they end with the server.
         polls.clear();
         store.close().await;
@@ -212,6 +233,25 @@ fn generated_node_id() -> String {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     format!("node-{}-{:08x}", std::process::id(), u32::from_be_bytes(bytes))
+}
+
+/// Collects unattached uploads and unreferenced blobs every `media_gc_interval_secs`.
+async fn collect_media(state: AppState) {
+    let limits = &state.cfg().limits;
+    let every = std::time::Duration::from_secs(limits.media_gc_interval_secs.max(1));
+    let ttl = std::time::Duration::from_secs(limits.media_unattached_ttl_secs);
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown_token().cancelled() => return,
+            _ = timer.tick() => {
+                if let Err(err) = state.media().collect(state.store().as_ref(), ttl).await {
+                    tracing::warn!(error = %err.message, "media collection failed");
+                }
+            }
+        }
+    }
 }
 
 /// Timers of the ephemeral features: typing expiry, presence batches and offline grace,

@@ -5,7 +5,10 @@
 //! once. The store's `media` rows say who uploaded what; `media_refs` say which messages
 //! carry it, and so who may download it.
 
+pub(crate) mod policy;
+pub(crate) mod service;
 pub(crate) mod sign;
+pub(crate) mod upload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,19 +19,34 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub(crate) use policy::TypePolicy;
+pub(crate) use service::Media;
+
 /// The first bytes of an upload that sniffing looks at.
 pub(crate) const SNIFF_BYTES: usize = 8 * 1024;
 
-/// Chunks copied from a staging file into the blob store: the memory one copy holds.
+/// Chunks copied from a staging file into a remote blob store: the memory one copy holds.
 const COPY_CHUNK: usize = 1024 * 1024;
 
 /// Where blobs live and where uploads are staged.
 pub(crate) struct Blobs {
     objects: Arc<dyn ObjectStore>,
+    /// For blobs on the local file system: their root, so that a staged upload is renamed
+    /// into place instead of copied.
+    local_root: Option<PathBuf>,
     staging: PathBuf,
 }
 
-/// An upload written to its staging file: its size, hash and first bytes.
+/// An upload being written to its staging file: what has arrived, its running hash and
+/// first bytes. Dropped unfinished, its file goes.
+pub(crate) struct Partial {
+    path: PathBuf,
+    size: u64,
+    hasher: Sha256,
+    head: Vec<u8>,
+}
+
+/// An upload written whole to its staging file: its size, hash and first bytes.
 pub(crate) struct Staged {
     pub(crate) path: PathBuf,
     pub(crate) size: u64,
@@ -38,8 +56,17 @@ pub(crate) struct Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        // The staging file is only a step: whatever happens to the upload, it goes.
+        // The staging file is only a step: whatever happens to the upload, it goes (unless
+        // it was renamed into the blob store).
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -59,13 +86,73 @@ impl From<std::io::Error> for StageError {
     }
 }
 
+impl Partial {
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// Appends `body` to the staging file, refusing to grow past `cap`. Whatever arrived
+    /// before an error is kept (flushed, and counted in `size`), so a broken upload resumes
+    /// from there.
+    pub(crate) async fn append<S, E>(&mut self, mut body: S, cap: u64) -> Result<(), StageError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut file = tokio::fs::OpenOptions::new().append(true).open(&self.path).await?;
+        let res = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|err| StageError::Body(err.to_string()))?;
+                if self.size + chunk.len() as u64 > cap {
+                    return Err(StageError::TooLarge);
+                }
+                file.write_all(&chunk).await?;
+                self.size += chunk.len() as u64;
+                if self.head.len() < SNIFF_BYTES {
+                    let take = (SNIFF_BYTES - self.head.len()).min(chunk.len());
+                    self.head.extend_from_slice(&chunk[..take]);
+                }
+                self.hasher.update(&chunk);
+            }
+            Ok(())
+        }
+        .await;
+        let flushed = file.flush().await;
+        if flushed.is_err() || matches!(res, Err(StageError::Io(_))) {
+            // A write that failed half-way: cut the file back to what was counted.
+            file.set_len(self.size).await?;
+        }
+        res?;
+        flushed?;
+        Ok(())
+    }
+
+    /// The whole upload, hashed.
+    pub(crate) fn finish(mut self) -> Staged {
+        let path = std::mem::take(&mut self.path);
+        let hasher = std::mem::take(&mut self.hasher);
+        Staged {
+            path,
+            size: self.size,
+            sha256: hex(&hasher.finalize()),
+            head: std::mem::take(&mut self.head),
+        }
+    }
+}
+
 impl Blobs {
     /// Blobs in `<data_dir>/media/blobs`, staging in `<data_dir>/media/staging`.
     pub(crate) fn local(data_dir: &Path) -> anyhow::Result<Blobs> {
         let root = data_dir.join("media").join("blobs");
         std::fs::create_dir_all(&root)?;
         let objects = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
-        Blobs::with_store(Arc::new(objects), data_dir)
+        let mut blobs = Blobs::with_store(Arc::new(objects), data_dir)?;
+        blobs.local_root = Some(root);
+        Ok(blobs)
     }
 
     pub(crate) fn with_store(
@@ -78,56 +165,54 @@ impl Blobs {
         for entry in std::fs::read_dir(&staging)?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        Ok(Blobs { objects, staging })
+        Ok(Blobs { objects, local_root: None, staging })
     }
 
     pub(crate) fn key(sha256: &str) -> ObjectPath {
-        ObjectPath::from(format!("blobs/{}/{sha256}", &sha256[..2]))
+        ObjectPath::from(format!("{}/{sha256}", &sha256[..2]))
+    }
+
+    /// A new, empty staging file.
+    pub(crate) async fn partial(&self) -> std::io::Result<Partial> {
+        let path = self.staging.join(uuid::Uuid::now_v7().simple().to_string());
+        tokio::fs::File::create(&path).await?;
+        Ok(Partial { path, size: 0, hasher: Sha256::new(), head: Vec::new() })
     }
 
     /// Streams `body` to a new staging file, hashing as it goes, refusing more than `cap`.
-    pub(crate) async fn stage<S, E>(&self, mut body: S, cap: u64) -> Result<Staged, StageError>
+    pub(crate) async fn stage<S, E>(&self, body: S, cap: u64) -> Result<Staged, StageError>
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let path = self.staging.join(uuid::Uuid::now_v7().to_string());
-        let mut staged = Staged { path, size: 0, sha256: String::new(), head: Vec::new() };
-        let mut file = tokio::fs::File::create(&staged.path).await?;
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|err| StageError::Body(err.to_string()))?;
-            staged.size += chunk.len() as u64;
-            if staged.size > cap {
-                return Err(StageError::TooLarge);
-            }
-            if staged.head.len() < SNIFF_BYTES {
-                let take = (SNIFF_BYTES - staged.head.len()).min(chunk.len());
-                staged.head.extend_from_slice(&chunk[..take]);
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await?;
-        }
-        file.flush().await?;
-        staged.sha256 = hex(&hasher.finalize());
-        Ok(staged)
+        let mut partial = self.partial().await?;
+        partial.append(body, cap).await?;
+        Ok(partial.finish())
     }
 
-    /// Stores bytes already in memory (processed images, thumbnails) under their hash.
-    pub(crate) async fn put_bytes(&self, bytes: Vec<u8>) -> object_store::Result<String> {
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let key = Blobs::key(&sha256);
+    /// Stores bytes already in memory (processed images, thumbnails) under `sha256`.
+    pub(crate) async fn put_bytes(&self, sha256: &str, bytes: Vec<u8>) -> object_store::Result<()> {
+        let key = Blobs::key(sha256);
         if self.objects.head(&key).await.is_err() {
             self.objects.put(&key, PutPayload::from(bytes)).await?;
         }
-        Ok(sha256)
+        Ok(())
     }
 
-    /// Copies a staged upload into the blob store under its hash, unless those bytes are
-    /// stored already; memory stays one chunk (`COPY_CHUNK`) and the writer's buffers.
+    /// Moves a staged upload into the blob store under its hash, unless those bytes are
+    /// stored already: on the local file system a rename, elsewhere a multipart copy whose
+    /// memory stays one chunk (`COPY_CHUNK`) and the writer's buffers.
     pub(crate) async fn put_staged(&self, staged: &Staged) -> anyhow::Result<()> {
         let key = Blobs::key(&staged.sha256);
         if self.objects.head(&key).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(root) = &self.local_root {
+            let dest = root.join(key.as_ref());
+            if let Some(dir) = dest.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::rename(&staged.path, &dest).await?;
             return Ok(());
         }
         let upload = self.objects.put_multipart(&key).await?;
@@ -165,6 +250,10 @@ impl Blobs {
             }
         }
     }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -223,7 +312,13 @@ mod tests {
             "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
         );
         blobs.put_staged(&staged).await.unwrap();
-        let again = blobs.stage(body(&[b"hello world"]), 100).await.unwrap();
+        let mut again = blobs.partial().await.unwrap();
+        again.append(body(&[b"hello"]), 100).await.unwrap();
+        again.append(body(&[b" world"]), 100).await.unwrap();
+        assert!(matches!(again.append(body(&[b"!!"]), 12).await, Err(StageError::TooLarge)));
+        assert_eq!(again.size(), 11, "a refused chunk is not counted");
+        let again = again.finish();
+        assert_eq!(again.sha256, staged.sha256, "appended in parts, the same hash");
         blobs.put_staged(&again).await.unwrap();
         let stored = blobs.objects().get(&Blobs::key(&staged.sha256)).await.unwrap();
         assert_eq!(stored.bytes().await.unwrap().as_ref(), b"hello world");

@@ -27,6 +27,8 @@ pub(crate) enum Action {
     Cursor,
     CreateConversation,
     AddMember,
+    /// An upload started (`POST /v1/media`, `POST /v1/media/uploads`).
+    Upload,
 }
 
 /// The node's per-user buckets.
@@ -36,6 +38,7 @@ pub(crate) struct RateLimits {
     cursor: Option<DefaultKeyedRateLimiter<UserId>>,
     create: Option<DefaultKeyedRateLimiter<UserId>>,
     add_member: Option<DefaultKeyedRateLimiter<UserId>>,
+    upload: Option<DefaultKeyedRateLimiter<UserId>>,
     clock: DefaultClock,
 }
 
@@ -61,6 +64,7 @@ impl RateLimits {
             cursor: keyed(quota(l.cursor_per_sec, second, l.cursor_burst)),
             create: keyed(quota(l.create_per_min, minute, l.create_burst)),
             add_member: keyed(quota(l.member_adds_per_min, minute, l.member_adds_burst)),
+            upload: keyed(quota(l.media_uploads_per_min, minute, l.media_uploads_burst)),
             clock: DefaultClock::default(),
         }
     }
@@ -73,6 +77,7 @@ impl RateLimits {
             Action::Cursor => &self.cursor,
             Action::CreateConversation => &self.create,
             Action::AddMember => &self.add_member,
+            Action::Upload => &self.upload,
         };
         let Some(bucket) = bucket else { return Ok(()) };
         match bucket.check_key(&user) {
@@ -86,9 +91,10 @@ impl RateLimits {
 
     /// Forgets buckets that are full again (their users have been quiet long enough).
     pub(crate) fn sweep(&self) {
-        for bucket in [&self.append, &self.typing, &self.cursor, &self.create, &self.add_member]
-            .into_iter()
-            .flatten()
+        for bucket in
+            [&self.append, &self.typing, &self.cursor, &self.create, &self.add_member, &self.upload]
+                .into_iter()
+                .flatten()
         {
             bucket.retain_recent();
             bucket.shrink_to_fit();

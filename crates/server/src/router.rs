@@ -3,6 +3,7 @@
 //! serialized once and offered to every live session of every member here. Local commits
 //! then go to the port for the other nodes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,6 +100,20 @@ async fn fan_out(
     let entry = committed.entry;
     let seq = entry.seq;
     let membership = natter_store::changes_members(&entry.body);
+    if !entry.body.attachments().is_empty() {
+        // Attachment URLs are signed for each reader: one frame per member.
+        let mut frames: HashMap<UserId, Arc<Routed>> = HashMap::new();
+        state.sessions().for_each_session(&members, |user, _, session| {
+            let routed = frames.entry(user).or_insert_with(|| {
+                let mut entry = entry.clone();
+                state.media().sign_entries(std::slice::from_mut(&mut entry), user);
+                let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
+                Arc::new(Routed { conversation: conv, seq, frame, routed_at, membership })
+            });
+            session.offer(Outbound::Entry(routed.clone()));
+        });
+        return Some(members);
+    }
     let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
     let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at, membership });
     state.sessions().for_each_session(&members, |_, _, session| {

@@ -7,7 +7,9 @@
 //! file descriptor) for ever. Here every connection is one of three things at any moment:
 //! reading headers (`http_header_timeout_ms`, counted from the accept or the end of the
 //! previous response, so idle keep-alive connections end too), reading a body (the whole
-//! body within `http_body_timeout_ms` of its headers, else 408 `request_timeout`), or being
+//! body within `http_body_timeout_ms` of its headers, else 408 `request_timeout`; for media
+//! uploads, which may be large, each chunk within `http_body_timeout_ms` of the one before),
+//! or being
 //! answered (a handler's own limits apply: poll timeout, SSE and WebSocket keep-alives).
 //!
 //! A connection over a cap is closed as soon as it is accepted, before anything is read or
@@ -136,16 +138,20 @@ impl hyper::service::Service<Request<Incoming>> for App {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let deadline = tokio::time::Instant::now() + self.body_timeout;
-        let mut req = req.map(|body| TimedBody { body, deadline, sleep: None });
+        // Uploads stream to disk: only a stall is a timeout, not a long body.
+        let idle = req.uri().path().starts_with("/v1/media").then_some(self.body_timeout);
+        let mut req = req.map(|body| TimedBody { body, deadline, idle, sleep: None });
         req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         self.router.clone().oneshot(req)
     }
 }
 
-/// A request body that must end by its deadline (`http_body_timeout_ms` after the headers).
+/// A request body that must end by its deadline (`http_body_timeout_ms` after the headers),
+/// or with `idle`, whose every chunk must arrive within `idle` of the one before.
 struct TimedBody {
     body: Incoming,
     deadline: tokio::time::Instant,
+    idle: Option<Duration>,
     /// Set on the first read that has to wait: most bodies are empty or already buffered.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -189,7 +195,15 @@ impl Body for TimedBody {
             return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Ready(frame) => {
+                if let Some(idle) = this.idle {
+                    this.deadline = tokio::time::Instant::now() + idle;
+                    if let Some(sleep) = &mut this.sleep {
+                        sleep.as_mut().reset(this.deadline);
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
             Poll::Pending => {
                 let deadline = this.deadline;
                 let sleep =

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::limits::LoginGuard;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::media::Media;
 use crate::members::MemberCache;
 use crate::port::Port;
 use crate::presence::{LocalPresence, PresenceHub};
@@ -42,6 +43,7 @@ struct Inner {
     metrics: PrometheusHandle,
     /// Failed logins per address and handle (back-off).
     logins: LoginGuard,
+    media: Media,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
         metrics: PrometheusHandle,
         (cluster, port): (Cluster, Port),
         presence_changes: mpsc::UnboundedSender<LocalPresence>,
+        media: Media,
     ) -> AppState {
         let rate = RateLimits::new(&cfg.limits);
         AppState(Arc::new(Inner {
@@ -70,6 +73,7 @@ impl AppState {
             tasks: TaskTracker::new(),
             next_session: AtomicU64::new(1),
             metrics,
+            media,
         }))
     }
 
@@ -117,5 +121,8 @@ impl AppState {
     }
     pub(crate) fn logins(&self) -> &LoginGuard {
         &self.0.logins
+    }
+    pub(crate) fn media(&self) -> &Media {
+        &self.0.media
     }
 }

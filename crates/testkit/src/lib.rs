@@ -6,6 +6,8 @@
 //! - `http.rs`: [`Endpoint`], a node as a client reaches it (a `TestServer` derefs to
 //!   one), with REST helpers and long polling; `ws.rs`: [`WsClient`], a raw WebSocket
 //!   client; `sse.rs`: [`SseClient`], a Server-Sent Events client.
+//! - `media.rs`: uploads and signed downloads on an [`Endpoint`], and [`CuttingProxy`],
+//!   which breaks connections part-way (resumable uploads).
 //! - `fixtures.rs`: [`TestUser`], `users`, `direct_pair`, `group`, `synced_ws`, and
 //!   [`assert_contiguous`].
 //! - `wait.rs`: the one [`WAIT`], [`within`] and [`poll_until`]. Every wait in the kit is
@@ -19,6 +21,7 @@
 
 mod fixtures;
 mod http;
+mod media;
 pub mod process;
 mod server;
 mod sse;
@@ -27,6 +30,7 @@ mod ws;
 
 pub use fixtures::{PASSWORD, TestUser, assert_contiguous};
 pub use http::Endpoint;
+pub use media::CuttingProxy;
 pub use natter_proto::encode_cursors;
 pub use server::{METRICS_TOKEN, TestCluster, TestServer};
 pub use sse::{SseClient, parse_cursors};

@@ -17,6 +17,7 @@ use natter_server::{Config, Faults, LocalHub, RunningServer};
 
 use crate::http::Endpoint;
 use crate::process::Node;
+use crate::wait::within;
 
 /// The `metrics_token` every in-process test node is started with.
 pub const METRICS_TOKEN: &str = "natter-test-metrics-token";
@@ -97,6 +98,17 @@ impl TestServer {
         match &self.kind {
             Kind::Binary(node) => node,
             Kind::InProcess { .. } => panic!("an in-process node has no process"),
+        }
+    }
+
+    /// Runs the node's media collection now (what its timer does every
+    /// `media_gc_interval_secs`); panics for a binary.
+    pub async fn collect_media(&self) -> natter_server::Collected {
+        match &self.kind {
+            Kind::InProcess { server: Some(server), .. } => {
+                within("a media collection", server.collect_media()).await.expect("collected")
+            }
+            _ => panic!("collect_media needs a running in-process node"),
         }
     }
 

@@ -14,6 +14,8 @@ mod groups;
 mod idempotency;
 mod invitations;
 mod limits;
+mod media;
+mod media_resume;
 mod operations;
 mod ordering;
 mod presence;

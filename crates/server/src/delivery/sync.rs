@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use natter_proto::{ConversationId, ConversationSummary, Entry, Seq, SyncConversation, UserId};
-use natter_store::{Range, Store};
+use natter_store::Range;
 use serde::Serialize;
 
 use crate::error::{ApiResult, check_seq};
@@ -88,7 +88,8 @@ pub(crate) async fn sync(
             continue;
         }
         let overhead = json_len(&summary) + ITEM_OVERHEAD;
-        let page = read_page(store.as_ref(), conv, after, limit, &mut budget, overhead).await?;
+        let reader = (state, user);
+        let page = read_page(reader, conv, after, limit, &mut budget, overhead).await?;
         if page.cut && page.entries.is_empty() {
             // Not even its first entry fits: the next sync starts with it.
             outcomes.push((conv, Synced::Unreached));
@@ -138,10 +139,10 @@ struct Page {
     store_more: bool,
 }
 
-/// Up to `limit` entries after `after`, as many as `budget` holds; `overhead`: what the
-/// conversation's item costs besides its entries.
+/// Up to `limit` entries after `after`, their attachments signed for `reader`, as many as
+/// `budget` holds; `overhead`: what the conversation's item costs besides its entries.
 async fn read_page(
-    store: &dyn Store,
+    (state, reader): (&AppState, UserId),
     conv: ConversationId,
     mut after: Seq,
     limit: u32,
@@ -152,7 +153,8 @@ async fn read_page(
     let mut spent = 0;
     let mut chunk = limit.min(FIRST_CHUNK);
     loop {
-        let page = store.entries(conv, Range::After(after), chunk).await?;
+        let mut page = state.store().entries(conv, Range::After(after), chunk).await?;
+        state.media().sign_entries(&mut page.entries, reader);
         for entry in page.entries {
             // One comma between entries.
             let size = json_len(&entry) + 1 + overhead;

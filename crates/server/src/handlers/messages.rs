@@ -87,6 +87,7 @@ pub(crate) async fn history(
     }
     let limits = &state.cfg().limits;
     let mut page = state.store().entries(conversation, range, limits.page(limit)).await?;
+    state.media().sign_entries(&mut page.entries, user);
     let forward = matches!(range, Range::After(_));
     if fit(&mut page.entries, limits.max_reply_bytes, forward) {
         page.has_more = true;

@@ -1,0 +1,260 @@
+//! [`Media`]: the node's blob store, URL signer, allow-list and open uploads, and what turns
+//! a staged upload into a stored one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_media::{ImageError, ImageLimits, Processed};
+use natter_media::{Sniffed, contradicts, sniff};
+use natter_proto::{Attachment, Entry, ErrorCode, UserId};
+use natter_store::{Collected, MediaRecord, NewMedia, NewThumbnail, Store};
+use tokio::sync::{RwLock, Semaphore};
+
+use super::policy::{TypeRefusal, decodable};
+use super::sign::{Signer, Variant};
+use super::upload::Uploads;
+use super::{Blobs, Staged, TypePolicy, sha256_hex};
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+
+/// Images decoded at once (each holds its bytes and pixels, up to the decoder's cap).
+const DECODES: usize = 2;
+/// Longest an image may take to decode, scale and encode.
+const DECODE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest file name kept, in bytes.
+pub(crate) const MAX_NAME_BYTES: usize = 255;
+
+pub(crate) struct Media {
+    pub(crate) blobs: Blobs,
+    pub(crate) signer: Signer,
+    pub(crate) policy: TypePolicy,
+    pub(crate) uploads: Uploads,
+    image_limits: ImageLimits,
+    decodes: Arc<Semaphore>,
+    /// Held shared by an upload from recording its row to storing its object, and
+    /// exclusively by a collection from deleting rows to deleting objects: a collection
+    /// never deletes the object of a blob an upload on this node has just re-recorded.
+    collecting: RwLock<()>,
+}
+
+impl Media {
+    pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Media> {
+        let blobs = match &cfg.media_url {
+            None => Blobs::local(&cfg.data_dir)?,
+            Some(url) => Blobs::with_store(s3(url)?, &cfg.data_dir)?,
+        };
+        let secret = super::load_secret(cfg.media_secret.as_deref(), &cfg.data_dir)?;
+        Ok(Media {
+            blobs,
+            signer: Signer::new(&secret, cfg.limits.media_url_ttl_secs),
+            policy: TypePolicy::parse(&cfg.media_types, &cfg.limits)?,
+            uploads: Uploads::default(),
+            image_limits: ImageLimits::default(),
+            decodes: Arc::new(Semaphore::new(DECODES)),
+            collecting: RwLock::new(()),
+        })
+    }
+
+    /// Checks a staged upload's bytes (type, size, image) and stores it for `owner`.
+    pub(crate) async fn store(
+        &self,
+        store: &dyn Store,
+        owner: UserId,
+        staged: Staged,
+        declared: Option<&str>,
+        name: Option<String>,
+        quota_bytes: u64,
+    ) -> ApiResult<MediaRecord> {
+        let sniffed = self.admit(&staged.head, declared, staged.size)?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let mut media = NewMedia {
+            id: id.clone(),
+            owner,
+            sha256: staged.sha256.clone(),
+            size: staged.size,
+            content_type: sniffed.content_type.to_owned(),
+            name,
+            width: None,
+            height: None,
+            placeholder: None,
+            thumbnail: None,
+            quota_bytes,
+        };
+        let image =
+            if decodable(&sniffed) { Some(self.process(&staged, &sniffed).await?) } else { None };
+        let mut thumb_bytes = None;
+        if let Some(image) = &image {
+            media.sha256 = sha256_hex(&image.bytes);
+            media.size = image.bytes.len() as u64;
+            media.width = Some(image.width);
+            media.height = Some(image.height);
+            media.placeholder = Some(image.placeholder.clone());
+            if let Some(t) = &image.thumbnail {
+                let sha256 = sha256_hex(&t.bytes);
+                media.thumbnail = Some(NewThumbnail {
+                    sha256,
+                    size: t.bytes.len() as u64,
+                    width: t.width,
+                    height: t.height,
+                });
+                thumb_bytes = Some(t.bytes.clone());
+            }
+        }
+        let thumb_sha = media.thumbnail.as_ref().map(|t| t.sha256.clone());
+        {
+            let _shared = self.collecting.read().await;
+            store.create_media(media).await?;
+            let stored = match image {
+                Some(image) => self
+                    .blobs
+                    .put_bytes(&sha256_hex(&image.bytes), image.bytes)
+                    .await
+                    .map_err(anyhow::Error::from),
+                None => self.blobs.put_staged(&staged).await,
+            };
+            let thumb = match (thumb_sha, thumb_bytes) {
+                (Some(sha), Some(bytes)) => {
+                    self.blobs.put_bytes(&sha, bytes).await.map_err(anyhow::Error::from)
+                }
+                _ => Ok(()),
+            };
+            if let Err(err) = stored.and(thumb) {
+                // The row stays until collected as never attached; the client retries.
+                tracing::error!(error = %err, "cannot store an upload's blob");
+                return Err(ApiError::new(ErrorCode::Unavailable, "blob storage failed; retry"));
+            }
+        }
+        store.media(&id).await?.ok_or_else(|| ApiError::new(ErrorCode::Internal, "upload vanished"))
+    }
+
+    /// Checks an upload's first bytes against its declared type and the allow-list, and its
+    /// size against its type's cap.
+    pub(crate) fn admit(
+        &self,
+        head: &[u8],
+        declared: Option<&str>,
+        size: u64,
+    ) -> ApiResult<Sniffed> {
+        let sniffed = sniff(head);
+        if let Some(declared) = declared
+            && contradicts(declared, &sniffed)
+        {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("the bytes are {}, not the {declared} declared", sniffed.content_type),
+            ));
+        }
+        match self.policy.check(&sniffed, size) {
+            Ok(()) => Ok(sniffed),
+            Err(TypeRefusal::NotAllowed) => Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("uploads of type {} are not allowed", sniffed.content_type),
+            )),
+            Err(TypeRefusal::TooLarge { cap }) => Err(ApiError::too_large(format!(
+                "uploads of type {} may have at most {cap} bytes",
+                sniffed.content_type
+            ))),
+        }
+    }
+
+    /// Decodes an image off the runtime, a few at once, within `DECODE_TIMEOUT`.
+    async fn process(&self, staged: &Staged, sniffed: &Sniffed) -> ApiResult<Processed> {
+        let permit =
+            self.decodes.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let bytes = self.blobs.read_staged(staged).await.map_err(|err| {
+            tracing::error!(error = %err, "cannot read a staged upload");
+            ApiError::new(ErrorCode::Internal, "internal error")
+        })?;
+        let (content_type, limits) = (sniffed.content_type, self.image_limits.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            // The permit goes with the work: a decode that outlives its timeout still counts.
+            let _permit = permit;
+            natter_media::process(&bytes, content_type, &limits)
+        });
+        match tokio::time::timeout(DECODE_TIMEOUT, job).await {
+            Ok(Ok(Ok(processed))) => Ok(processed),
+            Ok(Ok(Err(err @ ImageError::TooManyPixels { .. }))) => {
+                Err(ApiError::too_large(err.to_string()))
+            }
+            Ok(Ok(Err(err))) => {
+                Err(ApiError::new(ErrorCode::UnsupportedMediaType, err.to_string()))
+            }
+            Ok(Err(_)) => Err(ApiError::new(ErrorCode::Internal, "internal error")),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the image took too long to process",
+            )),
+        }
+    }
+
+    /// The attachment with URLs signed for `reader`, valid until `expires`.
+    pub(crate) fn sign(&self, attachment: &mut Attachment, reader: UserId, expires: i64) {
+        attachment.url = Some(self.signer.url(&attachment.id, Variant::Original, reader, expires));
+        attachment.thumbnail_url = attachment
+            .thumbnail
+            .map(|_| self.signer.url(&attachment.id, Variant::Thumbnail, reader, expires));
+    }
+
+    /// Signs the attachments of `entries` for `reader`.
+    pub(crate) fn sign_entries(&self, entries: &mut [Entry], reader: UserId) {
+        let mut expires = None;
+        for entry in entries {
+            for attachment in entry.body.attachments_mut() {
+                let expires = *expires.get_or_insert_with(|| self.signer.expiry(now_ms() / 1000));
+                self.sign(attachment, reader, expires);
+            }
+        }
+    }
+
+    /// Deletes uploads never attached (made over `unattached_ttl` ago) and blobs nothing
+    /// references, rows first, then objects.
+    pub(crate) async fn collect(
+        &self,
+        store: &dyn Store,
+        unattached_ttl: Duration,
+    ) -> ApiResult<Collected> {
+        self.uploads.expire();
+        let _exclusive = self.collecting.write().await;
+        let now = now_ms();
+        let ttl = i64::try_from(unattached_ttl.as_millis()).unwrap_or(i64::MAX);
+        let collected = store.collect_media(now.saturating_sub(ttl), now).await?;
+        self.blobs.delete(&collected.blobs).await;
+        if collected.media > 0 || !collected.blobs.is_empty() {
+            tracing::info!(
+                media = collected.media,
+                blobs = collected.blobs.len(),
+                "media collected"
+            );
+        }
+        Ok(collected)
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An S3-compatible store for `s3://bucket/prefix`, configured from `AWS_*` variables.
+#[cfg(feature = "s3")]
+fn s3(url: &str) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    use anyhow::Context;
+    let rest = url.strip_prefix("s3://").context("media_url must be s3://bucket[/prefix]")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        builder = builder.with_endpoint(&endpoint).with_allow_http(endpoint.starts_with("http://"));
+    }
+    let s3: Arc<dyn object_store::ObjectStore> =
+        Arc::new(builder.build().context("configuring S3")?);
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(s3);
+    }
+    Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3(_url: &str) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    anyhow::bail!("this natter was built without the s3 feature")
+}

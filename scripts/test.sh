@@ -36,6 +36,25 @@ install_tools() {
 
 install_tools
 
+# ---- moto, the S3-compatible server of the media tests (crates/e2e/tests/e2e/media_s3.rs) ----
+# From PyPI into a virtualenv kept between runs; each test starts its own server on a free
+# port (NATTER_MOTO_SERVER names the binary).
+install_moto() {
+    local venv="${NATTER_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/natter-tools}/moto"
+    if [[ ! -x "$venv/bin/moto_server" ]]; then
+        echo "== installing moto (PyPI) in $venv"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
+            rm -rf "$venv"
+            python3 -m venv "$venv"
+        fi
+        "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.*'
+    fi
+    export NATTER_MOTO_SERVER="$venv/bin/moto_server"
+}
+
+install_moto
+
 # ---- PostgreSQL for the store suite (STYLE.md section 9) ----
 # A throwaway cluster in a temp directory on a free port, owned by the `postgres` user
 # (PostgreSQL refuses to run as root), stopped and removed on exit.

@@ -279,14 +279,39 @@ pub struct Config {
     /// cluster must share one, so cluster mode requires it.
     pub media_secret: Option<String>,
     /// Where blobs live: unset, `<data_dir>/media/blobs`; `s3://bucket/prefix`, an
-    /// S3-compatible store, credentials and endpoint from the usual `AWS_*` variables
-    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`).
+    /// S3-compatible store, configured by the usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`) and `media_s3`.
     pub media_url: Option<String>,
+    /// S3 settings that override the `AWS_*` variables.
+    pub media_s3: S3Settings,
     /// The types an upload may be, as sniffed from its bytes: `type/subtype` or `type/*`,
     /// each optionally with its own size cap in bytes (`video/*=104857600`). The first
     /// pattern that matches applies; a type no pattern matches is `unsupported_media_type`.
     pub media_types: Vec<String>,
     pub limits: Limits,
+}
+
+/// S3 settings, each overriding its `AWS_*` variable when set.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// `http(s)://host:port` of an S3-compatible server (`AWS_ENDPOINT_URL`); plain HTTP is
+    /// allowed when named here.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// The default allow-list: pictures, sound, video, text, PDF, office documents and common
@@ -327,6 +352,7 @@ impl Default for Config {
             metrics_token: None,
             media_secret: None,
             media_url: None,
+            media_s3: S3Settings::default(),
             media_types: DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             limits: Limits::default(),
         }

@@ -53,7 +53,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, Limits, ServeArgs};
+pub use config::{Config, Limits, S3Settings, ServeArgs};
 pub use natter_cluster::local::{Faults, LocalHub};
 pub use natter_store::Collected;
 pub use state::AppState;

@@ -25,8 +25,12 @@ pub(crate) use service::Media;
 /// The first bytes of an upload that sniffing looks at.
 pub(crate) const SNIFF_BYTES: usize = 8 * 1024;
 
-/// Chunks copied from a staging file into a remote blob store: the memory one copy holds.
-const COPY_CHUNK: usize = 1024 * 1024;
+/// Parts of a multipart copy into a remote blob store (S3's smallest part is 5 MiB).
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Reads from the staging file during a copy.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Copies into a remote store at once: each holds up to two parts in memory.
+const COPIES: usize = 4;
 
 /// Where blobs live and where uploads are staged.
 pub(crate) struct Blobs {
@@ -35,6 +39,7 @@ pub(crate) struct Blobs {
     /// into place instead of copied.
     local_root: Option<PathBuf>,
     staging: PathBuf,
+    copies: tokio::sync::Semaphore,
 }
 
 /// An upload being written to its staging file: what has arrived, its running hash and
@@ -165,7 +170,8 @@ impl Blobs {
         for entry in std::fs::read_dir(&staging)?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        Ok(Blobs { objects, local_root: None, staging })
+        let copies = tokio::sync::Semaphore::new(COPIES);
+        Ok(Blobs { objects, local_root: None, staging, copies })
     }
 
     pub(crate) fn key(sha256: &str) -> ObjectPath {
@@ -200,8 +206,8 @@ impl Blobs {
     }
 
     /// Moves a staged upload into the blob store under its hash, unless those bytes are
-    /// stored already: on the local file system a rename, elsewhere a multipart copy whose
-    /// memory stays one chunk (`COPY_CHUNK`) and the writer's buffers.
+    /// stored already: on the local file system a rename, elsewhere a multipart copy of
+    /// `PART_BYTES` parts, at most `COPIES` at once, so memory stays bounded.
     pub(crate) async fn put_staged(&self, staged: &Staged) -> anyhow::Result<()> {
         let key = Blobs::key(&staged.sha256);
         if self.objects.head(&key).await.is_ok() {
@@ -215,20 +221,32 @@ impl Blobs {
             tokio::fs::rename(&staged.path, &dest).await?;
             return Ok(());
         }
+        let _copy = self.copies.acquire().await.expect("the semaphore is never closed");
         let upload = self.objects.put_multipart(&key).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, COPY_CHUNK);
-        let mut file = tokio::fs::File::open(&staged.path).await?;
-        let mut buf = vec![0u8; COPY_CHUNK];
-        loop {
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                break;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let copied = async {
+            let mut file = tokio::fs::File::open(&staged.path).await?;
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return anyhow::Ok(());
+                }
+                writer.wait_for_capacity(2).await?;
+                writer.write(&buf[..n]);
             }
-            writer.wait_for_capacity(2).await?;
-            writer.write(&buf[..n]);
         }
-        writer.finish().await?;
-        Ok(())
+        .await;
+        match copied {
+            Ok(()) => writer.finish().await.map(|_| ()).map_err(Into::into),
+            Err(err) => {
+                // Leave no half-made multipart upload behind in the bucket.
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, "cannot abort a multipart copy");
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Reads a whole staged file (images, whose size cap keeps this small).

@@ -16,7 +16,7 @@
 
 mod services;
 
-pub use services::{FAST, Haproxy, Postgres, ProcessCluster, Redis};
+pub use services::{FAST, Haproxy, Postgres, ProcessCluster, Redis, S3Server};
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};

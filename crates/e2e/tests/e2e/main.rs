@@ -16,6 +16,7 @@ mod invitations;
 mod limits;
 mod media;
 mod media_resume;
+mod media_s3;
 mod operations;
 mod ordering;
 mod presence;

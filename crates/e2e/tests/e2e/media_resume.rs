@@ -162,5 +162,5 @@ async fn a_200_mib_upload_broken_three_times_resumes_to_the_same_hash() {
     let res = server.fetch(&url, Some("bytes=150000000-150000009")).await;
     assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(res.bytes().await.unwrap().as_ref(), &bytes[150_000_000..150_000_010]);
+    assert!(res.bytes().await.unwrap().as_ref() == &bytes[150_000_000..150_000_010]);
 }

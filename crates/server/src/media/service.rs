@@ -41,7 +41,7 @@ impl Media {
     pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Media> {
         let blobs = match &cfg.media_url {
             None => Blobs::local(&cfg.data_dir)?,
-            Some(url) => Blobs::with_store(s3(url)?, &cfg.data_dir)?,
+            Some(url) => Blobs::with_store(s3(url, &cfg.media_s3)?, &cfg.data_dir)?,
         };
         let secret = super::load_secret(cfg.media_secret.as_deref(), &cfg.data_dir)?;
         Ok(Media {
@@ -237,13 +237,27 @@ pub(crate) fn now_ms() -> i64 {
 
 /// An S3-compatible store for `s3://bucket/prefix`, configured from `AWS_*` variables.
 #[cfg(feature = "s3")]
-fn s3(url: &str) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+fn s3(
+    url: &str,
+    settings: &crate::config::S3Settings,
+) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
     use anyhow::Context;
     let rest = url.strip_prefix("s3://").context("media_url must be s3://bucket[/prefix]")?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-        builder = builder.with_endpoint(&endpoint).with_allow_http(endpoint.starts_with("http://"));
+    let endpoint = settings.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    if let Some(endpoint) = endpoint {
+        let http = endpoint.starts_with("http://");
+        builder = builder.with_endpoint(endpoint).with_allow_http(http);
+    }
+    if let Some(region) = &settings.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &settings.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &settings.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
     }
     let s3: Arc<dyn object_store::ObjectStore> =
         Arc::new(builder.build().context("configuring S3")?);
@@ -255,6 +269,9 @@ fn s3(url: &str) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
 }
 
 #[cfg(not(feature = "s3"))]
-fn s3(_url: &str) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+fn s3(
+    _url: &str,
+    _: &crate::config::S3Settings,
+) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
     anyhow::bail!("this natter was built without the s3 feature")
 }

@@ -364,6 +364,92 @@ impl Drop for Redis {
     }
 }
 
+// ---- S3 ----
+
+/// An S3-compatible server on a free port: moto's server mode (`moto_server`, from PyPI;
+/// `scripts/test.sh` installs it in a virtualenv and names it in `NATTER_MOTO_SERVER`),
+/// holding one empty bucket.
+pub struct S3Server {
+    port: u16,
+    bucket: String,
+    _child: Child,
+    logs: Logs,
+}
+
+impl S3Server {
+    /// Starts moto and creates bucket `bucket`.
+    pub async fn start(bucket: &str) -> S3Server {
+        let bin = std::env::var("NATTER_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        for attempt in 0.. {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run {bin} ({e}): run scripts/test.sh, or pip install 'moto[server]'"
+                    )
+                });
+            let logs = Logs::default();
+            logs.attach(&mut child);
+            let http = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/{bucket}");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if exited(&mut child).is_some() {
+                    break;
+                }
+                // moto takes unsigned requests: a PUT of the bucket creates it.
+                if let Ok(res) = http.put(&url).send().await
+                    && res.status().is_success()
+                {
+                    return S3Server { port, bucket: bucket.to_owned(), _child: child, logs };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "moto not ready after {WAIT:?}:\n{}",
+                    logs.tail(TAIL)
+                );
+                tokio::time::sleep(POLL).await;
+            }
+            assert!(attempt < 5, "moto did not start:\n{}", logs.tail(TAIL));
+        }
+        unreachable!()
+    }
+
+    /// `http://127.0.0.1:PORT`: what `AWS_ENDPOINT_URL` is set to.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The keys under `prefix` in the bucket (a `ListObjectsV2`).
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let url = format!("{}/{}?list-type=2&prefix={prefix}", self.endpoint(), self.bucket);
+        let text = within("an S3 listing", async { reqwest::get(&url).await?.text().await })
+            .await
+            .expect("list the bucket");
+        text.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.logs.dump_if_panicking("moto");
+    }
+}
+
 // ---- HAProxy ----
 
 /// `haproxy` in TCP mode on a free port, round-robin over the given servers (`node-1`, …,

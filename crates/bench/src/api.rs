@@ -102,6 +102,41 @@ impl Api {
         results.into_iter().collect()
     }
 
+    /// `POST /v1/media` with `body`; the signed URL of the stored file.
+    pub(crate) async fn upload(&self, token: &str, body: bytes::Bytes) -> anyhow::Result<String> {
+        let url = format!("{}/v1/media", self.base);
+        let res = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .context("POST /v1/media")?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("POST /v1/media: {status}: {text}");
+        }
+        let up: natter_proto::rest::Uploaded =
+            serde_json::from_str(&text).context("reading the upload")?;
+        up.attachment.url.context("no url in the upload's answer")
+    }
+
+    /// `GET` of a signed media URL, reading the body as it comes; the bytes received.
+    pub(crate) async fn download(&self, url: &str) -> anyhow::Result<u64> {
+        let mut res =
+            self.http.get(format!("{}{url}", self.base)).send().await.context("GET media")?;
+        if !res.status().is_success() {
+            bail!("GET {url}: {}", res.status());
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = res.chunk().await.context("reading media")? {
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
     /// The direct conversation of `me` (by token) with `peer`.
     pub(crate) async fn direct(&self, token: &str, peer: UserId) -> anyhow::Result<ConversationId> {
         let body = CreateConversation::Direct { peer };

@@ -8,6 +8,7 @@
 //! - `run`: the phases every connection follows and the main side that drives them.
 //! - `conn`: one connection task (send, receive, check).
 //! - `check`: the per-conversation tracks and the final verdict.
+//! - `media`: the upload and download scenario.
 //! - `api`: REST setup and `/metrics`; `stats`: clock, histograms, tables.
 //!
 //! docs/benchmarks.md says how to run each scenario and what was measured.
@@ -15,6 +16,7 @@
 mod api;
 mod check;
 mod conn;
+mod media;
 mod run;
 mod scenarios;
 mod stats;
@@ -78,6 +80,8 @@ enum Scenario {
     Group(scenarios::GroupArgs),
     /// Every client drops at once and resumes: time until all caught up, no loss.
     Storm(scenarios::StormArgs),
+    /// Uploads at once, then downloads: media throughput in MiB/s.
+    Media(media::MediaArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -92,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Direct(a) => scenarios::direct(&cli.common, a).await,
             Scenario::Group(a) => scenarios::group(&cli.common, a).await,
             Scenario::Storm(a) => scenarios::storm(&cli.common, a).await,
+            Scenario::Media(a) => media::media(&cli.common, a).await,
         }
     });
     // Connection tasks may still be closing; do not wait for them.

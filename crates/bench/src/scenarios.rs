@@ -106,11 +106,11 @@ pub(crate) struct StormArgs {
     catchup_timeout_secs: u64,
 }
 
-fn note(msg: impl std::fmt::Display) {
+pub(crate) fn note(msg: impl std::fmt::Display) {
     eprintln!("[{:>7.1}s] {msg}", now_ns() as f64 / 1e9);
 }
 
-fn run_id(common: &Common) -> String {
+pub(crate) fn run_id(common: &Common) -> String {
     if let Some(id) = &common.run_id {
         return id.clone();
     }
@@ -165,7 +165,7 @@ fn check_fd_limit(n: usize) {
 }
 
 /// Registers `n` users named `{run}_{prefix}{i}`.
-async fn accounts(
+pub(crate) async fn accounts(
     api: &Api,
     common: &Common,
     run: &str,

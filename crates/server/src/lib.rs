@@ -180,6 +180,12 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
     let cluster::Joined { cluster, port, tasks } = joined;
     let media = media::Media::open(&cfg).await.context("opening media storage")?;
+    if cfg.redis_url.is_some() && cfg.media_url.is_none() {
+        tracing::warn!(
+            "cluster mode with media on this node's disk: other nodes cannot serve its uploads; \
+             set media_url (s3://bucket/prefix) so that every node shares one blob store"
+        );
+    }
     let state = AppState::new(
         cfg,
         store.clone(),

@@ -31,6 +31,12 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const READ_CHUNK: usize = 1024 * 1024;
 /// Copies into a remote store at once: each holds up to two parts in memory.
 const COPIES: usize = 4;
+/// Reads of a download from the local file system (object_store's own are 8 KiB).
+const SERVE_CHUNK: usize = 256 * 1024;
+
+/// The bytes of a download as they are read.
+pub(crate) type ByteStream =
+    futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
 
 /// Where blobs live and where uploads are staged.
 pub(crate) struct Blobs {
@@ -249,11 +255,47 @@ impl Blobs {
         }
     }
 
+    /// Streams `range` of the blob `sha256` (all of it without one).
+    pub(crate) async fn read(
+        &self,
+        sha256: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> object_store::Result<ByteStream> {
+        let key = Blobs::key(sha256);
+        if let Some(root) = &self.local_root {
+            let path = root.join(key.as_ref());
+            let not_found = |source: std::io::Error| object_store::Error::NotFound {
+                path: key.to_string(),
+                source: Box::new(source),
+            };
+            let mut file = tokio::fs::File::open(&path).await.map_err(not_found)?;
+            let len = file.metadata().await.map_err(not_found)?.len();
+            let range = range.unwrap_or(0..len);
+            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(range.start))
+                .await
+                .map_err(not_found)?;
+            let reader = file.take(range.end.min(len).saturating_sub(range.start));
+            return Ok(tokio_util::io::ReaderStream::with_capacity(reader, SERVE_CHUNK).boxed());
+        }
+        let options = object_store::GetOptions {
+            range: range.map(object_store::GetRange::Bounded),
+            ..object_store::GetOptions::default()
+        };
+        let got = self.objects.get_opts(&key, options).await?;
+        Ok(got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed())
+    }
+
+    /// A whole blob in memory (thumbnails).
+    pub(crate) async fn read_all(&self, sha256: &str) -> object_store::Result<bytes::Bytes> {
+        self.objects.get(&Blobs::key(sha256)).await?.bytes().await
+    }
+
     /// Reads a whole staged file (images, whose size cap keeps this small).
     pub(crate) async fn read_staged(&self, staged: &Staged) -> std::io::Result<Vec<u8>> {
         tokio::fs::read(&staged.path).await
     }
 
+    #[cfg(test)]
     pub(crate) fn objects(&self) -> &Arc<dyn ObjectStore> {
         &self.objects
     }

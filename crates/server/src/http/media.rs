@@ -17,7 +17,6 @@ use futures_util::StreamExt;
 use natter_proto::rest::{NewUpload, UploadCreated, Uploaded};
 use natter_proto::{ErrorCode, UserId};
 use natter_store::MediaRecord;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
 
 use crate::auth::Auth;
@@ -25,7 +24,7 @@ use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::media::service::{MAX_NAME_BYTES, now_ms};
 use crate::media::sign::{Refused, Variant};
 use crate::media::upload::Meta;
-use crate::media::{Blobs, Media, SNIFF_BYTES, StageError};
+use crate::media::{Media, SNIFF_BYTES, StageError};
 use crate::rate::Action;
 use crate::state::AppState;
 
@@ -257,45 +256,46 @@ async fn download(
         Refused::Expired => ApiError::new(ErrorCode::Forbidden, "the URL has expired"),
     })?;
     let record = readable(&state, grant.reader, &id).await?;
-    let (sha, content_type) = match variant {
-        Variant::Original => (record.sha256.clone(), record.content_type.clone()),
+    let blobs = &media.blobs;
+    let requested = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (sha, content_type, size, range, body) = match variant {
+        Variant::Original => {
+            let size = record.size;
+            let range = match requested.map(|spec| byte_range(spec, size)) {
+                None => None,
+                Some(Some(range)) => Some(range),
+                Some(None) => return Ok(unsatisfiable(size)),
+            };
+            let stream = blobs.read(&record.sha256, range.clone()).await.map_err(blob_error)?;
+            (
+                record.sha256.clone(),
+                record.content_type.clone(),
+                size,
+                range,
+                Body::from_stream(stream),
+            )
+        }
         Variant::Thumbnail => {
             let (sha, _) =
                 record.thumbnail.clone().ok_or_else(|| ApiError::not_found("thumbnail"))?;
-            // Thumbnails are JPEG, or PNG when the image has alpha.
-            (sha, String::new())
+            // Small: read whole. JPEG, or PNG when the image has alpha: its first bytes say.
+            let bytes = blobs.read_all(&sha).await.map_err(blob_error)?;
+            let content_type = natter_media::sniff(&bytes).content_type.to_owned();
+            let size = bytes.len() as u64;
+            let range = match requested.map(|spec| byte_range(spec, size)) {
+                None => None,
+                Some(Some(range)) => Some(range),
+                Some(None) => return Ok(unsatisfiable(size)),
+            };
+            let part = match &range {
+                Some(r) => bytes.slice(r.start as usize..r.end as usize),
+                None => bytes,
+            };
+            (sha, content_type, size, range, Body::from(part))
         }
     };
-    let objects = media.blobs.objects();
-    let key = Blobs::key(&sha);
-    let size = match variant {
-        Variant::Original => record.size,
-        Variant::Thumbnail => objects.head(&key).await.map_err(blob_error)?.size,
-    };
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => None,
-        Some(spec) => match byte_range(spec, size) {
-            Some(range) => Some(range),
-            None => return Ok(unsatisfiable(size)),
-        },
-    };
-    let options =
-        GetOptions { range: range.clone().map(GetRange::Bounded), ..GetOptions::default() };
-    let got = objects.get_opts(&key, options).await.map_err(blob_error)?;
-    let mut content_type = content_type;
-    let stream = got.into_stream();
-    let (stream, first) = if content_type.is_empty() {
-        // A thumbnail's type is in its first bytes.
-        let mut stream = stream;
-        let first = stream.next().await.transpose().map_err(blob_error)?.unwrap_or_default();
-        content_type = natter_media::sniff(&first).content_type.to_owned();
-        (stream, Some(first))
-    } else {
-        (stream, None)
-    };
-    let body = futures_util::stream::iter(first.map(Ok)).chain(stream);
     let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    let mut res = (status, Body::from_stream(body)).into_response();
+    let mut res = (status, body).into_response();
     let h = res.headers_mut();
     let len = range.as_ref().map_or(size, |r| r.end - r.start);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));

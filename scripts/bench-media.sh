@@ -4,14 +4,18 @@
 #
 #   scripts/bench-media.sh [OUT_DIR]
 #
-# One release node on a fresh data dir (upload rate limit and quota off). In order:
-#   copy      `cp` of one TOTAL-MiB file within /tmp, then `cat` of it to /dev/null: the
-#             disk's write and read speed as a plain copy sees them (page cache included,
-#             as for the server);
+# Release nodes on fresh data dirs (per-user upload rate limit and quota off). In order:
+#   copy      `cp` of one TOTAL-MiB file within /tmp, then `cat` of it to /dev/null, then
+#             `cp` again followed by `sync` of the copy: the disk's write and read speed
+#             as a plain copy sees them (page cache included, as for the server), and
+#             durable writes (the server syncs an upload before answering);
 #   media     `natter-bench media`: UPLOADERS users upload FILES files of SIZE_MIB MiB at
-#             once, then download them all;
-#   quiet     `natter-bench direct` alone (PAIRS pairs at RATE msg/s): send→deliver latency;
-#   busy      the same `direct` run while `natter-bench media` runs over and over beside it.
+#             once, then download them all, against a node without the ingest cap
+#             (`--media-ingest-bytes-per-sec 0`): what the node can do;
+#   quiet     on a new node with the default ingest cap: `natter-bench direct` alone (PAIRS
+#             pairs at RATE msg/s), send→deliver latency;
+#   busy      the same `direct` run while `natter-bench media --secs` uploads the same files
+#             over and over beside it (each upload is hashed and staged whole).
 # Each report goes to OUT_DIR as JSON; the script prints the figures. Sizes from the
 # environment: UPLOADERS (8), FILES (4), SIZE_MIB (32), PAIRS (50), RATE (1000), SECS (10),
 # PORT (18290), and NATTER / NATTER_BENCH (binaries; default target/release).
@@ -39,7 +43,9 @@ fi
 DATA="$(mktemp -d /tmp/natter-media-bench.XXXXXX)"
 SERVER_PID=""
 cleanup() {
-    [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+    if [[ -n "$SERVER_PID" ]]; then
+        kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+    fi
     rm -rf "$DATA"
 }
 trap cleanup EXIT
@@ -49,48 +55,64 @@ head -c "$((TOTAL_MIB << 20))" /dev/urandom >"$DATA/src"
 sync
 t0=$(date +%s.%N); cp "$DATA/src" "$DATA/dst"; t1=$(date +%s.%N)
 cat "$DATA/dst" >/dev/null; t2=$(date +%s.%N)
+# And with the copy made durable, as an upload is before its answer.
+t3=$(date +%s.%N); cp "$DATA/src" "$DATA/dst2"; sync "$DATA/dst2"; t4=$(date +%s.%N)
 COPY_W=$(python3 -c "print(round($TOTAL_MIB / ($t1 - $t0)))")
 COPY_R=$(python3 -c "print(round($TOTAL_MIB / ($t2 - $t1)))")
-rm -f "$DATA/src" "$DATA/dst"
-echo "{\"cp_mib_per_s\": $COPY_W, \"cat_mib_per_s\": $COPY_R, \"mib\": $TOTAL_MIB}" >"$OUT/copy.json"
+COPY_S=$(python3 -c "print(round($TOTAL_MIB / ($t4 - $t3)))")
+rm -f "$DATA/src" "$DATA/dst" "$DATA/dst2"
+sync
+echo "{\"cp_mib_per_s\": $COPY_W, \"cp_sync_mib_per_s\": $COPY_S, \"cat_mib_per_s\": $COPY_R, \"mib\": $TOTAL_MIB}" >"$OUT/copy.json"
 
-# ---- the node ----
-"$NATTER" serve --data-dir "$DATA/node" --listen "127.0.0.1:$PORT" \
-    --metrics-token "$NATTER_METRICS_TOKEN" --media-uploads-per-min 0 \
-    --media-quota-bytes 1099511627776 >"$OUT/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# ---- the nodes ----
+# One without the ingest cap for the throughput figures, then one with default settings
+# (bar the per-user upload rate and quota) for the latency figures.
+start_node() {
+    "$NATTER" serve --data-dir "$DATA/node-$1" --listen "127.0.0.1:$PORT" \
+        --metrics-token "$NATTER_METRICS_TOKEN" --media-uploads-per-min 0 \
+        --media-quota-bytes 1099511627776 "${@:2}" >"$OUT/server-$1.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        curl -fsS "$URL/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "the server did not start" >&2
+    exit 1
+}
+stop_node() {
+    kill "$SERVER_PID" && wait "$SERVER_PID" || true
+    SERVER_PID=""
+    rm -rf "$DATA"/node-*
+    sync
+}
 
 media() {
     "$BENCH" --server "$URL" --json media --uploaders "$UPLOADERS" --files "$FILES" \
-        --size-mib "$SIZE_MIB"
+        --size-mib "$SIZE_MIB" "$@"
 }
 direct() {
     "$BENCH" --server "$URL" --json direct --pairs "$PAIRS" --rate "$RATE" --secs "$SECS"
 }
 
+start_node uncapped --media-ingest-bytes-per-sec 0
 media >"$OUT/media.json"
+stop_node
+
+start_node default ${DEFAULT_ARGS:-}
 direct >"$OUT/quiet.json"
-# Uploads over and over while the direct run measures.
-(
-    i=0
-    while [[ ! -e "$OUT/.direct-done" ]]; do
-        media >"$OUT/media-beside-$i.json" 2>/dev/null || true
-        i=$((i + 1))
-    done
-) &
-LOOP=$!
-rm -f "$OUT/.direct-done"
+# Uploads all through the direct run (its setup included): the same files over and over.
+media --secs "$((SECS + 15))" >"$OUT/beside.json" 2>"$OUT/beside.log" &
+LOAD=$!
+for _ in $(seq 300); do
+    grep -q uploading "$OUT/beside.log" 2>/dev/null && break
+    sleep 0.1
+done
 direct >"$OUT/busy.json"
-touch "$OUT/.direct-done"
-wait "$LOOP" || true
-rm -f "$OUT/.direct-done"
+wait "$LOAD"
+stop_node
 
 python3 - "$OUT" <<'PY'
-import json, sys, glob, os
+import json, sys, os
 out = sys.argv[1]
 copy = json.load(open(os.path.join(out, "copy.json")))
 media = json.load(open(os.path.join(out, "media.json")))
@@ -99,10 +121,9 @@ def lat(name):
     l = d["round"]["deliver_latency"]
     return l["p50_ms"], l["p99_ms"], d.get("ok")
 q, b = lat("quiet.json"), lat("busy.json")
-beside = [json.load(open(p)) for p in glob.glob(os.path.join(out, "media-beside-*.json")) if os.path.getsize(p)]
-print(f"plain copy of {copy['mib']} MiB: cp {copy['cp_mib_per_s']} MiB/s, cat {copy['cat_mib_per_s']} MiB/s")
+beside = json.load(open(os.path.join(out, "beside.json")))
+print(f"plain copy of {copy['mib']} MiB: cp {copy['cp_mib_per_s']} MiB/s, cp+sync {copy['cp_sync_mib_per_s']} MiB/s, cat {copy['cat_mib_per_s']} MiB/s")
 print(f"natter upload {media['upload_mib_per_s']:.0f} MiB/s, download {media['download_mib_per_s']:.0f} MiB/s")
 print(f"send->deliver p50/p99 alone {q[0]:.2f}/{q[1]:.2f} ms, beside uploads {b[0]:.2f}/{b[1]:.2f} ms (ok: {q[2]}, {b[2]})")
-if beside:
-    print("uploads beside the direct run: " + ", ".join(f"{m['upload_mib_per_s']:.0f}" for m in beside) + " MiB/s")
+print(f"uploads beside the direct run: {beside['uploaded_mib']:.0f} MiB at {beside['upload_mib_per_s']:.0f} MiB/s")
 PY

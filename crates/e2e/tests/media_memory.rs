@@ -59,6 +59,7 @@ async fn upload(addr: std::net::SocketAddr, token: String, block: Arc<Vec<u8>>) 
 async fn a_hundred_streaming_uploads_stay_in_bounded_memory() {
     let server = TestServer::start_with(|cfg| {
         cfg.limits.media_uploads_per_min = 0;
+        cfg.limits.media_ingest_bytes_per_sec = 0;
         cfg.limits.media_quota_bytes = u64::MAX / 2;
     })
     .await;

@@ -132,6 +132,13 @@ limits! {
     media_unattached_ttl_secs: u64 = 24 * 3600, "NATTER_MEDIA_UNATTACHED_TTL_SECS";
     /// How often unreferenced media are collected, in seconds.
     media_gc_interval_secs: u64 = 3600, "NATTER_MEDIA_GC_INTERVAL_SECS";
+    /// Threads that hash and write uploads and decode images, apart from the threads that
+    /// route messages: uploads never take more cores than this from the message path.
+    media_ingest_threads: usize = 1, "NATTER_MEDIA_INGEST_THREADS";
+    /// Upload bytes this node writes per second, all uploads together (0: no cap). Uploads
+    /// share the disk with the store's commits; past what the disk has to spare, they would
+    /// delay every message's fsync (docs/benchmarks.md, "Media").
+    media_ingest_bytes_per_sec: u64 = 64 * 1024 * 1024, "NATTER_MEDIA_INGEST_BYTES_PER_SEC";
     /// PostgreSQL connections in the pool (cluster mode).
     db_pool_size: usize = 16, "NATTER_DB_POOL_SIZE";
     /// A node's registry and presence entries in Redis lapse this long after its last
@@ -555,6 +562,9 @@ impl Config {
         }
         if l.login_backoff_ms == 0 || l.login_backoff_max_ms < l.login_backoff_ms {
             bail!("login_backoff_ms must be positive and login_backoff_max_ms at least it");
+        }
+        if l.media_ingest_threads == 0 {
+            bail!("media_ingest_threads must be positive");
         }
         if l.max_hashes_per_address == 0 {
             bail!("max_hashes_per_address must be positive");

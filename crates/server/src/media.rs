@@ -31,6 +31,13 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const READ_CHUNK: usize = 1024 * 1024;
 /// Copies into a remote store at once: each holds up to two parts in memory.
 const COPIES: usize = 4;
+/// Every this many bytes of an upload, the kernel is told to write them out now and to drop
+/// them from the page cache (`posix_fadvise` `DONTNEED`: writeback starts, nobody waits, no
+/// device flush). Left to the kernel, gigabytes of uploads pile up as dirty pages whose
+/// writeback storms stall the store's commits (an fsync waits behind them) by hundreds of
+/// milliseconds; synced outright, every few MiB would flush the device under each commit.
+/// Each append ends with one `fdatasync`, so what `Upload-Offset` says is durable.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 /// Reads of a download from the local file system (object_store's own are 8 KiB).
 const SERVE_CHUNK: usize = 256 * 1024;
 
@@ -106,23 +113,37 @@ impl Partial {
         &self.head
     }
 
-    /// Appends `body` to the staging file, refusing to grow past `cap`. Whatever arrived
-    /// before an error is kept (flushed, and counted in `size`), so a broken upload resumes
-    /// from there.
-    pub(crate) async fn append<S, E>(&mut self, mut body: S, cap: u64) -> Result<(), StageError>
+    /// Appends `body` to the staging file, refusing to grow past `cap`, at the pace `pace`
+    /// allows. Whatever arrived before an error is kept (flushed, and counted in `size`), so
+    /// a broken upload resumes from there.
+    pub(crate) async fn append<S, E>(
+        &mut self,
+        mut body: S,
+        cap: u64,
+        pace: &Pace,
+    ) -> Result<(), StageError>
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let mut file = tokio::fs::OpenOptions::new().append(true).open(&self.path).await?;
+        let mut unsynced = 0u64;
+        let mut written_back = self.size;
         let res = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|err| StageError::Body(err.to_string()))?;
                 if self.size + chunk.len() as u64 > cap {
                     return Err(StageError::TooLarge);
                 }
+                pace.take(chunk.len()).await;
                 file.write_all(&chunk).await?;
+                unsynced += chunk.len() as u64;
                 self.size += chunk.len() as u64;
+                if self.size - written_back >= WRITEBACK_EVERY {
+                    file.flush().await?;
+                    write_back(&file, written_back, self.size - written_back);
+                    written_back = self.size;
+                }
                 if self.head.len() < SNIFF_BYTES {
                     let take = (SNIFF_BYTES - self.head.len()).min(chunk.len());
                     self.head.extend_from_slice(&chunk[..take]);
@@ -132,7 +153,10 @@ impl Partial {
             Ok(())
         }
         .await;
-        let flushed = file.flush().await;
+        let mut flushed = file.flush().await;
+        if flushed.is_ok() && unsynced > 0 {
+            flushed = file.sync_data().await;
+        }
         if flushed.is_err() || matches!(res, Err(StageError::Io(_))) {
             // A write that failed half-way: cut the file back to what was counted.
             file.set_len(self.size).await?;
@@ -192,13 +216,14 @@ impl Blobs {
     }
 
     /// Streams `body` to a new staging file, hashing as it goes, refusing more than `cap`.
+    #[cfg(test)]
     pub(crate) async fn stage<S, E>(&self, body: S, cap: u64) -> Result<Staged, StageError>
     where
         S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let mut partial = self.partial().await?;
-        partial.append(body, cap).await?;
+        partial.append(body, cap, &Pace::default()).await?;
         Ok(partial.finish())
     }
 
@@ -225,6 +250,10 @@ impl Blobs {
                 tokio::fs::create_dir_all(dir).await?;
             }
             tokio::fs::rename(&staged.path, &dest).await?;
+            // The rename itself made durable: the directory entry.
+            if let Some(dir) = dest.parent() {
+                tokio::fs::File::open(dir).await?.sync_all().await?;
+            }
             return Ok(());
         }
         let _copy = self.copies.acquire().await.expect("the semaphore is never closed");
@@ -312,6 +341,41 @@ impl Blobs {
     }
 }
 
+/// The node's budget of upload bytes per second (`media_ingest_bytes_per_sec`), in KiB
+/// cells of a GCRA bucket holding one second's worth; `None`: no cap.
+#[derive(Clone, Default)]
+pub(crate) struct Pace(Option<(Arc<governor::DefaultDirectRateLimiter>, u32)>);
+
+impl Pace {
+    pub(crate) fn new(bytes_per_sec: u64) -> Pace {
+        let kib = u32::try_from(bytes_per_sec / 1024).unwrap_or(u32::MAX);
+        let Some(per_sec) = std::num::NonZeroU32::new(kib) else { return Pace(None) };
+        let quota = governor::Quota::per_second(per_sec);
+        Pace(Some((Arc::new(governor::RateLimiter::direct(quota)), per_sec.get())))
+    }
+
+    /// Waits until `bytes` more may be written.
+    async fn take(&self, bytes: usize) {
+        let Some((limiter, burst)) = &self.0 else { return };
+        let mut kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        while kib > 0 {
+            // A burst is one second's worth; a larger chunk waits in parts.
+            let n = std::num::NonZeroU32::new(kib.min(*burst)).expect("positive");
+            let _ = limiter.until_n_ready(n).await;
+            kib -= n.get();
+        }
+    }
+}
+
+/// Starts writeback of `len` bytes at `offset` and drops them from the page cache.
+fn write_back(file: &tokio::fs::File, offset: u64, len: u64) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    if let Err(err) = posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED) {
+        tracing::debug!(error = %err, "posix_fadvise failed");
+    }
+}
+
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -373,9 +437,10 @@ mod tests {
         );
         blobs.put_staged(&staged).await.unwrap();
         let mut again = blobs.partial().await.unwrap();
-        again.append(body(&[b"hello"]), 100).await.unwrap();
-        again.append(body(&[b" world"]), 100).await.unwrap();
-        assert!(matches!(again.append(body(&[b"!!"]), 12).await, Err(StageError::TooLarge)));
+        let pace = Pace::new(1 << 20);
+        again.append(body(&[b"hello"]), 100, &pace).await.unwrap();
+        again.append(body(&[b" world"]), 100, &pace).await.unwrap();
+        assert!(matches!(again.append(body(&[b"!!"]), 12, &pace).await, Err(StageError::TooLarge)));
         assert_eq!(again.size(), 11, "a refused chunk is not counted");
         let again = again.finish();
         assert_eq!(again.sha256, staged.sha256, "appended in parts, the same hash");

@@ -101,7 +101,7 @@ async fn resumable_uploads_follow_their_offsets() {
 #[tokio::test]
 async fn a_200_mib_upload_broken_three_times_resumes_to_the_same_hash() {
     const MIB: u64 = 1024 * 1024;
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|cfg| cfg.limits.media_ingest_bytes_per_sec = 0).await;
     let (alice, bob, conv) = server.direct_pair().await;
     let mut bob_ws = server.synced_ws(&bob).await;
 

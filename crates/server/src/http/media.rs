@@ -68,7 +68,15 @@ pub(super) async fn upload(
     let sniffed = media.admit(&head, declared.as_deref(), head.len() as u64)?;
     let cap = media.policy.cap(&sniffed).unwrap_or(max);
     let body = futures_util::stream::iter([Ok::<_, axum::Error>(Bytes::from(head))]).chain(body);
-    let staged = media.blobs.stage(body, cap).await.map_err(|err| match err {
+    let mut partial = media.blobs.partial().await.map_err(io_error)?;
+    let pace = media.pace.clone();
+    let written = media
+        .ingest(async move {
+            let res = partial.append(body, cap, &pace).await;
+            res.map(|()| partial.finish())
+        })
+        .await;
+    let staged = written.map_err(|err| match err {
         StageError::TooLarge => ApiError::too_large(format!(
             "uploads of type {} may have at most {cap} bytes",
             sniffed.content_type
@@ -144,13 +152,26 @@ pub(super) async fn append_upload(
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| ApiError::bad_request("Upload-Offset (a byte offset) is required"))?;
     let slot = media.uploads.get(&id, me)?;
-    let Ok(mut guard) = slot.try_lock() else {
+    let Ok(mut guard) = slot.try_lock_owned() else {
         return Err(ApiError::new(ErrorCode::Conflict, "another PATCH is writing this upload"));
     };
     let open = guard.as_mut().ok_or_else(|| ApiError::not_found("upload"))?;
     open.at(offset)?;
     let length = open.meta.length;
-    let appended = open.partial.append(body.into_data_stream(), length).await;
+    // Written on the ingest runtime by a task that holds the upload's lock, so that what
+    // arrived is recorded even if this request is dropped half-way.
+    let body = body.into_data_stream();
+    let pace = media.pace.clone();
+    let (mut guard, appended) = media
+        .ingest(async move {
+            let res = match guard.as_mut() {
+                Some(open) => open.partial.append(body, length, &pace).await,
+                None => Ok(()),
+            };
+            (guard, res)
+        })
+        .await;
+    let open = guard.as_mut().ok_or_else(|| ApiError::not_found("upload"))?;
     let refused = match appended {
         Ok(()) => None,
         Err(StageError::TooLarge) => Some(ApiError::bad_request(format!(

@@ -17,19 +17,24 @@ use super::{Blobs, Staged, TypePolicy, sha256_hex};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 
-/// Images decoded at once (each holds its bytes and pixels, up to the decoder's cap).
-const DECODES: usize = 2;
 /// Longest an image may take to decode, scale and encode.
 const DECODE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest file name kept, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 255;
 
 pub(crate) struct Media {
+    /// Where uploads are hashed, written and decoded: a runtime of its own, of
+    /// `media_ingest_threads` threads, beside the one that routes messages.
+    ingest: Ingest,
     pub(crate) blobs: Blobs,
+    /// The node's upload bytes per second.
+    pub(crate) pace: super::Pace,
     pub(crate) signer: Signer,
     pub(crate) policy: TypePolicy,
     pub(crate) uploads: Uploads,
     image_limits: ImageLimits,
+    /// Images decoded at once (each holds its bytes and pixels, up to the decoder's cap):
+    /// as many as there are ingest threads.
     decodes: Arc<Semaphore>,
     /// Held shared by an upload from recording its row to storing its object, and
     /// exclusively by a collection from deleting rows to deleting objects: a collection
@@ -44,13 +49,22 @@ impl Media {
             Some(url) => Blobs::with_store(s3(url, &cfg.media_s3)?, &cfg.data_dir)?,
         };
         let secret = super::load_secret(cfg.media_secret.as_deref(), &cfg.data_dir)?;
+        let threads = cfg.limits.media_ingest_threads;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .max_blocking_threads(threads.max(4))
+            .thread_name("natter-ingest")
+            .enable_all()
+            .build()?;
         Ok(Media {
+            ingest: Ingest(Some(runtime)),
             blobs,
+            pace: super::Pace::new(cfg.limits.media_ingest_bytes_per_sec),
             signer: Signer::new(&secret, cfg.limits.media_url_ttl_secs),
             policy: TypePolicy::parse(&cfg.media_types, &cfg.limits)?,
             uploads: Uploads::default(),
             image_limits: ImageLimits::default(),
-            decodes: Arc::new(Semaphore::new(DECODES)),
+            decodes: Arc::new(Semaphore::new(threads)),
             collecting: RwLock::new(()),
         })
     }
@@ -84,15 +98,14 @@ impl Media {
             if decodable(&sniffed) { Some(self.process(&staged, &sniffed).await?) } else { None };
         let mut thumb_bytes = None;
         if let Some(image) = &image {
-            media.sha256 = sha256_hex(&image.bytes);
-            media.size = image.bytes.len() as u64;
-            media.width = Some(image.width);
-            media.height = Some(image.height);
-            media.placeholder = Some(image.placeholder.clone());
-            if let Some(t) = &image.thumbnail {
-                let sha256 = sha256_hex(&t.bytes);
+            media.sha256 = image.sha256.clone();
+            media.size = image.processed.bytes.len() as u64;
+            media.width = Some(image.processed.width);
+            media.height = Some(image.processed.height);
+            media.placeholder = Some(image.processed.placeholder.clone());
+            if let (Some(t), Some(sha256)) = (&image.processed.thumbnail, &image.thumb_sha256) {
                 media.thumbnail = Some(NewThumbnail {
-                    sha256,
+                    sha256: sha256.clone(),
                     size: t.bytes.len() as u64,
                     width: t.width,
                     height: t.height,
@@ -107,7 +120,7 @@ impl Media {
             let stored = match image {
                 Some(image) => self
                     .blobs
-                    .put_bytes(&sha256_hex(&image.bytes), image.bytes)
+                    .put_bytes(&image.sha256, image.processed.bytes)
                     .await
                     .map_err(anyhow::Error::from),
                 None => self.blobs.put_staged(&staged).await,
@@ -157,8 +170,21 @@ impl Media {
         }
     }
 
-    /// Decodes an image off the runtime, a few at once, within `DECODE_TIMEOUT`.
-    async fn process(&self, staged: &Staged, sniffed: &Sniffed) -> ApiResult<Processed> {
+    /// Runs `work` (staging an upload: hashing and writing) on the ingest runtime.
+    pub(crate) async fn ingest<F>(&self, work: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.ingest.handle().spawn(work).await {
+            Ok(out) => out,
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        }
+    }
+
+    /// Decodes an image on the ingest runtime's blocking threads, as many at once as it has
+    /// threads, within `DECODE_TIMEOUT`; hashes what it makes there too.
+    async fn process(&self, staged: &Staged, sniffed: &Sniffed) -> ApiResult<Image> {
         let permit =
             self.decodes.clone().acquire_owned().await.expect("the semaphore is never closed");
         let bytes = self.blobs.read_staged(staged).await.map_err(|err| {
@@ -166,13 +192,16 @@ impl Media {
             ApiError::new(ErrorCode::Internal, "internal error")
         })?;
         let (content_type, limits) = (sniffed.content_type, self.image_limits.clone());
-        let job = tokio::task::spawn_blocking(move || {
+        let job = self.ingest.handle().spawn_blocking(move || {
             // The permit goes with the work: a decode that outlives its timeout still counts.
             let _permit = permit;
-            natter_media::process(&bytes, content_type, &limits)
+            let processed = natter_media::process(&bytes, content_type, &limits)?;
+            let sha256 = sha256_hex(&processed.bytes);
+            let thumb_sha256 = processed.thumbnail.as_ref().map(|t| sha256_hex(&t.bytes));
+            Ok::<_, ImageError>(Image { processed, sha256, thumb_sha256 })
         });
         match tokio::time::timeout(DECODE_TIMEOUT, job).await {
-            Ok(Ok(Ok(processed))) => Ok(processed),
+            Ok(Ok(Ok(image))) => Ok(image),
             Ok(Ok(Err(err @ ImageError::TooManyPixels { .. }))) => {
                 Err(ApiError::too_large(err.to_string()))
             }
@@ -227,6 +256,31 @@ impl Media {
             );
         }
         Ok(collected)
+    }
+}
+
+/// A processed image and the hashes of what will be stored.
+struct Image {
+    processed: Processed,
+    sha256: String,
+    thumb_sha256: Option<String>,
+}
+
+/// The ingest runtime; dropped without waiting (a runtime may not block a runtime's thread
+/// on its way out), its tasks ended where they stand.
+struct Ingest(Option<tokio::runtime::Runtime>);
+
+impl Ingest {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the ingest runtime runs until dropped").handle()
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -407,6 +407,38 @@ async fn hostile_uploads_get_clear_errors() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// `POST /v1/media` with `Transfer-Encoding: chunked` over a raw connection, sending chunks
+/// of `bytes` until more than `cap` went out and then waiting for the answer (nothing left
+/// unsent to be read, so the server's close is clean); the answer as text.
+async fn chunked_upload(
+    addr: std::net::SocketAddr,
+    token: &str,
+    bytes: &[u8],
+    cap: usize,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let mut sent = 0;
+    for chunk in bytes.chunks(4096) {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+        sent += chunk.len();
+        if sent > cap {
+            break;
+        }
+    }
+    tcp.write_all(&req).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = natter_testkit::within("an answer", tcp.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test]
 async fn caps_per_type_quota_and_rate() {
     let server = TestServer::start_with(|cfg| {
@@ -415,7 +447,7 @@ async fn caps_per_type_quota_and_rate() {
         cfg.limits.max_upload_bytes = 200_000;
         cfg.limits.media_quota_bytes = 120_000;
         cfg.limits.media_uploads_per_min = 1;
-        cfg.limits.media_uploads_burst = 5;
+        cfg.limits.media_uploads_burst = 6;
     })
     .await;
     let alice = server.user("alice").await;
@@ -423,6 +455,10 @@ async fn caps_per_type_quota_and_rate() {
     assert!(refused(status, &json, ErrorCode::TooLarge).contains("application/pdf"));
     let (status, json) = server.upload(&alice.token, vec![b'a'; 300_000], None, None).await;
     refused(status, &json, ErrorCode::TooLarge);
+    // Chunked, with no length to refuse up front: stopped at the cap as it streams.
+    let answer = chunked_upload(server.addr, &alice.token, &pdf(60_000, 2), 50_000).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("at most 50000 bytes"), "{answer}");
     let (status, json) = server.upload(&alice.token, b"plain words".to_vec(), None, None).await;
     assert!(refused(status, &json, ErrorCode::UnsupportedMediaType).contains("text/plain"));
     // 3 x 45 kB fit 120 kB twice, not three times.
@@ -432,7 +468,7 @@ async fn caps_per_type_quota_and_rate() {
     }
     let (status, json) = server.upload(&alice.token, pdf(45_000, 9), None, None).await;
     refused(status, &json, ErrorCode::QuotaExceeded);
-    // Five uploads were started (one refused for its Content-Length alone was not): the
+    // Six uploads were started (one refused for its Content-Length alone was not): the
     // burst is spent, the next waits.
     let (status, json) = server.upload(&alice.token, pdf(10, 3), None, None).await;
     refused(status, &json, ErrorCode::TooManyRequests);

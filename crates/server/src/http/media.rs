@@ -65,7 +65,9 @@ pub(super) async fn upload(
             None => break,
         }
     }
-    let sniffed = media.admit(&head, declared.as_deref(), head.len() as u64)?;
+    // With a Content-Length, a file over its type's cap is refused before it is read.
+    let size = content_length(&headers).unwrap_or(head.len() as u64);
+    let sniffed = media.admit(&head, declared.as_deref(), size)?;
     let cap = media.policy.cap(&sniffed).unwrap_or(max);
     let body = futures_util::stream::iter([Ok::<_, axum::Error>(Bytes::from(head))]).chain(body);
     let mut partial = media.blobs.partial().await.map_err(io_error)?;

@@ -246,7 +246,10 @@ impl Media {
         let _exclusive = self.collecting.write().await;
         let now = now_ms();
         let ttl = i64::try_from(unattached_ttl.as_millis()).unwrap_or(i64::MAX);
-        let collected = store.collect_media(now.saturating_sub(ttl), now).await?;
+        // Every blob unreferenced now goes, those this very call marks orphaned included
+        // (the store stamps them with its own, later, clock): on this node the lock holds
+        // uploads off, so no grace period is needed.
+        let collected = store.collect_media(now.saturating_sub(ttl), i64::MAX).await?;
         self.blobs.delete(&collected.blobs).await;
         if collected.media > 0 || !collected.blobs.is_empty() {
             tracing::info!(

@@ -249,7 +249,9 @@ impl Media {
         // Every blob unreferenced now goes, those this very call marks orphaned included
         // (the store stamps them with its own, later, clock): on this node the lock holds
         // uploads off, so no grace period is needed.
-        let collected = store.collect_media(now.saturating_sub(ttl), i64::MAX).await?;
+        // Made `ttl` ago or earlier (the store deletes those made before the bound).
+        let unattached_before = now.saturating_sub(ttl).saturating_add(1);
+        let collected = store.collect_media(unattached_before, i64::MAX).await?;
         self.blobs.delete(&collected.blobs).await;
         if collected.media > 0 || !collected.blobs.is_empty() {
             tracing::info!(

@@ -170,6 +170,10 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Ends a subscription.
     async fn unsubscribe(&self, topic: Topic) -> BusResult<()>;
+
+    /// Claims `key` for `ttl`: `true` for the first claim on any node, `false` for every
+    /// later one until the claim lapses (single-use tickets).
+    async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> BusResult<bool>;
 }
 
 /// What a node's subscriptions report.

@@ -48,6 +48,8 @@ struct Hub {
     last_seen: HashMap<UserId, i64>,
     /// Users each node has directory entries for (what a sweep removes).
     node_users: HashMap<Arc<str>, HashSet<UserId>>,
+    /// Claimed keys and when each claim lapses.
+    claims: HashMap<String, std::time::Instant>,
     faults: Faults,
     rng: u64,
 }
@@ -224,6 +226,18 @@ impl Bus for LocalBus {
             hub.sweep(node);
         }
         Ok(dead.iter().map(|n| n.to_string()).collect())
+    }
+
+    async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> BusResult<bool> {
+        let now = std::time::Instant::now();
+        let mut hub = self.hub.lock();
+        // Lapsed claims go as new ones come: the map holds at most one ttl's worth.
+        hub.claims.retain(|_, until| *until > now);
+        if hub.claims.contains_key(key) {
+            return Ok(false);
+        }
+        hub.claims.insert(key.to_owned(), now + ttl);
+        Ok(true)
     }
 
     async fn sweep(&self, node: &str) -> BusResult<bool> {

@@ -158,6 +158,20 @@ impl Bus for RedisBus {
         true
     }
 
+    /// `SET natter:once:{key} NX PX ttl`: Redis says who was first.
+    async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> BusResult<bool> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("natter:once:{key}"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut self.cmd.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Adds (`true`) or removes (`false`) this node from users' registry entries, in order.
     async fn update_registry(&self, ops: &[(UserId, bool)]) -> BusResult<()> {
         let now = now_ms();

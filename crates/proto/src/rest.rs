@@ -253,3 +253,10 @@ pub struct UploadCreated {
     pub offset: u64,
     pub length: u64,
 }
+
+/// The answer to `POST /v1/tickets`: a single-use ticket for `GET /v1/events?ticket=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub ticket: String,
+    pub expires_in_ms: u64,
+}

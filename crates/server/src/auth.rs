@@ -20,6 +20,7 @@ use crate::state::AppState;
 pub(crate) mod hashing;
 pub(crate) mod limits;
 pub(crate) mod policy;
+pub(crate) mod ticket;
 
 /// Where a request comes from, as login limits and hash queueing count it: the peer's IP
 /// address (IPv6: its /64, what one host usually has), or with `trust_forwarded_for` the
@@ -174,24 +175,50 @@ pub(crate) async fn authenticate(
 /// An authenticated REST caller. Rejects with 401 `unauthenticated`.
 pub(crate) struct Auth {
     pub(crate) principal: Principal,
-    pub(crate) token: String,
+    /// The SHA-256 of the caller's token (what the store knows it by).
+    pub(crate) token_hash: TokenHash,
 }
+
+/// The one route that takes a ticket instead of a bearer token: `EventSource` cannot send
+/// headers.
+const TICKET_ROUTE: &str = "/v1/events";
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .ok_or_else(ApiError::unauthenticated)?;
-        match authenticate(state, token).await? {
-            Some(principal) => Ok(Auth { principal, token: token.to_owned() }),
+        let bearer_token =
+            parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
+        let token_hash = match bearer_token {
+            Some(token) => token_hash(token),
+            None if parts.uri.path() == TICKET_ROUTE => redeem(state, ticket_of(parts)).await?,
+            None => return Err(ApiError::unauthenticated()),
+        };
+        match state.store().authenticate(token_hash).await? {
+            Some(principal) => Ok(Auth { principal, token_hash }),
             None => Err(ApiError::unauthenticated()),
         }
     }
+}
+
+/// The `ticket` query parameter.
+fn ticket_of(parts: &Parts) -> Option<&str> {
+    parts.uri.query()?.split('&').find_map(|kv| kv.strip_prefix("ticket="))
+}
+
+/// A ticket's token hash, once its MAC, expiry and single use checked out.
+async fn redeem(state: &AppState, ticket: Option<&str>) -> Result<TokenHash, ApiError> {
+    let refused = || {
+        ApiError::new(natter_proto::ErrorCode::Unauthenticated, "invalid, expired or used ticket")
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let now_ms = now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let valid = ticket.and_then(|t| state.tickets().check(t, now_ms)).ok_or_else(refused)?;
+    let key = format!("ticket:{}", valid.nonce);
+    if !state.cluster().claim_once(&key, ticket::TICKET_TTL).await {
+        return Err(refused());
+    }
+    Ok(valid.token_hash)
 }
 
 #[cfg(test)]

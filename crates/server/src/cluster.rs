@@ -132,6 +132,17 @@ impl Cluster {
         Ok(Joined { cluster, port, tasks })
     }
 
+    /// See [`Bus::claim_once`]: `false` also when the bus cannot be reached (fail closed).
+    pub(crate) async fn claim_once(&self, key: &str, ttl: std::time::Duration) -> bool {
+        match self.bus.claim_once(key, ttl).await {
+            Ok(first) => first,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot claim a single-use key");
+                false
+            }
+        }
+    }
+
     pub(crate) fn node(&self) -> &str {
         self.bus.node()
     }

@@ -35,6 +35,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/accounts", post(accounts::register))
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/sessions/current", axum::routing::delete(accounts::logout))
+        .route("/v1/tickets", post(accounts::ticket))
         .route("/v1/me", get(accounts::me))
         .route("/v1/users/{handle}", get(accounts::user))
         .route("/v1/conversations", post(conversations::create).get(conversations::list))
@@ -78,7 +79,50 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(polls))
+        .layer(cors(state.cfg()))
         .with_state(state)
+}
+
+/// CORS for web apps on other origins: those of `allowed_origins` (the list that also lets
+/// them open WebSockets; `*`: any). Credentials are bearer tokens and tickets, never
+/// cookies, so no `Allow-Credentials`; an origin off the list gets no CORS headers, and the
+/// browser keeps the answer from its page.
+fn cors(cfg: &crate::config::Config) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = if cfg.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = cfg.allowed_origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+        AllowOrigin::list(list)
+    };
+    let upload_offset = HeaderName::from_static("upload-offset");
+    let upload_length = HeaderName::from_static("upload-length");
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::RANGE,
+            HeaderName::from_static("last-event-id"),
+            upload_offset.clone(),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::CONTENT_RANGE,
+            header::RETRY_AFTER,
+            upload_offset,
+            upload_length,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Ready when the store answers a read.

@@ -179,7 +179,10 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let drain = cfg.drain_timeout();
     let (receipts_tx, receipts_rx) = mpsc::channel(RECEIPT_QUEUE);
     let cluster::Joined { cluster, port, tasks } = joined;
-    let media = media::Media::open(&cfg).await.context("opening media storage")?;
+    let secret = media::load_secret(cfg.media_secret.as_deref(), &cfg.data_dir)
+        .context("loading the server secret")?;
+    let media = media::Media::open(&cfg, &secret).await.context("opening media storage")?;
+    let tickets = auth::ticket::Tickets::new(&secret);
     if cfg.redis_url.is_some() && cfg.media_url.is_none() {
         tracing::warn!(
             "cluster mode with media on this node's disk: other nodes cannot serve its uploads; \
@@ -193,7 +196,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         metrics,
         (cluster, port),
         presence_tx,
-        media,
+        (media, tickets),
     );
     let cluster_stop = tokio_util::sync::CancellationToken::new();
     let cluster_tasks = cluster::spawn(&state, tasks, &cluster_stop);

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::limits::LoginGuard;
+use crate::auth::ticket::Tickets;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::media::Media;
@@ -44,6 +45,7 @@ struct Inner {
     /// Failed logins per address and handle (back-off).
     logins: LoginGuard,
     media: Media,
+    tickets: Tickets,
 }
 
 impl AppState {
@@ -54,7 +56,7 @@ impl AppState {
         metrics: PrometheusHandle,
         (cluster, port): (Cluster, Port),
         presence_changes: mpsc::UnboundedSender<LocalPresence>,
-        media: Media,
+        (media, tickets): (Media, Tickets),
     ) -> AppState {
         let rate = RateLimits::new(&cfg.limits);
         AppState(Arc::new(Inner {
@@ -74,6 +76,7 @@ impl AppState {
             next_session: AtomicU64::new(1),
             metrics,
             media,
+            tickets,
         }))
     }
 
@@ -124,5 +127,8 @@ impl AppState {
     }
     pub(crate) fn media(&self) -> &Media {
         &self.0.media
+    }
+    pub(crate) fn tickets(&self) -> &Tickets {
+        &self.0.tickets
     }
 }

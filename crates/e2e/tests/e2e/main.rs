@@ -6,6 +6,7 @@
 //! metrics.
 
 mod bad_input;
+mod browser_auth;
 mod cluster_faults;
 mod crate_graph;
 mod edits;

@@ -74,10 +74,23 @@ pub(super) async fn login(
 /// it ends (WebSocket close 4001, SSE end of stream, long-poll stream gone), here at once
 /// and on the other nodes through the bus.
 pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
-    state.store().delete_device(auth::token_hash(&auth.token)).await?;
+    state.store().delete_device(auth.token_hash).await?;
     session::end_device(&state, auth.principal, close::UNAUTHENTICATED);
     cluster::revoke(&state, auth.principal).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/tickets`: a ticket for `GET /v1/events?ticket=` (a browser's `EventSource`
+/// cannot send an `Authorization` header), good for one use within 30 s (`auth/ticket.rs`).
+pub(super) async fn ticket(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<(StatusCode, Json<natter_proto::rest::Ticket>)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let now_ms = now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let ticket = state.tickets().issue(&auth.token_hash, now_ms);
+    let expires_in_ms = u64::try_from(auth::ticket::TICKET_TTL.as_millis()).unwrap_or(u64::MAX);
+    Ok((StatusCode::CREATED, Json(natter_proto::rest::Ticket { ticket, expires_in_ms })))
 }
 
 pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Me>> {

@@ -190,7 +190,7 @@ pub(super) async fn poll(
         .min(Duration::from_millis(limits.max_poll_timeout_ms));
     let (id, stream, new) = poll_stream(&state, &streams, auth.principal, req.stream)?;
     if new {
-        session::recheck(&state, &stream.handle, crate::auth::token_hash(&auth.token)).await;
+        session::recheck(&state, &stream.handle, auth.token_hash).await;
     }
     let mut inner = stream.inner.lock().await;
     let PollInner { rx, deliverer } = &mut *inner;

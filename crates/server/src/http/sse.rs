@@ -69,7 +69,7 @@ pub(super) async fn events(
         None => BTreeMap::new(),
     };
     let opened = session::open(&state, auth.principal)?;
-    session::recheck(&state, &opened.handle, crate::auth::token_hash(&auth.token)).await;
+    session::recheck(&state, &opened.handle, auth.token_hash).await;
     let sse = SseStream {
         deliverer: Deliverer::new(state.clone(), auth.principal.user_id, opened.registered),
         ids: cursors.clone(),

@@ -43,12 +43,11 @@ pub(crate) struct Media {
 }
 
 impl Media {
-    pub(crate) async fn open(cfg: &Config) -> anyhow::Result<Media> {
+    pub(crate) async fn open(cfg: &Config, secret: &[u8]) -> anyhow::Result<Media> {
         let blobs = match &cfg.media_url {
             None => Blobs::local(&cfg.data_dir)?,
             Some(url) => Blobs::with_store(s3(url, &cfg.media_s3)?, &cfg.data_dir)?,
         };
-        let secret = super::load_secret(cfg.media_secret.as_deref(), &cfg.data_dir)?;
         let threads = cfg.limits.media_ingest_threads;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -60,7 +59,7 @@ impl Media {
             ingest: Ingest(Some(runtime)),
             blobs,
             pace: super::Pace::new(cfg.limits.media_ingest_bytes_per_sec),
-            signer: Signer::new(&secret, cfg.limits.media_url_ttl_secs),
+            signer: Signer::new(secret, cfg.limits.media_url_ttl_secs),
             policy: TypePolicy::parse(&cfg.media_types, &cfg.limits)?,
             uploads: Uploads::default(),
             image_limits: ImageLimits::default(),

@@ -407,6 +407,33 @@ async fn entries_receipts_typing_and_presence_cross_nodes() {
         p.drain().await;
         assert_eq!(p.seqs(group), [1, 2, 3], "{}", p.name);
     }
+
+    // A browser's event-stream ticket, issued by node-1, works once in the cluster: on
+    // node-2, then not on node-3 (its nonce is claimed in Redis).
+    let http = reqwest::Client::new();
+    let issued = http
+        .post(format!("http://{n1}/v1/tickets"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("ticket request");
+    assert_eq!(issued.status(), reqwest::StatusCode::CREATED);
+    let ticket: natter_proto::rest::Ticket = issued.json().await.expect("a ticket");
+    let events = |addr: SocketAddr| {
+        http.get(format!("http://{addr}/v1/events?ticket={}", ticket.ticket)).send()
+    };
+    let first = within("events on node-2", events(n2)).await.expect("events");
+    assert_eq!(first.status(), reqwest::StatusCode::OK);
+    drop(first);
+    let again = within("events on node-3", events(n3)).await.expect("events");
+    assert_eq!(again.status(), reqwest::StatusCode::UNAUTHORIZED, "a ticket is single-use");
+    // While a fresh one from node-1 works on node-3: the refusal was the use alone.
+    let issued = http.post(format!("http://{n1}/v1/tickets")).bearer_auth(&alice.token).send();
+    let fresh: natter_proto::rest::Ticket =
+        within("a ticket", issued).await.expect("ticket").json().await.expect("a ticket");
+    let url = format!("http://{n3}/v1/events?ticket={}", fresh.ticket);
+    let res = within("events on node-3", http.get(url).send()).await.expect("events");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
     eprintln!("cross-node features: {:?}", started.elapsed());
 }
 

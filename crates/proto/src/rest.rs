@@ -26,6 +26,12 @@ pub struct User {
     pub handle: String,
 }
 
+/// `GET /v1/users?ids=1,2,3`: the users of those ids that exist, in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Users {
+    pub users: Vec<User>,
+}
+
 /// `POST /v1/sessions`: a bearer token for one device. Shown once; only its hash is stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {

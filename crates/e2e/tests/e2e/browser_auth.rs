@@ -1,6 +1,7 @@
 //! What a browser needs to reach a node: a single-use ticket for `EventSource`, which
 //! cannot send an `Authorization` header (`POST /v1/tickets`, then
-//! `GET /v1/events?ticket=`), and CORS for the origins of `allowed_origins` only.
+//! `GET /v1/events?ticket=`), CORS for the origins of `allowed_origins` only, and users
+//! looked up by id.
 
 use natter_proto::rest::Ticket;
 use natter_testkit::{TestServer, within};
@@ -92,4 +93,32 @@ async fn cors_answers_allowed_origins_only() {
     assert!(exposed.contains("upload-offset"), "{exposed}");
     let res = within("a request", me("http://evil.example")).await.unwrap();
     assert!(res.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+}
+
+#[tokio::test]
+async fn users_are_looked_up_by_id() {
+    let server = TestServer::start().await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let path = format!("/v1/users?ids={},{},999999", bob.id.0, alice.id.0);
+    let found: natter_proto::rest::Users =
+        server.ok(Method::GET, &path, &alice.token, None::<&()>, StatusCode::OK).await;
+    let got: Vec<(i64, &str)> =
+        found.users.iter().map(|u| (u.user_id.0, u.handle.as_str())).collect();
+    assert_eq!(
+        got,
+        [(bob.id.0, "bob"), (alice.id.0, "alice")],
+        "existing ones, in the order asked"
+    );
+    let (status, json) =
+        server.call(Method::GET, "/v1/users?ids=1,x", Some(&alice.token), None::<&()>).await;
+    assert_eq!(
+        (status, &json["code"]),
+        (StatusCode::BAD_REQUEST, &serde_json::json!("bad_request"))
+    );
+    let many: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
+    let path = format!("/v1/users?ids={}", many.join(","));
+    let (status, _) = server.call(Method::GET, &path, Some(&alice.token), None::<&()>).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _) = server.call(Method::GET, "/v1/users?ids=1", None, None::<&()>).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -100,6 +100,45 @@ pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<J
     Ok(Json(Me { user_id: p.user_id, handle, device_id: p.device_id }))
 }
 
+/// Most ids one `GET /v1/users?ids=` looks up.
+const MAX_USER_IDS: usize = 100;
+
+#[derive(serde::Deserialize)]
+pub(super) struct IdsQuery {
+    ids: String,
+}
+
+/// `GET /v1/users?ids=1,2,3`: handles by id (a client rendering a member list or a
+/// conversation's senders), those that exist, in the order asked; at most 100 ids.
+pub(super) async fn users(
+    State(state): State<AppState>,
+    _auth: Auth,
+    query: Result<axum::extract::Query<IdsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<natter_proto::rest::Users>> {
+    let axum::extract::Query(q) = query?;
+    let ids: Vec<i64> = q
+        .ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request("ids are numbers separated by commas"))
+        })
+        .collect::<ApiResult<_>>()?;
+    if ids.len() > MAX_USER_IDS {
+        return Err(ApiError::too_large(format!("at most {MAX_USER_IDS} ids at once")));
+    }
+    let mut users = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = natter_proto::UserId(id);
+        if let Some(handle) = state.store().user_handle(id).await? {
+            users.push(User { user_id: id, handle });
+        }
+    }
+    Ok(Json(natter_proto::rest::Users { users }))
+}
+
 /// Looks a user up by handle, to start a conversation with them.
 pub(super) async fn user(
     State(state): State<AppState>,

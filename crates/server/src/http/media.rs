@@ -21,10 +21,11 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, JsonBody};
-use crate::media::service::{MAX_NAME_BYTES, now_ms};
+use crate::media::service::MAX_NAME_BYTES;
 use crate::media::sign::{Refused, Variant};
 use crate::media::upload::Meta;
 use crate::media::{Media, SNIFF_BYTES, StageError};
+use crate::now_ms;
 use crate::rate::Action;
 use crate::state::AppState;
 
@@ -281,40 +282,34 @@ async fn download(
     let record = readable(&state, grant.reader, &id).await?;
     let blobs = &media.blobs;
     let requested = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (sha, content_type, size, range, body) = match variant {
-        Variant::Original => {
-            let size = record.size;
-            let range = match requested.map(|spec| byte_range(spec, size)) {
-                None => None,
-                Some(Some(range)) => Some(range),
-                Some(None) => return Ok(unsatisfiable(size)),
-            };
-            let stream = blobs.read(&record.sha256, range.clone()).await.map_err(blob_error)?;
-            (
-                record.sha256.clone(),
-                record.content_type.clone(),
-                size,
-                range,
-                Body::from_stream(stream),
-            )
-        }
+    // A thumbnail is small: read whole, its type (JPEG, or PNG with alpha) from its bytes.
+    let thumbnail = match variant {
+        Variant::Original => None,
         Variant::Thumbnail => {
             let (sha, _) =
                 record.thumbnail.clone().ok_or_else(|| ApiError::not_found("thumbnail"))?;
-            // Small: read whole. JPEG, or PNG when the image has alpha: its first bytes say.
             let bytes = blobs.read_all(&sha).await.map_err(blob_error)?;
+            Some((sha, bytes))
+        }
+    };
+    let size = thumbnail.as_ref().map_or(record.size, |(_, bytes)| bytes.len() as u64);
+    let range = match requested.map(|spec| byte_range(spec, size)) {
+        None => None,
+        Some(Some(range)) => Some(range),
+        Some(None) => return Ok(unsatisfiable(size)),
+    };
+    let (sha, content_type, body) = match thumbnail {
+        None => {
+            let stream = blobs.read(&record.sha256, range.clone()).await.map_err(blob_error)?;
+            (record.sha256.clone(), record.content_type.clone(), Body::from_stream(stream))
+        }
+        Some((sha, bytes)) => {
             let content_type = natter_media::sniff(&bytes).content_type.to_owned();
-            let size = bytes.len() as u64;
-            let range = match requested.map(|spec| byte_range(spec, size)) {
-                None => None,
-                Some(Some(range)) => Some(range),
-                Some(None) => return Ok(unsatisfiable(size)),
-            };
             let part = match &range {
                 Some(r) => bytes.slice(r.start as usize..r.end as usize),
                 None => bytes,
             };
-            (sha, content_type, size, range, Body::from(part))
+            (sha, content_type, Body::from(part))
         }
     };
     let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };

@@ -16,6 +16,7 @@ use super::upload::Uploads;
 use super::{Blobs, Staged, TypePolicy, sha256_hex};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::now_ms;
 
 /// Longest an image may take to decode, scale and encode.
 const DECODE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -286,11 +287,6 @@ impl Drop for Ingest {
             runtime.shutdown_background();
         }
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// An S3-compatible store for `s3://bucket/prefix`, configured from `AWS_*` variables.

@@ -506,6 +506,70 @@ pub struct ConversationSummary {
     pub read_seq: Seq,
     /// Entries after `read_seq` written by others.
     pub unread: u64,
+    /// The other member of a direct conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<rest::User>,
+    /// The newest message as it reads now, for a conversation list; none before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessagePreview>,
+}
+
+/// The newest message of a conversation, cut down for a list: the text as it reads after
+/// edits (empty once deleted), at most [`PREVIEW_CHARS`] characters, and the attachments'
+/// content types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePreview {
+    pub seq: Seq,
+    pub sender: UserId,
+    /// Time of the message, ms since the Unix epoch.
+    pub ts: i64,
+    pub text: String,
+    /// The text was longer than [`PREVIEW_CHARS`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub edited: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// The content type of each attachment, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
+}
+
+/// Characters of text a [`MessagePreview`] keeps.
+pub const PREVIEW_CHARS: usize = 160;
+
+impl MessagePreview {
+    /// The preview of a message whose current text is `text` and whose log entry is `body`.
+    pub fn new(
+        seq: Seq,
+        sender: UserId,
+        ts: i64,
+        text: &str,
+        edited: bool,
+        deleted: bool,
+        body: &EntryBody,
+    ) -> MessagePreview {
+        let (cut, truncated) = match text.char_indices().nth(PREVIEW_CHARS) {
+            Some((at, _)) => (&text[..at], true),
+            None => (text, false),
+        };
+        let attachments = if deleted {
+            Vec::new()
+        } else {
+            body.attachments().iter().map(|a| a.content_type.clone()).collect()
+        };
+        MessagePreview {
+            seq,
+            sender,
+            ts,
+            text: cut.to_owned(),
+            truncated,
+            edited,
+            deleted,
+            attachments,
+        }
+    }
 }
 
 /// An invitation to join a group: what adding someone who shares no conversation with the

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_proto::{
-    Ack, Committed, ConversationId, ConversationKind, Entry, EntryBody, ErrorCode, NewEntry,
-    ReactionSummary, Receipt, Role, Seq, UserId,
+    Ack, Committed, ConversationId, ConversationKind, Entry, EntryBody, ErrorCode, MessagePreview,
+    NewEntry, PREVIEW_CHARS, ReactionSummary, Receipt, Role, Seq, UserId, rest::User,
 };
 use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
@@ -60,6 +60,7 @@ macro_rules! store_suite {
             set_cursors_is_monotonic_clamped_and_read_implies_delivered,
             conversations_most_recent_first_with_keyset_paging,
             memberships_list_every_conversation_of_the_user,
+            summaries_name_the_peer_and_preview_the_newest_message,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1220,6 +1221,64 @@ async fn conversations_most_recent_first_with_keyset_paging<S: Store>(f: Fixture
     }
     assert_eq!(paged, all);
     assert_eq!(s.conversations(p4, None, 100).await.expect("list").len(), 1);
+}
+
+async fn summaries_name_the_peer_and_preview_the_newest_message<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [a, b] = users(s, ["ann", "bob"]).await;
+    let (ab, _) = s.create_direct(a, b).await.expect("direct");
+    let peer_of = |u: UserId, handle: &str| Some(User { user_id: u, handle: handle.to_owned() });
+    let preview = |user: UserId, conv: ConversationId| async move {
+        s.conversation(user, conv).await.expect("summary").last_message
+    };
+    let (sa, sb) = (s.conversation(a, ab).await.unwrap(), s.conversation(b, ab).await.unwrap());
+    assert_eq!((sa.peer, sb.peer), (peer_of(b, "bob"), peer_of(a, "ann")));
+    assert_eq!(sa.last_message, None, "no message yet: `created` is not one");
+
+    let hi = send(s, ab, a, "c1", "hello").await;
+    let expected = MessagePreview {
+        seq: hi.seq,
+        sender: a,
+        ts: hi.ts,
+        text: "hello".to_owned(),
+        truncated: false,
+        edited: false,
+        deleted: false,
+        attachments: Vec::new(),
+    };
+    assert_eq!(preview(b, ab).await, Some(expected.clone()));
+    // Reactions are not messages: the preview stays on the message.
+    let react = NewEntry::Reaction { target: hi.seq, emoji: "+1".to_owned(), remove: false };
+    append(s, ab, b, "c2", react).await.expect("react");
+    assert_eq!(preview(a, ab).await, Some(expected));
+
+    // Long text is cut at a character boundary.
+    let long: String = "é".repeat(PREVIEW_CHARS + 40);
+    let l = send(s, ab, b, "c3", &long).await;
+    let p = preview(a, ab).await.expect("preview");
+    assert_eq!((p.seq, p.sender, p.truncated), (l.seq, b, true));
+    assert_eq!(p.text, "é".repeat(PREVIEW_CHARS));
+    // An edit shows in the preview; a deletion leaves a tombstone with no text.
+    let edit = NewEntry::Edit { target: l.seq, body: "short".to_owned() };
+    append(s, ab, b, "c4", edit).await.expect("edit");
+    let p = preview(a, ab).await.expect("preview");
+    assert_eq!((p.seq, p.text.as_str(), p.edited, p.truncated), (l.seq, "short", true, false));
+    append(s, ab, b, "c5", NewEntry::Delete { target: l.seq }).await.expect("delete");
+    let p = preview(a, ab).await.expect("preview");
+    assert_eq!((p.seq, p.text.as_str(), p.deleted), (l.seq, "", true));
+
+    // Attachments by content type; a group names no peer; the list carries the same.
+    s.create_media(new_media("m1", a, "s1", 10)).await.expect("media");
+    let g = group(s, a, "g", &[b]).await;
+    let pic = append(s, g, a, "c6", with_media("", &["m1"])).await.expect("send");
+    let listed = s.conversations(b, None, 10).await.expect("list");
+    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), [g, ab]);
+    assert_eq!(listed[0].peer, None);
+    let p = listed[0].last_message.clone().expect("preview");
+    assert_eq!((p.seq, p.text.as_str()), (pic.seq, ""));
+    assert_eq!(p.attachments, ["image/png"]);
+    assert_eq!(listed[1].peer, peer_of(a, "ann"));
+    assert_eq!(listed[1].last_message.as_ref().map(|p| p.seq), Some(l.seq));
 }
 
 async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>) {

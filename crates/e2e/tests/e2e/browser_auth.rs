@@ -1,7 +1,8 @@
 //! What a browser needs to reach a node: a single-use ticket for `EventSource`, which
 //! cannot send an `Authorization` header (`POST /v1/tickets`, then
-//! `GET /v1/events?ticket=`), CORS for the origins of `allowed_origins` only, and users
-//! looked up by id.
+//! `GET /v1/events?ticket=`), CORS for the origins of `allowed_origins` only, users
+//! looked up by id, and a conversation list that names the peer and previews the newest
+//! message.
 
 use natter_proto::rest::Ticket;
 use natter_testkit::{TestServer, within};
@@ -121,4 +122,23 @@ async fn users_are_looked_up_by_id() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let (status, _) = server.call(Method::GET, "/v1/users?ids=1", None, None::<&()>).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_conversation_list_names_the_peer_and_previews_the_newest_message() {
+    let server = TestServer::start().await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let conv = server.create_direct(&alice, &bob).await;
+    let ack = server.send_rest(&bob, conv, "c1", "see you at 6").await;
+    let page: serde_json::Value = server
+        .ok(Method::GET, "/v1/conversations", &alice.token, None::<&()>, StatusCode::OK)
+        .await;
+    let listed = &page["conversations"][0];
+    assert_eq!(listed["peer"], serde_json::json!({"user_id": bob.id.0, "handle": "bob"}));
+    assert_eq!(
+        listed["last_message"],
+        serde_json::json!({"seq": ack.seq, "sender": bob.id.0, "ts": ack.ts, "text": "see you at 6"})
+    );
+    assert_eq!(listed["unread"], 1);
+    server.stop().await;
 }

@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 
 use natter_proto::{
-    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessageState,
-    ReactionSummary, UserId, rest::Member,
+    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessagePreview,
+    MessageState, ReactionSummary, UserId,
+    rest::{Member, User},
 };
 use tokio_postgres::Row;
 
@@ -40,11 +41,43 @@ const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last
      m.delivered_seq, m.read_seq,
      (SELECT count(*) FROM entries e
       WHERE e.conversation_id = c.id AND e.seq > m.read_seq AND e.sender <> m.user_id
-        AND e.kind = 'message')";
+        AND e.kind = 'message'),
+     p.id, p.handle,
+     l.seq, l.sender, l.ts, l.text, l.edited, l.deleted, l.body";
 
-fn summary(r: &Row) -> ConversationSummary {
+/// The caller's membership, the conversation, the other member of a direct one, and the
+/// newest message.
+const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conversation_id
+     LEFT JOIN LATERAL (
+         SELECT u.id, u.handle FROM members pm JOIN users u ON u.id = pm.user_id
+         WHERE c.kind = 'direct' AND pm.conversation_id = c.id AND pm.user_id <> m.user_id
+         LIMIT 1) p ON true
+     LEFT JOIN LATERAL (
+         SELECT s.seq, s.sender, e.ts, s.body AS text, s.edited_seq IS NOT NULL AS edited,
+                s.deleted, e.body
+         FROM message_state s JOIN entries e
+           ON e.conversation_id = s.conversation_id AND e.seq = s.seq
+         WHERE s.conversation_id = c.id ORDER BY s.seq DESC LIMIT 1) l ON true";
+
+fn summary(r: &Row) -> PgResult<ConversationSummary> {
     let kind: &str = r.get(1);
-    ConversationSummary {
+    let peer = r.get::<_, Option<i64>>(9).map(|id| User { user_id: UserId(id), handle: r.get(10) });
+    let last_message = match r.get::<_, Option<i64>>(11) {
+        Some(seq) => {
+            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(17)).map_err(internal)?;
+            Some(MessagePreview::new(
+                seq as u64,
+                UserId(r.get(12)),
+                r.get(13),
+                r.get(14),
+                r.get(15),
+                r.get(16),
+                &body,
+            ))
+        }
+        None => None,
+    };
+    Ok(ConversationSummary {
         id: ConversationId(r.get(0)),
         kind: parse_conversation_kind(kind),
         title: r.get(2),
@@ -54,7 +87,9 @@ fn summary(r: &Row) -> ConversationSummary {
         delivered_seq: r.get::<_, i64>(6) as u64,
         read_seq: r.get::<_, i64>(7) as u64,
         unread: r.get::<_, i64>(8) as u64,
-    }
+        peer,
+        last_message,
+    })
 }
 
 pub(super) async fn conversation(
@@ -63,11 +98,10 @@ pub(super) async fn conversation(
     conv: ConversationId,
 ) -> PgResult<ConversationSummary> {
     let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM members m JOIN conversations c ON c.id = m.conversation_id
-         WHERE m.user_id = $1 AND m.conversation_id = $2"
+        "SELECT {SUMMARY_COLUMNS} {SUMMARY_FROM} WHERE m.user_id = $1 AND m.conversation_id = $2"
     );
     let row = query_opt(c, &sql, &[&user.0, &conv.0]).await?;
-    Ok(summary(&row.ok_or(StoreError::NotFound("conversation"))?))
+    summary(&row.ok_or(StoreError::NotFound("conversation"))?)
 }
 
 pub(super) async fn conversations(
@@ -80,12 +114,12 @@ pub(super) async fn conversations(
     // LIMIT NULL is no limit.
     let limit = limit.map(i64::from);
     let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM members m JOIN conversations c ON c.id = m.conversation_id
+        "SELECT {SUMMARY_COLUMNS} {SUMMARY_FROM}
          WHERE m.user_id = $1 AND (c.last_activity, c.id) < ($2, $3)
          ORDER BY c.last_activity DESC, c.id DESC LIMIT $4"
     );
     let rows = query(c, &sql, &[&user.0, &at, &id, &limit]).await?;
-    Ok(rows.iter().map(summary).collect())
+    rows.iter().map(summary).collect()
 }
 
 pub(super) async fn share_conversation(

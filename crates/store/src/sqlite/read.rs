@@ -1,10 +1,11 @@
 //! Reading queries, run on the reader pool.
 
 use natter_proto::{
-    ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessageState,
-    ReactionSummary, UserId, rest::Member,
+    ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody, Invitation,
+    MessagePreview, MessageState, ReactionSummary, UserId,
+    rest::{Member, User},
 };
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 
 use super::internal;
 use crate::codec::{parse_conversation_kind, parse_role};
@@ -59,9 +60,46 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
              WHERE conversation_id = ?1 AND seq > ?2 AND sender <> ?3 AND kind = 'message'",
         )?
         .query_row(params![id.0, read_seq as i64, user], |r| r.get(0))?;
+    let kind = parse_conversation_kind(&kind);
+    let peer = match kind {
+        ConversationKind::Direct => c
+            .prepare_cached(
+                "SELECT u.id, u.handle FROM members m JOIN users u ON u.id = m.user_id
+                 WHERE m.conversation_id = ?1 AND m.user_id <> ?2",
+            )?
+            .query_row(params![id.0, user], |r| {
+                Ok(User { user_id: UserId(r.get(0)?), handle: r.get(1)? })
+            })
+            .optional()?,
+        ConversationKind::Group => None,
+    };
+    let last_message = c
+        .prepare_cached(
+            "SELECT s.seq, s.sender, e.ts, s.body, s.edited_seq IS NOT NULL, s.deleted, e.body
+             FROM message_state s JOIN entries e
+               ON e.conversation_id = s.conversation_id AND e.seq = s.seq
+             WHERE s.conversation_id = ?1 ORDER BY s.seq DESC LIMIT 1",
+        )?
+        .query_row(params![id.0], |r| {
+            let text: String = r.get(3)?;
+            let body: String = r.get(6)?;
+            let body = serde_json::from_str(&body).map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(6, Type::Text, Box::new(err))
+            })?;
+            Ok(MessagePreview::new(
+                r.get::<_, i64>(0)? as u64,
+                UserId(r.get(1)?),
+                r.get(2)?,
+                &text,
+                r.get(4)?,
+                r.get(5)?,
+                &body,
+            ))
+        })
+        .optional()?;
     Ok(ConversationSummary {
         id,
-        kind: parse_conversation_kind(&kind),
+        kind,
         title: r.get(2)?,
         role: parse_role(&role),
         last_seq: r.get::<_, i64>(4)? as u64,
@@ -69,6 +107,8 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
         delivered_seq: r.get::<_, i64>(6)? as u64,
         read_seq,
         unread: unread as u64,
+        peer,
+        last_message,
     })
 }
 
@@ -252,9 +292,8 @@ pub(super) fn entries(
 
 fn entry_row(conv: ConversationId, r: &Row<'_>) -> rusqlite::Result<Entry> {
     let body_json: String = r.get(5)?;
-    let body: EntryBody = serde_json::from_str(&body_json).map_err(|err| {
-        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(err))
-    })?;
+    let body: EntryBody = serde_json::from_str(&body_json)
+        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(err)))?;
     let state = match &body {
         EntryBody::Message { .. } => Some(MessageState {
             body: r.get::<_, Option<String>>(6)?.unwrap_or_default(),

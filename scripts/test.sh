@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Natter's whole test suite: formatting, lints, unit tests, the store suite and the
-# end-to-end tests against real servers on 127.0.0.1. This is the README's test command and
+# Runs Natter's whole test suite: formatting, lints, unit tests, the store suite, the
+# end-to-end tests against real servers on 127.0.0.1, and the web client's and TypeScript
+# SDK's tests (Node, and Chromium driven by playwright-core). This is the README's test command and
 # what CI runs (.ci/run). Everything the tests need is installed and started from here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,12 @@ install_tools() {
         missing+=(redis-server)
     fi
     command -v haproxy >/dev/null || missing+=(haproxy)
+    # The web client and SDK tests: Node and npm, Debian's Chromium for playwright-core, and
+    # an emoji font so that reactions render in the screenshots.
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || missing+=(fonts-noto-color-emoji)
     if ((${#missing[@]})); then
         echo "== installing ${missing[*]}"
         apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
@@ -35,6 +42,11 @@ install_tools() {
 }
 
 install_tools
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if ((node_major < 20)); then
+    echo "Node.js 20 or newer is needed for web/ (found $(node --version))" >&2
+    exit 1
+fi
 
 # ---- moto, the S3-compatible server of the media tests (crates/e2e/tests/e2e/media_s3.rs) ----
 # From PyPI into a virtualenv kept between runs; each test starts its own server on a free
@@ -93,6 +105,20 @@ stop_postgres() {
 
 start_postgres
 
+# ---- The web client and the TypeScript SDK (web/, docs/web.md) ----
+# The server embeds the client built into crates/server/assets/web/; it must be what the
+# sources build, so it is built again here and compared with what is committed.
+echo "== web: npm ci, type checks, build"
+(cd web && npm ci --no-audit --no-fund --loglevel=error)
+(cd web && npm run --silent build -w sdk && npm run --silent typecheck -w app && npm run --silent build -w app)
+if ! git diff --quiet -- crates/server/assets/web \
+    || [[ -n "$(git ls-files --others --exclude-standard -- crates/server/assets/web)" ]]; then
+    echo "crates/server/assets/web is not what web/app builds:" >&2
+    git status --short -- crates/server/assets/web >&2
+    echo "run (cd web && npm run build -w app) and commit the result" >&2
+    exit 1
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -101,3 +127,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== web: SDK tests and browser tests (Chromium) against target/debug/natter"
+cargo build --locked -p natter-server
+(cd web && NATTER_BIN="$PWD/../target/debug/natter" npm test --silent)

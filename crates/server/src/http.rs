@@ -1,4 +1,5 @@
-//! The HTTP surface: REST under `/v1/`, the WebSocket upgrade, health and metrics.
+//! The HTTP surface: REST under `/v1/`, the WebSocket upgrade, health and metrics, and the
+//! web client at `/`.
 
 mod accounts;
 mod conversations;
@@ -7,6 +8,7 @@ mod invitations;
 mod media;
 mod poll;
 mod sse;
+mod webapp;
 
 use std::sync::Arc;
 
@@ -28,6 +30,8 @@ use crate::{auth, ws};
 pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
     let body_limit = state.cfg().limits.max_http_body_bytes;
     Router::new()
+        .route("/", get(webapp::index))
+        .route("/app/{file}", get(webapp::file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -25,4 +25,5 @@ mod rate_limits;
 mod receipts;
 mod smoke;
 mod typing;
+mod web_client;
 mod ws_protocol;

@@ -1,0 +1,326 @@
+// The web client in real headless Chromium (Debian's, driven by playwright-core) against the
+// real server binary: two users chat with typing, read marks and a reaction; one goes
+// offline, writes three messages and comes back; a reload and a browser restart keep the
+// conversation and the outbox; an image arrives as a thumbnail; two tabs share one server
+// session and closing the first hands over; a page on another origin is refused. The pages
+// reach the server through a test proxy that can refuse the live transports and writes (so
+// the outbox holds sends while pages still load). Screenshots go to NATTER_SCREENSHOTS
+// (default target/screenshots; docs/screenshots holds the committed ones).
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { deflateSync } from "node:zlib";
+import { chromium } from "playwright-core";
+import { HttpProxy } from "../../sdk/dist/testkit/proxies.js";
+import { TestServer } from "../../sdk/dist/testkit/server.js";
+
+const REPO = fileURLToPath(new URL("../../../", import.meta.url));
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SHOTS = process.env.NATTER_SCREENSHOTS ?? join(REPO, "target", "screenshots");
+const METRICS_TOKEN = "browser-test-metrics-token";
+const PASSWORD = "correct horse battery staple 42";
+const WAIT = 20_000;
+const ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+let server;
+let proxy;
+let browser;
+let bobDir;
+const contexts = {};
+const pages = {};
+let conv;
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  server = await TestServer.start(["--metrics-token", METRICS_TOKEN]);
+  proxy = await HttpProxy.start(server.url);
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+  bobDir = mkdtempSync(join(tmpdir(), "natter-chromium-bob-"));
+});
+
+after(async () => {
+  await contexts.bob?.close().catch(() => undefined);
+  await browser?.close();
+  await proxy?.stop();
+  await server?.stop();
+  if (bobDir) rmSync(bobDir, { recursive: true, force: true });
+});
+
+/** Bob's browser has a profile on disk, so that it can be closed and started again. */
+function launchBob() {
+  return chromium.launchPersistentContext(bobDir, { executablePath: CHROMIUM, args: ARGS, viewport: { width: 1100, height: 760 } });
+}
+
+function watchErrors(page, who) {
+  page.on("pageerror", (e) => console.error(`[${who}] page error: ${e.message}`));
+}
+
+async function connected(page) {
+  await page.waitForFunction(() => document.body.dataset.connection === "connected", null, { timeout: WAIT });
+}
+
+async function signUp(page, handle) {
+  await page.goto(proxy.url);
+  await page.fill("#handle", handle);
+  await page.fill("#password", PASSWORD);
+  await page.click("#register");
+  await page.waitForSelector(`#me:text-is("${handle}")`, { timeout: WAIT });
+  await connected(page);
+}
+
+/** The texts of the messages in the open chat, in order (pending ones included). */
+function texts(page) {
+  return page.$$eval("#messages .msg .text", (els) => els.map((e) => e.textContent));
+}
+
+async function waitText(page, text) {
+  await page.waitForFunction((t) => [...document.querySelectorAll("#messages .msg:not(.pending) .text")].some((e) => e.textContent === t), text, { timeout: WAIT });
+}
+
+async function send(page, text) {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+async function seqOf(page, text) {
+  return page.$$eval("#messages .msg:not(.pending)", (els, t) => Number(els.find((e) => e.querySelector(".text")?.textContent === t)?.dataset.seq), text);
+}
+
+async function sessions() {
+  const res = await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } });
+  const m = /^natter_connections (\d+)/m.exec(await res.text());
+  return Number(m?.[1]);
+}
+
+async function waitSessions(n) {
+  const deadline = Date.now() + WAIT;
+  let last;
+  while (Date.now() < deadline) {
+    last = await sessions();
+    if (last === n) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.fail(`server sessions: ${last}, wanted ${n}`);
+}
+
+/** Refuses the live transports and every write; pages, reads and history still load. */
+function blockLive(on) {
+  proxy.refuse = on ? (method, path, kind) => kind !== "http" || path.startsWith("/v1/poll") || path.startsWith("/v1/tickets") || (method !== "GET" && path.startsWith("/v1/")) : undefined;
+  if (on) {
+    proxy.end("ws");
+    proxy.end("sse");
+  }
+}
+
+function exactlyOnceInOrder(all, wanted) {
+  const got = all.filter((t) => wanted.includes(t));
+  assert.deepEqual(got, wanted, `each once, in order: ${JSON.stringify(all)}`);
+}
+
+describe("the web client in Chromium", () => {
+  it("two users register, open a direct chat, and exchange messages with typing, read marks and a reaction", async () => {
+    contexts.alice = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+    contexts.bob = await launchBob();
+    pages.alice = await contexts.alice.newPage();
+    pages.bob = contexts.bob.pages()[0] ?? (await contexts.bob.newPage());
+    watchErrors(pages.alice, "alice");
+    watchErrors(pages.bob, "bob");
+    await signUp(pages.alice, "alice");
+    await signUp(pages.bob, "bob");
+
+    const { alice, bob } = pages;
+    await alice.click("#new summary");
+    await alice.fill("#peer", "bob");
+    await alice.press("#peer", "Enter");
+    await alice.waitForSelector('#chat-title:has-text("bob")', { timeout: WAIT });
+    conv = Number(new URL(alice.url()).hash.match(/c=(\d+)/)?.[1]);
+    assert.ok(conv > 0, `the chat is open: ${alice.url()}`);
+    await send(alice, "hello bob");
+    await waitText(alice, "hello bob");
+
+    // Bob's list shows the chat with alice, its preview and an unread badge.
+    const item = bob.locator(`button.conv[data-conv="${conv}"]`);
+    await item.locator('.preview:has-text("hello bob")').waitFor({ timeout: WAIT });
+    await item.locator('.badge:text-is("1")').waitFor({ timeout: WAIT });
+    await item.click();
+    await waitText(bob, "hello bob");
+
+    // Bob read it: alice's message gets the read mark.
+    const helloSeq = await seqOf(alice, "hello bob");
+    await alice.locator(`#messages .msg.mine[data-seq="${helloSeq}"] .mark.read`).waitFor({ timeout: WAIT });
+
+    // Typing shows on the other side while bob types, and goes when he sends.
+    await bob.fill("#text", "hi al");
+    await bob.type("#text", "ice");
+    await alice.waitForSelector('#chat-sub:has-text("bob is typing")', { timeout: WAIT });
+    await alice.screenshot({ path: join(SHOTS, "typing.png") });
+    await bob.press("#text", "Enter");
+    await waitText(alice, "hi alice");
+    await alice.waitForFunction(() => !document.querySelector("#chat-sub")?.textContent?.includes("typing"), null, { timeout: WAIT });
+
+    // Bob reacts to alice's message from its actions.
+    await bob.click(`#messages .msg[data-seq="${helloSeq}"] .more`);
+    await bob.click('button[aria-label="React 👍"]');
+    await alice.locator(`#messages .msg[data-seq="${helloSeq}"] .reaction:has-text("👍 1")`).waitFor({ timeout: WAIT });
+    await alice.screenshot({ path: join(SHOTS, "chat.png") });
+  });
+
+  it("offline, three messages wait in the outbox; back online, the other sees them once, in order", async () => {
+    const { alice, bob } = pages;
+    await contexts.bob.setOffline(true);
+    await bob.waitForFunction(() => document.body.dataset.connection !== "connected", null, { timeout: WAIT });
+    await bob.locator("#banner:not([hidden])").waitFor({ timeout: WAIT });
+    for (const t of ["offline 1", "offline 2", "offline 3"]) await send(bob, t);
+    await bob.locator("#messages .msg.pending").nth(2).waitFor({ timeout: WAIT });
+    assert.equal(await bob.locator("#messages .msg.pending").count(), 3, "shown at once, as pending");
+    await bob.screenshot({ path: join(SHOTS, "offline.png") });
+    await contexts.bob.setOffline(false);
+    await waitText(alice, "offline 3");
+    await bob.locator("#messages .msg.pending").first().waitFor({ state: "detached", timeout: WAIT });
+    exactlyOnceInOrder(await texts(alice), ["offline 1", "offline 2", "offline 3"]);
+    exactlyOnceInOrder(await texts(bob), ["offline 1", "offline 2", "offline 3"]);
+  });
+
+  it("a reload and a browser restart keep the conversation and the outbox", async () => {
+    const { alice } = pages;
+    blockLive(true);
+    await pages.bob.waitForFunction(() => document.body.dataset.connection !== "connected", null, { timeout: WAIT });
+    await send(pages.bob, "kept across a reload");
+    await pages.bob.locator("#messages .msg.pending").waitFor({ timeout: WAIT });
+    await pages.bob.reload();
+    await pages.bob.waitForSelector(`#chat-title:has-text("alice")`, { timeout: WAIT });
+    await pages.bob.locator('#messages .msg.pending .text:text-is("kept across a reload")').waitFor({ timeout: WAIT });
+    await waitText(pages.bob, "hi alice");
+
+    // The whole browser goes; what it held in IndexedDB comes back with it.
+    await contexts.bob.close();
+    contexts.bob = await launchBob();
+    pages.bob = contexts.bob.pages()[0] ?? (await contexts.bob.newPage());
+    watchErrors(pages.bob, "bob");
+    await pages.bob.goto(`${proxy.url}/#c=${conv}`);
+    await pages.bob.locator('#messages .msg.pending .text:text-is("kept across a reload")').waitFor({ timeout: WAIT });
+    blockLive(false);
+    await waitText(alice, "kept across a reload");
+    await pages.bob.locator("#messages .msg.pending").waitFor({ state: "detached", timeout: WAIT });
+    exactlyOnceInOrder(await texts(alice), ["offline 3", "kept across a reload"]);
+  });
+
+  it("an image attachment shows as a thumbnail for the other user", async () => {
+    const { alice, bob } = pages;
+    await connected(bob);
+    await bob.setInputFiles("#file", { name: "gradient.png", mimeType: "image/png", buffer: png(400, 300) });
+    await bob.locator("#uploads .upload").waitFor({ timeout: WAIT });
+    await bob.screenshot({ path: join(SHOTS, "upload.png") });
+    await bob.fill("#text", "a picture");
+    await bob.press("#text", "Enter");
+    await waitText(alice, "a picture");
+    const img = alice.locator('#messages .msg:has(.text:text-is("a picture")) a.image img');
+    await img.waitFor({ timeout: WAIT });
+    assert.match(await img.getAttribute("src"), /\/v1\/media\/[^/]+\/thumbnail\?/);
+    await alice.waitForFunction((el) => el.complete && el.naturalWidth > 0, await img.elementHandle(), { timeout: WAIT });
+    const { w, h } = await img.evaluate((el) => ({ w: el.naturalWidth, h: el.naturalHeight }));
+    assert.ok(w > 0 && w <= 400 && h > 0 && h <= 300, `a thumbnail, not larger than the image: ${w}x${h}`);
+    await alice.screenshot({ path: join(SHOTS, "attachment.png") });
+  });
+
+  it("two tabs of one user hold one server session, and closing the first hands over", async () => {
+    const { bob } = pages;
+    await waitSessions(2);
+    const second = await contexts.alice.newPage();
+    watchErrors(second, "alice, tab 2");
+    await second.goto(`${proxy.url}/#c=${conv}`);
+    await connected(second);
+    assert.equal(await second.textContent("#shared"), "shared by this browser's tabs");
+    await waitText(second, "a picture");
+    await waitSessions(2);
+    await pages.alice.close();
+    pages.alice = second;
+    await send(bob, "after the first tab closed");
+    await waitText(second, "after the first tab closed");
+    assert.equal(await sessions(), 2, "still one session for alice and one for bob");
+    // A phone-sized window: one column, the chat with a back button.
+    await second.setViewportSize({ width: 390, height: 780 });
+    await second.screenshot({ path: join(SHOTS, "phone-chat.png") });
+    await second.click("#back");
+    await second.screenshot({ path: join(SHOTS, "phone-list.png") });
+  });
+
+  it("a page on another origin is refused", async () => {
+    const other = createServer((_, res) => res.end("<!doctype html><title>elsewhere</title>"));
+    await new Promise((r) => other.listen(0, "127.0.0.1", r));
+    try {
+      const page = await contexts.alice.newPage();
+      await page.goto(`http://localhost:${other.address().port}/`);
+      const token = (await (await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ handle: "alice", password: PASSWORD }) })).json()).token;
+      const result = await page.evaluate(
+        async ({ base, token }) => {
+          const ws = await new Promise((resolve) => {
+            const s = new WebSocket(base.replace("http", "ws") + "/v1/ws");
+            s.onopen = () => resolve("open");
+            s.onclose = (e) => resolve(`closed ${e.code}`);
+          });
+          const rest = await fetch(`${base}/v1/me`, { headers: { authorization: `Bearer ${token}` } }).then(
+            (r) => `answered ${r.status}`,
+            (e) => `blocked: ${e.name}`,
+          );
+          return { ws, rest };
+        },
+        { base: server.url, token },
+      );
+      assert.deepEqual(result, { ws: "closed 1006", rest: "blocked: TypeError" });
+      await page.close();
+    } finally {
+      other.close();
+    }
+  });
+});
+
+/** A `w`×`h` RGB PNG (a gradient), made here so the test needs no image files. */
+function png(w, h) {
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    raw[y * (w * 3 + 1)] = 0;
+    for (let x = 0; x < w; x++) {
+      const at = y * (w * 3 + 1) + 1 + x * 3;
+      raw[at] = (x * 255) / w;
+      raw[at + 1] = (y * 255) / h;
+      raw[at + 2] = 160;
+    }
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, "latin1"), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8;
+  ihdr[9] = 2;
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", ihdr), chunk("IDAT", deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
+}
+
+function crc32(buf) {
+  let c = ~0;
+  for (const b of buf) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}

@@ -1,0 +1,510 @@
+/**
+ * REST calls under `/v1/` (docs/protocol.md, "REST under /v1/" and "Media"): accounts and
+ * sessions, conversations and members, invitations, history pages, cursors, tickets, the
+ * long-poll request and media uploads. Stateless request/response; the live side is
+ * {@link Client}. The token is sent as `Authorization: Bearer …` and never logged.
+ */
+import { backoffDelay } from "./backoff.js";
+import { NatterError } from "./errors.js";
+import type {
+  Ack,
+  AddedMember,
+  ConversationId,
+  ConversationPage,
+  ConversationSummary,
+  CreatedConversation,
+  Cursors,
+  EntryPage,
+  ErrorBody,
+  HistoryRange,
+  Invitation,
+  Me,
+  Media,
+  Member,
+  NewEntry,
+  PollResponse,
+  PresenceSubscribed,
+  Receipt,
+  Role,
+  Seq,
+  Session,
+  Status,
+  SyncResponse,
+  Ticket,
+  UploadCreated,
+  User,
+  UserId,
+} from "./types.js";
+
+/** The parts of a `fetch` Response the SDK reads. */
+export interface FetchResponseLike {
+  readonly status: number;
+  readonly ok: boolean;
+  readonly headers: { get(name: string): string | null };
+  text(): Promise<string>;
+  arrayBuffer(): Promise<ArrayBuffer>;
+}
+
+export interface FetchInitLike {
+  method?: string;
+  headers?: Record<string, string>;
+  body?: string | Uint8Array;
+  signal?: AbortSignal;
+}
+
+/** A `fetch` (the global one by default). */
+export type FetchLike = (url: string, init?: FetchInitLike) => Promise<FetchResponseLike>;
+
+/** What a resumable upload reads from: bytes in memory, or a Blob/File (browsers). */
+export type UploadSource =
+  | Uint8Array
+  | { readonly size: number; slice(start: number, end: number): { arrayBuffer(): Promise<ArrayBuffer> } };
+
+export interface UploadOptions {
+  /** The declared type; the server sniffs the bytes and refuses a contradiction. */
+  contentType?: string;
+  name?: string;
+  signal?: AbortSignal;
+  /** Called with the bytes the server holds so far and the total. */
+  onProgress?: (sent: number, total: number) => void;
+}
+
+export interface ResumableUploadOptions extends UploadOptions {
+  /** Bytes per `PATCH` (and held in memory at once); default 4 MiB as the Rust SDK. */
+  chunkBytes?: number;
+  /** Failed attempts in a row (no byte got through) before giving up; default 8. */
+  maxFailures?: number;
+}
+
+export interface PollRequest {
+  stream?: number;
+  cursors: Cursors;
+  timeout_ms?: number;
+  limit?: number;
+}
+
+export const UPLOAD_CHUNK = 4 * 1024 * 1024;
+const UPLOAD_BACKOFF = { initialMs: 50, maxMs: 2_000, stableAfterMs: 10_000 };
+
+function defaultFetch(): FetchLike {
+  const f = (globalThis as { fetch?: FetchLike }).fetch;
+  if (!f) throw new Error("no global fetch: pass `fetch` in the options");
+  return f.bind(globalThis);
+}
+
+function abortError(): NatterError {
+  return new NatterError("aborted", "the request was aborted");
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(abortError());
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(abortError());
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** The error an unsuccessful answer carries. */
+async function refusal(res: FetchResponseLike): Promise<NatterError> {
+  const text = await res.text().catch(() => "");
+  try {
+    const body = JSON.parse(text) as ErrorBody;
+    if (typeof body.code === "string") return NatterError.server(body, res.status);
+  } catch {
+    // Not the server's error shape: described below.
+  }
+  return new NatterError("protocol", `HTTP ${res.status}: ${text.slice(0, 200)}`, undefined, res.status);
+}
+
+function uploadOffset(res: FetchResponseLike): number {
+  const v = Number(res.headers.get("upload-offset"));
+  if (!Number.isSafeInteger(v) || v < 0) throw new NatterError("protocol", "no Upload-Offset in the answer");
+  return v;
+}
+
+async function readChunk(source: UploadSource, start: number, end: number): Promise<Uint8Array> {
+  if (source instanceof Uint8Array) return source.subarray(start, end);
+  return new Uint8Array(await source.slice(start, end).arrayBuffer());
+}
+
+function sourceSize(source: UploadSource): number {
+  return source instanceof Uint8Array ? source.byteLength : source.size;
+}
+
+/** A REST client for one server, with or without a token. Cheap to copy. */
+export class Api {
+  readonly baseUrl: string;
+  readonly #token: string | undefined;
+  private readonly fetchImpl: FetchLike;
+
+  /** A client for the server at `baseUrl` (`http://host:port` or `https://…`). */
+  constructor(baseUrl: string, options: { token?: string; fetch?: FetchLike } = {}) {
+    this.baseUrl = baseUrl.replace(/\/+$/, "");
+    if (!/^https?:\/\//.test(this.baseUrl)) throw new Error(`base url must start with http:// or https://`);
+    this.#token = options.token;
+    this.fetchImpl = options.fetch ?? defaultFetch();
+  }
+
+  /** The same server, authenticated with `token`. */
+  withToken(token: string): Api {
+    return new Api(this.baseUrl, { token, fetch: this.fetchImpl });
+  }
+
+  /** Never shows the token. */
+  toJSON(): { baseUrl: string; token: string | undefined } {
+    return { baseUrl: this.baseUrl, token: this.#token === undefined ? undefined : "…" };
+  }
+
+  // --- plumbing ---------------------------------------------------------------------
+
+  /** One HTTP request with the token; network failures become `kind: "network"`. */
+  async raw(
+    method: string,
+    path: string,
+    init: { query?: Record<string, string | number | undefined>; body?: string | Uint8Array; headers?: Record<string, string>; signal?: AbortSignal } = {},
+  ): Promise<FetchResponseLike> {
+    let url = `${this.baseUrl}${path}`;
+    if (init.query) {
+      const q = new URLSearchParams();
+      for (const [k, v] of Object.entries(init.query)) if (v !== undefined) q.set(k, String(v));
+      const text = q.toString();
+      if (text) url += `?${text}`;
+    }
+    const headers: Record<string, string> = { ...init.headers };
+    if (this.#token !== undefined) headers["authorization"] = `Bearer ${this.#token}`;
+    const req: FetchInitLike = { method, headers };
+    if (init.body !== undefined) req.body = init.body;
+    if (init.signal) req.signal = init.signal;
+    try {
+      return await this.fetchImpl(url, req);
+    } catch (err) {
+      if (init.signal?.aborted) throw abortError();
+      throw new NatterError("network", `${method} ${path}: ${(err as Error)?.message ?? String(err)}`);
+    }
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown, query?: Record<string, string | number | undefined>, signal?: AbortSignal): Promise<T> {
+    const init: Parameters<Api["raw"]>[2] = {};
+    if (query) init.query = query;
+    if (signal) init.signal = signal;
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers = { "content-type": "application/json" };
+    }
+    const res = await this.raw(method, path, init);
+    if (!res.ok) throw await refusal(res);
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (err) {
+      if (signal?.aborted) throw abortError();
+      throw new NatterError("network", `${method} ${path}: reading the answer failed: ${(err as Error)?.message}`);
+    }
+    if (res.status === 204 || text === "") return undefined as T;
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new NatterError("protocol", `${path}: answer does not parse`);
+    }
+  }
+
+  // --- accounts -----------------------------------------------------------------------
+
+  /** `POST /v1/accounts`. */
+  register(handle: string, password: string): Promise<User> {
+    return this.call("POST", "/v1/accounts", { handle, password });
+  }
+
+  /** `POST /v1/sessions`: logs one device in; the token is in the answer (shown once). */
+  login(handle: string, password: string, device?: string): Promise<Session> {
+    return this.call("POST", "/v1/sessions", device === undefined ? { handle, password } : { handle, password, device });
+  }
+
+  /** Registers `handle` unless it exists already, then logs in. */
+  async registerOrLogin(handle: string, password: string, device?: string): Promise<Session> {
+    try {
+      await this.register(handle, password);
+    } catch (err) {
+      if (!(err instanceof NatterError && err.code === "conflict")) throw err;
+    }
+    return this.login(handle, password, device);
+  }
+
+  /** `DELETE /v1/sessions/current`: revokes this client's token. */
+  logout(): Promise<void> {
+    return this.call("DELETE", "/v1/sessions/current");
+  }
+
+  /** `GET /v1/me`. */
+  me(signal?: AbortSignal): Promise<Me> {
+    return this.call("GET", "/v1/me", undefined, undefined, signal);
+  }
+
+  /** `GET /v1/users/{handle}`. */
+  user(handle: string): Promise<User> {
+    return this.call("GET", `/v1/users/${encodeURIComponent(handle)}`);
+  }
+
+  /** `GET /v1/users?ids=`: those that exist, in the order asked (at most 100 ids). */
+  async users(ids: UserId[]): Promise<User[]> {
+    const res = await this.call<{ users: User[] }>("GET", "/v1/users", undefined, { ids: ids.join(",") });
+    return res.users;
+  }
+
+  // --- conversations ------------------------------------------------------------------
+
+  /** `POST /v1/conversations`: the direct conversation with `peer` (the existing one, if any). */
+  createDirect(peer: UserId): Promise<ConversationSummary> {
+    return this.call("POST", "/v1/conversations", { kind: "direct", peer });
+  }
+
+  /** `POST /v1/conversations`: a group; contacts among `members` join, others are invited. */
+  createGroup(title: string, members: UserId[] = []): Promise<CreatedConversation> {
+    return this.call("POST", "/v1/conversations", { kind: "group", title, members });
+  }
+
+  /** `GET /v1/conversations`: most recent activity first; pass `next` as `before`. */
+  conversations(page: { limit?: number | undefined; before?: string | undefined } = {}): Promise<ConversationPage> {
+    return this.call("GET", "/v1/conversations", undefined, { limit: page.limit, before: page.before });
+  }
+
+  /** Every conversation, page after page. */
+  async *allConversations(limit?: number): AsyncGenerator<ConversationSummary> {
+    let before: string | undefined;
+    for (;;) {
+      const page = await this.conversations(before === undefined ? { limit } : { limit, before });
+      yield* page.conversations;
+      if (!page.next) return;
+      before = page.next;
+    }
+  }
+
+  /** `GET /v1/conversations/{id}`. */
+  conversation(conv: ConversationId): Promise<ConversationSummary> {
+    return this.call("GET", `/v1/conversations/${conv}`);
+  }
+
+  /** `PATCH /v1/conversations/{id}`: renames a group. */
+  setTitle(conv: ConversationId, title: string): Promise<Ack> {
+    return this.call("PATCH", `/v1/conversations/${conv}`, { title });
+  }
+
+  /** `GET /v1/conversations/{id}/members`. */
+  members(conv: ConversationId): Promise<Member[]> {
+    return this.call("GET", `/v1/conversations/${conv}/members`);
+  }
+
+  /** `POST /v1/conversations/{id}/members`: added at once (a contact) or invited. */
+  async addMember(conv: ConversationId, user: UserId, role?: Role): Promise<AddedMember> {
+    const res = await this.raw("POST", `/v1/conversations/${conv}/members`, {
+      body: JSON.stringify(role === undefined ? { user_id: user } : { user_id: user, role }),
+      headers: { "content-type": "application/json" },
+    });
+    if (!res.ok) throw await refusal(res);
+    const body = JSON.parse(await res.text()) as Ack | Invitation;
+    return res.status === 202 ? { added: false, invitation: body as Invitation } : { added: true, ack: body as Ack };
+  }
+
+  /** `PATCH /v1/conversations/{id}/members/{user}`. */
+  setRole(conv: ConversationId, user: UserId, role: Role): Promise<Ack> {
+    return this.call("PATCH", `/v1/conversations/${conv}/members/${user}`, { role });
+  }
+
+  /** `DELETE /v1/conversations/{id}/members/{user}`: removes a member (yourself: leave). */
+  removeMember(conv: ConversationId, user: UserId): Promise<Ack> {
+    return this.call("DELETE", `/v1/conversations/${conv}/members/${user}`);
+  }
+
+  /** `GET /v1/invitations`: the caller's pending invitations, oldest first. */
+  async invitations(): Promise<Invitation[]> {
+    return (await this.call<{ invitations: Invitation[] }>("GET", "/v1/invitations")).invitations;
+  }
+
+  /** `POST /v1/invitations/{id}/accept`: joins the group. */
+  acceptInvitation(conv: ConversationId): Promise<Ack> {
+    return this.call("POST", `/v1/invitations/${conv}/accept`);
+  }
+
+  /** `DELETE /v1/invitations/{id}`: declines it. */
+  declineInvitation(conv: ConversationId): Promise<void> {
+    return this.call("DELETE", `/v1/invitations/${conv}`);
+  }
+
+  // --- the log ------------------------------------------------------------------------
+
+  /** `GET /v1/conversations/{id}/entries`: one page, ascending `seq`; `{}` is the latest. */
+  history(conv: ConversationId, range: HistoryRange = {}, limit?: number, signal?: AbortSignal): Promise<EntryPage> {
+    return this.call("GET", `/v1/conversations/${conv}/entries`, undefined, { before: range.before, after: range.after, limit }, signal);
+  }
+
+  /** `POST /v1/conversations/{id}/entries`: one append, idempotent by `client_msg_id`. */
+  postEntry(conv: ConversationId, clientMsgId: string, entry: NewEntry): Promise<Ack> {
+    return this.call("POST", `/v1/conversations/${conv}/entries`, { client_msg_id: clientMsgId, ...entry });
+  }
+
+  /** `PUT /v1/conversations/{id}/cursors`. */
+  setCursors(conv: ConversationId, cursors: { delivered_seq?: Seq; read_seq?: Seq }): Promise<void> {
+    return this.call("PUT", `/v1/conversations/${conv}/cursors`, cursors);
+  }
+
+  /** `GET /v1/conversations/{id}/receipts`: every member's cursors. */
+  async receipts(conv: ConversationId): Promise<Receipt[]> {
+    return (await this.call<{ receipts: Receipt[] }>("GET", `/v1/conversations/${conv}/receipts`)).receipts;
+  }
+
+  /** `POST /v1/sync`: one bounded reply (sync again while `more`). */
+  sync(cursors: Cursors, limit?: number): Promise<SyncResponse> {
+    return this.call("POST", "/v1/sync", limit === undefined ? { cursors } : { cursors, limit });
+  }
+
+  /** `POST /v1/conversations/{id}/typing`. */
+  typing(conv: ConversationId, typing: boolean): Promise<void> {
+    return this.call("POST", `/v1/conversations/${conv}/typing`, { typing });
+  }
+
+  // --- HTTP streams -------------------------------------------------------------------
+
+  /** `POST /v1/tickets`: one use of `GET /v1/events?ticket=`, good for 30 s. */
+  ticket(signal?: AbortSignal): Promise<Ticket> {
+    return this.call("POST", "/v1/tickets", undefined, undefined, signal);
+  }
+
+  /** `POST /v1/poll`. */
+  poll(req: PollRequest, signal?: AbortSignal): Promise<PollResponse> {
+    return this.call("POST", "/v1/poll", req, undefined, signal);
+  }
+
+  /** `PUT /v1/streams/{id}/presence`: an SSE or long-poll session's presence watch list. */
+  streamPresence(sessionId: number, users: UserId[]): Promise<PresenceSubscribed> {
+    return this.call("PUT", `/v1/streams/${sessionId}/presence`, { users });
+  }
+
+  /** `PUT /v1/streams/{id}/status`. */
+  streamStatus(sessionId: number, status: Status): Promise<void> {
+    return this.call("PUT", `/v1/streams/${sessionId}/status`, { status });
+  }
+
+  // --- media --------------------------------------------------------------------------
+
+  /** `POST /v1/media`: uploads `bytes` in one request. */
+  async upload(bytes: Uint8Array, options: UploadOptions = {}): Promise<Media> {
+    const headers: Record<string, string> = {};
+    if (options.contentType) headers["content-type"] = options.contentType;
+    options.onProgress?.(0, bytes.byteLength);
+    const init: Parameters<Api["raw"]>[2] = { body: bytes, headers, query: { filename: options.name } };
+    if (options.signal) init.signal = options.signal;
+    const res = await this.raw("POST", "/v1/media", init);
+    if (!res.ok) throw await refusal(res);
+    const media = JSON.parse(await res.text()) as Media;
+    options.onProgress?.(bytes.byteLength, bytes.byteLength);
+    return media;
+  }
+
+  /**
+   * Uploads resumably: `POST /v1/media/uploads`, then `PATCH`es of `chunkBytes`; after a
+   * broken connection it asks the server where the upload stands (`HEAD`, `Upload-Offset`)
+   * and goes on from there, giving up after `maxFailures` failures in a row. An abort drops
+   * the unfinished upload on the server (best effort).
+   */
+  async uploadResumable(source: UploadSource, options: ResumableUploadOptions = {}): Promise<Media> {
+    const { signal } = options;
+    const length = sourceSize(source);
+    const chunk = Math.max(1, options.chunkBytes ?? UPLOAD_CHUNK);
+    const maxFailures = options.maxFailures ?? 8;
+    const created = await this.call<UploadCreated>("POST", "/v1/media/uploads", {
+      length,
+      ...(options.contentType ? { content_type: options.contentType } : {}),
+      ...(options.name ? { name: options.name } : {}),
+    }, undefined, signal);
+    const path = `/v1/media/uploads/${encodeURIComponent(created.id)}`;
+    let offset = created.offset;
+    let failures = 0;
+    try {
+      for (;;) {
+        options.onProgress?.(offset, length);
+        const bytes = await readChunk(source, offset, Math.min(offset + chunk, length));
+        let failed: NatterError | undefined;
+        try {
+          const init: Parameters<Api["raw"]>[2] = {
+            body: bytes,
+            headers: { "upload-offset": String(offset), "content-type": "application/offset+octet-stream" },
+          };
+          if (signal) init.signal = signal;
+          const res = await this.raw("PATCH", path, init);
+          if (res.status === 201) {
+            const media = JSON.parse(await res.text()) as Media;
+            options.onProgress?.(length, length);
+            return media;
+          }
+          if (res.status === 204) {
+            offset = uploadOffset(res);
+            failures = 0;
+            continue;
+          }
+          // A conflict: the offset moved (an earlier PATCH landed after all); ask.
+          if (res.status !== 409) throw await refusal(res);
+          await res.text().catch(() => "");
+          failed = new NatterError("protocol", "upload keeps conflicting");
+        } catch (err) {
+          if (!(err instanceof NatterError) || err.kind !== "network") throw err;
+          failed = err;
+        }
+        failures += 1;
+        if (failures >= maxFailures) throw failed;
+        await sleep(backoffDelay(UPLOAD_BACKOFF, failures), signal);
+        let res: FetchResponseLike;
+        try {
+          res = await this.raw("HEAD", path, signal ? { signal } : {});
+        } catch (err) {
+          if (err instanceof NatterError && err.kind === "network") continue; // still unreachable
+          throw err;
+        }
+        if (res.ok) {
+          const now = uploadOffset(res);
+          if (now > offset) failures = 0;
+          offset = now;
+        } else if (res.status === 404) {
+          throw NatterError.server({ code: "not_found", message: "the upload is gone; start again" }, 404);
+        } else {
+          throw await refusal(res);
+        }
+      }
+    } catch (err) {
+      if (err instanceof NatterError && err.kind === "aborted") {
+        this.raw("DELETE", path).catch(() => undefined);
+      }
+      throw err;
+    }
+  }
+
+  /** `DELETE /v1/media/uploads/{id}`: drops an unfinished upload. */
+  cancelUpload(id: string): Promise<void> {
+    return this.call("DELETE", `/v1/media/uploads/${encodeURIComponent(id)}`);
+  }
+
+  /** `GET /v1/media/{id}`: the media with freshly signed URLs (and `sha256`). */
+  media(id: string): Promise<Media> {
+    return this.call("GET", `/v1/media/${encodeURIComponent(id)}`);
+  }
+
+  /** Downloads a signed URL (an attachment's `url`, relative to the server) whole. */
+  async download(url: string, signal?: AbortSignal): Promise<Uint8Array> {
+    const full = /^https?:\/\//.test(url) ? url : `${this.baseUrl}${url}`;
+    let res: FetchResponseLike;
+    try {
+      res = await this.fetchImpl(full, signal ? { signal } : {});
+    } catch (err) {
+      if (signal?.aborted) throw abortError();
+      throw new NatterError("network", `download: ${(err as Error)?.message}`);
+    }
+    if (!res.ok) throw await refusal(res);
+    return new Uint8Array(await res.arrayBuffer());
+  }
+}

@@ -598,42 +598,56 @@ function watchPresence(force = false): void {
 
 // ---- sending -----------------------------------------------------------------------------
 
-async function submit(): Promise<void> {
+/** Sends in the order they were written, whatever each waits for (uploads, the save). */
+let sending: Promise<void> = Promise.resolve();
+
+function submit(): void {
   const conv = state.open;
   const live = state.live;
   if (conv === undefined || !live) return;
   const box = byId<HTMLTextAreaElement>("text");
   const text = box.value.trim();
-  if (state.editing !== undefined) {
-    if (text) await live.call("enqueue", conv, { kind: "edit", target: state.editing, body: text });
-    state.editing = undefined;
-    box.value = "";
-    render(true);
-    return;
-  }
-  if (state.uploads.some((u) => !u.media && !u.error)) {
-    byId("composer-note").textContent = "Sending when the uploads finish…";
-    await Promise.all(state.uploads.map((u) => u.done));
-  }
-  const attachments = state.uploads.flatMap((u) => (u.media ? [u.media.id] : []));
-  if (!text && !attachments.length) return;
-  const entry = {
-    kind: "message" as const,
-    body: text,
-    ...(state.replyTo !== undefined ? { reply_to: state.replyTo } : {}),
-    ...(attachments.length ? { attachments } : {}),
-  };
-  const id = await live.call("enqueue", conv, entry);
-  // Shown at once; the entry replaces it when it arrives.
-  state.pending.set(id, { client_msg_id: id, conversation: conv, entry });
-  state.uploads.forEach((u) => u.preview && URL.revokeObjectURL(u.preview));
-  state.uploads = [];
-  state.replyTo = undefined;
+  // What the composer holds now is this message: the next one may be typed while it is saved.
   box.value = "";
   state.lastTypingSent = 0;
+  if (state.editing !== undefined) {
+    const target = state.editing;
+    state.editing = undefined;
+    render(false);
+    if (text) sending = sending.then(() => void live.call("enqueue", conv, { kind: "edit", target, body: text }));
+    return;
+  }
+  const uploads = state.uploads;
+  const replyTo = state.replyTo;
+  if (!text && !uploads.some((u) => !u.error)) return;
+  state.uploads = [];
+  state.replyTo = undefined;
   void live.call("typing", conv, false).catch(() => undefined);
-  byId("composer-note").textContent = "";
   render(true);
+  sending = sending
+    .then(async () => {
+      if (uploads.some((u) => !u.media && !u.error)) {
+        byId("composer-note").textContent = "Sending when the uploads finish…";
+        await Promise.all(uploads.map((u) => u.done));
+        byId("composer-note").textContent = "";
+      }
+      const attachments = uploads.flatMap((u) => (u.media ? [u.media.id] : []));
+      uploads.forEach((u) => u.preview && URL.revokeObjectURL(u.preview));
+      if (!text && !attachments.length) return;
+      const entry = {
+        kind: "message" as const,
+        body: text,
+        ...(replyTo !== undefined ? { reply_to: replyTo } : {}),
+        ...(attachments.length ? { attachments } : {}),
+      };
+      const id = await live.call("enqueue", conv, entry);
+      // Shown at once; the entry replaces it when it arrives.
+      state.pending.set(id, { client_msg_id: id, conversation: conv, entry });
+      renderMessages(true);
+    })
+    .catch((err: Error) => {
+      byId("composer-note").textContent = `Not sent: ${err.message}`;
+    });
 }
 
 function typed(): void {
@@ -1038,12 +1052,12 @@ function bindStatic(): void {
   const text = byId<HTMLTextAreaElement>("text");
   byId("composer").addEventListener("submit", (e) => {
     e.preventDefault();
-    void submit();
+    submit();
   });
   text.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
-      void submit();
+      submit();
     } else if (e.key === "Escape") cancelContext();
   });
   text.addEventListener("input", typed);

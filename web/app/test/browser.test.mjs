@@ -1,8 +1,9 @@
 // The web client in real headless Chromium (Debian's, driven by playwright-core) against the
 // real server binary: two users chat with typing, read marks and a reaction; one goes
 // offline, writes three messages and comes back; a reload and a browser restart keep the
-// conversation and the outbox; an image arrives as a thumbnail; two tabs share one server
-// session and closing the first hands over; a page on another origin is refused. The pages
+// conversation and the outbox; an image arrives as a thumbnail; replies, edits and deletions
+// show on the other side; older history loads on scroll; two tabs share one server session
+// and closing the first hands over; a page on another origin is refused. The pages
 // reach the server through a test proxy that can refuse the live transports and writes (so
 // the outbox holds sends while pages still load). Screenshots go to NATTER_SCREENSHOTS
 // (default target/screenshots; docs/screenshots holds the committed ones).
@@ -236,6 +237,67 @@ describe("the web client in Chromium", () => {
     await alice.screenshot({ path: join(SHOTS, "attachment.png") });
   });
 
+  it("a reply quotes its message, and an edit and a deletion show on the other side", async () => {
+    const { alice, bob } = pages;
+    await connected(alice);
+    const helloSeq = await seqOf(bob, "hello bob");
+    await bob.click(`#messages .msg[data-seq="${helloSeq}"] .more`);
+    await bob.click('#messages .actions button:text-is("Reply")');
+    await bob.locator('#context .quote:has-text("hello bob")').waitFor({ timeout: WAIT });
+    await send(bob, "a reply");
+    const reply = alice.locator('#messages .msg:has(.text:text-is("a reply"))');
+    await reply.locator('.quote:has-text("hello bob")').waitFor({ timeout: WAIT });
+
+    await alice.click(`#messages .msg[data-seq="${helloSeq}"] .more`);
+    await alice.click('#messages .actions button:text-is("Edit")');
+    assert.equal(await alice.inputValue("#text"), "hello bob", "the composer holds the text to edit");
+    await alice.fill("#text", "hello, bob");
+    await alice.press("#text", "Enter");
+    const theirs = bob.locator(`#messages .msg[data-seq="${helloSeq}"]`);
+    await theirs.locator('.text:text-is("hello, bob")').waitFor({ timeout: WAIT });
+    await theirs.locator(".edited").waitFor({ timeout: WAIT });
+
+    alice.once("dialog", (d) => void d.accept());
+    await alice.click(`#messages .msg[data-seq="${helloSeq}"] .more`);
+    await alice.click('#messages .actions button:text-is("Delete")');
+    await bob.locator(`#messages .msg.deleted[data-seq="${helloSeq}"]`).waitFor({ timeout: WAIT });
+    assert.equal(await theirs.locator(".text").count(), 0, "a deleted message keeps no text");
+    await bob.locator('#messages .msg:has(.text:text-is("a reply")) .quote:has-text("deleted message")').waitFor({ timeout: WAIT });
+  });
+
+  it("older history loads as the chat scrolls up, each message once, in order", async () => {
+    const { bob } = pages;
+    const login = await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ handle: "alice", password: PASSWORD }) });
+    const { token } = await login.json();
+    const call = async (method, path, body) => {
+      const res = await fetch(`${server.url}${path}`, { method, headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify(body) });
+      assert.ok(res.ok, `${method} ${path}: ${res.status}`);
+      return res.json();
+    };
+    const bobId = (await (await fetch(`${server.url}/v1/users/bob`, { headers: { authorization: `Bearer ${token}` } })).json()).user_id;
+    const group = await call("POST", "/v1/conversations", { kind: "group", title: "history", members: [bobId] });
+    const wanted = Array.from({ length: 120 }, (_, k) => `history ${k}`);
+    for (const [k, body] of wanted.entries()) await call("POST", `/v1/conversations/${group.id}/entries`, { client_msg_id: `h${k}`, kind: "message", body });
+
+    await bob.locator(`button.conv[data-conv="${group.id}"] .preview:has-text("history 119")`).waitFor({ timeout: WAIT });
+    await bob.click(`button.conv[data-conv="${group.id}"]`);
+    await waitText(bob, "history 119");
+    assert.ok((await texts(bob)).length < 120, "the chat opens on its latest page");
+    // Scrolling to the top loads the page before, until the first message.
+    await bob.waitForFunction(
+      () => {
+        const box = document.querySelector("#messages");
+        box.scrollTop = 0;
+        box.dispatchEvent(new Event("scroll"));
+        return [...box.querySelectorAll(".msg .text")].some((e) => e.textContent === "history 0");
+      },
+      null,
+      { timeout: WAIT, polling: 100 },
+    );
+    exactlyOnceInOrder(await texts(bob), wanted);
+    await bob.locator('#messages .note:has-text("created the group")').waitFor({ timeout: WAIT });
+  });
+
   it("two tabs of one user hold one server session, and closing the first hands over", async () => {
     const { bob } = pages;
     await waitSessions(2);
@@ -248,6 +310,8 @@ describe("the web client in Chromium", () => {
     await waitSessions(2);
     await pages.alice.close();
     pages.alice = second;
+    await bob.click(`button.conv[data-conv="${conv}"]`);
+    await waitText(bob, "a picture");
     await send(bob, "after the first tab closed");
     await waitText(second, "after the first tab closed");
     assert.equal(await sessions(), 2, "still one session for alice and one for bob");

@@ -18,7 +18,9 @@
 #             over and over beside it (each upload is hashed and staged whole).
 # Each report goes to OUT_DIR as JSON; the script prints the figures. Sizes from the
 # environment: UPLOADERS (8), FILES (4), SIZE_MIB (32), PAIRS (50), RATE (1000), SECS (10),
-# PORT (18290), and NATTER / NATTER_BENCH (binaries; default target/release).
+# PORT (18290), and NATTER / NATTER_BENCH (binaries; default target/release). DATA_ROOT
+# (/tmp) holds the nodes' data directories; MEDIA_ROOT, when set, their `--media-dir`
+# (uploads on another disk than the store); DEFAULT_ARGS, more flags for the latency node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NATTER_METRICS_TOKEN=bench-media-metrics-token
@@ -40,13 +42,18 @@ if [[ ! -x "$NATTER" || ! -x "$BENCH" ]]; then
     cargo build --release -p natter-server -p natter-bench
 fi
 
-DATA="$(mktemp -d /tmp/natter-media-bench.XXXXXX)"
+DATA="$(mktemp -d "${DATA_ROOT:-/tmp}/natter-media-bench.XXXXXX")"
+MEDIA=()
+if [[ -n "${MEDIA_ROOT:-}" ]]; then
+    MEDIA_DIR="$(mktemp -d "$MEDIA_ROOT/natter-media-bench.XXXXXX")"
+    MEDIA=(--media-dir "$MEDIA_DIR")
+fi
 SERVER_PID=""
 cleanup() {
     if [[ -n "$SERVER_PID" ]]; then
         kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
     fi
-    rm -rf "$DATA"
+    rm -rf "$DATA" "${MEDIA_DIR:-}"
 }
 trap cleanup EXIT
 
@@ -70,7 +77,7 @@ echo "{\"cp_mib_per_s\": $COPY_W, \"cp_sync_mib_per_s\": $COPY_S, \"cat_mib_per_
 start_node() {
     "$NATTER" serve --data-dir "$DATA/node-$1" --listen "127.0.0.1:$PORT" \
         --metrics-token "$NATTER_METRICS_TOKEN" --media-uploads-per-min 0 \
-        --media-quota-bytes 1099511627776 "${@:2}" >"$OUT/server-$1.log" 2>&1 &
+        --media-quota-bytes 1099511627776 "${MEDIA[@]}" "${@:2}" >"$OUT/server-$1.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
         curl -fsS "$URL/readyz" >/dev/null 2>&1 && return
@@ -83,6 +90,7 @@ stop_node() {
     kill "$SERVER_PID" && wait "$SERVER_PID" || true
     SERVER_PID=""
     rm -rf "$DATA"/node-*
+    if [[ -n "${MEDIA_DIR:-}" ]]; then rm -rf "${MEDIA_DIR:?}"/*; fi
     sync
 }
 

@@ -289,6 +289,10 @@ pub struct Config {
     /// S3-compatible store, configured by the usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`) and `media_s3`.
     pub media_url: Option<String>,
+    /// Where uploads are staged, and blobs kept when `media_url` is unset: unset,
+    /// `<data_dir>/media`. On a disk of its own, uploads' writes never queue the store's
+    /// commits behind them (docs/benchmarks.md, "Media").
+    pub media_dir: Option<PathBuf>,
     /// S3 settings that override the `AWS_*` variables.
     pub media_s3: S3Settings,
     /// The types an upload may be, as sniffed from its bytes: `type/subtype` or `type/*`,
@@ -359,6 +363,7 @@ impl Default for Config {
             metrics_token: None,
             media_secret: None,
             media_url: None,
+            media_dir: None,
             media_s3: S3Settings::default(),
             media_types: DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             limits: Limits::default(),
@@ -411,6 +416,10 @@ pub struct ServeArgs {
     /// Blob storage: s3://bucket/prefix (credentials from AWS_*) [default: the data dir].
     #[arg(long, env = "NATTER_MEDIA_URL")]
     pub media_url: Option<String>,
+    /// Upload staging, and local blobs [default: <data-dir>/media]; a disk of its own keeps
+    /// uploads' writes away from the store's commits.
+    #[arg(long, env = "NATTER_MEDIA_DIR")]
+    pub media_dir: Option<PathBuf>,
     /// Upload types allowed, comma-separated `type/subtype` or `type/*`, each optionally
     /// `=max_bytes` [default: images, audio, video, text, PDF, office files, archives].
     #[arg(long, env = "NATTER_MEDIA_TYPES", value_delimiter = ',')]
@@ -420,6 +429,11 @@ pub struct ServeArgs {
 }
 
 impl Config {
+    /// Where uploads are staged and local blobs kept.
+    pub fn media_dir(&self) -> PathBuf {
+        self.media_dir.clone().unwrap_or_else(|| self.data_dir.join("media"))
+    }
+
     /// Builds the configuration from a file (if any) and the flag/environment overrides.
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         let mut cfg = match &args.config {
@@ -464,6 +478,9 @@ impl Config {
         }
         if let Some(v) = &args.media_url {
             cfg.media_url = Some(v.clone());
+        }
+        if let Some(v) = &args.media_dir {
+            cfg.media_dir = Some(v.clone());
         }
         if let Some(v) = &args.media_types {
             cfg.media_types = v.clone();

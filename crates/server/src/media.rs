@@ -180,21 +180,22 @@ impl Partial {
 }
 
 impl Blobs {
-    /// Blobs in `<data_dir>/media/blobs`, staging in `<data_dir>/media/staging`.
-    pub(crate) fn local(data_dir: &Path) -> anyhow::Result<Blobs> {
-        let root = data_dir.join("media").join("blobs");
+    /// Blobs in `<media_dir>/blobs`, staging in `<media_dir>/staging`.
+    pub(crate) fn local(media_dir: &Path) -> anyhow::Result<Blobs> {
+        let root = media_dir.join("blobs");
         std::fs::create_dir_all(&root)?;
         let objects = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
-        let mut blobs = Blobs::with_store(Arc::new(objects), data_dir)?;
+        let mut blobs = Blobs::with_store(Arc::new(objects), media_dir)?;
         blobs.local_root = Some(root);
         Ok(blobs)
     }
 
+    /// Blobs in `objects`, staging in `<media_dir>/staging`.
     pub(crate) fn with_store(
         objects: Arc<dyn ObjectStore>,
-        data_dir: &Path,
+        media_dir: &Path,
     ) -> anyhow::Result<Blobs> {
-        let staging = data_dir.join("media").join("staging");
+        let staging = media_dir.join("staging");
         std::fs::create_dir_all(&staging)?;
         // Staging files of a previous run are uploads that never completed.
         for entry in std::fs::read_dir(&staging)?.flatten() {

@@ -572,3 +572,27 @@ async fn the_sdk_uploads_and_attaches() {
     let err = bob_api.download(&with_query(att.url.as_ref().unwrap(), "e", "1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
 }
+
+#[tokio::test]
+async fn media_dir_keeps_staging_and_blobs_on_a_disk_of_their_own() {
+    let elsewhere = tempfile::tempdir().expect("a media dir");
+    let dir = elsewhere.path().to_owned();
+    let server = TestServer::start_with(|cfg| {
+        cfg.media_secret = Some(SECRET.to_owned());
+        cfg.media_dir = Some(dir);
+    })
+    .await;
+    let (alice, _bob, _conv) = server.direct_pair().await;
+    let bytes = pdf(30_000, 9);
+    let (status, json) = server.upload(&alice.token, bytes.clone(), None, None).await;
+    let media = uploaded(status, json);
+    let stored = files(&elsewhere.path().join("blobs"));
+    assert_eq!(stored.len(), 1, "the blob is in media_dir: {stored:?}");
+    assert!(std::fs::read(&stored[0]).expect("blob") == bytes);
+    assert!(elsewhere.path().join("staging").is_dir());
+    assert!(files(&server.data_dir().join("media")).is_empty(), "nothing in the data dir");
+    let res = server.fetch(&media.attachment.url.clone().expect("url"), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.bytes().await.expect("body") == bytes);
+    server.stop().await;
+}

@@ -46,8 +46,8 @@ pub(crate) struct Media {
 impl Media {
     pub(crate) async fn open(cfg: &Config, secret: &[u8]) -> anyhow::Result<Media> {
         let blobs = match &cfg.media_url {
-            None => Blobs::local(&cfg.data_dir)?,
-            Some(url) => Blobs::with_store(s3(url, &cfg.media_s3)?, &cfg.data_dir)?,
+            None => Blobs::local(&cfg.media_dir())?,
+            Some(url) => Blobs::with_store(s3(url, &cfg.media_s3)?, &cfg.media_dir())?,
         };
         let threads = cfg.limits.media_ingest_threads;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,8 +3,8 @@
 
 use natter_proto::rest::{
     AddMember, AddedMember, ConversationPage, CreateConversation, CreatedConversation, Credentials,
-    EntryPage, Invitations, Me, Member, PostEntry, Receipts, Session, SetCursors,
-    UpdateConversation, UpdateMember, User,
+    EntryPage, Invitations, Me, Member, PostEntry, ProfileUpdate, Receipts, Session, SetCursors,
+    UpdateConversation, UpdateMember, User, Users,
 };
 use natter_proto::{
     Ack, ConversationId, ConversationSummary, ErrorBody, ErrorCode, Invitation, NewEntry, Receipt,
@@ -125,6 +125,28 @@ impl Api {
     /// `GET /v1/users/{handle}`.
     pub async fn user(&self, handle: &str) -> Result<User> {
         self.call(Method::GET, &format!("/v1/users/{handle}"), &[], None::<&()>).await
+    }
+
+    /// `GET /v1/users?ids=`: users with their profiles, those that exist, in the order asked.
+    pub async fn users(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let ids = ids.iter().map(|u| u.0.to_string()).collect::<Vec<_>>().join(",");
+        let found: Users =
+            self.call(Method::GET, "/v1/users", &[("ids", ids)], None::<&()>).await?;
+        Ok(found.users)
+    }
+
+    /// `GET /v1/users?q=`: users whose handle or display name starts with `prefix`, among
+    /// those who share a conversation with the caller.
+    pub async fn search_users(&self, prefix: &str) -> Result<Vec<User>> {
+        let query = [("q", prefix.to_owned())];
+        let found: Users = self.call(Method::GET, "/v1/users", &query, None::<&()>).await?;
+        Ok(found.users)
+    }
+
+    /// `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared; the profile
+    /// as it is now.
+    pub async fn set_profile(&self, update: &ProfileUpdate) -> Result<User> {
+        self.call(Method::PATCH, "/v1/me/profile", &[], Some(update)).await
     }
 
     /// `POST /v1/conversations`: the direct conversation with `peer` (the existing one, if

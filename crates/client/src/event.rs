@@ -57,6 +57,8 @@ pub enum Event {
     /// lists the pending ones). Accepting it ([`crate::Api::accept_invitation`]) makes them
     /// a member, and the group's entries follow.
     Invitation(Invitation),
+    /// A user's profile changed (yours, or that of someone who shares a conversation with you).
+    Profile(natter_proto::rest::User),
 }
 
 /// The connection's life cycle.

@@ -927,6 +927,9 @@ pub enum ServerFrame {
     /// The user was invited to a group (sent to their sessions when the invitation is made;
     /// `GET /v1/invitations` lists the pending ones).
     Invitation { invitation: Invitation },
+    /// A user's profile changed: sent to their own sessions and to those of everyone who
+    /// shares a conversation with them.
+    Profile { user: rest::User },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<ReqId>,

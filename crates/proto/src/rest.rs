@@ -19,11 +19,33 @@ pub struct Credentials {
     pub device: Option<String>,
 }
 
-/// A user as others see them.
+/// A user as others see them: the handle, and the profile they set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub user_id: UserId,
     pub handle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// A short status text ("on holiday until Monday").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
+}
+
+impl User {
+    /// A user with no profile set.
+    pub fn new(user_id: UserId, handle: impl Into<String>) -> User {
+        User { user_id, handle: handle.into(), display_name: None, status_text: None }
+    }
+}
+
+/// `PATCH /v1/me/profile`: the fields to change; an absent field stays, an empty one is
+/// cleared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
 }
 
 /// `GET /v1/users?ids=1,2,3`: the users of those ids that exist, in the order asked.

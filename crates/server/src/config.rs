@@ -84,6 +84,17 @@ limits! {
     member_adds_per_min: u32 = 120, "NATTER_MEMBER_ADDS_PER_MIN";
     /// Members one user may add at once.
     member_adds_burst: u32 = 100, "NATTER_MEMBER_ADDS_BURST";
+    /// User searches (`GET /v1/users/search`) one user may make per minute (0: unlimited).
+    search_per_min: u32 = 60, "NATTER_SEARCH_PER_MIN";
+    /// User searches one user may make at once.
+    search_burst: u32 = 20, "NATTER_SEARCH_BURST";
+    /// Whether user search (`GET /v1/users/search`) finds everyone, not only the users who
+    /// share a conversation with the searcher.
+    user_directory: bool = false, "NATTER_USER_DIRECTORY";
+    /// Longest display name, in characters.
+    max_display_name_chars: usize = 64, "NATTER_MAX_DISPLAY_NAME_CHARS";
+    /// Longest status text, in characters.
+    max_status_chars: usize = 140, "NATTER_MAX_STATUS_CHARS";
     /// Request frames one WebSocket connection may send per second (0: unlimited).
     frames_per_sec: u32 = 1_000, "NATTER_FRAMES_PER_SEC";
     /// Request frames one connection may send at once.

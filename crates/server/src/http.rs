@@ -41,6 +41,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/sessions/current", axum::routing::delete(accounts::logout))
         .route("/v1/tickets", post(accounts::ticket))
         .route("/v1/me", get(accounts::me))
+        .route("/v1/me/profile", axum::routing::patch(accounts::set_profile))
         .route("/v1/users", get(accounts::users))
         .route("/v1/users/{handle}", get(accounts::user))
         .route("/v1/conversations", post(conversations::create).get(conversations::list))

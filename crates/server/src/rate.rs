@@ -29,6 +29,8 @@ pub(crate) enum Action {
     AddMember,
     /// An upload started (`POST /v1/media`, `POST /v1/media/uploads`).
     Upload,
+    /// A user search (`GET /v1/users/search`).
+    Search,
 }
 
 /// The node's per-user buckets.
@@ -39,6 +41,7 @@ pub(crate) struct RateLimits {
     create: Option<DefaultKeyedRateLimiter<UserId>>,
     add_member: Option<DefaultKeyedRateLimiter<UserId>>,
     upload: Option<DefaultKeyedRateLimiter<UserId>>,
+    search: Option<DefaultKeyedRateLimiter<UserId>>,
     clock: DefaultClock,
 }
 
@@ -65,6 +68,7 @@ impl RateLimits {
             create: keyed(quota(l.create_per_min, minute, l.create_burst)),
             add_member: keyed(quota(l.member_adds_per_min, minute, l.member_adds_burst)),
             upload: keyed(quota(l.media_uploads_per_min, minute, l.media_uploads_burst)),
+            search: keyed(quota(l.search_per_min, minute, l.search_burst)),
             clock: DefaultClock::default(),
         }
     }
@@ -78,6 +82,7 @@ impl RateLimits {
             Action::CreateConversation => &self.create,
             Action::AddMember => &self.add_member,
             Action::Upload => &self.upload,
+            Action::Search => &self.search,
         };
         let Some(bucket) = bucket else { return Ok(()) };
         match bucket.check_key(&user) {
@@ -91,10 +96,17 @@ impl RateLimits {
 
     /// Forgets buckets that are full again (their users have been quiet long enough).
     pub(crate) fn sweep(&self) {
-        for bucket in
-            [&self.append, &self.typing, &self.cursor, &self.create, &self.add_member, &self.upload]
-                .into_iter()
-                .flatten()
+        for bucket in [
+            &self.append,
+            &self.typing,
+            &self.cursor,
+            &self.create,
+            &self.add_member,
+            &self.upload,
+            &self.search,
+        ]
+        .into_iter()
+        .flatten()
         {
             bucket.retain_recent();
             bucket.shrink_to_fit();

@@ -7,6 +7,25 @@ use natter_proto::{
     Ack, Committed, ConversationId, ConversationKind, Entry, EntryBody, Role, Seq, UserId,
 };
 
+/// The `LIKE` pattern of a case-insensitive prefix search: `prefix` lower-cased, with `\`,
+/// `%` and `_` escaped (by `\`), then `%`.
+pub(crate) fn prefix_pattern(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for ch in prefix.to_lowercase().chars() {
+        if matches!(ch, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
+}
+
+/// The lower-case copy of a display name that searches compare with.
+pub(crate) fn display_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
 /// Commit time: milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -26,7 +26,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 use natter_proto::{
     Ack, Attachment, Committed, ConversationId, ConversationSummary, DeviceId, Dimensions, Entry,
-    ErrorCode, Invitation, NewEntry, Receipt, Role, Seq, UserId, rest::Member,
+    ErrorCode, Invitation, NewEntry, Receipt, Role, Seq, UserId,
+    rest::{Member, ProfileUpdate, User},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -311,6 +312,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRecord>>;
     async fn user_handle(&self, user: UserId) -> Result<Option<String>>;
+    /// Users with their profiles: those of `ids` that exist, in the order asked.
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>>;
+    /// Users other than `user` whose handle or display name starts with `prefix`, ignoring
+    /// case (`%` and `_` are literal): only those who share a conversation with `user` unless
+    /// `everyone`; at most `limit`, by handle.
+    async fn search_users(
+        &self,
+        user: UserId,
+        prefix: &str,
+        everyone: bool,
+        limit: u32,
+    ) -> Result<Vec<User>>;
+    /// Everyone who shares at least one conversation with `user` (not `user`).
+    async fn contacts_of(&self, user: UserId) -> Result<Vec<UserId>>;
     /// The principal a token hash belongs to, unless revoked.
     async fn authenticate(&self, token: TokenHash) -> Result<Option<Principal>>;
     /// The conversation as `user` sees it; `NotFound` if it is not a member.
@@ -357,6 +372,9 @@ pub trait Store: Send + Sync + 'static {
     /// `user` accepts their invitation to a group: a `member_added` entry (sent by them) makes
     /// them a member, if the group still has members and room.
     async fn accept_invitation(&self, user: UserId, conversation: ConversationId) -> Result<Ack>;
+    /// Changes `user`'s profile (an absent field stays, an empty one is cleared; the caller
+    /// has checked the values); the profile as it is now.
+    async fn set_profile(&self, user: UserId, update: ProfileUpdate) -> Result<User>;
 
     // ---- delete ----
 

@@ -28,7 +28,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
-    UserId, rest::Member,
+    UserId,
+    rest::{Member, ProfileUpdate, User},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -61,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0003_handle_key.sql"),
     include_str!("../migrations/postgres/0004_invitations.sql"),
     include_str!("../migrations/postgres/0005_media.sql"),
+    include_str!("../migrations/postgres/0006_profiles.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -609,6 +611,27 @@ impl Store for PgStore {
         read::conversations(&c, user, None, None).await.map_err(Fail::into_store)
     }
 
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let c = self.client().await?;
+        read::users(&c, ids).await.map_err(Fail::into_store)
+    }
+
+    async fn search_users(
+        &self,
+        user: UserId,
+        prefix: &str,
+        everyone: bool,
+        limit: u32,
+    ) -> Result<Vec<User>> {
+        let c = self.client().await?;
+        read::search_users(&c, user, prefix, everyone, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn contacts_of(&self, user: UserId) -> Result<Vec<UserId>> {
+        let c = self.client().await?;
+        read::contacts_of(&c, user).await.map_err(Fail::into_store)
+    }
+
     async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>> {
         let c = self.client().await?;
         read::share_conversation(&c, user, others).await.map_err(Fail::into_store)
@@ -674,6 +697,12 @@ impl Store for PgStore {
             Out::Ack(ack) => Ok(ack),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn set_profile(&self, user: UserId, update: ProfileUpdate) -> Result<User> {
+        // One user's own row, outside the log: no need for the writer's batches.
+        let c = self.client().await?;
+        write::set_profile(&c, user, &update).await.map_err(Fail::into_store)
     }
 
     async fn delete_device(&self, token: TokenHash) -> Result<()> {

@@ -20,7 +20,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
-    UserId, rest::Member,
+    UserId,
+    rest::{Member, ProfileUpdate, User},
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -43,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_handle_key.sql"),
     include_str!("../migrations/sqlite/0004_invitations.sql"),
     include_str!("../migrations/sqlite/0005_media.sql"),
+    include_str!("../migrations/sqlite/0006_profiles.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -444,6 +446,26 @@ impl Store for SqliteStore {
         self.read(move |c| read::conversations(c, user, None, None)).await
     }
 
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let ids = ids.to_vec();
+        self.read(move |c| read::users(c, &ids)).await
+    }
+
+    async fn search_users(
+        &self,
+        user: UserId,
+        prefix: &str,
+        everyone: bool,
+        limit: u32,
+    ) -> Result<Vec<User>> {
+        let prefix = prefix.to_owned();
+        self.read(move |c| read::search_users(c, user, &prefix, everyone, limit)).await
+    }
+
+    async fn contacts_of(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.read(move |c| read::contacts_of(c, user)).await
+    }
+
     async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>> {
         let others = others.to_vec();
         self.read(move |c| read::share_conversation(c, user, &others)).await
@@ -495,6 +517,14 @@ impl Store for SqliteStore {
     async fn accept_invitation(&self, user: UserId, conversation: ConversationId) -> Result<Ack> {
         let cap = self.limits.max_group_members;
         self.write(move |c, out| write::accept_invitation(c, out, cap, user, conversation)).await
+    }
+
+    async fn set_profile(&self, user: UserId, update: ProfileUpdate) -> Result<User> {
+        self.write(move |c, _| {
+            write::set_profile(c, user, &update)?;
+            read::users(c, &[user])?.pop().ok_or(StoreError::NotFound("user"))
+        })
+        .await
     }
 
     async fn delete_device(&self, token: TokenHash) -> Result<()> {

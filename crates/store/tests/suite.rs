@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationKind, Entry, EntryBody, ErrorCode, MessagePreview,
-    NewEntry, PREVIEW_CHARS, ReactionSummary, Receipt, Role, Seq, UserId, rest::User,
+    NewEntry, PREVIEW_CHARS, ReactionSummary, Receipt, Role, Seq, UserId,
+    rest::{ProfileUpdate, User},
 };
 use natter_store::postgres::PgStore;
 use natter_store::sqlite::SqliteStore;
@@ -61,6 +62,7 @@ macro_rules! store_suite {
             conversations_most_recent_first_with_keyset_paging,
             memberships_list_every_conversation_of_the_user,
             summaries_name_the_peer_and_preview_the_newest_message,
+            profiles_are_set_cleared_looked_up_and_searched_among_contacts,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1227,7 +1229,7 @@ async fn summaries_name_the_peer_and_preview_the_newest_message<S: Store>(f: Fix
     let s = &*f.store;
     let [a, b] = users(s, ["ann", "bob"]).await;
     let (ab, _) = s.create_direct(a, b).await.expect("direct");
-    let peer_of = |u: UserId, handle: &str| Some(User { user_id: u, handle: handle.to_owned() });
+    let peer_of = |u: UserId, handle: &str| Some(User::new(u, handle));
     let preview = |user: UserId, conv: ConversationId| async move {
         s.conversation(user, conv).await.expect("summary").last_message
     };
@@ -1279,6 +1281,47 @@ async fn summaries_name_the_peer_and_preview_the_newest_message<S: Store>(f: Fix
     assert_eq!(p.attachments, ["image/png"]);
     assert_eq!(listed[1].peer, peer_of(a, "ann"));
     assert_eq!(listed[1].last_message.as_ref().map(|p| p.seq), Some(l.seq));
+}
+
+async fn profiles_are_set_cleared_looked_up_and_searched_among_contacts<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, anna, bob, stranger] = users(s, ["ann", "anna_b", "bob", "annie"]).await;
+    contacts(s, ann, &[anna, bob]).await;
+    let set = |name: Option<&str>, status: Option<&str>| ProfileUpdate {
+        display_name: name.map(str::to_owned),
+        status_text: status.map(str::to_owned),
+    };
+    let bob_now = s.set_profile(bob, set(Some("Ännchen Bob"), Some("on holiday"))).await.unwrap();
+    assert_eq!(bob_now.display_name.as_deref(), Some("Ännchen Bob"));
+    assert_eq!(bob_now.status_text.as_deref(), Some("on holiday"));
+    // An absent field stays; an empty one is cleared.
+    let bob_now = s.set_profile(bob, set(None, Some(""))).await.unwrap();
+    assert_eq!(
+        (bob_now.display_name.as_deref(), bob_now.status_text.as_deref()),
+        (Some("Ännchen Bob"), None)
+    );
+
+    let found = s.users(&[bob, UserId(999_999), ann]).await.unwrap();
+    assert_eq!(found, vec![bob_now.clone(), User::new(ann, "ann")], "those that exist, in order");
+
+    let handles = |v: Vec<User>| v.into_iter().map(|u| u.handle).collect::<Vec<_>>();
+    // By handle or display name prefix, ignoring case, among contacts only (not `annie`).
+    assert_eq!(handles(s.search_users(ann, "ANN", false, 10).await.unwrap()), ["anna_b"]);
+    assert_eq!(handles(s.search_users(ann, "ännchen", false, 10).await.unwrap()), ["bob"]);
+    assert_eq!(handles(s.search_users(ann, "ann", true, 10).await.unwrap()), ["anna_b", "annie"]);
+    assert_eq!(handles(s.search_users(ann, "ann", true, 1).await.unwrap()), ["anna_b"]);
+    // `_` and `%` are literal.
+    assert_eq!(handles(s.search_users(ann, "anna_", false, 10).await.unwrap()), ["anna_b"]);
+    assert!(s.search_users(ann, "a%", true, 10).await.unwrap().is_empty());
+    assert!(s.search_users(stranger, "ann", false, 10).await.unwrap().is_empty(), "no contacts");
+
+    let mut of_ann = s.contacts_of(ann).await.unwrap();
+    of_ann.sort();
+    assert_eq!(of_ann, vec![anna, bob]);
+    assert!(s.contacts_of(stranger).await.unwrap().is_empty());
+    // The direct peer in a summary carries the profile.
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    assert_eq!(s.conversation(ann, ab).await.unwrap().peer, Some(bob_now));
 }
 
 async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>) {

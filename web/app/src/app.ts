@@ -219,7 +219,7 @@ function upsert(c: ConversationSummary): void {
 }
 
 function titleOf(c: ConversationSummary): string {
-  if (c.kind === "direct") return c.peer?.handle ?? "direct chat";
+  if (c.kind === "direct") return c.peer?.display_name ?? c.peer?.handle ?? "direct chat";
   return c.title ?? "group";
 }
 
@@ -513,6 +513,10 @@ function onEvent(e: ClientEvent): void {
       break;
     case "invitation":
       state.invitations = [...state.invitations.filter((i) => i.conversation !== e.invitation.conversation), e.invitation];
+      break;
+    case "profile":
+      // A contact changed their profile: their direct chats show it at once.
+      for (const c of state.convs.values()) if (c.peer?.user_id === e.user.user_id) c.peer = e.user;
       break;
   }
   schedule();

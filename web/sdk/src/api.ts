@@ -32,6 +32,7 @@ import type {
   SyncResponse,
   Ticket,
   UploadCreated,
+  ProfileUpdate,
   User,
   UserId,
 } from "./types.js";
@@ -256,6 +257,18 @@ export class Api {
   async users(ids: UserId[]): Promise<User[]> {
     const res = await this.call<{ users: User[] }>("GET", "/v1/users", undefined, { ids: ids.join(",") });
     return res.users;
+  }
+
+  /** `GET /v1/users?q=`: users whose handle or display name starts with `prefix`, among your contacts. */
+  async searchUsers(prefix: string, limit?: number): Promise<User[]> {
+    const query: Record<string, string | undefined> = { q: prefix, limit: limit === undefined ? undefined : String(limit) };
+    const res = await this.call<{ users: User[] }>("GET", "/v1/users", undefined, query);
+    return res.users;
+  }
+
+  /** `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared; the profile as it is now. */
+  setProfile(update: ProfileUpdate): Promise<User> {
+    return this.call<User>("PATCH", "/v1/me/profile", update);
   }
 
   // --- conversations ------------------------------------------------------------------

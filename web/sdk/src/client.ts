@@ -764,6 +764,9 @@ export class Client {
       case "invitation":
         this.emitter.emit({ type: "invitation", invitation: f.invitation });
         break;
+      case "profile":
+        this.emitter.emit({ type: "profile", user: f.user });
+        break;
       case "ready":
         // A long-poll stream lapsed and a new one started: renew what lives on the session.
         if (this.caughtUp) this.renewSession(conn);

@@ -14,6 +14,7 @@ import type {
   Invitation,
   Presence,
   Receipt,
+  User,
   UserId,
 } from "./types.js";
 
@@ -46,7 +47,9 @@ export type ClientEvent =
   | { type: "typing"; conversation: ConversationId; user: UserId; typing: boolean; ttl_ms?: number }
   /** Watched users' presence: changes, and the current state after each (re)subscribe. */
   | { type: "presence"; users: Presence[] }
-  | { type: "invitation"; invitation: Invitation };
+  | { type: "invitation"; invitation: Invitation }
+  /** A user's profile changed (yours, or that of someone who shares a conversation with you). */
+  | { type: "profile"; user: User };
 
 export type EventType = ClientEvent["type"];
 export type EventOf<T extends EventType> = Extract<ClientEvent, { type: T }>;

@@ -130,6 +130,14 @@ export interface MessagePreview {
 export interface User {
   user_id: UserId;
   handle: string;
+  display_name?: string;
+  status_text?: string;
+}
+
+/** `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared. */
+export interface ProfileUpdate {
+  display_name?: string;
+  status_text?: string;
 }
 
 export interface ConversationSummary {
@@ -225,6 +233,7 @@ export type ServerFrame =
   | { type: "presence_subscribed"; req_id: ReqId; users: Presence[]; denied: UserId[] }
   | { type: "presence"; users: Presence[] }
   | { type: "invitation"; invitation: Invitation }
+  | { type: "profile"; user: User }
   | { type: "pong"; req_id?: ReqId }
   | ({ type: "error"; req_id?: ReqId } & ErrorBody);
 

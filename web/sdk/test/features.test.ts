@@ -188,3 +188,21 @@ test("the events() iterator: a reader that lags past maxBufferedEvents loses and
   assert.deepEqual(seqs, Array.from({ length: 41 }, (_, i) => i + 1), "every entry once, in order, through the iterator");
   await client.close();
 });
+
+test("profiles: set, searched among contacts, and pushed live to a contact as a `profile` event", async () => {
+  const alice = await account(server.url, "pr_alice");
+  const bob = await account(server.url, "pr_bob");
+  await alice.api.createDirect(bob.id);
+  const b = await connect(server.url, bob.token);
+  const br = new Recorder(b);
+  await br.connected();
+  const now = await alice.api.setProfile({ display_name: "Alice Liddell", status_text: "curious" });
+  assert.deepEqual(now, { user_id: alice.id, handle: "pr_alice", display_name: "Alice Liddell", status_text: "curious" });
+  const pushed = await br.waitFor("a profile event", (e) => (e.type === "profile" ? e.user : undefined));
+  assert.deepEqual(pushed, now);
+  assert.deepEqual((await bob.api.searchUsers("alice l")).map((u) => u.handle), ["pr_alice"]);
+  assert.deepEqual((await bob.api.users([alice.id]))[0], now);
+  const cleared = await alice.api.setProfile({ status_text: "" });
+  assert.equal(cleared.status_text, undefined);
+  assert.equal(cleared.display_name, "Alice Liddell");
+});

@@ -21,6 +21,7 @@ mod media_s3;
 mod operations;
 mod ordering;
 mod presence;
+mod profiles;
 mod rate_limits;
 mod receipts;
 mod smoke;

@@ -1,5 +1,5 @@
 //! # Accounts and sessions: `POST /v1/accounts`, `POST /v1/sessions`,
-//! `DELETE /v1/sessions/current`, `GET /v1/me`, `GET /v1/users/{handle}`
+//! `DELETE /v1/sessions/current`, `GET /v1/me`, `PATCH /v1/me/profile`, `GET /v1/users…`
 
 use std::time::Instant;
 
@@ -8,7 +8,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::close;
-use natter_proto::rest::{Credentials, Me, Session, User};
+use natter_proto::rest::{Credentials, Me, ProfileUpdate, Session, User};
 
 use crate::auth::{self, Auth, ClientAddr, policy};
 use crate::error::{ApiError, ApiResult};
@@ -28,7 +28,7 @@ pub(super) async fn register(
     policy::check_password(limits, &handle, &creds.password)?;
     let hash = auth::hash_password(&state, addr, creds.password).await?;
     let user_id = state.store().create_user(&handle, &hash).await?;
-    Ok((StatusCode::CREATED, Json(User { user_id, handle })))
+    Ok((StatusCode::CREATED, Json(User::new(user_id, handle))))
 }
 
 /// `POST /v1/sessions`: refused before any hashing while the address or the handle backs
@@ -102,20 +102,27 @@ pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<J
 const MAX_USER_IDS: usize = 100;
 
 #[derive(serde::Deserialize)]
-pub(super) struct IdsQuery {
-    ids: String,
+pub(super) struct UsersQuery {
+    ids: Option<String>,
+    q: Option<String>,
+    limit: Option<u32>,
 }
 
-/// `GET /v1/users?ids=1,2,3`: handles by id (a client rendering a member list or a
+/// `GET /v1/users?ids=1,2,3`: profiles by id (a client rendering a member list or a
 /// conversation's senders), those that exist, in the order asked; at most 100 ids.
+/// `GET /v1/users?q=…&limit=`: a search (see [`search`]).
 pub(super) async fn users(
     State(state): State<AppState>,
-    _auth: Auth,
-    query: Result<axum::extract::Query<IdsQuery>, axum::extract::rejection::QueryRejection>,
+    auth: Auth,
+    query: Result<axum::extract::Query<UsersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<natter_proto::rest::Users>> {
     let axum::extract::Query(q) = query?;
-    let ids: Vec<i64> = q
-        .ids
+    let ids = match (q.ids, q.q) {
+        (Some(ids), None) => ids,
+        (None, Some(prefix)) => return search(&state, auth, &prefix, q.limit).await,
+        _ => return Err(ApiError::bad_request("ask for either ids= or q=")),
+    };
+    let ids: Vec<i64> = ids
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -127,13 +134,8 @@ pub(super) async fn users(
     if ids.len() > MAX_USER_IDS {
         return Err(ApiError::too_large(format!("at most {MAX_USER_IDS} ids at once")));
     }
-    let mut users = Vec::with_capacity(ids.len());
-    for id in ids {
-        let id = natter_proto::UserId(id);
-        if let Some(handle) = state.store().user_handle(id).await? {
-            users.push(User { user_id: id, handle });
-        }
-    }
+    let ids: Vec<natter_proto::UserId> = ids.into_iter().map(natter_proto::UserId).collect();
+    let users = state.store().users(&ids).await?;
     Ok(Json(natter_proto::rest::Users { users }))
 }
 
@@ -147,5 +149,73 @@ pub(super) async fn user(
     let handle = policy::normalize_handle(&handle);
     let user =
         state.store().user_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(User { user_id: user.id, handle: user.handle }))
+    let mut found = state.store().users(&[user.id]).await?;
+    Ok(Json(found.pop().ok_or_else(|| ApiError::not_found("user"))?))
+}
+
+/// Most users one search returns, and the default.
+const MAX_SEARCH: u32 = 50;
+const DEFAULT_SEARCH: u32 = 20;
+
+/// Users whose handle or display name starts with `prefix`, ignoring case, among those who
+/// share a conversation with the caller (everyone with `user_directory`); rate-limited per
+/// user.
+async fn search(
+    state: &AppState,
+    auth: Auth,
+    prefix: &str,
+    limit: Option<u32>,
+) -> ApiResult<Json<natter_proto::rest::Users>> {
+    let limits = &state.cfg().limits;
+    let prefix = prefix.trim();
+    if prefix.is_empty() {
+        return Err(ApiError::bad_request("q is empty"));
+    }
+    if prefix.chars().count() > limits.max_display_name_chars.max(limits.max_handle_chars) {
+        return Err(ApiError::too_large("q is longer than any handle or display name"));
+    }
+    let limit = limit.unwrap_or(DEFAULT_SEARCH).clamp(1, MAX_SEARCH);
+    let me = auth.principal.user_id;
+    state.rate().check(crate::rate::Action::Search, me)?;
+    let users = state.store().search_users(me, prefix, limits.user_directory, limit).await?;
+    Ok(Json(natter_proto::rest::Users { users }))
+}
+
+/// `PATCH /v1/me/profile`: sets the display name and the status text (an absent field
+/// stays, an empty one is cleared), then tells the caller's sessions and those of everyone
+/// who shares a conversation with them (a `profile` frame, on every node).
+pub(super) async fn set_profile(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: Result<Json<ProfileUpdate>, JsonRejection>,
+) -> ApiResult<Json<User>> {
+    let Json(mut update) = body?;
+    let limits = &state.cfg().limits;
+    update.display_name = update
+        .display_name
+        .map(|v| profile_text("display_name", &v, limits.max_display_name_chars))
+        .transpose()?;
+    update.status_text = update
+        .status_text
+        .map(|v| profile_text("status_text", &v, limits.max_status_chars))
+        .transpose()?;
+    let me = auth.principal.user_id;
+    let user = state.store().set_profile(me, update).await?;
+    let mut to = state.store().contacts_of(me).await?;
+    to.push(me);
+    let frame = natter_proto::ServerFrame::Profile { user: user.clone() }.to_json();
+    crate::router::to_users(&state, to, frame.into());
+    Ok(Json(user))
+}
+
+/// A profile field trimmed, checked for length and control characters.
+fn profile_text(field: &str, value: &str, max_chars: usize) -> ApiResult<String> {
+    let value = value.trim();
+    if value.chars().count() > max_chars {
+        return Err(ApiError::too_large(format!("{field} is longer than {max_chars} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!("{field} has control characters")));
+    }
+    Ok(value.to_owned())
 }

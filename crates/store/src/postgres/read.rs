@@ -29,6 +29,60 @@ pub(super) async fn user_handle(c: &Conn, user: UserId) -> PgResult<Option<Strin
     Ok(row.map(|r| r.get(0)))
 }
 
+/// The columns of a user with their profile, from `users u`.
+const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text";
+
+fn user_row(r: &Row) -> User {
+    User {
+        user_id: UserId(r.get(0)),
+        handle: r.get(1),
+        display_name: r.get(2),
+        status_text: r.get(3),
+    }
+}
+
+pub(super) async fn users(c: &Conn, ids: &[UserId]) -> PgResult<Vec<User>> {
+    let wanted: Vec<i64> = ids.iter().map(|u| u.0).collect();
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ANY($1)");
+    let rows = query(c, &sql, &[&wanted]).await?;
+    let found: std::collections::HashMap<i64, User> =
+        rows.iter().map(|r| (r.get::<_, i64>(0), user_row(r))).collect();
+    Ok(wanted.iter().filter_map(|id| found.get(id).cloned()).collect())
+}
+
+pub(super) async fn search_users(
+    c: &Conn,
+    user: UserId,
+    prefix: &str,
+    everyone: bool,
+    limit: u32,
+) -> PgResult<Vec<User>> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users u
+         WHERE u.id <> $1
+           AND (lower(u.handle) LIKE $2 OR u.display_key LIKE $2)
+           AND ($3 OR EXISTS (SELECT 1 FROM members a JOIN members b
+                                ON b.conversation_id = a.conversation_id
+                              WHERE a.user_id = $1 AND b.user_id = u.id))
+         ORDER BY lower(u.handle) LIMIT $4"
+    );
+    let pattern = crate::codec::prefix_pattern(prefix);
+    let rows = query(c, &sql, &[&user.0, &pattern, &everyone, &i64::from(limit)]).await?;
+    Ok(rows.iter().map(user_row).collect())
+}
+
+pub(super) async fn contacts_of(c: &Conn, user: UserId) -> PgResult<Vec<UserId>> {
+    let rows = query(
+        c,
+        "SELECT DISTINCT b.user_id FROM members a JOIN members b
+           ON b.conversation_id = a.conversation_id
+         WHERE a.user_id = $1 AND b.user_id <> $1",
+        &[&user.0],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
+}
+
 pub(super) async fn authenticate(c: &Conn, token: &TokenHash) -> PgResult<Option<Principal>> {
     let row = query_opt(c, "SELECT user_id, id FROM devices WHERE token_hash = $1", &[&&token[..]])
         .await?;
@@ -42,14 +96,15 @@ const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last
      (SELECT count(*) FROM entries e
       WHERE e.conversation_id = c.id AND e.seq > m.read_seq AND e.sender <> m.user_id
         AND e.kind = 'message'),
-     p.id, p.handle,
+     p.id, p.handle, p.display_name, p.status_text,
      l.seq, l.sender, l.ts, l.text, l.edited, l.deleted, l.body";
 
 /// The caller's membership, the conversation, the other member of a direct one, and the
 /// newest message.
 const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conversation_id
      LEFT JOIN LATERAL (
-         SELECT u.id, u.handle FROM members pm JOIN users u ON u.id = pm.user_id
+         SELECT u.id, u.handle, u.display_name, u.status_text
+         FROM members pm JOIN users u ON u.id = pm.user_id
          WHERE c.kind = 'direct' AND pm.conversation_id = c.id AND pm.user_id <> m.user_id
          LIMIT 1) p ON true
      LEFT JOIN LATERAL (
@@ -61,17 +116,22 @@ const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conv
 
 fn summary(r: &Row) -> PgResult<ConversationSummary> {
     let kind: &str = r.get(1);
-    let peer = r.get::<_, Option<i64>>(9).map(|id| User { user_id: UserId(id), handle: r.get(10) });
-    let last_message = match r.get::<_, Option<i64>>(11) {
+    let peer = r.get::<_, Option<i64>>(9).map(|id| User {
+        user_id: UserId(id),
+        handle: r.get(10),
+        display_name: r.get(11),
+        status_text: r.get(12),
+    });
+    let last_message = match r.get::<_, Option<i64>>(13) {
         Some(seq) => {
-            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(17)).map_err(internal)?;
+            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(19)).map_err(internal)?;
             Some(MessagePreview::new(
                 seq as u64,
-                UserId(r.get(12)),
-                r.get(13),
-                r.get(14),
+                UserId(r.get(14)),
                 r.get(15),
                 r.get(16),
+                r.get(17),
+                r.get(18),
                 &body,
             ))
         }

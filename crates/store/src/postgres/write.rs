@@ -6,6 +6,7 @@
 //! invitations are counted under a lock on their `users` row (`FOR NO KEY UPDATE`, which
 //! logins and new memberships, taking `KEY SHARE` for their foreign keys, do not wait for).
 
+use natter_proto::rest::{ProfileUpdate, User};
 use natter_proto::{Ack, Committed, ConversationId, DeviceId, EntryBody, Receipt, Role, UserId};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -117,6 +118,25 @@ async fn create_user(c: &Conn, handle: &str, hash: &str) -> PgResult<UserId> {
             _ => Err(err.into()),
         },
     }
+}
+
+pub(crate) async fn set_profile(c: &Conn, user: UserId, update: &ProfileUpdate) -> PgResult<User> {
+    let cleared = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    if let Some(name) = &update.display_name {
+        let name = cleared(name);
+        let key = name.as_deref().map(crate::codec::display_key);
+        query(
+            c,
+            "UPDATE users SET display_name = $2, display_key = $3 WHERE id = $1",
+            &[&user.0, &name, &key],
+        )
+        .await?;
+    }
+    if let Some(status) = &update.status_text {
+        query(c, "UPDATE users SET status_text = $2 WHERE id = $1", &[&user.0, &cleared(status)])
+            .await?;
+    }
+    read::users(c, &[user]).await?.pop().ok_or_else(|| StoreError::NotFound("user").into())
 }
 
 async fn create_device(

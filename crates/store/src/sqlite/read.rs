@@ -32,6 +32,66 @@ pub(super) fn user_handle(c: &Connection, user: UserId) -> Result<Option<String>
         .map_err(internal)
 }
 
+/// The columns of a user with their profile, from `users u`.
+const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text";
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        user_id: UserId(r.get(0)?),
+        handle: r.get(1)?,
+        display_name: r.get(2)?,
+        status_text: r.get(3)?,
+    })
+}
+
+pub(super) fn users(c: &Connection, ids: &[UserId]) -> Result<Vec<User>> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1");
+    let mut st = c.prepare_cached(&sql).map_err(internal)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(user) = st.query_row(params![id.0], user_row).optional().map_err(internal)? {
+            out.push(user);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn search_users(
+    c: &Connection,
+    user: UserId,
+    prefix: &str,
+    everyone: bool,
+    limit: u32,
+) -> Result<Vec<User>> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users u
+         WHERE u.id <> ?1
+           AND (lower(u.handle) LIKE ?2 ESCAPE '\\' OR u.display_key LIKE ?2 ESCAPE '\\')
+           AND (?3 OR EXISTS (SELECT 1 FROM members a JOIN members b
+                                ON b.conversation_id = a.conversation_id
+                              WHERE a.user_id = ?1 AND b.user_id = u.id))
+         ORDER BY lower(u.handle) LIMIT ?4"
+    );
+    let pattern = crate::codec::prefix_pattern(prefix);
+    let mut st = c.prepare_cached(&sql).map_err(internal)?;
+    let rows = st
+        .query_map(params![user.0, pattern, everyone, i64::from(limit)], user_row)
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn contacts_of(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT DISTINCT b.user_id FROM members a JOIN members b
+               ON b.conversation_id = a.conversation_id
+             WHERE a.user_id = ?1 AND b.user_id <> ?1",
+        )
+        .map_err(internal)?;
+    let rows = st.query_map(params![user.0], |r| Ok(UserId(r.get(0)?))).map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
 pub(super) fn authenticate(c: &Connection, token: &TokenHash) -> Result<Option<Principal>> {
     c.prepare_cached("SELECT user_id, id FROM devices WHERE token_hash = ?1")
         .and_then(|mut st| {
@@ -64,12 +124,11 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
     let peer = match kind {
         ConversationKind::Direct => c
             .prepare_cached(
-                "SELECT u.id, u.handle FROM members m JOIN users u ON u.id = m.user_id
+                "SELECT u.id, u.handle, u.display_name, u.status_text
+                 FROM members m JOIN users u ON u.id = m.user_id
                  WHERE m.conversation_id = ?1 AND m.user_id <> ?2",
             )?
-            .query_row(params![id.0, user], |r| {
-                Ok(User { user_id: UserId(r.get(0)?), handle: r.get(1)? })
-            })
+            .query_row(params![id.0, user], user_row)
             .optional()?,
         ConversationKind::Group => None,
     };

@@ -3,6 +3,7 @@
 //! `crate::rules`; this file loads the facts a rule needs and applies the effect it returns.
 //! The writer thread is the only writer, so what a job reads stays true until it commits.
 
+use natter_proto::rest::ProfileUpdate;
 use natter_proto::{Ack, Committed, ConversationId, DeviceId, EntryBody, Receipt, Role, UserId};
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
@@ -76,6 +77,27 @@ pub(super) fn create_device(
     )
     .map_err(internal)?;
     Ok(DeviceId(c.last_insert_rowid()))
+}
+
+pub(super) fn set_profile(c: &Connection, user: UserId, update: &ProfileUpdate) -> Result<()> {
+    let cleared = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    if let Some(name) = &update.display_name {
+        let name = cleared(name);
+        let key = name.as_deref().map(crate::codec::display_key);
+        c.execute(
+            "UPDATE users SET display_name = ?2, display_key = ?3 WHERE id = ?1",
+            params![user.0, name, key],
+        )
+        .map_err(internal)?;
+    }
+    if let Some(status) = &update.status_text {
+        c.execute(
+            "UPDATE users SET status_text = ?2 WHERE id = ?1",
+            params![user.0, cleared(status)],
+        )
+        .map_err(internal)?;
+    }
+    Ok(())
 }
 
 pub(super) fn delete_device(c: &Connection, token: &TokenHash) -> Result<()> {

@@ -29,13 +29,33 @@ pub struct User {
     /// A short status text ("on holiday until Monday").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<Avatar>,
 }
 
 impl User {
     /// A user with no profile set.
     pub fn new(user_id: UserId, handle: impl Into<String>) -> User {
-        User { user_id, handle: handle.into(), display_name: None, status_text: None }
+        User { user_id, handle: handle.into(), display_name: None, status_text: None, avatar: None }
     }
+}
+
+/// A profile's picture: an image its user uploaded (`POST /v1/media`). The URLs are signed
+/// and expire like attachments' (`media_url_ttl_secs`); anyone who may see the profile may
+/// load them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Avatar {
+    /// The media id.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A smaller copy, when the image is larger than a thumbnail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+    /// Whether the image has a thumbnail: what the store says, for the server to sign
+    /// `thumbnail_url`; not on the wire.
+    #[serde(skip)]
+    pub has_thumbnail: bool,
 }
 
 /// `PATCH /v1/me/profile`: the fields to change; an absent field stays, an empty one is
@@ -46,6 +66,9 @@ pub struct ProfileUpdate {
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_text: Option<String>,
+    /// The media id of an image you uploaded; empty: no avatar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
 }
 
 /// `GET /v1/users?ids=1,2,3`: the users of those ids that exist, in the order asked.

@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0004_invitations.sql"),
     include_str!("../migrations/postgres/0005_media.sql"),
     include_str!("../migrations/postgres/0006_profiles.sql"),
+    include_str!("../migrations/postgres/0007_avatars.sql"),
 ];
 
 /// A pooled connection, with its statement cache.

@@ -269,6 +269,16 @@ pub(crate) fn media_to_load(ids: &[String]) -> &[String] {
 }
 
 /// Whether an upload of `size` bytes fits its owner's quota, who stores `used` already.
+/// An avatar must be an image its user uploaded: `found` is that media's content type when
+/// the user owns one of that id.
+pub(crate) fn avatar(found: Option<&str>) -> Result<()> {
+    match found {
+        None => Err(StoreError::NotFound("media")),
+        Some(t) if t.starts_with("image/") => Ok(()),
+        Some(_) => Err(StoreError::BadRequest("an avatar must be an image".to_owned())),
+    }
+}
+
 pub(crate) fn within_quota(used: u64, size: u64, quota: u64) -> Result<()> {
     if used.saturating_add(size) > quota { Err(StoreError::QuotaExceeded) } else { Ok(()) }
 }

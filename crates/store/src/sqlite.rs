@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_invitations.sql"),
     include_str!("../migrations/sqlite/0005_media.sql"),
     include_str!("../migrations/sqlite/0006_profiles.sql"),
+    include_str!("../migrations/sqlite/0007_avatars.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and

@@ -1290,6 +1290,7 @@ async fn profiles_are_set_cleared_looked_up_and_searched_among_contacts<S: Store
     let set = |name: Option<&str>, status: Option<&str>| ProfileUpdate {
         display_name: name.map(str::to_owned),
         status_text: status.map(str::to_owned),
+        avatar: None,
     };
     let bob_now = s.set_profile(bob, set(Some("Ännchen Bob"), Some("on holiday"))).await.unwrap();
     assert_eq!(bob_now.display_name.as_deref(), Some("Ännchen Bob"));
@@ -1322,6 +1323,28 @@ async fn profiles_are_set_cleared_looked_up_and_searched_among_contacts<S: Store
     // The direct peer in a summary carries the profile.
     let (ab, _) = s.create_direct(ann, bob).await.unwrap();
     assert_eq!(s.conversation(ann, ab).await.unwrap().peer, Some(bob_now));
+
+    // An avatar is an image its user uploaded; it survives the collection of unattached media.
+    s.create_media(new_media("pic", bob, "s1", 10)).await.unwrap();
+    s.create_media(new_media("anns", ann, "s2", 10)).await.unwrap();
+    let mut doc = new_media("doc", bob, "s3", 10);
+    doc.content_type = "application/pdf".to_owned();
+    s.create_media(doc).await.unwrap();
+    let avatar = |id: &str| ProfileUpdate { avatar: Some(id.to_owned()), ..Default::default() };
+    let with = s.set_profile(bob, avatar("pic")).await.unwrap();
+    let got = with.avatar.clone().expect("an avatar");
+    assert_eq!((got.id.as_str(), got.has_thumbnail, got.url), ("pic", true, None));
+    assert_eq!(s.users(&[bob]).await.unwrap(), vec![with.clone()]);
+    assert_eq!(s.conversation(ann, ab).await.unwrap().peer, Some(with));
+    assert_eq!(code(s.set_profile(bob, avatar("anns")).await), ErrorCode::NotFound, "not bob's");
+    assert_eq!(code(s.set_profile(bob, avatar("nope")).await), ErrorCode::NotFound);
+    assert_eq!(code(s.set_profile(bob, avatar("doc")).await), ErrorCode::BadRequest);
+    let far = i64::MAX / 2;
+    s.collect_media(far, far).await.unwrap();
+    assert!(s.media("pic").await.unwrap().is_some(), "an avatar is kept");
+    assert!(s.media("doc").await.unwrap().is_none(), "an unattached upload goes");
+    let without = s.set_profile(bob, avatar("")).await.unwrap();
+    assert_eq!(without.avatar, None);
 }
 
 async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>) {

@@ -9,6 +9,7 @@
 import { Api } from "@natter/sdk";
 import type {
   Attachment,
+  User,
   ClientEvent,
   ConnectionState,
   ConversationId,
@@ -105,6 +106,7 @@ const state = {
   actionsFor: undefined as Seq | undefined,
   lastTypingSent: 0,
   watched: "",
+  profile: undefined as User | undefined,
 };
 
 // ---- start -------------------------------------------------------------------------------
@@ -179,9 +181,56 @@ async function enter(s: Saved): Promise<void> {
   for (const item of await live.call("outbox")) state.pending.set(item.client_msg_id, item);
   await loadConversations();
   void loadInvitations();
+  void loadProfile().catch(() => undefined);
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("c"));
   if (wanted && state.convs.has(wanted)) await openConversation(wanted);
   renderList();
+}
+
+// ---- your profile ------------------------------------------------------------------------
+
+function showProfile(me: User): void {
+  state.profile = me;
+  clear(byId("my-avatar"), avatarOf(me, me.display_name ?? me.handle));
+  byId("me").textContent = me.display_name ?? me.handle;
+}
+
+async function loadProfile(): Promise<void> {
+  const [me] = await state.api.users([state.me!.user_id]);
+  if (!me) return;
+  showProfile(me);
+  byId<HTMLInputElement>("display-name").value = me.display_name ?? "";
+  byId<HTMLInputElement>("status-text").value = me.status_text ?? "";
+}
+
+async function saveProfile(avatar?: string): Promise<void> {
+  const note = byId("profile-note");
+  note.textContent = "Saving…";
+  try {
+    const update = {
+      display_name: byId<HTMLInputElement>("display-name").value,
+      status_text: byId<HTMLInputElement>("status-text").value,
+      ...(avatar !== undefined ? { avatar } : {}),
+    };
+    showProfile(await state.api.setProfile(update));
+    note.textContent = "Saved.";
+  } catch (err) {
+    note.textContent = `Not saved: ${(err as Error).message}`;
+  }
+}
+
+async function uploadAvatar(file: File): Promise<void> {
+  const note = byId("profile-note");
+  try {
+    const media = await state.api.uploadResumable(file, {
+      name: file.name,
+      ...(file.type ? { contentType: file.type } : {}),
+      onProgress: (sent, total) => (note.textContent = `Uploading… ${Math.round((100 * sent) / Math.max(total, 1))}%`),
+    });
+    await saveProfile(media.id);
+  } catch (err) {
+    note.textContent = `Not uploaded: ${(err as Error).message}`;
+  }
 }
 
 async function logout(): Promise<void> {
@@ -221,6 +270,12 @@ function upsert(c: ConversationSummary): void {
 function titleOf(c: ConversationSummary): string {
   if (c.kind === "direct") return c.peer?.display_name ?? c.peer?.handle ?? "direct chat";
   return c.title ?? "group";
+}
+
+/** A small round picture: the avatar's thumbnail, or the name's first letter. */
+function avatarOf(user: User | undefined, label: string): HTMLElement {
+  const url = user?.avatar?.thumbnail_url ?? user?.avatar?.url;
+  return h("span", { class: "avatar", "aria-hidden": "true" }, url ? h("img", { src: url, alt: "" }) : [...label][0]?.toUpperCase() ?? "?");
 }
 
 function handleOf(u: UserId): string {
@@ -517,6 +572,7 @@ function onEvent(e: ClientEvent): void {
     case "profile":
       // A contact changed their profile: their direct chats show it at once.
       for (const c of state.convs.values()) if (c.peer?.user_id === e.user.user_id) c.peer = e.user;
+      if (e.user.user_id === state.me?.user_id) showProfile(e.user);
       break;
   }
   schedule();
@@ -814,13 +870,14 @@ function renderHeader(): void {
     sub.textContent = "";
     return;
   }
-  clear(title, c.kind === "direct" ? dot(c.peer?.user_id) : "", titleOf(c));
+  clear(title, c.kind === "direct" ? avatarOf(c.peer, titleOf(c)) : "", c.kind === "direct" ? dot(c.peer?.user_id) : "", titleOf(c));
   const typing = typingText(c.id);
   const v = state.views.get(c.id);
   if (typing) sub.textContent = typing;
   else if (c.kind === "direct") {
     const p = c.peer ? state.presence.get(c.peer.user_id) : undefined;
-    sub.textContent = !p ? "" : p.status === "offline" ? (p.last_seen ? `last seen ${time(p.last_seen)}` : "offline") : p.status;
+    const seen = !p ? "" : p.status === "offline" ? (p.last_seen ? `last seen ${time(p.last_seen)}` : "offline") : p.status;
+    sub.textContent = [c.peer?.status_text, seen].filter(Boolean).join(" · ");
   } else sub.textContent = `${v?.members.length ?? "…"} members`;
 }
 
@@ -1021,6 +1078,17 @@ function bindStatic(): void {
   });
   byId("register").addEventListener("click", () => void signIn(true));
   byId("logout").addEventListener("click", () => void logout());
+  byId("profile-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void saveProfile();
+  });
+  const avatarFile = byId<HTMLInputElement>("avatar-file");
+  avatarFile.addEventListener("change", () => {
+    const file = avatarFile.files?.[0];
+    if (file) void uploadAvatar(file);
+    avatarFile.value = "";
+  });
+  byId("avatar-clear").addEventListener("click", () => void saveProfile(""));
   byId("back").addEventListener("click", () => {
     document.body.classList.remove("chat-open");
     state.open = undefined;

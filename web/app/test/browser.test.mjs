@@ -2,7 +2,8 @@
 // real server binary: two users chat with typing, read marks and a reaction; one goes
 // offline, writes three messages and comes back; a reload and a browser restart keep the
 // conversation and the outbox; an image arrives as a thumbnail; replies, edits and deletions
-// show on the other side; older history loads on scroll; two tabs share one server session
+// show on the other side; a profile edit (name, status, avatar) shows in the other's open chat;
+// older history loads on scroll; two tabs share one server session
 // and closing the first hands over; a page on another origin is refused. The pages
 // reach the server through a test proxy that can refuse the live transports and writes (so
 // the outbox holds sends while pages still load). Screenshots go to NATTER_SCREENSHOTS
@@ -263,6 +264,27 @@ describe("the web client in Chromium", () => {
     await bob.locator(`#messages .msg.deleted[data-seq="${helloSeq}"]`).waitFor({ timeout: WAIT });
     assert.equal(await theirs.locator(".text").count(), 0, "a deleted message keeps no text");
     await bob.locator('#messages .msg:has(.text:text-is("a reply")) .quote:has-text("deleted message")').waitFor({ timeout: WAIT });
+  });
+
+  it("a profile edited in the web client, avatar included, shows in the other's open chat without a reload", async () => {
+    const { alice, bob } = pages;
+    await bob.waitForSelector('#chat-title:has-text("alice")', { timeout: WAIT });
+    await alice.click("#profile summary");
+    await alice.fill("#display-name", "Alice Liddell");
+    await alice.fill("#status-text", "down the rabbit hole");
+    await alice.setInputFiles("#avatar-file", { name: "me.png", mimeType: "image/png", buffer: png(200, 200) });
+    await alice.locator('#profile-note:text-is("Saved.")').waitFor({ timeout: WAIT });
+    await alice.locator("#my-avatar img").waitFor({ timeout: WAIT });
+    // Bob's open chat changes by itself: the name, the status, the picture.
+    await bob.locator('#chat-title:has-text("Alice Liddell")').waitFor({ timeout: WAIT });
+    await bob.locator('#chat-sub:has-text("down the rabbit hole")').waitFor({ timeout: WAIT });
+    const pic = bob.locator("#chat-title .avatar img");
+    await pic.waitFor({ timeout: WAIT });
+    assert.match(await pic.getAttribute("src"), /\/v1\/media\/[^/]+\/(thumbnail|content)\?/);
+    await bob.waitForFunction((el) => el.complete && el.naturalWidth > 0, await pic.elementHandle(), { timeout: WAIT });
+    await bob.locator(`button.conv[data-conv="${conv}"] .title:text-is("Alice Liddell")`).waitFor({ timeout: WAIT });
+    await alice.screenshot({ path: join(SHOTS, "profile.png") });
+    await bob.screenshot({ path: join(SHOTS, "profile-seen.png") });
   });
 
   it("older history loads as the chat scrolls up, each message once, in order", async () => {

@@ -132,12 +132,22 @@ export interface User {
   handle: string;
   display_name?: string;
   status_text?: string;
+  avatar?: Avatar;
+}
+
+/** A profile's picture: signed URLs that expire like attachments'. */
+export interface Avatar {
+  id: string;
+  url?: string;
+  thumbnail_url?: string;
 }
 
 /** `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared. */
 export interface ProfileUpdate {
   display_name?: string;
   status_text?: string;
+  /** The media id of an image you uploaded; empty: no avatar. */
+  avatar?: string;
 }
 
 export interface ConversationSummary {

@@ -17,6 +17,7 @@ async fn set(
     let update = ProfileUpdate {
         display_name: name.map(str::to_owned),
         status_text: status.map(str::to_owned),
+        avatar: None,
     };
     server.call(Method::PATCH, "/v1/me/profile", Some(&user.token), Some(&update)).await
 }
@@ -49,6 +50,7 @@ async fn profiles_are_set_read_searched_and_pushed_to_contacts_only() {
         handle: "alice".to_owned(),
         display_name: Some("Alice Liddell".to_owned()),
         status_text: Some("down the rabbit hole".to_owned()),
+        avatar: None,
     };
     assert_eq!(serde_json::from_value::<User>(json).unwrap(), want, "trimmed");
 
@@ -113,5 +115,79 @@ async fn profiles_are_set_read_searched_and_pushed_to_contacts_only() {
     let (status, _) =
         server.call(Method::PATCH, "/v1/me/profile", None, Some(&ProfileUpdate::default())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_avatar_is_an_own_image_shown_by_signed_urls() {
+    let server = TestServer::start_with(|c| {
+        c.media_secret = Some("profile-test-secret-0123456789abcdef0123".to_owned());
+    })
+    .await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    server.create_direct(&alice, &bob).await;
+    let mut bob_ws = server.synced_ws(&bob).await;
+    let upload = |user: &TestUser, bytes: Vec<u8>| {
+        let server = &server;
+        let token = user.token.clone();
+        async move {
+            let (status, json) = server.upload(&token, bytes, None, None).await;
+            assert_eq!(status, StatusCode::CREATED, "{json}");
+            json["id"].as_str().expect("an id").to_owned()
+        }
+    };
+    let pic = upload(&alice, crate::media::png(600, 400)).await;
+    let doc = upload(&alice, crate::media::pdf(2_000, 1)).await;
+    let bobs = upload(&bob, crate::media::png(64, 64)).await;
+    let avatar = |id: &str| ProfileUpdate { avatar: Some(id.to_owned()), ..Default::default() };
+    let patch = |update: ProfileUpdate| {
+        let server = &server;
+        let token = alice.token.clone();
+        async move { server.call(Method::PATCH, "/v1/me/profile", Some(&token), Some(&update)).await }
+    };
+
+    let (status, json) = patch(avatar(&doc)).await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request")),
+        "not an image"
+    );
+    let (status, json) = patch(avatar(&bobs)).await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "bob's image"
+    );
+    let (status, json) = patch(avatar(&pic)).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let me: User = serde_json::from_value(json).unwrap();
+    let got = me.avatar.expect("an avatar");
+    assert_eq!(got.id, pic);
+
+    // Bob learns it live, and loads both sizes by their signed URLs.
+    let ServerFrame::Profile { user } =
+        bob_ws.next_matching(|f| matches!(f, ServerFrame::Profile { .. })).await
+    else {
+        unreachable!()
+    };
+    let live = user.avatar.expect("the avatar in the frame");
+    for (url, max) in [(live.url.expect("url"), 600), (live.thumbnail_url.expect("thumbnail"), 320)]
+    {
+        let res = server.fetch(&url, None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{url}");
+        let bytes = res.bytes().await.unwrap();
+        let img = image::load_from_memory(&bytes).expect("an image");
+        assert!(img.width() <= max && img.width() > 0, "{url}: {}", img.width());
+        // A tampered signature is refused.
+        let res = server.fetch(&url.replace("s=", "s=0"), None).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{url}");
+    }
+    // The summary's peer carries it too; clearing it removes it.
+    let page: serde_json::Value =
+        server.ok(Method::GET, "/v1/conversations", &bob.token, None::<&()>, StatusCode::OK).await;
+    assert_eq!(page["conversations"][0]["peer"]["avatar"]["id"], serde_json::json!(pic));
+    assert!(page["conversations"][0]["peer"]["avatar"]["url"].as_str().is_some());
+    let (status, json) = patch(avatar("")).await;
+    assert_eq!((status, json.get("avatar")), (StatusCode::OK, None));
     server.stop().await;
 }

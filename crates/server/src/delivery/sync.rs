@@ -64,7 +64,8 @@ pub(crate) async fn sync(
     // Recorded only if every read succeeds: a failed sync replies with an error, so the
     // client got none of its pages.
     let mut outcomes = Vec::new();
-    for summary in memberships {
+    for mut summary in memberships {
+        state.media().sign_summary(&mut summary);
         let conv = summary.id;
         let last_seq = summary.last_seq;
         let client = cursors.get(&conv).copied();

@@ -135,7 +135,8 @@ pub(super) async fn users(
         return Err(ApiError::too_large(format!("at most {MAX_USER_IDS} ids at once")));
     }
     let ids: Vec<natter_proto::UserId> = ids.into_iter().map(natter_proto::UserId).collect();
-    let users = state.store().users(&ids).await?;
+    let mut users = state.store().users(&ids).await?;
+    users.iter_mut().for_each(|u| state.media().sign_user(u));
     Ok(Json(natter_proto::rest::Users { users }))
 }
 
@@ -149,8 +150,10 @@ pub(super) async fn user(
     let handle = policy::normalize_handle(&handle);
     let user =
         state.store().user_by_handle(&handle).await?.ok_or_else(|| ApiError::not_found("user"))?;
-    let mut found = state.store().users(&[user.id]).await?;
-    Ok(Json(found.pop().ok_or_else(|| ApiError::not_found("user"))?))
+    let mut found = state.store().users(&[user.id]).await?.pop();
+    let user = found.as_mut().ok_or_else(|| ApiError::not_found("user"))?;
+    state.media().sign_user(user);
+    Ok(Json(user.clone()))
 }
 
 /// Most users one search returns, and the default.
@@ -177,7 +180,8 @@ async fn search(
     let limit = limit.unwrap_or(DEFAULT_SEARCH).clamp(1, MAX_SEARCH);
     let me = auth.principal.user_id;
     state.rate().check(crate::rate::Action::Search, me)?;
-    let users = state.store().search_users(me, prefix, limits.user_directory, limit).await?;
+    let mut users = state.store().search_users(me, prefix, limits.user_directory, limit).await?;
+    users.iter_mut().for_each(|u| state.media().sign_user(u));
     Ok(Json(natter_proto::rest::Users { users }))
 }
 
@@ -200,7 +204,8 @@ pub(super) async fn set_profile(
         .map(|v| profile_text("status_text", &v, limits.max_status_chars))
         .transpose()?;
     let me = auth.principal.user_id;
-    let user = state.store().set_profile(me, update).await?;
+    let mut user = state.store().set_profile(me, update).await?;
+    state.media().sign_user(&mut user);
     let mut to = state.store().contacts_of(me).await?;
     to.push(me);
     let frame = natter_proto::ServerFrame::Profile { user: user.clone() }.to_json();

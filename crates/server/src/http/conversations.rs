@@ -75,7 +75,8 @@ pub(super) async fn create(
         }
     };
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let conversation = store.conversation(me, conv).await?;
+    let mut conversation = store.conversation(me, conv).await?;
+    state.media().sign_summary(&mut conversation);
     Ok((status, Json(CreatedConversation { conversation, invited })))
 }
 
@@ -102,7 +103,9 @@ pub(super) async fn list(
         }
     };
     let limit = state.cfg().limits.page(q.limit);
-    let conversations = state.store().conversations(auth.principal.user_id, before, limit).await?;
+    let mut conversations =
+        state.store().conversations(auth.principal.user_id, before, limit).await?;
+    conversations.iter_mut().for_each(|c| state.media().sign_summary(c));
     let next = (conversations.len() == limit as usize)
         .then(|| conversations.last().map(|c| format!("{}:{}", c.last_activity, c.id)))
         .flatten();
@@ -114,7 +117,9 @@ pub(super) async fn get(
     auth: Auth,
     id: IdPath,
 ) -> ApiResult<Json<ConversationSummary>> {
-    Ok(Json(state.store().conversation(auth.principal.user_id, conv_id(id)?).await?))
+    let mut summary = state.store().conversation(auth.principal.user_id, conv_id(id)?).await?;
+    state.media().sign_summary(&mut summary);
+    Ok(Json(summary))
 }
 
 pub(super) async fn update(

@@ -224,6 +224,26 @@ impl Media {
             .map(|_| self.signer.url(&attachment.id, Variant::Thumbnail, reader, expires));
     }
 
+    /// Signs a profile's avatar URLs. They are signed for the avatar's owner, whose media it
+    /// is: an avatar may be shown to anyone who may see the profile, so one URL (a capability
+    /// that expires like any media URL) serves every reader, and one `profile` frame can go
+    /// to all of them.
+    pub(crate) fn sign_user(&self, user: &mut natter_proto::rest::User) {
+        let Some(avatar) = user.avatar.as_mut() else { return };
+        let expires = self.signer.expiry(now_ms() / 1000);
+        avatar.url = Some(self.signer.url(&avatar.id, Variant::Original, user.user_id, expires));
+        avatar.thumbnail_url = avatar
+            .has_thumbnail
+            .then(|| self.signer.url(&avatar.id, Variant::Thumbnail, user.user_id, expires));
+    }
+
+    /// Signs the avatar of a summary's direct peer.
+    pub(crate) fn sign_summary(&self, summary: &mut natter_proto::ConversationSummary) {
+        if let Some(peer) = summary.peer.as_mut() {
+            self.sign_user(peer);
+        }
+    }
+
     /// Signs the attachments of `entries` for `reader`.
     pub(crate) fn sign_entries(&self, entries: &mut [Entry], reader: UserId) {
         let mut expires = None;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use natter_proto::{
     ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessagePreview,
     MessageState, ReactionSummary, UserId,
-    rest::{Member, User},
+    rest::{Avatar, Member, User},
 };
 use tokio_postgres::Row;
 
@@ -30,15 +30,28 @@ pub(super) async fn user_handle(c: &Conn, user: UserId) -> PgResult<Option<Strin
 }
 
 /// The columns of a user with their profile, from `users u`.
-const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text";
+const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
+     (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar)";
+
+/// A user from [`USER_COLUMNS`] starting at column `at`.
+fn user_at(r: &Row, at: usize) -> User {
+    let has_thumbnail = r.get::<_, Option<bool>>(at + 5).unwrap_or(false);
+    User {
+        user_id: UserId(r.get(at)),
+        handle: r.get(at + 1),
+        display_name: r.get(at + 2),
+        status_text: r.get(at + 3),
+        avatar: r.get::<_, Option<String>>(at + 4).map(|id| Avatar {
+            id,
+            url: None,
+            thumbnail_url: None,
+            has_thumbnail,
+        }),
+    }
+}
 
 fn user_row(r: &Row) -> User {
-    User {
-        user_id: UserId(r.get(0)),
-        handle: r.get(1),
-        display_name: r.get(2),
-        status_text: r.get(3),
-    }
+    user_at(r, 0)
 }
 
 pub(super) async fn users(c: &Conn, ids: &[UserId]) -> PgResult<Vec<User>> {
@@ -96,14 +109,16 @@ const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last
      (SELECT count(*) FROM entries e
       WHERE e.conversation_id = c.id AND e.seq > m.read_seq AND e.sender <> m.user_id
         AND e.kind = 'message'),
-     p.id, p.handle, p.display_name, p.status_text,
+     p.id, p.handle, p.display_name, p.status_text, p.avatar, p.has_thumbnail,
      l.seq, l.sender, l.ts, l.text, l.edited, l.deleted, l.body";
 
 /// The caller's membership, the conversation, the other member of a direct one, and the
 /// newest message.
 const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conversation_id
      LEFT JOIN LATERAL (
-         SELECT u.id, u.handle, u.display_name, u.status_text
+         SELECT u.id, u.handle, u.display_name, u.status_text, u.avatar,
+                (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar)
+                    AS has_thumbnail
          FROM members pm JOIN users u ON u.id = pm.user_id
          WHERE c.kind = 'direct' AND pm.conversation_id = c.id AND pm.user_id <> m.user_id
          LIMIT 1) p ON true
@@ -116,22 +131,17 @@ const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conv
 
 fn summary(r: &Row) -> PgResult<ConversationSummary> {
     let kind: &str = r.get(1);
-    let peer = r.get::<_, Option<i64>>(9).map(|id| User {
-        user_id: UserId(id),
-        handle: r.get(10),
-        display_name: r.get(11),
-        status_text: r.get(12),
-    });
-    let last_message = match r.get::<_, Option<i64>>(13) {
+    let peer = r.get::<_, Option<i64>>(9).map(|_| user_at(r, 9));
+    let last_message = match r.get::<_, Option<i64>>(15) {
         Some(seq) => {
-            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(19)).map_err(internal)?;
+            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(21)).map_err(internal)?;
             Some(MessagePreview::new(
                 seq as u64,
-                UserId(r.get(14)),
-                r.get(15),
-                r.get(16),
+                UserId(r.get(16)),
                 r.get(17),
                 r.get(18),
+                r.get(19),
+                r.get(20),
                 &body,
             ))
         }

@@ -136,6 +136,19 @@ pub(crate) async fn set_profile(c: &Conn, user: UserId, update: &ProfileUpdate) 
         query(c, "UPDATE users SET status_text = $2 WHERE id = $1", &[&user.0, &cleared(status)])
             .await?;
     }
+    if let Some(avatar) = &update.avatar {
+        let avatar = cleared(avatar);
+        if let Some(id) = &avatar {
+            let found = query_opt(
+                c,
+                "SELECT content_type FROM media WHERE id = $1 AND owner = $2",
+                &[id, &user.0],
+            )
+            .await?;
+            rules::avatar(found.as_ref().map(|r| r.get::<_, &str>(0)))?;
+        }
+        query(c, "UPDATE users SET avatar = $2 WHERE id = $1", &[&user.0, &avatar]).await?;
+    }
     read::users(c, &[user]).await?.pop().ok_or_else(|| StoreError::NotFound("user").into())
 }
 
@@ -547,7 +560,8 @@ async fn collect_media(
     let media = execute(
         c,
         "DELETE FROM media WHERE created_at < $1
-             AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)",
+             AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)
+             AND NOT EXISTS (SELECT 1 FROM users u WHERE u.avatar = media.id)",
         &[&unattached_before],
     )
     .await?;

@@ -3,7 +3,7 @@
 use natter_proto::{
     ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody, Invitation,
     MessagePreview, MessageState, ReactionSummary, UserId,
-    rest::{Member, User},
+    rest::{Avatar, Member, User},
 };
 use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 
@@ -33,14 +33,23 @@ pub(super) fn user_handle(c: &Connection, user: UserId) -> Result<Option<String>
 }
 
 /// The columns of a user with their profile, from `users u`.
-const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text";
+const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
+     (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar)";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    let avatar = r.get::<_, Option<String>>(4)?.map(|id| Avatar {
+        id,
+        url: None,
+        thumbnail_url: None,
+        has_thumbnail: false,
+    });
+    let has_thumbnail = r.get::<_, Option<bool>>(5)?.unwrap_or(false);
     Ok(User {
         user_id: UserId(r.get(0)?),
         handle: r.get(1)?,
         display_name: r.get(2)?,
         status_text: r.get(3)?,
+        avatar: avatar.map(|a| Avatar { has_thumbnail, ..a }),
     })
 }
 
@@ -123,11 +132,10 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
     let kind = parse_conversation_kind(&kind);
     let peer = match kind {
         ConversationKind::Direct => c
-            .prepare_cached(
-                "SELECT u.id, u.handle, u.display_name, u.status_text
-                 FROM members m JOIN users u ON u.id = m.user_id
-                 WHERE m.conversation_id = ?1 AND m.user_id <> ?2",
-            )?
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM members pm JOIN users u ON u.id = pm.user_id
+                     WHERE pm.conversation_id = ?1 AND pm.user_id <> ?2"
+            ))?
             .query_row(params![id.0, user], user_row)
             .optional()?,
         ConversationKind::Group => None,

@@ -97,6 +97,18 @@ pub(super) fn set_profile(c: &Connection, user: UserId, update: &ProfileUpdate) 
         )
         .map_err(internal)?;
     }
+    if let Some(avatar) = &update.avatar {
+        let avatar = cleared(avatar);
+        if let Some(id) = &avatar {
+            let found: Option<String> = c
+                .prepare_cached("SELECT content_type FROM media WHERE id = ?1 AND owner = ?2")
+                .and_then(|mut st| st.query_row(params![id, user.0], |r| r.get(0)).optional())
+                .map_err(internal)?;
+            rules::avatar(found.as_deref())?;
+        }
+        c.execute("UPDATE users SET avatar = ?2 WHERE id = ?1", params![user.0, avatar])
+            .map_err(internal)?;
+    }
     Ok(())
 }
 
@@ -470,7 +482,8 @@ pub(super) fn collect_media(
     let media = c
         .execute(
             "DELETE FROM media WHERE created_at < ?1
-                 AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)",
+                 AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)
+                 AND NOT EXISTS (SELECT 1 FROM users u WHERE u.avatar = media.id)",
             params![unattached_before],
         )
         .map_err(internal)? as u64;

@@ -58,6 +58,33 @@ pub struct Avatar {
     pub has_thumbnail: bool,
 }
 
+/// One device (login) of the caller, `GET /v1/me/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub device_id: DeviceId,
+    /// The name given at login.
+    pub name: String,
+    /// ms since the Unix epoch.
+    pub created_at: i64,
+    /// When it was last used (to the minute), if ever after its login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+}
+
+/// `GET /v1/me/devices`: the caller's devices, oldest first, and which one is asking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Devices {
+    pub devices: Vec<Device>,
+    pub current: DeviceId,
+}
+
+/// `PUT /v1/me/password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
 /// `PATCH /v1/me/profile`: the fields to change; an absent field stays, an empty one is
 /// cleared.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
+use natter_proto::DeviceId;
 use natter_store::{Principal, TokenHash};
 use sha2::{Digest, Sha256};
 
@@ -169,7 +170,52 @@ pub(crate) async fn authenticate(
     state: &AppState,
     token: &str,
 ) -> Result<Option<Principal>, ApiError> {
-    Ok(state.store().authenticate(token_hash(token)).await?)
+    let principal = state.store().authenticate(token_hash(token)).await?;
+    if let Some(p) = principal {
+        touch(state, p);
+    }
+    Ok(principal)
+}
+
+/// How often a device's last use is written.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Devices remembered between writes; past it the memory starts afresh (a few extra writes).
+const MAX_TOUCHES: usize = 100_000;
+
+/// When this node last wrote each device's last use.
+#[derive(Default)]
+pub(crate) struct Touches(
+    std::sync::Mutex<std::collections::HashMap<DeviceId, std::time::Instant>>,
+);
+
+impl Touches {
+    /// Whether `device`'s last use is due to be written now (and notes it as written).
+    fn due(&self, device: DeviceId, now: std::time::Instant) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() >= MAX_TOUCHES {
+            seen.clear();
+        }
+        match seen.get(&device) {
+            Some(at) if now.duration_since(*at) < TOUCH_EVERY => false,
+            _ => {
+                seen.insert(device, now);
+                true
+            }
+        }
+    }
+}
+
+/// Records that `principal`'s device was used, at most once a minute per device and node,
+/// off the request's path.
+fn touch(state: &AppState, principal: Principal) {
+    if state.touches().due(principal.device_id, std::time::Instant::now()) {
+        let store = state.store().clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.touch_device(principal.device_id, crate::now_ms()).await {
+                tracing::debug!(error = %err, "recording a device's last use failed");
+            }
+        });
+    }
 }
 
 /// An authenticated REST caller. Rejects with 401 `unauthenticated`.
@@ -195,7 +241,10 @@ impl FromRequestParts<AppState> for Auth {
             None => return Err(ApiError::unauthenticated()),
         };
         match state.store().authenticate(token_hash).await? {
-            Some(principal) => Ok(Auth { principal, token_hash }),
+            Some(principal) => {
+                touch(state, principal);
+                Ok(Auth { principal, token_hash })
+            }
             None => Err(ApiError::unauthenticated()),
         }
     }

@@ -451,7 +451,7 @@ mod tests {
         let (path, again_path) = (staged.path.clone(), again.path.clone());
         drop((staged, again));
         assert!(!path.exists() && !again_path.exists(), "staging files are removed");
-        let files: Vec<_> = walk(&dir.path().join("media/blobs"));
+        let files: Vec<_> = walk(&dir.path().join("blobs"));
         assert_eq!(files.len(), 1, "one blob for equal bytes: {files:?}");
 
         assert!(matches!(

@@ -46,6 +46,7 @@ struct Inner {
     logins: LoginGuard,
     media: Media,
     tickets: Tickets,
+    touches: crate::auth::Touches,
 }
 
 impl AppState {
@@ -77,6 +78,7 @@ impl AppState {
             metrics,
             media,
             tickets,
+            touches: crate::auth::Touches::default(),
         }))
     }
 
@@ -130,5 +132,8 @@ impl AppState {
     }
     pub(crate) fn tickets(&self) -> &Tickets {
         &self.0.tickets
+    }
+    pub(crate) fn touches(&self) -> &crate::auth::Touches {
+        &self.0.touches
     }
 }

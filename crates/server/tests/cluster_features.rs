@@ -434,6 +434,54 @@ async fn entries_receipts_typing_and_presence_cross_nodes() {
     let url = format!("http://{n3}/v1/events?ticket={}", fresh.ticket);
     let res = within("events on node-3", http.get(url).send()).await.expect("events");
     assert_eq!(res.status(), reqwest::StatusCode::OK);
+    drop(res);
+
+    // Account changes made on node-1 reach the other nodes: a profile frame to bob on
+    // node-2; a revoked device's session on node-3 and, after a password change, another
+    // device's session on node-2 end at once (close 4001), and their tokens die everywhere.
+    let update = natter_proto::rest::ProfileUpdate {
+        display_name: Some("Alice of node-1".to_owned()),
+        ..Default::default()
+    };
+    let res =
+        http.patch(format!("http://{n1}/v1/me/profile")).bearer_auth(&alice.token).json(&update);
+    assert_eq!(within("profile", res.send()).await.expect("profile").status(), 200);
+    let frame = b.next_where("alice's profile", |f| matches!(f, ServerFrame::Profile { .. })).await;
+    let ServerFrame::Profile { user } = frame else { unreachable!() };
+    assert_eq!((user.user_id, user.display_name.as_deref()), (alice.id, Some("Alice of node-1")));
+
+    let laptop = login(n3, "alice").await;
+    let phone = login(n2, "alice").await;
+    let mut laptop_ws = WsClient::open(n3, &laptop.token).await;
+    let mut phone_ws = WsClient::open(n2, &phone.token).await;
+    let me: natter_proto::rest::Me = within(
+        "the laptop's device",
+        http.get(format!("http://{n3}/v1/me")).bearer_auth(&laptop.token).send(),
+    )
+    .await
+    .expect("me")
+    .json()
+    .await
+    .expect("me");
+    let laptop_id = me.device_id;
+    let res =
+        http.delete(format!("http://{n1}/v1/me/devices/{}", laptop_id.0)).bearer_auth(&alice.token);
+    assert_eq!(within("revoke", res.send()).await.expect("revoke").status(), 204);
+    let closed = laptop_ws.closed().await.expect("the laptop's session closed");
+    assert_eq!(u16::from(closed.code), natter_proto::close::UNAUTHENTICATED);
+    let change = natter_proto::rest::ChangePassword {
+        current_password: natter_testkit::PASSWORD.to_owned(),
+        new_password: "a brand new passphrase".to_owned(),
+    };
+    let res =
+        http.put(format!("http://{n1}/v1/me/password")).bearer_auth(&alice.token).json(&change);
+    assert_eq!(within("password", res.send()).await.expect("password").status(), 204);
+    let closed = phone_ws.closed().await.expect("the phone's session closed");
+    assert_eq!(u16::from(closed.code), natter_proto::close::UNAUTHENTICATED);
+    for (addr, token) in [(n2, &phone.token), (n3, &laptop.token), (n1, &phone.token)] {
+        let res = http.get(format!("http://{addr}/v1/me")).bearer_auth(token).send();
+        assert_eq!(within("me", res).await.expect("me").status(), 401);
+    }
     eprintln!("cross-node features: {:?}", started.elapsed());
 }
 

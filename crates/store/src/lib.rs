@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use natter_proto::{
     Ack, Attachment, Committed, ConversationId, ConversationSummary, DeviceId, Dimensions, Entry,
     ErrorCode, Invitation, NewEntry, Receipt, Role, Seq, UserId,
-    rest::{Member, ProfileUpdate, User},
+    rest::{Device, Member, ProfileUpdate, User},
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -326,6 +326,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>>;
     /// Everyone who shares at least one conversation with `user` (not `user`).
     async fn contacts_of(&self, user: UserId) -> Result<Vec<UserId>>;
+    /// `user`'s devices (logins), oldest first.
+    async fn devices(&self, user: UserId) -> Result<Vec<Device>>;
+    /// `user`'s password hash (PHC string); `None` for an unknown user.
+    async fn password_hash(&self, user: UserId) -> Result<Option<String>>;
     /// The principal a token hash belongs to, unless revoked.
     async fn authenticate(&self, token: TokenHash) -> Result<Option<Principal>>;
     /// The conversation as `user` sees it; `NotFound` if it is not a member.
@@ -375,6 +379,15 @@ pub trait Store: Send + Sync + 'static {
     /// Changes `user`'s profile (an absent field stays, an empty one is cleared; the caller
     /// has checked the values); the profile as it is now.
     async fn set_profile(&self, user: UserId, update: ProfileUpdate) -> Result<User>;
+    /// Records that `device` was used at `at` (ms).
+    async fn touch_device(&self, device: DeviceId, at: i64) -> Result<()>;
+    /// Replaces `user`'s password hash and deletes every device of theirs but `keep`, in one
+    /// transaction; the deleted devices.
+    async fn set_password(&self, user: UserId, hash: &str, keep: DeviceId)
+    -> Result<Vec<DeviceId>>;
+    /// Deletes one of `user`'s devices (its token stops working); `NotFound` if it is not
+    /// theirs.
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()>;
 
     // ---- delete ----
 

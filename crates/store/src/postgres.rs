@@ -29,7 +29,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
     UserId,
-    rest::{Member, ProfileUpdate, User},
+    rest::{Device, Member, ProfileUpdate, User},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0005_media.sql"),
     include_str!("../migrations/postgres/0006_profiles.sql"),
     include_str!("../migrations/postgres/0007_avatars.sql"),
+    include_str!("../migrations/postgres/0008_device_use.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -633,6 +634,16 @@ impl Store for PgStore {
         read::contacts_of(&c, user).await.map_err(Fail::into_store)
     }
 
+    async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
+        let c = self.client().await?;
+        read::devices(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn password_hash(&self, user: UserId) -> Result<Option<String>> {
+        let c = self.client().await?;
+        read::password_hash(&c, user).await.map_err(Fail::into_store)
+    }
+
     async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>> {
         let c = self.client().await?;
         read::share_conversation(&c, user, others).await.map_err(Fail::into_store)
@@ -704,6 +715,26 @@ impl Store for PgStore {
         // One user's own row, outside the log: no need for the writer's batches.
         let c = self.client().await?;
         write::set_profile(&c, user, &update).await.map_err(Fail::into_store)
+    }
+
+    async fn touch_device(&self, device: DeviceId, at: i64) -> Result<()> {
+        let c = self.client().await?;
+        write::touch_device(&c, device, at).await.map_err(Fail::into_store)
+    }
+
+    async fn set_password(
+        &self,
+        user: UserId,
+        hash: &str,
+        keep: DeviceId,
+    ) -> Result<Vec<DeviceId>> {
+        let c = self.client().await?;
+        write::set_password(&c, user, hash, keep).await.map_err(Fail::into_store)
+    }
+
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()> {
+        let c = self.client().await?;
+        write::revoke_device(&c, user, device).await.map_err(Fail::into_store)
     }
 
     async fn delete_device(&self, token: TokenHash) -> Result<()> {

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
     UserId,
-    rest::{Member, ProfileUpdate, User},
+    rest::{Device, Member, ProfileUpdate, User},
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_media.sql"),
     include_str!("../migrations/sqlite/0006_profiles.sql"),
     include_str!("../migrations/sqlite/0007_avatars.sql"),
+    include_str!("../migrations/sqlite/0008_device_use.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -467,6 +468,14 @@ impl Store for SqliteStore {
         self.read(move |c| read::contacts_of(c, user)).await
     }
 
+    async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
+        self.read(move |c| read::devices(c, user)).await
+    }
+
+    async fn password_hash(&self, user: UserId) -> Result<Option<String>> {
+        self.read(move |c| read::password_hash(c, user)).await
+    }
+
     async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>> {
         let others = others.to_vec();
         self.read(move |c| read::share_conversation(c, user, &others)).await
@@ -526,6 +535,24 @@ impl Store for SqliteStore {
             read::users(c, &[user])?.pop().ok_or(StoreError::NotFound("user"))
         })
         .await
+    }
+
+    async fn touch_device(&self, device: DeviceId, at: i64) -> Result<()> {
+        self.write(move |c, _| write::touch_device(c, device, at)).await
+    }
+
+    async fn set_password(
+        &self,
+        user: UserId,
+        hash: &str,
+        keep: DeviceId,
+    ) -> Result<Vec<DeviceId>> {
+        let hash = hash.to_owned();
+        self.write(move |c, _| write::set_password(c, user, &hash, keep)).await
+    }
+
+    async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()> {
+        self.write(move |c, _| write::revoke_device(c, user, device)).await
     }
 
     async fn delete_device(&self, token: TokenHash) -> Result<()> {

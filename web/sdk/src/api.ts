@@ -32,6 +32,8 @@ import type {
   SyncResponse,
   Ticket,
   UploadCreated,
+  Device,
+  DeviceId,
   ProfileUpdate,
   User,
   UserId,
@@ -264,6 +266,21 @@ export class Api {
     const query: Record<string, string | undefined> = { q: prefix, limit: limit === undefined ? undefined : String(limit) };
     const res = await this.call<{ users: User[] }>("GET", "/v1/users", undefined, query);
     return res.users;
+  }
+
+  /** `GET /v1/me/devices`: your logins with their last use, and which one is asking. */
+  devices(): Promise<{ devices: Device[]; current: DeviceId }> {
+    return this.call("GET", "/v1/me/devices");
+  }
+
+  /** `DELETE /v1/me/devices/{id}`: logs that device out; its sessions end on every node. */
+  async revokeDevice(device: DeviceId): Promise<void> {
+    await this.call<unknown>("DELETE", `/v1/me/devices/${device}`);
+  }
+
+  /** `PUT /v1/me/password`: every other device is logged out. */
+  async changePassword(currentPassword: string, newPassword: string): Promise<void> {
+    await this.call<unknown>("PUT", "/v1/me/password", { current_password: currentPassword, new_password: newPassword });
   }
 
   /** `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared; the profile as it is now. */

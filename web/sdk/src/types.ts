@@ -142,6 +142,14 @@ export interface Avatar {
   thumbnail_url?: string;
 }
 
+/** One of your devices (logins), `GET /v1/me/devices`. */
+export interface Device {
+  device_id: DeviceId;
+  name: string;
+  created_at: number;
+  last_used_at?: number;
+}
+
 /** `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared. */
 export interface ProfileUpdate {
   display_name?: string;

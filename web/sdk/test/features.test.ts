@@ -206,3 +206,18 @@ test("profiles: set, searched among contacts, and pushed live to a contact as a 
   assert.equal(cleared.status_text, undefined);
   assert.equal(cleared.display_name, "Alice Liddell");
 });
+
+test("account: devices listed, a password change logs the other devices out (their client closes)", async () => {
+  const alice = await account(server.url, "acct_alice");
+  const other = await new Api(server.url).login("acct_alice", PASSWORD, "tablet");
+  const tablet = await connect(server.url, other.token);
+  const tr = new Recorder(tablet);
+  await tr.connected();
+  const listed = await alice.api.devices();
+  assert.equal(listed.devices.length, 2);
+  assert.ok(listed.devices.some((d) => d.device_id === other.device_id && d.name === "tablet"));
+  await alice.api.changePassword(PASSWORD, "a brand new passphrase");
+  await tr.waitFor("the tablet's client closed", (e) => e.type === "connection" && e.state === "closed" && e.reason === "unauthenticated");
+  assert.equal((await alice.api.devices()).devices.length, 1);
+  await assert.rejects(new Api(server.url).login("acct_alice", PASSWORD), /unauthenticated|401/);
+});

@@ -5,6 +5,7 @@
 //! process's memory under the binary's allocator, and `sync_size.rs` reads process-wide
 //! metrics.
 
+mod account;
 mod bad_input;
 mod browser_auth;
 mod cluster_faults;

@@ -80,6 +80,74 @@ pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResu
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Ends every session of `device` here and on the other nodes (its token is gone).
+async fn end_device(state: &AppState, user: natter_proto::UserId, device: natter_proto::DeviceId) {
+    let principal = natter_store::Principal { user_id: user, device_id: device };
+    session::end_device(state, principal, close::UNAUTHENTICATED);
+    cluster::revoke(state, principal).await;
+}
+
+/// `GET /v1/me/devices`: the caller's logins with their last use.
+pub(super) async fn devices(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<natter_proto::rest::Devices>> {
+    let devices = state.store().devices(auth.principal.user_id).await?;
+    Ok(Json(natter_proto::rest::Devices { devices, current: auth.principal.device_id }))
+}
+
+/// `DELETE /v1/me/devices/{id}`: revokes one of the caller's logins (the current one too):
+/// its token stops working and its sessions end on every node.
+pub(super) async fn revoke_device(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let Path(id) = id.map_err(|_| ApiError::bad_request("a device id is a number"))?;
+    let (user, device) = (auth.principal.user_id, natter_proto::DeviceId(id));
+    state.store().revoke_device(user, device).await?;
+    end_device(&state, user, device).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/me/password`: the current password, then the new one under the same rules as
+/// at registration. Every other device of the account is logged out (its sessions end on
+/// every node); the one asking stays.
+pub(super) async fn change_password(
+    State(state): State<AppState>,
+    auth: Auth,
+    addr: ClientAddr,
+    body: Result<Json<natter_proto::rest::ChangePassword>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(req) = body?;
+    let limits = &state.cfg().limits;
+    let me = auth.principal.user_id;
+    let handle = state.store().user_handle(me).await?.ok_or_else(ApiError::unauthenticated)?;
+    // Wrong current passwords count like failed logins of the handle: a stolen token does
+    // not get unlimited guesses at the password.
+    let key = natter_store::handle_key(&handle);
+    if let Some(wait) = state.logins().blocked(addr, &key, Instant::now()) {
+        return Err(ApiError::too_many_requests("too many failed logins; retry later", wait));
+    }
+    let phc = state.store().password_hash(me).await?;
+    if req.current_password.len() > limits.max_password_bytes
+        || !auth::verify_password(&state, addr, req.current_password, phc).await?
+    {
+        state.logins().failed(limits, addr, &key, Instant::now());
+        return Err(ApiError::new(
+            natter_proto::ErrorCode::Forbidden,
+            "the current password is wrong",
+        ));
+    }
+    policy::check_password(limits, &handle, &req.new_password)?;
+    let hash = auth::hash_password(&state, addr, req.new_password).await?;
+    let removed = state.store().set_password(me, &hash, auth.principal.device_id).await?;
+    for device in removed {
+        end_device(&state, me, device).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /v1/tickets`: a ticket for `GET /v1/events?ticket=` (a browser's `EventSource`
 /// cannot send an `Authorization` header), good for one use within 30 s (`auth/ticket.rs`).
 pub(super) async fn ticket(

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use natter_proto::{
     ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessagePreview,
     MessageState, ReactionSummary, UserId,
-    rest::{Avatar, Member, User},
+    rest::{Avatar, Device, Member, User},
 };
 use tokio_postgres::Row;
 
@@ -94,6 +94,29 @@ pub(super) async fn contacts_of(c: &Conn, user: UserId) -> PgResult<Vec<UserId>>
     )
     .await?;
     Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
+}
+
+pub(super) async fn devices(c: &Conn, user: UserId) -> PgResult<Vec<Device>> {
+    let rows = query(
+        c,
+        "SELECT id, name, created_at, last_used_at FROM devices WHERE user_id = $1 ORDER BY id",
+        &[&user.0],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Device {
+            device_id: DeviceId(r.get(0)),
+            name: r.get(1),
+            created_at: r.get(2),
+            last_used_at: r.get(3),
+        })
+        .collect())
+}
+
+pub(super) async fn password_hash(c: &Conn, user: UserId) -> PgResult<Option<String>> {
+    let row = query_opt(c, "SELECT password_hash FROM users WHERE id = $1", &[&user.0]).await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 pub(super) async fn authenticate(c: &Conn, token: &TokenHash) -> PgResult<Option<Principal>> {

@@ -152,6 +152,38 @@ pub(crate) async fn set_profile(c: &Conn, user: UserId, update: &ProfileUpdate) 
     read::users(c, &[user]).await?.pop().ok_or_else(|| StoreError::NotFound("user").into())
 }
 
+pub(crate) async fn touch_device(c: &Conn, device: DeviceId, at: i64) -> PgResult<()> {
+    query(c, "UPDATE devices SET last_used_at = $2 WHERE id = $1", &[&device.0, &at]).await?;
+    Ok(())
+}
+
+/// The new hash and the other devices' deletion in one statement (one transaction).
+pub(crate) async fn set_password(
+    c: &Conn,
+    user: UserId,
+    hash: &str,
+    keep: DeviceId,
+) -> PgResult<Vec<DeviceId>> {
+    let rows = query(
+        c,
+        "WITH u AS (UPDATE users SET password_hash = $2 WHERE id = $1)
+         DELETE FROM devices WHERE user_id = $1 AND id <> $3 RETURNING id",
+        &[&user.0, &hash, &keep.0],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| DeviceId(r.get(0))).collect())
+}
+
+pub(crate) async fn revoke_device(c: &Conn, user: UserId, device: DeviceId) -> PgResult<()> {
+    let rows = query(
+        c,
+        "DELETE FROM devices WHERE id = $1 AND user_id = $2 RETURNING id",
+        &[&device.0, &user.0],
+    )
+    .await?;
+    if rows.is_empty() { Err(StoreError::NotFound("device").into()) } else { Ok(()) }
+}
+
 async fn create_device(
     c: &Conn,
     user: UserId,

@@ -3,7 +3,7 @@
 use natter_proto::{
     ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody, Invitation,
     MessagePreview, MessageState, ReactionSummary, UserId,
-    rest::{Avatar, Member, User},
+    rest::{Avatar, Device, Member, User},
 };
 use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 
@@ -99,6 +99,31 @@ pub(super) fn contacts_of(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
         .map_err(internal)?;
     let rows = st.query_map(params![user.0], |r| Ok(UserId(r.get(0)?))).map_err(internal)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn devices(c: &Connection, user: UserId) -> Result<Vec<Device>> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT id, name, created_at, last_used_at FROM devices WHERE user_id = ?1 ORDER BY id",
+        )
+        .map_err(internal)?;
+    let rows = st
+        .query_map(params![user.0], |r| {
+            Ok(Device {
+                device_id: DeviceId(r.get(0)?),
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+                last_used_at: r.get(3)?,
+            })
+        })
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn password_hash(c: &Connection, user: UserId) -> Result<Option<String>> {
+    c.prepare_cached("SELECT password_hash FROM users WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![user.0], |r| r.get(0)).optional())
+        .map_err(internal)
 }
 
 pub(super) fn authenticate(c: &Connection, token: &TokenHash) -> Result<Option<Principal>> {

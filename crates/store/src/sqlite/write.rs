@@ -112,6 +112,34 @@ pub(super) fn set_profile(c: &Connection, user: UserId, update: &ProfileUpdate) 
     Ok(())
 }
 
+pub(super) fn touch_device(c: &Connection, device: DeviceId, at: i64) -> Result<()> {
+    c.execute("UPDATE devices SET last_used_at = ?2 WHERE id = ?1", params![device.0, at])
+        .map_err(internal)?;
+    Ok(())
+}
+
+pub(super) fn set_password(
+    c: &Connection,
+    user: UserId,
+    hash: &str,
+    keep: DeviceId,
+) -> Result<Vec<DeviceId>> {
+    c.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![user.0, hash])
+        .map_err(internal)?;
+    c.prepare("DELETE FROM devices WHERE user_id = ?1 AND id <> ?2 RETURNING id")
+        .and_then(|mut st| {
+            st.query_map(params![user.0, keep.0], |r| Ok(DeviceId(r.get(0)?)))?.collect()
+        })
+        .map_err(internal)
+}
+
+pub(super) fn revoke_device(c: &Connection, user: UserId, device: DeviceId) -> Result<()> {
+    let n = c
+        .execute("DELETE FROM devices WHERE id = ?1 AND user_id = ?2", params![device.0, user.0])
+        .map_err(internal)?;
+    if n == 0 { Err(StoreError::NotFound("device")) } else { Ok(()) }
+}
+
 pub(super) fn delete_device(c: &Connection, token: &TokenHash) -> Result<()> {
     c.execute("DELETE FROM devices WHERE token_hash = ?1", params![&token[..]])
         .map_err(internal)?;

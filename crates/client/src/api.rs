@@ -143,6 +143,12 @@ impl Api {
         Ok(found.users)
     }
 
+    /// `DELETE /v1/me`: deletes the account (every session ends; its messages stay).
+    pub async fn delete_account(&self, password: &str) -> Result<()> {
+        let body = natter_proto::rest::DeleteAccount { password: password.to_owned() };
+        self.call_empty(Method::DELETE, "/v1/me", Some(&body)).await
+    }
+
     /// `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared; the profile
     /// as it is now.
     pub async fn set_profile(&self, update: &ProfileUpdate) -> Result<User> {

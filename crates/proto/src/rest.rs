@@ -31,13 +31,29 @@ pub struct User {
     pub status_text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<Avatar>,
+    /// The account was deleted (`DELETE /v1/me`): show a deleted user; its messages stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl User {
     /// A user with no profile set.
     pub fn new(user_id: UserId, handle: impl Into<String>) -> User {
-        User { user_id, handle: handle.into(), display_name: None, status_text: None, avatar: None }
+        User {
+            user_id,
+            handle: handle.into(),
+            display_name: None,
+            status_text: None,
+            avatar: None,
+            deleted: false,
+        }
     }
+}
+
+/// `DELETE /v1/me`: the password again, to delete the account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteAccount {
+    pub password: String,
 }
 
 /// A profile's picture: an image its user uploaded (`POST /v1/media`). The URLs are signed

@@ -91,6 +91,9 @@ limits! {
     /// Whether user search (`GET /v1/users/search`) finds everyone, not only the users who
     /// share a conversation with the searcher.
     user_directory: bool = false, "NATTER_USER_DIRECTORY";
+    /// How long a deleted account's handle stays reserved before anyone may register it, in
+    /// seconds (freed by the node's hourly housekeeping, with the media collection).
+    deleted_handle_grace_secs: u64 = 30 * 24 * 3600, "NATTER_DELETED_HANDLE_GRACE_SECS";
     /// Longest display name, in characters.
     max_display_name_chars: usize = 64, "NATTER_MAX_DISPLAY_NAME_CHARS";
     /// Longest status text, in characters.

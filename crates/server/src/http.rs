@@ -40,7 +40,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/sessions/current", axum::routing::delete(accounts::logout))
         .route("/v1/tickets", post(accounts::ticket))
-        .route("/v1/me", get(accounts::me))
+        .route("/v1/me", get(accounts::me).delete(accounts::delete_account))
         .route("/v1/me/profile", axum::routing::patch(accounts::set_profile))
         .route("/v1/me/devices", get(accounts::devices))
         .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))

@@ -250,7 +250,8 @@ fn generated_node_id() -> String {
     format!("node-{}-{:08x}", std::process::id(), u32::from_be_bytes(bytes))
 }
 
-/// Collects unattached uploads and unreferenced blobs every `media_gc_interval_secs`.
+/// Housekeeping every `media_gc_interval_secs`: collects unattached uploads and unreferenced
+/// blobs, and frees the handles of accounts deleted over the grace period ago.
 async fn collect_media(state: AppState) {
     let limits = &state.cfg().limits;
     let every = std::time::Duration::from_secs(limits.media_gc_interval_secs.max(1));
@@ -264,8 +265,20 @@ async fn collect_media(state: AppState) {
                 if let Err(err) = state.media().collect(state.store().as_ref(), ttl).await {
                     tracing::warn!(error = %err.message, "media collection failed");
                 }
+                free_deleted_handles(&state).await;
             }
         }
+    }
+}
+
+/// Frees the handles of accounts deleted over `deleted_handle_grace_secs` ago.
+async fn free_deleted_handles(state: &AppState) {
+    let grace = i64::try_from(state.cfg().limits.deleted_handle_grace_secs.saturating_mul(1000))
+        .unwrap_or(i64::MAX);
+    match state.store().free_deleted_handles(now_ms().saturating_sub(grace)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "freed the handles of deleted accounts"),
+        Err(err) => tracing::warn!(error = %err, "freeing deleted accounts' handles failed"),
     }
 }
 

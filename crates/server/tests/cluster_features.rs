@@ -4,7 +4,9 @@
 //! concurrent senders on every node into one group, for a small group (routed to each node
 //! holding members) and a large one (one channel per conversation, fan-out on read); a
 //! member added or removed on one node while connected to another; a client resuming on
-//! another node; and SSE and long-poll streams fed by a commit on another node.
+//! another node; SSE and long-poll streams fed by a commit on another node; and account
+//! changes on one node (profile, device revoked, password changed, account deleted) reaching
+//! the sessions on the others.
 //!
 //! Each client here is a raw WebSocket (`Peer`) that keeps every entry it was delivered, per
 //! conversation, and fails at once on a gap or a duplicate.
@@ -482,6 +484,13 @@ async fn entries_receipts_typing_and_presence_cross_nodes() {
         let res = http.get(format!("http://{addr}/v1/me")).bearer_auth(token).send();
         assert_eq!(within("me", res).await.expect("me").status(), 401);
     }
+    // Deleting the account on node-1 ends its session on node-3 too.
+    let mut still = WsClient::open(n3, &alice.token).await;
+    let body = natter_proto::rest::DeleteAccount { password: "a brand new passphrase".to_owned() };
+    let res = http.delete(format!("http://{n1}/v1/me")).bearer_auth(&alice.token).json(&body);
+    assert_eq!(within("delete", res.send()).await.expect("delete").status(), 204);
+    let closed = still.closed().await.expect("the session on node-3 closed");
+    assert_eq!(u16::from(closed.code), natter_proto::close::UNAUTHENTICATED);
     eprintln!("cross-node features: {:?}", started.elapsed());
 }
 

@@ -385,6 +385,11 @@ pub trait Store: Send + Sync + 'static {
     /// transaction; the deleted devices.
     async fn set_password(&self, user: UserId, hash: &str, keep: DeviceId)
     -> Result<Vec<DeviceId>>;
+    /// Deletes `user`'s account: no password, profile, devices or invitations any more, and
+    /// marked deleted (memberships and messages stay); the deleted devices.
+    async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>>;
+    /// Frees the handles of accounts deleted before `deleted_before` (ms); how many.
+    async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64>;
     /// Deletes one of `user`'s devices (its token stops working); `NotFound` if it is not
     /// theirs.
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()>;

@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0006_profiles.sql"),
     include_str!("../migrations/postgres/0007_avatars.sql"),
     include_str!("../migrations/postgres/0008_device_use.sql"),
+    include_str!("../migrations/postgres/0009_deleted_users.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -730,6 +731,16 @@ impl Store for PgStore {
     ) -> Result<Vec<DeviceId>> {
         let c = self.client().await?;
         write::set_password(&c, user, hash, keep).await.map_err(Fail::into_store)
+    }
+
+    async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>> {
+        let c = self.client().await?;
+        write::delete_user(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64> {
+        let c = self.client().await?;
+        write::free_deleted_handles(&c, deleted_before).await.map_err(Fail::into_store)
     }
 
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()> {

@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_profiles.sql"),
     include_str!("../migrations/sqlite/0007_avatars.sql"),
     include_str!("../migrations/sqlite/0008_device_use.sql"),
+    include_str!("../migrations/sqlite/0009_deleted_users.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -549,6 +550,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeviceId>> {
         let hash = hash.to_owned();
         self.write(move |c, _| write::set_password(c, user, &hash, keep)).await
+    }
+
+    async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>> {
+        self.write(move |c, _| write::delete_user(c, user)).await
+    }
+
+    async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64> {
+        self.write(move |c, _| write::free_deleted_handles(c, deleted_before)).await
     }
 
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()> {

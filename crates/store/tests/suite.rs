@@ -63,6 +63,7 @@ macro_rules! store_suite {
             memberships_list_every_conversation_of_the_user,
             summaries_name_the_peer_and_preview_the_newest_message,
             profiles_are_set_cleared_looked_up_and_searched_among_contacts,
+            a_deleted_user_loses_logins_and_profile_and_later_the_handle,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1345,6 +1346,36 @@ async fn profiles_are_set_cleared_looked_up_and_searched_among_contacts<S: Store
     assert!(s.media("doc").await.unwrap().is_none(), "an unattached upload goes");
     let without = s.set_profile(bob, avatar("")).await.unwrap();
     assert_eq!(without.avatar, None);
+}
+
+async fn a_deleted_user_loses_logins_and_profile_and_later_the_handle<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob] = users(s, ["ann", "bob"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let m = send(s, ab, ann, "c1", "bye").await;
+    let d1 = s.create_device(ann, "phone", [1; 32]).await.unwrap();
+    let d2 = s.create_device(ann, "laptop", [2; 32]).await.unwrap();
+    let update = ProfileUpdate { display_name: Some("Ann".to_owned()), ..Default::default() };
+    s.set_profile(ann, update).await.unwrap();
+    let mut removed = s.delete_user(ann).await.unwrap();
+    removed.sort();
+    assert_eq!(removed, vec![d1, d2]);
+    assert!(s.authenticate([1; 32]).await.unwrap().is_none());
+    assert!(s.user_by_handle("ann").await.unwrap().is_none(), "not found by handle");
+    let shown = s.users(&[ann]).await.unwrap().pop().expect("still there by id");
+    assert!(shown.deleted);
+    assert_eq!(shown.display_name, None, "the profile went");
+    assert!(s.search_users(bob, "ann", true, 10).await.unwrap().is_empty());
+    assert_eq!(s.conversation(bob, ab).await.unwrap().peer.map(|p| p.deleted), Some(true));
+    assert!(log(s, ab).await.iter().any(|e| e.seq == m.seq && e.sender == ann), "messages stay");
+    // The handle stays taken until freed, then anyone may take it.
+    assert_eq!(code(s.create_user("ann", "hash").await), ErrorCode::Conflict);
+    assert_eq!(s.free_deleted_handles(0).await.unwrap(), 0, "not deleted before the epoch");
+    assert_eq!(s.free_deleted_handles(i64::MAX).await.unwrap(), 1);
+    assert_eq!(s.free_deleted_handles(i64::MAX).await.unwrap(), 0, "once");
+    let new_ann = s.create_user("ann", "hash").await.unwrap();
+    assert_ne!(new_ann, ann);
+    assert!(s.users(&[ann]).await.unwrap()[0].handle.starts_with("~deleted-"));
 }
 
 async fn memberships_list_every_conversation_of_the_user<S: Store>(f: Fixture<S>) {

@@ -278,6 +278,11 @@ export class Api {
     await this.call<unknown>("DELETE", `/v1/me/devices/${device}`);
   }
 
+  /** `DELETE /v1/me`: deletes your account (every session ends; your messages stay). */
+  async deleteAccount(password: string): Promise<void> {
+    await this.call<unknown>("DELETE", "/v1/me", { password });
+  }
+
   /** `PUT /v1/me/password`: every other device is logged out. */
   async changePassword(currentPassword: string, newPassword: string): Promise<void> {
     await this.call<unknown>("PUT", "/v1/me/password", { current_password: currentPassword, new_password: newPassword });

@@ -133,6 +133,8 @@ export interface User {
   display_name?: string;
   status_text?: string;
   avatar?: Avatar;
+  /** The account was deleted: show a deleted user; its messages stay. */
+  deleted?: boolean;
 }
 
 /** A profile's picture: signed URLs that expire like attachments'. */

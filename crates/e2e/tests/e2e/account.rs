@@ -112,3 +112,70 @@ async fn wrong_current_passwords_back_off_like_failed_logins() {
     assert!(codes[2..].contains(&StatusCode::TOO_MANY_REQUESTS), "then it backs off: {codes:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_account_ends_everywhere_keeps_its_messages_and_frees_its_handle() {
+    // Housekeeping every second with no grace: the handle comes free at the next run.
+    let server = TestServer::start_with(|c| {
+        c.limits.media_gc_interval_secs = 1;
+        c.limits.deleted_handle_grace_secs = 0;
+    })
+    .await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let conv = server.create_direct(&alice, &bob).await;
+    let ack = server.send_rest(&alice, conv, "c1", "goodbye").await;
+    let phone = server.session("alice").await;
+    let mut phone_ws = server.ws_token(&phone.token).await;
+
+    let delete =
+        |password: &str| natter_proto::rest::DeleteAccount { password: password.to_owned() };
+    let (status, json) =
+        server.call(Method::DELETE, "/v1/me", Some(&alice.token), Some(&delete("wrong one"))).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, _) =
+        server.call(Method::DELETE, "/v1/me", Some(&alice.token), Some(&delete(PASSWORD))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Every session and token is gone; the handle no longer finds anyone.
+    assert_eq!(close_code(&mut phone_ws).await, close::UNAUTHENTICATED);
+    for token in [&alice.token, &phone.token] {
+        assert_eq!(me_status(&server, token).await, StatusCode::UNAUTHORIZED);
+    }
+    let login =
+        Credentials { handle: "alice".to_owned(), password: PASSWORD.to_owned(), device: None };
+    let (status, _) = server.call(Method::POST, "/v1/sessions", None, Some(&login)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) =
+        server.call(Method::GET, "/v1/users/alice", Some(&bob.token), None::<&()>).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Bob still reads her message, from a user shown as deleted, and cannot start anew.
+    let log = server.all_entries(&bob, conv, 50).await;
+    assert!(log.iter().any(|e| e.seq == ack.seq && e.sender == alice.id));
+    let path = format!("/v1/users?ids={}", alice.id.0);
+    let users: natter_proto::rest::Users =
+        server.ok(Method::GET, &path, &bob.token, None::<&()>, StatusCode::OK).await;
+    assert!(users.users[0].deleted, "{users:?}");
+    let body = natter_proto::rest::CreateConversation::Direct { peer: alice.id };
+    let (status, _) =
+        server.call(Method::POST, "/v1/conversations", Some(&bob.token), Some(&body)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // After the grace period the handle can be registered again (by someone new).
+    let again = Credentials {
+        handle: "alice".to_owned(),
+        password: "a new alice entirely".to_owned(),
+        device: None,
+    };
+    let user: natter_proto::rest::User = poll_until(
+        "the handle freed",
+        || async {
+            let (status, json) =
+                server.call(Method::POST, "/v1/accounts", None, Some(&again)).await;
+            (status == StatusCode::CREATED).then(|| serde_json::from_value(json).expect("a user"))
+        },
+        || "still taken".to_owned(),
+    )
+    .await;
+    assert_ne!(user.user_id, alice.id);
+    server.stop().await;
+}

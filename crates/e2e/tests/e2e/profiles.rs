@@ -51,6 +51,7 @@ async fn profiles_are_set_read_searched_and_pushed_to_contacts_only() {
         display_name: Some("Alice Liddell".to_owned()),
         status_text: Some("down the rabbit hole".to_owned()),
         avatar: None,
+        deleted: false,
     };
     assert_eq!(serde_json::from_value::<User>(json).unwrap(), want, "trimmed");
 

@@ -122,23 +122,8 @@ pub(super) async fn change_password(
     let Json(req) = body?;
     let limits = &state.cfg().limits;
     let me = auth.principal.user_id;
+    check_current_password(&state, addr, me, req.current_password).await?;
     let handle = state.store().user_handle(me).await?.ok_or_else(ApiError::unauthenticated)?;
-    // Wrong current passwords count like failed logins of the handle: a stolen token does
-    // not get unlimited guesses at the password.
-    let key = natter_store::handle_key(&handle);
-    if let Some(wait) = state.logins().blocked(addr, &key, Instant::now()) {
-        return Err(ApiError::too_many_requests("too many failed logins; retry later", wait));
-    }
-    let phc = state.store().password_hash(me).await?;
-    if req.current_password.len() > limits.max_password_bytes
-        || !auth::verify_password(&state, addr, req.current_password, phc).await?
-    {
-        state.logins().failed(limits, addr, &key, Instant::now());
-        return Err(ApiError::new(
-            natter_proto::ErrorCode::Forbidden,
-            "the current password is wrong",
-        ));
-    }
     policy::check_password(limits, &handle, &req.new_password)?;
     let hash = auth::hash_password(&state, addr, req.new_password).await?;
     let removed = state.store().set_password(me, &hash, auth.principal.device_id).await?;
@@ -146,6 +131,51 @@ pub(super) async fn change_password(
         end_device(&state, me, device).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/me`: deletes the caller's account after checking the password (as a login
+/// would, back-off included). Every session of it ends on every node; its messages stay,
+/// from a user shown as deleted; its handle is free again after `deleted_handle_grace_secs`.
+pub(super) async fn delete_account(
+    State(state): State<AppState>,
+    auth: Auth,
+    addr: ClientAddr,
+    body: Result<Json<natter_proto::rest::DeleteAccount>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(req) = body?;
+    let me = auth.principal.user_id;
+    check_current_password(&state, addr, me, req.password).await?;
+    for device in state.store().delete_user(me).await? {
+        end_device(&state, me, device).await;
+    }
+    tracing::info!(user_id = me.0, "account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's password, checked like a login: refused while the handle backs off, and a
+/// wrong one counts as a failed login (`403 forbidden`).
+async fn check_current_password(
+    state: &AppState,
+    addr: ClientAddr,
+    me: natter_proto::UserId,
+    password: String,
+) -> ApiResult<()> {
+    let limits = &state.cfg().limits;
+    let handle = state.store().user_handle(me).await?.ok_or_else(ApiError::unauthenticated)?;
+    // Wrong passwords count like failed logins of the handle: a stolen token does not get
+    // unlimited guesses at the password.
+    let key = natter_store::handle_key(&handle);
+    if let Some(wait) = state.logins().blocked(addr, &key, Instant::now()) {
+        return Err(ApiError::too_many_requests("too many failed logins; retry later", wait));
+    }
+    let phc = state.store().password_hash(me).await?;
+    if password.len() > limits.max_password_bytes
+        || !auth::verify_password(state, addr, password, phc).await?
+    {
+        state.logins().failed(limits, addr, &key, Instant::now());
+        return Err(ApiError::new(natter_proto::ErrorCode::Forbidden, "the password is wrong"));
+    }
+    Ok(())
 }
 
 /// `POST /v1/tickets`: a ticket for `GET /v1/events?ticket=` (a browser's `EventSource`

@@ -17,7 +17,8 @@ use crate::{ListCursor, Page, Principal, Range, StoreError, TokenHash, UserRecor
 pub(super) async fn user_by_handle(c: &Conn, handle: &str) -> PgResult<Option<UserRecord>> {
     let row = query_opt(
         c,
-        "SELECT id, handle, password_hash FROM users WHERE lower(handle) = lower($1)",
+        "SELECT id, handle, password_hash FROM users
+         WHERE lower(handle) = lower($1) AND deleted_at IS NULL",
         &[&handle],
     )
     .await?;
@@ -31,7 +32,8 @@ pub(super) async fn user_handle(c: &Conn, user: UserId) -> PgResult<Option<Strin
 
 /// The columns of a user with their profile, from `users u`.
 const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
-     (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar)";
+     (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar),
+     u.deleted_at IS NOT NULL";
 
 /// A user from [`USER_COLUMNS`] starting at column `at`.
 fn user_at(r: &Row, at: usize) -> User {
@@ -47,6 +49,7 @@ fn user_at(r: &Row, at: usize) -> User {
             thumbnail_url: None,
             has_thumbnail,
         }),
+        deleted: r.get(at + 6),
     }
 }
 
@@ -72,7 +75,7 @@ pub(super) async fn search_users(
 ) -> PgResult<Vec<User>> {
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users u
-         WHERE u.id <> $1
+         WHERE u.id <> $1 AND u.deleted_at IS NULL
            AND (lower(u.handle) LIKE $2 OR u.display_key LIKE $2)
            AND ($3 OR EXISTS (SELECT 1 FROM members a JOIN members b
                                 ON b.conversation_id = a.conversation_id
@@ -132,7 +135,7 @@ const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last
      (SELECT count(*) FROM entries e
       WHERE e.conversation_id = c.id AND e.seq > m.read_seq AND e.sender <> m.user_id
         AND e.kind = 'message'),
-     p.id, p.handle, p.display_name, p.status_text, p.avatar, p.has_thumbnail,
+     p.id, p.handle, p.display_name, p.status_text, p.avatar, p.has_thumbnail, p.deleted,
      l.seq, l.sender, l.ts, l.text, l.edited, l.deleted, l.body";
 
 /// The caller's membership, the conversation, the other member of a direct one, and the
@@ -141,7 +144,8 @@ const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conv
      LEFT JOIN LATERAL (
          SELECT u.id, u.handle, u.display_name, u.status_text, u.avatar,
                 (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar)
-                    AS has_thumbnail
+                    AS has_thumbnail,
+                u.deleted_at IS NOT NULL AS deleted
          FROM members pm JOIN users u ON u.id = pm.user_id
          WHERE c.kind = 'direct' AND pm.conversation_id = c.id AND pm.user_id <> m.user_id
          LIMIT 1) p ON true
@@ -155,16 +159,16 @@ const SUMMARY_FROM: &str = "FROM members m JOIN conversations c ON c.id = m.conv
 fn summary(r: &Row) -> PgResult<ConversationSummary> {
     let kind: &str = r.get(1);
     let peer = r.get::<_, Option<i64>>(9).map(|_| user_at(r, 9));
-    let last_message = match r.get::<_, Option<i64>>(15) {
+    let last_message = match r.get::<_, Option<i64>>(16) {
         Some(seq) => {
-            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(21)).map_err(internal)?;
+            let body: EntryBody = serde_json::from_str(r.get::<_, &str>(22)).map_err(internal)?;
             Some(MessagePreview::new(
                 seq as u64,
-                UserId(r.get(16)),
-                r.get(17),
+                UserId(r.get(17)),
                 r.get(18),
                 r.get(19),
                 r.get(20),
+                r.get(21),
                 &body,
             ))
         }

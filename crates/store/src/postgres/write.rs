@@ -174,6 +174,32 @@ pub(crate) async fn set_password(
     Ok(rows.iter().map(|r| DeviceId(r.get(0))).collect())
 }
 
+/// The account's deletion in one statement (one transaction).
+pub(crate) async fn delete_user(c: &Conn, user: UserId) -> PgResult<Vec<DeviceId>> {
+    let rows = query(
+        c,
+        "WITH u AS (UPDATE users SET deleted_at = $2, password_hash = '!', display_name = NULL,
+                        display_key = NULL, status_text = NULL, avatar = NULL
+                    WHERE id = $1),
+              i AS (DELETE FROM invitations WHERE user_id = $1)
+         DELETE FROM devices WHERE user_id = $1 RETURNING id",
+        &[&user.0, &now_ms()],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| DeviceId(r.get(0))).collect())
+}
+
+pub(crate) async fn free_deleted_handles(c: &Conn, deleted_before: i64) -> PgResult<u64> {
+    let rows = query(
+        c,
+        "UPDATE users SET handle = '~deleted-' || id, handle_key = NULL
+         WHERE deleted_at < $1 AND handle_key IS NOT NULL RETURNING id",
+        &[&deleted_before],
+    )
+    .await?;
+    Ok(rows.len() as u64)
+}
+
 pub(crate) async fn revoke_device(c: &Conn, user: UserId, device: DeviceId) -> PgResult<()> {
     let rows = query(
         c,

@@ -12,18 +12,16 @@ use crate::codec::{parse_conversation_kind, parse_role};
 use crate::{ListCursor, Page, Principal, Range, Result, StoreError, TokenHash, UserRecord};
 
 pub(super) fn user_by_handle(c: &Connection, handle: &str) -> Result<Option<UserRecord>> {
-    c.prepare_cached("SELECT id, handle, password_hash FROM users WHERE handle = ?1")
-        .and_then(|mut st| {
-            st.query_row(params![handle], |r| {
-                Ok(UserRecord {
-                    id: UserId(r.get(0)?),
-                    handle: r.get(1)?,
-                    password_hash: r.get(2)?,
-                })
-            })
-            .optional()
+    c.prepare_cached(
+        "SELECT id, handle, password_hash FROM users WHERE handle = ?1 AND deleted_at IS NULL",
+    )
+    .and_then(|mut st| {
+        st.query_row(params![handle], |r| {
+            Ok(UserRecord { id: UserId(r.get(0)?), handle: r.get(1)?, password_hash: r.get(2)? })
         })
-        .map_err(internal)
+        .optional()
+    })
+    .map_err(internal)
 }
 
 pub(super) fn user_handle(c: &Connection, user: UserId) -> Result<Option<String>> {
@@ -34,7 +32,8 @@ pub(super) fn user_handle(c: &Connection, user: UserId) -> Result<Option<String>
 
 /// The columns of a user with their profile, from `users u`.
 const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
-     (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar)";
+     (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar),
+     u.deleted_at IS NOT NULL";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     let avatar = r.get::<_, Option<String>>(4)?.map(|id| Avatar {
@@ -50,6 +49,7 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
         display_name: r.get(2)?,
         status_text: r.get(3)?,
         avatar: avatar.map(|a| Avatar { has_thumbnail, ..a }),
+        deleted: r.get(6)?,
     })
 }
 
@@ -74,7 +74,7 @@ pub(super) fn search_users(
 ) -> Result<Vec<User>> {
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users u
-         WHERE u.id <> ?1
+         WHERE u.id <> ?1 AND u.deleted_at IS NULL
            AND (lower(u.handle) LIKE ?2 ESCAPE '\\' OR u.display_key LIKE ?2 ESCAPE '\\')
            AND (?3 OR EXISTS (SELECT 1 FROM members a JOIN members b
                                 ON b.conversation_id = a.conversation_id

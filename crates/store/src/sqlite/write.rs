@@ -133,6 +133,31 @@ pub(super) fn set_password(
         .map_err(internal)
 }
 
+pub(super) fn delete_user(c: &Connection, user: UserId) -> Result<Vec<DeviceId>> {
+    c.execute(
+        "UPDATE users SET deleted_at = ?2, password_hash = '!', display_name = NULL,
+             display_key = NULL, status_text = NULL, avatar = NULL
+         WHERE id = ?1",
+        params![user.0, now_ms()],
+    )
+    .map_err(internal)?;
+    c.execute("DELETE FROM invitations WHERE user_id = ?1", params![user.0]).map_err(internal)?;
+    c.prepare("DELETE FROM devices WHERE user_id = ?1 RETURNING id")
+        .and_then(|mut st| st.query_map(params![user.0], |r| Ok(DeviceId(r.get(0)?)))?.collect())
+        .map_err(internal)
+}
+
+pub(super) fn free_deleted_handles(c: &Connection, deleted_before: i64) -> Result<u64> {
+    let n = c
+        .execute(
+            "UPDATE users SET handle = '~deleted-' || id, handle_key = NULL
+             WHERE deleted_at < ?1 AND handle_key IS NOT NULL",
+            params![deleted_before],
+        )
+        .map_err(internal)?;
+    Ok(n as u64)
+}
+
 pub(super) fn revoke_device(c: &Connection, user: UserId, device: DeviceId) -> Result<()> {
     let n = c
         .execute("DELETE FROM devices WHERE id = ?1 AND user_id = ?2", params![device.0, user.0])

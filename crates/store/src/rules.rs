@@ -94,7 +94,7 @@ pub(crate) fn direct_key(a: UserId, b: UserId) -> Result<String> {
 }
 
 /// `existing`: the conversation found under [`direct_key`]; `b_exists`: whether `b` has an
-/// account (the caller `a` is authenticated, so it has one).
+/// account that is not deleted (the caller `a` is authenticated, so it has one).
 pub(crate) fn create_direct(
     a: UserId,
     b: UserId,
@@ -102,12 +102,13 @@ pub(crate) fn create_direct(
     b_exists: bool,
 ) -> Result<Direct> {
     let key = direct_key(a, b)?;
-    // Asking again for a pair is idempotent and writes nothing; only creating needs `b`.
-    if let Some(conv) = existing {
-        return Ok(Direct::Exists(conv));
-    }
+    // A deleted account takes no conversation, not even its old one back (that stays
+    // readable in the list); asking again for a live pair is idempotent and writes nothing.
     if !b_exists {
         return Err(StoreError::NotFound("user"));
+    }
+    if let Some(conv) = existing {
+        return Ok(Direct::Exists(conv));
     }
     Ok(Direct::Create(NewConversation {
         kind: ConversationKind::Direct,

@@ -75,8 +75,7 @@ pub(super) async fn login(
 /// and on the other nodes through the bus.
 pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
     state.store().delete_device(auth.token_hash).await?;
-    session::end_device(&state, auth.principal, close::UNAUTHENTICATED);
-    cluster::revoke(&state, auth.principal).await;
+    end_device(&state, auth.principal.user_id, auth.principal.device_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -122,8 +121,7 @@ pub(super) async fn change_password(
     let Json(req) = body?;
     let limits = &state.cfg().limits;
     let me = auth.principal.user_id;
-    check_current_password(&state, addr, me, req.current_password).await?;
-    let handle = state.store().user_handle(me).await?.ok_or_else(ApiError::unauthenticated)?;
+    let handle = check_current_password(&state, addr, me, req.current_password).await?;
     policy::check_password(limits, &handle, &req.new_password)?;
     let hash = auth::hash_password(&state, addr, req.new_password).await?;
     let removed = state.store().set_password(me, &hash, auth.principal.device_id).await?;
@@ -153,13 +151,13 @@ pub(super) async fn delete_account(
 }
 
 /// The caller's password, checked like a login: refused while the handle backs off, and a
-/// wrong one counts as a failed login (`403 forbidden`).
+/// wrong one counts as a failed login (`403 forbidden`). The caller's handle.
 async fn check_current_password(
     state: &AppState,
     addr: ClientAddr,
     me: natter_proto::UserId,
     password: String,
-) -> ApiResult<()> {
+) -> ApiResult<String> {
     let limits = &state.cfg().limits;
     let handle = state.store().user_handle(me).await?.ok_or_else(ApiError::unauthenticated)?;
     // Wrong passwords count like failed logins of the handle: a stolen token does not get
@@ -175,7 +173,7 @@ async fn check_current_password(
         state.logins().failed(limits, addr, &key, Instant::now());
         return Err(ApiError::new(natter_proto::ErrorCode::Forbidden, "the password is wrong"));
     }
-    Ok(())
+    Ok(handle)
 }
 
 /// `POST /v1/tickets`: a ticket for `GET /v1/events?ticket=` (a browser's `EventSource`

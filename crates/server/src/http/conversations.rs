@@ -53,13 +53,7 @@ pub(super) async fn create(
     let store = state.store();
     let mut invited = Vec::new();
     let (conv, created) = match req {
-        CreateConversation::Direct { peer } => {
-            // A deleted account takes no new conversations (its old ones stay readable).
-            if store.users(&[peer]).await?.first().is_some_and(|u| u.deleted) {
-                return Err(ApiError::not_found("user"));
-            }
-            store.create_direct(me, peer).await?
-        }
+        CreateConversation::Direct { peer } => store.create_direct(me, peer).await?,
         CreateConversation::Group { title, members } => {
             check_title(&state, &title)?;
             // Checked here too (the store checks again atomically) so that a huge list is

@@ -283,7 +283,7 @@ async fn create_direct(
     let row = query_one(
         c,
         "SELECT (SELECT id FROM conversations WHERE direct_key = $1),
-                EXISTS (SELECT 1 FROM users WHERE id = $2)",
+                EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NULL)",
         &[&key, &b.0],
     )
     .await?;
@@ -306,7 +306,8 @@ async fn create_group(
     let ids = new.other_ids();
     // Their rows are locked (in id order, so two creations cannot deadlock over them) before
     // their pending invitations are counted; the rows found are the accounts that exist.
-    let sql = "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+    let sql = "SELECT id FROM users WHERE id = ANY($1) AND deleted_at IS NULL
+               ORDER BY id FOR NO KEY UPDATE";
     let found = query(c, sql, &[&ids]).await?;
     rules::others_exist(&new, found.len() as u64)?;
     let contacts: Vec<UserId> = query(

@@ -220,7 +220,7 @@ pub(super) fn create_direct(
     let (existing, b_exists): (Option<i64>, bool) = c
         .query_row(
             "SELECT (SELECT id FROM conversations WHERE direct_key = ?1),
-                    EXISTS (SELECT 1 FROM users WHERE id = ?2)",
+                    EXISTS (SELECT 1 FROM users WHERE id = ?2 AND deleted_at IS NULL)",
             params![key, b.0],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -243,7 +243,8 @@ pub(super) fn create_group(
     let ids = serde_json::to_string(&new.other_ids()).map_err(internal)?;
     let n_found: i64 = c
         .query_row(
-            "SELECT count(*) FROM users WHERE id IN (SELECT value FROM json_each(?1))",
+            "SELECT count(*) FROM users
+             WHERE id IN (SELECT value FROM json_each(?1)) AND deleted_at IS NULL",
             params![ids],
             |r| r.get(0),
         )

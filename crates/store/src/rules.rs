@@ -102,13 +102,12 @@ pub(crate) fn create_direct(
     b_exists: bool,
 ) -> Result<Direct> {
     let key = direct_key(a, b)?;
-    // A deleted account takes no conversation, not even its old one back (that stays
-    // readable in the list); asking again for a live pair is idempotent and writes nothing.
-    if !b_exists {
-        return Err(StoreError::NotFound("user"));
-    }
+    // Asking again for a pair is idempotent and writes nothing; only creating needs `b`.
     if let Some(conv) = existing {
         return Ok(Direct::Exists(conv));
+    }
+    if !b_exists {
+        return Err(StoreError::NotFound("user"));
     }
     Ok(Direct::Create(NewConversation {
         kind: ConversationKind::Direct,

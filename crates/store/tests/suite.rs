@@ -1367,8 +1367,9 @@ async fn a_deleted_user_loses_logins_and_profile_and_later_the_handle<S: Store>(
     assert_eq!(shown.display_name, None, "the profile went");
     assert!(s.search_users(bob, "ann", true, 10).await.unwrap().is_empty());
     assert_eq!(s.conversation(bob, ab).await.unwrap().peer.map(|p| p.deleted), Some(true));
-    // Nobody starts a conversation with it, not even the old direct one again.
-    assert_eq!(code(s.create_direct(bob, ann).await), ErrorCode::NotFound);
+    // Nobody starts a new conversation with it.
+    let [cy] = users(s, ["cy"]).await;
+    assert_eq!(code(s.create_direct(cy, ann).await), ErrorCode::NotFound);
     assert_eq!(code(s.create_group(bob, "g", &[ann]).await), ErrorCode::NotFound);
     assert!(log(s, ab).await.iter().any(|e| e.seq == m.seq && e.sender == ann), "messages stay");
     // The handle stays taken until freed, then anyone may take it.

@@ -53,7 +53,14 @@ pub(super) async fn create(
     let store = state.store();
     let mut invited = Vec::new();
     let (conv, created) = match req {
-        CreateConversation::Direct { peer } => store.create_direct(me, peer).await?,
+        CreateConversation::Direct { peer } => {
+            // The store refuses a new pair with a deleted account; its old pair stays
+            // readable but is not handed out again.
+            if store.users(&[peer]).await?.first().is_some_and(|u| u.deleted) {
+                return Err(ApiError::not_found("user"));
+            }
+            store.create_direct(me, peer).await?
+        }
         CreateConversation::Group { title, members } => {
             check_title(&state, &title)?;
             // Checked here too (the store checks again atomically) so that a huge list is

@@ -84,11 +84,15 @@ limits! {
     member_adds_per_min: u32 = 120, "NATTER_MEMBER_ADDS_PER_MIN";
     /// Members one user may add at once.
     member_adds_burst: u32 = 100, "NATTER_MEMBER_ADDS_BURST";
-    /// User searches (`GET /v1/users/search`) one user may make per minute (0: unlimited).
+    /// User searches (`GET /v1/users?q=`) one user may make per minute (0: unlimited).
     search_per_min: u32 = 60, "NATTER_SEARCH_PER_MIN";
     /// User searches one user may make at once.
     search_burst: u32 = 20, "NATTER_SEARCH_BURST";
-    /// Whether user search (`GET /v1/users/search`) finds everyone, not only the users who
+    /// Data exports (`GET /v1/me/export`) one user may make per hour (0: unlimited).
+    exports_per_hour: u32 = 4, "NATTER_EXPORTS_PER_HOUR";
+    /// Data exports one user may make at once.
+    exports_burst: u32 = 2, "NATTER_EXPORTS_BURST";
+    /// Whether user search (`GET /v1/users?q=`) finds everyone, not only the users who
     /// share a conversation with the searcher.
     user_directory: bool = false, "NATTER_USER_DIRECTORY";
     /// How long a deleted account's handle stays reserved before anyone may register it, in

@@ -4,6 +4,7 @@
 mod accounts;
 mod conversations;
 mod ephemeral;
+mod export;
 mod invitations;
 mod media;
 mod poll;
@@ -45,6 +46,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/me/devices", get(accounts::devices))
         .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))
         .route("/v1/me/password", put(accounts::change_password))
+        .route("/v1/me/export", get(export::export))
         .route("/v1/users", get(accounts::users))
         .route("/v1/users/{handle}", get(accounts::user))
         .route("/v1/conversations", post(conversations::create).get(conversations::list))

@@ -29,8 +29,10 @@ pub(crate) enum Action {
     AddMember,
     /// An upload started (`POST /v1/media`, `POST /v1/media/uploads`).
     Upload,
-    /// A user search (`GET /v1/users/search`).
+    /// A user search (`GET /v1/users?q=`).
     Search,
+    /// A data export (`GET /v1/me/export`).
+    Export,
 }
 
 /// The node's per-user buckets.
@@ -42,6 +44,7 @@ pub(crate) struct RateLimits {
     add_member: Option<DefaultKeyedRateLimiter<UserId>>,
     upload: Option<DefaultKeyedRateLimiter<UserId>>,
     search: Option<DefaultKeyedRateLimiter<UserId>>,
+    export: Option<DefaultKeyedRateLimiter<UserId>>,
     clock: DefaultClock,
 }
 
@@ -69,6 +72,7 @@ impl RateLimits {
             add_member: keyed(quota(l.member_adds_per_min, minute, l.member_adds_burst)),
             upload: keyed(quota(l.media_uploads_per_min, minute, l.media_uploads_burst)),
             search: keyed(quota(l.search_per_min, minute, l.search_burst)),
+            export: keyed(quota(l.exports_per_hour, Duration::from_secs(3600), l.exports_burst)),
             clock: DefaultClock::default(),
         }
     }
@@ -83,6 +87,7 @@ impl RateLimits {
             Action::AddMember => &self.add_member,
             Action::Upload => &self.upload,
             Action::Search => &self.search,
+            Action::Export => &self.export,
         };
         let Some(bucket) = bucket else { return Ok(()) };
         match bucket.check_key(&user) {
@@ -104,6 +109,7 @@ impl RateLimits {
             &self.add_member,
             &self.upload,
             &self.search,
+            &self.export,
         ]
         .into_iter()
         .flatten()

@@ -364,6 +364,21 @@ pub trait Store: Send + Sync + 'static {
     async fn media(&self, id: &str) -> Result<Option<MediaRecord>>;
     /// The sum of the sizes of `user`'s media rows.
     async fn media_usage(&self, user: UserId) -> Result<u64>;
+    /// Messages `user` sent that are not deleted, by conversation then seq, after `after`
+    /// (for the data export); at most `limit`, each with its current state.
+    async fn messages_by(
+        &self,
+        user: UserId,
+        after: Option<(ConversationId, Seq)>,
+        limit: u32,
+    ) -> Result<Vec<Entry>>;
+    /// `user`'s uploads by id, after `after` (for the data export); at most `limit`.
+    async fn media_of(
+        &self,
+        user: UserId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<MediaRecord>>;
     /// Whether `user` may read the media: its owner, or a current member of a conversation
     /// with a message attaching it. `false` for an unknown id.
     async fn media_access(&self, user: UserId, id: &str) -> Result<bool>;

@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0007_avatars.sql"),
     include_str!("../migrations/postgres/0008_device_use.sql"),
     include_str!("../migrations/postgres/0009_deleted_users.sql"),
+    include_str!("../migrations/postgres/0010_export.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -689,6 +690,26 @@ impl Store for PgStore {
     async fn media_usage(&self, user: UserId) -> Result<u64> {
         let c = self.client().await?;
         write::media_usage(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn messages_by(
+        &self,
+        user: UserId,
+        after: Option<(ConversationId, natter_proto::Seq)>,
+        limit: u32,
+    ) -> Result<Vec<natter_proto::Entry>> {
+        let c = self.client().await?;
+        read::messages_by(&c, user, after, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn media_of(
+        &self,
+        user: UserId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<MediaRecord>> {
+        let c = self.client().await?;
+        write::media_of(&c, user, after.as_deref(), limit).await.map_err(Fail::into_store)
     }
 
     async fn media_access(&self, user: UserId, id: &str) -> Result<bool> {

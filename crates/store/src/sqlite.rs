@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_avatars.sql"),
     include_str!("../migrations/sqlite/0008_device_use.sql"),
     include_str!("../migrations/sqlite/0009_deleted_users.sql"),
+    include_str!("../migrations/sqlite/0010_export.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -514,6 +515,24 @@ impl Store for SqliteStore {
 
     async fn media_usage(&self, user: UserId) -> Result<u64> {
         self.read(move |c| write::media_usage(c, user)).await
+    }
+
+    async fn messages_by(
+        &self,
+        user: UserId,
+        after: Option<(ConversationId, natter_proto::Seq)>,
+        limit: u32,
+    ) -> Result<Vec<natter_proto::Entry>> {
+        self.read(move |c| read::messages_by(c, user, after, limit)).await
+    }
+
+    async fn media_of(
+        &self,
+        user: UserId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<MediaRecord>> {
+        self.read(move |c| write::media_of(c, user, after.as_deref(), limit)).await
     }
 
     async fn media_access(&self, user: UserId, id: &str) -> Result<bool> {

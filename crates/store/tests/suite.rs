@@ -64,6 +64,7 @@ macro_rules! store_suite {
             summaries_name_the_peer_and_preview_the_newest_message,
             profiles_are_set_cleared_looked_up_and_searched_among_contacts,
             a_deleted_user_loses_logins_and_profile_and_later_the_handle,
+            a_users_messages_and_media_are_listed_by_page_for_the_export,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1346,6 +1347,53 @@ async fn profiles_are_set_cleared_looked_up_and_searched_among_contacts<S: Store
     assert!(s.media("doc").await.unwrap().is_none(), "an unattached upload goes");
     let without = s.set_profile(bob, avatar("")).await.unwrap();
     assert_eq!(without.avatar, None);
+}
+
+async fn a_users_messages_and_media_are_listed_by_page_for_the_export<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob, cy] = users(s, ["ann", "bob", "cy"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let (ac, _) = s.create_direct(ann, cy).await.unwrap();
+    let a1 = send(s, ab, ann, "a1", "one").await;
+    send(s, ab, bob, "b1", "not ann's").await;
+    let c1 = send(s, ac, ann, "c1", "draft").await;
+    let c2 = send(s, ac, ann, "c2", "oops").await;
+    append(s, ac, ann, "e", NewEntry::Edit { target: c1.seq, body: "final".to_owned() })
+        .await
+        .unwrap();
+    append(s, ac, ann, "d", NewEntry::Delete { target: c2.seq }).await.unwrap();
+    let a2 = send(s, ab, ann, "a2", "two").await;
+
+    // Pages of two, by conversation then seq, each with its current text; deleted ones and
+    // other people's are left out.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.messages_by(ann, after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some((last.conversation, last.seq));
+        seen.extend(page.iter().map(|e| (e.conversation, e.seq, e.state.clone().unwrap().body)));
+    }
+    let mut want = vec![
+        (ab, a1.seq, "one".to_owned()),
+        (ab, a2.seq, "two".to_owned()),
+        (ac, c1.seq, "final".to_owned()),
+    ];
+    want.sort_by_key(|(c, seq, _)| (*c, *seq));
+    assert_eq!(seen, want);
+    assert!(s.messages_by(cy, None, 10).await.unwrap().is_empty());
+
+    for (id, sha) in [("m2", "s2"), ("m1", "s1"), ("m3", "s3")] {
+        s.create_media(new_media(id, ann, sha, 10)).await.unwrap();
+    }
+    s.create_media(new_media("x1", bob, "s4", 10)).await.unwrap();
+    let first = s.media_of(ann, None, 2).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2"]);
+    let rest = s.media_of(ann, Some("m2".to_owned()), 2).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m3"]);
+    assert!(s.media_of(cy, None, 2).await.unwrap().is_empty());
 }
 
 async fn a_deleted_user_loses_logins_and_profile_and_later_the_handle<S: Store>(f: Fixture<S>) {

@@ -11,6 +11,7 @@ mod browser_auth;
 mod cluster_faults;
 mod crate_graph;
 mod edits;
+mod export;
 mod fallback;
 mod groups;
 mod idempotency;

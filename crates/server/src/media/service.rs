@@ -216,6 +216,11 @@ impl Media {
         }
     }
 
+    /// The expiry of a URL signed now.
+    pub(crate) fn url_expiry(&self) -> i64 {
+        self.signer.expiry(now_ms() / 1000)
+    }
+
     /// The attachment with URLs signed for `reader`, valid until `expires`.
     pub(crate) fn sign(&self, attachment: &mut Attachment, reader: UserId, expires: i64) {
         attachment.url = Some(self.signer.url(&attachment.id, Variant::Original, reader, expires));

@@ -349,6 +349,27 @@ pub(super) async fn entries(
     Ok(Page { entries, has_more })
 }
 
+pub(super) async fn messages_by(
+    c: &Conn,
+    user: UserId,
+    after: Option<(ConversationId, u64)>,
+    limit: u32,
+) -> PgResult<Vec<Entry>> {
+    let (conv, seq) = after.map_or((i64::MIN, 0), |(c, s)| (c.0, s as i64));
+    let rows = query(
+        c,
+        "SELECT e.seq, e.id, e.sender, e.client_msg_id, e.ts, e.body,
+                s.body, s.edited_seq, s.deleted, s.conversation_id
+         FROM message_state s JOIN entries e
+           ON e.conversation_id = s.conversation_id AND e.seq = s.seq
+         WHERE s.sender = $1 AND NOT s.deleted AND (s.conversation_id, s.seq) > ($2, $3)
+         ORDER BY s.conversation_id, s.seq LIMIT $4",
+        &[&user.0, &conv, &seq, &i64::from(limit)],
+    )
+    .await?;
+    rows.iter().map(|r| entry_row(ConversationId(r.get(9)), r)).collect()
+}
+
 fn entry_row(conv: ConversationId, r: &Row) -> PgResult<Entry> {
     let body: EntryBody = serde_json::from_str(r.get::<_, &str>(5)).map_err(internal)?;
     let state = match &body {

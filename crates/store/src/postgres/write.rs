@@ -539,6 +539,19 @@ pub(super) async fn media_rows(c: &Conn, ids: &[String]) -> PgResult<Vec<MediaRe
     Ok(query(c, &sql, &[&ids]).await?.iter().map(media_row).collect())
 }
 
+pub(super) async fn media_of(
+    c: &Conn,
+    user: UserId,
+    after: Option<&str>,
+    limit: u32,
+) -> PgResult<Vec<MediaRecord>> {
+    let sql = format!(
+        "SELECT {MEDIA_COLUMNS} FROM media WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3"
+    );
+    let rows = query(c, &sql, &[&user.0, &after.unwrap_or(""), &i64::from(limit)]).await?;
+    Ok(rows.iter().map(media_row).collect())
+}
+
 pub(super) async fn media_usage(c: &Conn, user: UserId) -> PgResult<u64> {
     let row = query_one(
         c,

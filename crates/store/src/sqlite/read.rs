@@ -382,6 +382,32 @@ pub(super) fn entries(
     Ok(Page { entries, has_more })
 }
 
+pub(super) fn messages_by(
+    c: &Connection,
+    user: UserId,
+    after: Option<(ConversationId, u64)>,
+    limit: u32,
+) -> Result<Vec<Entry>> {
+    let (conv, seq) = after.map_or((i64::MIN, 0), |(c, s)| (c.0, s as i64));
+    let mut st = c
+        .prepare_cached(
+            "SELECT e.seq, e.id, e.sender, e.client_msg_id, e.ts, e.body,
+                    s.body, s.edited_seq, s.deleted, s.conversation_id
+             FROM message_state s JOIN entries e
+               ON e.conversation_id = s.conversation_id AND e.seq = s.seq
+             WHERE s.sender = ?1 AND NOT s.deleted
+               AND (s.conversation_id, s.seq) > (?2, ?3)
+             ORDER BY s.conversation_id, s.seq LIMIT ?4",
+        )
+        .map_err(internal)?;
+    let rows = st
+        .query_map(params![user.0, conv, seq, i64::from(limit)], |r| {
+            entry_row(ConversationId(r.get(9)?), r)
+        })
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
 fn entry_row(conv: ConversationId, r: &Row<'_>) -> rusqlite::Result<Entry> {
     let body_json: String = r.get(5)?;
     let body: EntryBody = serde_json::from_str(&body_json)

@@ -463,6 +463,23 @@ pub(super) fn media_rows(c: &Connection, ids: &[String]) -> Result<Vec<MediaReco
         .map_err(internal)
 }
 
+pub(super) fn media_of(
+    c: &Connection,
+    user: UserId,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<MediaRecord>> {
+    let sql = format!(
+        "SELECT {MEDIA_COLUMNS} FROM media WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+    );
+    c.prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_map(params![user.0, after.unwrap_or(""), i64::from(limit)], media_row)?
+                .collect()
+        })
+        .map_err(internal)
+}
+
 pub(super) fn media_usage(c: &Connection, user: UserId) -> Result<u64> {
     c.prepare_cached("SELECT coalesce(sum(size), 0) FROM media WHERE owner = ?1")
         .and_then(|mut st| st.query_row(params![user.0], |r| r.get::<_, i64>(0)))

@@ -445,6 +445,9 @@ impl Driver {
             ServerFrame::Profile { user } => {
                 self.events.push(Event::Profile(user), Keep::Nothing);
             }
+            ServerFrame::Blocks { blocked } => {
+                self.events.push(Event::Blocks(blocked), Keep::Nothing);
+            }
             ServerFrame::Ok { req_id } => match conn.sent.remove(&req_id) {
                 Some(Sent::Read(conv, seq)) => self.read_done(conv, seq),
                 Some(Sent::App) => self.answer(req_id, Ok(ServerFrame::Ok { req_id })),

@@ -59,6 +59,9 @@ pub enum Event {
     Invitation(Invitation),
     /// A user's profile changed (yours, or that of someone who shares a conversation with you).
     Profile(natter_proto::rest::User),
+    /// The user's block list changed (on this device or another): whom they block now. An
+    /// app hides these users' messages in the groups they share.
+    Blocks(Vec<natter_proto::UserId>),
 }
 
 /// The connection's life cycle.

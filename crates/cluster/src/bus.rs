@@ -82,6 +82,9 @@ pub enum Envelope {
     NodeGone { node: String },
     /// A device's token was revoked (logout): every node ends that device's sessions.
     Revoked { node: String, user: UserId, device: DeviceId },
+    /// `blocker` blocked or unblocked `blocked`: every node forgets what it cached of both
+    /// users' blocks, and stops presence between them.
+    Blocked { node: String, blocker: UserId, blocked: UserId },
 }
 
 impl Envelope {

@@ -930,6 +930,10 @@ pub enum ServerFrame {
     /// A user's profile changed: sent to their own sessions and to those of everyone who
     /// shares a conversation with them.
     Profile { user: rest::User },
+    /// The user's block list changed (on another device, or this one): whom they block now,
+    /// by id. Sent to the user's own sessions only; clients hide these users' messages in
+    /// the groups they share.
+    Blocks { blocked: Vec<UserId> },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req_id: Option<ReqId>,

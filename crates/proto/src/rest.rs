@@ -87,6 +87,12 @@ pub struct Device {
     pub last_used_at: Option<i64>,
 }
 
+/// `GET /v1/me/blocks`: whom the caller blocks, by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocks {
+    pub blocked: Vec<UserId>,
+}
+
 /// `GET /v1/me/devices`: the caller's devices, oldest first, and which one is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Devices {

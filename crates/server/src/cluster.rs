@@ -212,6 +212,19 @@ pub(crate) async fn revoke(state: &AppState, principal: natter_store::Principal)
     }
 }
 
+/// Tells every other node that `blocker` blocked or unblocked `blocked` (at most once, like
+/// [`revoke`]; their cached relations lapse by themselves).
+pub(crate) async fn blocked(state: &AppState, blocker: UserId, blocked: UserId) {
+    let c = state.cluster();
+    if c.alone() {
+        return;
+    }
+    let msg = Envelope::Blocked { node: c.node().to_owned(), blocker, blocked };
+    if let Err(err) = with_timeout(c.bus.publish(vec![(Topic::Broadcast, msg)])).await {
+        tracing::warn!(error = %err, "cannot tell the other nodes of a block");
+    }
+}
+
 async fn with_timeout<T, E: std::error::Error + Send + Sync + 'static>(
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, anyhow::Error> {
@@ -563,6 +576,12 @@ async fn receive(state: &AppState, msg: Envelope) -> Option<Inbound> {
             if node != own {
                 let principal = natter_store::Principal { user_id: user, device_id: device };
                 crate::session::end_device(state, principal, natter_proto::close::UNAUTHENTICATED);
+            }
+            None
+        }
+        Envelope::Blocked { node, blocker, blocked } => {
+            if node != own {
+                crate::blocks::changed(state, blocker, blocked);
             }
             None
         }

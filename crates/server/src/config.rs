@@ -88,6 +88,8 @@ limits! {
     search_per_min: u32 = 60, "NATTER_SEARCH_PER_MIN";
     /// User searches one user may make at once.
     search_burst: u32 = 20, "NATTER_SEARCH_BURST";
+    /// Most users one user may block.
+    max_blocks: u32 = 1_000, "NATTER_MAX_BLOCKS";
     /// Data exports (`GET /v1/me/export`) one user may make per hour (0: unlimited).
     exports_per_hour: u32 = 4, "NATTER_EXPORTS_PER_HOUR";
     /// Data exports one user may make at once.

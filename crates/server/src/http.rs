@@ -2,6 +2,7 @@
 //! web client at `/`.
 
 mod accounts;
+mod blocks;
 mod conversations;
 mod ephemeral;
 mod export;
@@ -47,6 +48,8 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))
         .route("/v1/me/password", put(accounts::change_password))
         .route("/v1/me/export", get(export::export))
+        .route("/v1/me/blocks", get(blocks::list))
+        .route("/v1/me/blocks/{id}", put(blocks::block).delete(blocks::unblock))
         .route("/v1/users", get(accounts::users))
         .route("/v1/users/{handle}", get(accounts::user))
         .route("/v1/conversations", post(conversations::create).get(conversations::list))

@@ -20,6 +20,7 @@
 pub mod config;
 
 mod auth;
+mod blocks;
 mod cluster;
 mod delivery;
 mod error;

@@ -241,6 +241,29 @@ impl PresenceHub {
         now
     }
 
+    /// `watcher`'s sessions here stop watching `watched` (a block between them); each is
+    /// told `watched` is offline, with no last-seen time, so nothing stale stays shown.
+    pub(crate) fn forget(&self, watcher: UserId, watched: UserId) {
+        let mut inner = self.inner.lock().expect("presence lock poisoned");
+        let Some(sids) = inner.watchers.get(&watched).cloned() else { return };
+        let mut left = sids.clone();
+        for sid in sids {
+            let Some(sub) = inner.subs.get_mut(&sid) else { continue };
+            if sub.owner != watcher {
+                continue;
+            }
+            sub.watching.retain(|u| *u != watched);
+            let gone = Presence { user: watched, status: Status::Offline, last_seen: None };
+            sub.pending.insert(watched, gone);
+            left.remove(&sid);
+        }
+        if left.is_empty() {
+            inner.watchers.remove(&watched);
+        } else {
+            inner.watchers.insert(watched, left);
+        }
+    }
+
     /// Another node's status for `user` changed (cluster mode). Kept only while someone
     /// here watches the user; otherwise forgotten, and read again when watching starts.
     pub(crate) fn apply_remote(

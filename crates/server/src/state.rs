@@ -47,6 +47,7 @@ struct Inner {
     media: Media,
     tickets: Tickets,
     touches: crate::auth::Touches,
+    blocks: crate::blocks::BlockCache,
 }
 
 impl AppState {
@@ -79,6 +80,7 @@ impl AppState {
             media,
             tickets,
             touches: crate::auth::Touches::default(),
+            blocks: crate::blocks::BlockCache::default(),
         }))
     }
 
@@ -133,6 +135,10 @@ impl AppState {
     pub(crate) fn tickets(&self) -> &Tickets {
         &self.0.tickets
     }
+    pub(crate) fn blocks(&self) -> &crate::blocks::BlockCache {
+        &self.0.blocks
+    }
+
     pub(crate) fn touches(&self) -> &crate::auth::Touches {
         &self.0.touches
     }

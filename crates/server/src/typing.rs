@@ -47,6 +47,13 @@ impl TypingHub {
         if !members.contains(&user) {
             return Err(ApiError::not_found("conversation"));
         }
+        // Who hears it: not those in a block relation with the typist (nor, later, its stop).
+        let shunned = state.blocks().relations(state, user).await?;
+        let members = if shunned.is_empty() {
+            members
+        } else {
+            Arc::new(members.iter().copied().filter(|m| !shunned.contains(m)).collect())
+        };
         let limits = &state.cfg().limits;
         let now = Instant::now();
         let forward = {

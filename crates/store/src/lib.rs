@@ -326,6 +326,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<User>>;
     /// Everyone who shares at least one conversation with `user` (not `user`).
     async fn contacts_of(&self, user: UserId) -> Result<Vec<UserId>>;
+    /// Whom `user` blocks, by id.
+    async fn blocks(&self, user: UserId) -> Result<Vec<UserId>>;
+    /// Everyone `user` blocks or is blocked by (who sees nothing ephemeral of `user`, and of
+    /// whom `user` sees nothing).
+    async fn block_relations(&self, user: UserId) -> Result<Vec<UserId>>;
     /// `user`'s devices (logins), oldest first.
     async fn devices(&self, user: UserId) -> Result<Vec<Device>>;
     /// `user`'s password hash (PHC string); `None` for an unknown user.
@@ -347,8 +352,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ConversationSummary>>;
     /// Every conversation `user` is a member of (for sync), with its summary.
     async fn memberships(&self, user: UserId) -> Result<Vec<ConversationSummary>>;
-    /// Which of `others` share at least one conversation with `user` (who may see their
-    /// presence).
+    /// Which of `others` share at least one conversation with `user` and have no block
+    /// between them either way (who may see their presence).
     async fn share_conversation(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>>;
     /// `user`'s role in the conversation, or `None` if not a member.
     async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>>;
@@ -405,6 +410,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_user(&self, user: UserId) -> Result<Vec<DeviceId>>;
     /// Frees the handles of accounts deleted before `deleted_before` (ms); how many.
     async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64>;
+    /// `blocker` blocks `blocked` (again: nothing changes): `NotFound` for an unknown or
+    /// deleted user, `BadRequest` for oneself, `Conflict` once `blocker` blocks `max` users.
+    async fn block(&self, blocker: UserId, blocked: UserId, max: u32) -> Result<()>;
+    /// `blocker` no longer blocks `blocked` (whether it did or not).
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> Result<()>;
     /// Deletes one of `user`'s devices (its token stops working); `NotFound` if it is not
     /// theirs.
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()>;

@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0008_device_use.sql"),
     include_str!("../migrations/postgres/0009_deleted_users.sql"),
     include_str!("../migrations/postgres/0010_export.sql"),
+    include_str!("../migrations/postgres/0011_blocks.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -636,6 +637,16 @@ impl Store for PgStore {
         read::contacts_of(&c, user).await.map_err(Fail::into_store)
     }
 
+    async fn blocks(&self, user: UserId) -> Result<Vec<UserId>> {
+        let c = self.client().await?;
+        read::blocks(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn block_relations(&self, user: UserId) -> Result<Vec<UserId>> {
+        let c = self.client().await?;
+        read::block_relations(&c, user).await.map_err(Fail::into_store)
+    }
+
     async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
         let c = self.client().await?;
         read::devices(&c, user).await.map_err(Fail::into_store)
@@ -762,6 +773,16 @@ impl Store for PgStore {
     async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64> {
         let c = self.client().await?;
         write::free_deleted_handles(&c, deleted_before).await.map_err(Fail::into_store)
+    }
+
+    async fn block(&self, blocker: UserId, blocked: UserId, max: u32) -> Result<()> {
+        let c = self.client().await?;
+        write::block(&c, blocker, blocked, max).await.map_err(Fail::into_store)
+    }
+
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> Result<()> {
+        let c = self.client().await?;
+        write::unblock(&c, blocker, blocked).await.map_err(Fail::into_store)
     }
 
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()> {

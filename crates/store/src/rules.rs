@@ -94,7 +94,8 @@ pub(crate) fn direct_key(a: UserId, b: UserId) -> Result<String> {
 }
 
 /// `existing`: the conversation found under [`direct_key`]; `b_exists`: whether `b` has an
-/// account that is not deleted (the caller `a` is authenticated, so it has one).
+/// account that is not deleted and does not block `a` (the caller `a` is authenticated, so it
+/// has one; a block reads like an unknown user).
 pub(crate) fn create_direct(
     a: UserId,
     b: UserId,
@@ -212,10 +213,27 @@ pub(crate) enum Admit {
 
 /// `earlier`: the entry under the append's key, if any; `sender_role`: the sender's role in
 /// the conversation, `None` if not a member (or no such conversation).
+/// The sender of an append as a member of its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Poster {
+    pub(crate) role: Role,
+    /// The conversation is direct and one of its two members blocks the other: neither
+    /// writes in it (deleting one's own messages excepted) until the block is lifted.
+    pub(crate) blocked: bool,
+}
+
+#[cfg(test)]
+impl Poster {
+    pub(crate) fn member(role: Role) -> Poster {
+        Poster { role, blocked: false }
+    }
+}
+
+/// `poster`: the sender as a member, `None` if it is not one.
 pub(crate) fn admit_append(
     a: &Append,
     earlier: Option<Earlier>,
-    sender_role: Option<Role>,
+    poster: Option<Poster>,
 ) -> Result<Admit> {
     // The key is checked before membership: a sender removed since still gets the ack of what
     // it sent while a member, whatever the retry carries this time.
@@ -228,8 +246,11 @@ pub(crate) fn admit_append(
             client_msg_id: Some(a.client_msg_id.clone()),
         }));
     }
-    if sender_role.is_none() {
+    let Some(poster) = poster else {
         return Err(StoreError::NotFound("conversation"));
+    };
+    if poster.blocked && !matches!(a.entry, NewEntry::Delete { .. }) {
+        return Err(StoreError::Forbidden("this conversation is blocked"));
     }
     Ok(Admit::Append)
 }
@@ -511,6 +532,9 @@ pub(crate) struct Reach {
     pub(crate) invited: bool,
     /// Their pending invitations, to any group.
     pub(crate) n_pending: u64,
+    /// Their account is deleted, or they block the actor: the add is refused as for an
+    /// unknown user, so the actor learns nothing of a block.
+    pub(crate) unreachable: bool,
 }
 
 /// What adding a user to a group does.
@@ -547,6 +571,9 @@ pub(crate) fn add_member(
     }
     if subject.role.is_some() {
         return Err(StoreError::Conflict("already a member"));
+    }
+    if reach.unreachable {
+        return Err(StoreError::NotFound("user"));
     }
     if actor.n_members >= u64::from(cap) {
         return Err(StoreError::Conflict("the group is full"));
@@ -640,6 +667,32 @@ pub(crate) fn redacted(original: Option<&str>, target: Seq) -> Result<(String, S
     Ok((json(&message)?, json(&edit)?))
 }
 
+/// `blocker` blocks `blocked`: `exists` whether `blocked` has an account that is not
+/// deleted, `already` whether the block is there, `n_blocks` how many users `blocker` blocks.
+/// `true` if a row must be written.
+pub(crate) fn block(
+    blocker: UserId,
+    blocked: UserId,
+    exists: bool,
+    already: bool,
+    n_blocks: u64,
+    max: u32,
+) -> Result<bool> {
+    if blocker == blocked {
+        return Err(StoreError::BadRequest("one cannot block oneself".into()));
+    }
+    if !exists {
+        return Err(StoreError::NotFound("user"));
+    }
+    if already {
+        return Ok(false);
+    }
+    if n_blocks >= u64::from(max) {
+        return Err(StoreError::Conflict("too many blocked users"));
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use natter_proto::ErrorCode;
@@ -685,8 +738,10 @@ mod tests {
         Subject { exists: true, role: None }
     }
 
-    const CONTACT: Reach = Reach { contact: true, invited: false, n_pending: 0 };
-    const STRANGER: Reach = Reach { contact: false, invited: false, n_pending: 0 };
+    const CONTACT: Reach =
+        Reach { contact: true, invited: false, n_pending: 0, unreachable: false };
+    const STRANGER: Reach =
+        Reach { contact: false, invited: false, n_pending: 0, unreachable: false };
 
     // ---- create ----
 
@@ -844,8 +899,8 @@ mod tests {
             ts: 1234,
             client_msg_id: Some("m1".to_owned()),
         };
-        for role in [Some(Role::Member), None] {
-            let admit = admit_append(&a, Some(earlier.clone()), role).expect("repeat");
+        for poster in [Some(Poster::member(Role::Member)), None] {
+            let admit = admit_append(&a, Some(earlier.clone()), poster).expect("repeat");
             assert_eq!(admit, Admit::Repeat(want.clone()));
         }
     }
@@ -853,11 +908,23 @@ mod tests {
     #[test]
     fn a_new_append_needs_a_member() {
         let a = append_of(A, msg(None));
-        assert_eq!(admit_append(&a, None, Some(Role::Member)).expect("member"), Admit::Append);
+        let member = Poster::member(Role::Member);
+        assert_eq!(admit_append(&a, None, Some(member)).expect("member"), Admit::Append);
         assert_eq!(
             err(admit_append(&a, None, None)),
             (ErrorCode::NotFound, "conversation not found".into())
         );
+    }
+
+    #[test]
+    fn a_blocked_direct_conversation_takes_only_deletions() {
+        let blocked = Some(Poster { blocked: true, ..Poster::member(Role::Member) });
+        for entry in [msg(None), NewEntry::Edit { target: 2, body: "x".into() }] {
+            let refused = admit_append(&append_of(A, entry), None, blocked);
+            assert_eq!(err(refused).0, ErrorCode::Forbidden);
+        }
+        let delete = append_of(A, NewEntry::Delete { target: 2 });
+        assert_eq!(admit_append(&delete, None, blocked).expect("delete"), Admit::Append);
     }
 
     #[test]
@@ -1059,6 +1126,23 @@ mod tests {
             (ErrorCode::Conflict, "conflict: too many pending invitations".into())
         );
         assert!(matches!(add(Reach { contact: true, ..full }), Ok(Addition::Member(_))));
+        // A deleted account, or one that blocks the actor, is an unknown user, contact or not.
+        for reach in [CONTACT, STRANGER] {
+            let refused = add(Reach { unreachable: true, ..reach });
+            assert_eq!(err(refused), (ErrorCode::NotFound, "user not found".into()));
+        }
+    }
+
+    #[test]
+    fn a_block_needs_another_live_user_and_room_and_repeats_quietly() {
+        assert!(block(A, B, true, false, 0, 2).unwrap());
+        assert!(!block(A, B, true, true, 2, 2).unwrap(), "blocking again writes nothing");
+        assert_eq!(err(block(A, A, true, false, 0, 2)).0, ErrorCode::BadRequest);
+        assert_eq!(
+            err(block(A, B, false, false, 0, 2)),
+            (ErrorCode::NotFound, "user not found".into())
+        );
+        assert_eq!(err(block(A, B, true, false, 2, 2)).0, ErrorCode::Conflict);
     }
 
     #[test]

@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0008_device_use.sql"),
     include_str!("../migrations/sqlite/0009_deleted_users.sql"),
     include_str!("../migrations/sqlite/0010_export.sql"),
+    include_str!("../migrations/sqlite/0011_blocks.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -470,6 +471,14 @@ impl Store for SqliteStore {
         self.read(move |c| read::contacts_of(c, user)).await
     }
 
+    async fn blocks(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.read(move |c| read::blocks(c, user)).await
+    }
+
+    async fn block_relations(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.read(move |c| read::block_relations(c, user)).await
+    }
+
     async fn devices(&self, user: UserId) -> Result<Vec<Device>> {
         self.read(move |c| read::devices(c, user)).await
     }
@@ -577,6 +586,14 @@ impl Store for SqliteStore {
 
     async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64> {
         self.write(move |c, _| write::free_deleted_handles(c, deleted_before)).await
+    }
+
+    async fn block(&self, blocker: UserId, blocked: UserId, max: u32) -> Result<()> {
+        self.write(move |c, _| write::block(c, blocker, blocked, max)).await
+    }
+
+    async fn unblock(&self, blocker: UserId, blocked: UserId) -> Result<()> {
+        self.write(move |c, _| write::unblock(c, blocker, blocked)).await
     }
 
     async fn revoke_device(&self, user: UserId, device: DeviceId) -> Result<()> {

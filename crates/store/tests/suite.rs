@@ -65,6 +65,7 @@ macro_rules! store_suite {
             profiles_are_set_cleared_looked_up_and_searched_among_contacts,
             a_deleted_user_loses_logins_and_profile_and_later_the_handle,
             a_users_messages_and_media_are_listed_by_page_for_the_export,
+            a_block_stops_new_conversations_adds_direct_writes_and_presence,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1347,6 +1348,59 @@ async fn profiles_are_set_cleared_looked_up_and_searched_among_contacts<S: Store
     assert!(s.media("doc").await.unwrap().is_none(), "an unattached upload goes");
     let without = s.set_profile(bob, avatar("")).await.unwrap();
     assert_eq!(without.avatar, None);
+}
+
+async fn a_block_stops_new_conversations_adds_direct_writes_and_presence<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob, cy, dee] = users(s, ["ann", "bob", "cy", "dee"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let (bc, _) = s.create_direct(bob, cy).await.unwrap();
+    let (cd, _) = s.create_direct(cy, dee).await.unwrap();
+    let group = s.create_group(ann, "g", &[bob]).await.unwrap().id;
+    send(s, ab, bob, "b0", "hi").await;
+
+    // Ann blocks cy and bob: listed by id; again changes nothing; limits and unknowns.
+    s.block(ann, cy, 3).await.unwrap();
+    s.block(ann, bob, 3).await.unwrap();
+    s.block(ann, bob, 3).await.unwrap();
+    assert_eq!(s.blocks(ann).await.unwrap(), vec![bob, cy]);
+    assert_eq!(code(s.block(ann, ann, 3).await), ErrorCode::BadRequest);
+    assert_eq!(code(s.block(ann, UserId(9999), 3).await), ErrorCode::NotFound);
+    assert_eq!(code(s.block(bob, ann, 0).await), ErrorCode::Conflict);
+    let mut rel = s.block_relations(bob).await.unwrap();
+    rel.sort();
+    assert_eq!(rel, vec![ann]);
+
+    // Cy cannot open a direct conversation with ann, nor put her in a group (unknown user).
+    assert_eq!(code(s.create_direct(cy, ann).await), ErrorCode::NotFound);
+    assert_eq!(code(s.create_group(cy, "x", &[ann]).await), ErrorCode::NotFound);
+    // Bob's existing pair is found, but neither writes in it; deleting one's own message is
+    // still allowed.
+    assert_eq!(s.create_direct(bob, ann).await.unwrap(), (ab, false));
+    assert_eq!(code(append(s, ab, bob, "b1", msg("still there?")).await), ErrorCode::Forbidden);
+    assert_eq!(code(append(s, ab, ann, "a1", msg("no")).await), ErrorCode::Forbidden);
+    append(s, ab, bob, "b2", NewEntry::Delete { target: 2 }).await.unwrap();
+    // Other conversations are untouched: groups keep working for both.
+    send(s, group, bob, "g1", "in the group").await;
+    send(s, bc, bob, "c1", "to cy").await;
+    // Bob (an admin of cy's group) cannot add ann, whom he shares a group with.
+    let cgroup = s.create_group(bob, "bob's", &[cy]).await.unwrap().id;
+    assert_eq!(code(s.add_member(bob, cgroup, ann, Role::Member).await), ErrorCode::NotFound);
+    // Presence: neither way.
+    assert_eq!(s.share_conversation(bob, &[ann, cy]).await.unwrap(), vec![cy]);
+    assert_eq!(s.share_conversation(ann, &[bob]).await.unwrap(), Vec::<UserId>::new());
+
+    // Unblocked: writing and adding work again; dee blocked nobody and is untouched.
+    s.unblock(ann, bob).await.unwrap();
+    s.unblock(ann, bob).await.unwrap();
+    send(s, ab, bob, "b3", "back").await;
+    assert_eq!(s.share_conversation(ann, &[bob]).await.unwrap(), vec![bob]);
+    assert!(matches!(
+        s.add_member(bob, cgroup, ann, Role::Member).await.unwrap(),
+        Added::Member(_)
+    ));
+    send(s, cd, dee, "d1", "hello").await;
+    assert_eq!(s.blocks(ann).await.unwrap(), vec![cy]);
 }
 
 async fn a_users_messages_and_media_are_listed_by_page_for_the_export<S: Store>(f: Fixture<S>) {

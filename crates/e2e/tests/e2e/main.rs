@@ -7,6 +7,7 @@
 
 mod account;
 mod bad_input;
+mod blocking;
 mod browser_auth;
 mod cluster_faults;
 mod crate_graph;

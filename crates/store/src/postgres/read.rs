@@ -219,6 +219,24 @@ pub(super) async fn conversations(
     rows.iter().map(summary).collect()
 }
 
+pub(super) async fn blocks(c: &Conn, user: UserId) -> PgResult<Vec<UserId>> {
+    let rows =
+        query(c, "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY blocked", &[&user.0])
+            .await?;
+    Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
+}
+
+pub(super) async fn block_relations(c: &Conn, user: UserId) -> PgResult<Vec<UserId>> {
+    let rows = query(
+        c,
+        "SELECT blocked FROM blocks WHERE blocker = $1
+         UNION SELECT blocker FROM blocks WHERE blocked = $1",
+        &[&user.0],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
+}
+
 pub(super) async fn share_conversation(
     c: &Conn,
     user: UserId,
@@ -229,7 +247,10 @@ pub(super) async fn share_conversation(
         c,
         "SELECT DISTINCT b.user_id FROM members a JOIN members b
              ON b.conversation_id = a.conversation_id
-         WHERE a.user_id = $1 AND b.user_id = ANY($2)",
+         WHERE a.user_id = $1 AND b.user_id = ANY($2)
+           AND NOT EXISTS (SELECT 1 FROM blocks k
+               WHERE (k.blocker = $1 AND k.blocked = b.user_id)
+                  OR (k.blocker = b.user_id AND k.blocked = $1))",
         &[&user.0, &ids],
     )
     .await?;

@@ -200,6 +200,34 @@ pub(crate) async fn free_deleted_handles(c: &Conn, deleted_before: i64) -> PgRes
     Ok(rows.len() as u64)
 }
 
+pub(super) async fn block(c: &Conn, blocker: UserId, blocked: UserId, max: u32) -> PgResult<()> {
+    let row = query_one(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NULL),
+                EXISTS (SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2),
+                (SELECT count(*) FROM blocks WHERE blocker = $1)",
+        &[&blocker.0, &blocked.0],
+    )
+    .await?;
+    let n = row.get::<_, i64>(2) as u64;
+    if rules::block(blocker, blocked, row.get(0), row.get(1), n, max)? {
+        execute(
+            c,
+            "INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&blocker.0, &blocked.0, &now_ms()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn unblock(c: &Conn, blocker: UserId, blocked: UserId) -> PgResult<()> {
+    execute(c, "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2", &[&blocker.0, &blocked.0])
+        .await?;
+    Ok(())
+}
+
 pub(crate) async fn revoke_device(c: &Conn, user: UserId, device: DeviceId) -> PgResult<()> {
     let rows = query(
         c,
@@ -283,8 +311,9 @@ async fn create_direct(
     let row = query_one(
         c,
         "SELECT (SELECT id FROM conversations WHERE direct_key = $1),
-                EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NULL)",
-        &[&key, &b.0],
+                EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NULL)
+                AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = $3)",
+        &[&key, &b.0, &a.0],
     )
     .await?;
     let existing = row.get::<_, Option<i64>>(0).map(ConversationId);
@@ -307,8 +336,9 @@ async fn create_group(
     // Their rows are locked (in id order, so two creations cannot deadlock over them) before
     // their pending invitations are counted; the rows found are the accounts that exist.
     let sql = "SELECT id FROM users WHERE id = ANY($1) AND deleted_at IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = users.id AND blocked = $2)
                ORDER BY id FOR NO KEY UPDATE";
-    let found = query(c, sql, &[&ids]).await?;
+    let found = query(c, sql, &[&ids, &owner.0]).await?;
     rules::others_exist(&new, found.len() as u64)?;
     let contacts: Vec<UserId> = query(
         c,
@@ -380,7 +410,9 @@ async fn add_member(
                  ON b.conversation_id = a.conversation_id
                  WHERE a.user_id = $1 AND b.user_id = $2),
                 EXISTS (SELECT 1 FROM invitations WHERE conversation_id = $3 AND user_id = $2),
-                (SELECT count(*) FROM invitations WHERE user_id = $2)",
+                (SELECT count(*) FROM invitations WHERE user_id = $2),
+                EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NOT NULL)
+                OR EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = $1)",
         &[&actor.user.0, &user.0, &conv.0],
     )
     .await?;
@@ -388,6 +420,7 @@ async fn add_member(
         contact: row.get(0),
         invited: row.get(1),
         n_pending: row.get::<_, i64>(2) as u64,
+        unreachable: row.get(3),
     };
     let (cap, max_pending) = (limits.max_group_members, limits.max_pending_invitations);
     match rules::add_member(&actor, cap, max_pending, user, role, subject, reach)? {
@@ -447,6 +480,16 @@ async fn message(c: &Conn, conv: ConversationId, seq: u64) -> PgResult<Option<ru
     Ok(row.map(|r| rules::Message { sender: UserId(r.get(0)), deleted: r.get(1) }))
 }
 
+/// The sender's [`rules::Poster`] facts: role, and a block in a direct conversation.
+const POSTER_SQL: &str = "SELECT m.role,
+        c.kind = 'direct' AND EXISTS (
+            SELECT 1 FROM members o JOIN blocks b
+              ON (b.blocker = o.user_id AND b.blocked = m.user_id)
+              OR (b.blocker = m.user_id AND b.blocked = o.user_id)
+            WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id)
+     FROM members m JOIN conversations c ON c.id = m.conversation_id
+     WHERE m.conversation_id = $1 AND m.user_id = $2";
+
 async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack> {
     // Three statements in one round trip (tokio-postgres pipelines futures polled together;
     // the server runs them in order). The counter row's lock comes before the membership
@@ -462,7 +505,7 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         )
         .await?;
     let lock = c.prepare_cached("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE").await?;
-    let membership = c.prepare_cached(ROLE_SQL).await?;
+    let membership = c.prepare_cached(POSTER_SQL).await?;
     let key: Params<'_> = &[&a.conversation.0, &a.sender.0, &a.client_msg_id];
     let conv: Params<'_> = &[&a.conversation.0];
     let who: Params<'_> = &[&a.conversation.0, &a.sender.0];
@@ -477,8 +520,10 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         ts: row.get(2),
     });
     // No counter row: no such conversation, which reads like not being a member.
-    let sender_role = conversation?.and(member?).map(|row| parse_role(row.get::<_, &str>(0)));
-    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, sender_role)? {
+    let poster = conversation?
+        .and(member?)
+        .map(|row| rules::Poster { role: parse_role(row.get::<_, &str>(0)), blocked: row.get(1) });
+    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, poster)? {
         return Ok(ack);
     }
     let target = match rules::append_target(&a.entry) {

@@ -101,6 +101,25 @@ pub(super) fn contacts_of(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
 }
 
+pub(super) fn blocks(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
+    let mut st = c
+        .prepare_cached("SELECT blocked FROM blocks WHERE blocker = ?1 ORDER BY blocked")
+        .map_err(internal)?;
+    let rows = st.query_map(params![user.0], |r| Ok(UserId(r.get(0)?))).map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn block_relations(c: &Connection, user: UserId) -> Result<Vec<UserId>> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT blocked FROM blocks WHERE blocker = ?1
+             UNION SELECT blocker FROM blocks WHERE blocked = ?1",
+        )
+        .map_err(internal)?;
+    let rows = st.query_map(params![user.0], |r| Ok(UserId(r.get(0)?))).map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
 pub(super) fn devices(c: &Connection, user: UserId) -> Result<Vec<Device>> {
     let mut st = c
         .prepare_cached(
@@ -246,7 +265,9 @@ pub(super) fn share_conversation(
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM members a JOIN members b
                  ON b.conversation_id = a.conversation_id
-             WHERE a.user_id = ?1 AND b.user_id = ?2)",
+             WHERE a.user_id = ?1 AND b.user_id = ?2)
+             AND NOT EXISTS (SELECT 1 FROM blocks
+                 WHERE (blocker = ?1 AND blocked = ?2) OR (blocker = ?2 AND blocked = ?1))",
         )
         .map_err(internal)?;
     let mut shared = Vec::new();

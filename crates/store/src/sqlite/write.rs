@@ -158,6 +158,32 @@ pub(super) fn free_deleted_handles(c: &Connection, deleted_before: i64) -> Resul
     Ok(n as u64)
 }
 
+pub(super) fn block(c: &Connection, blocker: UserId, blocked: UserId, max: u32) -> Result<()> {
+    let (exists, already, n): (bool, bool, i64) = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?2 AND deleted_at IS NULL),
+                    EXISTS (SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2),
+                    (SELECT count(*) FROM blocks WHERE blocker = ?1)",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![blocker.0, blocked.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        })
+        .map_err(internal)?;
+    if rules::block(blocker, blocked, exists, already, n as u64, max)? {
+        c.prepare_cached("INSERT INTO blocks (blocker, blocked, created_at) VALUES (?1, ?2, ?3)")
+            .and_then(|mut st| st.execute(params![blocker.0, blocked.0, now_ms()]))
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+pub(super) fn unblock(c: &Connection, blocker: UserId, blocked: UserId) -> Result<()> {
+    c.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")
+        .and_then(|mut st| st.execute(params![blocker.0, blocked.0]))
+        .map_err(internal)?;
+    Ok(())
+}
+
 pub(super) fn revoke_device(c: &Connection, user: UserId, device: DeviceId) -> Result<()> {
     let n = c
         .execute("DELETE FROM devices WHERE id = ?1 AND user_id = ?2", params![device.0, user.0])
@@ -220,8 +246,9 @@ pub(super) fn create_direct(
     let (existing, b_exists): (Option<i64>, bool) = c
         .query_row(
             "SELECT (SELECT id FROM conversations WHERE direct_key = ?1),
-                    EXISTS (SELECT 1 FROM users WHERE id = ?2 AND deleted_at IS NULL)",
-            params![key, b.0],
+                    EXISTS (SELECT 1 FROM users WHERE id = ?2 AND deleted_at IS NULL)
+                    AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = ?3)",
+            params![key, b.0, a.0],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(internal)?;
@@ -244,8 +271,9 @@ pub(super) fn create_group(
     let n_found: i64 = c
         .query_row(
             "SELECT count(*) FROM users
-             WHERE id IN (SELECT value FROM json_each(?1)) AND deleted_at IS NULL",
-            params![ids],
+             WHERE id IN (SELECT value FROM json_each(?1)) AND deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = users.id AND blocked = ?2)",
+            params![ids, owner.0],
             |r| r.get(0),
         )
         .map_err(internal)?;
@@ -319,7 +347,9 @@ pub(super) fn add_member(
                      ON b.conversation_id = a.conversation_id
                      WHERE a.user_id = ?1 AND b.user_id = ?2),
                     EXISTS (SELECT 1 FROM invitations WHERE conversation_id = ?3 AND user_id = ?2),
-                    (SELECT count(*) FROM invitations WHERE user_id = ?2)",
+                    (SELECT count(*) FROM invitations WHERE user_id = ?2),
+                    EXISTS (SELECT 1 FROM users WHERE id = ?2 AND deleted_at IS NOT NULL)
+                    OR EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = ?1)",
         )
         .and_then(|mut st| {
             st.query_row(params![actor.user.0, user.0, conv.0], |r| {
@@ -327,6 +357,7 @@ pub(super) fn add_member(
                     contact: r.get(0)?,
                     invited: r.get(1)?,
                     n_pending: r.get::<_, i64>(2)? as u64,
+                    unreachable: r.get(3)?,
                 })
             })
         })
@@ -386,6 +417,16 @@ fn message(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<rule
     .map_err(internal)
 }
 
+/// The sender's [`rules::Poster`] facts: role, and a block in a direct conversation.
+const POSTER_SQL: &str = "SELECT m.role,
+        c.kind = 'direct' AND EXISTS (
+            SELECT 1 FROM members o JOIN blocks b
+              ON (b.blocker = o.user_id AND b.blocked = m.user_id)
+              OR (b.blocker = m.user_id AND b.blocked = o.user_id)
+            WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id)
+     FROM members m JOIN conversations c ON c.id = m.conversation_id
+     WHERE m.conversation_id = ?1 AND m.user_id = ?2";
+
 pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Result<Ack> {
     let earlier = c
         .prepare_cached(
@@ -400,8 +441,16 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
             .optional()
         })
         .map_err(internal)?;
-    let sender_role = role(c, a.sender, a.conversation)?;
-    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, sender_role)? {
+    let poster = c
+        .prepare_cached(POSTER_SQL)
+        .and_then(|mut st| {
+            st.query_row(params![a.conversation.0, a.sender.0], |r| {
+                Ok(rules::Poster { role: parse_role(&r.get::<_, String>(0)?), blocked: r.get(1)? })
+            })
+            .optional()
+        })
+        .map_err(internal)?;
+    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, poster)? {
         return Ok(ack);
     }
     let target = match rules::append_target(&a.entry) {

@@ -88,6 +88,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The user's media storage quota would be exceeded.
     QuotaExceeded,
+    /// The sender is muted in this group until a time (`retry_after_ms` says how long).
+    Muted,
 }
 
 impl ErrorCode {
@@ -105,7 +107,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::QuotaExceeded => 403,
+            ErrorCode::QuotaExceeded | ErrorCode::Muted => 403,
         }
     }
 
@@ -334,8 +336,29 @@ pub enum EntryBody {
     },
     /// `user` was added to the group by the sender.
     MemberAdded { user: UserId, role: Role },
-    /// `user` was removed from the group by the sender (when `user` is the sender: they left).
-    MemberRemoved { user: UserId },
+    /// `user` was removed from the group by the sender (when `user` is the sender: they left);
+    /// with `banned`, they were banned too and cannot be added again until unbanned.
+    MemberRemoved {
+        user: UserId,
+        #[serde(default, skip_serializing_if = "is_false")]
+        banned: bool,
+    },
+    /// `user` was muted by the sender until `until` (ms since the epoch), or unmuted (no
+    /// `until`): a muted member's messages, edits and reactions are refused (`muted`).
+    MemberMuted {
+        user: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<i64>,
+    },
+    /// The group's moderation settings, as the sender set them: in slow mode a member
+    /// (not an admin) sends at most one message per `slow_mode_secs`; a locked group takes
+    /// messages from its owner and admins only (an announcement channel).
+    GroupSettings {
+        #[serde(default, skip_serializing_if = "is_zero")]
+        slow_mode_secs: u32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        locked: bool,
+    },
     /// `user`'s role was changed by the sender.
     RoleChanged { user: UserId, role: Role },
     /// The group's title was changed by the sender.
@@ -344,6 +367,10 @@ pub enum EntryBody {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl EntryBody {
@@ -512,6 +539,15 @@ pub struct ConversationSummary {
     /// The newest message as it reads now, for a conversation list; none before the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<MessagePreview>,
+    /// A group in slow mode: members send at most one message per this many seconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slow_mode_secs: u32,
+    /// A locked group: only its owner and admins send messages.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub locked: bool,
+    /// The caller is muted here until then (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
 }
 
 /// The newest message of a conversation, cut down for a list: the text as it reads after

@@ -190,6 +190,35 @@ pub struct Member {
     pub role: Role,
     pub delivered_seq: Seq,
     pub read_seq: Seq,
+    /// Muted until then (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
+}
+
+/// `PUT /v1/conversations/{id}/settings`: a group's moderation settings (owner, admins).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSettings {
+    /// 0: off; at most a day.
+    #[serde(default)]
+    pub slow_mode_secs: u32,
+    #[serde(default)]
+    pub locked: bool,
+}
+
+/// `PUT /v1/conversations/{id}/members/{user_id}/mute`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mute {
+    /// How long, from now; at most `max_mute_secs`.
+    pub for_secs: u64,
+}
+
+/// One row of `GET /v1/conversations/{id}/bans`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    pub user_id: UserId,
+    pub banned_by: UserId,
+    /// ms since the epoch.
+    pub banned_at: i64,
 }
 
 /// `POST /v1/conversations/{id}/members`.

@@ -88,6 +88,8 @@ limits! {
     search_per_min: u32 = 60, "NATTER_SEARCH_PER_MIN";
     /// User searches one user may make at once.
     search_burst: u32 = 20, "NATTER_SEARCH_BURST";
+    /// Longest a group admin may mute a member for, in seconds (a year).
+    max_mute_secs: u64 = 31_536_000, "NATTER_MAX_MUTE_SECS";
     /// Most users one user may block.
     max_blocks: u32 = 1_000, "NATTER_MAX_BLOCKS";
     /// Data exports (`GET /v1/me/export`) one user may make per hour (0: unlimited).

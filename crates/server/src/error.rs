@@ -84,7 +84,14 @@ impl From<StoreError> for ApiError {
             }
             _ => err.to_string(),
         };
-        ApiError { code, message, retry_after_ms: None }
+        let retry_after_ms = match err {
+            StoreError::SlowMode { retry_after_ms } => Some(retry_after_ms.max(1)),
+            StoreError::Muted { until } => {
+                Some(u64::try_from(until.saturating_sub(crate::now_ms())).unwrap_or(0).max(1))
+            }
+            _ => None,
+        };
+        ApiError { code, message, retry_after_ms }
     }
 }
 

@@ -8,6 +8,7 @@ mod ephemeral;
 mod export;
 mod invitations;
 mod media;
+mod moderation;
 mod poll;
 mod sse;
 mod webapp;
@@ -65,6 +66,16 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route(
             "/v1/conversations/{id}/entries",
             get(conversations::history).post(conversations::post_entry),
+        )
+        .route("/v1/conversations/{id}/settings", put(moderation::settings))
+        .route(
+            "/v1/conversations/{id}/members/{user_id}/mute",
+            put(moderation::mute).delete(moderation::unmute),
+        )
+        .route("/v1/conversations/{id}/bans", get(moderation::bans))
+        .route(
+            "/v1/conversations/{id}/bans/{user_id}",
+            put(moderation::ban).delete(moderation::unban),
         )
         .route("/v1/conversations/{id}/cursors", put(conversations::set_cursors))
         .route("/v1/conversations/{id}/receipts", get(conversations::receipts))

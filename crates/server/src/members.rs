@@ -70,7 +70,7 @@ impl MemberCache {
             }
         };
         match &entry.body {
-            EntryBody::MemberRemoved { user } if !list.contains(user) => {
+            EntryBody::MemberRemoved { user, .. } if !list.contains(user) => {
                 let mut deliver = (*list).clone();
                 deliver.push(*user);
                 Ok(Arc::new(deliver))

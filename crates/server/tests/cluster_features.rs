@@ -710,7 +710,7 @@ async fn membership_changes_across_nodes() {
     assert_eq!(removed.seq, 8);
     cc.wait_seq(group, 8).await;
     assert!(
-        matches!(cc.entries(group)[7].body, EntryBody::MemberRemoved { user } if user == carol.id)
+        matches!(cc.entries(group)[7].body, EntryBody::MemberRemoved { user, .. } if user == carol.id)
     );
     // The same the other way: node-2 routes with the removal applied, bus message or not.
     a.send(group, "gone-a").await;

@@ -71,6 +71,8 @@ pub(crate) fn kind_str(body: &EntryBody) -> &'static str {
         EntryBody::MemberRemoved { .. } => "member_removed",
         EntryBody::RoleChanged { .. } => "role_changed",
         EntryBody::TitleChanged { .. } => "title_changed",
+        EntryBody::MemberMuted { .. } => "member_muted",
+        EntryBody::GroupSettings { .. } => "group_settings",
     }
 }
 

@@ -45,6 +45,12 @@ pub enum StoreError {
     BadRequest(String),
     #[error("media storage quota exceeded")]
     QuotaExceeded,
+    /// The sender is muted in the group until `until` (ms since the epoch).
+    #[error("muted in this group")]
+    Muted { until: i64 },
+    /// The group is in slow mode: the sender's next message is due in `retry_after_ms`.
+    #[error("slow mode: wait before sending again")]
+    SlowMode { retry_after_ms: u64 },
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store fault: {0}")]
@@ -60,6 +66,8 @@ impl StoreError {
             StoreError::Conflict(_) => ErrorCode::Conflict,
             StoreError::BadRequest(_) => ErrorCode::BadRequest,
             StoreError::QuotaExceeded => ErrorCode::QuotaExceeded,
+            StoreError::Muted { .. } => ErrorCode::Muted,
+            StoreError::SlowMode { .. } => ErrorCode::TooManyRequests,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Internal(_) => ErrorCode::Internal,
         }
@@ -130,7 +138,26 @@ pub enum GroupChange {
     SetTitle {
         title: String,
     },
+    /// Mutes a member until `until` (ms), or unmutes them (`None`); owner and admins, over
+    /// members of a lower role.
+    Mute {
+        user: UserId,
+        until: Option<i64>,
+    },
+    /// Removes a member and bans them from the group (they cannot be added or invited until
+    /// unbanned, [`Store::unban`]); owner and admins, over members of a lower role.
+    Ban {
+        user: UserId,
+    },
+    /// The group's moderation settings (owner and admins).
+    Settings {
+        slow_mode_secs: u32,
+        locked: bool,
+    },
 }
+
+/// Longest a group's slow mode may be, in seconds.
+pub const MAX_SLOW_MODE_SECS: u32 = 86_400;
 
 /// A new group: its id, and the invitations made to the members named at creation who
 /// share no conversation with the owner (the others are members, in its `created` entry).
@@ -303,6 +330,9 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         change: GroupChange,
     ) -> Result<Ack>;
+    /// Lifts `user`'s ban from the group (`actor`: its owner or an admin); nothing enters the
+    /// log.
+    async fn unban(&self, actor: UserId, conversation: ConversationId, user: UserId) -> Result<()>;
     /// Records an upload in one transaction: `QuotaExceeded` if the owner's media sizes plus
     /// this one pass `quota_bytes`; its blob rows (object and thumbnail) are upserted as no
     /// longer orphaned.
@@ -359,6 +389,8 @@ pub trait Store: Send + Sync + 'static {
     async fn role(&self, user: UserId, conversation: ConversationId) -> Result<Option<Role>>;
     /// The conversation's members with handles, roles and cursors.
     async fn members(&self, conversation: ConversationId) -> Result<Vec<Member>>;
+    /// Who is banned from the group, by user id.
+    async fn bans(&self, conversation: ConversationId) -> Result<Vec<natter_proto::rest::Ban>>;
     /// The conversation's member ids (for routing).
     async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>>;
     /// A page of the log, message entries with their current state.

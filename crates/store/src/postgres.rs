@@ -68,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0009_deleted_users.sql"),
     include_str!("../migrations/postgres/0010_export.sql"),
     include_str!("../migrations/postgres/0011_blocks.sql"),
+    include_str!("../migrations/postgres/0012_group_moderation.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -773,6 +774,16 @@ impl Store for PgStore {
     async fn free_deleted_handles(&self, deleted_before: i64) -> Result<u64> {
         let c = self.client().await?;
         write::free_deleted_handles(&c, deleted_before).await.map_err(Fail::into_store)
+    }
+
+    async fn unban(&self, actor: UserId, conversation: ConversationId, user: UserId) -> Result<()> {
+        let c = self.client().await?;
+        write::unban(&c, actor, conversation, user).await.map_err(Fail::into_store)
+    }
+
+    async fn bans(&self, conversation: ConversationId) -> Result<Vec<natter_proto::rest::Ban>> {
+        let c = self.client().await?;
+        read::bans(&c, conversation).await.map_err(Fail::into_store)
     }
 
     async fn block(&self, blocker: UserId, blocked: UserId, max: u32) -> Result<()> {

@@ -217,23 +217,57 @@ pub(crate) enum Admit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Poster {
     pub(crate) role: Role,
+    /// The conversation is a group.
+    pub(crate) group: bool,
     /// The conversation is direct and one of its two members blocks the other: neither
     /// writes in it (deleting one's own messages excepted) until the block is lifted.
     pub(crate) blocked: bool,
+    /// The sender is muted in the group until then (ms).
+    pub(crate) muted_until: Option<i64>,
+    /// When the sender last sent a message here, if slow mode stamped it (ms).
+    pub(crate) last_post_at: Option<i64>,
+    /// The group's settings.
+    pub(crate) slow_mode_secs: u32,
+    pub(crate) locked: bool,
+}
+
+impl Poster {
+    /// Whether the sender moderates the group: owner and admins of a group delete anyone's
+    /// messages, and post in a locked or slow group freely.
+    pub(crate) fn moderates(&self) -> bool {
+        self.group && self.role >= Role::Admin
+    }
+
+    /// Whether this append must record the time of the sender's post (slow mode).
+    pub(crate) fn stamps(&self, entry: &NewEntry) -> bool {
+        self.slow_mode_secs > 0 && !self.moderates() && matches!(entry, NewEntry::Message { .. })
+    }
 }
 
 #[cfg(test)]
 impl Poster {
     pub(crate) fn member(role: Role) -> Poster {
-        Poster { role, blocked: false }
+        Poster {
+            role,
+            group: true,
+            blocked: false,
+            muted_until: None,
+            last_post_at: None,
+            slow_mode_secs: 0,
+            locked: false,
+        }
     }
 }
 
-/// `poster`: the sender as a member, `None` if it is not one.
+/// `poster`: the sender as a member, `None` if it is not one; `now` in ms. After membership
+/// and blocks: a muted sender writes nothing but deletions of their own; in a locked group
+/// only moderators post or edit; in slow mode a member's message waits `slow_mode_secs`
+/// after their last one (`too_many_requests` with the time left).
 pub(crate) fn admit_append(
     a: &Append,
     earlier: Option<Earlier>,
     poster: Option<Poster>,
+    now: i64,
 ) -> Result<Admit> {
     // The key is checked before membership: a sender removed since still gets the ack of what
     // it sent while a member, whatever the retry carries this time.
@@ -249,8 +283,27 @@ pub(crate) fn admit_append(
     let Some(poster) = poster else {
         return Err(StoreError::NotFound("conversation"));
     };
-    if poster.blocked && !matches!(a.entry, NewEntry::Delete { .. }) {
+    let writes = !matches!(a.entry, NewEntry::Delete { .. });
+    if poster.blocked && writes {
         return Err(StoreError::Forbidden("this conversation is blocked"));
+    }
+    if let Some(until) = poster.muted_until
+        && until > now
+        && writes
+    {
+        return Err(StoreError::Muted { until });
+    }
+    if poster.moderates() {
+        return Ok(Admit::Append);
+    }
+    if poster.locked && matches!(a.entry, NewEntry::Message { .. } | NewEntry::Edit { .. }) {
+        return Err(StoreError::Forbidden("only admins post in this group"));
+    }
+    if let (true, Some(last)) = (poster.stamps(&a.entry), poster.last_post_at) {
+        let next = last.saturating_add(i64::from(poster.slow_mode_secs) * 1000);
+        if next > now {
+            return Err(StoreError::SlowMode { retry_after_ms: (next - now) as u64 });
+        }
     }
     Ok(Admit::Append)
 }
@@ -334,10 +387,12 @@ pub(crate) fn attachments(
 /// not a message (or the entry names none). A reply may quote a deleted message; edits,
 /// deletions and reactions need a live one, and only its sender edits or deletes it.
 /// `attachments`: what [`attachments`] made of the message's media ids (empty otherwise).
+/// `moderates`: the sender may delete others' messages ([`Poster::moderates`]).
 pub(crate) fn append_body(
     a: &Append,
     target: Option<Message>,
     attachments: Vec<Attachment>,
+    moderates: bool,
 ) -> Result<EntryBody> {
     let live = |seq: Seq, must_own: bool| -> Result<()> {
         match target {
@@ -363,7 +418,9 @@ pub(crate) fn append_body(
             Ok(EntryBody::Edit { target: *target, body: body.clone() })
         }
         NewEntry::Delete { target } => {
-            live(*target, true)?;
+            // A group's owner and admins delete anyone's messages (a moderator's deletion:
+            // the entry's sender is not the message's).
+            live(*target, !moderates)?;
             Ok(EntryBody::Delete { target: *target })
         }
         NewEntry::Reaction { target, emoji, remove } => {
@@ -422,7 +479,8 @@ pub(crate) struct Subject {
 pub(crate) fn subject_of(change: &GroupChange) -> Option<UserId> {
     match change {
         GroupChange::RemoveMember { user } | GroupChange::SetRole { user, .. } => Some(*user),
-        GroupChange::SetTitle { .. } => None,
+        GroupChange::Mute { user, .. } | GroupChange::Ban { user } => Some(*user),
+        GroupChange::SetTitle { .. } | GroupChange::Settings { .. } => None,
     }
 }
 
@@ -451,6 +509,19 @@ pub(crate) enum GroupEffect {
     SetTitle {
         title: String,
     },
+    /// Set the member's `muted_until`.
+    Mute {
+        user: UserId,
+        until: Option<i64>,
+    },
+    /// Delete the member (never the owner), delete their invitation, and record the ban.
+    Ban {
+        user: UserId,
+    },
+    Settings {
+        slow_mode_secs: u32,
+        locked: bool,
+    },
 }
 
 impl GroupEffect {
@@ -458,7 +529,16 @@ impl GroupEffect {
     pub(crate) fn entry(&self) -> EntryBody {
         match self {
             GroupEffect::Add { user, role } => EntryBody::MemberAdded { user: *user, role: *role },
-            GroupEffect::Remove { user, .. } => EntryBody::MemberRemoved { user: *user },
+            GroupEffect::Remove { user, .. } => {
+                EntryBody::MemberRemoved { user: *user, banned: false }
+            }
+            GroupEffect::Ban { user } => EntryBody::MemberRemoved { user: *user, banned: true },
+            GroupEffect::Mute { user, until } => {
+                EntryBody::MemberMuted { user: *user, until: *until }
+            }
+            GroupEffect::Settings { slow_mode_secs, locked } => {
+                EntryBody::GroupSettings { slow_mode_secs: *slow_mode_secs, locked: *locked }
+            }
             GroupEffect::SetRole { user, role } => {
                 EntryBody::RoleChanged { user: *user, role: *role }
             }
@@ -518,7 +598,51 @@ pub(crate) fn change_group(
             }
             Ok(GroupEffect::SetTitle { title: title.clone() })
         }
+        GroupChange::Mute { user, until } => {
+            moderate(actor, *user, subject()?)?;
+            Ok(GroupEffect::Mute { user: *user, until: *until })
+        }
+        GroupChange::Ban { user } => {
+            moderate(actor, *user, subject()?)?;
+            Ok(GroupEffect::Ban { user: *user })
+        }
+        GroupChange::Settings { slow_mode_secs, locked } => {
+            if actor.role < Role::Admin {
+                return Err(StoreError::Forbidden("only admins change the settings"));
+            }
+            if *slow_mode_secs > crate::MAX_SLOW_MODE_SECS {
+                let max = crate::MAX_SLOW_MODE_SECS;
+                return Err(StoreError::BadRequest(format!("slow mode is at most {max} s")));
+            }
+            Ok(GroupEffect::Settings { slow_mode_secs: *slow_mode_secs, locked: *locked })
+        }
     }
+}
+
+/// Whether `actor` may mute or ban `user`: owner and admins, over a member of a lower role
+/// (an admin over members, the owner over everyone else).
+fn moderate(actor: &Actor, user: UserId, subject: Subject) -> Result<()> {
+    if actor.role < Role::Admin {
+        return Err(StoreError::Forbidden("only admins moderate members"));
+    }
+    if user == actor.user {
+        return Err(StoreError::BadRequest("one cannot moderate oneself".into()));
+    }
+    match subject.role {
+        None => Err(StoreError::NotFound("member")),
+        Some(role) if role >= actor.role => {
+            Err(StoreError::Forbidden("not allowed to moderate this member"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether `actor` (from [`group_actor`]) may lift a ban: owner and admins.
+pub(crate) fn unban(actor: &Actor) -> Result<()> {
+    if actor.role < Role::Admin {
+        return Err(StoreError::Forbidden("only admins lift bans"));
+    }
+    Ok(())
 }
 
 // ---- create: adding members and invitations ----
@@ -535,6 +659,8 @@ pub(crate) struct Reach {
     /// Their account is deleted, or they block the actor: the add is refused as for an
     /// unknown user, so the actor learns nothing of a block.
     pub(crate) unreachable: bool,
+    /// They are banned from the group.
+    pub(crate) banned: bool,
 }
 
 /// What adding a user to a group does.
@@ -574,6 +700,9 @@ pub(crate) fn add_member(
     }
     if reach.unreachable {
         return Err(StoreError::NotFound("user"));
+    }
+    if reach.banned {
+        return Err(StoreError::Forbidden("banned from this group"));
     }
     if actor.n_members >= u64::from(cap) {
         return Err(StoreError::Conflict("the group is full"));
@@ -739,9 +868,9 @@ mod tests {
     }
 
     const CONTACT: Reach =
-        Reach { contact: true, invited: false, n_pending: 0, unreachable: false };
+        Reach { contact: true, invited: false, n_pending: 0, unreachable: false, banned: false };
     const STRANGER: Reach =
-        Reach { contact: false, invited: false, n_pending: 0, unreachable: false };
+        Reach { contact: false, invited: false, n_pending: 0, unreachable: false, banned: false };
 
     // ---- create ----
 
@@ -900,7 +1029,7 @@ mod tests {
             client_msg_id: Some("m1".to_owned()),
         };
         for poster in [Some(Poster::member(Role::Member)), None] {
-            let admit = admit_append(&a, Some(earlier.clone()), poster).expect("repeat");
+            let admit = admit_append(&a, Some(earlier.clone()), poster, 0).expect("repeat");
             assert_eq!(admit, Admit::Repeat(want.clone()));
         }
     }
@@ -909,9 +1038,9 @@ mod tests {
     fn a_new_append_needs_a_member() {
         let a = append_of(A, msg(None));
         let member = Poster::member(Role::Member);
-        assert_eq!(admit_append(&a, None, Some(member)).expect("member"), Admit::Append);
+        assert_eq!(admit_append(&a, None, Some(member), 0).expect("member"), Admit::Append);
         assert_eq!(
-            err(admit_append(&a, None, None)),
+            err(admit_append(&a, None, None, 0)),
             (ErrorCode::NotFound, "conversation not found".into())
         );
     }
@@ -920,11 +1049,11 @@ mod tests {
     fn a_blocked_direct_conversation_takes_only_deletions() {
         let blocked = Some(Poster { blocked: true, ..Poster::member(Role::Member) });
         for entry in [msg(None), NewEntry::Edit { target: 2, body: "x".into() }] {
-            let refused = admit_append(&append_of(A, entry), None, blocked);
+            let refused = admit_append(&append_of(A, entry), None, blocked, 0);
             assert_eq!(err(refused).0, ErrorCode::Forbidden);
         }
         let delete = append_of(A, NewEntry::Delete { target: 2 });
-        assert_eq!(admit_append(&delete, None, blocked).expect("delete"), Admit::Append);
+        assert_eq!(admit_append(&delete, None, blocked, 0).expect("delete"), Admit::Append);
     }
 
     #[test]
@@ -939,7 +1068,7 @@ mod tests {
 
     #[test]
     fn messages_and_replies() {
-        let body = append_body(&append_of(A, msg(None)), None, Vec::new()).expect("message");
+        let body = append_body(&append_of(A, msg(None)), None, Vec::new(), false).expect("message");
         assert_eq!(
             body,
             EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: Vec::new() }
@@ -947,7 +1076,7 @@ mod tests {
         // A reply may quote anyone's message, deleted or not.
         let reply = append_of(A, msg(Some(3)));
         for target in [live(B), Some(Message { sender: B, deleted: true })] {
-            let body = append_body(&reply, target, Vec::new()).expect("reply");
+            let body = append_body(&reply, target, Vec::new(), false).expect("reply");
             assert_eq!(
                 body,
                 EntryBody::Message {
@@ -958,7 +1087,7 @@ mod tests {
             );
         }
         assert_eq!(
-            err(append_body(&reply, None, Vec::new())),
+            err(append_body(&reply, None, Vec::new(), false)),
             (ErrorCode::BadRequest, "bad request: seq 3 is not a message".into())
         );
     }
@@ -968,28 +1097,34 @@ mod tests {
         let edit = NewEntry::Edit { target: 2, body: "fixed".to_owned() };
         let delete = NewEntry::Delete { target: 2 };
         assert_eq!(
-            append_body(&append_of(A, edit.clone()), live(A), Vec::new()).expect("own edit"),
+            append_body(&append_of(A, edit.clone()), live(A), Vec::new(), false).expect("own edit"),
             EntryBody::Edit { target: 2, body: "fixed".to_owned() }
         );
         assert_eq!(
-            append_body(&append_of(A, delete.clone()), live(A), Vec::new()).expect("own delete"),
+            append_body(&append_of(A, delete.clone()), live(A), Vec::new(), false)
+                .expect("own delete"),
             EntryBody::Delete { target: 2 }
         );
         for entry in [edit, delete] {
             let a = append_of(A, entry);
             assert_eq!(
-                err(append_body(&a, live(B), Vec::new())),
+                err(append_body(&a, live(B), Vec::new(), false)),
                 (ErrorCode::Forbidden, "forbidden: only the sender may change a message".into())
             );
             // Deleted wins over ownership: nobody may change it any more.
             for sender in [A, B] {
                 assert_eq!(
-                    err(append_body(&a, Some(Message { sender, deleted: true }), Vec::new())),
+                    err(append_body(
+                        &a,
+                        Some(Message { sender, deleted: true }),
+                        Vec::new(),
+                        false
+                    )),
                     (ErrorCode::Conflict, "conflict: message is deleted".into())
                 );
             }
             assert_eq!(
-                err(append_body(&a, None, Vec::new())),
+                err(append_body(&a, None, Vec::new(), false)),
                 (ErrorCode::BadRequest, "bad request: seq 2 is not a message".into())
             );
         }
@@ -1000,14 +1135,14 @@ mod tests {
         let react = NewEntry::Reaction { target: 2, emoji: "+1".to_owned(), remove: true };
         let a = append_of(A, react);
         assert_eq!(
-            append_body(&a, live(B), Vec::new()).expect("react"),
+            append_body(&a, live(B), Vec::new(), false).expect("react"),
             EntryBody::Reaction { target: 2, emoji: "+1".to_owned(), remove: true }
         );
         assert_eq!(
-            err(append_body(&a, Some(Message { sender: A, deleted: true }), Vec::new())),
+            err(append_body(&a, Some(Message { sender: A, deleted: true }), Vec::new(), false)),
             (ErrorCode::Conflict, "conflict: message is deleted".into())
         );
-        assert_eq!(err(append_body(&a, None, Vec::new())).0, ErrorCode::BadRequest);
+        assert_eq!(err(append_body(&a, None, Vec::new(), false)).0, ErrorCode::BadRequest);
     }
 
     // ---- group changes ----
@@ -1131,6 +1266,82 @@ mod tests {
             let refused = add(Reach { unreachable: true, ..reach });
             assert_eq!(err(refused), (ErrorCode::NotFound, "user not found".into()));
         }
+    }
+
+    #[test]
+    fn mutes_locks_and_slow_mode_hold_back_members_not_moderators() {
+        let now = 1_000_000;
+        let message = append_of(A, msg(None));
+        let react =
+            append_of(A, NewEntry::Reaction { target: 2, emoji: "x".into(), remove: false });
+        let delete = append_of(A, NewEntry::Delete { target: 2 });
+        let muted = Poster { muted_until: Some(now + 5), ..Poster::member(Role::Member) };
+        for a in [&message, &react] {
+            assert!(matches!(
+                admit_append(a, None, Some(muted), now),
+                Err(StoreError::Muted { .. })
+            ));
+        }
+        assert_eq!(admit_append(&delete, None, Some(muted), now).unwrap(), Admit::Append);
+        let lapsed = Poster { muted_until: Some(now), ..muted };
+        assert_eq!(admit_append(&message, None, Some(lapsed), now).unwrap(), Admit::Append);
+
+        let locked = Poster { locked: true, ..Poster::member(Role::Member) };
+        assert_eq!(err(admit_append(&message, None, Some(locked), now)).0, ErrorCode::Forbidden);
+        assert_eq!(admit_append(&react, None, Some(locked), now).unwrap(), Admit::Append);
+        let admin = Poster { role: Role::Admin, ..locked };
+        assert_eq!(admit_append(&message, None, Some(admin), now).unwrap(), Admit::Append);
+
+        let slow = Poster {
+            slow_mode_secs: 10,
+            last_post_at: Some(now - 4_000),
+            ..Poster::member(Role::Member)
+        };
+        match admit_append(&message, None, Some(slow), now) {
+            Err(StoreError::SlowMode { retry_after_ms }) => assert_eq!(retry_after_ms, 6_000),
+            other => panic!("{other:?}"),
+        }
+        assert!(slow.stamps(&message.entry) && !slow.stamps(&react.entry));
+        assert_eq!(admit_append(&react, None, Some(slow), now).unwrap(), Admit::Append);
+        let due = Poster { last_post_at: Some(now - 10_000), ..slow };
+        assert_eq!(admit_append(&message, None, Some(due), now).unwrap(), Admit::Append);
+        let first = Poster { last_post_at: None, ..slow };
+        assert_eq!(admit_append(&message, None, Some(first), now).unwrap(), Admit::Append);
+        let slow_admin = Poster { role: Role::Admin, ..slow };
+        assert!(!slow_admin.stamps(&message.entry));
+        assert_eq!(admit_append(&message, None, Some(slow_admin), now).unwrap(), Admit::Append);
+    }
+
+    #[test]
+    fn only_a_higher_role_mutes_or_bans() {
+        let mute = |actor_role, user, subject| {
+            change_group(
+                &actor(A, actor_role),
+                &GroupChange::Mute { user, until: Some(1) },
+                subject,
+            )
+        };
+        assert!(mute(Role::Admin, B, member(Role::Member)).is_ok());
+        assert!(mute(Role::Owner, B, member(Role::Admin)).is_ok());
+        assert_eq!(err(mute(Role::Admin, B, member(Role::Admin))).0, ErrorCode::Forbidden);
+        assert_eq!(err(mute(Role::Admin, B, member(Role::Owner))).0, ErrorCode::Forbidden);
+        assert_eq!(err(mute(Role::Member, B, member(Role::Member))).0, ErrorCode::Forbidden);
+        assert_eq!(err(mute(Role::Owner, A, member(Role::Owner))).0, ErrorCode::BadRequest);
+        let absent = Some(Subject { exists: true, role: None });
+        assert_eq!(err(mute(Role::Admin, B, absent)).0, ErrorCode::NotFound);
+        let ban = change_group(
+            &actor(A, Role::Admin),
+            &GroupChange::Ban { user: B },
+            member(Role::Member),
+        );
+        assert_eq!(ban.unwrap().entry(), EntryBody::MemberRemoved { user: B, banned: true });
+        let settings = GroupChange::Settings { slow_mode_secs: 5, locked: true };
+        assert_eq!(
+            err(change_group(&actor(A, Role::Member), &settings, None)).0,
+            ErrorCode::Forbidden
+        );
+        assert!(change_group(&actor(A, Role::Admin), &settings, None).is_ok());
+        assert_eq!(err(unban(&actor(A, Role::Member))).0, ErrorCode::Forbidden);
     }
 
     #[test]
@@ -1282,7 +1493,7 @@ mod tests {
         );
         assert_eq!(
             GroupEffect::Remove { user: B, owner_left: true }.entry(),
-            EntryBody::MemberRemoved { user: B }
+            EntryBody::MemberRemoved { user: B, banned: false }
         );
         assert_eq!(
             GroupEffect::SetRole { user: B, role: Role::Member }.entry(),
@@ -1383,7 +1594,8 @@ mod tests {
     #[test]
     fn a_message_carries_its_attachments() {
         let att = vec![media("a", A).attachment()];
-        let body = append_body(&append_of(A, msg(None)), None, att.clone()).expect("message");
+        let body =
+            append_body(&append_of(A, msg(None)), None, att.clone(), false).expect("message");
         assert_eq!(
             body,
             EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: att }

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0009_deleted_users.sql"),
     include_str!("../migrations/sqlite/0010_export.sql"),
     include_str!("../migrations/sqlite/0011_blocks.sql"),
+    include_str!("../migrations/sqlite/0012_group_moderation.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -413,6 +414,10 @@ impl Store for SqliteStore {
         self.write(move |c, out| write::change_group(c, out, actor, conversation, &change)).await
     }
 
+    async fn unban(&self, actor: UserId, conversation: ConversationId, user: UserId) -> Result<()> {
+        self.write(move |c, _| write::unban(c, actor, conversation, user)).await
+    }
+
     async fn create_media(&self, media: NewMedia) -> Result<()> {
         self.write(move |c, _| write::create_media(c, &media)).await
     }
@@ -498,6 +503,10 @@ impl Store for SqliteStore {
 
     async fn members(&self, conversation: ConversationId) -> Result<Vec<Member>> {
         self.read(move |c| read::members(c, conversation)).await
+    }
+
+    async fn bans(&self, conversation: ConversationId) -> Result<Vec<natter_proto::rest::Ban>> {
+        self.read(move |c| read::bans(c, conversation)).await
     }
 
     async fn member_ids(&self, conversation: ConversationId) -> Result<Vec<UserId>> {

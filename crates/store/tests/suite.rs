@@ -66,6 +66,7 @@ macro_rules! store_suite {
             a_deleted_user_loses_logins_and_profile_and_later_the_handle,
             a_users_messages_and_media_are_listed_by_page_for_the_export,
             a_block_stops_new_conversations_adds_direct_writes_and_presence,
+            groups_are_moderated_by_owner_and_admins,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -798,10 +799,10 @@ async fn change_group_checks_roles_and_hands_ownership_on<S: Store>(f: Fixture<S
         vec![
             (o, EntryBody::RoleChanged { user: a, role: Role::Admin }),
             (a, EntryBody::MemberAdded { user: c, role: Role::Member }),
-            (a, EntryBody::MemberRemoved { user: b }),
+            (a, EntryBody::MemberRemoved { user: b, banned: false }),
             (a, EntryBody::TitleChanged { title: "renamed".to_owned() }),
-            (c, EntryBody::MemberRemoved { user: c }),
-            (o, EntryBody::MemberRemoved { user: o }),
+            (c, EntryBody::MemberRemoved { user: c, banned: false }),
+            (o, EntryBody::MemberRemoved { user: o, banned: false }),
             (o, EntryBody::RoleChanged { user: a, role: Role::Owner }),
         ]
     );
@@ -1401,6 +1402,88 @@ async fn a_block_stops_new_conversations_adds_direct_writes_and_presence<S: Stor
     ));
     send(s, cd, dee, "d1", "hello").await;
     assert_eq!(s.blocks(ann).await.unwrap(), vec![cy]);
+}
+
+async fn groups_are_moderated_by_owner_and_admins<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob, cy, dee] = users(s, ["ann", "bob", "cy", "dee"]).await;
+    for u in [bob, cy, dee] {
+        s.create_direct(ann, u).await.unwrap();
+    }
+    let g = s.create_group(ann, "g", &[bob, cy, dee]).await.unwrap().id;
+    let change = |actor, change| s.change_group(actor, g, change);
+    change(ann, GroupChange::SetRole { user: bob, role: Role::Admin }).await.unwrap();
+
+    // An admin deletes a member's message; a member cannot.
+    let m = send(s, g, cy, "c1", "spam").await;
+    let d = send(s, g, dee, "d1", "hi").await;
+    assert_eq!(
+        code(append(s, g, cy, "x", NewEntry::Delete { target: d.seq }).await),
+        ErrorCode::Forbidden
+    );
+    append(s, g, bob, "y", NewEntry::Delete { target: m.seq }).await.unwrap();
+
+    // Mute: refused with the time, unmuted by None; the member list shows it.
+    let until = now() + 60_000;
+    change(bob, GroupChange::Mute { user: cy, until: Some(until) }).await.unwrap();
+    match append(s, g, cy, "c2", msg("x")).await {
+        Err(natter_store::StoreError::Muted { until: u }) => assert_eq!(u, until),
+        other => panic!("expected muted, got {other:?}"),
+    }
+    let row = s.members(g).await.unwrap().into_iter().find(|m| m.user_id == cy).unwrap();
+    assert_eq!(row.muted_until, Some(until));
+    assert_eq!(s.conversation(cy, g).await.unwrap().muted_until, Some(until));
+    assert_eq!(
+        code(change(bob, GroupChange::Mute { user: ann, until: Some(until) }).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(change(cy, GroupChange::Mute { user: dee, until: Some(until) }).await),
+        ErrorCode::Forbidden
+    );
+    change(bob, GroupChange::Mute { user: cy, until: None }).await.unwrap();
+    send(s, g, cy, "c3", "back").await;
+
+    // Slow mode and lock.
+    change(bob, GroupChange::Settings { slow_mode_secs: 600, locked: false }).await.unwrap();
+    send(s, g, dee, "d2", "one").await;
+    match append(s, g, dee, "d3", msg("two")).await {
+        Err(natter_store::StoreError::SlowMode { retry_after_ms }) => {
+            assert!(retry_after_ms > 590_000 && retry_after_ms <= 600_000, "{retry_after_ms}");
+        }
+        other => panic!("expected slow mode, got {other:?}"),
+    }
+    send(s, g, bob, "b1", "admins are not slowed").await;
+    send(s, g, bob, "b2", "at all").await;
+    assert_eq!(s.conversation(dee, g).await.unwrap().slow_mode_secs, 600);
+    let too_slow = GroupChange::Settings {
+        slow_mode_secs: natter_store::MAX_SLOW_MODE_SECS + 1,
+        locked: false,
+    };
+    assert_eq!(code(change(ann, too_slow).await), ErrorCode::BadRequest);
+    change(ann, GroupChange::Settings { slow_mode_secs: 0, locked: true }).await.unwrap();
+    assert_eq!(code(append(s, g, cy, "c4", msg("x")).await), ErrorCode::Forbidden);
+    send(s, g, bob, "b3", "news").await;
+    assert!(s.conversation(cy, g).await.unwrap().locked);
+    change(ann, GroupChange::Settings { slow_mode_secs: 0, locked: false }).await.unwrap();
+
+    // Ban: removed, not added again until unbanned.
+    assert_eq!(code(change(cy, GroupChange::Ban { user: dee }).await), ErrorCode::Forbidden);
+    change(bob, GroupChange::Ban { user: dee }).await.unwrap();
+    assert_eq!(s.role(dee, g).await.unwrap(), None);
+    assert_eq!(code(s.add_member(ann, g, dee, Role::Member).await), ErrorCode::Forbidden);
+    let bans = s.bans(g).await.unwrap();
+    assert_eq!(bans.iter().map(|b| (b.user_id, b.banned_by)).collect::<Vec<_>>(), vec![(dee, bob)]);
+    assert_eq!(code(s.unban(cy, g, dee).await), ErrorCode::Forbidden);
+    s.unban(ann, g, dee).await.unwrap();
+    assert!(s.bans(g).await.unwrap().is_empty());
+    assert!(matches!(s.add_member(ann, g, dee, Role::Member).await.unwrap(), Added::Member(_)));
+    let log = log(s, g).await;
+    assert!(log.iter().any(|e| e.body == EntryBody::MemberRemoved { user: dee, banned: true }));
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 async fn a_users_messages_and_media_are_listed_by_page_for_the_export<S: Store>(f: Fixture<S>) {

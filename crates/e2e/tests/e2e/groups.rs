@@ -347,7 +347,7 @@ async fn membership_changes_are_log_entries_with_permissions() {
     forbidden(remove_member(&server, &bob, g, &alice).await);
     forbidden(remove_member(&server, &carol, g, &erin).await);
     ack(remove_member(&server, &alice, g, &dave).await, StatusCode::OK, 6);
-    let e6 = (6, alice.id, EntryBody::MemberRemoved { user: dave.id });
+    let e6 = (6, alice.id, EntryBody::MemberRemoved { user: dave.id, banned: false });
     for ws in [&mut *a, &mut *b, &mut *c, &mut *d, &mut *e] {
         assert_eq!(take(ws, g, 2).await, vec![e5.clone(), e6.clone()]);
     }
@@ -380,10 +380,10 @@ async fn membership_changes_are_log_entries_with_permissions() {
 
     // Leaving is removing oneself.
     ack(remove_member(&server, &carol, g, &carol).await, StatusCode::OK, 7);
-    let e7 = (7, carol.id, EntryBody::MemberRemoved { user: carol.id });
+    let e7 = (7, carol.id, EntryBody::MemberRemoved { user: carol.id, banned: false });
     // The owner leaves: ownership passes to the admin (bob), as an entry of its own.
     ack(remove_member(&server, &alice, g, &alice).await, StatusCode::OK, 8);
-    let e8 = (8, alice.id, EntryBody::MemberRemoved { user: alice.id });
+    let e8 = (8, alice.id, EntryBody::MemberRemoved { user: alice.id, banned: false });
     let e9 = (9, alice.id, EntryBody::RoleChanged { user: bob.id, role: Role::Owner });
     let ack10 = server.send_rest(&erin, g, "e1", "just us").await;
     assert_eq!(ack10.seq, 10);
@@ -484,7 +484,7 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
     assert_eq!(
         log[2..],
         [
-            (3, alice.id, EntryBody::MemberRemoved { user: alice.id }),
+            (3, alice.id, EntryBody::MemberRemoved { user: alice.id, banned: false }),
             (4, alice.id, EntryBody::RoleChanged { user: bob.id, role: Role::Owner }),
         ]
     );
@@ -504,7 +504,7 @@ async fn owner_leaving_hands_ownership_to_an_admin_else_the_oldest_member() {
         log[1..],
         [
             (2, alice.id, EntryBody::MemberAdded { user: carol.id, role: Role::Admin }),
-            (3, alice.id, EntryBody::MemberRemoved { user: alice.id }),
+            (3, alice.id, EntryBody::MemberRemoved { user: alice.id, banned: false }),
             (4, alice.id, EntryBody::RoleChanged { user: carol.id, role: Role::Owner }),
         ]
     );

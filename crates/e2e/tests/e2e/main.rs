@@ -14,6 +14,7 @@ mod crate_graph;
 mod edits;
 mod export;
 mod fallback;
+mod group_moderation;
 mod groups;
 mod idempotency;
 mod invitations;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use natter_proto::{
     ConversationId, ConversationSummary, DeviceId, Entry, EntryBody, Invitation, MessagePreview,
     MessageState, ReactionSummary, UserId,
-    rest::{Avatar, Device, Member, User},
+    rest::{Avatar, Ban, Device, Member, User},
 };
 use tokio_postgres::Row;
 
@@ -136,7 +136,8 @@ const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last
       WHERE e.conversation_id = c.id AND e.seq > m.read_seq AND e.sender <> m.user_id
         AND e.kind = 'message'),
      p.id, p.handle, p.display_name, p.status_text, p.avatar, p.has_thumbnail, p.deleted,
-     l.seq, l.sender, l.ts, l.text, l.edited, l.deleted, l.body";
+     l.seq, l.sender, l.ts, l.text, l.edited, l.deleted, l.body,
+     c.slow_mode_secs, c.locked, m.muted_until";
 
 /// The caller's membership, the conversation, the other member of a direct one, and the
 /// newest message.
@@ -186,6 +187,9 @@ fn summary(r: &Row) -> PgResult<ConversationSummary> {
         unread: r.get::<_, i64>(8) as u64,
         peer,
         last_message,
+        slow_mode_secs: r.get::<_, i32>(23) as u32,
+        locked: r.get(24),
+        muted_until: r.get(25),
     })
 }
 
@@ -261,7 +265,7 @@ pub(super) async fn share_conversation(
 pub(super) async fn members(c: &Conn, conv: ConversationId) -> PgResult<Vec<Member>> {
     let rows = query(
         c,
-        "SELECT m.user_id, u.handle, m.role, m.delivered_seq, m.read_seq
+        "SELECT m.user_id, u.handle, m.role, m.delivered_seq, m.read_seq, m.muted_until
          FROM members m JOIN users u ON u.id = m.user_id
          WHERE m.conversation_id = $1 ORDER BY m.joined_seq, m.user_id",
         &[&conv.0],
@@ -275,6 +279,25 @@ pub(super) async fn members(c: &Conn, conv: ConversationId) -> PgResult<Vec<Memb
             role: parse_role(r.get(2)),
             delivered_seq: r.get::<_, i64>(3) as u64,
             read_seq: r.get::<_, i64>(4) as u64,
+            muted_until: r.get(5),
+        })
+        .collect())
+}
+
+pub(super) async fn bans(c: &Conn, conv: ConversationId) -> PgResult<Vec<Ban>> {
+    let rows = query(
+        c,
+        "SELECT user_id, banned_by, banned_at FROM group_bans
+         WHERE conversation_id = $1 ORDER BY user_id",
+        &[&conv.0],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Ban {
+            user_id: UserId(r.get(0)),
+            banned_by: UserId(r.get(1)),
+            banned_at: r.get(2),
         })
         .collect())
 }

@@ -200,6 +200,20 @@ pub(crate) async fn free_deleted_handles(c: &Conn, deleted_before: i64) -> PgRes
     Ok(rows.len() as u64)
 }
 
+pub(super) async fn unban(
+    c: &Conn,
+    actor: UserId,
+    conv: ConversationId,
+    user: UserId,
+) -> PgResult<()> {
+    let row = group_row(c, conv).await?;
+    let actor = rules::group_actor(actor, row, role(c, actor, conv).await?)?;
+    rules::unban(&actor)?;
+    let sql = "DELETE FROM group_bans WHERE conversation_id = $1 AND user_id = $2";
+    execute(c, sql, &[&conv.0, &user.0]).await?;
+    Ok(())
+}
+
 pub(super) async fn block(c: &Conn, blocker: UserId, blocked: UserId, max: u32) -> PgResult<()> {
     let row = query_one(
         c,
@@ -412,7 +426,8 @@ async fn add_member(
                 EXISTS (SELECT 1 FROM invitations WHERE conversation_id = $3 AND user_id = $2),
                 (SELECT count(*) FROM invitations WHERE user_id = $2),
                 EXISTS (SELECT 1 FROM users WHERE id = $2 AND deleted_at IS NOT NULL)
-                OR EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = $1)",
+                OR EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = $1),
+                EXISTS (SELECT 1 FROM group_bans WHERE conversation_id = $3 AND user_id = $2)",
         &[&actor.user.0, &user.0, &conv.0],
     )
     .await?;
@@ -421,6 +436,7 @@ async fn add_member(
         invited: row.get(1),
         n_pending: row.get::<_, i64>(2) as u64,
         unreachable: row.get(3),
+        banned: row.get(4),
     };
     let (cap, max_pending) = (limits.max_group_members, limits.max_pending_invitations);
     match rules::add_member(&actor, cap, max_pending, user, role, subject, reach)? {
@@ -480,13 +496,15 @@ async fn message(c: &Conn, conv: ConversationId, seq: u64) -> PgResult<Option<ru
     Ok(row.map(|r| rules::Message { sender: UserId(r.get(0)), deleted: r.get(1) }))
 }
 
-/// The sender's [`rules::Poster`] facts: role, and a block in a direct conversation.
+/// The sender's [`rules::Poster`] facts: role, a block in a direct conversation, the
+/// member's mute and last post, the group's settings.
 const POSTER_SQL: &str = "SELECT m.role,
         c.kind = 'direct' AND EXISTS (
             SELECT 1 FROM members o JOIN blocks b
               ON (b.blocker = o.user_id AND b.blocked = m.user_id)
               OR (b.blocker = m.user_id AND b.blocked = o.user_id)
-            WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id)
+            WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id),
+        c.kind = 'group', m.muted_until, m.last_post_at, c.slow_mode_secs, c.locked
      FROM members m JOIN conversations c ON c.id = m.conversation_id
      WHERE m.conversation_id = $1 AND m.user_id = $2";
 
@@ -520,12 +538,21 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         ts: row.get(2),
     });
     // No counter row: no such conversation, which reads like not being a member.
-    let poster = conversation?
-        .and(member?)
-        .map(|row| rules::Poster { role: parse_role(row.get::<_, &str>(0)), blocked: row.get(1) });
-    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, poster)? {
+    let poster = conversation?.and(member?).map(|row| rules::Poster {
+        role: parse_role(row.get::<_, &str>(0)),
+        blocked: row.get(1),
+        group: row.get(2),
+        muted_until: row.get(3),
+        last_post_at: row.get(4),
+        slow_mode_secs: row.get::<_, i32>(5) as u32,
+        locked: row.get(6),
+    });
+    let now = now_ms();
+    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, poster, now)? {
         return Ok(ack);
     }
+    let poster =
+        poster.ok_or_else(|| crate::postgres::internal("an admitted append has no poster"))?;
     let target = match rules::append_target(&a.entry) {
         Some(seq) => message(c, a.conversation, seq).await?,
         None => None,
@@ -536,9 +563,14 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         load => media_rows(c, load).await?,
     };
     let attachments = rules::attachments(a.sender, ids, found)?;
-    let body = rules::append_body(a, target, attachments)?;
+    let body = rules::append_body(a, target, attachments, poster.moderates())?;
     let id = Some(a.client_msg_id.as_str());
-    let ack = append_entry(c, out, a.conversation, a.sender, id, body, now_ms()).await?;
+    let ack = append_entry(c, out, a.conversation, a.sender, id, body, now).await?;
+    if poster.stamps(&a.entry) {
+        let sql =
+            "UPDATE members SET last_post_at = $3 WHERE conversation_id = $1 AND user_id = $2";
+        execute(c, sql, &[&a.conversation.0, &a.sender.0, &now]).await?;
+    }
     for media in ids {
         execute(
             c,
@@ -773,6 +805,32 @@ async fn apply(
         GroupEffect::SetTitle { title } => {
             let sql = "UPDATE conversations SET title = $2 WHERE id = $1";
             execute(c, sql, &[&conv.0, title]).await?;
+        }
+        GroupEffect::Mute { user, until } => {
+            let sql =
+                "UPDATE members SET muted_until = $3 WHERE conversation_id = $1 AND user_id = $2";
+            execute(c, sql, &[&conv.0, &user.0, until]).await?;
+        }
+        GroupEffect::Ban { user } => {
+            let sql = "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2";
+            let n = execute(c, sql, &[&conv.0, &user.0]).await? as i64;
+            let sql = "UPDATE conversations SET n_members = n_members - $2 WHERE id = $1";
+            execute(c, sql, &[&conv.0, &n]).await?;
+            let sql = "DELETE FROM invitations WHERE conversation_id = $1 AND user_id = $2";
+            execute(c, sql, &[&conv.0, &user.0]).await?;
+            execute(
+                c,
+                "INSERT INTO group_bans (conversation_id, user_id, banned_by, banned_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (conversation_id, user_id)
+                 DO UPDATE SET banned_by = $3, banned_at = $4",
+                &[&conv.0, &user.0, &actor.0, &now],
+            )
+            .await?;
+        }
+        GroupEffect::Settings { slow_mode_secs, locked } => {
+            let sql = "UPDATE conversations SET slow_mode_secs = $2, locked = $3 WHERE id = $1";
+            execute(c, sql, &[&conv.0, &(*slow_mode_secs as i32), locked]).await?;
         }
     }
     Ok(ack)

@@ -3,7 +3,7 @@
 use natter_proto::{
     ConversationId, ConversationKind, ConversationSummary, DeviceId, Entry, EntryBody, Invitation,
     MessagePreview, MessageState, ReactionSummary, UserId,
-    rest::{Avatar, Device, Member, User},
+    rest::{Avatar, Ban, Device, Member, User},
 };
 use rusqlite::{Connection, OptionalExtension, Row, params, types::Type};
 
@@ -157,7 +157,7 @@ pub(super) fn authenticate(c: &Connection, token: &TokenHash) -> Result<Option<P
 }
 
 const SUMMARY_COLUMNS: &str = "c.id, c.kind, c.title, m.role, c.last_seq, c.last_activity,
-     m.delivered_seq, m.read_seq, m.user_id";
+     m.delivered_seq, m.read_seq, m.user_id, c.slow_mode_secs, c.locked, m.muted_until";
 
 fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary> {
     let id = ConversationId(r.get(0)?);
@@ -220,6 +220,9 @@ fn summary(c: &Connection, r: &Row<'_>) -> rusqlite::Result<ConversationSummary>
         unread: unread as u64,
         peer,
         last_message,
+        slow_mode_secs: r.get(9)?,
+        locked: r.get(10)?,
+        muted_until: r.get(11)?,
     })
 }
 
@@ -283,7 +286,7 @@ pub(super) fn share_conversation(
 pub(super) fn members(c: &Connection, conv: ConversationId) -> Result<Vec<Member>> {
     let mut st = c
         .prepare_cached(
-            "SELECT m.user_id, u.handle, m.role, m.delivered_seq, m.read_seq
+            "SELECT m.user_id, u.handle, m.role, m.delivered_seq, m.read_seq, m.muted_until
              FROM members m JOIN users u ON u.id = m.user_id
              WHERE m.conversation_id = ?1 ORDER BY m.joined_seq, m.user_id",
         )
@@ -296,6 +299,26 @@ pub(super) fn members(c: &Connection, conv: ConversationId) -> Result<Vec<Member
                 role: parse_role(&r.get::<_, String>(2)?),
                 delivered_seq: r.get::<_, i64>(3)? as u64,
                 read_seq: r.get::<_, i64>(4)? as u64,
+                muted_until: r.get(5)?,
+            })
+        })
+        .map_err(internal)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(internal)
+}
+
+pub(super) fn bans(c: &Connection, conv: ConversationId) -> Result<Vec<Ban>> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT user_id, banned_by, banned_at FROM group_bans
+             WHERE conversation_id = ?1 ORDER BY user_id",
+        )
+        .map_err(internal)?;
+    let rows = st
+        .query_map(params![conv.0], |r| {
+            Ok(Ban {
+                user_id: UserId(r.get(0)?),
+                banned_by: UserId(r.get(1)?),
+                banned_at: r.get(2)?,
             })
         })
         .map_err(internal)?;

@@ -158,6 +158,20 @@ pub(super) fn free_deleted_handles(c: &Connection, deleted_before: i64) -> Resul
     Ok(n as u64)
 }
 
+pub(super) fn unban(
+    c: &Connection,
+    actor: UserId,
+    conv: ConversationId,
+    user: UserId,
+) -> Result<()> {
+    let actor = rules::group_actor(actor, group_row(c, conv)?, role(c, actor, conv)?)?;
+    rules::unban(&actor)?;
+    c.prepare_cached("DELETE FROM group_bans WHERE conversation_id = ?1 AND user_id = ?2")
+        .and_then(|mut st| st.execute(params![conv.0, user.0]))
+        .map_err(internal)?;
+    Ok(())
+}
+
 pub(super) fn block(c: &Connection, blocker: UserId, blocked: UserId, max: u32) -> Result<()> {
     let (exists, already, n): (bool, bool, i64) = c
         .prepare_cached(
@@ -349,7 +363,8 @@ pub(super) fn add_member(
                     EXISTS (SELECT 1 FROM invitations WHERE conversation_id = ?3 AND user_id = ?2),
                     (SELECT count(*) FROM invitations WHERE user_id = ?2),
                     EXISTS (SELECT 1 FROM users WHERE id = ?2 AND deleted_at IS NOT NULL)
-                    OR EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = ?1)",
+                    OR EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = ?1),
+                    EXISTS (SELECT 1 FROM group_bans WHERE conversation_id = ?3 AND user_id = ?2)",
         )
         .and_then(|mut st| {
             st.query_row(params![actor.user.0, user.0, conv.0], |r| {
@@ -358,6 +373,7 @@ pub(super) fn add_member(
                     invited: r.get(1)?,
                     n_pending: r.get::<_, i64>(2)? as u64,
                     unreachable: r.get(3)?,
+                    banned: r.get(4)?,
                 })
             })
         })
@@ -417,13 +433,15 @@ fn message(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<rule
     .map_err(internal)
 }
 
-/// The sender's [`rules::Poster`] facts: role, and a block in a direct conversation.
+/// The sender's [`rules::Poster`] facts: role, a block in a direct conversation, the
+/// member's mute and last post, the group's settings.
 const POSTER_SQL: &str = "SELECT m.role,
         c.kind = 'direct' AND EXISTS (
             SELECT 1 FROM members o JOIN blocks b
               ON (b.blocker = o.user_id AND b.blocked = m.user_id)
               OR (b.blocker = m.user_id AND b.blocked = o.user_id)
-            WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id)
+            WHERE o.conversation_id = m.conversation_id AND o.user_id <> m.user_id),
+        c.kind = 'group', m.muted_until, m.last_post_at, c.slow_mode_secs, c.locked
      FROM members m JOIN conversations c ON c.id = m.conversation_id
      WHERE m.conversation_id = ?1 AND m.user_id = ?2";
 
@@ -445,14 +463,24 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
         .prepare_cached(POSTER_SQL)
         .and_then(|mut st| {
             st.query_row(params![a.conversation.0, a.sender.0], |r| {
-                Ok(rules::Poster { role: parse_role(&r.get::<_, String>(0)?), blocked: r.get(1)? })
+                Ok(rules::Poster {
+                    role: parse_role(&r.get::<_, String>(0)?),
+                    blocked: r.get(1)?,
+                    group: r.get(2)?,
+                    muted_until: r.get(3)?,
+                    last_post_at: r.get(4)?,
+                    slow_mode_secs: r.get(5)?,
+                    locked: r.get(6)?,
+                })
             })
             .optional()
         })
         .map_err(internal)?;
-    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, poster)? {
+    let now = now_ms();
+    if let Admit::Repeat(ack) = rules::admit_append(a, earlier, poster, now)? {
         return Ok(ack);
     }
+    let poster = poster.ok_or_else(|| internal("an admitted append has no poster"))?;
     let target = match rules::append_target(&a.entry) {
         Some(seq) => message(c, a.conversation, seq)?,
         None => None,
@@ -463,9 +491,16 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
         load => media_rows(c, load)?,
     };
     let attachments = rules::attachments(a.sender, ids, found)?;
-    let body = rules::append_body(a, target, attachments)?;
+    let body = rules::append_body(a, target, attachments, poster.moderates())?;
     let id = Some(a.client_msg_id.as_str());
-    let ack = append_entry(c, out, a.conversation, a.sender, id, body, now_ms())?;
+    let ack = append_entry(c, out, a.conversation, a.sender, id, body, now)?;
+    if poster.stamps(&a.entry) {
+        c.prepare_cached(
+            "UPDATE members SET last_post_at = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+        )
+        .and_then(|mut st| st.execute(params![a.conversation.0, a.sender.0, now]))
+        .map_err(internal)?;
+    }
     for media in ids {
         c.prepare_cached(
             "INSERT OR IGNORE INTO media_refs (media_id, conversation_id, seq) VALUES (?1, ?2, ?3)",
@@ -729,6 +764,44 @@ fn apply(
         GroupEffect::SetTitle { title } => {
             c.execute("UPDATE conversations SET title = ?2 WHERE id = ?1", params![conv.0, title])
                 .map_err(internal)?;
+        }
+        GroupEffect::Mute { user, until } => {
+            c.execute(
+                "UPDATE members SET muted_until = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+                params![conv.0, user.0, until],
+            )
+            .map_err(internal)?;
+        }
+        GroupEffect::Ban { user } => {
+            let n = c
+                .execute(
+                    "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+                    params![conv.0, user.0],
+                )
+                .map_err(internal)?;
+            c.execute(
+                "UPDATE conversations SET n_members = n_members - ?2 WHERE id = ?1",
+                params![conv.0, n as i64],
+            )
+            .map_err(internal)?;
+            c.execute(
+                "DELETE FROM invitations WHERE conversation_id = ?1 AND user_id = ?2",
+                params![conv.0, user.0],
+            )
+            .map_err(internal)?;
+            c.execute(
+                "INSERT OR REPLACE INTO group_bans (conversation_id, user_id, banned_by, banned_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![conv.0, user.0, actor.0, now],
+            )
+            .map_err(internal)?;
+        }
+        GroupEffect::Settings { slow_mode_secs, locked } => {
+            c.execute(
+                "UPDATE conversations SET slow_mode_secs = ?2, locked = ?3 WHERE id = ?1",
+                params![conv.0, slow_mode_secs, locked],
+            )
+            .map_err(internal)?;
         }
     }
     Ok(ack)

@@ -389,3 +389,171 @@ pub struct Ticket {
     pub ticket: String,
     pub expires_in_ms: u64,
 }
+
+// ---- reports and server administration (issue 13, parts 4 and 5) ----
+
+/// `POST /v1/reports`: a message (`conversation` and `seq`) or a user (`user`), with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
+    pub reason: String,
+}
+
+/// `201` of `POST /v1/reports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportId {
+    pub id: i64,
+}
+
+/// Where a report is in the moderation queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    Open,
+    /// A moderator acted on it.
+    Resolved,
+    /// A moderator found nothing to do.
+    Dismissed,
+}
+
+impl ReportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Open => "open",
+            ReportStatus::Resolved => "resolved",
+            ReportStatus::Dismissed => "dismissed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReportStatus> {
+        match s {
+            "open" => Some(ReportStatus::Open),
+            "resolved" => Some(ReportStatus::Resolved),
+            "dismissed" => Some(ReportStatus::Dismissed),
+            _ => None,
+        }
+    }
+}
+
+/// A report as the moderation queue shows it. `snapshot` is what was reported, as it was
+/// when reported: the message entry (with its state then) or the user's profile; later
+/// edits and deletions do not change it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub id: i64,
+    pub reporter: UserId,
+    pub reporter_handle: String,
+    /// The reported user (a message report's: the message's author).
+    pub subject: UserId,
+    pub subject_handle: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    pub reason: String,
+    pub snapshot: serde_json::Value,
+    pub status: ReportStatus,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<i64>,
+}
+
+/// `GET /v1/admin/reports`: newest first; `next` is the `before` of the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reports {
+    pub reports: Vec<Report>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
+/// `POST /v1/admin/reports/{id}/resolve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveReport {
+    /// `resolved` or `dismissed`.
+    pub status: ReportStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A user as the admin API shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUser {
+    pub user: User,
+    pub admin: bool,
+    /// Suspended until then (ms since the epoch); absent when not suspended or banned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_until: Option<i64>,
+    /// Banned: suspended with no end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub banned: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension_reason: Option<String>,
+    pub created_at: i64,
+}
+
+/// `GET /v1/admin/users`: by id; `next` is the `after` of the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUsers {
+    pub users: Vec<AdminUser>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<UserId>,
+}
+
+/// `POST /v1/admin/users/{id}/suspend`: for `for_secs`, or with none a ban (no end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspend {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_secs: Option<u64>,
+    pub reason: String,
+    /// Also remove every message of theirs (a moderator's deletion in each conversation).
+    #[serde(default)]
+    pub remove_messages: bool,
+}
+
+/// What a suspension did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspended {
+    /// Logins ended (their sessions closed on every node).
+    pub devices: u64,
+    /// Messages removed.
+    pub messages_removed: u64,
+}
+
+/// One row of the audit log: a server administrator's action (`actor` absent: the command
+/// line or the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<UserId>,
+    /// `grant_admin`, `revoke_admin`, `suspend`, `ban`, `restore`, `remove_message`,
+    /// `remove_messages`, `resolve_report`, `dismiss_report`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_user: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<i64>,
+    pub details: serde_json::Value,
+    pub created_at: i64,
+}
+
+/// `GET /v1/admin/audit`: newest first; `next` is the `before` of the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}

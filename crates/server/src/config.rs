@@ -90,6 +90,10 @@ limits! {
     search_burst: u32 = 20, "NATTER_SEARCH_BURST";
     /// Longest a group admin may mute a member for, in seconds (a year).
     max_mute_secs: u64 = 31_536_000, "NATTER_MAX_MUTE_SECS";
+    /// Reports (`POST /v1/reports`) one user may file per hour (0: unlimited).
+    reports_per_hour: u32 = 30, "NATTER_REPORTS_PER_HOUR";
+    /// Reports one user may file at once.
+    reports_burst: u32 = 10, "NATTER_REPORTS_BURST";
     /// Most users one user may block.
     max_blocks: u32 = 1_000, "NATTER_MAX_BLOCKS";
     /// Data exports (`GET /v1/me/export`) one user may make per hour (0: unlimited).
@@ -321,6 +325,9 @@ pub struct Config {
     /// each optionally with its own size cap in bytes (`video/*=104857600`). The first
     /// pattern that matches applies; a type no pattern matches is `unsupported_media_type`.
     pub media_types: Vec<String>,
+    /// Handles of server administrators, granted at start (an unknown handle is logged and
+    /// skipped). `natter admin grant HANDLE` grants (and `revoke` takes back) at any time.
+    pub admins: Vec<String>,
     pub limits: Limits,
 }
 
@@ -388,6 +395,7 @@ impl Default for Config {
             media_dir: None,
             media_s3: S3Settings::default(),
             media_types: DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            admins: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -446,6 +454,9 @@ pub struct ServeArgs {
     /// `=max_bytes` [default: images, audio, video, text, PDF, office files, archives].
     #[arg(long, env = "NATTER_MEDIA_TYPES", value_delimiter = ',')]
     pub media_types: Option<Vec<String>>,
+    /// Handles of server administrators, comma-separated, granted at start.
+    #[arg(long, env = "NATTER_ADMINS", value_delimiter = ',')]
+    pub admins: Option<Vec<String>>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -506,6 +517,9 @@ impl Config {
         }
         if let Some(v) = &args.media_types {
             cfg.media_types = v.clone();
+        }
+        if let Some(v) = &args.admins {
+            cfg.admins = v.clone();
         }
         args.limits.apply(&mut cfg.limits);
         cfg.validate()?;

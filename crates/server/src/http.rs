@@ -2,6 +2,7 @@
 //! web client at `/`.
 
 mod accounts;
+mod admin;
 mod blocks;
 mod conversations;
 mod ephemeral;
@@ -99,9 +100,18 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/poll", post(poll::poll))
         .route("/v1/streams/{id}/presence", put(ephemeral::subscribe_presence))
         .route("/v1/streams/{id}/status", put(ephemeral::set_status))
-        .fallback(|| async {
-            crate::error::ApiError::new(natter_proto::ErrorCode::NotFound, "no such route")
-        })
+        .route("/v1/reports", post(admin::report))
+        .route("/v1/admin/users", get(admin::users))
+        .route("/v1/admin/users/{id}/suspend", post(admin::suspend))
+        .route("/v1/admin/users/{id}/restore", post(admin::restore))
+        .route(
+            "/v1/admin/conversations/{id}/entries/{seq}",
+            axum::routing::delete(admin::remove_message),
+        )
+        .route("/v1/admin/reports", get(admin::reports))
+        .route("/v1/admin/reports/{id}/resolve", post(admin::resolve))
+        .route("/v1/admin/audit", get(admin::audit))
+        .fallback(|| async { admin::no_such_route() })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(polls))
         .layer(cors(state.cfg()))

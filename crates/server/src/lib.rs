@@ -133,22 +133,8 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = metrics::install();
     let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
-    let limits = StoreLimits {
-        max_group_members: cfg.limits.max_group_members,
-        pool_size: cfg.limits.db_pool_size,
-        max_pending_invitations: cfg.limits.max_pending_invitations,
-    };
-    let store: Arc<dyn Store> = match &cfg.database_url {
-        Some(url) => Arc::new(
-            PgStore::connect(url, limits, feed_tx).await.context("connecting to PostgreSQL")?,
-        ),
-        None => {
-            let db_path = cfg.data_dir.join("natter.db");
-            let store = SqliteStore::open(&db_path, limits, feed_tx)
-                .with_context(|| format!("opening the store at {}", db_path.display()))?;
-            Arc::new(store)
-        }
-    };
+    let store = open_store(&cfg, feed_tx).await?;
+    grant_admins(store.as_ref(), &cfg.admins).await?;
     let node = cfg.node_id.clone().unwrap_or_else(generated_node_id);
     let (bus, bus_rx): (Arc<dyn Bus>, BusReceiver) = match (&cfg.redis_url, hub) {
         (Some(url), _) => {
@@ -236,6 +222,65 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         Ok(())
     });
     Ok(RunningServer { addr, state, done })
+}
+
+/// The configured store: PostgreSQL with `database_url`, else SQLite in the data directory.
+async fn open_store(
+    cfg: &Config,
+    feed_tx: natter_store::CommitFeed,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let limits = StoreLimits {
+        max_group_members: cfg.limits.max_group_members,
+        pool_size: cfg.limits.db_pool_size,
+        max_pending_invitations: cfg.limits.max_pending_invitations,
+    };
+    Ok(match &cfg.database_url {
+        Some(url) => Arc::new(
+            PgStore::connect(url, limits, feed_tx).await.context("connecting to PostgreSQL")?,
+        ),
+        None => {
+            let db_path = cfg.data_dir.join("natter.db");
+            let store = SqliteStore::open(&db_path, limits, feed_tx)
+                .with_context(|| format!("opening the store at {}", db_path.display()))?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Grants the `admins` setting's handles at start (audited once, when first granted).
+async fn grant_admins(store: &dyn Store, handles: &[String]) -> anyhow::Result<()> {
+    for handle in handles {
+        let handle = auth::policy::normalize_handle(handle);
+        match store.user_by_handle(&handle).await? {
+            None => tracing::warn!(%handle, "admins: no such account; skipped"),
+            Some(user) if store.is_admin(user.id).await? => {}
+            Some(user) => {
+                store.set_admin(user.id, true, None).await?;
+                tracing::info!(%handle, "admins: granted server administration");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `natter admin grant|revoke HANDLE`: grants or takes back server administration in the
+/// configured store (a running server sees it at the account's next request).
+pub async fn set_admin(cfg: &Config, handle: &str, admin: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    // Nothing is appended, so the commit feed is only drained.
+    let (feed_tx, mut feed_rx) = mpsc::channel(16);
+    let drain = tokio::spawn(async move { while feed_rx.recv().await.is_some() {} });
+    let store = open_store(cfg, feed_tx).await?;
+    let handle = auth::policy::normalize_handle(handle);
+    let res = match store.user_by_handle(&handle).await? {
+        None => Err(anyhow::anyhow!("no account has the handle {handle}")),
+        Some(user) => store.set_admin(user.id, admin, None).await.map_err(Into::into),
+    };
+    store.close().await;
+    drop(store);
+    let _ = drain.await;
+    res
 }
 
 /// Now, in milliseconds since the Unix epoch (0 if the clock is before it).

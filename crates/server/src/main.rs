@@ -22,11 +22,46 @@ struct Cli {
 enum Command {
     /// Run a node (single node on embedded SQLite by default).
     Serve(ServeArgs),
+    /// Server administrators: `natter admin grant HANDLE`, `natter admin revoke HANDLE`,
+    /// on the store the same settings as `serve` name (`--data-dir`, `--database-url`, …).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Make an account a server administrator.
+    Grant {
+        handle: String,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Take server administration back.
+    Revoke {
+        handle: String,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Admin { action } => {
+            let (handle, args, grant) = match action {
+                AdminAction::Grant { handle, args } => (handle, args, true),
+                AdminAction::Revoke { handle, args } => (handle, args, false),
+            };
+            let cfg = Config::load(&args)?;
+            natter_server::set_admin(&cfg, &handle, grant).await?;
+            let done = if grant { "is now a server administrator" } else { "is no longer one" };
+            println!("{handle} {done}");
+            return Ok(());
+        }
+    };
     let cfg = Config::load(&args)?;
     let filter = EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if cfg.log_format == "json" {

@@ -33,6 +33,8 @@ pub(crate) enum Action {
     Search,
     /// A data export (`GET /v1/me/export`).
     Export,
+    /// A report filed (`POST /v1/reports`).
+    Report,
 }
 
 /// The node's per-user buckets.
@@ -45,6 +47,7 @@ pub(crate) struct RateLimits {
     upload: Option<DefaultKeyedRateLimiter<UserId>>,
     search: Option<DefaultKeyedRateLimiter<UserId>>,
     export: Option<DefaultKeyedRateLimiter<UserId>>,
+    report: Option<DefaultKeyedRateLimiter<UserId>>,
     clock: DefaultClock,
 }
 
@@ -73,6 +76,7 @@ impl RateLimits {
             upload: keyed(quota(l.media_uploads_per_min, minute, l.media_uploads_burst)),
             search: keyed(quota(l.search_per_min, minute, l.search_burst)),
             export: keyed(quota(l.exports_per_hour, Duration::from_secs(3600), l.exports_burst)),
+            report: keyed(quota(l.reports_per_hour, Duration::from_secs(3600), l.reports_burst)),
             clock: DefaultClock::default(),
         }
     }
@@ -88,6 +92,7 @@ impl RateLimits {
             Action::Upload => &self.upload,
             Action::Search => &self.search,
             Action::Export => &self.export,
+            Action::Report => &self.report,
         };
         let Some(bucket) = bucket else { return Ok(()) };
         match bucket.check_key(&user) {
@@ -110,6 +115,7 @@ impl RateLimits {
             &self.upload,
             &self.search,
             &self.export,
+            &self.report,
         ]
         .into_iter()
         .flatten()

@@ -491,6 +491,42 @@ async fn entries_receipts_typing_and_presence_cross_nodes() {
     assert_eq!(within("delete", res.send()).await.expect("delete").status(), 204);
     let closed = still.closed().await.expect("the session on node-3 closed");
     assert_eq!(u16::from(closed.code), natter_proto::close::UNAUTHENTICATED);
+
+    // A server administrator, granted by `natter admin grant` on the shared database, bans
+    // bob through node-1: his sessions on all three nodes end, and no node logs him in.
+    let root = register(n1, "root").await;
+    let scratch = tempfile::tempdir().expect("a data dir for the command");
+    let granted = tokio::process::Command::new(NATTER)
+        .args(["admin", "grant", "root", "--database-url", &c.pg.url()])
+        .arg("--data-dir")
+        .arg(scratch.path())
+        .output();
+    let granted = within("natter admin grant", granted).await.expect("the command ran");
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let mut bobs = Vec::new();
+    for addr in [n1, n2, n3] {
+        let session = login(addr, "bob").await;
+        bobs.push(WsClient::open(addr, &session.token).await);
+    }
+    let body = serde_json::json!({"reason": "spam"});
+    let res = http
+        .post(format!("http://{n1}/v1/admin/users/{}/suspend", bob.id.0))
+        .bearer_auth(&root.token)
+        .json(&body);
+    assert_eq!(within("ban", res.send()).await.expect("ban").status(), 200);
+    for (i, ws) in bobs.iter_mut().enumerate() {
+        let closed = ws.closed().await.unwrap_or_else(|| panic!("bob's session on node-{}", i + 1));
+        assert_eq!(u16::from(closed.code), natter_proto::close::UNAUTHENTICATED);
+    }
+    for addr in [n1, n2, n3] {
+        let creds = natter_proto::rest::Credentials {
+            handle: "bob".into(),
+            password: natter_testkit::PASSWORD.into(),
+            device: None,
+        };
+        let res = http.post(format!("http://{addr}/v1/sessions")).json(&creds).send();
+        assert_eq!(within("login", res).await.expect("login").status(), 403, "banned on {addr}");
+    }
     eprintln!("cross-node features: {:?}", started.elapsed());
 }
 

@@ -19,7 +19,7 @@ mod codec;
 mod rules;
 
 pub use codec::changes_members;
-pub use rules::handle_key;
+pub use rules::{handle_key, suspended};
 pub mod postgres;
 pub mod sqlite;
 
@@ -105,6 +105,28 @@ pub struct UserRecord {
     pub id: UserId,
     pub handle: String,
     pub password_hash: String,
+    /// Suspended until then (ms since the epoch; [`BANNED`] for a ban).
+    pub suspended_until: Option<i64>,
+}
+
+/// The `suspended_until` of a ban: a suspension with no end.
+pub const BANNED: i64 = i64::MAX;
+
+/// What a report names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportTarget {
+    /// A message of a conversation the reporter is a member of.
+    Message { conversation: ConversationId, seq: Seq },
+    /// A user who shares a conversation with the reporter.
+    User(UserId),
+}
+
+/// A report to file ([`Store::create_report`]).
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    pub reporter: UserId,
+    pub target: ReportTarget,
+    pub reason: String,
 }
 
 /// Who a bearer token belongs to.
@@ -466,6 +488,71 @@ pub trait Store: Send + Sync + 'static {
         unattached_before: i64,
         orphaned_before: i64,
     ) -> Result<Collected>;
+
+    // ---- reports and server administration ----
+
+    /// Files a report with a snapshot of what it names as it is now (the message entry with
+    /// its state, or the user's profile): `NotFound` for a conversation the reporter is not
+    /// in, a seq that is no live message, or a user who shares no conversation with them;
+    /// `BadRequest` for reporting oneself. The new report's id.
+    async fn create_report(&self, report: NewReport) -> Result<i64>;
+    /// Reports, newest first, with `id < before`; only those in `status` if given.
+    async fn reports(
+        &self,
+        status: Option<natter_proto::rest::ReportStatus>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<natter_proto::rest::Report>>;
+    /// An administrator resolves or dismisses a report (audited).
+    async fn resolve_report(
+        &self,
+        admin: UserId,
+        id: i64,
+        status: natter_proto::rest::ReportStatus,
+        note: Option<String>,
+    ) -> Result<()>;
+    /// Whether `user` is a server administrator.
+    async fn is_admin(&self, user: UserId) -> Result<bool>;
+    /// Grants or revokes server administration (audited; `actor` `None`: the command line or
+    /// the config file).
+    async fn set_admin(&self, user: UserId, admin: bool, actor: Option<UserId>) -> Result<()>;
+    /// Users by id after `after`, whose handle or display name starts with `prefix` if
+    /// given (deleted accounts included), with their administration facts.
+    async fn admin_users(
+        &self,
+        prefix: Option<String>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<natter_proto::rest::AdminUser>>;
+    /// Suspends `user` until `until` ([`BANNED`]: a ban) in one transaction: marked, every
+    /// device deleted (returned, so that their sessions end), audited. `NotFound` for an
+    /// unknown user, `BadRequest` for oneself, `Forbidden` for an administrator.
+    async fn suspend(
+        &self,
+        admin: UserId,
+        user: UserId,
+        until: i64,
+        reason: String,
+    ) -> Result<Vec<DeviceId>>;
+    /// Lifts a suspension or ban (audited).
+    async fn restore(&self, admin: UserId, user: UserId) -> Result<()>;
+    /// An administrator removes a message of any conversation: a `delete` entry sent by them
+    /// (audited); `NotFound` if it is no message, `Conflict` if already deleted.
+    async fn remove_message(
+        &self,
+        admin: UserId,
+        conversation: ConversationId,
+        seq: Seq,
+    ) -> Result<Ack>;
+    /// Removes up to `limit` of `user`'s live messages as [`Store::remove_message`] does, in
+    /// one transaction (audited once); how many. Called until it returns 0.
+    async fn remove_messages_by(&self, admin: UserId, user: UserId, limit: u32) -> Result<u64>;
+    /// The audit log, newest first, with `id < before`.
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<natter_proto::rest::AuditEntry>>;
 
     /// Flushes pending commits and stops the writer; later writes fail with `Unavailable`.
     async fn close(&self);

@@ -17,6 +17,7 @@
 //! database is down) every job gets `Unavailable`, which clients retry. Nothing is acked
 //! before its commit succeeded. Reads take a pooled connection each.
 
+mod admin;
 mod read;
 mod write;
 
@@ -29,7 +30,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
     UserId,
-    rest::{Device, Member, ProfileUpdate, User},
+    rest::{AdminUser, AuditEntry, Device, Member, ProfileUpdate, Report, ReportStatus, User},
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -38,9 +39,10 @@ use tokio_postgres::error::SqlState;
 
 use crate::{
     Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
-    NewGroup, NewMedia, Page, PendingAck, Principal, Range, Result, Store, StoreError, StoreLimits,
-    TokenHash, UserRecord,
+    NewGroup, NewMedia, NewReport, Page, PendingAck, Principal, Range, Result, Store, StoreError,
+    StoreLimits, TokenHash, UserRecord,
 };
+use admin::{AdminOp, AdminOut};
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
 const MAX_BATCH: usize = 512;
@@ -69,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0010_export.sql"),
     include_str!("../migrations/postgres/0011_blocks.sql"),
     include_str!("../migrations/postgres/0012_group_moderation.sql"),
+    include_str!("../migrations/postgres/0013_administration.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -178,6 +181,7 @@ pub(crate) enum Op {
     CollectMedia { unattached_before: i64, orphaned_before: i64 },
     DeleteDevice(TokenHash),
     DeclineInvitation { user: UserId, conversation: ConversationId },
+    Admin(admin::AdminOp),
 }
 
 impl Op {
@@ -188,6 +192,7 @@ impl Op {
             Op::AddMember { conversation, .. }
             | Op::ChangeGroup { conversation, .. }
             | Op::AcceptInvitation { conversation, .. } => conversation.0,
+            Op::Admin(op) => op.lock_order(),
             _ => 0,
         }
     }
@@ -204,6 +209,7 @@ pub(crate) enum Out {
     Ack(Ack),
     Receipts(Vec<Receipt>),
     Collected(Collected),
+    Admin(admin::AdminOut),
     Done,
 }
 
@@ -260,6 +266,14 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|err| pool_error(err).into_store())
+    }
+
+    /// Runs an administration job on the committer.
+    async fn admin(&self, op: AdminOp) -> Result<AdminOut> {
+        match self.write(Op::Admin(op)).await? {
+            Out::Admin(out) => Ok(out),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Queues `op` for the committer and returns the receiver of its result.
@@ -824,6 +838,93 @@ impl Store for PgStore {
             Out::Collected(collected) => Ok(collected),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn create_report(&self, report: NewReport) -> Result<i64> {
+        match self.admin(AdminOp::CreateReport(report)).await? {
+            AdminOut::Id(id) => Ok(id),
+            other => Err(unexpected(Out::Admin(other))),
+        }
+    }
+
+    async fn reports(
+        &self,
+        status: Option<ReportStatus>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Report>> {
+        let c = self.client().await?;
+        admin::reports(&c, status, before, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn resolve_report(
+        &self,
+        admin: UserId,
+        id: i64,
+        status: ReportStatus,
+        note: Option<String>,
+    ) -> Result<()> {
+        self.admin(AdminOp::ResolveReport { admin, id, status, note }).await.map(drop)
+    }
+
+    async fn is_admin(&self, user: UserId) -> Result<bool> {
+        let c = self.client().await?;
+        admin::is_admin(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn set_admin(&self, user: UserId, admin: bool, actor: Option<UserId>) -> Result<()> {
+        self.admin(AdminOp::SetAdmin { user, admin, actor }).await.map(drop)
+    }
+
+    async fn admin_users(
+        &self,
+        prefix: Option<String>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<AdminUser>> {
+        let c = self.client().await?;
+        admin::admin_users(&c, prefix.as_deref(), after, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn suspend(
+        &self,
+        admin: UserId,
+        user: UserId,
+        until: i64,
+        reason: String,
+    ) -> Result<Vec<DeviceId>> {
+        match self.admin(AdminOp::Suspend { admin, user, until, reason }).await? {
+            AdminOut::Devices(devices) => Ok(devices),
+            other => Err(unexpected(Out::Admin(other))),
+        }
+    }
+
+    async fn restore(&self, admin: UserId, user: UserId) -> Result<()> {
+        self.admin(AdminOp::Restore { admin, user }).await.map(drop)
+    }
+
+    async fn remove_message(
+        &self,
+        admin: UserId,
+        conversation: ConversationId,
+        seq: natter_proto::Seq,
+    ) -> Result<Ack> {
+        match self.admin(AdminOp::RemoveMessage { admin, conversation, seq }).await? {
+            AdminOut::Ack(ack) => Ok(ack),
+            other => Err(unexpected(Out::Admin(other))),
+        }
+    }
+
+    async fn remove_messages_by(&self, admin: UserId, user: UserId, limit: u32) -> Result<u64> {
+        match self.admin(AdminOp::RemoveMessagesBy { admin, user, limit }).await? {
+            AdminOut::Count(n) => Ok(n),
+            other => Err(unexpected(Out::Admin(other))),
+        }
+    }
+
+    async fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>> {
+        let c = self.client().await?;
+        admin::audit_log(&c, before, limit).await.map_err(Fail::into_store)
     }
 
     async fn close(&self) {

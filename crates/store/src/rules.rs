@@ -822,6 +822,87 @@ pub(crate) fn block(
     Ok(true)
 }
 
+// ---- reports and server administration ----
+
+/// A message report: `member` whether the reporter is in the conversation, `author` the
+/// live message's author (`None`: no message there, or a deleted one). The reported user.
+pub(crate) fn report_message(
+    reporter: UserId,
+    member: bool,
+    author: Option<UserId>,
+) -> Result<UserId> {
+    if !member {
+        return Err(StoreError::NotFound("conversation"));
+    }
+    let author = author.ok_or(StoreError::NotFound("message"))?;
+    if author == reporter {
+        return Err(StoreError::BadRequest("one cannot report oneself".into()));
+    }
+    Ok(author)
+}
+
+/// A user report: `shares` whether the user shares a conversation with the reporter (a
+/// stranger reads like an unknown user).
+pub(crate) fn report_user(reporter: UserId, user: UserId, shares: bool) -> Result<()> {
+    if reporter == user {
+        return Err(StoreError::BadRequest("one cannot report oneself".into()));
+    }
+    if !shares {
+        return Err(StoreError::NotFound("user"));
+    }
+    Ok(())
+}
+
+/// `status`: the report's now (`None`: no such report); `to`: where it goes.
+pub(crate) fn resolve_report(
+    status: Option<natter_proto::rest::ReportStatus>,
+    to: natter_proto::rest::ReportStatus,
+) -> Result<&'static str> {
+    use natter_proto::rest::ReportStatus;
+    if status.is_none() {
+        return Err(StoreError::NotFound("report"));
+    }
+    match to {
+        ReportStatus::Open => {
+            Err(StoreError::BadRequest("a report is resolved or dismissed".into()))
+        }
+        ReportStatus::Resolved => Ok("resolve_report"),
+        ReportStatus::Dismissed => Ok("dismiss_report"),
+    }
+}
+
+/// `admin` suspends `user`: `target_admin` whether `user` is an administrator (`None`: no
+/// such user). The audit action.
+pub(crate) fn suspend(
+    admin: UserId,
+    user: UserId,
+    target_admin: Option<bool>,
+    until: i64,
+) -> Result<&'static str> {
+    if admin == user {
+        return Err(StoreError::BadRequest("one cannot suspend oneself".into()));
+    }
+    match target_admin {
+        None => Err(StoreError::NotFound("user")),
+        Some(true) => Err(StoreError::Forbidden("an administrator cannot be suspended")),
+        Some(false) => Ok(if until == crate::BANNED { "ban" } else { "suspend" }),
+    }
+}
+
+/// A moderator's removal of message `target` (any conversation, any author).
+pub(crate) fn remove_message(target: Option<Message>) -> Result<()> {
+    match target {
+        None => Err(StoreError::NotFound("message")),
+        Some(Message { deleted: true, .. }) => Err(StoreError::Conflict("message is deleted")),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether a login of an account suspended until `until` is refused at `now`.
+pub fn suspended(until: Option<i64>, now: i64) -> bool {
+    until.is_some_and(|until| until > now)
+}
+
 #[cfg(test)]
 mod tests {
     use natter_proto::ErrorCode;

@@ -9,6 +9,7 @@
 //! Reads run on a small pool of read-only connections under `spawn_blocking`; WAL lets them
 //! proceed while the writer commits.
 
+mod admin;
 mod read;
 mod write;
 
@@ -21,15 +22,15 @@ use async_trait::async_trait;
 use natter_proto::{
     Ack, Committed, ConversationId, ConversationSummary, DeviceId, Invitation, Receipt, Role,
     UserId,
-    rest::{Device, Member, ProfileUpdate, User},
+    rest::{AdminUser, AuditEntry, Device, Member, ProfileUpdate, Report, ReportStatus, User},
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
     Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
-    NewGroup, NewMedia, Page, PendingAck, Principal, Range, Result, Store, StoreError, StoreLimits,
-    TokenHash, UserRecord,
+    NewGroup, NewMedia, NewReport, Page, PendingAck, Principal, Range, Result, Store, StoreError,
+    StoreLimits, TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0010_export.sql"),
     include_str!("../migrations/sqlite/0011_blocks.sql"),
     include_str!("../migrations/sqlite/0012_group_moderation.sql"),
+    include_str!("../migrations/sqlite/0013_administration.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -623,6 +625,77 @@ impl Store for SqliteStore {
         orphaned_before: i64,
     ) -> Result<Collected> {
         self.write(move |c, _| write::collect_media(c, unattached_before, orphaned_before)).await
+    }
+
+    async fn create_report(&self, report: NewReport) -> Result<i64> {
+        self.write(move |c, _| admin::create_report(c, &report)).await
+    }
+
+    async fn reports(
+        &self,
+        status: Option<ReportStatus>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Report>> {
+        self.read(move |c| admin::reports(c, status, before, limit)).await
+    }
+
+    async fn resolve_report(
+        &self,
+        admin: UserId,
+        id: i64,
+        status: ReportStatus,
+        note: Option<String>,
+    ) -> Result<()> {
+        self.write(move |c, _| admin::resolve_report(c, admin, id, status, note.as_deref())).await
+    }
+
+    async fn is_admin(&self, user: UserId) -> Result<bool> {
+        self.read(move |c| admin::is_admin(c, user)).await
+    }
+
+    async fn set_admin(&self, user: UserId, admin: bool, actor: Option<UserId>) -> Result<()> {
+        self.write(move |c, _| admin::set_admin(c, user, admin, actor)).await
+    }
+
+    async fn admin_users(
+        &self,
+        prefix: Option<String>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<AdminUser>> {
+        self.read(move |c| admin::admin_users(c, prefix.as_deref(), after, limit)).await
+    }
+
+    async fn suspend(
+        &self,
+        admin: UserId,
+        user: UserId,
+        until: i64,
+        reason: String,
+    ) -> Result<Vec<DeviceId>> {
+        self.write(move |c, _| admin::suspend(c, admin, user, until, &reason)).await
+    }
+
+    async fn restore(&self, admin: UserId, user: UserId) -> Result<()> {
+        self.write(move |c, _| admin::restore(c, admin, user)).await
+    }
+
+    async fn remove_message(
+        &self,
+        admin: UserId,
+        conversation: ConversationId,
+        seq: natter_proto::Seq,
+    ) -> Result<Ack> {
+        self.write(move |c, out| admin::remove_message(c, out, admin, conversation, seq)).await
+    }
+
+    async fn remove_messages_by(&self, admin: UserId, user: UserId, limit: u32) -> Result<u64> {
+        self.write(move |c, out| admin::remove_messages_by(c, out, admin, user, limit)).await
+    }
+
+    async fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.read(move |c| admin::audit_log(c, before, limit)).await
     }
 
     async fn close(&self) {

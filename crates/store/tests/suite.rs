@@ -67,6 +67,7 @@ macro_rules! store_suite {
             a_users_messages_and_media_are_listed_by_page_for_the_export,
             a_block_stops_new_conversations_adds_direct_writes_and_presence,
             groups_are_moderated_by_owner_and_admins,
+            reports_keep_what_was_reported_and_admins_act_on_them,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1480,6 +1481,121 @@ async fn groups_are_moderated_by_owner_and_admins<S: Store>(f: Fixture<S>) {
     assert!(matches!(s.add_member(ann, g, dee, Role::Member).await.unwrap(), Added::Member(_)));
     let log = log(s, g).await;
     assert!(log.iter().any(|e| e.body == EntryBody::MemberRemoved { user: dee, banned: true }));
+}
+
+async fn reports_keep_what_was_reported_and_admins_act_on_them<S: Store>(f: Fixture<S>) {
+    use natter_proto::rest::ReportStatus;
+    use natter_store::{NewReport, ReportTarget};
+    let s = &*f.store;
+    let [ann, bob, cy, mod_] = users(s, ["ann", "bob", "cy", "mod"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let m = send(s, ab, bob, "b1", "something nasty").await;
+    let report = |reporter, target| NewReport { reporter, target, reason: "abuse".into() };
+    let msg_target = ReportTarget::Message { conversation: ab, seq: m.seq };
+
+    // Who may report what.
+    assert_eq!(code(s.create_report(report(cy, msg_target)).await), ErrorCode::NotFound);
+    assert_eq!(code(s.create_report(report(bob, msg_target)).await), ErrorCode::BadRequest);
+    let gone = ReportTarget::Message { conversation: ab, seq: 999 };
+    assert_eq!(code(s.create_report(report(ann, gone)).await), ErrorCode::NotFound);
+    assert_eq!(
+        code(s.create_report(report(ann, ReportTarget::User(cy))).await),
+        ErrorCode::NotFound
+    );
+    let r1 = s.create_report(report(ann, msg_target)).await.unwrap();
+    let r2 = s.create_report(report(ann, ReportTarget::User(bob))).await.unwrap();
+
+    // An edit and a deletion afterwards change nothing of the snapshot.
+    append(s, ab, bob, "e", NewEntry::Edit { target: m.seq, body: "nice".into() }).await.unwrap();
+    append(s, ab, bob, "d", NewEntry::Delete { target: m.seq }).await.unwrap();
+    let open = s.reports(Some(ReportStatus::Open), None, 10).await.unwrap();
+    assert_eq!(open.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2, r1], "newest first");
+    let first = open.iter().find(|r| r.id == r1).unwrap();
+    assert_eq!((first.subject, first.subject_handle.as_str()), (bob, "bob"));
+    assert_eq!(first.reporter_handle, "ann");
+    assert_eq!(first.snapshot["body"], "something nasty");
+    assert_eq!(open.iter().find(|r| r.id == r2).unwrap().snapshot["handle"], "bob");
+    assert_eq!(s.reports(None, Some(r2), 10).await.unwrap().len(), 1, "paged by id");
+
+    // Administration: grant, resolve, suspend (devices go), restore, remove; all audited.
+    assert!(!s.is_admin(mod_).await.unwrap());
+    s.set_admin(mod_, true, None).await.unwrap();
+    assert!(s.is_admin(mod_).await.unwrap());
+    s.resolve_report(mod_, r1, ReportStatus::Resolved, Some("removed".into())).await.unwrap();
+    assert_eq!(
+        code(s.resolve_report(mod_, 9999, ReportStatus::Dismissed, None).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(s.resolve_report(mod_, r2, ReportStatus::Open, None).await),
+        ErrorCode::BadRequest
+    );
+    let open = s.reports(Some(ReportStatus::Open), None, 10).await.unwrap();
+    assert_eq!(open.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2]);
+
+    let d1 = s.create_device(bob, "phone", [7; 32]).await.unwrap();
+    assert_eq!(
+        code(s.suspend(mod_, mod_, natter_store::BANNED, "x".into()).await),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(s.suspend(bob, mod_, natter_store::BANNED, "x".into()).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(s.suspend(mod_, UserId(9999), natter_store::BANNED, "x".into()).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(s.suspend(mod_, bob, natter_store::BANNED, "spam".into()).await.unwrap(), vec![d1]);
+    assert!(s.authenticate([7; 32]).await.unwrap().is_none());
+    assert_eq!(
+        s.user_by_handle("bob").await.unwrap().unwrap().suspended_until,
+        Some(natter_store::BANNED)
+    );
+    assert_eq!(code(s.create_device(bob, "again", [8; 32]).await), ErrorCode::Forbidden);
+    let listed = s.admin_users(Some("bo".into()), None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].banned && listed[0].suspended_until.is_none());
+    assert_eq!(listed[0].suspension_reason.as_deref(), Some("spam"));
+    let everyone = s.admin_users(None, None, 2).await.unwrap();
+    assert_eq!(everyone.iter().map(|u| u.user.user_id).collect::<Vec<_>>(), vec![ann, bob]);
+    let next = s.admin_users(None, Some(bob), 10).await.unwrap();
+    assert_eq!(next.iter().map(|u| u.user.user_id).collect::<Vec<_>>(), vec![cy, mod_]);
+    assert!(next[1].admin);
+    s.restore(mod_, bob).await.unwrap();
+    s.create_device(bob, "again", [8; 32]).await.unwrap();
+
+    let m2 = send(s, ab, bob, "b2", "more").await;
+    let m3 = send(s, ab, bob, "b3", "and more").await;
+    send(s, ab, ann, "a1", "ann's").await;
+    let ack = s.remove_message(mod_, ab, m2.seq).await.unwrap();
+    assert_eq!(code(s.remove_message(mod_, ab, m2.seq).await), ErrorCode::Conflict);
+    assert_eq!(code(s.remove_message(mod_, ab, 9999).await), ErrorCode::NotFound);
+    let entries = log(s, ab).await;
+    let tomb = entries.iter().find(|e| e.seq == ack.seq).unwrap();
+    assert_eq!((tomb.sender, &tomb.body), (mod_, &EntryBody::Delete { target: m2.seq }));
+    assert_eq!(s.remove_messages_by(mod_, bob, 10).await.unwrap(), 1, "m3 only: m1, m2 are gone");
+    assert_eq!(s.remove_messages_by(mod_, bob, 10).await.unwrap(), 0);
+    assert!(
+        log(s, ab).await.iter().find(|e| e.seq == m3.seq).unwrap().state.as_ref().unwrap().deleted
+    );
+    let ann_msgs = s.messages_by(ann, None, 10).await.unwrap();
+    assert_eq!(ann_msgs.len(), 1, "others' messages stay");
+
+    let audit = s.audit_log(None, 100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["remove_messages", "remove_message", "restore", "ban", "resolve_report", "grant_admin"]
+    );
+    assert_eq!(audit[0].details["count"], 1);
+    assert_eq!(audit[1].conversation, Some(ab));
+    assert_eq!(audit[3].details["reason"], "spam");
+    assert_eq!(audit[5].actor, None);
+    assert_eq!(audit[4].report, Some(r1));
+    assert_eq!(s.audit_log(Some(audit[1].id), 1).await.unwrap()[0].id, audit[2].id);
+    s.set_admin(mod_, false, Some(ann)).await.unwrap();
+    assert!(!s.is_admin(mod_).await.unwrap());
 }
 
 fn now() -> i64 {

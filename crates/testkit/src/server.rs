@@ -112,6 +112,19 @@ impl TestServer {
         }
     }
 
+    /// Makes `handle` a server administrator through the node's own store, as
+    /// `natter admin grant HANDLE` does; panics for a binary (run its command instead).
+    pub async fn grant_admin(&self, handle: &str) {
+        match &self.kind {
+            Kind::InProcess { cfg, .. } => {
+                within("granting administration", natter_server::set_admin(cfg, handle, true))
+                    .await
+                    .expect("granted")
+            }
+            Kind::Binary(_) => panic!("grant_admin runs in process; run `natter admin grant`"),
+        }
+    }
+
     /// Stops the node gracefully (and checks that it stopped cleanly).
     pub async fn stop(mut self) {
         self.terminate().await;

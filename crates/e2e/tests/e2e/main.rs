@@ -6,6 +6,7 @@
 //! metrics.
 
 mod account;
+mod admin;
 mod bad_input;
 mod blocking;
 mod browser_auth;

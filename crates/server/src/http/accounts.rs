@@ -63,6 +63,10 @@ pub(super) async fn login(
         return Err(ApiError::unauthenticated());
     };
     state.logins().succeeded(&key);
+    // Told only to someone who knows the password.
+    if natter_store::suspended(user.suspended_until, crate::now_ms()) {
+        return Err(ApiError::new(natter_proto::ErrorCode::Forbidden, "the account is suspended"));
+    }
     let token = auth::new_token();
     let mut device = creds.device.unwrap_or_else(|| "unnamed".to_owned());
     device.truncate(device.floor_char_boundary(64));
@@ -80,7 +84,11 @@ pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResu
 }
 
 /// Ends every session of `device` here and on the other nodes (its token is gone).
-async fn end_device(state: &AppState, user: natter_proto::UserId, device: natter_proto::DeviceId) {
+pub(super) async fn end_device(
+    state: &AppState,
+    user: natter_proto::UserId,
+    device: natter_proto::DeviceId,
+) {
     let principal = natter_store::Principal { user_id: user, device_id: device };
     session::end_device(state, principal, close::UNAUTHENTICATED);
     cluster::revoke(state, principal).await;

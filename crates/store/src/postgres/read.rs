@@ -17,12 +17,17 @@ use crate::{ListCursor, Page, Principal, Range, StoreError, TokenHash, UserRecor
 pub(super) async fn user_by_handle(c: &Conn, handle: &str) -> PgResult<Option<UserRecord>> {
     let row = query_opt(
         c,
-        "SELECT id, handle, password_hash FROM users
+        "SELECT id, handle, password_hash, suspended_until FROM users
          WHERE lower(handle) = lower($1) AND deleted_at IS NULL",
         &[&handle],
     )
     .await?;
-    Ok(row.map(|r| UserRecord { id: UserId(r.get(0)), handle: r.get(1), password_hash: r.get(2) }))
+    Ok(row.map(|r| UserRecord {
+        id: UserId(r.get(0)),
+        handle: r.get(1),
+        password_hash: r.get(2),
+        suspended_until: r.get(3),
+    }))
 }
 
 pub(super) async fn user_handle(c: &Conn, user: UserId) -> PgResult<Option<String>> {
@@ -31,12 +36,12 @@ pub(super) async fn user_handle(c: &Conn, user: UserId) -> PgResult<Option<Strin
 }
 
 /// The columns of a user with their profile, from `users u`.
-const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
+pub(super) const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
      (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar),
      u.deleted_at IS NOT NULL";
 
 /// A user from [`USER_COLUMNS`] starting at column `at`.
-fn user_at(r: &Row, at: usize) -> User {
+pub(super) fn user_at(r: &Row, at: usize) -> User {
     let has_thumbnail = r.get::<_, Option<bool>>(at + 5).unwrap_or(false);
     User {
         user_id: UserId(r.get(at)),

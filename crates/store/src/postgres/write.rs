@@ -40,7 +40,7 @@ pub(super) async fn query_one(c: &Conn, sql: &str, params: Params<'_>) -> PgResu
     Ok(c.query_one(&st, params).await?)
 }
 
-async fn execute(c: &Conn, sql: &str, params: Params<'_>) -> PgResult<u64> {
+pub(super) async fn execute(c: &Conn, sql: &str, params: Params<'_>) -> PgResult<u64> {
     let st = c.prepare_cached(sql).await?;
     Ok(c.execute(&st, params).await?)
 }
@@ -87,6 +87,7 @@ pub(super) async fn run(
             execute(c, "DELETE FROM devices WHERE token_hash = $1", &[&&token[..]]).await?;
             Out::Done
         }
+        Op::Admin(op) => Out::Admin(super::admin::run(c, op, out).await?),
         Op::DeclineInvitation { user, conversation } => {
             let sql = "DELETE FROM invitations WHERE conversation_id = $1 AND user_id = $2";
             let n = execute(c, sql, &[&conversation.0, &user.0]).await?;
@@ -258,6 +259,11 @@ async fn create_device(
     name: &str,
     token: &TokenHash,
 ) -> PgResult<DeviceId> {
+    // A suspension committed while the login checked the password wins.
+    let row = query_one(c, "SELECT suspended_until FROM users WHERE id = $1", &[&user.0]).await?;
+    if rules::suspended(row.get(0), now_ms()) {
+        return Err(StoreError::Forbidden("the account is suspended").into());
+    }
     let row = query_one(
         c,
         "INSERT INTO devices (user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)
@@ -486,7 +492,11 @@ async fn group_row(c: &Conn, conv: ConversationId) -> PgResult<Option<rules::Gro
 }
 
 /// The message projection row at `seq`, if that seq is a message.
-async fn message(c: &Conn, conv: ConversationId, seq: u64) -> PgResult<Option<rules::Message>> {
+pub(super) async fn message(
+    c: &Conn,
+    conv: ConversationId,
+    seq: u64,
+) -> PgResult<Option<rules::Message>> {
     let row = query_opt(
         c,
         "SELECT sender, deleted FROM message_state WHERE conversation_id = $1 AND seq = $2",
@@ -837,7 +847,7 @@ async fn apply(
 }
 
 /// Appends one entry at the conversation's next seq and keeps the message projection in step.
-async fn append_entry(
+pub(super) async fn append_entry(
     c: &Conn,
     out: &mut Vec<Committed>,
     conv: ConversationId,

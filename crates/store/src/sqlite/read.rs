@@ -13,11 +13,17 @@ use crate::{ListCursor, Page, Principal, Range, Result, StoreError, TokenHash, U
 
 pub(super) fn user_by_handle(c: &Connection, handle: &str) -> Result<Option<UserRecord>> {
     c.prepare_cached(
-        "SELECT id, handle, password_hash FROM users WHERE handle = ?1 AND deleted_at IS NULL",
+        "SELECT id, handle, password_hash, suspended_until FROM users
+         WHERE handle = ?1 AND deleted_at IS NULL",
     )
     .and_then(|mut st| {
         st.query_row(params![handle], |r| {
-            Ok(UserRecord { id: UserId(r.get(0)?), handle: r.get(1)?, password_hash: r.get(2)? })
+            Ok(UserRecord {
+                id: UserId(r.get(0)?),
+                handle: r.get(1)?,
+                password_hash: r.get(2)?,
+                suspended_until: r.get(3)?,
+            })
         })
         .optional()
     })
@@ -31,11 +37,11 @@ pub(super) fn user_handle(c: &Connection, user: UserId) -> Result<Option<String>
 }
 
 /// The columns of a user with their profile, from `users u`.
-const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
+pub(super) const USER_COLUMNS: &str = "u.id, u.handle, u.display_name, u.status_text, u.avatar,
      (SELECT m.thumb_sha256 IS NOT NULL FROM media m WHERE m.id = u.avatar),
      u.deleted_at IS NOT NULL";
 
-fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+pub(super) fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     let avatar = r.get::<_, Option<String>>(4)?.map(|id| Avatar {
         id,
         url: None,

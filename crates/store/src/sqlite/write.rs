@@ -71,6 +71,14 @@ pub(super) fn create_device(
     name: &str,
     token: &TokenHash,
 ) -> Result<DeviceId> {
+    // A suspension committed while the login checked the password wins.
+    let until: Option<i64> = c
+        .prepare_cached("SELECT suspended_until FROM users WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![user.0], |r| r.get(0)))
+        .map_err(internal)?;
+    if rules::suspended(until, now_ms()) {
+        return Err(StoreError::Forbidden("the account is suspended"));
+    }
     c.execute(
         "INSERT INTO devices (user_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![user.0, name, &token[..], now_ms()],
@@ -420,7 +428,11 @@ pub(super) fn decline_invitation(c: &Connection, user: UserId, conv: Conversatio
 }
 
 /// The message projection row at `seq`, if that seq is a message.
-fn message(c: &Connection, conv: ConversationId, seq: u64) -> Result<Option<rules::Message>> {
+pub(super) fn message(
+    c: &Connection,
+    conv: ConversationId,
+    seq: u64,
+) -> Result<Option<rules::Message>> {
     c.prepare_cached(
         "SELECT sender, deleted FROM message_state WHERE conversation_id = ?1 AND seq = ?2",
     )
@@ -808,7 +820,7 @@ fn apply(
 }
 
 /// Appends one entry at `last_seq + 1` and keeps the message projection in step.
-fn append_entry(
+pub(super) fn append_entry(
     c: &Connection,
     out: &mut Vec<Committed>,
     conv: ConversationId,

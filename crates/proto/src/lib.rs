@@ -90,6 +90,8 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// The sender is muted in this group until a time (`retry_after_ms` says how long).
     Muted,
+    /// The server's content rules or its moderation webhook refused the message.
+    ContentRejected,
 }
 
 impl ErrorCode {
@@ -108,6 +110,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => 408,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::QuotaExceeded | ErrorCode::Muted => 403,
+            ErrorCode::ContentRejected => 422,
         }
     }
 

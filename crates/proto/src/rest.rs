@@ -446,8 +446,11 @@ impl ReportStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub id: i64,
-    pub reporter: UserId,
-    pub reporter_handle: String,
+    /// Absent: flagged by the server's content rules or moderation webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporter: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporter_handle: Option<String>,
     /// The reported user (a message report's: the message's author).
     pub subject: UserId,
     pub subject_handle: String,

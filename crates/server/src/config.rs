@@ -328,7 +328,66 @@ pub struct Config {
     /// Handles of server administrators, granted at start (an unknown handle is logged and
     /// skipped). `natter admin grant HANDLE` grants (and `revoke` takes back) at any time.
     pub admins: Vec<String>,
+    /// Words and patterns that refuse or flag messages, and the moderation webhook
+    /// (`[content_rules]` in the file; docs/protocol.md "Content rules").
+    pub content_rules: ContentRules,
     pub limits: Limits,
+}
+
+/// Content rules and the moderation webhook, applied to every message and edit before it
+/// is committed.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentRules {
+    /// Words (matched whole, ignoring case) that refuse a message (`content_rejected`).
+    pub reject_words: Vec<String>,
+    /// Regular expressions (Rust `regex` syntax) that refuse a message.
+    pub reject_patterns: Vec<String>,
+    /// Words that let a message through and file it in the moderation queue.
+    pub flag_words: Vec<String>,
+    /// Regular expressions that let a message through and file it in the queue.
+    pub flag_patterns: Vec<String>,
+    /// A URL the server POSTs each message and edit to before committing it (after the
+    /// lists); it answers `{"action": "allow" | "flag" | "reject", "reason"?}`.
+    pub webhook_url: Option<String>,
+    /// How long the webhook has to answer, in milliseconds (1 to 10000).
+    pub webhook_timeout_ms: u64,
+    /// When the webhook fails (an error, a timeout, a bad answer): refuse the message
+    /// (`unavailable`, retryable) instead of letting it through.
+    pub webhook_fail_closed: bool,
+    /// A key the server signs each webhook body with (`X-Natter-Signature: sha256=<hex
+    /// HMAC-SHA256>`), so the webhook can tell the server's calls from anyone's.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for ContentRules {
+    fn default() -> Self {
+        ContentRules {
+            reject_words: Vec::new(),
+            reject_patterns: Vec::new(),
+            flag_words: Vec::new(),
+            flag_patterns: Vec::new(),
+            webhook_url: None,
+            webhook_timeout_ms: 500,
+            webhook_fail_closed: false,
+            webhook_secret: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ContentRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentRules")
+            .field("reject_words", &self.reject_words.len())
+            .field("reject_patterns", &self.reject_patterns.len())
+            .field("flag_words", &self.flag_words.len())
+            .field("flag_patterns", &self.flag_patterns.len())
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_fail_closed", &self.webhook_fail_closed)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// S3 settings, each overriding its `AWS_*` variable when set.
@@ -396,6 +455,7 @@ impl Default for Config {
             media_s3: S3Settings::default(),
             media_types: DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             admins: Vec::new(),
+            content_rules: ContentRules::default(),
             limits: Limits::default(),
         }
     }
@@ -457,6 +517,12 @@ pub struct ServeArgs {
     /// Handles of server administrators, comma-separated, granted at start.
     #[arg(long, env = "NATTER_ADMINS", value_delimiter = ',')]
     pub admins: Option<Vec<String>>,
+    /// URL of a moderation webhook called before each message commits (see the docs).
+    #[arg(long, env = "NATTER_MODERATION_WEBHOOK_URL")]
+    pub moderation_webhook_url: Option<String>,
+    /// Key that signs the moderation webhook's requests.
+    #[arg(long, env = "NATTER_MODERATION_WEBHOOK_SECRET", hide_env_values = true)]
+    pub moderation_webhook_secret: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -521,6 +587,12 @@ impl Config {
         if let Some(v) = &args.admins {
             cfg.admins = v.clone();
         }
+        if let Some(v) = &args.moderation_webhook_url {
+            cfg.content_rules.webhook_url = Some(v.clone());
+        }
+        if let Some(v) = &args.moderation_webhook_secret {
+            cfg.content_rules.webhook_secret = Some(v.clone());
+        }
         args.limits.apply(&mut cfg.limits);
         cfg.validate()?;
         Ok(cfg)
@@ -553,6 +625,7 @@ impl Config {
         if l.max_group_members < 2 {
             bail!("max_group_members must be at least 2");
         }
+        crate::moderation::ContentFilter::new(&self.content_rules)?;
         if self.media_secret.as_ref().is_some_and(|s| s.len() < 32) {
             bail!("media_secret must be at least 32 bytes");
         }

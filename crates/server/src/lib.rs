@@ -29,6 +29,7 @@ mod http;
 mod media;
 mod members;
 mod metrics;
+mod moderation;
 mod port;
 mod presence;
 mod rate;
@@ -170,6 +171,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         .context("loading the server secret")?;
     let media = media::Media::open(&cfg, &secret).await.context("opening media storage")?;
     let tickets = auth::ticket::Tickets::new(&secret);
+    let content = moderation::ContentFilter::new(&cfg.content_rules)?;
     if cfg.redis_url.is_some() && cfg.media_url.is_none() {
         tracing::warn!(
             "cluster mode with media on this node's disk: other nodes cannot serve its uploads; \
@@ -183,7 +185,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         metrics,
         (cluster, port),
         presence_tx,
-        (media, tickets),
+        (media, tickets, content),
     );
     let cluster_stop = tokio_util::sync::CancellationToken::new();
     let cluster_tasks = cluster::spawn(&state, tasks, &cluster_stop);

@@ -48,6 +48,7 @@ struct Inner {
     tickets: Tickets,
     touches: crate::auth::Touches,
     blocks: crate::blocks::BlockCache,
+    content: crate::moderation::ContentFilter,
 }
 
 impl AppState {
@@ -58,7 +59,7 @@ impl AppState {
         metrics: PrometheusHandle,
         (cluster, port): (Cluster, Port),
         presence_changes: mpsc::UnboundedSender<LocalPresence>,
-        (media, tickets): (Media, Tickets),
+        (media, tickets, content): (Media, Tickets, crate::moderation::ContentFilter),
     ) -> AppState {
         let rate = RateLimits::new(&cfg.limits);
         AppState(Arc::new(Inner {
@@ -81,6 +82,7 @@ impl AppState {
             tickets,
             touches: crate::auth::Touches::default(),
             blocks: crate::blocks::BlockCache::default(),
+            content,
         }))
     }
 
@@ -135,6 +137,10 @@ impl AppState {
     pub(crate) fn tickets(&self) -> &Tickets {
         &self.0.tickets
     }
+    pub(crate) fn content(&self) -> &crate::moderation::ContentFilter {
+        &self.0.content
+    }
+
     pub(crate) fn blocks(&self) -> &crate::blocks::BlockCache {
         &self.0.blocks
     }

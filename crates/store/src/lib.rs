@@ -124,7 +124,9 @@ pub enum ReportTarget {
 /// A report to file ([`Store::create_report`]).
 #[derive(Debug, Clone)]
 pub struct NewReport {
-    pub reporter: UserId,
+    /// `None`: the server flags a message (content rules, moderation webhook); only
+    /// [`ReportTarget::Message`], and no membership is checked.
+    pub reporter: Option<UserId>,
     pub target: ReportTarget,
     pub reason: String,
 }

@@ -826,16 +826,17 @@ pub(crate) fn block(
 
 /// A message report: `member` whether the reporter is in the conversation, `author` the
 /// live message's author (`None`: no message there, or a deleted one). The reported user.
+/// `reporter` `None`: the server flags it (no membership needed).
 pub(crate) fn report_message(
-    reporter: UserId,
+    reporter: Option<UserId>,
     member: bool,
     author: Option<UserId>,
 ) -> Result<UserId> {
-    if !member {
+    if reporter.is_some() && !member {
         return Err(StoreError::NotFound("conversation"));
     }
     let author = author.ok_or(StoreError::NotFound("message"))?;
-    if author == reporter {
+    if Some(author) == reporter {
         return Err(StoreError::BadRequest("one cannot report oneself".into()));
     }
     Ok(author)
@@ -843,7 +844,10 @@ pub(crate) fn report_message(
 
 /// A user report: `shares` whether the user shares a conversation with the reporter (a
 /// stranger reads like an unknown user).
-pub(crate) fn report_user(reporter: UserId, user: UserId, shares: bool) -> Result<()> {
+pub(crate) fn report_user(reporter: Option<UserId>, user: UserId, shares: bool) -> Result<()> {
+    let Some(reporter) = reporter else {
+        return Err(StoreError::BadRequest("the server flags messages, not users".into()));
+    };
     if reporter == user {
         return Err(StoreError::BadRequest("one cannot report oneself".into()));
     }

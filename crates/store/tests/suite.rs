@@ -1490,7 +1490,8 @@ async fn reports_keep_what_was_reported_and_admins_act_on_them<S: Store>(f: Fixt
     let [ann, bob, cy, mod_] = users(s, ["ann", "bob", "cy", "mod"]).await;
     let (ab, _) = s.create_direct(ann, bob).await.unwrap();
     let m = send(s, ab, bob, "b1", "something nasty").await;
-    let report = |reporter, target| NewReport { reporter, target, reason: "abuse".into() };
+    let report =
+        |reporter, target| NewReport { reporter: Some(reporter), target, reason: "abuse".into() };
     let msg_target = ReportTarget::Message { conversation: ab, seq: m.seq };
 
     // Who may report what.
@@ -1512,10 +1513,21 @@ async fn reports_keep_what_was_reported_and_admins_act_on_them<S: Store>(f: Fixt
     assert_eq!(open.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2, r1], "newest first");
     let first = open.iter().find(|r| r.id == r1).unwrap();
     assert_eq!((first.subject, first.subject_handle.as_str()), (bob, "bob"));
-    assert_eq!(first.reporter_handle, "ann");
+    assert_eq!(first.reporter_handle.as_deref(), Some("ann"));
     assert_eq!(first.snapshot["body"], "something nasty");
     assert_eq!(open.iter().find(|r| r.id == r2).unwrap().snapshot["handle"], "bob");
     assert_eq!(s.reports(None, Some(r2), 10).await.unwrap().len(), 1, "paged by id");
+    // The server flags a message of any conversation; it never reports users.
+    let flag = |target| NewReport { reporter: None, target, reason: "rule".into() };
+    let (bc, _) = s.create_direct(bob, cy).await.unwrap();
+    let m_bc = send(s, bc, bob, "bc", "flagged words").await;
+    let target = ReportTarget::Message { conversation: bc, seq: m_bc.seq };
+    let r3 = s.create_report(flag(target)).await.unwrap();
+    assert_eq!(code(s.create_report(flag(ReportTarget::User(bob))).await), ErrorCode::BadRequest);
+    let flagged = s.reports(None, None, 1).await.unwrap().pop().unwrap();
+    assert_eq!((flagged.id, flagged.reporter, flagged.subject), (r3, None, bob));
+    assert_eq!(flagged.snapshot["body"], "flagged words");
+    s.resolve_report(ann, r3, ReportStatus::Dismissed, None).await.unwrap();
 
     // Administration: grant, resolve, suspend (devices go), restore, remove; all audited.
     assert!(!s.is_admin(mod_).await.unwrap());
@@ -1574,7 +1586,8 @@ async fn reports_keep_what_was_reported_and_admins_act_on_them<S: Store>(f: Fixt
     let entries = log(s, ab).await;
     let tomb = entries.iter().find(|e| e.seq == ack.seq).unwrap();
     assert_eq!((tomb.sender, &tomb.body), (mod_, &EntryBody::Delete { target: m2.seq }));
-    assert_eq!(s.remove_messages_by(mod_, bob, 10).await.unwrap(), 1, "m3 only: m1, m2 are gone");
+    let n = s.remove_messages_by(mod_, bob, 10).await.unwrap();
+    assert_eq!(n, 2, "m3 and the flagged one: m1, m2 are gone");
     assert_eq!(s.remove_messages_by(mod_, bob, 10).await.unwrap(), 0);
     assert!(
         log(s, ab).await.iter().find(|e| e.seq == m3.seq).unwrap().state.as_ref().unwrap().deleted
@@ -1586,9 +1599,17 @@ async fn reports_keep_what_was_reported_and_admins_act_on_them<S: Store>(f: Fixt
     let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(
         actions,
-        ["remove_messages", "remove_message", "restore", "ban", "resolve_report", "grant_admin"]
+        [
+            "remove_messages",
+            "remove_message",
+            "restore",
+            "ban",
+            "resolve_report",
+            "grant_admin",
+            "dismiss_report"
+        ]
     );
-    assert_eq!(audit[0].details["count"], 1);
+    assert_eq!(audit[0].details["count"], 2);
     assert_eq!(audit[1].conversation, Some(ab));
     assert_eq!(audit[3].details["reason"], "spam");
     assert_eq!(audit[5].actor, None);

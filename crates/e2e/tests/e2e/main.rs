@@ -11,6 +11,7 @@ mod bad_input;
 mod blocking;
 mod browser_auth;
 mod cluster_faults;
+mod content_rules;
 mod crate_graph;
 mod edits;
 mod export;

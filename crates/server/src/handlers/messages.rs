@@ -1,11 +1,12 @@
 //! # `send`, `edit`, `delete`, `react` frames and `POST /v1/conversations/{id}/entries`
 
 use natter_proto::{ConversationId, NewEntry, Seq, UserId};
-use natter_store::{Append, PendingAck, Range};
+use natter_store::{Append, NewReport, PendingAck, Range, ReportTarget};
 
 use crate::config::Limits;
 use crate::delivery::json_len;
 use crate::error::{ApiError, ApiResult, check_seq};
+use crate::moderation::Verdict;
 use crate::rate::Action;
 use crate::state::AppState;
 
@@ -58,8 +59,49 @@ pub(crate) async fn submit(
 ) -> ApiResult<PendingAck> {
     state.rate().check(Action::Append, sender)?;
     validate(&state.cfg().limits, &client_msg_id, &entry)?;
+    let verdict = state.content().judge(sender, conversation, &client_msg_id, &entry).await?;
+    // A flagged edit files the message it edits (its state then shows the new text).
+    let reported = match &entry {
+        NewEntry::Edit { target, .. } => Some(*target),
+        _ => None,
+    };
     let append = Append { conversation, sender, client_msg_id, entry };
-    Ok(state.store().submit_append(append).await?)
+    let pending = state.store().submit_append(append).await?;
+    match verdict {
+        Verdict::Allow => Ok(pending),
+        Verdict::Flag(reason) => Ok(file_after_commit(state, pending, reported, reason)),
+    }
+}
+
+/// The ack of a flagged append, answered as soon as it commits; the report is filed after.
+fn file_after_commit(
+    state: &AppState,
+    pending: PendingAck,
+    reported: Option<Seq>,
+    reason: String,
+) -> PendingAck {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let store = state.store().clone();
+    state.tasks().spawn(async move {
+        let ack = match pending.wait().await {
+            Ok(ack) => ack,
+            Err(err) => {
+                let _ = tx.send(Err(err));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(ack.clone()));
+        let target = ReportTarget::Message {
+            conversation: ack.conversation,
+            seq: reported.unwrap_or(ack.seq),
+        };
+        let report = NewReport { reporter: None, target, reason };
+        match store.create_report(report).await {
+            Ok(id) => tracing::info!(report = id, "a message was flagged for review"),
+            Err(err) => tracing::warn!(error = %err, "filing a flagged message failed"),
+        }
+    });
+    PendingAck(rx)
 }
 
 /// # `history` frame and `GET /v1/conversations/{id}/entries`

@@ -85,7 +85,7 @@ pub(super) async fn report(
     let reason = reason("reason", &req.reason)?;
     let me = auth.principal.user_id;
     state.rate().check(crate::rate::Action::Report, me)?;
-    let report = natter_store::NewReport { reporter: me, target, reason };
+    let report = natter_store::NewReport { reporter: Some(me), target, reason };
     let id = state.store().create_report(report).await?;
     tracing::info!(report = id, reporter = me.0, "report filed");
     Ok((StatusCode::CREATED, Json(ReportId { id })))

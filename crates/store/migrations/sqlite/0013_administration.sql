@@ -6,9 +6,10 @@ ALTER TABLE users ADD COLUMN suspension_reason TEXT;
 
 -- The moderation queue. `snapshot` is the JSON of what was reported, taken when it was
 -- (the message entry with its state, or the user's profile), so a later edit cannot hide it.
+-- `reporter` NULL: flagged by the server's content rules or moderation webhook.
 CREATE TABLE reports (
     id              INTEGER PRIMARY KEY,
-    reporter        INTEGER NOT NULL REFERENCES users(id),
+    reporter        INTEGER REFERENCES users(id),
     subject         INTEGER NOT NULL REFERENCES users(id),
     conversation_id INTEGER,
     seq             INTEGER,

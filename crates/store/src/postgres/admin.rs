@@ -105,8 +105,12 @@ async fn audit(c: &Conn, actor: Option<UserId>, action: &str, a: Audit) -> PgRes
 async fn create_report(c: &Conn, r: &NewReport) -> PgResult<i64> {
     let (subject, conv, seq, snapshot) = match r.target {
         ReportTarget::Message { conversation, seq } => {
-            let member = role(c, r.reporter, conversation).await?.is_some();
-            let target = if member { message(c, conversation, seq).await? } else { None };
+            let member = match r.reporter {
+                Some(reporter) => role(c, reporter, conversation).await?.is_some(),
+                None => false,
+            };
+            let may_read = member || r.reporter.is_none();
+            let target = if may_read { message(c, conversation, seq).await? } else { None };
             let author = target.filter(|m| !m.deleted).map(|m| m.sender);
             let subject = rules::report_message(r.reporter, member, author)?;
             let range = crate::Range::After(seq.saturating_sub(1));
@@ -117,14 +121,18 @@ async fn create_report(c: &Conn, r: &NewReport) -> PgResult<i64> {
             (subject, Some(conversation), Some(seq), snapshot)
         }
         ReportTarget::User(user) => {
-            let shares = query_opt(
-                c,
-                "SELECT 1 FROM members x JOIN members y ON y.conversation_id = x.conversation_id
-                 WHERE x.user_id = $1 AND y.user_id = $2 LIMIT 1",
-                &[&r.reporter.0, &user.0],
-            )
-            .await?
-            .is_some();
+            let shares = match r.reporter {
+                Some(reporter) => query_opt(
+                    c,
+                    "SELECT 1 FROM members x JOIN members y
+                       ON y.conversation_id = x.conversation_id
+                     WHERE x.user_id = $1 AND y.user_id = $2 LIMIT 1",
+                    &[&reporter.0, &user.0],
+                )
+                .await?
+                .is_some(),
+                None => false,
+            };
             rules::report_user(r.reporter, user, shares)?;
             let profile =
                 read::users(c, &[user]).await?.pop().ok_or(StoreError::NotFound("user"))?;
@@ -137,7 +145,7 @@ async fn create_report(c: &Conn, r: &NewReport) -> PgResult<i64> {
         "INSERT INTO reports (reporter, subject, conversation_id, seq, reason, snapshot, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         &[
-            &r.reporter.0,
+            &r.reporter.map(|u| u.0),
             &subject.0,
             &conv.map(|c| c.0),
             &seq.map(|s| s as i64),
@@ -152,12 +160,12 @@ async fn create_report(c: &Conn, r: &NewReport) -> PgResult<i64> {
 
 const REPORT_COLUMNS: &str = "r.id, r.reporter, a.handle, r.subject, s.handle, r.conversation_id,
      r.seq, r.reason, r.snapshot, r.status, r.created_at, r.note, r.resolved_by, r.resolved_at
-     FROM reports r JOIN users a ON a.id = r.reporter JOIN users s ON s.id = r.subject";
+     FROM reports r LEFT JOIN users a ON a.id = r.reporter JOIN users s ON s.id = r.subject";
 
 fn report_row(r: &Row) -> Report {
     Report {
         id: r.get(0),
-        reporter: UserId(r.get(1)),
+        reporter: r.get::<_, Option<i64>>(1).map(UserId),
         reporter_handle: r.get(2),
         subject: UserId(r.get(3)),
         subject_handle: r.get(4),

@@ -45,8 +45,12 @@ pub(super) fn audit(c: &Connection, actor: Option<UserId>, action: &str, a: Audi
 pub(super) fn create_report(c: &Connection, r: &NewReport) -> Result<i64> {
     let (subject, conv, seq, snapshot) = match r.target {
         ReportTarget::Message { conversation, seq } => {
-            let member = write::role(c, r.reporter, conversation)?.is_some();
-            let target = if member { write::message(c, conversation, seq)? } else { None };
+            let member = match r.reporter {
+                Some(reporter) => write::role(c, reporter, conversation)?.is_some(),
+                None => false,
+            };
+            let may_read = member || r.reporter.is_none();
+            let target = if may_read { write::message(c, conversation, seq)? } else { None };
             let author = target.filter(|m| !m.deleted).map(|m| m.sender);
             let subject = rules::report_message(r.reporter, member, author)?;
             let page =
@@ -57,7 +61,11 @@ pub(super) fn create_report(c: &Connection, r: &NewReport) -> Result<i64> {
             (subject, Some(conversation), Some(seq), snapshot)
         }
         ReportTarget::User(user) => {
-            rules::report_user(r.reporter, user, shares(c, r.reporter, user)?)?;
+            let shares = match r.reporter {
+                Some(reporter) => shares(c, reporter, user)?,
+                None => false,
+            };
+            rules::report_user(r.reporter, user, shares)?;
             let profile = read::users(c, &[user])?.pop().ok_or(StoreError::NotFound("user"))?;
             (user, None, None, serde_json::to_string(&profile).map_err(internal)?)
         }
@@ -68,7 +76,7 @@ pub(super) fn create_report(c: &Connection, r: &NewReport) -> Result<i64> {
     )
     .and_then(|mut st| {
         st.execute(params![
-            r.reporter.0,
+            r.reporter.map(|u| u.0),
             subject.0,
             conv.map(|c| c.0),
             seq.map(|s| s as i64),
@@ -94,14 +102,14 @@ fn shares(c: &Connection, a: UserId, b: UserId) -> Result<bool> {
 
 const REPORT_COLUMNS: &str = "r.id, r.reporter, a.handle, r.subject, s.handle, r.conversation_id,
      r.seq, r.reason, r.snapshot, r.status, r.created_at, r.note, r.resolved_by, r.resolved_at
-     FROM reports r JOIN users a ON a.id = r.reporter JOIN users s ON s.id = r.subject";
+     FROM reports r LEFT JOIN users a ON a.id = r.reporter JOIN users s ON s.id = r.subject";
 
 fn report_row(r: &Row<'_>) -> rusqlite::Result<Report> {
     let snapshot: String = r.get(8)?;
     let status: String = r.get(9)?;
     Ok(Report {
         id: r.get(0)?,
-        reporter: UserId(r.get(1)?),
+        reporter: r.get::<_, Option<i64>>(1)?.map(UserId),
         reporter_handle: r.get(2)?,
         subject: UserId(r.get(3)?),
         subject_handle: r.get(4)?,

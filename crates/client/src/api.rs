@@ -322,7 +322,7 @@ impl Api {
             .map_err(|err| Error::Protocol(format!("answer does not parse: {err}")))
     }
 
-    async fn send<B: Serialize>(
+    pub(crate) async fn send<B: Serialize>(
         &self,
         method: Method,
         path: &str,
@@ -345,7 +345,7 @@ impl Api {
         Err(refusal(status, &bytes))
     }
 
-    async fn call<B: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -357,7 +357,7 @@ impl Api {
             .map_err(|err| Error::Protocol(format!("{path}: answer does not parse: {err}")))
     }
 
-    async fn call_empty<B: Serialize>(
+    pub(crate) async fn call_empty<B: Serialize>(
         &self,
         method: Method,
         path: &str,

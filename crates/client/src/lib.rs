@@ -67,6 +67,7 @@ pub mod api;
 pub mod client;
 pub mod event;
 pub mod media;
+pub mod moderation;
 pub mod store;
 
 mod backoff;

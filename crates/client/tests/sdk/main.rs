@@ -5,6 +5,7 @@ mod support;
 
 mod features;
 mod gaps;
+mod moderation;
 mod rate_limit;
 mod reconnect;
 mod resume;

@@ -140,6 +140,9 @@ pub struct Me {
     pub user_id: UserId,
     pub handle: String,
     pub device_id: DeviceId,
+    /// A server administrator (the admin API answers them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// `POST /v1/conversations`.

@@ -3,8 +3,11 @@
  * groups, history that scrolls back, sends shown at once while the outbox holds them,
  * delivered and read marks, typing, presence, replies, edits, deletions, reactions,
  * attachments with previews and upload progress, a visible reconnecting state, and desktop
- * notifications while the tab is hidden. The live side is `link.ts` (one connection shared
- * by this profile's tabs); REST calls go straight from the tab.
+ * notifications while the tab is hidden; your profile and account (devices, password,
+ * blocked users, a download of your data); blocking and reporting; group moderation for a
+ * group's admins; and the admin page (`admin.ts`) for server administrators. The live side
+ * is `link.ts` (one connection shared by this profile's tabs); REST calls go straight from
+ * the tab.
  */
 import { Api } from "@natter/sdk";
 import type {
@@ -23,6 +26,7 @@ import type {
   Seq,
   UserId,
 } from "@natter/sdk";
+import { bindAdmin, hideAdmin, showAdmin } from "./admin.js";
 import { byId, bytes, clear, h, time } from "./dom.js";
 import { type Live, connect } from "./link.js";
 
@@ -52,6 +56,8 @@ interface Msg {
   attachments: Attachment[];
   edited: boolean;
   deleted: boolean;
+  /** Deleted by someone else than its author: a moderator. */
+  removed: boolean;
   reactions: Map<string, Set<UserId>>;
 }
 /** A system entry (created, members, roles, title), shown as a line. */
@@ -107,6 +113,10 @@ const state = {
   lastTypingSent: 0,
   watched: "",
   profile: undefined as User | undefined,
+  /** Whom you block (synced from every device by `blocks` events). */
+  blocked: new Set<UserId>(),
+  /** The message whose report form is open. */
+  reporting: undefined as Seq | undefined,
 };
 
 // ---- start -------------------------------------------------------------------------------
@@ -182,6 +192,8 @@ async function enter(s: Saved): Promise<void> {
   await loadConversations();
   void loadInvitations();
   void loadProfile().catch(() => undefined);
+  void loadAccount().catch(() => undefined);
+  void state.api.me().then((me) => (byId("admin-open").hidden = !me.admin), () => undefined);
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("c"));
   if (wanted && state.convs.has(wanted)) await openConversation(wanted);
   renderList();
@@ -230,6 +242,82 @@ async function uploadAvatar(file: File): Promise<void> {
     await saveProfile(media.id);
   } catch (err) {
     note.textContent = `Not uploaded: ${(err as Error).message}`;
+  }
+}
+
+// ---- your account: devices, password, blocked users, your data -------------------------
+
+async function loadAccount(): Promise<void> {
+  const [devices, blocked] = await Promise.all([state.api.devices(), state.api.blocks()]);
+  state.blocked = new Set(blocked);
+  renderBlocked();
+  clear(
+    byId("devices"),
+    ...devices.devices.map((d) =>
+      h(
+        "li",
+        {},
+        h("span", {}, `${d.name}${d.device_id === devices.current ? " (this one)" : ""}${d.last_used_at ? ` · ${time(d.last_used_at)}` : ""}`),
+        d.device_id === devices.current
+          ? null
+          : h("button", { class: "secondary", onclick: () => void state.api.revokeDevice(d.device_id).then(loadAccount) }, "Sign out"),
+      ),
+    ),
+  );
+}
+
+function renderBlocked(): void {
+  const list = [...state.blocked];
+  if (list.length) void learnHandles(list);
+  clear(
+    byId("blocked"),
+    ...(list.length
+      ? list.map((u) => h("li", { "data-blocked": u }, h("span", {}, handleOf(u)), h("button", { class: "secondary", onclick: () => void setBlock(u, false) }, "Unblock")))
+      : [h("li", { class: "note-line" }, "Nobody.")]),
+  );
+}
+
+async function setBlock(user: UserId, on: boolean): Promise<void> {
+  if (on && !confirm(`Block ${handleOf(user)}? They will not be able to message you or see when you are online.`)) return;
+  await (on ? state.api.block(user) : state.api.unblock(user));
+  if (on) state.blocked.add(user);
+  else state.blocked.delete(user);
+  renderBlocked();
+  schedule();
+}
+
+async function changePassword(): Promise<void> {
+  const note = byId("account-note");
+  try {
+    await state.api.changePassword(byId<HTMLInputElement>("current-password").value, byId<HTMLInputElement>("new-password").value);
+    byId<HTMLFormElement>("password-form").reset();
+    note.textContent = "Password changed; your other devices are signed out.";
+    await loadAccount();
+  } catch (err) {
+    note.textContent = `Not changed: ${(err as Error).message}`;
+  }
+}
+
+async function downloadData(): Promise<void> {
+  const note = byId("account-note");
+  try {
+    const archive = await state.api.exportData();
+    const url = URL.createObjectURL(new Blob([JSON.stringify(archive, null, 2)], { type: "application/json" }));
+    h("a", { href: url, download: "natter-export.json" }).click();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    note.textContent = "Your data is downloading.";
+  } catch (err) {
+    note.textContent = `Not exported: ${(err as Error).message}`;
+  }
+}
+
+async function report(target: { conversation: ConversationId; seq: Seq } | { user: UserId }, reason: string): Promise<void> {
+  try {
+    if ("user" in target) await state.api.reportUser(target.user, reason);
+    else await state.api.reportMessage(target.conversation, target.seq, reason);
+    byId("composer-note").textContent = "Reported. Thank you: a moderator will look at it.";
+  } catch (err) {
+    byId("composer-note").textContent = `Not reported: ${(err as Error).message}`;
   }
 }
 
@@ -371,6 +459,10 @@ async function openConversation(conv: ConversationId): Promise<void> {
 /** Entries read from the store carry their message's current state. */
 function fromStore(v: View, entries: Entry[]): void {
   for (const e of entries) {
+    if (e.kind === "delete") {
+      const t = v.items.get(e.target);
+      if (t?.kind === "msg" && t.sender !== e.sender) t.removed = true;
+    }
     const item = itemOf(e);
     if (item) v.items.set(e.seq, item);
     if (!v.min || e.seq < v.min) v.min = e.seq;
@@ -396,6 +488,7 @@ function itemOf(e: Entry): Msg | Note | undefined {
         attachments: st?.deleted ? [] : (e.attachments ?? []),
         edited: st?.edited_seq !== undefined,
         deleted: st?.deleted ?? false,
+        removed: false,
         reactions,
       };
     }
@@ -404,7 +497,14 @@ function itemOf(e: Entry): Msg | Note | undefined {
     case "member_added":
       return note(e, `${handleOf(e.sender)} added ${handleOf(e.user)}`);
     case "member_removed":
+      if (e.banned) return note(e, `${handleOf(e.sender)} banned ${handleOf(e.user)}`);
       return note(e, e.user === e.sender ? `${handleOf(e.user)} left` : `${handleOf(e.sender)} removed ${handleOf(e.user)}`);
+    case "member_muted":
+      return note(e, e.until ? `${handleOf(e.sender)} muted ${handleOf(e.user)} until ${time(e.until)}` : `${handleOf(e.sender)} unmuted ${handleOf(e.user)}`);
+    case "group_settings": {
+      const parts = [e.locked ? "only admins post" : "everyone posts", e.slow_mode_secs ? `slow mode ${e.slow_mode_secs} s` : "no slow mode"];
+      return note(e, `${handleOf(e.sender)} set: ${parts.join(", ")}`);
+    }
     case "role_changed":
       return note(e, `${handleOf(e.user)} is now ${e.role}`);
     case "title_changed":
@@ -464,7 +564,7 @@ function apply(v: View, e: Entry): void {
       if (msg) Object.assign(msg, { body: e.body, edited: true });
       break;
     case "delete":
-      if (msg) Object.assign(msg, { body: "", deleted: true, attachments: [], reactions: new Map() });
+      if (msg) Object.assign(msg, { body: "", deleted: true, removed: e.sender !== msg.sender, attachments: [], reactions: new Map() });
       break;
     case "reaction":
       if (msg) {
@@ -568,6 +668,10 @@ function onEvent(e: ClientEvent): void {
       break;
     case "invitation":
       state.invitations = [...state.invitations.filter((i) => i.conversation !== e.invitation.conversation), e.invitation];
+      break;
+    case "blocks":
+      state.blocked = new Set(e.blocked);
+      renderBlocked();
       break;
     case "profile":
       // A contact changed their profile: their direct chats show it at once.
@@ -865,11 +969,43 @@ function renderHeader(): void {
   const c = state.open !== undefined ? state.convs.get(state.open) : undefined;
   const title = byId("chat-title");
   const sub = byId("chat-sub");
+  const tools = byId("chat-tools");
   if (!c) {
     clear(title, "Pick a chat");
     sub.textContent = "";
+    clear(tools);
     return;
   }
+  const peer = c.kind === "direct" ? c.peer?.user_id : undefined;
+  clear(
+    tools,
+    peer !== undefined
+      ? h("button", { class: "secondary", onclick: () => void setBlock(peer, !state.blocked.has(peer)) }, state.blocked.has(peer) ? "Unblock" : "Block")
+      : null,
+    peer !== undefined
+      ? h(
+          "button",
+          {
+            class: "secondary",
+            onclick: () => {
+              const reason = prompt(`Why are you reporting ${handleOf(peer)}?`)?.trim();
+              if (reason) void report({ user: peer }, reason);
+            },
+          },
+          "Report",
+        )
+      : null,
+    moderating()
+      ? h(
+          "button",
+          {
+            class: "secondary",
+            onclick: () => void state.api.setGroupSettings(c.id, { locked: !c.locked, slow_mode_secs: c.slow_mode_secs ?? 0 }).then(() => state.api.conversation(c.id).then(upsert)).then(schedule),
+          },
+          c.locked ? "Let everyone post" : "Only admins post",
+        )
+      : null,
+  );
   clear(title, c.kind === "direct" ? avatarOf(c.peer, titleOf(c)) : "", c.kind === "direct" ? dot(c.peer?.user_id) : "", titleOf(c));
   const typing = typingText(c.id);
   const v = state.views.get(c.id);
@@ -908,8 +1044,40 @@ function quoted(v: View, seq: Seq): HTMLElement {
   return h("div", { class: "quote" }, `↪ ${text.slice(0, 120)}`);
 }
 
+/** Whether you moderate the open group (its owner or an admin). */
+function moderating(): boolean {
+  const c = state.open !== undefined ? state.convs.get(state.open) : undefined;
+  return c?.kind === "group" && (c.role === "admin" || c.role === "owner");
+}
+
+function reportForm(v: View, m: Msg): HTMLElement {
+  const input = h("input", { "aria-label": "Why are you reporting this message?", placeholder: "reason", required: true, maxlength: 1000 });
+  return h(
+    "form",
+    {
+      class: "report-form",
+      onsubmit: (e: Event) => {
+        e.preventDefault();
+        state.reporting = state.actionsFor = undefined;
+        void report({ conversation: v.conv, seq: m.seq }, input.value.trim());
+        renderMessages();
+      },
+    },
+    input,
+    h("button", { type: "submit" }, "Send report"),
+  );
+}
+
 function messageView(v: View, m: Msg, group: boolean): HTMLElement {
   const mine = m.sender === state.me?.user_id;
+  if (!mine && !m.deleted && state.blocked.has(m.sender)) {
+    return h(
+      "div",
+      { class: "msg blocked", "data-seq": m.seq, "data-key": `m${m.seq}` },
+      group ? h("div", { class: "sender" }, handleOf(m.sender)) : null,
+      h("div", { class: "bubble" }, h("em", {}, "Message from a blocked user")),
+    );
+  }
   const mark = mine && !m.deleted ? marks(v, m.seq) : undefined;
   const reactions = [...m.reactions.entries()].map(([emoji, users]) =>
     h(
@@ -945,7 +1113,9 @@ function messageView(v: View, m: Msg, group: boolean): HTMLElement {
               "Edit",
             )
           : null,
-        mine ? h("button", { class: "danger", onclick: () => void remove(m.seq) }, "Delete") : null,
+        mine || moderating() ? h("button", { class: "danger", onclick: () => void remove(m.seq) }, "Delete") : null,
+        mine ? null : h("button", { onclick: () => ((state.reporting = m.seq), renderMessages()) }, "Report"),
+        state.reporting === m.seq ? reportForm(v, m) : null,
       )
     : null;
   return h(
@@ -956,7 +1126,7 @@ function messageView(v: View, m: Msg, group: boolean): HTMLElement {
       "div",
       { class: "bubble" },
       m.reply_to !== undefined && !m.deleted ? quoted(v, m.reply_to) : null,
-      m.deleted ? h("em", {}, "Message deleted") : m.body ? h("div", { class: "text" }, m.body) : null,
+      m.deleted ? h("em", {}, m.removed ? "Removed by a moderator" : "Message deleted") : m.body ? h("div", { class: "text" }, m.body) : null,
       ...m.attachments.map(attachmentView),
       h(
         "div",
@@ -1089,6 +1259,13 @@ function bindStatic(): void {
     avatarFile.value = "";
   });
   byId("avatar-clear").addEventListener("click", () => void saveProfile(""));
+  byId("password-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void changePassword();
+  });
+  byId("export").addEventListener("click", () => void downloadData());
+  bindAdmin(hideAdmin);
+  byId("admin-open").addEventListener("click", () => void showAdmin(state.api).catch((err: Error) => (byId("admin-note").textContent = err.message)));
   byId("back").addEventListener("click", () => {
     document.body.classList.remove("chat-open");
     state.open = undefined;

@@ -4,7 +4,9 @@
 // conversation and the outbox; an image arrives as a thumbnail; replies, edits and deletions
 // show on the other side; a profile edit (name, status, avatar) shows in the other's open chat;
 // older history loads on scroll; two tabs share one server session
-// and closing the first hands over; a page on another origin is refused. The pages
+// and closing the first hands over; a report filed in the web client shows up in the admin
+// page, whose removal the reporter's chat shows, and a block refuses the other's messages;
+// a page on another origin is refused. The pages
 // reach the server through a test proxy that can refuse the live transports and writes (so
 // the outbox holds sends while pages still load). Screenshots go to NATTER_SCREENSHOTS
 // (default target/screenshots; docs/screenshots holds the committed ones).
@@ -342,6 +344,58 @@ describe("the web client in Chromium", () => {
     await second.screenshot({ path: join(SHOTS, "phone-chat.png") });
     await second.click("#back");
     await second.screenshot({ path: join(SHOTS, "phone-list.png") });
+  });
+
+  it("a report filed in the web client shows up in the admin page; a moderator's removal and a block show", async () => {
+    const { alice, bob } = pages;
+    await alice.setViewportSize({ width: 1100, height: 760 });
+    await alice.click(`button.conv[data-conv="${conv}"]`);
+    await waitText(alice, "after the first tab closed");
+    const created = await fetch(`${server.url}/v1/accounts`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ handle: "root", password: PASSWORD }) });
+    assert.equal(created.status, 201);
+    await server.grantAdmin("root");
+
+    // Alice reports bob's message from its actions.
+    const seq = await seqOf(alice, "after the first tab closed");
+    await alice.click(`#messages .msg[data-seq="${seq}"] .more`);
+    await alice.click('#messages .actions button:text-is("Report")');
+    await alice.fill("#messages .report-form input", "rude and unkind");
+    await alice.click('#messages .report-form button[type="submit"]');
+    await alice.locator('#composer-note:has-text("Reported")').waitFor({ timeout: WAIT });
+
+    // The administrator's admin page has it, with what was said and why.
+    contexts.root = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+    const root = await contexts.root.newPage();
+    watchErrors(root, "root");
+    await root.goto(proxy.url);
+    await root.fill("#handle", "root");
+    await root.fill("#password", PASSWORD);
+    await root.click("#sign-in");
+    await root.locator("#admin-open:not([hidden])").waitFor({ timeout: WAIT });
+    assert.equal(await alice.locator("#admin-open").isHidden(), true, "no admin page for alice");
+    await root.click("#admin-open");
+    const card = root.locator('#admin-reports .report:has(.snapshot:text-is("after the first tab closed"))');
+    await card.waitFor({ timeout: WAIT });
+    assert.match(await card.textContent(), /Reason: rude and unkind/);
+    assert.match(await card.locator(".who").textContent(), /by @bob · reported by @alice/);
+    await root.screenshot({ path: join(SHOTS, "admin.png") });
+
+    // Removing it: alice's open chat shows the tombstone; the audit log has the action.
+    await card.locator('button:text-is("Remove message")').click();
+    await alice.locator(`#messages .msg[data-seq="${seq}"] em:text-is("Removed by a moderator")`).waitFor({ timeout: WAIT });
+    await root.locator('#admin-audit li:has-text("remove_message")').waitFor({ timeout: WAIT });
+    await root.locator('#admin-reports .report:has(.snapshot:text-is("after the first tab closed"))').waitFor({ state: "detached", timeout: WAIT });
+
+    // Alice blocks bob from the chat's header: her list has him, and his next message is refused.
+    alice.once("dialog", (d) => void d.accept());
+    await alice.click('#chat-tools button:text-is("Block")');
+    await alice.locator('#chat-tools button:text-is("Unblock")').waitFor({ timeout: WAIT });
+    await alice.locator("#blocked li[data-blocked]").waitFor({ state: "attached", timeout: WAIT });
+    await send(bob, "can you hear me?");
+    await bob.locator("#messages .msg.pending.failed").waitFor({ timeout: WAIT });
+    await alice.click('#chat-tools button:text-is("Unblock")');
+    await alice.locator('#chat-tools button:text-is("Block")').waitFor({ timeout: WAIT });
+    await contexts.root.close();
   });
 
   it("a page on another origin is refused", async () => {

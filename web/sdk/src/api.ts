@@ -8,6 +8,12 @@ import { backoffDelay } from "./backoff.js";
 import { NatterError } from "./errors.js";
 import type {
   Ack,
+  AdminUser,
+  AuditEntry,
+  Ban,
+  GroupSettings,
+  Report,
+  ReportStatus,
   AddedMember,
   ConversationId,
   ConversationPage,
@@ -291,6 +297,112 @@ export class Api {
   /** `PATCH /v1/me/profile`: an absent field stays, an empty one is cleared; the profile as it is now. */
   setProfile(update: ProfileUpdate): Promise<User> {
     return this.call<User>("PATCH", "/v1/me/profile", update);
+  }
+
+  /** `GET /v1/me/export`: your data as one JSON archive (profile, devices, conversations, own messages, uploads). */
+  exportData(): Promise<Record<string, unknown>> {
+    return this.call("GET", "/v1/me/export");
+  }
+
+  // --- blocks and reports -------------------------------------------------------------
+
+  /** `GET /v1/me/blocks`: whom you block. */
+  async blocks(): Promise<UserId[]> {
+    const res = await this.call<{ blocked: UserId[] }>("GET", "/v1/me/blocks");
+    return res.blocked;
+  }
+
+  /** `PUT /v1/me/blocks/{user}`: your sessions get a `blocks` event. */
+  async block(user: UserId): Promise<void> {
+    await this.call<unknown>("PUT", `/v1/me/blocks/${user}`);
+  }
+
+  /** `DELETE /v1/me/blocks/{user}`. */
+  async unblock(user: UserId): Promise<void> {
+    await this.call<unknown>("DELETE", `/v1/me/blocks/${user}`);
+  }
+
+  /** `POST /v1/reports` of a message; the report's id. */
+  async reportMessage(conv: ConversationId, seq: Seq, reason: string): Promise<number> {
+    const res = await this.call<{ id: number }>("POST", "/v1/reports", { conversation: conv, seq, reason });
+    return res.id;
+  }
+
+  /** `POST /v1/reports` of a user; the report's id. */
+  async reportUser(user: UserId, reason: string): Promise<number> {
+    const res = await this.call<{ id: number }>("POST", "/v1/reports", { user, reason });
+    return res.id;
+  }
+
+  // --- group moderation (owner and admins) ----------------------------------------------
+
+  /** `PUT /v1/conversations/{id}/settings`: slow mode (0: off) and lock. */
+  setGroupSettings(conv: ConversationId, settings: GroupSettings): Promise<Ack> {
+    return this.call("PUT", `/v1/conversations/${conv}/settings`, settings);
+  }
+
+  /** `PUT /v1/conversations/{id}/members/{user}/mute` for `forSecs`. */
+  mute(conv: ConversationId, user: UserId, forSecs: number): Promise<Ack> {
+    return this.call("PUT", `/v1/conversations/${conv}/members/${user}/mute`, { for_secs: forSecs });
+  }
+
+  /** `DELETE /v1/conversations/{id}/members/{user}/mute`. */
+  unmute(conv: ConversationId, user: UserId): Promise<Ack> {
+    return this.call("DELETE", `/v1/conversations/${conv}/members/${user}/mute`);
+  }
+
+  /** `PUT /v1/conversations/{id}/bans/{user}`: removed and banned. */
+  ban(conv: ConversationId, user: UserId): Promise<Ack> {
+    return this.call("PUT", `/v1/conversations/${conv}/bans/${user}`);
+  }
+
+  /** `DELETE /v1/conversations/{id}/bans/{user}`. */
+  async unban(conv: ConversationId, user: UserId): Promise<void> {
+    await this.call<unknown>("DELETE", `/v1/conversations/${conv}/bans/${user}`);
+  }
+
+  /** `GET /v1/conversations/{id}/bans`. */
+  bans(conv: ConversationId): Promise<Ban[]> {
+    return this.call("GET", `/v1/conversations/${conv}/bans`);
+  }
+
+  // --- server administration (administrators only; anyone else gets not_found) ----------
+
+  /** `GET /v1/admin/users`. */
+  adminUsers(query: { q?: string; after?: UserId; limit?: number } = {}): Promise<{ users: AdminUser[]; next?: UserId }> {
+    return this.call("GET", "/v1/admin/users", undefined, query);
+  }
+
+  /** `POST /v1/admin/users/{id}/suspend`: for `forSecs`, or a ban without it. */
+  suspend(user: UserId, reason: string, options: { forSecs?: number; removeMessages?: boolean } = {}): Promise<{ devices: number; messages_removed: number }> {
+    const body: Record<string, unknown> = { reason, remove_messages: options.removeMessages ?? false };
+    if (options.forSecs !== undefined) body.for_secs = options.forSecs;
+    return this.call("POST", `/v1/admin/users/${user}/suspend`, body);
+  }
+
+  /** `POST /v1/admin/users/{id}/restore`. */
+  async restore(user: UserId): Promise<void> {
+    await this.call<unknown>("POST", `/v1/admin/users/${user}/restore`);
+  }
+
+  /** `DELETE /v1/admin/conversations/{id}/entries/{seq}`: removes any message. */
+  removeMessage(conv: ConversationId, seq: Seq): Promise<Ack> {
+    return this.call("DELETE", `/v1/admin/conversations/${conv}/entries/${seq}`);
+  }
+
+  /** `GET /v1/admin/reports`, newest first. */
+  reports(query: { status?: ReportStatus | "all"; before?: number; limit?: number } = {}): Promise<{ reports: Report[]; next?: number }> {
+    return this.call("GET", "/v1/admin/reports", undefined, query);
+  }
+
+  /** `POST /v1/admin/reports/{id}/resolve`. */
+  async resolveReport(id: number, status: "resolved" | "dismissed", note?: string): Promise<void> {
+    await this.call<unknown>("POST", `/v1/admin/reports/${id}/resolve`, note === undefined ? { status } : { status, note });
+  }
+
+  /** `GET /v1/admin/audit`, newest first. */
+  auditLog(query: { before?: number; limit?: number } = {}): Promise<{ entries: AuditEntry[]; next?: number }> {
+    return this.call("GET", "/v1/admin/audit", undefined, query);
   }
 
   // --- conversations ------------------------------------------------------------------

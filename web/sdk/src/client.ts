@@ -767,6 +767,9 @@ export class Client {
       case "profile":
         this.emitter.emit({ type: "profile", user: f.user });
         break;
+      case "blocks":
+        this.emitter.emit({ type: "blocks", blocked: f.blocked });
+        break;
       case "ready":
         // A long-poll stream lapsed and a new one started: renew what lives on the session.
         if (this.caughtUp) this.renewSession(conn);

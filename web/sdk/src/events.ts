@@ -49,7 +49,9 @@ export type ClientEvent =
   | { type: "presence"; users: Presence[] }
   | { type: "invitation"; invitation: Invitation }
   /** A user's profile changed (yours, or that of someone who shares a conversation with you). */
-  | { type: "profile"; user: User };
+  | { type: "profile"; user: User }
+  /** Your block list changed (on this device or another): hide these users' messages. */
+  | { type: "blocks"; blocked: UserId[] };
 
 export type EventType = ClientEvent["type"];
 export type EventOf<T extends EventType> = Extract<ClientEvent, { type: T }>;

@@ -24,7 +24,9 @@ export type ErrorCode =
   | "internal"
   | "request_timeout"
   | "unsupported_media_type"
-  | "quota_exceeded";
+  | "quota_exceeded"
+  | "muted"
+  | "content_rejected";
 
 /** Worth retrying with the same `client_msg_id` (as `ErrorCode::retryable` in Rust). */
 export function retryable(code: ErrorCode): boolean {
@@ -86,7 +88,9 @@ export type EntryBody =
   | { kind: "reaction"; target: Seq; emoji: string; remove?: boolean }
   | { kind: "created"; conversation_kind: ConversationKind; title?: string; members: UserId[] }
   | { kind: "member_added"; user: UserId; role: Role }
-  | { kind: "member_removed"; user: UserId }
+  | { kind: "member_removed"; user: UserId; banned?: boolean }
+  | { kind: "member_muted"; user: UserId; until?: number }
+  | { kind: "group_settings"; slow_mode_secs?: number; locked?: boolean }
   | { kind: "role_changed"; user: UserId; role: Role }
   | { kind: "title_changed"; title: string };
 
@@ -172,6 +176,12 @@ export interface ConversationSummary {
   unread: number;
   peer?: User;
   last_message?: MessagePreview;
+  /** A group in slow mode: members send at most one message per this many seconds. */
+  slow_mode_secs?: number;
+  /** A locked group: only its owner and admins send messages. */
+  locked?: boolean;
+  /** You are muted here until then (ms since the epoch). */
+  muted_until?: number;
 }
 
 export interface CreatedConversation extends ConversationSummary {
@@ -254,6 +264,7 @@ export type ServerFrame =
   | { type: "presence"; users: Presence[] }
   | { type: "invitation"; invitation: Invitation }
   | { type: "profile"; user: User }
+  | { type: "blocks"; blocked: UserId[] }
   | { type: "pong"; req_id?: ReqId }
   | ({ type: "error"; req_id?: ReqId } & ErrorBody);
 
@@ -269,6 +280,8 @@ export interface Me {
   user_id: UserId;
   handle: string;
   device_id: DeviceId;
+  /** A server administrator. */
+  admin?: boolean;
 }
 
 export interface ConversationPage {
@@ -283,6 +296,60 @@ export interface Member {
   role: Role;
   delivered_seq: Seq;
   read_seq: Seq;
+  muted_until?: number;
+}
+
+export interface GroupSettings {
+  slow_mode_secs?: number;
+  locked?: boolean;
+}
+
+export interface Ban {
+  user_id: UserId;
+  banned_by: UserId;
+  banned_at: number;
+}
+
+export type ReportStatus = "open" | "resolved" | "dismissed";
+
+/** A report in the moderation queue; `snapshot` is what was reported, as it was then. */
+export interface Report {
+  id: number;
+  /** Absent: flagged by the server's content rules or moderation webhook. */
+  reporter?: UserId;
+  reporter_handle?: string;
+  subject: UserId;
+  subject_handle: string;
+  conversation?: ConversationId;
+  seq?: Seq;
+  reason: string;
+  snapshot: unknown;
+  status: ReportStatus;
+  created_at: number;
+  note?: string;
+  resolved_by?: UserId;
+  resolved_at?: number;
+}
+
+export interface AdminUser {
+  user: User;
+  admin: boolean;
+  suspended_until?: number;
+  banned?: boolean;
+  suspension_reason?: string;
+  created_at: number;
+}
+
+export interface AuditEntry {
+  id: number;
+  actor?: UserId;
+  action: string;
+  target_user?: UserId;
+  conversation?: ConversationId;
+  seq?: Seq;
+  report?: number;
+  details: Record<string, unknown>;
+  created_at: number;
 }
 
 /** `POST …/members`: an ack when the user was a contact (added), an invitation otherwise. */

@@ -3,7 +3,7 @@
  * with rate limits off and receipts and presence that show quickly. It can be killed and
  * restarted on the same port and data directory. `NATTER_BIN` overrides the binary.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -104,6 +104,16 @@ export class TestServer {
   /** The last lines the server printed (for failure messages). */
   recentLog(): string {
     return this.log.join("\n");
+  }
+
+  /** `natter admin grant HANDLE` on this node's data directory, as an operator would. */
+  grantAdmin(handle: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      execFile(NATTER_BIN, ["admin", "grant", handle, "--data-dir", this.dataDir], (err, _out, stderr) => {
+        if (err) reject(new Error(`natter admin grant ${handle}: ${stderr}`));
+        else resolve();
+      });
+    });
   }
 
   /** Kills the process at once (SIGKILL): what is acked is on disk, nothing else is told. */

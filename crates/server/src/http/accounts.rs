@@ -199,7 +199,8 @@ pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<J
     let p = auth.principal;
     let handle =
         state.store().user_handle(p.user_id).await?.ok_or_else(ApiError::unauthenticated)?;
-    Ok(Json(Me { user_id: p.user_id, handle, device_id: p.device_id }))
+    let admin = state.store().is_admin(p.user_id).await?;
+    Ok(Json(Me { user_id: p.user_id, handle, device_id: p.device_id, admin }))
 }
 
 /// Most ids one `GET /v1/users?ids=` looks up.

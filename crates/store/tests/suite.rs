@@ -1693,6 +1693,9 @@ async fn a_deleted_user_loses_logins_and_profile_and_later_the_handle<S: Store>(
     let [cy] = users(s, ["cy"]).await;
     assert_eq!(code(s.create_direct(cy, ann).await), ErrorCode::NotFound);
     assert_eq!(code(s.create_group(bob, "g", &[ann]).await), ErrorCode::NotFound);
+    // Nor adds it to a group, though bob shares a conversation with it.
+    let g = s.create_group(bob, "later", &[]).await.unwrap().id;
+    assert_eq!(code(s.add_member(bob, g, ann, Role::Member).await), ErrorCode::NotFound);
     assert!(log(s, ab).await.iter().any(|e| e.seq == m.seq && e.sender == ann), "messages stay");
     // The handle stays taken until freed, then anyone may take it.
     assert_eq!(code(s.create_user("ann", "hash").await), ErrorCode::Conflict);

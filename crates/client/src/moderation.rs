@@ -2,7 +2,8 @@
 //! (issue 13): more of [`Api`], kept apart from the conversation calls.
 
 use natter_proto::rest::{
-    AdminUsers, AuditLog, Ban, Blocks, ChangePassword, Devices, GroupSettings, Mute, NewReport,
+    AdminUsers, AuditLog, Ban, Blocks, ChangePassword, Devices, GroupSettings, Mute,
+    MuteNotifications, NewPushRegistration, NewReport, PushRegistration, PushRegistrations,
     ReportId, ReportStatus, Reports, ResolveReport, Suspend, Suspended,
 };
 use natter_proto::{Ack, ConversationId, DeviceId, Seq, UserId};
@@ -33,6 +34,40 @@ impl Api {
     /// `GET /v1/me/export`: your data as one JSON archive.
     pub async fn export_data(&self) -> Result<serde_json::Value> {
         self.call(Method::GET, "/v1/me/export", &[], None::<&()>).await
+    }
+
+    // ---- push notifications ----
+
+    /// `POST /v1/me/push`: this device's push registration; its id.
+    pub async fn register_push(&self, registration: &NewPushRegistration) -> Result<i64> {
+        let res: ReportId = self.call(Method::POST, "/v1/me/push", &[], Some(registration)).await?;
+        Ok(res.id)
+    }
+
+    /// `GET /v1/me/push`.
+    pub async fn push_registrations(&self) -> Result<Vec<PushRegistration>> {
+        let res: PushRegistrations =
+            self.call(Method::GET, "/v1/me/push", &[], None::<&()>).await?;
+        Ok(res.registrations)
+    }
+
+    /// `DELETE /v1/me/push/{id}`.
+    pub async fn unregister_push(&self, id: i64) -> Result<()> {
+        self.call_empty(Method::DELETE, &format!("/v1/me/push/{id}"), None::<&()>).await
+    }
+
+    /// `PUT /v1/conversations/{id}/notifications` (`conv`) or `PUT /v1/me/notifications`
+    /// (do not disturb): muted until `mute.until`, forever, or (neither) no more.
+    pub async fn mute_notifications(
+        &self,
+        conv: Option<ConversationId>,
+        mute: &MuteNotifications,
+    ) -> Result<()> {
+        let path = match conv {
+            Some(conv) => format!("/v1/conversations/{conv}/notifications"),
+            None => "/v1/me/notifications".to_owned(),
+        };
+        self.call_empty(Method::PUT, &path, Some(mute)).await
     }
 
     // ---- blocks ----

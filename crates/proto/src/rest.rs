@@ -563,3 +563,45 @@ pub struct AuditLog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<i64>,
 }
+
+// ---- push notifications (issue 14) ----
+
+/// `POST /v1/me/push`: this device's push registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPushRegistration {
+    /// `webhook` (the server's push gateway); `webpush`, `fcm` and `apns` are to come.
+    pub provider: String,
+    /// The provider's address of this device (for `webhook`: the gateway's token).
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p256dh: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+/// One row of `GET /v1/me/push`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    pub id: i64,
+    pub provider: String,
+    pub device_id: DeviceId,
+    pub created_at: i64,
+}
+
+/// `GET /v1/me/push`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistrations {
+    pub registrations: Vec<PushRegistration>,
+}
+
+/// `PUT /v1/me/notifications` (do not disturb) and `PUT
+/// /v1/conversations/{id}/notifications` (mute one): until a time, forever, or (neither)
+/// lifted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MuteNotifications {
+    /// ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forever: bool,
+}

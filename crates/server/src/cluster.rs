@@ -149,6 +149,13 @@ impl Cluster {
 
     /// Whether this node is alone on an in-process bus (nothing is ever published to it, so
     /// large conversations' topics need no subscription).
+    /// Which of `users` have a live session on some node (this one included), by the
+    /// shared directory; `None` when the bus does not answer.
+    pub(crate) async fn online(&self, users: &[UserId]) -> Option<Vec<bool>> {
+        let nodes = with_timeout(self.bus.nodes_of(users)).await.ok()?;
+        Some(nodes.iter().map(|n| !n.is_empty()).collect())
+    }
+
     pub(crate) fn alone(&self) -> bool {
         !self.bus.has_peers()
     }

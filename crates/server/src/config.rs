@@ -331,7 +331,64 @@ pub struct Config {
     /// Words and patterns that refuse or flag messages, and the moderation webhook
     /// (`[content_rules]` in the file; docs/protocol.md "Content rules").
     pub content_rules: ContentRules,
+    /// Push notifications (`[push]` in the file; docs/protocol.md "Push notifications").
+    pub push: PushSettings,
     pub limits: Limits,
+}
+
+/// Push notifications for members with no live session.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// The app's own push gateway (provider `webhook`): the server POSTs each notification
+    /// there, signed with `webhook_secret`. Unset: the provider is off.
+    pub webhook_url: Option<String>,
+    /// Key of the gateway requests' `X-Natter-Signature` (HMAC-SHA256 of the body).
+    pub webhook_secret: Option<String>,
+    /// Messages to one user in one conversation within this many milliseconds of the first
+    /// become one notification.
+    pub window_ms: u64,
+    /// What a notification shows: `preview` (sender and text), `sender`, or `none` ("new
+    /// message").
+    pub payload: String,
+    /// Groups with more members than this push no messages (mentions come later).
+    pub large_group: usize,
+    /// Most notifications one user gets per minute (more wait).
+    pub per_user_per_min: u32,
+    /// Attempts at a notification the provider keeps failing (5xx, time-outs).
+    pub max_attempts: u32,
+    /// How long a provider has to answer, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            webhook_url: None,
+            webhook_secret: None,
+            window_ms: 3_000,
+            payload: "preview".to_owned(),
+            large_group: 50,
+            per_user_per_min: 30,
+            max_attempts: 8,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for PushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushSettings")
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "…"))
+            .field("window_ms", &self.window_ms)
+            .field("payload", &self.payload)
+            .field("large_group", &self.large_group)
+            .field("per_user_per_min", &self.per_user_per_min)
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// Content rules and the moderation webhook, applied to every message and edit before it
@@ -456,6 +513,7 @@ impl Default for Config {
             media_types: DEFAULT_MEDIA_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             admins: Vec::new(),
             content_rules: ContentRules::default(),
+            push: PushSettings::default(),
             limits: Limits::default(),
         }
     }
@@ -626,6 +684,12 @@ impl Config {
             bail!("max_group_members must be at least 2");
         }
         crate::moderation::ContentFilter::new(&self.content_rules)?;
+        if !["preview", "sender", "none"].contains(&self.push.payload.as_str()) {
+            bail!("push.payload is preview, sender or none");
+        }
+        if self.push.timeout_ms == 0 || self.push.max_attempts == 0 {
+            bail!("push.timeout_ms and push.max_attempts must be positive");
+        }
         if self.media_secret.as_ref().is_some_and(|s| s.len() < 32) {
             bail!("media_secret must be at least 32 bytes");
         }

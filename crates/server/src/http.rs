@@ -11,6 +11,7 @@ mod invitations;
 mod media;
 mod moderation;
 mod poll;
+mod push;
 mod sse;
 mod webapp;
 
@@ -50,6 +51,10 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))
         .route("/v1/me/password", put(accounts::change_password))
         .route("/v1/me/export", get(export::export))
+        .route("/v1/me/push", post(push::register).get(push::list))
+        .route("/v1/me/push/{id}", axum::routing::delete(push::unregister))
+        .route("/v1/me/notifications", put(push::dnd))
+        .route("/v1/conversations/{id}/notifications", put(push::mute))
         .route("/v1/me/blocks", get(blocks::list))
         .route("/v1/me/blocks/{id}", put(blocks::block).delete(blocks::unblock))
         .route("/v1/users", get(accounts::users))

@@ -32,6 +32,7 @@ mod metrics;
 mod moderation;
 mod port;
 mod presence;
+mod push;
 mod rate;
 mod receipts;
 mod router;
@@ -172,6 +173,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let media = media::Media::open(&cfg, &secret).await.context("opening media storage")?;
     let tickets = auth::ticket::Tickets::new(&secret);
     let content = moderation::ContentFilter::new(&cfg.content_rules)?;
+    let (push, push_rx) = push::Push::new(&cfg.push)?;
     if cfg.redis_url.is_some() && cfg.media_url.is_none() {
         tracing::warn!(
             "cluster mode with media on this node's disk: other nodes cannot serve its uploads; \
@@ -185,7 +187,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         metrics,
         (cluster, port),
         presence_tx,
-        (media, tickets, content),
+        (media, tickets, content, push),
     );
     let cluster_stop = tokio_util::sync::CancellationToken::new();
     let cluster_tasks = cluster::spawn(&state, tasks, &cluster_stop);
@@ -195,6 +197,10 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let polls = Arc::new(http::PollStreams::default());
     let ephemeral_task = tokio::spawn(run_ephemeral(state.clone(), polls.clone()));
     let media_task = tokio::spawn(collect_media(state.clone()));
+    let push_tasks = [
+        tokio::spawn(push::queue(state.clone(), push_rx)),
+        tokio::spawn(push::dispatch(state.clone())),
+    ];
     let app = http::router(state.clone(), polls.clone());
     let serve_state = state.clone();
     let done = tokio::spawn(async move {
@@ -211,6 +217,9 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
         let _ = receipts_task.await;
         let _ = ephemeral_task.await;
         let _ = media_task.await;
+        for task in push_tasks {
+            let _ = task.await;
+        }
         // Poll streams hold sessions between requests; they end with the server.
         polls.clear();
         store.close().await;

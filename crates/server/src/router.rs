@@ -55,7 +55,11 @@ async fn route_commits(state: &AppState, batch: Vec<Committed>) {
     let mut remote = Vec::new();
     for entry in batch {
         let copy = publish.then(|| entry.clone());
+        let push = crate::push::prepare(state, &entry.entry);
         let members = fan_out(state, entry, routed_at).await;
+        if let (Some(push), Some(members)) = (push, &members) {
+            crate::push::offer(state, push, members);
+        }
         if let (Some(entry), Some(members)) = (copy, members) {
             remote.push((entry, members));
         }

@@ -49,6 +49,7 @@ struct Inner {
     touches: crate::auth::Touches,
     blocks: crate::blocks::BlockCache,
     content: crate::moderation::ContentFilter,
+    push: crate::push::Push,
 }
 
 impl AppState {
@@ -59,7 +60,12 @@ impl AppState {
         metrics: PrometheusHandle,
         (cluster, port): (Cluster, Port),
         presence_changes: mpsc::UnboundedSender<LocalPresence>,
-        (media, tickets, content): (Media, Tickets, crate::moderation::ContentFilter),
+        (media, tickets, content, push): (
+            Media,
+            Tickets,
+            crate::moderation::ContentFilter,
+            crate::push::Push,
+        ),
     ) -> AppState {
         let rate = RateLimits::new(&cfg.limits);
         AppState(Arc::new(Inner {
@@ -83,6 +89,7 @@ impl AppState {
             touches: crate::auth::Touches::default(),
             blocks: crate::blocks::BlockCache::default(),
             content,
+            push,
         }))
     }
 
@@ -137,6 +144,10 @@ impl AppState {
     pub(crate) fn tickets(&self) -> &Tickets {
         &self.0.tickets
     }
+    pub(crate) fn push(&self) -> &crate::push::Push {
+        &self.0.push
+    }
+
     pub(crate) fn content(&self) -> &crate::moderation::ContentFilter {
         &self.0.content
     }

@@ -109,6 +109,88 @@ pub struct UserRecord {
     pub suspended_until: Option<i64>,
 }
 
+/// A device's push registration to record ([`Store::add_push_registration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPushRegistration {
+    /// `webhook` (the server's own push gateway setting), `webpush`, `fcm` or `apns`.
+    pub provider: String,
+    /// The provider's address of the device: a gateway token, a Web Push endpoint URL, an
+    /// FCM or APNs device token.
+    pub token: String,
+    /// Web Push: the subscription's keys (base64url).
+    pub p256dh: Option<String>,
+    pub auth: Option<String>,
+}
+
+/// A push registration as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRegistration {
+    pub id: i64,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub provider: String,
+    pub token: String,
+    pub p256dh: Option<String>,
+    pub auth: Option<String>,
+    pub created_at: i64,
+}
+
+/// A message that may become a push ([`Store::queue_pushes`]): for `user`, who has no live
+/// session anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushCandidate {
+    pub user: UserId,
+    pub conversation: ConversationId,
+    pub seq: Seq,
+    pub sender: UserId,
+    /// The text a push may show (cut short; the payload setting decides).
+    pub preview: String,
+    /// When a new job is due (ms): later messages coalesce into it until then.
+    pub due_at: i64,
+}
+
+/// What a push job sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    /// New messages `first_seq..=last_seq` (`count` of them).
+    Notify,
+    /// The user read the conversation elsewhere: remove the notification shown.
+    Clear,
+}
+
+/// A claimed push job, with what sending it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushJob {
+    pub id: i64,
+    pub user: UserId,
+    pub conversation: ConversationId,
+    pub kind: PushKind,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub count: u64,
+    pub sender: UserId,
+    pub sender_handle: String,
+    /// The group's title (none for a direct conversation).
+    pub title: Option<String>,
+    pub preview: String,
+    pub attempts: u32,
+    pub registrations: Vec<PushRegistration>,
+}
+
+/// How sending a job ended ([`Store::finish_push`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Sent (or nothing left to send): what it covered, up to `last_seq` and `count`
+    /// messages, is done (`pushed`: a notification was shown, so reading clears it);
+    /// messages that coalesced into it while it was out stay queued, due at `next_due`.
+    Done { last_seq: Seq, count: u64, pushed: bool, next_due: i64 },
+    /// Try again at `due_at` (a provider error or a time-out).
+    Retry { due_at: i64 },
+}
+
+/// Most push registrations one user may have (`conflict` past it).
+pub const MAX_PUSH_REGISTRATIONS: i64 = 20;
+
 /// The `suspended_until` of a ban: a suspension with no end.
 pub const BANNED: i64 = i64::MAX;
 
@@ -490,6 +572,40 @@ pub trait Store: Send + Sync + 'static {
         unattached_before: i64,
         orphaned_before: i64,
     ) -> Result<Collected>;
+
+    // ---- push notifications ----
+
+    /// Records a push registration of `device` (the same provider and token again moves it
+    /// to this device); its id.
+    async fn add_push_registration(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        registration: NewPushRegistration,
+    ) -> Result<i64>;
+    /// `user`'s push registrations, oldest first.
+    async fn push_registrations(&self, user: UserId) -> Result<Vec<PushRegistration>>;
+    /// Deletes one of `user`'s registrations; `NotFound` if it is not theirs.
+    async fn delete_push_registration(&self, user: UserId, id: i64) -> Result<()>;
+    /// Deletes a registration the provider says is dead.
+    async fn drop_push_token(&self, provider: &str, token: &str) -> Result<()>;
+    /// Mutes `user`'s notifications until `until` (ms; `None` lifts it): of one conversation
+    /// (`NotFound` if they are not a member), or all of them (do not disturb).
+    async fn mute_notifications(
+        &self,
+        user: UserId,
+        conversation: Option<ConversationId>,
+        until: Option<i64>,
+    ) -> Result<()>;
+    /// Queues pushes in one transaction (now: `now`): each candidate joins its user's pending
+    /// job for the conversation, or starts one due at its `due_at`; skipped when the user has
+    /// no registration, is in do-not-disturb, muted the conversation, or has read it. How
+    /// many jobs were made or grew.
+    async fn queue_pushes(&self, candidates: Vec<PushCandidate>, now: i64) -> Result<u64>;
+    /// Claims up to `limit` jobs due at `now` whose lease lapsed, for `lease_ms`.
+    async fn claim_pushes(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>>;
+    /// Ends a claimed job's attempt.
+    async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()>;
 
     // ---- reports and server administration ----
 

@@ -18,6 +18,7 @@
 //! before its commit succeeded. Reads take a pooled connection each.
 
 mod admin;
+mod push;
 mod read;
 mod write;
 
@@ -39,8 +40,9 @@ use tokio_postgres::error::SqlState;
 
 use crate::{
     Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
-    NewGroup, NewMedia, NewReport, Page, PendingAck, Principal, Range, Result, Store, StoreError,
-    StoreLimits, TokenHash, UserRecord,
+    NewGroup, NewMedia, NewPushRegistration, NewReport, Page, PendingAck, Principal, PushCandidate,
+    PushJob, PushOutcome, PushRegistration, Range, Result, Store, StoreError, StoreLimits,
+    TokenHash, UserRecord,
 };
 use admin::{AdminOp, AdminOut};
 
@@ -72,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0011_blocks.sql"),
     include_str!("../migrations/postgres/0012_group_moderation.sql"),
     include_str!("../migrations/postgres/0013_administration.sql"),
+    include_str!("../migrations/postgres/0014_push.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -838,6 +841,56 @@ impl Store for PgStore {
             Out::Collected(collected) => Ok(collected),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn add_push_registration(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        registration: NewPushRegistration,
+    ) -> Result<i64> {
+        let c = self.client().await?;
+        push::add_registration(&c, user, device, &registration).await.map_err(Fail::into_store)
+    }
+
+    async fn push_registrations(&self, user: UserId) -> Result<Vec<PushRegistration>> {
+        let c = self.client().await?;
+        push::registrations(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn delete_push_registration(&self, user: UserId, id: i64) -> Result<()> {
+        let c = self.client().await?;
+        push::delete_registration(&c, user, id).await.map_err(Fail::into_store)
+    }
+
+    async fn drop_push_token(&self, provider: &str, token: &str) -> Result<()> {
+        let c = self.client().await?;
+        push::drop_token(&c, provider, token).await.map_err(Fail::into_store)
+    }
+
+    async fn mute_notifications(
+        &self,
+        user: UserId,
+        conversation: Option<ConversationId>,
+        until: Option<i64>,
+    ) -> Result<()> {
+        let c = self.client().await?;
+        push::mute(&c, user, conversation, until).await.map_err(Fail::into_store)
+    }
+
+    async fn queue_pushes(&self, candidates: Vec<PushCandidate>, now: i64) -> Result<u64> {
+        let c = self.client().await?;
+        push::queue(&c, &candidates, now).await.map_err(Fail::into_store)
+    }
+
+    async fn claim_pushes(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>> {
+        let c = self.client().await?;
+        push::claim(&c, now, lease_ms, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()> {
+        let c = self.client().await?;
+        push::finish(&c, id, outcome).await.map_err(Fail::into_store)
     }
 
     async fn create_report(&self, report: NewReport) -> Result<i64> {

@@ -10,6 +10,7 @@
 //! proceed while the writer commits.
 
 mod admin;
+mod push;
 mod read;
 mod write;
 
@@ -29,8 +30,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
     Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
-    NewGroup, NewMedia, NewReport, Page, PendingAck, Principal, Range, Result, Store, StoreError,
-    StoreLimits, TokenHash, UserRecord,
+    NewGroup, NewMedia, NewPushRegistration, NewReport, Page, PendingAck, Principal, PushCandidate,
+    PushJob, PushOutcome, PushRegistration, Range, Result, Store, StoreError, StoreLimits,
+    TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -53,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0011_blocks.sql"),
     include_str!("../migrations/sqlite/0012_group_moderation.sql"),
     include_str!("../migrations/sqlite/0013_administration.sql"),
+    include_str!("../migrations/sqlite/0014_push.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -625,6 +628,49 @@ impl Store for SqliteStore {
         orphaned_before: i64,
     ) -> Result<Collected> {
         self.write(move |c, _| write::collect_media(c, unattached_before, orphaned_before)).await
+    }
+
+    async fn add_push_registration(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        registration: NewPushRegistration,
+    ) -> Result<i64> {
+        self.write(move |c, _| push::add_registration(c, user, device, &registration)).await
+    }
+
+    async fn push_registrations(&self, user: UserId) -> Result<Vec<PushRegistration>> {
+        self.read(move |c| push::registrations(c, user)).await
+    }
+
+    async fn delete_push_registration(&self, user: UserId, id: i64) -> Result<()> {
+        self.write(move |c, _| push::delete_registration(c, user, id)).await
+    }
+
+    async fn drop_push_token(&self, provider: &str, token: &str) -> Result<()> {
+        let (provider, token) = (provider.to_owned(), token.to_owned());
+        self.write(move |c, _| push::drop_token(c, &provider, &token)).await
+    }
+
+    async fn mute_notifications(
+        &self,
+        user: UserId,
+        conversation: Option<ConversationId>,
+        until: Option<i64>,
+    ) -> Result<()> {
+        self.write(move |c, _| push::mute(c, user, conversation, until)).await
+    }
+
+    async fn queue_pushes(&self, candidates: Vec<PushCandidate>, now: i64) -> Result<u64> {
+        self.write(move |c, _| push::queue(c, &candidates, now)).await
+    }
+
+    async fn claim_pushes(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>> {
+        self.write(move |c, _| push::claim(c, now, lease_ms, limit)).await
+    }
+
+    async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()> {
+        self.write(move |c, _| push::finish(c, id, outcome)).await
     }
 
     async fn create_report(&self, report: NewReport) -> Result<i64> {

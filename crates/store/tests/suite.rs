@@ -68,6 +68,7 @@ macro_rules! store_suite {
             a_block_stops_new_conversations_adds_direct_writes_and_presence,
             groups_are_moderated_by_owner_and_admins,
             reports_keep_what_was_reported_and_admins_act_on_them,
+            the_push_queue_coalesces_leases_and_clears_on_read,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1617,6 +1618,107 @@ async fn reports_keep_what_was_reported_and_admins_act_on_them<S: Store>(f: Fixt
     assert_eq!(s.audit_log(Some(audit[1].id), 1).await.unwrap()[0].id, audit[2].id);
     s.set_admin(mod_, false, Some(ann)).await.unwrap();
     assert!(!s.is_admin(mod_).await.unwrap());
+}
+
+async fn the_push_queue_coalesces_leases_and_clears_on_read<S: Store>(f: Fixture<S>) {
+    use natter_store::{NewPushRegistration, PushCandidate, PushKind, PushOutcome};
+    let s = &*f.store;
+    let [ann, bob, cy] = users(s, ["ann", "bob", "cy"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let (ac, _) = s.create_direct(ann, cy).await.unwrap();
+    let phone = s.create_device(bob, "phone", [3; 32]).await.unwrap();
+    let reg = |token: &str| NewPushRegistration {
+        provider: "webhook".into(),
+        token: token.into(),
+        p256dh: None,
+        auth: None,
+    };
+    let id = s.add_push_registration(bob, phone, reg("t1")).await.unwrap();
+    assert_eq!(s.add_push_registration(bob, phone, reg("t1")).await.unwrap(), id, "the same token");
+    assert_eq!(s.push_registrations(bob).await.unwrap().len(), 1);
+    assert_eq!(code(s.delete_push_registration(ann, id).await), ErrorCode::NotFound);
+    let t0 = now();
+    let candidate = |user, conv, seq, due_at| PushCandidate {
+        user,
+        conversation: conv,
+        seq,
+        sender: ann,
+        preview: format!("m{seq}"),
+        due_at,
+    };
+
+    // Three messages coalesce into one job; cy has no registration: nothing for cy.
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        seqs.push(send(s, ab, ann, &format!("a{i}"), "x").await.seq);
+    }
+    let m_cy = send(s, ac, ann, "c", "x").await.seq;
+    let cands: Vec<_> = seqs.iter().map(|q| candidate(bob, ab, *q, t0 + 1_000)).collect();
+    assert_eq!(s.queue_pushes(cands, t0).await.unwrap(), 3);
+    assert_eq!(s.queue_pushes(vec![candidate(cy, ac, m_cy, t0)], t0).await.unwrap(), 0);
+    assert!(s.claim_pushes(t0, 60_000, 10).await.unwrap().is_empty(), "not due yet");
+    let jobs = s.claim_pushes(t0 + 1_000, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(
+        (job.kind, job.first_seq, job.last_seq, job.count),
+        (PushKind::Notify, seqs[0], seqs[2], 3)
+    );
+    assert_eq!(
+        (job.sender_handle.as_str(), job.preview.as_str()),
+        ("ann", format!("m{}", seqs[2]).as_str())
+    );
+    assert_eq!(job.registrations.len(), 1);
+    assert!(s.claim_pushes(t0 + 2_000, 60_000, 10).await.unwrap().is_empty(), "leased");
+
+    // A message joins while it is out: finishing keeps it, due at `next_due`.
+    let late = send(s, ab, ann, "a3", "x").await.seq;
+    s.queue_pushes(vec![candidate(bob, ab, late, t0 + 3_000)], t0 + 2_000).await.unwrap();
+    let done =
+        PushOutcome::Done { last_seq: job.last_seq, count: 3, pushed: true, next_due: t0 + 5_000 };
+    s.finish_push(job.id, done).await.unwrap();
+    assert!(s.claim_pushes(t0 + 4_000, 60_000, 10).await.unwrap().is_empty());
+    let again = s.claim_pushes(t0 + 5_000, 60_000, 10).await.unwrap();
+    assert_eq!((again[0].first_seq, again[0].last_seq, again[0].count), (late, late, 1));
+    // Retry: due again later, attempts counted; a lapsed lease is claimed again.
+    s.finish_push(again[0].id, PushOutcome::Retry { due_at: t0 + 6_000 }).await.unwrap();
+    let retried = s.claim_pushes(t0 + 6_000, 1_000, 10).await.unwrap();
+    assert_eq!(retried[0].attempts, 1);
+    let lapsed = s.claim_pushes(t0 + 7_001, 1_000, 10).await.unwrap();
+    assert_eq!(lapsed.len(), 1, "the lease lapsed: another node takes it");
+
+    // Reading drops the pending job and, since one was shown, queues a clear.
+    s.set_cursors(vec![CursorUpdate {
+        conversation: ab,
+        user: bob,
+        delivered: None,
+        read: Some(late),
+    }])
+    .await
+    .unwrap();
+    let cleared = s.claim_pushes(now() + 1, 60_000, 10).await.unwrap();
+    assert_eq!(cleared.len(), 1);
+    assert_eq!((cleared[0].kind, cleared[0].last_seq), (PushKind::Clear, late));
+    let done = PushOutcome::Done { last_seq: late, count: 0, pushed: true, next_due: 0 };
+    s.finish_push(cleared[0].id, done).await.unwrap();
+    assert!(s.claim_pushes(i64::MAX - 1, 60_000, 10).await.unwrap().is_empty());
+
+    // Muted, do-not-disturb and read messages queue nothing; a dead token goes.
+    let m = send(s, ab, ann, "a4", "x").await.seq;
+    s.mute_notifications(bob, Some(ab), Some(i64::MAX)).await.unwrap();
+    assert_eq!(s.queue_pushes(vec![candidate(bob, ab, m, t0)], now()).await.unwrap(), 0);
+    s.mute_notifications(bob, Some(ab), None).await.unwrap();
+    s.mute_notifications(bob, None, Some(i64::MAX)).await.unwrap();
+    assert_eq!(s.queue_pushes(vec![candidate(bob, ab, m, t0)], now()).await.unwrap(), 0);
+    s.mute_notifications(bob, None, None).await.unwrap();
+    assert_eq!(s.queue_pushes(vec![candidate(bob, ab, late, t0)], now()).await.unwrap(), 0, "read");
+    assert_eq!(code(s.mute_notifications(cy, Some(ab), None).await), ErrorCode::NotFound);
+    s.drop_push_token("webhook", "t1").await.unwrap();
+    assert!(s.push_registrations(bob).await.unwrap().is_empty());
+    // A registration goes with its device.
+    s.add_push_registration(bob, phone, reg("t2")).await.unwrap();
+    s.revoke_device(bob, phone).await.unwrap();
+    assert!(s.push_registrations(bob).await.unwrap().is_empty());
 }
 
 fn now() -> i64 {

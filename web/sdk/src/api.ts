@@ -304,6 +304,30 @@ export class Api {
     return this.call("GET", "/v1/me/export");
   }
 
+  // --- push notifications ---------------------------------------------------------------
+
+  /** `POST /v1/me/push`: this device's push registration; its id. */
+  async registerPush(registration: { provider: string; token: string; p256dh?: string; auth?: string }): Promise<number> {
+    const res = await this.call<{ id: number }>("POST", "/v1/me/push", registration);
+    return res.id;
+  }
+
+  /** `GET /v1/me/push`. */
+  async pushRegistrations(): Promise<{ id: number; provider: string; device_id: DeviceId; created_at: number }[]> {
+    const res = await this.call<{ registrations: { id: number; provider: string; device_id: DeviceId; created_at: number }[] }>("GET", "/v1/me/push");
+    return res.registrations;
+  }
+
+  /** `DELETE /v1/me/push/{id}`. */
+  async unregisterPush(id: number): Promise<void> {
+    await this.call<unknown>("DELETE", `/v1/me/push/${id}`);
+  }
+
+  /** Mutes a conversation's pushes (or, without `conv`, all of them: do not disturb) until `until`, forever, or (neither) no more. */
+  async muteNotifications(conv: ConversationId | undefined, mute: { until?: number; forever?: boolean } = {}): Promise<void> {
+    await this.call<unknown>("PUT", conv === undefined ? "/v1/me/notifications" : `/v1/conversations/${conv}/notifications`, mute);
+  }
+
   // --- blocks and reports -------------------------------------------------------------
 
   /** `GET /v1/me/blocks`: whom you block. */

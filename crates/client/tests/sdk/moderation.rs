@@ -98,5 +98,18 @@ async fn blocks_moderation_reports_and_administration_through_the_sdk() {
     assert_eq!(archive["user"]["user_id"], alice_id.0);
     let devices = alice_api.devices().await.expect("devices");
     assert_eq!(devices.devices.len(), 1);
+    // Push registrations need a provider the server enabled: this node has none.
+    let push = natter_client::proto::rest::NewPushRegistration {
+        provider: "webhook".into(),
+        token: "t".into(),
+        p256dh: None,
+        auth: None,
+    };
+    let refused = alice_api.register_push(&push).await.expect_err("no provider");
+    assert_eq!(refused.code(), Some(ErrorCode::BadRequest));
+    assert!(alice_api.push_registrations().await.expect("list").is_empty());
+    let forever = natter_client::proto::rest::MuteNotifications { until: None, forever: true };
+    alice_api.mute_notifications(Some(group), &forever).await.expect("mute");
+    alice_api.mute_notifications(None, &Default::default()).await.expect("dnd off");
     drop(alice);
 }

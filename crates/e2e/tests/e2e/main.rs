@@ -28,6 +28,7 @@ mod operations;
 mod ordering;
 mod presence;
 mod profiles;
+mod push;
 mod rate_limits;
 mod receipts;
 mod smoke;

@@ -1031,6 +1031,9 @@ async fn set_cursors(c: &Conn, updates: &[CursorUpdate]) -> PgResult<Vec<Receipt
             ],
         )
         .await?;
+        if receipt.read_seq > read {
+            super::push::clear_read(c, u.user, u.conversation, receipt.read_seq as i64).await?;
+        }
         changed.push(receipt);
     }
     Ok(changed)

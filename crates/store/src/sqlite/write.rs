@@ -988,6 +988,9 @@ pub(super) fn set_cursors(c: &Connection, updates: &[CursorUpdate]) -> Result<Ve
             ])
         })
         .map_err(internal)?;
+        if receipt.read_seq > read as u64 {
+            super::push::clear_read(c, u.user, u.conversation, receipt.read_seq as i64)?;
+        }
         changed.push(receipt);
     }
     Ok(changed)

@@ -1,0 +1,111 @@
+//! # Push registrations and notification settings (issue 14)
+//!
+//! `POST`/`GET /v1/me/push`, `DELETE /v1/me/push/{id}`: the caller's device registers where
+//! its pushes go (a registration belongs to the device that made it: its logout deletes
+//! it). `PUT /v1/me/notifications` is do-not-disturb, `PUT
+//! /v1/conversations/{id}/notifications` mutes one conversation's pushes.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use natter_proto::ConversationId;
+use natter_proto::rest::{
+    MuteNotifications, NewPushRegistration, PushRegistration, PushRegistrations, ReportId,
+};
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::state::AppState;
+
+/// Longest provider token (a Web Push endpoint URL is the longest kind).
+const MAX_TOKEN_BYTES: usize = 2048;
+
+pub(super) async fn register(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<NewPushRegistration>,
+) -> ApiResult<(StatusCode, Json<ReportId>)> {
+    let JsonBody(req) = body;
+    let enabled = match req.provider.as_str() {
+        "webhook" => state.cfg().push.webhook_url.is_some(),
+        _ => false,
+    };
+    if !enabled {
+        return Err(ApiError::bad_request(format!(
+            "the push provider {:?} is not enabled on this server",
+            req.provider.chars().take(32).collect::<String>()
+        )));
+    }
+    if req.token.is_empty() || req.token.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("token is empty or has control characters"));
+    }
+    if req.token.len() > MAX_TOKEN_BYTES {
+        return Err(ApiError::too_large(format!("token is over {MAX_TOKEN_BYTES} bytes")));
+    }
+    let reg = natter_store::NewPushRegistration {
+        provider: req.provider,
+        token: req.token,
+        p256dh: req.p256dh,
+        auth: req.auth,
+    };
+    let p = auth.principal;
+    let id = state.store().add_push_registration(p.user_id, p.device_id, reg).await?;
+    Ok((StatusCode::CREATED, Json(ReportId { id })))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<PushRegistrations>> {
+    let registrations = state
+        .store()
+        .push_registrations(auth.principal.user_id)
+        .await?
+        .into_iter()
+        .map(|r| PushRegistration {
+            id: r.id,
+            provider: r.provider,
+            device_id: r.device,
+            created_at: r.created_at,
+        })
+        .collect();
+    Ok(Json(PushRegistrations { registrations }))
+}
+
+pub(super) async fn unregister(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    state.store().delete_push_registration(auth.principal.user_id, id?.0).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn until(req: &MuteNotifications) -> Option<i64> {
+    if req.forever { Some(i64::MAX) } else { req.until }
+}
+
+/// `PUT /v1/me/notifications`: do not disturb.
+pub(super) async fn dnd(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<MuteNotifications>,
+) -> ApiResult<StatusCode> {
+    let JsonBody(req) = body;
+    state.store().mute_notifications(auth.principal.user_id, None, until(&req)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/conversations/{id}/notifications`: one conversation's pushes.
+pub(super) async fn mute(
+    State(state): State<AppState>,
+    auth: Auth,
+    id: Result<Path<i64>, PathRejection>,
+    body: JsonBody<MuteNotifications>,
+) -> ApiResult<StatusCode> {
+    let conv = ConversationId(id?.0);
+    let JsonBody(req) = body;
+    state.store().mute_notifications(auth.principal.user_id, Some(conv), until(&req)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

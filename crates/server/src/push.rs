@@ -1,0 +1,361 @@
+//! Push notifications (issue 14, first part): for members with no live session anywhere.
+//!
+//! Two tasks per node:
+//! - **queueing**: the router offers each message it committed here ([`offer`]: a
+//!   `try_send`, so the message path never waits); the task asks the shared directory which
+//!   members have no session on any node and queues one push candidate each
+//!   (`Store::queue_pushes`: a user's messages in one conversation join one pending job
+//!   until it is due, `window_ms` after the first; skipped for users without a registration,
+//!   in do-not-disturb, who muted the conversation or already read it).
+//! - **dispatch**: claims due jobs under a lease (a dead node's jobs are claimed again when
+//!   the lease lapses, by any node), checks once more that the user is still away, and sends
+//!   to each of their registrations; 5xx and time-outs retry with backoff, a token the
+//!   provider calls dead (404, 410) is deleted. Reading the conversation anywhere drops the
+//!   pending job and, when a notification was shown, queues a silent `clear`.
+//!
+//! Providers: `webhook` (the app's own push gateway, `push.webhook_url`, HMAC-signed JSON).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hmac::{KeyInit, Mac};
+use natter_proto::{ConversationId, EntryBody, Seq, UserId};
+use natter_store::{PushCandidate, PushJob, PushKind, PushOutcome, PushRegistration};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::PushSettings;
+use crate::state::AppState;
+
+/// Committed messages waiting for the queueing task; past it, pushes for new messages are
+/// skipped (and counted) rather than slowing the router.
+const OFFER_QUEUE: usize = 4096;
+/// Jobs one dispatch round claims.
+const CLAIM: u32 = 100;
+/// How long a claim holds a job before another node may take it.
+const LEASE_MS: i64 = 60_000;
+/// How often the dispatcher looks for due jobs.
+const TICK: Duration = Duration::from_millis(100);
+/// Characters of a message a notification may show.
+const PREVIEW_CHARS: usize = 120;
+
+/// A message committed on this node, for the queueing task.
+pub(crate) struct Offered {
+    conversation: ConversationId,
+    seq: Seq,
+    sender: UserId,
+    preview: String,
+    members: Arc<Vec<UserId>>,
+}
+
+/// What the router keeps of a message for [`offer`]: nothing unless a provider is on.
+pub(crate) struct Prepared {
+    conversation: ConversationId,
+    seq: Seq,
+    sender: UserId,
+    preview: String,
+}
+
+/// The node's push side: the queue into the queueing task, the provider client, the rate
+/// limit per user.
+pub(crate) struct Push {
+    offers: mpsc::Sender<Offered>,
+    client: reqwest::Client,
+    limiter: Option<DefaultKeyedRateLimiter<UserId>>,
+}
+
+impl Push {
+    pub(crate) fn new(settings: &PushSettings) -> anyhow::Result<(Push, mpsc::Receiver<Offered>)> {
+        let (offers, rx) = mpsc::channel(OFFER_QUEUE);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let limiter = NonZeroU32::new(settings.per_user_per_min).map(|n| {
+            let quota = Quota::per_minute(n);
+            RateLimiter::dashmap(quota)
+        });
+        Ok((Push { offers, client, limiter }, rx))
+    }
+}
+
+/// Whether any provider is on (else nothing is queued at all).
+fn enabled(settings: &PushSettings) -> bool {
+    settings.webhook_url.is_some()
+}
+
+/// Keeps what a push needs of a committed entry: messages only, and only with a provider on.
+pub(crate) fn prepare(state: &AppState, entry: &natter_proto::Entry) -> Option<Prepared> {
+    let EntryBody::Message { body, attachments, .. } = &entry.body else { return None };
+    if !enabled(&state.cfg().push) {
+        return None;
+    }
+    let mut preview: String = body.chars().take(PREVIEW_CHARS).collect();
+    if preview.is_empty() && !attachments.is_empty() {
+        preview = "📎".to_owned();
+    }
+    Some(Prepared {
+        conversation: entry.conversation,
+        seq: entry.seq,
+        sender: entry.sender,
+        preview,
+    })
+}
+
+/// Offers a message committed on this node to the queueing task (the router calls it after
+/// its fan-out; never waits).
+pub(crate) fn offer(state: &AppState, p: Prepared, members: &Arc<Vec<UserId>>) {
+    if members.len() > state.cfg().push.large_group.max(2) {
+        return;
+    }
+    let offered = Offered {
+        conversation: p.conversation,
+        seq: p.seq,
+        sender: p.sender,
+        preview: p.preview,
+        members: members.clone(),
+    };
+    if state.push().offers.try_send(offered).is_err() {
+        metrics::counter!("natter_push_offers_dropped_total").increment(1);
+    }
+}
+
+/// The queueing task: turns offered messages into push candidates for the members who are
+/// away, in batches.
+pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
+    let mut batch = Vec::new();
+    loop {
+        let n = tokio::select! {
+            () = state.shutdown_token().cancelled() => return,
+            n = rx.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let window = i64::try_from(state.cfg().push.window_ms).unwrap_or(i64::MAX);
+        let now = crate::now_ms();
+        let mut candidates = Vec::new();
+        for o in batch.drain(..) {
+            let others: Vec<UserId> =
+                o.members.iter().copied().filter(|u| *u != o.sender).collect();
+            let Some(online) = state.cluster().online(&others).await else {
+                // Without the directory nobody can be known away: no pushes, rather than
+                // pushes to people reading the chat.
+                metrics::counter!("natter_push_offers_dropped_total").increment(1);
+                continue;
+            };
+            for (user, online) in others.into_iter().zip(online) {
+                if !online && state.sessions().n_sessions(user) == 0 {
+                    candidates.push(PushCandidate {
+                        user,
+                        conversation: o.conversation,
+                        seq: o.seq,
+                        sender: o.sender,
+                        preview: o.preview.clone(),
+                        due_at: now.saturating_add(window),
+                    });
+                }
+            }
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        if let Err(err) = state.store().queue_pushes(candidates, now).await {
+            tracing::warn!(error = %err, "queueing pushes failed");
+        }
+    }
+}
+
+/// The dispatcher: sends due jobs until shutdown.
+pub(crate) async fn dispatch(state: AppState) {
+    if !enabled(&state.cfg().push) {
+        return;
+    }
+    let mut timer = tokio::time::interval(TICK);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown_token().cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let jobs = match state.store().claim_pushes(crate::now_ms(), LEASE_MS, CLAIM).await {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming pushes failed");
+                continue;
+            }
+        };
+        for job in jobs {
+            let outcome = send(&state, &job).await;
+            if let Err(err) = state.store().finish_push(job.id, outcome).await {
+                tracing::warn!(error = %err, job = job.id, "recording a push failed");
+            }
+        }
+    }
+}
+
+/// What one provider call came to.
+enum Sent {
+    Ok,
+    /// Refused for good (a 4xx other than 404, 410 and 429): not shown, not retried.
+    Refused,
+    /// The provider says the token is dead: the registration goes.
+    Dead,
+    /// Worth another try later.
+    Retry,
+}
+
+async fn send(state: &AppState, job: &PushJob) -> PushOutcome {
+    let settings = &state.cfg().push;
+    let now = crate::now_ms();
+    let window = i64::try_from(settings.window_ms).unwrap_or(i64::MAX);
+    let done = |pushed| PushOutcome::Done {
+        last_seq: job.last_seq,
+        count: job.count,
+        pushed,
+        next_due: now.saturating_add(window),
+    };
+    if job.kind == PushKind::Notify {
+        // Back while the job waited: the user sees the messages live.
+        let back = state.sessions().n_sessions(job.user) > 0
+            || state.cluster().online(&[job.user]).await.is_some_and(|o| o[0]);
+        if back {
+            return done(false);
+        }
+        if let Some(limiter) = &state.push().limiter
+            && let Err(wait) = limiter.check_key(&job.user)
+        {
+            let wait = wait.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return PushOutcome::Retry {
+                due_at: now + i64::try_from(wait.as_millis()).unwrap_or(60_000).max(1),
+            };
+        }
+    }
+    if job.registrations.is_empty() {
+        return done(false);
+    }
+    let payload = Payload::of(job, &settings.payload);
+    let mut retry = false;
+    let mut pushed = false;
+    for reg in &job.registrations {
+        match deliver(state, reg, &payload).await {
+            Sent::Ok => {
+                pushed = true;
+                metrics::counter!("natter_pushes_sent_total", "provider" => reg.provider.clone())
+                    .increment(1);
+            }
+            Sent::Dead => {
+                metrics::counter!("natter_push_tokens_dropped_total").increment(1);
+                if let Err(err) = state.store().drop_push_token(&reg.provider, &reg.token).await {
+                    tracing::warn!(error = %err, "dropping a dead push token failed");
+                }
+            }
+            Sent::Retry => retry = true,
+            Sent::Refused => {}
+        }
+    }
+    if retry && job.attempts + 1 < settings.max_attempts {
+        metrics::counter!("natter_push_retries_total").increment(1);
+        // 1 s, 2 s, 4 s, … capped at 5 minutes.
+        let backoff = 1_000i64.saturating_mul(1 << job.attempts.min(8)).min(300_000);
+        return PushOutcome::Retry { due_at: now + backoff };
+    }
+    done(pushed)
+}
+
+/// What a notification carries, by the `push.payload` setting.
+#[derive(Serialize)]
+struct Payload {
+    kind: &'static str,
+    conversation: ConversationId,
+    /// Notifications of one conversation replace each other (the provider's collapse key).
+    collapse_id: String,
+    first_seq: Seq,
+    last_seq: Seq,
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+}
+
+impl Payload {
+    fn of(job: &PushJob, what: &str) -> Payload {
+        let notify = job.kind == PushKind::Notify;
+        let show_sender = notify && what != "none";
+        let body = notify.then(|| match (what, job.count) {
+            ("preview", 1) => job.preview.clone(),
+            (_, 1) => "New message".to_owned(),
+            (_, n) => format!("{n} new messages"),
+        });
+        Payload {
+            kind: if notify { "notify" } else { "clear" },
+            conversation: job.conversation,
+            collapse_id: format!("c{}", job.conversation),
+            first_seq: job.first_seq,
+            last_seq: job.last_seq,
+            count: job.count,
+            title: job.title.clone().filter(|_| show_sender),
+            sender: show_sender.then(|| job.sender_handle.clone()),
+            body,
+        }
+    }
+}
+
+/// The webhook gateway's request.
+#[derive(Serialize)]
+struct GatewayCall<'a> {
+    registration: &'a str,
+    user: UserId,
+    #[serde(flatten)]
+    notification: &'a Payload,
+}
+
+async fn deliver(state: &AppState, reg: &PushRegistration, payload: &Payload) -> Sent {
+    let settings = &state.cfg().push;
+    match reg.provider.as_str() {
+        "webhook" => {
+            let Some(url) = &settings.webhook_url else { return Sent::Retry };
+            let call =
+                GatewayCall { registration: &reg.token, user: reg.user, notification: payload };
+            let Ok(body) = serde_json::to_vec(&call) else { return Sent::Retry };
+            let mut req = state
+                .push()
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            if let Some(secret) = &settings.webhook_secret
+                && let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            {
+                mac.update(&body);
+                let sig = crate::media::hex(&mac.finalize().into_bytes());
+                req = req.header("x-natter-signature", format!("sha256={sig}"));
+            }
+            match req.body(body).send().await {
+                Ok(res) if res.status().is_success() => Sent::Ok,
+                Ok(res) if matches!(res.status().as_u16(), 404 | 410) => Sent::Dead,
+                Ok(res) if res.status().is_server_error() || res.status().as_u16() == 429 => {
+                    Sent::Retry
+                }
+                Ok(res) => {
+                    tracing::warn!(status = %res.status(), "the push gateway refused a notification");
+                    Sent::Refused
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "the push gateway did not answer");
+                    Sent::Retry
+                }
+            }
+        }
+        other => {
+            tracing::warn!(provider = other, "no such push provider on this node");
+            Sent::Retry
+        }
+    }
+}

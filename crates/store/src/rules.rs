@@ -93,6 +93,17 @@ pub(crate) fn direct_key(a: UserId, b: UserId) -> Result<String> {
     Ok(format!("{}:{}", a.0.min(b.0), a.0.max(b.0)))
 }
 
+/// The other member of the direct conversation whose [`direct_key`] is `key`.
+pub(crate) fn direct_peer(key: &str, me: UserId) -> Option<UserId> {
+    let (a, b) = key.split_once(':')?;
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    match (a == me.0, b == me.0) {
+        (true, false) => Some(UserId(b)),
+        (false, true) => Some(UserId(a)),
+        _ => None,
+    }
+}
+
 /// `existing`: the conversation found under [`direct_key`]; `b_exists`: whether `b` has an
 /// account that is not deleted and does not block `a` (the caller `a` is authenticated, so it
 /// has one; a block reads like an unknown user).
@@ -1128,6 +1139,15 @@ mod tests {
             err(admit_append(&a, None, None, 0)),
             (ErrorCode::NotFound, "conversation not found".into())
         );
+    }
+
+    #[test]
+    fn the_peer_of_a_direct_key() {
+        let key = direct_key(A, B).unwrap();
+        assert_eq!(direct_peer(&key, A), Some(B));
+        assert_eq!(direct_peer(&key, B), Some(A));
+        assert_eq!(direct_peer(&key, UserId(9)), None);
+        assert_eq!(direct_peer("nonsense", A), None);
     }
 
     #[test]

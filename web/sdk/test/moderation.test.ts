@@ -31,11 +31,14 @@ test("blocks, group moderation, reports and administration", async () => {
   await server.grantAdmin("root");
   const direct = (await alice.api.createDirect(bob.id)).id;
   const group = (await alice.api.createGroup("club", [bob.id])).id;
+  // Each client's events are recorded from the moment it exists, so that its `connected`
+  // cannot come before anyone listens.
   const aliceClient = await connect(server.url, alice.token);
-  const bobClient = await connect(server.url, bob.token);
   const a = new Recorder(aliceClient);
+  const bobClient = await connect(server.url, bob.token);
+  const b = new Recorder(bobClient);
   await a.connected();
-  await new Recorder(bobClient).connected();
+  await b.connected();
 
   await alice.api.block(bob.id);
   const list = await a.waitFor("the block list", (e) => (e.type === "blocks" ? e.blocked : undefined));

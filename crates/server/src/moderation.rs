@@ -18,6 +18,18 @@ use serde::{Deserialize, Serialize};
 use crate::config::ContentRules;
 use crate::error::{ApiError, ApiResult};
 
+/// The header that carries a signed outgoing request's [`signature`].
+pub(crate) const SIGNATURE_HEADER: &str = "x-natter-signature";
+
+/// `sha256=<hex HMAC-SHA256 of body under secret>`: what the server's outgoing webhooks (the
+/// moderation webhook, the push gateway) carry so that their receivers can check them.
+pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", crate::media::hex(&mac.finalize().into_bytes()))
+}
+
 /// Most bytes of a webhook's answer the server reads.
 const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
@@ -183,10 +195,7 @@ impl Webhook {
         let mut req =
             self.client.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(secret) = &self.secret {
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)?;
-            mac.update(&body);
-            let sig = crate::media::hex(&mac.finalize().into_bytes());
-            req = req.header("x-natter-signature", format!("sha256={sig}"));
+            req = req.header(SIGNATURE_HEADER, signature(secret, &body));
         }
         let mut res = req.body(body).send().await?;
         anyhow::ensure!(res.status().is_success(), "the webhook answered {}", res.status());

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hmac::{KeyInit, Mac};
 use natter_proto::{ConversationId, EntryBody, Seq, UserId};
 use natter_store::{PushCandidate, PushJob, PushKind, PushOutcome, PushRegistration};
 use serde::Serialize;
@@ -136,27 +135,36 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
         }
         let window = i64::try_from(state.cfg().push.window_ms).unwrap_or(i64::MAX);
         let now = crate::now_ms();
+        // One directory lookup for the whole batch: who, among every message's recipients,
+        // has a session on some node.
+        let mut users: Vec<UserId> = batch
+            .iter()
+            .flat_map(|o| o.members.iter().copied().filter(|u| *u != o.sender))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        let Some(online) = state.cluster().online(&users).await else {
+            // Without the directory nobody can be known away: no pushes, rather than pushes
+            // to people reading the chat.
+            metrics::counter!("natter_push_offers_dropped_total").increment(batch.len() as u64);
+            batch.clear();
+            continue;
+        };
+        let away = |user: &UserId| {
+            users.binary_search(user).is_ok_and(|i| !online[i])
+                && state.sessions().n_sessions(*user) == 0
+        };
         let mut candidates = Vec::new();
         for o in batch.drain(..) {
-            let others: Vec<UserId> =
-                o.members.iter().copied().filter(|u| *u != o.sender).collect();
-            let Some(online) = state.cluster().online(&others).await else {
-                // Without the directory nobody can be known away: no pushes, rather than
-                // pushes to people reading the chat.
-                metrics::counter!("natter_push_offers_dropped_total").increment(1);
-                continue;
-            };
-            for (user, online) in others.into_iter().zip(online) {
-                if !online && state.sessions().n_sessions(user) == 0 {
-                    candidates.push(PushCandidate {
-                        user,
-                        conversation: o.conversation,
-                        seq: o.seq,
-                        sender: o.sender,
-                        preview: o.preview.clone(),
-                        due_at: now.saturating_add(window),
-                    });
-                }
+            for &user in o.members.iter().filter(|u| **u != o.sender && away(u)) {
+                candidates.push(PushCandidate {
+                    user,
+                    conversation: o.conversation,
+                    seq: o.seq,
+                    sender: o.sender,
+                    preview: o.preview.clone(),
+                    due_at: now.saturating_add(window),
+                });
             }
         }
         if candidates.is_empty() {
@@ -330,12 +338,9 @@ async fn deliver(state: &AppState, reg: &PushRegistration, payload: &Payload) ->
                 .client
                 .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json");
-            if let Some(secret) = &settings.webhook_secret
-                && let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-            {
-                mac.update(&body);
-                let sig = crate::media::hex(&mac.finalize().into_bytes());
-                req = req.header("x-natter-signature", format!("sha256={sig}"));
+            if let Some(secret) = &settings.webhook_secret {
+                let sig = crate::moderation::signature(secret.as_bytes(), &body);
+                req = req.header(crate::moderation::SIGNATURE_HEADER, sig);
             }
             match req.body(body).send().await {
                 Ok(res) if res.status().is_success() => Sent::Ok,

@@ -601,6 +601,7 @@ fn send_frame(plan: &Plan, sh: &Shared, n: u64, conv: ConversationId, sched_ns: 
         body: format!("{sched_ns:020}{}", sh.body_pad),
         reply_to: None,
         attachments: Vec::new(),
+        mentions: Vec::new(),
     };
     Message::Text(serde_json::to_string(&frame).expect("frames serialize").into())
 }

@@ -95,8 +95,12 @@ impl Client {
     /// [`crate::FileStore`], app restarts. The ack is read after the events before it: in
     /// the task that reads [`Events`], use [`Client::send_nowait`] instead.
     pub async fn send(&self, conversation: ConversationId, body: impl Into<String>) -> Result<Ack> {
-        let entry =
-            NewEntry::Message { body: body.into(), reply_to: None, attachments: Vec::new() };
+        let entry = NewEntry::Message {
+            body: body.into(),
+            reply_to: None,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        };
         self.append(conversation, entry).await?.ack().await
     }
 
@@ -107,8 +111,12 @@ impl Client {
         conversation: ConversationId,
         body: impl Into<String>,
     ) -> Result<String> {
-        let entry =
-            NewEntry::Message { body: body.into(), reply_to: None, attachments: Vec::new() };
+        let entry = NewEntry::Message {
+            body: body.into(),
+            reply_to: None,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        };
         Ok(self.append(conversation, entry).await?.client_msg_id)
     }
 

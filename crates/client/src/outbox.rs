@@ -138,6 +138,7 @@ mod tests {
                 body: id.to_owned(),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             },
         }
     }

@@ -182,6 +182,7 @@ mod tests {
                         body: "hi".into(),
                         reply_to: Some(2),
                         attachments: Vec::new(),
+                        mentions: Vec::new(),
                     },
                 },
                 OutboxItem {

@@ -198,6 +198,7 @@ mod tests {
                 body: format!("m{seq}"),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             },
             state: None,
         }

@@ -318,6 +318,10 @@ pub enum EntryBody {
         /// Uploaded media, in the order the sender attached them (see [`Attachment`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attachments: Vec<Attachment>,
+        /// Members the message mentions, ascending: the ids the sender named and the members
+        /// whose `@handle` the body has, resolved when it was sent.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<UserId>,
     },
     /// The sender replaced the text of their own message `target`.
     Edit { target: Seq, body: String },
@@ -379,7 +383,12 @@ fn is_zero(n: &u32) -> bool {
 impl EntryBody {
     /// A text message that replies to nothing and carries no attachments.
     pub fn text(body: impl Into<String>) -> EntryBody {
-        EntryBody::Message { body: body.into(), reply_to: None, attachments: Vec::new() }
+        EntryBody::Message {
+            body: body.into(),
+            reply_to: None,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        }
     }
 
     /// The attachments of a message entry (none for other kinds).
@@ -484,6 +493,10 @@ pub enum NewEntry {
         /// Media ids of the sender's own uploads (`POST /v1/media`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attachments: Vec<String>,
+        /// Members to mention besides those whose `@handle` the body has (non-members are
+        /// dropped).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<UserId>,
     },
     Edit {
         target: Seq,
@@ -503,7 +516,12 @@ pub enum NewEntry {
 impl NewEntry {
     /// A text message that replies to nothing and carries no attachments.
     pub fn text(body: impl Into<String>) -> NewEntry {
-        NewEntry::Message { body: body.into(), reply_to: None, attachments: Vec::new() }
+        NewEntry::Message {
+            body: body.into(),
+            reply_to: None,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        }
     }
 }
 
@@ -688,6 +706,9 @@ pub enum ClientFrame {
         /// Media ids of the sender's own uploads.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attachments: Vec<String>,
+        /// Members to mention besides those whose `@handle` the body has.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<UserId>,
     },
     /// Replace the text of one of the caller's messages.
     Edit {
@@ -1089,7 +1110,12 @@ mod tests {
             sender: UserId(3),
             ts: 4,
             client_msg_id: None,
-            body: EntryBody::Message { body: body.into(), reply_to: None, attachments: Vec::new() },
+            body: EntryBody::Message {
+                body: body.into(),
+                reply_to: None,
+                attachments: Vec::new(),
+                mentions: Vec::new(),
+            },
             state: Some(MessageState {
                 body: state.into(),
                 edited_seq,

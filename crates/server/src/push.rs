@@ -42,11 +42,11 @@ const PREVIEW_CHARS: usize = 120;
 
 /// A message committed on this node, for the queueing task.
 pub(crate) struct Offered {
-    conversation: ConversationId,
-    seq: Seq,
-    sender: UserId,
-    preview: String,
+    message: Prepared,
     members: Arc<Vec<UserId>>,
+    /// More members than `push.large_group`: only those the message mentions or replies to
+    /// get a push.
+    large: bool,
 }
 
 /// What the router keeps of a message for [`offer`]: nothing unless a provider is on.
@@ -55,6 +55,8 @@ pub(crate) struct Prepared {
     seq: Seq,
     sender: UserId,
     preview: String,
+    mentions: Vec<UserId>,
+    reply_to: Option<Seq>,
 }
 
 /// The node's push side: the queue into the queueing task, the provider client, the rate
@@ -87,7 +89,9 @@ fn enabled(settings: &PushSettings) -> bool {
 
 /// Keeps what a push needs of a committed entry: messages only, and only with a provider on.
 pub(crate) fn prepare(state: &AppState, entry: &natter_proto::Entry) -> Option<Prepared> {
-    let EntryBody::Message { body, attachments, .. } = &entry.body else { return None };
+    let EntryBody::Message { body, attachments, mentions, reply_to } = &entry.body else {
+        return None;
+    };
     if !enabled(&state.cfg().push) {
         return None;
     }
@@ -100,22 +104,19 @@ pub(crate) fn prepare(state: &AppState, entry: &natter_proto::Entry) -> Option<P
         seq: entry.seq,
         sender: entry.sender,
         preview,
+        mentions: mentions.clone(),
+        reply_to: *reply_to,
     })
 }
 
 /// Offers a message committed on this node to the queueing task (the router calls it after
 /// its fan-out; never waits).
 pub(crate) fn offer(state: &AppState, p: Prepared, members: &Arc<Vec<UserId>>) {
-    if members.len() > state.cfg().push.large_group.max(2) {
+    let large = members.len() > state.cfg().push.large_group.max(2);
+    if large && p.mentions.is_empty() && p.reply_to.is_none() {
         return;
     }
-    let offered = Offered {
-        conversation: p.conversation,
-        seq: p.seq,
-        sender: p.sender,
-        preview: p.preview,
-        members: members.clone(),
-    };
+    let offered = Offered { message: p, members: members.clone(), large };
     if state.push().offers.try_send(offered).is_err() {
         metrics::counter!("natter_push_offers_dropped_total").increment(1);
     }
@@ -135,12 +136,13 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
         }
         let window = i64::try_from(state.cfg().push.window_ms).unwrap_or(i64::MAX);
         let now = crate::now_ms();
+        let mut recipients = Vec::with_capacity(batch.len());
+        for o in &batch {
+            recipients.push(recipients_of(&state, o).await);
+        }
         // One directory lookup for the whole batch: who, among every message's recipients,
         // has a session on some node.
-        let mut users: Vec<UserId> = batch
-            .iter()
-            .flat_map(|o| o.members.iter().copied().filter(|u| *u != o.sender))
-            .collect();
+        let mut users: Vec<UserId> = recipients.iter().flatten().copied().collect();
         users.sort_unstable();
         users.dedup();
         let Some(online) = state.cluster().online(&users).await else {
@@ -155,14 +157,15 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
                 && state.sessions().n_sessions(*user) == 0
         };
         let mut candidates = Vec::new();
-        for o in batch.drain(..) {
-            for &user in o.members.iter().filter(|u| **u != o.sender && away(u)) {
+        for (o, to) in batch.drain(..).zip(recipients) {
+            let m = &o.message;
+            for user in to.into_iter().filter(away) {
                 candidates.push(PushCandidate {
                     user,
-                    conversation: o.conversation,
-                    seq: o.seq,
-                    sender: o.sender,
-                    preview: o.preview.clone(),
+                    conversation: m.conversation,
+                    seq: m.seq,
+                    sender: m.sender,
+                    preview: m.preview.clone(),
                     due_at: now.saturating_add(window),
                 });
             }
@@ -174,6 +177,29 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
             tracing::warn!(error = %err, "queueing pushes failed");
         }
     }
+}
+
+/// Who may get a push for an offered message: every other member, or in a large group the
+/// members it mentions and the author of the message it replies to.
+async fn recipients_of(state: &AppState, o: &Offered) -> Vec<UserId> {
+    let m = &o.message;
+    if !o.large {
+        return o.members.iter().copied().filter(|u| *u != m.sender).collect();
+    }
+    let mut to = m.mentions.clone();
+    if let Some(target) = m.reply_to {
+        let range = natter_store::Range::After(target.saturating_sub(1));
+        match state.store().entries(m.conversation, range, 1).await {
+            Ok(page) => {
+                to.extend(page.entries.iter().filter(|e| e.seq == target).map(|e| e.sender))
+            }
+            Err(err) => tracing::debug!(error = %err, "looking up a replied-to message failed"),
+        }
+    }
+    to.sort_unstable();
+    to.dedup();
+    to.retain(|u| *u != m.sender && o.members.contains(u));
+    to
 }
 
 /// The dispatcher: sends due jobs until shutdown.

@@ -398,6 +398,7 @@ mod tests {
                 body: String::new(),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             },
             state: None,
         }

@@ -168,6 +168,7 @@ impl Peer {
             body: body_of(client_msg_id),
             reply_to: None,
             attachments: Vec::new(),
+            mentions: Vec::new(),
         };
         self.ws.send_frame(&frame).await;
     }
@@ -941,6 +942,7 @@ async fn sse_and_long_poll_on_other_nodes() {
         body: "over REST on node-1".to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        mentions: Vec::new(),
     };
     let ack = within("post", alice.api(n1).post_entry(conv, "rest-1", entry))
         .await

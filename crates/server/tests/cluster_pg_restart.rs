@@ -40,6 +40,7 @@ async fn post_message(
             body: client_msg_id.to_owned(),
             reply_to: None,
             attachments: Vec::new(),
+            mentions: Vec::new(),
         },
     };
     let req = reqwest::Client::new()
@@ -61,6 +62,7 @@ async fn ws_send(ws: &mut WsClient, conv: ConversationId, client_msg_id: &str) -
         body: client_msg_id.to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        mentions: Vec::new(),
     })
     .await
 }

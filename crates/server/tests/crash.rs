@@ -332,6 +332,7 @@ async fn pump(
                 body: body.clone(),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             };
             let text = serde_json::to_string(&frame).expect("frame serializes");
             if sink.send(Message::Text(text.into())).await.is_err() {

@@ -353,6 +353,55 @@ pub(crate) fn media_to_load(ids: &[String]) -> &[String] {
     if ids.len() > MAX_ATTACHMENTS { &[] } else { ids }
 }
 
+/// Most members one message may mention by id (`@handle`s past this many are left as text).
+pub(crate) const MAX_MENTIONS: usize = 50;
+
+/// Whom a message may mention, to look up among the conversation's members: the ids the
+/// sender named and the [`handle_key`]s of the `@handle`s in its body (an `@` that does not
+/// follow a handle character, then handle characters, less a trailing `.` or `-`, so
+/// `mail@example.com` mentions nobody and `@ann.` mentions `ann`). `None` when there is
+/// nothing to look up, which is the common case and costs no query.
+pub(crate) fn mentions_to_resolve(entry: &NewEntry) -> Result<Option<(Vec<i64>, Vec<String>)>> {
+    let NewEntry::Message { body, mentions, .. } = entry else { return Ok(None) };
+    if mentions.len() > MAX_MENTIONS {
+        return Err(StoreError::BadRequest(format!("at most {MAX_MENTIONS} mentions")));
+    }
+    let handle_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
+    let mut keys = Vec::new();
+    let mut prev: Option<char> = None;
+    let mut rest = body.as_str();
+    while let Some(at) = rest.find('@') {
+        let before = rest[..at].chars().next_back().or(if at == 0 { prev } else { None });
+        let after = &rest[at + 1..];
+        let len = after.find(|c: char| !handle_char(c)).unwrap_or(after.len());
+        let handle = after[..len].trim_end_matches(['.', '-']);
+        if !before.is_some_and(handle_char) && !handle.is_empty() && keys.len() < MAX_MENTIONS {
+            keys.push(handle_key(handle));
+        }
+        prev = Some('@');
+        rest = after;
+    }
+    if mentions.is_empty() && keys.is_empty() {
+        return Ok(None);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(Some((mentions.iter().map(|u| u.0).collect(), keys)))
+}
+
+/// A message entry with the members it mentions (`found`: the lookup of
+/// [`mentions_to_resolve`], in any order).
+pub(crate) fn with_mentions(body: EntryBody, mut found: Vec<UserId>) -> EntryBody {
+    match body {
+        EntryBody::Message { body, reply_to, attachments, .. } => {
+            found.sort_unstable();
+            found.dedup();
+            EntryBody::Message { body, reply_to, attachments, mentions: found }
+        }
+        other => other,
+    }
+}
+
 /// Whether an upload of `size` bytes fits its owner's quota, who stores `used` already.
 /// An avatar must be an image its user uploaded: `found` is that media's content type when
 /// the user owns one of that id.
@@ -422,7 +471,12 @@ pub(crate) fn append_body(
             {
                 return Err(not_a_message(seq));
             }
-            Ok(EntryBody::Message { body: body.clone(), reply_to: *reply_to, attachments })
+            Ok(EntryBody::Message {
+                body: body.clone(),
+                reply_to: *reply_to,
+                attachments,
+                mentions: Vec::new(),
+            })
         }
         NewEntry::Edit { target, body } => {
             live(*target, true)?;
@@ -799,7 +853,12 @@ pub(crate) fn redacted(original: Option<&str>, target: Seq) -> Result<(String, S
                 _ => None,
             }
         });
-    let message = EntryBody::Message { body: String::new(), reply_to, attachments: Vec::new() };
+    let message = EntryBody::Message {
+        body: String::new(),
+        reply_to,
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    };
     let edit = EntryBody::Edit { target, body: String::new() };
     let json = |body: &EntryBody| {
         serde_json::to_string(body).map_err(|err| StoreError::Internal(err.to_string()))
@@ -940,7 +999,12 @@ mod tests {
     }
 
     fn msg(reply_to: Option<Seq>) -> NewEntry {
-        NewEntry::Message { body: "hi".to_owned(), reply_to, attachments: Vec::new() }
+        NewEntry::Message {
+            body: "hi".to_owned(),
+            reply_to,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        }
     }
 
     fn live(sender: UserId) -> Option<Message> {
@@ -1176,7 +1240,12 @@ mod tests {
         let body = append_body(&append_of(A, msg(None)), None, Vec::new(), false).expect("message");
         assert_eq!(
             body,
-            EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: Vec::new() }
+            EntryBody::Message {
+                body: "hi".to_owned(),
+                reply_to: None,
+                attachments: Vec::new(),
+                mentions: Vec::new()
+            }
         );
         // A reply may quote anyone's message, deleted or not.
         let reply = append_of(A, msg(Some(3)));
@@ -1187,7 +1256,8 @@ mod tests {
                 EntryBody::Message {
                     body: "hi".to_owned(),
                     reply_to: Some(3),
-                    attachments: Vec::new()
+                    attachments: Vec::new(),
+                    mentions: Vec::new(),
                 }
             );
         }
@@ -1641,7 +1711,12 @@ mod tests {
         let (message, edit) = redacted(Some(original), 8).expect("redact");
         assert_eq!(
             serde_json::from_str::<EntryBody>(&message).expect("json"),
-            EntryBody::Message { body: String::new(), reply_to: Some(3), attachments: Vec::new() }
+            EntryBody::Message {
+                body: String::new(),
+                reply_to: Some(3),
+                attachments: Vec::new(),
+                mentions: Vec::new()
+            }
         );
         assert_eq!(
             serde_json::from_str::<EntryBody>(&edit).expect("json"),
@@ -1651,7 +1726,12 @@ mod tests {
             let (message, _) = redacted(original, 8).expect("redact");
             assert_eq!(
                 serde_json::from_str::<EntryBody>(&message).expect("json"),
-                EntryBody::Message { body: String::new(), reply_to: None, attachments: Vec::new() }
+                EntryBody::Message {
+                    body: String::new(),
+                    reply_to: None,
+                    attachments: Vec::new(),
+                    mentions: Vec::new()
+                }
             );
         }
     }
@@ -1703,7 +1783,12 @@ mod tests {
             append_body(&append_of(A, msg(None)), None, att.clone(), false).expect("message");
         assert_eq!(
             body,
-            EntryBody::Message { body: "hi".to_owned(), reply_to: None, attachments: att }
+            EntryBody::Message {
+                body: "hi".to_owned(),
+                reply_to: None,
+                attachments: att,
+                mentions: Vec::new()
+            }
         );
     }
 
@@ -1713,13 +1798,19 @@ mod tests {
             body: "hi".to_owned(),
             reply_to: Some(1),
             attachments: vec![media("a", A).attachment()],
+            mentions: Vec::new(),
         };
         let json = serde_json::to_string(&original).expect("json");
         let (message, _) = redacted(Some(&json), 2).expect("redacted");
         let body: EntryBody = serde_json::from_str(&message).expect("parses");
         assert_eq!(
             body,
-            EntryBody::Message { body: String::new(), reply_to: Some(1), attachments: Vec::new() }
+            EntryBody::Message {
+                body: String::new(),
+                reply_to: Some(1),
+                attachments: Vec::new(),
+                mentions: Vec::new()
+            }
         );
     }
 }

@@ -51,6 +51,7 @@ macro_rules! store_suite {
             concurrent_submitters_get_contiguous_seqs,
             non_member_append_is_not_found,
             edits_deletes_and_reactions_update_message_state,
+            mentions_resolve_handles_and_ids_among_members,
             entries_pages_after_before_latest,
             change_group_checks_roles_and_hands_ownership_on,
             strangers_are_invited_and_contacts_added,
@@ -257,7 +258,12 @@ async fn group<S: Store>(s: &S, owner: UserId, title: &str, members: &[UserId]) 
 }
 
 fn msg(body: &str) -> NewEntry {
-    NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() }
+    NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    }
 }
 
 fn append_of(conv: ConversationId, sender: UserId, cmid: &str, entry: NewEntry) -> Append {
@@ -625,8 +631,12 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
     assert_eq!(code(append(s, ab, a, "x3", edit_created).await), ErrorCode::BadRequest);
     let react_missing = NewEntry::Reaction { target: 99, emoji: "+1".to_owned(), remove: false };
     assert_eq!(code(append(s, ab, a, "x4", react_missing).await), ErrorCode::BadRequest);
-    let reply_missing =
-        NewEntry::Message { body: "re".to_owned(), reply_to: Some(99), attachments: Vec::new() };
+    let reply_missing = NewEntry::Message {
+        body: "re".to_owned(),
+        reply_to: Some(99),
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    };
     assert_eq!(code(append(s, ab, a, "x5", reply_missing).await), ErrorCode::BadRequest);
 
     let state_of = |entries: &[Entry], seq: Seq| {
@@ -667,6 +677,7 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
         body: "re: first".to_owned(),
         reply_to: Some(m.seq),
         attachments: Vec::new(),
+        mentions: Vec::new(),
     };
     let r = append(s, ab, b, "reply", reply).await.expect("reply"); // 9
     let del = append(s, ab, a, "d1", NewEntry::Delete { target: m.seq }).await.expect("delete"); // 10
@@ -682,7 +693,8 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
         EntryBody::Message {
             body: "re: first".to_owned(),
             reply_to: Some(m.seq),
-            attachments: Vec::new()
+            attachments: Vec::new(),
+            mentions: Vec::new(),
         }
     );
     // A tombstone cannot be edited or reacted to again.
@@ -692,6 +704,43 @@ async fn edits_deletes_and_reactions_update_message_state<S: Store>(f: Fixture<S
     // Refused appends committed nothing, so their client_msg_id is still free.
     let free = send(s, ab, b, "x1", "reuse").await;
     assert_eq!(free.seq, 11);
+}
+
+async fn mentions_resolve_handles_and_ids_among_members<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob, cy, dee, eve] = users(s, ["ann", "Bob", "cy", "dee", "eve"]).await;
+    contacts(s, ann, &[bob, cy, dee, eve]).await;
+    let g = group(s, ann, "team", &[bob, cy, dee]).await;
+    let mentions_of = |entry: &Entry| match &entry.body {
+        EntryBody::Message { mentions, .. } => mentions.clone(),
+        other => panic!("not a message: {other:?}"),
+    };
+    // `@bob` in any case, `@cy.` at a sentence's end, dee by id; eve is no member, a mail
+    // address mentions nobody, and `@nobody` is nobody.
+    let entry = NewEntry::Message {
+        body: "hi @BOB and @cy. mail ann@example.com, @nobody, @eve".to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+        mentions: vec![dee, eve, dee],
+    };
+    let ack = append(s, g, ann, "m1", entry).await.expect("append");
+    let entries = log(s, g).await;
+    let sent = entries.iter().find(|e| e.seq == ack.seq).expect("the message");
+    let mut want = vec![bob, cy, dee];
+    want.sort_unstable();
+    assert_eq!(mentions_of(sent), want);
+    // Nothing to resolve: no mentions.
+    let plain = send(s, g, ann, "m2", "no one @ all").await;
+    let entries = log(s, g).await;
+    assert!(mentions_of(entries.iter().find(|e| e.seq == plain.seq).expect("m2")).is_empty());
+    // Too many ids is a bad request.
+    let many = NewEntry::Message {
+        body: String::new(),
+        reply_to: None,
+        attachments: Vec::new(),
+        mentions: (0..51).map(UserId).collect(),
+    };
+    assert_eq!(code(append(s, g, ann, "m3", many).await), ErrorCode::BadRequest);
 }
 
 async fn entries_pages_after_before_latest<S: Store>(f: Fixture<S>) {
@@ -1050,8 +1099,12 @@ async fn refusals_read_the_same_on_every_backend<S: Store>(f: Fixture<S>) {
     append(s, ab, a, "d", NewEntry::Delete { target: m.seq }).await.expect("delete");
     assert_eq!(says(append(s, ab, a, "x", edit(m.seq)).await), "conflict: message is deleted");
     // A reply may still quote the tombstone.
-    let reply =
-        NewEntry::Message { body: "re".to_owned(), reply_to: Some(m.seq), attachments: Vec::new() };
+    let reply = NewEntry::Message {
+        body: "re".to_owned(),
+        reply_to: Some(m.seq),
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    };
     append(s, ab, b, "re", reply).await.expect("reply to a deleted message");
 
     // Group changes.
@@ -2143,6 +2196,7 @@ fn with_media(body: &str, ids: &[&str]) -> NewEntry {
         body: body.to_owned(),
         reply_to: None,
         attachments: ids.iter().map(|s| (*s).to_owned()).collect(),
+        mentions: Vec::new(),
     }
 }
 

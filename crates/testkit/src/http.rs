@@ -260,8 +260,12 @@ impl Endpoint {
         client_msg_id: &str,
         body: &str,
     ) -> Ack {
-        let entry =
-            NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() };
+        let entry = NewEntry::Message {
+            body: body.to_owned(),
+            reply_to: None,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        };
         let (status, json) = self.post_entry(user, conv, client_msg_id, entry).await;
         assert_eq!(status, StatusCode::CREATED, "send: {json}");
         serde_json::from_value(json).expect("ack")

@@ -178,6 +178,7 @@ impl WsClient {
                 body: body.to_owned(),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             })
             .await;
         match reply {
@@ -204,6 +205,7 @@ impl WsClient {
                 body,
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             };
             self.send_frame(&frame).await;
             waiting.insert(req_id);

@@ -130,9 +130,15 @@ pub(super) fn ws_url(base_url: &str) -> String {
 pub(super) fn append_frame(req_id: ReqId, item: OutboxItem) -> ClientFrame {
     let OutboxItem { client_msg_id, conversation, entry } = item;
     match entry {
-        NewEntry::Message { body, reply_to, attachments } => {
-            ClientFrame::Send { req_id, conversation, client_msg_id, body, reply_to, attachments }
-        }
+        NewEntry::Message { body, reply_to, attachments, mentions } => ClientFrame::Send {
+            req_id,
+            conversation,
+            client_msg_id,
+            body,
+            reply_to,
+            attachments,
+            mentions,
+        },
         NewEntry::Edit { target, body } => {
             ClientFrame::Edit { req_id, conversation, client_msg_id, target, body }
         }

@@ -178,7 +178,12 @@ mod tests {
             sender: UserId(1),
             ts: 0,
             client_msg_id: None,
-            body: EntryBody::Message { body: "m".into(), reply_to: None, attachments: Vec::new() },
+            body: EntryBody::Message {
+                body: "m".into(),
+                reply_to: None,
+                attachments: Vec::new(),
+                mentions: Vec::new(),
+            },
             state: None,
         })
     }
@@ -187,7 +192,12 @@ mod tests {
         OutboxItem {
             client_msg_id: id.into(),
             conversation: C,
-            entry: NewEntry::Message { body: id.into(), reply_to: None, attachments: Vec::new() },
+            entry: NewEntry::Message {
+                body: id.into(),
+                reply_to: None,
+                attachments: Vec::new(),
+                mentions: Vec::new(),
+            },
         }
     }
 

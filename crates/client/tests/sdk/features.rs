@@ -224,6 +224,7 @@ async fn refused_sends_fail_alone_and_a_refused_token_closes_the_client() {
             body: "intruding".into(),
             reply_to: None,
             attachments: Vec::new(),
+            mentions: Vec::new(),
         },
     );
     let refused = refused.await.expect("queued");

@@ -207,6 +207,7 @@ fn message(body: &str) -> natter_client::proto::NewEntry {
         body: body.to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        mentions: Vec::new(),
     }
 }
 
@@ -229,7 +230,12 @@ async fn a_backlog_larger_than_a_sync_reply_arrives_whole() {
         for i in 0..100 {
             let mut body = format!("{title} {i:03} ");
             body.extend(std::iter::repeat_n('x', 16 * 1024 - body.len()));
-            let entry = NewEntry::Message { body, reply_to: None, attachments: Vec::new() };
+            let entry = NewEntry::Message {
+                body,
+                reply_to: None,
+                attachments: Vec::new(),
+                mentions: Vec::new(),
+            };
             api.post_entry(g, &format!("{title}-{i}"), entry).await.expect("send");
         }
         groups.push(g);

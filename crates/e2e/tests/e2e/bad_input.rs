@@ -146,11 +146,17 @@ fn send_frame(req_id: ReqId, conv: ConversationId, client_msg_id: &str, body: &s
         body: body.to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        mentions: Vec::new(),
     }
 }
 
 fn message(body: &str) -> NewEntry {
-    NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() }
+    NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    }
 }
 
 fn small_frames() -> impl FnOnce(&mut natter_server::Config) {

@@ -107,6 +107,7 @@ async fn a_blocked_user_reaches_nothing_of_the_blocker() {
                 body: "hello?".into(),
                 reply_to: None,
                 attachments: vec![],
+                mentions: Vec::new(),
             },
         )
         .await;
@@ -120,6 +121,7 @@ async fn a_blocked_user_reaches_nothing_of_the_blocker() {
                 body: "go away".into(),
                 reply_to: None,
                 attachments: vec![],
+                mentions: Vec::new(),
             },
         )
         .await;

@@ -20,7 +20,12 @@ use serde_json::{Value, json};
 const SECRET: &str = "a webhook secret of some length";
 
 fn text(body: &str) -> NewEntry {
-    NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: vec![] }
+    NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: vec![],
+        mentions: Vec::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,6 +64,7 @@ async fn word_and_pattern_lists_reject_or_flag() {
             body: "spamword".into(),
             reply_to: None,
             attachments: vec![],
+            mentions: Vec::new(),
         })
         .await;
     assert!(

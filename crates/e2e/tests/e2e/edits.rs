@@ -45,6 +45,7 @@ fn reply(
         body,
         reply_to: Some(reply_to),
         attachments: Vec::new(),
+        mentions: Vec::new(),
     }
 }
 
@@ -108,7 +109,12 @@ fn tombstone(edited_seq: Option<Seq>) -> MessageState {
 }
 
 fn message(body: &str, reply_to: Option<Seq>) -> EntryBody {
-    EntryBody::Message { body: body.to_owned(), reply_to, attachments: Vec::new() }
+    EntryBody::Message {
+        body: body.to_owned(),
+        reply_to,
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    }
 }
 
 async fn summary(
@@ -368,7 +374,12 @@ async fn refused_changes_store_nothing() {
         ),
         (
             &bob,
-            NewEntry::Message { body: "re".into(), reply_to: Some(99), attachments: Vec::new() },
+            NewEntry::Message {
+                body: "re".into(),
+                reply_to: Some(99),
+                attachments: Vec::new(),
+                mentions: Vec::new(),
+            },
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),

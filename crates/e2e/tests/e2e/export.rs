@@ -48,6 +48,7 @@ async fn the_export_holds_ones_own_data_and_nobody_elses() {
         body: "look".to_owned(),
         reply_to: None,
         attachments: vec![attached["id"].as_str().unwrap().to_owned()],
+        mentions: Vec::new(),
     };
     let (status, _) = server.post_entry(&alice, group, "photo", with_photo).await;
     assert_eq!(status, StatusCode::CREATED);

@@ -132,6 +132,7 @@ fn spawn_sender(
                     body: text,
                     reply_to: None,
                     attachments: Vec::new(),
+                    mentions: Vec::new(),
                 })
                 .await;
                 req_ids.push(req_id);

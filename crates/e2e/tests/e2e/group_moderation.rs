@@ -22,7 +22,12 @@ async fn call(
 }
 
 fn text(body: &str) -> NewEntry {
-    NewEntry::Message { body: body.to_owned(), reply_to: None, attachments: vec![] }
+    NewEntry::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: vec![],
+        mentions: Vec::new(),
+    }
 }
 
 async fn send(

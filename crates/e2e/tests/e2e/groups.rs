@@ -360,8 +360,12 @@ async fn membership_changes_are_log_entries_with_permissions() {
         refused::<()>(&server, Method::GET, &path, &dave, None, StatusCode::NOT_FOUND, "not_found")
             .await;
     }
-    let still_here =
-        NewEntry::Message { body: "still here?".into(), reply_to: None, attachments: Vec::new() };
+    let still_here = NewEntry::Message {
+        body: "still here?".into(),
+        reply_to: None,
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    };
     let (status, _) = server.post_entry(&dave, g, "d1", still_here).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let reply = d
@@ -390,7 +394,12 @@ async fn membership_changes_are_log_entries_with_permissions() {
     let e10 = (
         10,
         erin.id,
-        EntryBody::Message { body: "just us".into(), reply_to: None, attachments: Vec::new() },
+        EntryBody::Message {
+            body: "just us".into(),
+            reply_to: None,
+            attachments: Vec::new(),
+            mentions: Vec::new(),
+        },
     );
 
     // Each got exactly what was written while a member, and the entry of its own leaving;

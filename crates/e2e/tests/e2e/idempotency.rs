@@ -23,6 +23,7 @@ fn send(req_id: ReqId, conv: ConversationId, client_msg_id: &str, body: &str) ->
         body: body.to_owned(),
         reply_to: None,
         attachments: Vec::new(),
+        mentions: Vec::new(),
     }
 }
 
@@ -321,6 +322,7 @@ async fn rejected_send_does_not_use_up_its_key() {
             body: "re: nothing".to_owned(),
             reply_to: Some(99),
             attachments: Vec::new(),
+            mentions: Vec::new(),
         })
         .await;
     match reply {

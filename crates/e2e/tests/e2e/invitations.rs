@@ -154,6 +154,7 @@ async fn a_stranger_added_to_a_group_is_invited_and_gets_nothing_of_it() {
                 body: "hi".into(),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             },
         )
         .await;

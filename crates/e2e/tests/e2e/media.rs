@@ -100,6 +100,7 @@ pub(crate) async fn send_with(
             body: "see attached".to_owned(),
             reply_to: None,
             attachments,
+            mentions: Vec::new(),
         })
         .await;
     match frame {
@@ -563,6 +564,7 @@ async fn the_sdk_uploads_and_attaches() {
         body: "pic".into(),
         reply_to: None,
         attachments: vec![up.attachment.id.clone()],
+        mentions: Vec::new(),
     };
     api.post_entry(conv, "sdk-1", entry).await.unwrap();
     let att = next_attachments(&mut bob_ws).await.remove(0);

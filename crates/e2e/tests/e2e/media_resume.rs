@@ -144,6 +144,7 @@ async fn a_200_mib_upload_broken_three_times_resumes_to_the_same_hash() {
         body: "big".into(),
         reply_to: None,
         attachments: vec![up.attachment.id.clone()],
+        mentions: Vec::new(),
     };
     alice.api(server.addr).post_entry(conv, "big-1", entry).await.unwrap();
     let url = next_attachments(&mut bob_ws).await[0].url.clone().unwrap();

@@ -73,6 +73,7 @@ async fn media_on_s3_round_trip_dedup_and_collection() {
         body: "r".into(),
         reply_to: None,
         attachments: vec![r.attachment.id.clone()],
+        mentions: Vec::new(),
     };
     bob.api(server.addr).post_entry(conv, "r1", entry).await.unwrap();
     let url = next_attachments(&mut alice_ws).await[0].url.clone().unwrap();

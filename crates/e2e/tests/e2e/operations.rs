@@ -55,6 +55,7 @@ async fn health_readiness_and_metrics() {
                 body: format!("message {n} from {i}"),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             })
             .await;
         }

@@ -42,7 +42,12 @@ fn seqs(entries: &[Entry]) -> Vec<Seq> {
 }
 
 fn message(body: &str) -> EntryBody {
-    EntryBody::Message { body: body.to_owned(), reply_to: None, attachments: Vec::new() }
+    EntryBody::Message {
+        body: body.to_owned(),
+        reply_to: None,
+        attachments: Vec::new(),
+        mentions: Vec::new(),
+    }
 }
 
 /// The next frame, failing the test with `what` on timeout or close.
@@ -89,6 +94,7 @@ async fn send_many(
             body: body.clone(),
             reply_to: None,
             attachments: Vec::new(),
+            mentions: Vec::new(),
         })
         .await;
     }
@@ -162,6 +168,7 @@ async fn ws_sender(
                 body: format!("{tag} #{i}"),
                 reply_to: None,
                 attachments: Vec::new(),
+                mentions: Vec::new(),
             })
             .await;
         }

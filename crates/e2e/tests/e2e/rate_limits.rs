@@ -40,6 +40,7 @@ async fn flood(
             body: format!("message {i}"),
             reply_to: None,
             attachments: Vec::new(),
+            mentions: Vec::new(),
         })
         .await;
         pending.insert(req_id, client_msg_id);
@@ -129,6 +130,7 @@ async fn a_flooding_sender_is_refused_and_others_are_not() {
                     body: "at last".into(),
                     reply_to: None,
                     attachments: Vec::new(),
+                    mentions: Vec::new(),
                 })
                 .await;
             match reply {
@@ -269,6 +271,7 @@ async fn a_refused_send_goes_before_the_sends_after_it() {
             body: id.into(),
             reply_to: None,
             attachments: Vec::new(),
+            mentions: Vec::new(),
         }
     };
     assert!(matches!(a.request(send("m0")).await, ServerFrame::Ack { .. }));

@@ -64,9 +64,20 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
     }
     let user = principal.user_id;
     let (req_id, conversation, client_msg_id, entry) = match frame {
-        ClientFrame::Send { req_id, conversation, client_msg_id, body, reply_to, attachments } => {
-            (req_id, conversation, client_msg_id, NewEntry::Message { body, reply_to, attachments })
-        }
+        ClientFrame::Send {
+            req_id,
+            conversation,
+            client_msg_id,
+            body,
+            reply_to,
+            attachments,
+            mentions,
+        } => (
+            req_id,
+            conversation,
+            client_msg_id,
+            NewEntry::Message { body, reply_to, attachments, mentions },
+        ),
         ClientFrame::Edit { req_id, conversation, client_msg_id, target, body } => {
             (req_id, conversation, client_msg_id, NewEntry::Edit { target, body })
         }

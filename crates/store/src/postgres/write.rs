@@ -573,7 +573,10 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         load => media_rows(c, load).await?,
     };
     let attachments = rules::attachments(a.sender, ids, found)?;
-    let body = rules::append_body(a, target, attachments, poster.moderates())?;
+    let mut body = rules::append_body(a, target, attachments, poster.moderates())?;
+    if let Some((ids, keys)) = rules::mentions_to_resolve(&a.entry)? {
+        body = rules::with_mentions(body, mentioned(c, a.conversation, &ids, &keys).await?);
+    }
     let id = Some(a.client_msg_id.as_str());
     let ack = append_entry(c, out, a.conversation, a.sender, id, body, now).await?;
     if poster.stamps(&a.entry) {
@@ -591,6 +594,19 @@ async fn append(c: &Conn, out: &mut Vec<Committed>, a: &Append) -> PgResult<Ack>
         .await?;
     }
     Ok(ack)
+}
+
+/// The members of `conv` among the users `ids` and the handle keys `keys`.
+async fn mentioned(
+    c: &Conn,
+    conv: ConversationId,
+    ids: &[i64],
+    keys: &[String],
+) -> PgResult<Vec<UserId>> {
+    let sql = "SELECT m.user_id FROM members m JOIN users u ON u.id = m.user_id
+               WHERE m.conversation_id = $1 AND (m.user_id = ANY($2) OR u.handle_key = ANY($3))";
+    let rows = query(c, sql, &[&conv.0, &ids, &keys]).await?;
+    Ok(rows.iter().map(|r| UserId(r.get(0))).collect())
 }
 
 const MEDIA_COLUMNS: &str = "id, owner, sha256, size, content_type, name, width, height, \

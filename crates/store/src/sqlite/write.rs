@@ -556,7 +556,10 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
         load => media_rows(c, load)?,
     };
     let attachments = rules::attachments(a.sender, ids, found)?;
-    let body = rules::append_body(a, target, attachments, poster.moderates())?;
+    let mut body = rules::append_body(a, target, attachments, poster.moderates())?;
+    if let Some((ids, keys)) = rules::mentions_to_resolve(&a.entry)? {
+        body = rules::with_mentions(body, mentioned(c, a.conversation, &ids, &keys)?);
+    }
     let id = Some(a.client_msg_id.as_str());
     let counters = conv.map(|k| (k.last_seq, k.members_seq));
     let ack = append_entry_at(c, out, a.conversation, a.sender, id, body, now, counters)?;
@@ -575,6 +578,27 @@ pub(super) fn append(c: &Connection, out: &mut Vec<Committed>, a: &Append) -> Re
         .map_err(internal)?;
     }
     Ok(ack)
+}
+
+/// The members of `conv` among the users `ids` and the handle keys `keys`.
+fn mentioned(
+    c: &Connection,
+    conv: ConversationId,
+    ids: &[i64],
+    keys: &[String],
+) -> Result<Vec<UserId>> {
+    let ids = serde_json::to_string(ids).map_err(internal)?;
+    let keys = serde_json::to_string(keys).map_err(internal)?;
+    c.prepare_cached(
+        "SELECT m.user_id FROM members m JOIN users u ON u.id = m.user_id
+         WHERE m.conversation_id = ?1
+           AND (m.user_id IN (SELECT value FROM json_each(?2))
+                OR u.handle_key IN (SELECT value FROM json_each(?3)))",
+    )
+    .and_then(|mut st| {
+        st.query_map(params![conv.0, ids, keys], |r| Ok(UserId(r.get(0)?)))?.collect()
+    })
+    .map_err(internal)
 }
 
 const MEDIA_COLUMNS: &str = "id, owner, sha256, size, content_type, name, width, height, \

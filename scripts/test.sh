@@ -62,7 +62,16 @@ install_moto() {
         fi
         "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.*'
     fi
+    # The push tests' stand-ins (crates/e2e/tests/e2e/push_providers.rs): a Web Push
+    # receiver that decrypts with http-ece and checks VAPID with cryptography, and aiosmtpd
+    # as the SMTP server of the email digests.
+    if ! "$venv/bin/python" -c 'import http_ece, aiosmtpd, cryptography' 2>/dev/null; then
+        echo "== installing http-ece and aiosmtpd (PyPI) in $venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            'http-ece==1.2.*' 'aiosmtpd==1.4.*' 'cryptography>=42'
+    fi
     export NATTER_MOTO_SERVER="$venv/bin/moto_server"
+    export NATTER_PYTHON="$venv/bin/python"
 }
 
 install_moto

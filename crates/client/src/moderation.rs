@@ -3,8 +3,8 @@
 
 use natter_proto::rest::{
     AdminUsers, AuditLog, Ban, Blocks, ChangePassword, Devices, GroupSettings, Mute,
-    MuteNotifications, NewPushRegistration, NewReport, PushRegistration, PushRegistrations,
-    ReportId, ReportStatus, Reports, ResolveReport, Suspend, Suspended,
+    MuteNotifications, NewPushRegistration, NewReport, PushConfig, PushRegistration,
+    PushRegistrations, ReportId, ReportStatus, Reports, ResolveReport, Suspend, Suspended,
 };
 use natter_proto::{Ack, ConversationId, DeviceId, Seq, UserId};
 use reqwest::Method;
@@ -37,6 +37,11 @@ impl Api {
     }
 
     // ---- push notifications ----
+
+    /// `GET /v1/push/config`: the providers this server pushes through and its VAPID key.
+    pub async fn push_config(&self) -> Result<PushConfig> {
+        self.call(Method::GET, "/v1/push/config", &[], None::<&()>).await
+    }
 
     /// `POST /v1/me/push`: this device's push registration; its id.
     pub async fn register_push(&self, registration: &NewPushRegistration) -> Result<i64> {

@@ -588,6 +588,15 @@ pub struct PushRegistration {
     pub created_at: i64,
 }
 
+/// `GET /v1/push/config`: the push providers on (`webhook`, `webpush`, `fcm`, `apns`) and,
+/// with Web Push on, the VAPID public key (base64url) a browser subscribes with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushConfig {
+    pub providers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vapid_public_key: Option<String>,
+}
+
 /// `GET /v1/me/push`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRegistrations {

@@ -351,7 +351,8 @@ pub struct PushSettings {
     /// What a notification shows: `preview` (sender and text), `sender`, or `none` ("new
     /// message").
     pub payload: String,
-    /// Groups with more members than this push no messages (mentions come later).
+    /// Groups with more members than this push only to the members a message mentions and
+    /// to the author of the message it replies to.
     pub large_group: usize,
     /// Most notifications one user gets per minute (more wait).
     pub per_user_per_min: u32,
@@ -359,6 +360,90 @@ pub struct PushSettings {
     pub max_attempts: u32,
     /// How long a provider has to answer, in milliseconds.
     pub timeout_ms: u64,
+    /// Web Push (`[push.webpush]`): browsers' push services, VAPID-signed, payloads
+    /// encrypted to the subscription (RFC 8291). Unset: off.
+    pub webpush: Option<WebPushSettings>,
+    /// Firebase Cloud Messaging's HTTP v1 API (`[push.fcm]`). Unset: off.
+    pub fcm: Option<FcmSettings>,
+    /// Apple Push Notification service over HTTP/2 with a token key (`[push.apns]`).
+    /// Unset: off.
+    pub apns: Option<ApnsSettings>,
+}
+
+/// Web Push with VAPID (RFC 8292).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushSettings {
+    /// The VAPID key pair, base64url (unpadded) as `natter push vapid-keys` (or the
+    /// `web-push` tools) print them: the 65-byte public point browsers subscribe with
+    /// (`applicationServerKey`) and the 32-byte private scalar.
+    pub vapid_public_key: String,
+    pub vapid_private_key: String,
+    /// Who runs this server, for the push services: `mailto:` or `https:` URL.
+    pub subject: String,
+    /// Hosts a subscription's endpoint may be on (the host or a subdomain of it); the
+    /// server POSTs only there. Default: the push services of Chrome, Firefox, Edge and
+    /// Safari. An `http:` endpoint is accepted only on a loopback address listed here.
+    #[serde(default = "WebPushSettings::default_hosts")]
+    pub allowed_hosts: Vec<String>,
+    /// How long a push service keeps an undelivered notification, in seconds.
+    #[serde(default = "WebPushSettings::default_ttl")]
+    pub ttl_secs: u32,
+}
+
+impl WebPushSettings {
+    fn default_hosts() -> Vec<String> {
+        ["fcm.googleapis.com", "push.services.mozilla.com", "notify.windows.com", "push.apple.com"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    fn default_ttl() -> u32 {
+        86_400
+    }
+}
+
+/// FCM HTTP v1 with a service account (OAuth2 JWT bearer grant).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmSettings {
+    /// The service account's JSON key file as Google's console downloads it
+    /// (`project_id`, `client_email`, `private_key`, `private_key_id`, `token_uri`).
+    pub service_account_file: PathBuf,
+    /// The API's base URL.
+    #[serde(default = "FcmSettings::default_base")]
+    pub base_url: String,
+}
+
+impl FcmSettings {
+    fn default_base() -> String {
+        "https://fcm.googleapis.com".to_owned()
+    }
+}
+
+/// APNs with a token signing key (`.p8`).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsSettings {
+    /// The `.p8` key file (PKCS#8 PEM, P-256) from Apple's developer account.
+    pub key_file: PathBuf,
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// `https://api.push.apple.com`, or `https://api.sandbox.push.apple.com` for
+    /// development builds.
+    #[serde(default = "ApnsSettings::default_base")]
+    pub base_url: String,
+    /// A PEM file of extra root certificates to trust for `base_url` (a proxy's, a test's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ApnsSettings {
+    fn default_base() -> String {
+        "https://api.push.apple.com".to_owned()
+    }
 }
 
 impl Default for PushSettings {
@@ -372,6 +457,9 @@ impl Default for PushSettings {
             per_user_per_min: 30,
             max_attempts: 8,
             timeout_ms: 5_000,
+            webpush: None,
+            fcm: None,
+            apns: None,
         }
     }
 }
@@ -387,6 +475,9 @@ impl std::fmt::Debug for PushSettings {
             .field("per_user_per_min", &self.per_user_per_min)
             .field("max_attempts", &self.max_attempts)
             .field("timeout_ms", &self.timeout_ms)
+            .field("webpush", &self.webpush.as_ref().map(|w| (&w.subject, &w.allowed_hosts)))
+            .field("fcm", &self.fcm.as_ref().map(|f| &f.base_url))
+            .field("apns", &self.apns.as_ref().map(|a| (&a.topic, &a.base_url)))
             .finish()
     }
 }

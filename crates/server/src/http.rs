@@ -51,6 +51,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))
         .route("/v1/me/password", put(accounts::change_password))
         .route("/v1/me/export", get(export::export))
+        .route("/v1/push/config", get(push::config))
         .route("/v1/me/push", post(push::register).get(push::list))
         .route("/v1/me/push/{id}", axum::routing::delete(push::unregister))
         .route("/v1/me/notifications", put(push::dnd))

@@ -59,6 +59,7 @@ use tokio::task::JoinHandle;
 pub use config::{Config, Limits, S3Settings, ServeArgs};
 pub use natter_cluster::local::{Faults, LocalHub};
 pub use natter_store::Collected;
+pub use push::vapid_keys;
 pub use state::AppState;
 
 /// Committed batches waiting for the router. The store's writer blocks past this, which

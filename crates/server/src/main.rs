@@ -28,6 +28,18 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Push notifications: `natter push vapid-keys` prints a fresh VAPID key pair for
+    /// `[push.webpush]`.
+    Push {
+        #[command(subcommand)]
+        action: PushAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PushAction {
+    /// Print a new VAPID key pair (base64url) as the lines of `[push.webpush]`.
+    VapidKeys,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +71,11 @@ async fn main() -> anyhow::Result<()> {
             natter_server::set_admin(&cfg, &handle, grant).await?;
             let done = if grant { "is now a server administrator" } else { "is no longer one" };
             println!("{handle} {done}");
+            return Ok(());
+        }
+        Command::Push { action: PushAction::VapidKeys } => {
+            let (public, private) = natter_server::vapid_keys()?;
+            println!("vapid_public_key = \"{public}\"\nvapid_private_key = \"{private}\"");
             return Ok(());
         }
     };

@@ -181,9 +181,10 @@ pub struct PushJob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
     /// Sent (or nothing left to send): what it covered, up to `last_seq` and `count`
-    /// messages, is done (`pushed`: a notification was shown, so reading clears it);
-    /// messages that coalesced into it while it was out stay queued, due at `next_due`.
-    Done { last_seq: Seq, count: u64, pushed: bool, next_due: i64 },
+    /// messages, is done; messages that coalesced into it while it was out stay queued, due
+    /// at `next_due`. `shown`: a notification of this conversation was shown to this user,
+    /// so reading clears it (and a read that came while it was out queues the clear now).
+    Done { last_seq: Seq, count: u64, shown: Option<(UserId, ConversationId)>, next_due: i64 },
     /// Try again at `due_at` (a provider error or a time-out).
     Retry { due_at: i64 },
 }

@@ -1727,8 +1727,8 @@ async fn the_push_queue_coalesces_leases_and_clears_on_read<S: Store>(f: Fixture
     // A message joins while it is out: finishing keeps it, due at `next_due`.
     let late = send(s, ab, ann, "a3", "x").await.seq;
     s.queue_pushes(vec![candidate(bob, ab, late, t0 + 3_000)], t0 + 2_000).await.unwrap();
-    let done =
-        PushOutcome::Done { last_seq: job.last_seq, count: 3, pushed: true, next_due: t0 + 5_000 };
+    let shown = Some((bob, ab));
+    let done = PushOutcome::Done { last_seq: job.last_seq, count: 3, shown, next_due: t0 + 5_000 };
     s.finish_push(job.id, done).await.unwrap();
     assert!(s.claim_pushes(t0 + 4_000, 60_000, 10).await.unwrap().is_empty());
     let again = s.claim_pushes(t0 + 5_000, 60_000, 10).await.unwrap();
@@ -1752,9 +1752,24 @@ async fn the_push_queue_coalesces_leases_and_clears_on_read<S: Store>(f: Fixture
     let cleared = s.claim_pushes(now() + 1, 60_000, 10).await.unwrap();
     assert_eq!(cleared.len(), 1);
     assert_eq!((cleared[0].kind, cleared[0].last_seq), (PushKind::Clear, late));
-    let done = PushOutcome::Done { last_seq: late, count: 0, pushed: true, next_due: 0 };
+    let done = PushOutcome::Done { last_seq: late, count: 0, shown: None, next_due: 0 };
     s.finish_push(cleared[0].id, done).await.unwrap();
     assert!(s.claim_pushes(i64::MAX - 1, 60_000, 10).await.unwrap().is_empty());
+
+    // Read while the notification is out: once it is shown, a clear follows at once.
+    let racing = send(s, ab, ann, "a5", "x").await.seq;
+    s.queue_pushes(vec![candidate(bob, ab, racing, 0)], now()).await.unwrap();
+    let out = s.claim_pushes(now() + 1, 60_000, 10).await.unwrap();
+    assert_eq!((out.len(), out[0].kind), (1, PushKind::Notify));
+    let read = CursorUpdate { conversation: ab, user: bob, delivered: None, read: Some(racing) };
+    s.set_cursors(vec![read]).await.unwrap();
+    let done = PushOutcome::Done { last_seq: racing, count: 1, shown, next_due: 0 };
+    s.finish_push(out[0].id, done).await.unwrap();
+    let cleared = s.claim_pushes(now() + 1, 60_000, 10).await.unwrap();
+    assert_eq!(cleared.len(), 1, "{cleared:?}");
+    assert_eq!((cleared[0].kind, cleared[0].last_seq), (PushKind::Clear, racing));
+    let done = PushOutcome::Done { last_seq: racing, count: 0, shown: None, next_due: 0 };
+    s.finish_push(cleared[0].id, done).await.unwrap();
 
     // Muted, do-not-disturb and read messages queue nothing; a dead token goes.
     let m = send(s, ab, ann, "a4", "x").await.seq;

@@ -29,6 +29,7 @@ mod ordering;
 mod presence;
 mod profiles;
 mod push;
+mod push_providers;
 mod rate_limits;
 mod receipts;
 mod smoke;

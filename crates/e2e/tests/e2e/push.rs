@@ -86,7 +86,7 @@ async fn wait_calls(calls: &Calls, push_token: &str, n: usize) -> Vec<Value> {
     .await
 }
 
-async fn read_up_to(
+pub(crate) async fn read_up_to(
     server: &TestServer,
     user: &TestUser,
     conv: natter_proto::ConversationId,

@@ -1,6 +1,6 @@
 //! # Push registrations and notification settings (issue 14)
 //!
-//! `POST`/`GET /v1/me/push`, `DELETE /v1/me/push/{id}`: the caller's device registers where
+//! `GET /v1/push/config`: what a client may register. `POST`/`GET /v1/me/push`, `DELETE /v1/me/push/{id}`: the caller's device registers where
 //! its pushes go (a registration belongs to the device that made it: its logout deletes
 //! it). `PUT /v1/me/notifications` is do-not-disturb, `PUT
 //! /v1/conversations/{id}/notifications` mutes one conversation's pushes.
@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::ConversationId;
 use natter_proto::rest::{
-    MuteNotifications, NewPushRegistration, PushRegistration, PushRegistrations, ReportId,
+    MuteNotifications, NewPushRegistration, PushConfig, PushRegistration, PushRegistrations,
+    ReportId,
 };
 
 use crate::auth::Auth;
@@ -20,6 +21,18 @@ use crate::state::AppState;
 
 /// Longest provider token (a Web Push endpoint URL is the longest kind).
 const MAX_TOKEN_BYTES: usize = 2048;
+/// Longest Web Push key (`p256dh` is 87 base64url characters, `auth` 22).
+const MAX_KEY_BYTES: usize = 128;
+
+/// `GET /v1/push/config`: the providers this server pushes through, and the VAPID key a
+/// browser subscribes with.
+pub(super) async fn config(State(state): State<AppState>, _auth: Auth) -> Json<PushConfig> {
+    let push = state.push();
+    Json(PushConfig {
+        providers: push.providers().into_iter().map(str::to_owned).collect(),
+        vapid_public_key: push.vapid_public_key().map(str::to_owned),
+    })
+}
 
 pub(super) async fn register(
     State(state): State<AppState>,
@@ -27,22 +40,19 @@ pub(super) async fn register(
     body: JsonBody<NewPushRegistration>,
 ) -> ApiResult<(StatusCode, Json<ReportId>)> {
     let JsonBody(req) = body;
-    let enabled = match req.provider.as_str() {
-        "webhook" => state.cfg().push.webhook_url.is_some(),
-        _ => false,
-    };
-    if !enabled {
-        return Err(ApiError::bad_request(format!(
-            "the push provider {:?} is not enabled on this server",
-            req.provider.chars().take(32).collect::<String>()
-        )));
+    if req.token.len() > MAX_TOKEN_BYTES {
+        return Err(ApiError::too_large(format!("token is over {MAX_TOKEN_BYTES} bytes")));
     }
     if req.token.is_empty() || req.token.chars().any(char::is_control) {
         return Err(ApiError::bad_request("token is empty or has control characters"));
     }
-    if req.token.len() > MAX_TOKEN_BYTES {
-        return Err(ApiError::too_large(format!("token is over {MAX_TOKEN_BYTES} bytes")));
+    let keys = (req.p256dh.as_deref(), req.auth.as_deref());
+    if keys.0.is_some_and(|k| k.len() > MAX_KEY_BYTES)
+        || keys.1.is_some_and(|k| k.len() > MAX_KEY_BYTES)
+    {
+        return Err(ApiError::too_large(format!("a key is over {MAX_KEY_BYTES} bytes")));
     }
+    state.push().check(&req.provider, &req.token, keys.0, keys.1).map_err(ApiError::bad_request)?;
     let reg = natter_store::NewPushRegistration {
         provider: req.provider,
         token: req.token,

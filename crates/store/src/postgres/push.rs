@@ -172,7 +172,7 @@ pub(crate) async fn claim(c: &Conn, now: i64, lease_ms: i64, limit: u32) -> PgRe
 }
 
 pub(crate) async fn finish(c: &Conn, id: i64, outcome: PushOutcome) -> PgResult<()> {
-    let PushOutcome::Done { last_seq, count, pushed, next_due } = outcome else {
+    let PushOutcome::Done { last_seq, count, shown, next_due } = outcome else {
         let PushOutcome::Retry { due_at } = outcome else { unreachable!() };
         execute(
             c,
@@ -206,13 +206,20 @@ pub(crate) async fn finish(c: &Conn, id: i64, outcome: PushOutcome) -> PgResult<
             &[&id, &last],
         )
         .await?;
-        let exists = query_opt(c, "SELECT 1 FROM push_jobs WHERE id = $1", &[&id]).await?;
-        if gone.is_some() || exists.is_none() {
+        if gone.is_some() {
             break gone;
+        }
+        if query_opt(c, "SELECT 1 FROM push_jobs WHERE id = $1", &[&id]).await?.is_none() {
+            // Gone already: the user read the conversation while it was out, so the
+            // notification just shown is stale at once.
+            if let Some((user, conv)) = shown {
+                queue_clear(c, user, conv, last).await?;
+            }
+            return Ok(());
         }
     };
     if let Some(row) = done
-        && pushed
+        && shown.is_some()
         && row.get::<_, &str>(2) == "notify"
     {
         execute(
@@ -262,17 +269,24 @@ pub(crate) async fn clear_read(
     )
     .await?;
     if shown.is_some() {
-        let now = now_ms();
-        execute(
-            c,
-            "INSERT INTO push_jobs (user_id, conversation_id, kind, first_seq, last_seq, count,
-                                    sender, preview, due_at, created_at)
-             VALUES ($1, $2, 'clear', $3, $3, 0, 0, '', $4, $4)
-             ON CONFLICT (user_id, conversation_id, kind)
-             DO UPDATE SET last_seq = excluded.last_seq, due_at = excluded.due_at",
-            &[&user.0, &conv.0, &read, &now],
-        )
-        .await?;
+        queue_clear(c, user, conv, read).await?;
     }
+    Ok(())
+}
+
+/// A silent push removing `user`'s notification of `conv` (read up to `read`), due now.
+async fn queue_clear(c: &Conn, user: UserId, conv: ConversationId, read: i64) -> PgResult<()> {
+    let now = now_ms();
+    execute(
+        c,
+        "INSERT INTO push_jobs (user_id, conversation_id, kind, first_seq, last_seq, count,
+                                sender, preview, due_at, created_at)
+         VALUES ($1, $2, 'clear', $3, $3, 0, 0, '', $4, $4)
+         ON CONFLICT (user_id, conversation_id, kind)
+         DO UPDATE SET last_seq = GREATEST(push_jobs.last_seq, excluded.last_seq),
+                       due_at = excluded.due_at",
+        &[&user.0, &conv.0, &read, &now],
+    )
+    .await?;
     Ok(())
 }

@@ -210,7 +210,7 @@ pub(super) fn finish(c: &Connection, id: i64, outcome: PushOutcome) -> Result<()
             .and_then(|mut st| st.execute(params![id, due_at]))
             .map_err(internal)?;
         }
-        PushOutcome::Done { last_seq, count, pushed, next_due } => {
+        PushOutcome::Done { last_seq, count, shown, next_due } => {
             let job: Option<(i64, i64, String, i64)> = c
                 .prepare_cached(
                     "SELECT user_id, conversation_id, kind, last_seq FROM push_jobs WHERE id = ?1",
@@ -220,8 +220,14 @@ pub(super) fn finish(c: &Connection, id: i64, outcome: PushOutcome) -> Result<()
                         .optional()
                 })
                 .map_err(internal)?;
-            // Gone already: the user read the conversation while it was out.
-            let Some((user, conv, kind, now_last)) = job else { return Ok(()) };
+            let Some((user, conv, kind, now_last)) = job else {
+                // Gone already: the user read the conversation while it was out, so the
+                // notification just shown is stale at once.
+                if let Some((user, conv)) = shown {
+                    queue_clear(c, user, conv, last_seq as i64)?;
+                }
+                return Ok(());
+            };
             if now_last as u64 > last_seq && kind == "notify" {
                 c.prepare_cached(
                     "UPDATE push_jobs SET first_seq = ?2, count = max(count - ?3, 1),
@@ -237,7 +243,7 @@ pub(super) fn finish(c: &Connection, id: i64, outcome: PushOutcome) -> Result<()
                     .and_then(|mut st| st.execute(params![id]))
                     .map_err(internal)?;
             }
-            if kind == "notify" && pushed {
+            if kind == "notify" && shown.is_some() {
                 c.prepare_cached(
                     "INSERT INTO push_state (user_id, conversation_id, pushed_upto) VALUES (?1, ?2, ?3)
                      ON CONFLICT (user_id, conversation_id)
@@ -284,16 +290,22 @@ pub(super) fn clear_read(
         .and_then(|mut st| st.query_row(params![user.0, conv.0, read], |r| r.get(0)).optional())
         .map_err(internal)?;
     if shown.is_some() {
-        let now = now_ms();
-        c.prepare_cached(
-            "INSERT INTO push_jobs (user_id, conversation_id, kind, first_seq, last_seq, count,
-                                    sender, preview, due_at, created_at)
-             VALUES (?1, ?2, 'clear', ?3, ?3, 0, 0, '', ?4, ?4)
-             ON CONFLICT (user_id, conversation_id, kind)
-             DO UPDATE SET last_seq = excluded.last_seq, due_at = excluded.due_at",
-        )
-        .and_then(|mut st| st.execute(params![user.0, conv.0, read, now]))
-        .map_err(internal)?;
+        queue_clear(c, user, conv, read)?;
     }
+    Ok(())
+}
+
+/// A silent push removing `user`'s notification of `conv` (read up to `read`), due now.
+fn queue_clear(c: &Connection, user: UserId, conv: ConversationId, read: i64) -> Result<()> {
+    let now = now_ms();
+    c.prepare_cached(
+        "INSERT INTO push_jobs (user_id, conversation_id, kind, first_seq, last_seq, count,
+                                sender, preview, due_at, created_at)
+         VALUES (?1, ?2, 'clear', ?3, ?3, 0, 0, '', ?4, ?4)
+         ON CONFLICT (user_id, conversation_id, kind)
+         DO UPDATE SET last_seq = max(last_seq, excluded.last_seq), due_at = excluded.due_at",
+    )
+    .and_then(|mut st| st.execute(params![user.0, conv.0, read, now]))
+    .map_err(internal)?;
     Ok(())
 }

@@ -13,7 +13,14 @@
 //!   provider calls dead (404, 410) is deleted. Reading the conversation anywhere drops the
 //!   pending job and, when a notification was shown, queues a silent `clear`.
 //!
-//! Providers: `webhook` (the app's own push gateway, `push.webhook_url`, HMAC-signed JSON).
+//! Providers: `webhook` (the app's own push gateway, `push.webhook_url`, HMAC-signed JSON),
+//! `webpush` ([`webpush`]), `fcm` ([`fcm`]) and `apns` ([`apns`]), each on when configured.
+
+mod apns;
+mod fcm;
+mod webpush;
+
+pub use webpush::vapid_keys;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -59,12 +66,16 @@ pub(crate) struct Prepared {
     reply_to: Option<Seq>,
 }
 
-/// The node's push side: the queue into the queueing task, the provider client, the rate
-/// limit per user.
+/// The node's push side: the queue into the queueing task, the providers and their client,
+/// the rate limit per user.
 pub(crate) struct Push {
     offers: mpsc::Sender<Offered>,
     client: reqwest::Client,
     limiter: Option<DefaultKeyedRateLimiter<UserId>>,
+    webpush: Option<webpush::WebPush>,
+    fcm: Option<fcm::Fcm>,
+    apns: Option<apns::Apns>,
+    webhook: bool,
 }
 
 impl Push {
@@ -78,13 +89,63 @@ impl Push {
             let quota = Quota::per_minute(n);
             RateLimiter::dashmap(quota)
         });
-        Ok((Push { offers, client, limiter }, rx))
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let push = Push {
+            offers,
+            client,
+            limiter,
+            webpush: settings.webpush.as_ref().map(webpush::WebPush::new).transpose()?,
+            fcm: settings.fcm.as_ref().map(fcm::Fcm::new).transpose()?,
+            apns: settings.apns.as_ref().map(|a| apns::Apns::new(a, timeout)).transpose()?,
+            webhook: settings.webhook_url.is_some(),
+        };
+        Ok((push, rx))
     }
-}
 
-/// Whether any provider is on (else nothing is queued at all).
-fn enabled(settings: &PushSettings) -> bool {
-    settings.webhook_url.is_some()
+    /// The providers on, by name.
+    pub(crate) fn providers(&self) -> Vec<&'static str> {
+        let on = [
+            ("webhook", self.webhook),
+            ("webpush", self.webpush.is_some()),
+            ("fcm", self.fcm.is_some()),
+            ("apns", self.apns.is_some()),
+        ];
+        on.into_iter().filter(|(_, on)| *on).map(|(name, _)| name).collect()
+    }
+
+    /// Whether any provider is on (else nothing is queued at all).
+    fn enabled(&self) -> bool {
+        self.webhook || self.webpush.is_some() || self.fcm.is_some() || self.apns.is_some()
+    }
+
+    /// The VAPID public key browsers subscribe with, when Web Push is on.
+    pub(crate) fn vapid_public_key(&self) -> Option<&str> {
+        self.webpush.as_ref().map(webpush::WebPush::public_key)
+    }
+
+    /// Checks a registration before it is stored; the error says what is wrong with it.
+    pub(crate) fn check(
+        &self,
+        provider: &str,
+        token: &str,
+        p256dh: Option<&str>,
+        auth: Option<&str>,
+    ) -> Result<(), String> {
+        if !self.providers().contains(&provider) {
+            let name: String = provider.chars().take(32).collect();
+            return Err(format!("the push provider {name:?} is not enabled on this server"));
+        }
+        match (provider, &self.webpush) {
+            ("webpush", Some(w)) => w.check(token, p256dh, auth),
+            ("apns", _)
+                if token.len() > apns::MAX_TOKEN_HEX
+                    || !token.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Err("an APNs device token is hex digits".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Keeps what a push needs of a committed entry: messages only, and only with a provider on.
@@ -92,7 +153,7 @@ pub(crate) fn prepare(state: &AppState, entry: &natter_proto::Entry) -> Option<P
     let EntryBody::Message { body, attachments, mentions, reply_to } = &entry.body else {
         return None;
     };
-    if !enabled(&state.cfg().push) {
+    if !state.push().enabled() {
         return None;
     }
     let mut preview: String = body.chars().take(PREVIEW_CHARS).collect();
@@ -204,7 +265,7 @@ async fn recipients_of(state: &AppState, o: &Offered) -> Vec<UserId> {
 
 /// The dispatcher: sends due jobs until shutdown.
 pub(crate) async fn dispatch(state: AppState) {
-    if !enabled(&state.cfg().push) {
+    if !state.push().enabled() {
         return;
     }
     let mut timer = tokio::time::interval(TICK);
@@ -231,7 +292,7 @@ pub(crate) async fn dispatch(state: AppState) {
 }
 
 /// What one provider call came to.
-enum Sent {
+pub(super) enum Sent {
     Ok,
     /// Refused for good (a 4xx other than 404, 410 and 429): not shown, not retried.
     Refused,
@@ -245,10 +306,11 @@ async fn send(state: &AppState, job: &PushJob) -> PushOutcome {
     let settings = &state.cfg().push;
     let now = crate::now_ms();
     let window = i64::try_from(settings.window_ms).unwrap_or(i64::MAX);
-    let done = |pushed| PushOutcome::Done {
+    // A notification shown (not a clear) makes a later read send a clear.
+    let done = |pushed: bool| PushOutcome::Done {
         last_seq: job.last_seq,
         count: job.count,
-        pushed,
+        shown: (pushed && job.kind == PushKind::Notify).then_some((job.user, job.conversation)),
         next_due: now.saturating_add(window),
     };
     if job.kind == PushKind::Notify {
@@ -303,7 +365,7 @@ async fn send(state: &AppState, job: &PushJob) -> PushOutcome {
 
 /// What a notification carries, by the `push.payload` setting.
 #[derive(Serialize)]
-struct Payload {
+pub(super) struct Payload {
     kind: &'static str,
     conversation: ConversationId,
     /// Notifications of one conversation replace each other (the provider's collapse key).
@@ -352,41 +414,75 @@ struct GatewayCall<'a> {
 }
 
 async fn deliver(state: &AppState, reg: &PushRegistration, payload: &Payload) -> Sent {
-    let settings = &state.cfg().push;
-    match reg.provider.as_str() {
-        "webhook" => {
-            let Some(url) = &settings.webhook_url else { return Sent::Retry };
-            let call =
-                GatewayCall { registration: &reg.token, user: reg.user, notification: payload };
-            let Ok(body) = serde_json::to_vec(&call) else { return Sent::Retry };
-            let mut req = state
-                .push()
-                .client
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json");
-            if let Some(secret) = &settings.webhook_secret {
-                let sig = crate::moderation::signature(secret.as_bytes(), &body);
-                req = req.header(crate::moderation::SIGNATURE_HEADER, sig);
-            }
-            match req.body(body).send().await {
-                Ok(res) if res.status().is_success() => Sent::Ok,
-                Ok(res) if matches!(res.status().as_u16(), 404 | 410) => Sent::Dead,
-                Ok(res) if res.status().is_server_error() || res.status().as_u16() == 429 => {
-                    Sent::Retry
-                }
-                Ok(res) => {
-                    tracing::warn!(status = %res.status(), "the push gateway refused a notification");
-                    Sent::Refused
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "the push gateway did not answer");
-                    Sent::Retry
-                }
-            }
-        }
-        other => {
+    let push = state.push();
+    let client = &push.client;
+    match (reg.provider.as_str(), &push.webpush, &push.fcm, &push.apns) {
+        ("webhook", ..) if push.webhook => webhook(state, reg, payload).await,
+        ("webpush", Some(w), ..) => w.send(client, reg, payload).await,
+        ("fcm", _, Some(f), _) => f.send(client, reg, payload).await,
+        ("apns", .., Some(a)) => a.send(reg, payload).await,
+        (other, ..) => {
             tracing::warn!(provider = other, "no such push provider on this node");
             Sent::Retry
         }
     }
+}
+
+async fn webhook(state: &AppState, reg: &PushRegistration, payload: &Payload) -> Sent {
+    let settings = &state.cfg().push;
+    let Some(url) = &settings.webhook_url else { return Sent::Retry };
+    let call = GatewayCall { registration: &reg.token, user: reg.user, notification: payload };
+    let Ok(body) = serde_json::to_vec(&call) else { return Sent::Retry };
+    let mut req =
+        state.push().client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(secret) = &settings.webhook_secret {
+        let sig = crate::moderation::signature(secret.as_bytes(), &body);
+        req = req.header(crate::moderation::SIGNATURE_HEADER, sig);
+    }
+    classify("webhook", req.body(body).send().await, |_, _| None).await
+}
+
+/// Most of a refusal's body read for its reason.
+const MAX_REASON_BYTES: usize = 8 * 1024;
+
+/// What a provider's answer means: 2xx sent; 404 and 410 a dead token; 429, 5xx and no
+/// answer worth another try; other refusals are what `reason` makes of the status and the
+/// start of the body (a provider's own codes: `Unregistered`, `BadDeviceToken`, …), else
+/// refused for good.
+pub(super) async fn classify(
+    provider: &'static str,
+    res: reqwest::Result<reqwest::Response>,
+    reason: impl FnOnce(u16, &str) -> Option<Sent>,
+) -> Sent {
+    let mut res = match res {
+        Ok(res) => res,
+        Err(err) => {
+            tracing::debug!(provider, error = %err, "the push provider did not answer");
+            return Sent::Retry;
+        }
+    };
+    let status = res.status();
+    if status.is_success() {
+        return Sent::Ok;
+    }
+    if matches!(status.as_u16(), 404 | 410) {
+        return Sent::Dead;
+    }
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Sent::Retry;
+    }
+    let mut body = Vec::new();
+    while body.len() < MAX_REASON_BYTES {
+        match res.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(MAX_REASON_BYTES);
+    let text = String::from_utf8_lossy(&body);
+    if let Some(sent) = reason(status.as_u16(), &text) {
+        return sent;
+    }
+    tracing::warn!(provider, %status, "the push provider refused a notification");
+    Sent::Refused
 }

@@ -4,7 +4,8 @@
 //! offline member make one notification; a connected member gets none; reading on another
 //! device drops the pending one and sends a `clear` for the one shown; a muted conversation
 //! and do-not-disturb get none; a gateway 5xx is retried, a 410 deletes the token; logging
-//! out deletes the device's registrations.
+//! out deletes the device's registrations. A group of 1,000 pushes only to the members a
+//! message mentions (by id or `@handle`) and to the author of the message it replies to.
 
 use std::sync::{Arc, Mutex};
 
@@ -271,4 +272,108 @@ async fn gateway_failures_retry_dead_tokens_go_and_logout_removes_registrations(
         .call(Method::DELETE, &format!("/v1/me/push/{id}"), Some(&erin.token), None::<&()>)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// Seeds `n` users `u0000`.. into a fresh SQLite store in `dir`, each with a device and a
+/// webhook registration `phone-<handle>`, and a group of them all owned by the first:
+/// what 2,000 password hashes over REST would make, in a few seconds.
+async fn seed_town(
+    dir: &std::path::Path,
+    n: usize,
+) -> (Vec<TestUser>, natter_proto::ConversationId) {
+    use natter_store::sqlite::SqliteStore;
+    use natter_store::{NewPushRegistration, Store, StoreLimits};
+    use sha2::Digest;
+    let (feed_tx, mut feed_rx) = tokio::sync::mpsc::channel(1024);
+    let drain = tokio::spawn(async move { while feed_rx.recv().await.is_some() {} });
+    let limits =
+        StoreLimits { max_group_members: 1000, pool_size: 1, max_pending_invitations: 100 };
+    let store = SqliteStore::open(&dir.join("natter.db"), limits, feed_tx).expect("a store");
+    // Never logged in with: no argon2 hash is needed.
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2VlZHNlZWQ$c2VlZHNlZWRzZWVkc2VlZA";
+    let mut users = Vec::with_capacity(n);
+    for i in 0..n {
+        let handle = format!("u{i:04}");
+        let id = store.create_user(&handle, hash).await.expect("a user");
+        let token = format!("seeded-token-{handle}");
+        let device = store
+            .create_device(id, "seed", sha2::Sha256::digest(token.as_bytes()).into())
+            .await
+            .expect("a device");
+        let reg = NewPushRegistration {
+            provider: "webhook".into(),
+            token: format!("phone-{handle}"),
+            p256dh: None,
+            auth: None,
+        };
+        store.add_push_registration(id, device, reg).await.expect("a registration");
+        users.push(TestUser { id, handle, token });
+    }
+    let others: Vec<_> = users[1..].iter().map(|u| u.id).collect();
+    let group = store.create_group(users[0].id, "town hall", &others).await.expect("a group").id;
+    for u in &users[1..] {
+        store.accept_invitation(u.id, group).await.expect("joins");
+    }
+    store.close().await;
+    drop(store);
+    drain.await.unwrap();
+    (users, group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_member_group_pushes_only_to_the_mentioned_and_the_replied_to() {
+    let (url, calls) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (town, group) = seed_town(dir.path(), 1000).await;
+    let data_dir = dir.path().to_path_buf();
+    let server = TestServer::start_with(move |c| {
+        c.data_dir = data_dir;
+        c.push.webhook_url = Some(url);
+        c.push.webhook_secret = Some(SECRET.into());
+        c.push.window_ms = 200;
+    })
+    .await;
+    let send = |from: usize, body: Value| {
+        let (server, token) = (&server, town[from].token.clone());
+        async move {
+            let path = format!("/v1/conversations/{group}/entries");
+            let (status, json) = server.call(Method::POST, &path, Some(&token), Some(&body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{json}");
+            json["seq"].as_u64().expect("a seq")
+        }
+    };
+    let message =
+        |id: &str, text: &str| json!({"client_msg_id": id, "kind": "message", "body": text});
+    // Nobody is connected, everyone has a phone: a plain message pushes to nobody.
+    send(0, message("plain", "good morning, town")).await;
+    // Two by handle (one in other case), one by id; a reply pushes to the replied-to.
+    let mention = json!({"client_msg_id": "m", "kind": "message",
+        "body": "@u0007 and @U0123: see @nobody", "mentions": [town[500].id]});
+    let mentioned = send(0, mention).await;
+    let question = send(42, message("q", "a question")).await;
+    let reply = json!({"client_msg_id": "r", "kind": "message",
+        "body": "an answer", "reply_to": question});
+    let answer = send(0, reply).await;
+    // The log says whom the message mentions.
+    let path = format!("/v1/conversations/{group}/entries?after={}&limit=1", mentioned - 1);
+    let (_, page) = server.call(Method::GET, &path, Some(&town[0].token), None::<&()>).await;
+    let ids: Vec<i64> = [7, 123, 500].iter().map(|&i| town[i].id.0).collect();
+    assert_eq!(page["entries"][0]["mentions"], json!(ids), "{page}");
+
+    for (i, seq) in [(7, mentioned), (123, mentioned), (500, mentioned), (42, answer)] {
+        let got = wait_calls(&calls, &format!("phone-u{i:04}"), 1).await;
+        assert_eq!(got[0]["last_seq"], seq, "u{i:04}: {got:?}");
+    }
+    // A barrier: a direct message, queued after all of the above, is pushed after them.
+    let direct = server.create_direct(&town[0], &town[999]).await;
+    server.send_rest(&town[0], direct, "d", "psst").await;
+    wait_calls(&calls, "phone-u0999", 1).await;
+    let mut pushed: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c["registration"].as_str().unwrap().to_owned())
+        .collect();
+    pushed.sort();
+    assert_eq!(pushed, ["phone-u0007", "phone-u0042", "phone-u0123", "phone-u0500", "phone-u0999"]);
 }

@@ -234,8 +234,9 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
         if candidates.is_empty() {
             continue;
         }
-        if let Err(err) = state.store().queue_pushes(candidates, now).await {
-            tracing::warn!(error = %err, "queueing pushes failed");
+        match state.store().queue_pushes(candidates, now).await {
+            Ok(n) => metrics::counter!("natter_push_candidates_queued_total").increment(n),
+            Err(err) => tracing::warn!(error = %err, "queueing pushes failed"),
         }
     }
 }

@@ -22,5 +22,8 @@ const common = {
 };
 await build({ ...common, entryPoints: [join(here, "src", "app.ts")], outfile: join(out, "app.js") });
 await build({ ...common, entryPoints: [join(here, "src", "worker.ts")], outfile: join(out, "worker.js") });
+// The push service worker as a classic script (module service workers are not everywhere);
+// served at /app/sw.js, its scope is /app/ (src/sw.ts says why that is enough).
+await build({ ...common, format: "iife", entryPoints: [join(here, "src", "sw.ts")], outfile: join(out, "sw.js") });
 await build({ ...common, entryPoints: [join(here, "app.css")], outfile: join(out, "app.css") });
 for (const f of ["index.html", "icon.svg"]) await copyFile(join(here, f), join(out, f));

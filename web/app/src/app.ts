@@ -4,7 +4,8 @@
  * delivered and read marks, typing, presence, replies, edits, deletions, reactions,
  * attachments with previews and upload progress, a visible reconnecting state, and desktop
  * notifications while the tab is hidden; your profile and account (devices, password,
- * blocked users, a download of your data); blocking and reporting; group moderation for a
+ * blocked users, a download of your data, and Web Push notifications for while Natter is
+ * closed: `push.ts`, `sw.ts`); blocking and reporting; group moderation for a
  * group's admins; and the admin page (`admin.ts`) for server administrators. The live side
  * is `link.ts` (one connection shared by this profile's tabs); REST calls go straight from
  * the tab.
@@ -29,6 +30,7 @@ import type {
 import { bindAdmin, hideAdmin, showAdmin } from "./admin.js";
 import { byId, bytes, clear, h, time } from "./dom.js";
 import { type Live, connect } from "./link.js";
+import { closePushed, enablePush, forgetPush, pushOffered, startPush } from "./push.js";
 
 const BASE = location.origin;
 const SESSION_KEY = "natter.session";
@@ -194,6 +196,7 @@ async function enter(s: Saved): Promise<void> {
   void loadProfile().catch(() => undefined);
   void loadAccount().catch(() => undefined);
   void state.api.me().then((me) => (byId("admin-open").hidden = !me.admin), () => undefined);
+  void startPush(state.api, `${s.user_id}:${s.device_id}`, (conv) => void openPushed(conv)).catch(() => undefined);
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("c"));
   if (wanted && state.convs.has(wanted)) await openConversation(wanted);
   renderList();
@@ -322,6 +325,7 @@ async function report(target: { conversation: ConversationId; seq: Seq } | { use
 }
 
 async function logout(): Promise<void> {
+  await forgetPush();
   try {
     await state.api.logout();
   } catch {
@@ -422,6 +426,19 @@ async function startGroup(title: string, handles: string[]): Promise<string> {
   return invited.length ? `Invited (they share no chat with you yet): ${invited.join(", ")}` : "";
 }
 
+/** Opens a conversation a notification was clicked for (one joined since the list loaded too). */
+async function openPushed(conv: ConversationId): Promise<void> {
+  if (!state.convs.has(conv)) {
+    try {
+      upsert(await state.api.conversation(conv));
+      watchPresence();
+    } catch {
+      return;
+    }
+  }
+  await openConversation(conv);
+}
+
 // ---- one conversation --------------------------------------------------------------------
 
 function newView(conv: ConversationId): View {
@@ -433,6 +450,7 @@ async function openConversation(conv: ConversationId): Promise<void> {
   state.replyTo = state.editing = state.actionsFor = undefined;
   location.hash = `c=${conv}`;
   document.body.classList.add("chat-open");
+  closePushed(conv);
   let v = state.views.get(conv);
   if (!v) {
     v = newView(conv);
@@ -1273,7 +1291,8 @@ function bindStatic(): void {
     render(false);
   });
   byId("notify").addEventListener("click", () => {
-    if (typeof Notification !== "undefined") void Notification.requestPermission().then(renderNotify);
+    if (pushOffered()) void enablePush().then(renderNotify);
+    else if (typeof Notification !== "undefined") void Notification.requestPermission().then(renderNotify);
   });
   renderNotify();
   byId("new-direct").addEventListener("submit", (e) => {

@@ -6,7 +6,9 @@
 // older history loads on scroll; two tabs share one server session
 // and closing the first hands over; a report filed in the web client shows up in the admin
 // page, whose removal the reporter's chat shows, and a block refuses the other's messages;
-// a page on another origin is refused. The pages
+// a page on another origin is refused; Web Push: the account panel offers notifications when
+// the server has Web Push, the service worker shows a pushed notification (tag, title, body),
+// a `clear` push closes it, and its click opens the chat in the app's tab. The pages
 // reach the server through a test proxy that can refuse the live transports and writes (so
 // the outbox holds sends while pages still load). Screenshots go to NATTER_SCREENSHOTS
 // (default target/screenshots; docs/screenshots holds the committed ones).
@@ -20,7 +22,7 @@ import { fileURLToPath } from "node:url";
 import { deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
 import { HttpProxy } from "../../sdk/dist/testkit/proxies.js";
-import { TestServer } from "../../sdk/dist/testkit/server.js";
+import { TestServer, pushToml } from "../../sdk/dist/testkit/server.js";
 
 const REPO = fileURLToPath(new URL("../../../", import.meta.url));
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -427,6 +429,201 @@ describe("the web client in Chromium", () => {
     }
   });
 });
+
+// Web Push, on a server of its own with Web Push on. Headless Chromium has no push service,
+// so a subscription is refused (the panel says so); the pushes are handed to the service
+// worker over the DevTools protocol (`ServiceWorker.deliverPushMessage`), as the browser
+// would after decrypting them, and what it shows is read back with `getNotifications()`.
+describe("Web Push in Chromium", () => {
+  let pushServer;
+  let context;
+
+  before(async () => {
+    pushServer = await TestServer.start([], pushToml({ webPush: true }));
+  });
+
+  after(async () => {
+    await context?.close().catch(() => undefined);
+    await pushServer?.stop();
+  });
+
+  it("the account panel offers notifications; a push shows one per chat, a clear closes it, a click opens the chat", async () => {
+    const origin = pushServer.url;
+    const dana = await restAccount(origin, "dana");
+    const erin = await restAccount(origin, "erin");
+    const direct = (await dana.call("POST", "/v1/conversations", { kind: "direct", peer: erin.user_id })).id;
+    const group = (await dana.call("POST", "/v1/conversations", { kind: "group", title: "Team", members: [erin.user_id] })).id;
+    const config = await dana.call("GET", "/v1/push/config");
+    assert.ok(config.providers.includes("webpush"), `the server lists webpush: ${JSON.stringify(config)}`);
+    assert.match(config.vapid_public_key, /^[A-Za-z0-9_-]{87}$/, "a 65-byte key, base64url without padding");
+    const script = await fetch(`${origin}/app/sw.js`);
+    assert.equal(script.status, 200, "the server serves the service worker (crates/server/src/http/webapp.rs, ASSETS)");
+    assert.match(script.headers.get("content-type"), /^text\/javascript/);
+
+    context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+    await context.grantPermissions(["notifications"], { origin });
+    const page = await context.newPage();
+    watchErrors(page, "dana");
+    const workers = await ServiceWorkers.watch(await context.newCDPSession(page));
+    await page.goto(origin);
+    await page.fill("#handle", "dana");
+    await page.fill("#password", PASSWORD);
+    await page.click("#sign-in");
+    await page.waitForSelector('#me:text-is("dana")', { timeout: WAIT });
+    await connected(page);
+
+    // The control: asks, registers the service worker, tries to subscribe. Without a push
+    // service the subscription fails, visibly, and the rest of the app goes on.
+    await page.click("#account summary");
+    const panel = page.getByRole("region", { name: "Notifications" });
+    const enable = panel.getByRole("button", { name: "Enable notifications" });
+    await enable.waitFor({ timeout: WAIT });
+    await enable.click();
+    const note = panel.getByRole("status");
+    await page.waitForFunction(() => /could not be turned on|are on/.test(document.querySelector("#push-note")?.textContent ?? ""), null, { timeout: WAIT });
+    if (/are on/.test(await note.textContent())) {
+      // A browser with a push service: the server has this device's registration.
+      const regs = (await dana.call("GET", "/v1/me/push")).registrations;
+      assert.ok(regs.some((r) => r.provider === "webpush"), JSON.stringify(regs));
+    } else {
+      assert.match(await note.textContent(), /^Notifications could not be turned on: .+/);
+      await enable.waitFor({ timeout: WAIT }); // offered again
+    }
+    await page.screenshot({ path: join(SHOTS, "push-panel.png") });
+    await connected(page);
+
+    const scope = `${origin}/app/`;
+    const registrationId = await workers.activated(scope).catch(async (err) => assert.fail(`${err.message}; the panel says: ${await note.textContent()}`));
+    const push = (payload) => workers.cdp.send("ServiceWorker.deliverPushMessage", { origin, registrationId, data: JSON.stringify(payload) });
+
+    // A group's notification: the group's title, the sender before the text, one per chat.
+    await push({ kind: "notify", conversation: group, collapse_id: `c${group}`, first_seq: 3, last_seq: 5, count: 3, title: "Team", sender: "erin", body: "3 new messages" });
+    await waitShown(page, `c${group}`, [{ title: "Team", body: "erin: 3 new messages", tag: `c${group}`, data: { conversation: group } }]);
+    // A payload with no title, sender or body: the worker's defaults.
+    await push({ kind: "notify", conversation: direct, collapse_id: `c${direct}`, first_seq: 1, last_seq: 1, count: 1 });
+    await waitShown(page, `c${direct}`, [{ title: "Natter", body: "New message", tag: `c${direct}`, data: { conversation: direct } }]);
+    // A later push for the same chat replaces its notification.
+    await push({ kind: "notify", conversation: direct, collapse_id: `c${direct}`, first_seq: 1, last_seq: 2, count: 2, sender: "erin", body: "2 new messages" });
+    const replaced = [{ title: "erin", body: "2 new messages", tag: `c${direct}`, data: { conversation: direct } }];
+    await waitShown(page, `c${direct}`, replaced);
+
+    // Read elsewhere: a clear closes that chat's notification, and only that one.
+    await push({ kind: "clear", conversation: group, collapse_id: `c${group}`, first_seq: 3, last_seq: 5, count: 3 });
+    await waitShown(page, `c${group}`, []);
+    assert.deepEqual(await notifications(page, `c${direct}`), replaced, "the other chat's notification stays");
+
+    // A click: the notification goes, and the app's tab opens the chat.
+    const sw = context.serviceWorkers().find((w) => w.url() === `${scope}sw.js`) ?? (await context.waitForEvent("serviceworker", { timeout: WAIT }));
+    await sw.evaluate(async (tag) => {
+      const [n] = await self.registration.getNotifications({ tag });
+      // A click as the browser reports it (its waitUntil throws for an event made here, but
+      // the handler's work has started by then).
+      self.dispatchEvent(new NotificationEvent("notificationclick", { notification: n }));
+    }, `c${direct}`);
+    await page.waitForSelector('#chat-title:has-text("erin")', { timeout: WAIT });
+    assert.match(page.url(), new RegExp(`#c=${direct}$`));
+    await waitShown(page, `c${direct}`, []);
+
+    // Opening a chat here closes its pushed notification.
+    await push({ kind: "notify", conversation: group, collapse_id: `c${group}`, first_seq: 6, last_seq: 6, count: 1, title: "Team", sender: "erin", body: "lunch?" });
+    await waitShown(page, `c${group}`, [{ title: "Team", body: "erin: lunch?", tag: `c${group}`, data: { conversation: group } }]);
+    await page.click(`button.conv[data-conv="${group}"]`);
+    await page.waitForSelector('#chat-title:has-text("Team")', { timeout: WAIT });
+    await waitShown(page, `c${group}`, []);
+  });
+});
+
+/** An account made over REST, and its calls. */
+async function restAccount(base, handle) {
+  const post = (path, body) => fetch(`${base}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  assert.equal((await post("/v1/accounts", { handle, password: PASSWORD })).status, 201);
+  const session = await (await post("/v1/sessions", { handle, password: PASSWORD, device: "rest" })).json();
+  const call = async (method, path, body) => {
+    const res = await fetch(`${base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${session.token}`, "content-type": "application/json" },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    assert.ok(res.ok, `${method} ${path}: ${res.status} ${await res.clone().text()}`);
+    return res.json();
+  };
+  return { user_id: session.user_id, call };
+}
+
+/** Service worker registrations and versions as Chromium reports them over CDP. */
+class ServiceWorkers {
+  static async watch(cdp) {
+    const w = new ServiceWorkers(cdp);
+    await cdp.send("ServiceWorker.enable");
+    return w;
+  }
+
+  constructor(cdp) {
+    this.cdp = cdp;
+    this.registrations = new Map();
+    this.versions = new Map();
+    this.wake = new Set();
+    cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => {
+      for (const r of e.registrations) this.registrations.set(r.registrationId, r);
+      this.wake.forEach((f) => f());
+    });
+    cdp.on("ServiceWorker.workerVersionUpdated", (e) => {
+      for (const v of e.versions) this.versions.set(v.versionId, v);
+      this.wake.forEach((f) => f());
+    });
+  }
+
+  /** The id of the registration of `scopeURL` once a version of it is activated. */
+  activated(scopeURL) {
+    const find = () => {
+      const reg = [...this.registrations.values()].find((r) => r.scopeURL === scopeURL && !r.isDeleted);
+      const ok = reg && [...this.versions.values()].some((v) => v.registrationId === reg.registrationId && v.status === "activated");
+      return ok ? reg.registrationId : undefined;
+    };
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const id = find();
+        if (id === undefined) return;
+        clearTimeout(timer);
+        this.wake.delete(check);
+        resolve(id);
+      };
+      const timer = setTimeout(() => {
+        this.wake.delete(check);
+        reject(new Error(`no activated service worker for ${scopeURL}: ${JSON.stringify([...this.registrations.values()])}`));
+      }, WAIT);
+      this.wake.add(check);
+      check();
+    });
+  }
+}
+
+/** The push worker's notifications tagged `tag`, as data. */
+function notifications(page, tag) {
+  return page.evaluate(async (tag) => {
+    const reg = await navigator.serviceWorker.getRegistration("/app/");
+    const shown = reg ? await reg.getNotifications({ tag }) : [];
+    return shown.map((n) => ({ title: n.title, body: n.body, tag: n.tag, data: n.data }));
+  }, tag);
+}
+
+/** Waits until the push worker's notifications tagged `tag` are `expected` (`[]`: none). */
+async function waitShown(page, tag, expected) {
+  try {
+    await page.waitForFunction(
+      async ({ tag, want }) => {
+        const reg = await navigator.serviceWorker.getRegistration("/app/");
+        const shown = reg ? await reg.getNotifications({ tag }) : [];
+        return JSON.stringify(shown.map((n) => ({ title: n.title, body: n.body, tag: n.tag, data: n.data }))) === want;
+      },
+      { tag, want: JSON.stringify(expected) },
+      { timeout: WAIT },
+    );
+  } catch (err) {
+    assert.deepEqual(await notifications(page, tag), expected);
+    throw err;
+  }
+}
 
 /** A `w`×`h` RGB PNG (a gradient), made here so the test needs no image files. */
 function png(w, h) {

@@ -41,6 +41,7 @@ import type {
   Device,
   DeviceId,
   ProfileUpdate,
+  PushConfig,
   User,
   UserId,
 } from "./types.js";
@@ -305,6 +306,11 @@ export class Api {
   }
 
   // --- push notifications ---------------------------------------------------------------
+
+  /** `GET /v1/push/config`: the providers the server has enabled, and the VAPID key when Web Push is on. */
+  pushConfig(): Promise<PushConfig> {
+    return this.call("GET", "/v1/push/config");
+  }
 
   /** `POST /v1/me/push`: this device's push registration; its id. */
   async registerPush(registration: { provider: string; token: string; p256dh?: string; auth?: string }): Promise<number> {

@@ -284,6 +284,14 @@ export interface Me {
   admin?: boolean;
 }
 
+/** `GET /v1/push/config`: which push providers the server has enabled. */
+export interface PushConfig {
+  /** `webhook`, `webpush`, …: the `provider`s `registerPush` accepts. */
+  providers: string[];
+  /** The VAPID public key (base64url, unpadded: a 65-byte uncompressed P-256 point), when `webpush` is on. */
+  vapid_public_key?: string | null;
+}
+
 export interface ConversationPage {
   conversations: ConversationSummary[];
   /** Pass as `before` for the next page. */

@@ -1,10 +1,12 @@
 /**
  * A real Natter node per test: `natter serve --listen 127.0.0.1:0 --data-dir <fresh dir>`,
  * with rate limits off and receipts and presence that show quickly. It can be killed and
- * restarted on the same port and data directory. `NATTER_BIN` overrides the binary.
+ * restarted on the same port and data directory. `NATTER_BIN` overrides the binary. Settings
+ * that have no flag (push providers) go in a config file written to its data directory.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -41,8 +43,14 @@ export class TestServer {
     this.dataDir = mkdtempSync(join(tmpdir(), "natter-sdk-test-"));
   }
 
-  static async start(extra: string[] = []): Promise<TestServer> {
-    const s = new TestServer(extra);
+  /** A node with `extra` flags, and `configToml` as its `--config` file. */
+  static async start(extra: string[] = [], configToml?: string): Promise<TestServer> {
+    const s = new TestServer([...extra]);
+    if (configToml !== undefined) {
+      const path = join(s.dataDir, "natter.toml");
+      writeFileSync(path, configToml);
+      s.extra.push("--config", path);
+    }
     await s.spawn();
     return s;
   }
@@ -149,4 +157,27 @@ export class TestServer {
     }
     rmSync(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A `[push]` section: the webhook gateway at `webhookUrl`, and Web Push (`[push.webpush]`)
+ * with a fresh VAPID key pair, its endpoints allowed on `webPushHosts` (default: the real push
+ * services').
+ */
+export function pushToml(options: { webhookUrl?: string; webPush?: boolean; webPushHosts?: string[] }): string {
+  const lines = ["[push]"];
+  if (options.webhookUrl !== undefined) lines.push(`webhook_url = ${JSON.stringify(options.webhookUrl)}`);
+  if (options.webPush) {
+    const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const pub = publicKey.export({ format: "jwk" });
+    const point = Buffer.concat([Buffer.from([4]), Buffer.from(pub.x ?? "", "base64url"), Buffer.from(pub.y ?? "", "base64url")]);
+    lines.push(
+      "[push.webpush]",
+      `vapid_public_key = ${JSON.stringify(point.toString("base64url"))}`,
+      `vapid_private_key = ${JSON.stringify(privateKey.export({ format: "jwk" }).d ?? "")}`,
+      `subject = "mailto:ops@natter.test"`,
+    );
+    if (options.webPushHosts) lines.push(`allowed_hosts = ${JSON.stringify(options.webPushHosts)}`);
+  }
+  return `${lines.join("\n")}\n`;
 }

@@ -6,6 +6,8 @@
 //! and do-not-disturb get none; a gateway 5xx is retried, a 410 deletes the token; logging
 //! out deletes the device's registrations. A group of 1,000 pushes only to the members a
 //! message mentions (by id or `@handle`) and to the author of the message it replies to.
+//! In a three-node cluster, a member connected to another node gets no push, one
+//! connected nowhere gets exactly one (whichever node claims it).
 
 use std::sync::{Arc, Mutex};
 
@@ -372,4 +374,36 @@ async fn a_thousand_member_group_pushes_only_to_the_mentioned_and_the_replied_to
         .collect();
     pushed.sort();
     assert_eq!(pushed, ["phone-u0007", "phone-u0042", "phone-u0123", "phone-u0500", "phone-u0999"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_three_node_cluster_only_members_connected_nowhere_get_a_push() {
+    let (url, calls) = gateway().await;
+    let cluster =
+        natter_testkit::TestCluster::start(3, natter_server::Faults::default(), move |c| {
+            c.push.webhook_url = Some(url.clone());
+            c.push.webhook_secret = Some(SECRET.into());
+            c.push.window_ms = 300;
+        })
+        .await;
+    let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let [alice, bob, carol] = n0.users(["alice", "bob", "carol"]).await;
+    n0.contacts(&alice, &[&bob, &carol]).await;
+    let group = n0.create_group(&alice, "trio", &[&bob, &carol]).await;
+    register(n1, &bob.token, "bob-phone").await;
+    register(n2, &carol.token, "carol-phone").await;
+    // Bob is connected to node 1 only; carol to none. Alice sends through node 0.
+    let _bob_online = n1.synced_ws(&bob).await;
+    for i in 0..5 {
+        n0.send_rest(&alice, group, &format!("m{i}"), &format!("message {i}")).await;
+    }
+    let got = wait_calls(&calls, "carol-phone", 1).await;
+    assert_eq!(got[0]["count"], 5, "{got:?}");
+    // A barrier: a later message's push to carol; by then bob's would have come.
+    let ac = n2.create_direct(&alice, &carol).await;
+    n2.send_rest(&alice, ac, "b", "barrier").await;
+    let got = wait_calls(&calls, "carol-phone", 2).await;
+    assert_eq!(got[1]["conversation"], ac.0);
+    assert_eq!(calls_for(&calls, "carol-phone").len(), 2, "each sent once, by one node");
+    assert!(calls_for(&calls, "bob-phone").is_empty(), "bob is online on node 1");
 }

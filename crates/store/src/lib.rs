@@ -189,6 +189,39 @@ pub enum PushOutcome {
     Retry { due_at: i64 },
 }
 
+/// A user's email address as on file ([`Store::email`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress {
+    pub email: String,
+    /// The address's owner followed the signed link mailed to it.
+    pub verified: bool,
+    /// Digests go to it (off after its one-click unsubscribe).
+    pub digests: bool,
+}
+
+/// A digest owed ([`Store::claim_digests`]): to whom, and their unread conversations (most
+/// recent activity first, at most [`MAX_DIGEST_CONVERSATIONS`], none muted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestJob {
+    pub user: UserId,
+    pub email: String,
+    pub conversations: Vec<ConversationId>,
+}
+
+/// Most conversations one digest lists.
+pub const MAX_DIGEST_CONVERSATIONS: u32 = 20;
+
+/// How a claimed digest ended ([`Store::finish_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestOutcome {
+    /// Mailed at this time (the next is due no sooner than a period after it).
+    Sent { at: i64 },
+    /// Nothing to send (read first, or no address any more).
+    Nothing,
+    /// Try again at `due_at` (the SMTP server failed).
+    Retry { due_at: i64 },
+}
+
 /// Most push registrations one user may have (`conflict` past it).
 pub const MAX_PUSH_REGISTRATIONS: i64 = 20;
 
@@ -607,6 +640,25 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_pushes(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>>;
     /// Ends a claimed job's attempt.
     async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()>;
+
+    // ---- email digests ----
+
+    /// Sets (or with `None` removes) `user`'s email address. A new address is unverified
+    /// and gets digests once verified; setting the same one again changes nothing.
+    async fn set_email(&self, user: UserId, email: Option<String>) -> Result<()>;
+    async fn email(&self, user: UserId) -> Result<Option<EmailAddress>>;
+    /// Marks `email` verified (at `now`) if it is still `user`'s address; `false` if not.
+    async fn verify_email(&self, user: UserId, email: &str, now: i64) -> Result<bool>;
+    /// Turns digests to `email` on or off if it is still `user`'s address; `false` if not.
+    async fn set_digests(&self, user: UserId, email: &str, on: bool) -> Result<bool>;
+    /// Owes each of `users` with a verified address that takes digests one digest, due at
+    /// `due_at` and no sooner than `period_ms` after their last; one already owed keeps its
+    /// time. How many were owed now.
+    async fn queue_digests(&self, users: Vec<UserId>, due_at: i64, period_ms: i64) -> Result<u64>;
+    /// Claims up to `limit` digests due at `now` whose lease lapsed, for `lease_ms`, with the
+    /// address and unread conversations of each (a user with neither is dropped here).
+    async fn claim_digests(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<DigestJob>>;
+    async fn finish_digest(&self, user: UserId, outcome: DigestOutcome) -> Result<()>;
 
     // ---- reports and server administration ----
 

@@ -18,6 +18,7 @@
 //! before its commit succeeded. Reads take a pooled connection each.
 
 mod admin;
+mod email;
 mod push;
 mod read;
 mod write;
@@ -39,10 +40,10 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
-    NewGroup, NewMedia, NewPushRegistration, NewReport, Page, PendingAck, Principal, PushCandidate,
-    PushJob, PushOutcome, PushRegistration, Range, Result, Store, StoreError, StoreLimits,
-    TokenHash, UserRecord,
+    Added, Append, Collected, CommitFeed, CursorUpdate, DigestJob, DigestOutcome, EmailAddress,
+    GroupChange, ListCursor, MediaRecord, NewGroup, NewMedia, NewPushRegistration, NewReport, Page,
+    PendingAck, Principal, PushCandidate, PushJob, PushOutcome, PushRegistration, Range, Result,
+    Store, StoreError, StoreLimits, TokenHash, UserRecord,
 };
 use admin::{AdminOp, AdminOut};
 
@@ -75,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0012_group_moderation.sql"),
     include_str!("../migrations/postgres/0013_administration.sql"),
     include_str!("../migrations/postgres/0014_push.sql"),
+    include_str!("../migrations/postgres/0015_email.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -891,6 +893,41 @@ impl Store for PgStore {
     async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()> {
         let c = self.client().await?;
         push::finish(&c, id, outcome).await.map_err(Fail::into_store)
+    }
+
+    async fn set_email(&self, user: UserId, email: Option<String>) -> Result<()> {
+        let c = self.client().await?;
+        email::set_email(&c, user, email.as_deref()).await.map_err(Fail::into_store)
+    }
+
+    async fn email(&self, user: UserId) -> Result<Option<EmailAddress>> {
+        let c = self.client().await?;
+        email::email(&c, user).await.map_err(Fail::into_store)
+    }
+
+    async fn verify_email(&self, user: UserId, address: &str, now: i64) -> Result<bool> {
+        let c = self.client().await?;
+        email::verify_email(&c, user, address, now).await.map_err(Fail::into_store)
+    }
+
+    async fn set_digests(&self, user: UserId, address: &str, on: bool) -> Result<bool> {
+        let c = self.client().await?;
+        email::set_digests(&c, user, address, on).await.map_err(Fail::into_store)
+    }
+
+    async fn queue_digests(&self, users: Vec<UserId>, due_at: i64, period_ms: i64) -> Result<u64> {
+        let c = self.client().await?;
+        email::queue(&c, &users, due_at, period_ms).await.map_err(Fail::into_store)
+    }
+
+    async fn claim_digests(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<DigestJob>> {
+        let c = self.client().await?;
+        email::claim(&c, now, lease_ms, limit).await.map_err(Fail::into_store)
+    }
+
+    async fn finish_digest(&self, user: UserId, outcome: DigestOutcome) -> Result<()> {
+        let c = self.client().await?;
+        email::finish(&c, user, outcome).await.map_err(Fail::into_store)
     }
 
     async fn create_report(&self, report: NewReport) -> Result<i64> {

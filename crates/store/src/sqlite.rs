@@ -10,6 +10,7 @@
 //! proceed while the writer commits.
 
 mod admin;
+mod email;
 mod push;
 mod read;
 mod write;
@@ -29,10 +30,10 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{
-    Added, Append, Collected, CommitFeed, CursorUpdate, GroupChange, ListCursor, MediaRecord,
-    NewGroup, NewMedia, NewPushRegistration, NewReport, Page, PendingAck, Principal, PushCandidate,
-    PushJob, PushOutcome, PushRegistration, Range, Result, Store, StoreError, StoreLimits,
-    TokenHash, UserRecord,
+    Added, Append, Collected, CommitFeed, CursorUpdate, DigestJob, DigestOutcome, EmailAddress,
+    GroupChange, ListCursor, MediaRecord, NewGroup, NewMedia, NewPushRegistration, NewReport, Page,
+    PendingAck, Principal, PushCandidate, PushJob, PushOutcome, PushRegistration, Range, Result,
+    Store, StoreError, StoreLimits, TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -56,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0012_group_moderation.sql"),
     include_str!("../migrations/sqlite/0013_administration.sql"),
     include_str!("../migrations/sqlite/0014_push.sql"),
+    include_str!("../migrations/sqlite/0015_email.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -671,6 +673,36 @@ impl Store for SqliteStore {
 
     async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()> {
         self.write(move |c, _| push::finish(c, id, outcome)).await
+    }
+
+    async fn set_email(&self, user: UserId, email: Option<String>) -> Result<()> {
+        self.write(move |c, _| email::set_email(c, user, email.as_deref())).await
+    }
+
+    async fn email(&self, user: UserId) -> Result<Option<EmailAddress>> {
+        self.read(move |c| email::email(c, user)).await
+    }
+
+    async fn verify_email(&self, user: UserId, address: &str, now: i64) -> Result<bool> {
+        let address = address.to_owned();
+        self.write(move |c, _| email::verify_email(c, user, &address, now)).await
+    }
+
+    async fn set_digests(&self, user: UserId, address: &str, on: bool) -> Result<bool> {
+        let address = address.to_owned();
+        self.write(move |c, _| email::set_digests(c, user, &address, on)).await
+    }
+
+    async fn queue_digests(&self, users: Vec<UserId>, due_at: i64, period_ms: i64) -> Result<u64> {
+        self.write(move |c, _| email::queue(c, &users, due_at, period_ms)).await
+    }
+
+    async fn claim_digests(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<DigestJob>> {
+        self.write(move |c, _| email::claim(c, now, lease_ms, limit)).await
+    }
+
+    async fn finish_digest(&self, user: UserId, outcome: DigestOutcome) -> Result<()> {
+        self.write(move |c, _| email::finish(c, user, outcome)).await
     }
 
     async fn create_report(&self, report: NewReport) -> Result<i64> {

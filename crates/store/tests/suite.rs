@@ -70,6 +70,7 @@ macro_rules! store_suite {
             groups_are_moderated_by_owner_and_admins,
             reports_keep_what_was_reported_and_admins_act_on_them,
             the_push_queue_coalesces_leases_and_clears_on_read,
+            digests_go_to_verified_addresses_with_the_unread_conversations,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1787,6 +1788,69 @@ async fn the_push_queue_coalesces_leases_and_clears_on_read<S: Store>(f: Fixture
     s.add_push_registration(bob, phone, reg("t2")).await.unwrap();
     s.revoke_device(bob, phone).await.unwrap();
     assert!(s.push_registrations(bob).await.unwrap().is_empty());
+}
+
+async fn digests_go_to_verified_addresses_with_the_unread_conversations<S: Store>(f: Fixture<S>) {
+    use natter_store::{DigestOutcome, EmailAddress};
+    let s = &*f.store;
+    let [ann, bob, cy] = users(s, ["ann", "bob", "cy"]).await;
+    let ab = s.create_direct(ann, bob).await.unwrap().0;
+    let ac = s.create_direct(ann, cy).await.unwrap().0;
+    let bc = s.create_direct(bob, cy).await.unwrap().0;
+    let t0 = now();
+
+    // Unverified: owed nothing. Verified with a stale address: refused.
+    s.set_email(bob, Some("bob@example.test".into())).await.unwrap();
+    assert_eq!(s.queue_digests(vec![bob], t0, 1_000).await.unwrap(), 0);
+    assert!(!s.verify_email(bob, "old@example.test", t0).await.unwrap());
+    assert!(s.verify_email(bob, "bob@example.test", t0).await.unwrap());
+    let on_file = EmailAddress { email: "bob@example.test".into(), verified: true, digests: true };
+    assert_eq!(s.email(bob).await.unwrap(), Some(on_file.clone()));
+    s.set_email(bob, Some("bob@example.test".into())).await.unwrap();
+    assert_eq!(s.email(bob).await.unwrap(), Some(on_file), "the same address stays verified");
+
+    // Owed once (a second queueing keeps the first time), due at its time, with the unread
+    // conversations, most recent first; cy (no address) is owed nothing.
+    send(s, ab, ann, "a1", "x").await;
+    send(s, bc, cy, "c1", "x").await;
+    assert_eq!(s.queue_digests(vec![bob, cy], t0 + 500, 10_000).await.unwrap(), 1);
+    assert_eq!(s.queue_digests(vec![bob], t0 + 900, 10_000).await.unwrap(), 0);
+    assert!(s.claim_digests(t0 + 499, 60_000, 10).await.unwrap().is_empty(), "not due yet");
+    let jobs = s.claim_digests(t0 + 500, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].user, jobs[0].email.as_str()), (bob, "bob@example.test"));
+    assert_eq!(jobs[0].conversations, vec![bc, ab]);
+    assert!(s.claim_digests(t0 + 501, 60_000, 10).await.unwrap().is_empty(), "leased");
+    s.finish_digest(bob, DigestOutcome::Sent { at: t0 + 600 }).await.unwrap();
+
+    // The next is due no sooner than a period after the last.
+    assert_eq!(s.queue_digests(vec![bob], t0 + 700, 10_000).await.unwrap(), 1);
+    assert!(s.claim_digests(t0 + 10_599, 60_000, 10).await.unwrap().is_empty());
+    let jobs = s.claim_digests(t0 + 10_600, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    // Read first: the job lists nothing (the server sends nothing).
+    let read = |conv, seq| CursorUpdate {
+        conversation: conv,
+        user: bob,
+        delivered: None,
+        read: Some(seq),
+    };
+    s.set_cursors(vec![read(ab, 100), read(bc, 100)]).await.unwrap();
+    s.finish_digest(bob, DigestOutcome::Retry { due_at: t0 + 10_700 }).await.unwrap();
+    let jobs = s.claim_digests(t0 + 10_700, 60_000, 10).await.unwrap();
+    assert_eq!(jobs[0].conversations, Vec::<ConversationId>::new());
+    s.finish_digest(bob, DigestOutcome::Nothing).await.unwrap();
+
+    // Unsubscribed (only with the address on file): owed nothing; a new address is not.
+    assert!(!s.set_digests(bob, "other@example.test", false).await.unwrap());
+    assert!(s.set_digests(bob, "bob@example.test", false).await.unwrap());
+    send(s, ac, ann, "a2", "x").await;
+    assert_eq!(s.queue_digests(vec![bob], t0, 1).await.unwrap(), 0);
+    s.set_email(bob, Some("new@example.test".into())).await.unwrap();
+    let new = EmailAddress { email: "new@example.test".into(), verified: false, digests: true };
+    assert_eq!(s.email(bob).await.unwrap(), Some(new));
+    s.set_email(bob, None).await.unwrap();
+    assert_eq!(s.email(bob).await.unwrap(), None);
 }
 
 fn now() -> i64 {

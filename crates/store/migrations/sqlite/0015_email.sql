@@ -1,0 +1,16 @@
+-- Email digests (issue 14). An address is on file once verified (a signed link mailed to
+-- it); `digests_off`: its one-click unsubscribe. `last_digest_at`: when the last digest went.
+ALTER TABLE users ADD COLUMN email TEXT;
+ALTER TABLE users ADD COLUMN email_verified_at INTEGER;
+ALTER TABLE users ADD COLUMN digests_off INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN last_digest_at INTEGER;
+
+-- Users owed a digest: one row each, due `digest_delay_ms` after the first message they
+-- did not read (and no sooner than `digest_period_ms` after the last digest), claimed
+-- under a lease like push jobs.
+CREATE TABLE email_digests (
+    user_id       INTEGER PRIMARY KEY,
+    due_at        INTEGER NOT NULL,
+    claimed_until INTEGER
+);
+CREATE INDEX email_digests_due ON email_digests (due_at);

@@ -143,6 +143,8 @@ pub struct Me {
     /// A server administrator (the admin API answers them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailOnFile>,
 }
 
 /// `POST /v1/conversations`.
@@ -586,6 +588,29 @@ pub struct PushRegistration {
     pub provider: String,
     pub device_id: DeviceId,
     pub created_at: i64,
+}
+
+/// `PUT /v1/me/email`: an address to verify and then mail digests to, or `null` to remove
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailUpdate {
+    pub email: Option<String>,
+}
+
+/// `PUT /v1/me/email/digests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestsSetting {
+    pub on: bool,
+}
+
+/// The caller's address on file, in `GET /v1/me`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailOnFile {
+    pub email: String,
+    /// Its owner followed the link mailed to it (digests go only to verified addresses).
+    pub verified: bool,
+    /// Digests go to it (off after its unsubscribe link).
+    pub digests: bool,
 }
 
 /// `GET /v1/push/config`: the push providers on (`webhook`, `webpush`, `fcm`, `apns`) and,

@@ -333,6 +333,9 @@ pub struct Config {
     pub content_rules: ContentRules,
     /// Push notifications (`[push]` in the file; docs/protocol.md "Push notifications").
     pub push: PushSettings,
+    /// Email over SMTP: address verification and digests of unread conversations
+    /// (`[email]`; docs/protocol.md "Email digests"). Unset: no email.
+    pub email: Option<EmailSettings>,
     pub limits: Limits,
 }
 
@@ -368,6 +371,60 @@ pub struct PushSettings {
     /// Apple Push Notification service over HTTP/2 with a token key (`[push.apns]`).
     /// Unset: off.
     pub apns: Option<ApnsSettings>,
+}
+
+/// Email: the SMTP server, the sender, the links, the digests' timing and templates.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `smtp://host:port` (plain: a relay on loopback), `smtp://host:587?tls=required`
+    /// (STARTTLS) or `smtps://host:465`; credentials as `user:password@` in it.
+    pub smtp_url: String,
+    /// The `From` of every email: `Natter <noreply@example.com>`.
+    pub from: String,
+    /// This server's address as its users reach it, for the links in emails.
+    pub public_url: String,
+    /// A digest goes this long after the first message a user did not read.
+    #[serde(default = "EmailSettings::default_delay")]
+    pub digest_delay_ms: u64,
+    /// At most one digest per user per this long.
+    #[serde(default = "EmailSettings::default_period")]
+    pub digest_period_ms: u64,
+    /// How long an address verification link works, in seconds.
+    #[serde(default = "EmailSettings::default_verify_ttl")]
+    pub verify_ttl_secs: u64,
+    /// minijinja templates replacing the built-in digest (`digest.txt` and `digest.html`
+    /// in this directory; see docs/protocol.md for their variables).
+    #[serde(default)]
+    pub templates_dir: Option<PathBuf>,
+}
+
+impl EmailSettings {
+    fn default_delay() -> u64 {
+        15 * 60 * 1000
+    }
+
+    fn default_period() -> u64 {
+        6 * 3600 * 1000
+    }
+
+    fn default_verify_ttl() -> u64 {
+        7 * 86_400
+    }
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The SMTP URL may hold a password: only its scheme and host.
+        let host = self.smtp_url.rsplit('@').next().unwrap_or_default();
+        f.debug_struct("EmailSettings")
+            .field("smtp", &host)
+            .field("from", &self.from)
+            .field("public_url", &self.public_url)
+            .field("digest_delay_ms", &self.digest_delay_ms)
+            .field("digest_period_ms", &self.digest_period_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Web Push with VAPID (RFC 8292).
@@ -605,6 +662,7 @@ impl Default for Config {
             admins: Vec::new(),
             content_rules: ContentRules::default(),
             push: PushSettings::default(),
+            email: None,
             limits: Limits::default(),
         }
     }

@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod blocks;
 mod conversations;
+mod email;
 mod ephemeral;
 mod export;
 mod invitations;
@@ -52,6 +53,10 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/me/password", put(accounts::change_password))
         .route("/v1/me/export", get(export::export))
         .route("/v1/push/config", get(push::config))
+        .route("/v1/me/email", put(email::set))
+        .route("/v1/me/email/digests", put(email::digests))
+        .route("/v1/email/verify", get(email::verify))
+        .route("/v1/email/unsubscribe", get(email::unsubscribe_page).post(email::unsubscribe))
         .route("/v1/me/push", post(push::register).get(push::list))
         .route("/v1/me/push/{id}", axum::routing::delete(push::unregister))
         .route("/v1/me/notifications", put(push::dnd))

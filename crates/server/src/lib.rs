@@ -174,7 +174,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let media = media::Media::open(&cfg, &secret).await.context("opening media storage")?;
     let tickets = auth::ticket::Tickets::new(&secret);
     let content = moderation::ContentFilter::new(&cfg.content_rules)?;
-    let (push, push_rx) = push::Push::new(&cfg.push)?;
+    let (push, push_rx) = push::Push::new(&cfg, &secret)?;
     if cfg.redis_url.is_some() && cfg.media_url.is_none() {
         tracing::warn!(
             "cluster mode with media on this node's disk: other nodes cannot serve its uploads; \
@@ -201,6 +201,7 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     let push_tasks = [
         tokio::spawn(push::queue(state.clone(), push_rx)),
         tokio::spawn(push::dispatch(state.clone())),
+        tokio::spawn(push::email::digests(state.clone())),
     ];
     let app = http::router(state.clone(), polls.clone());
     let serve_state = state.clone();

@@ -14,6 +14,7 @@ mod cluster_faults;
 mod content_rules;
 mod crate_graph;
 mod edits;
+mod email;
 mod export;
 mod fallback;
 mod group_moderation;

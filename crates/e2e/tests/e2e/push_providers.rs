@@ -64,26 +64,32 @@ struct Receiver {
     base: String,
 }
 
+/// Starts a Python stand-in from this directory (`scripts/test.sh` names the interpreter of
+/// its virtualenv, with the packages they need, in `NATTER_PYTHON`) and reads the HTTP port
+/// it prints (`PORT n`) once it listens.
+pub(crate) async fn python_stand_in(script: &str, args: &[&str]) -> (tokio::process::Child, u16) {
+    let python = std::env::var("NATTER_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = format!("{}/tests/e2e/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {python} {script}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = natter_testkit::within("the stand-in listening", lines.next_line())
+        .await
+        .expect("its stdout")
+        .unwrap_or_else(|| panic!("{script} printed no PORT line (are its packages installed? scripts/test.sh installs them)"));
+    let port = line.strip_prefix("PORT ").expect("PORT n").parse().expect("a port");
+    (child, port)
+}
+
 impl Receiver {
     async fn start(vapid_public: &str) -> Receiver {
-        let python = std::env::var("NATTER_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/webpush_receiver.py");
-        let mut child = tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(vapid_public)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("starting {python} {script} (scripts/test.sh sets NATTER_PYTHON): {e}")
-            });
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = natter_testkit::within("the Web Push receiver listening", lines.next_line())
-            .await
-            .expect("its stdout")
-            .expect("a PORT line (are http-ece and cryptography installed? scripts/test.sh installs them)");
-        let port = line.strip_prefix("PORT ").expect("PORT n");
+        let (child, port) = python_stand_in("webpush_receiver.py", &[vapid_public]).await;
         Receiver { _child: child, base: format!("http://127.0.0.1:{port}") }
     }
 

@@ -200,7 +200,12 @@ pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<J
     let handle =
         state.store().user_handle(p.user_id).await?.ok_or_else(ApiError::unauthenticated)?;
     let admin = state.store().is_admin(p.user_id).await?;
-    Ok(Json(Me { user_id: p.user_id, handle, device_id: p.device_id, admin }))
+    let email = state.store().email(p.user_id).await?.map(|e| natter_proto::rest::EmailOnFile {
+        email: e.email,
+        verified: e.verified,
+        digests: e.digests,
+    });
+    Ok(Json(Me { user_id: p.user_id, handle, device_id: p.device_id, admin, email }))
 }
 
 /// Most ids one `GET /v1/users?ids=` looks up.

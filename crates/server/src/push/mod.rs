@@ -17,6 +17,7 @@
 //! `webpush` ([`webpush`]), `fcm` ([`fcm`]) and `apns` ([`apns`]), each on when configured.
 
 mod apns;
+pub(crate) mod email;
 mod fcm;
 mod webpush;
 
@@ -32,7 +33,6 @@ use natter_store::{PushCandidate, PushJob, PushKind, PushOutcome, PushRegistrati
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::PushSettings;
 use crate::state::AppState;
 
 /// Committed messages waiting for the queueing task; past it, pushes for new messages are
@@ -76,10 +76,15 @@ pub(crate) struct Push {
     fcm: Option<fcm::Fcm>,
     apns: Option<apns::Apns>,
     webhook: bool,
+    email: Option<email::Email>,
 }
 
 impl Push {
-    pub(crate) fn new(settings: &PushSettings) -> anyhow::Result<(Push, mpsc::Receiver<Offered>)> {
+    pub(crate) fn new(
+        cfg: &crate::Config,
+        secret: &[u8],
+    ) -> anyhow::Result<(Push, mpsc::Receiver<Offered>)> {
+        let settings = &cfg.push;
         let (offers, rx) = mpsc::channel(OFFER_QUEUE);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
@@ -98,6 +103,7 @@ impl Push {
             fcm: settings.fcm.as_ref().map(fcm::Fcm::new).transpose()?,
             apns: settings.apns.as_ref().map(|a| apns::Apns::new(a, timeout)).transpose()?,
             webhook: settings.webhook_url.is_some(),
+            email: cfg.email.as_ref().map(|e| email::Email::new(e, secret)).transpose()?,
         };
         Ok((push, rx))
     }
@@ -113,9 +119,18 @@ impl Push {
         on.into_iter().filter(|(_, on)| *on).map(|(name, _)| name).collect()
     }
 
-    /// Whether any provider is on (else nothing is queued at all).
+    /// Whether any provider, or email, is on (else nothing is queued at all).
     fn enabled(&self) -> bool {
-        self.webhook || self.webpush.is_some() || self.fcm.is_some() || self.apns.is_some()
+        self.webhook
+            || self.webpush.is_some()
+            || self.fcm.is_some()
+            || self.apns.is_some()
+            || self.email.is_some()
+    }
+
+    /// The mailer, when email is on.
+    pub(crate) fn email(&self) -> Option<&email::Email> {
+        self.email.as_ref()
     }
 
     /// The VAPID public key browsers subscribe with, when Web Push is on.
@@ -233,6 +248,19 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
         }
         if candidates.is_empty() {
             continue;
+        }
+        if let Some(email) = state.push().email() {
+            let mut away: Vec<UserId> = candidates.iter().map(|c| c.user).collect();
+            away.sort_unstable();
+            away.dedup();
+            let s = email.settings();
+            let delay = i64::try_from(s.digest_delay_ms).unwrap_or(i64::MAX);
+            let period = i64::try_from(s.digest_period_ms).unwrap_or(i64::MAX);
+            if let Err(err) =
+                state.store().queue_digests(away, now.saturating_add(delay), period).await
+            {
+                tracing::warn!(error = %err, "queueing digests failed");
+            }
         }
         match state.store().queue_pushes(candidates, now).await {
             Ok(n) => metrics::counter!("natter_push_candidates_queued_total").increment(n),

@@ -2,9 +2,10 @@
 //! (issue 13): more of [`Api`], kept apart from the conversation calls.
 
 use natter_proto::rest::{
-    AdminUsers, AuditLog, Ban, Blocks, ChangePassword, Devices, GroupSettings, Mute,
-    MuteNotifications, NewPushRegistration, NewReport, PushConfig, PushRegistration,
-    PushRegistrations, ReportId, ReportStatus, Reports, ResolveReport, Suspend, Suspended,
+    AdminUsers, AuditLog, Ban, Blocks, ChangePassword, Devices, DigestsSetting, EmailUpdate,
+    GroupSettings, Mute, MuteNotifications, NewPushRegistration, NewReport, PushConfig,
+    PushRegistration, PushRegistrations, ReportId, ReportStatus, Reports, ResolveReport, Suspend,
+    Suspended,
 };
 use natter_proto::{Ack, ConversationId, DeviceId, Seq, UserId};
 use reqwest::Method;
@@ -37,6 +38,18 @@ impl Api {
     }
 
     // ---- push notifications ----
+
+    /// `PUT /v1/me/email`: an address for email digests (mailed a link to verify it), or
+    /// `None` to remove it.
+    pub async fn set_email(&self, email: Option<&str>) -> Result<()> {
+        let body = EmailUpdate { email: email.map(str::to_owned) };
+        self.call_empty(Method::PUT, "/v1/me/email", Some(&body)).await
+    }
+
+    /// `PUT /v1/me/email/digests`: digests to the verified address on or off.
+    pub async fn set_digests(&self, on: bool) -> Result<()> {
+        self.call_empty(Method::PUT, "/v1/me/email/digests", Some(&DigestsSetting { on })).await
+    }
 
     /// `GET /v1/push/config`: the providers this server pushes through and its VAPID key.
     pub async fn push_config(&self) -> Result<PushConfig> {

@@ -312,6 +312,17 @@ export class Api {
     return this.call("GET", "/v1/push/config");
   }
 
+  /** `PUT /v1/me/email`: an address for email digests (mailed a link to verify it), or
+   * `null` to remove it. */
+  async setEmail(email: string | null): Promise<void> {
+    await this.call<unknown>("PUT", "/v1/me/email", { email });
+  }
+
+  /** `PUT /v1/me/email/digests`: digests to the verified address on or off. */
+  async setDigests(on: boolean): Promise<void> {
+    await this.call<unknown>("PUT", "/v1/me/email/digests", { on });
+  }
+
   /** `POST /v1/me/push`: this device's push registration; its id. */
   async registerPush(registration: { provider: string; token: string; p256dh?: string; auth?: string }): Promise<number> {
     const res = await this.call<{ id: number }>("POST", "/v1/me/push", registration);

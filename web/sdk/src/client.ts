@@ -116,6 +116,9 @@ export interface SendOptions {
   reply_to?: Seq;
   /** Upload ids (from {@link Api.upload} / {@link Api.uploadResumable}), at most 10. */
   attachments?: Array<string | Attachment>;
+  /** Members to mention besides those whose `@handle` the body has (the server resolves
+   * those itself), at most 50. */
+  mentions?: UserId[];
   /** The idempotency key (default: a random UUID). */
   client_msg_id?: string;
 }
@@ -1141,6 +1144,7 @@ function messageEntry(body: string, options: SendOptions): NewEntry {
   if (options.attachments && options.attachments.length > 0) {
     entry.attachments = options.attachments.map((a) => (typeof a === "string" ? a : a.id));
   }
+  if (options.mentions && options.mentions.length > 0) entry.mentions = options.mentions;
   return entry;
 }
 

@@ -82,7 +82,7 @@ export interface MessageState {
 }
 
 export type EntryBody =
-  | { kind: "message"; body: string; reply_to?: Seq; attachments?: Attachment[] }
+  | { kind: "message"; body: string; reply_to?: Seq; attachments?: Attachment[]; mentions?: UserId[] }
   | { kind: "edit"; target: Seq; body: string }
   | { kind: "delete"; target: Seq }
   | { kind: "reaction"; target: Seq; emoji: string; remove?: boolean }
@@ -107,7 +107,7 @@ export type Entry = {
 
 /** What a client appends (a `send`, `edit`, `delete` or `react`). */
 export type NewEntry =
-  | { kind: "message"; body: string; reply_to?: Seq; attachments?: string[] }
+  | { kind: "message"; body: string; reply_to?: Seq; attachments?: string[]; mentions?: UserId[] }
   | { kind: "edit"; target: Seq; body: string }
   | { kind: "delete"; target: Seq }
   | { kind: "reaction"; target: Seq; emoji: string; remove?: boolean };
@@ -230,6 +230,7 @@ export type ClientFrame =
       body: string;
       reply_to?: Seq;
       attachments?: string[];
+      mentions?: UserId[];
     }
   | { type: "edit"; req_id: ReqId; conversation: ConversationId; client_msg_id: string; target: Seq; body: string }
   | { type: "delete"; req_id: ReqId; conversation: ConversationId; client_msg_id: string; target: Seq }
@@ -282,6 +283,8 @@ export interface Me {
   device_id: DeviceId;
   /** A server administrator. */
   admin?: boolean;
+  /** The address on file for email digests. */
+  email?: { email: string; verified: boolean; digests: boolean };
 }
 
 /** `GET /v1/push/config`: which push providers the server has enabled. */

@@ -9,10 +9,11 @@ import { createECDH, randomBytes } from "node:crypto";
 import { afterEach, test } from "node:test";
 import { NatterError } from "../src/errors.js";
 import { TestServer, pushToml } from "../testkit/server.js";
-import { account } from "../testkit/util.js";
+import { account, closeClients, connect } from "../testkit/util.js";
 
 let server: TestServer | undefined;
 afterEach(async () => {
+  await closeClients();
   await server?.stop();
   server = undefined;
 });
@@ -59,4 +60,21 @@ test("Web Push: the VAPID key, and a subscription registered, listed and unregis
   );
   await alice.api.unregisterPush(id);
   assert.deepEqual(await alice.api.pushRegistrations(), []);
+});
+
+test("mentions: ids sent with a message and @handles in its body, resolved among the members", async () => {
+  server = await TestServer.start();
+  const alice = await account(server.url, "alice");
+  const bob = await account(server.url, "bob");
+  const carol = await account(server.url, "carol");
+  const dave = await account(server.url, "dave");
+  for (const other of [bob, carol, dave]) await alice.api.createDirect(other.id);
+  const group = (await alice.api.createGroup("team", [bob.id, carol.id])).id;
+  const client = await connect(server.url, alice.token);
+  // bob by handle, carol by id; dave is no member: not mentioned.
+  const ack = await client.send(group, "hi @Bob and @dave", { mentions: [carol.id, dave.id] });
+  const page = await client.history(group, { after: ack.seq - 1 }, 1);
+  const entry = page.entries[0];
+  assert.ok(entry?.kind === "message", `a message: ${JSON.stringify(entry)}`);
+  assert.deepEqual(entry.mentions, [bob.id, carol.id].sort((a, b) => a - b));
 });

@@ -52,6 +52,7 @@ export function appendFrame(reqId: ReqId, item: OutboxItem): ClientFrame {
       const f: ClientFrame = { type: "send", req_id: reqId, conversation, client_msg_id, body: entry.body };
       if (entry.reply_to !== undefined) f.reply_to = entry.reply_to;
       if (entry.attachments && entry.attachments.length > 0) f.attachments = entry.attachments;
+      if (entry.mentions && entry.mentions.length > 0) f.mentions = entry.mentions;
       return f;
     }
     case "edit":

@@ -6,6 +6,7 @@ mod support;
 mod features;
 mod gaps;
 mod moderation;
+mod push;
 mod rate_limit;
 mod reconnect;
 mod resume;

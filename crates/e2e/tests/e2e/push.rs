@@ -3,7 +3,8 @@
 //! request's signature), for members with no live session. Fifty quick messages to an
 //! offline member make one notification; a connected member gets none; reading on another
 //! device drops the pending one and sends a `clear` for the one shown; a muted conversation
-//! and do-not-disturb get none; a gateway 5xx is retried, a 410 deletes the token; logging
+//! and do-not-disturb get none; a user's pushes are capped per minute (the extra waits); a
+//! gateway 5xx is retried, a 410 deletes the token; logging
 //! out deletes the device's registrations. A group of 1,000 pushes only to the members a
 //! message mentions (by id or `@handle`) and to the author of the message it replies to.
 //! In a three-node cluster, a member connected to another node gets no push, one
@@ -406,4 +407,32 @@ async fn in_a_three_node_cluster_only_members_connected_nowhere_get_a_push() {
     assert_eq!(got[1]["conversation"], ac.0);
     assert_eq!(calls_for(&calls, "carol-phone").len(), 2, "each sent once, by one node");
     assert!(calls_for(&calls, "bob-phone").is_empty(), "bob is online on node 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_pushes_are_capped_per_minute() {
+    let (url, calls) = gateway().await;
+    let server = TestServer::start_with(move |c| {
+        c.push.webhook_url = Some(url);
+        c.push.window_ms = 100;
+        c.push.per_user_per_min = 2;
+    })
+    .await;
+    let [alice, bob, carol, dan] = server.users(["alice", "bob", "carol", "dan"]).await;
+    register(&server, &bob.token, "bob-phone").await;
+    register(&server, &dan.token, "dan-phone").await;
+    // Three conversations with bob, one message each: three notifications owed, two a
+    // minute allowed; the third waits (about half a minute) instead of going now.
+    for (i, from) in [&alice, &carol, &dan].into_iter().enumerate() {
+        let conv = server.create_direct(from, &bob).await;
+        server.send_rest(from, conv, &format!("m{i}"), "hi bob").await;
+        if i < 2 {
+            wait_calls(&calls, "bob-phone", i + 1).await;
+        }
+    }
+    // A barrier: dan's own push, queued after bob's third, arrives; bob's third has not.
+    let ad = server.create_direct(&alice, &dan).await;
+    server.send_rest(&alice, ad, "b", "for dan").await;
+    wait_calls(&calls, "dan-phone", 1).await;
+    assert_eq!(calls_for(&calls, "bob-phone").len(), 2, "the cap holds the third back");
 }

@@ -27,6 +27,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use natter_proto::{ConversationId, EntryBody, Seq, UserId};
 use natter_store::{PushCandidate, PushJob, PushKind, PushOutcome, PushRegistration};
@@ -44,6 +45,8 @@ const CLAIM: u32 = 100;
 const LEASE_MS: i64 = 60_000;
 /// How often the dispatcher looks for due jobs.
 const TICK: Duration = Duration::from_millis(100);
+/// Provider calls one dispatcher has in flight (different users' jobs).
+const IN_FLIGHT: usize = 32;
 /// Characters of a message a notification may show.
 const PREVIEW_CHARS: usize = 120;
 
@@ -299,24 +302,50 @@ pub(crate) async fn dispatch(state: AppState) {
     }
     let mut timer = tokio::time::interval(TICK);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut full = false;
     loop {
-        tokio::select! {
-            () = state.shutdown_token().cancelled() => return,
-            _ = timer.tick() => {}
+        // A full claim means more are due: claim again at once rather than at the next tick.
+        if !full {
+            tokio::select! {
+                () = state.shutdown_token().cancelled() => return,
+                _ = timer.tick() => {}
+            }
+        } else if state.shutdown_token().is_cancelled() {
+            return;
         }
         let jobs = match state.store().claim_pushes(crate::now_ms(), LEASE_MS, CLAIM).await {
             Ok(jobs) => jobs,
             Err(err) => {
                 tracing::warn!(error = %err, "claiming pushes failed");
+                full = false;
                 continue;
             }
         };
+        full = jobs.len() == CLAIM as usize;
+        // One user's jobs go one after another, in the order claimed (a clear never
+        // overtakes the notification it clears); different users' go side by side.
+        let mut by_user: Vec<Vec<PushJob>> = Vec::new();
+        let mut slot: std::collections::HashMap<UserId, usize> = std::collections::HashMap::new();
         for job in jobs {
-            let outcome = send(&state, &job).await;
-            if let Err(err) = state.store().finish_push(job.id, outcome).await {
-                tracing::warn!(error = %err, job = job.id, "recording a push failed");
-            }
+            let i = *slot.entry(job.user).or_insert_with(|| {
+                by_user.push(Vec::new());
+                by_user.len() - 1
+            });
+            by_user[i].push(job);
         }
+        futures_util::stream::iter(by_user)
+            .for_each_concurrent(IN_FLIGHT, |jobs| {
+                let state = &state;
+                async move {
+                    for job in jobs {
+                        let outcome = send(state, &job).await;
+                        if let Err(err) = state.store().finish_push(job.id, outcome).await {
+                            tracing::warn!(error = %err, job = job.id, "recording a push failed");
+                        }
+                    }
+                }
+            })
+            .await;
     }
 }
 

@@ -294,6 +294,9 @@ pub struct Config {
     pub log_format: String,
     /// PostgreSQL instead of the embedded store (`postgres://user:pass@host:port/db`).
     pub database_url: Option<String>,
+    /// Message search's text search configuration on PostgreSQL (`simple`, `english`,
+    /// `german`, …: the language it stems words of); SQLite does not stem.
+    pub search_language: String,
     /// Redis for the registry, presence and the bus between nodes (`redis://host:port`);
     /// needs `database_url`. Without it the node runs alone.
     pub redis_url: Option<String>,
@@ -649,6 +652,7 @@ impl Default for Config {
             drain_timeout_ms: 5_000,
             log_format: "text".to_owned(),
             database_url: None,
+            search_language: "simple".to_owned(),
             redis_url: None,
             node_id: None,
             public_scheme: "http".to_owned(),
@@ -849,6 +853,11 @@ impl Config {
             bail!("media_url must be s3://bucket[/prefix]");
         }
         crate::media::TypePolicy::parse(&self.media_types, l)?;
+        if self.search_language.is_empty()
+            || !self.search_language.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            bail!("search_language must be a text search configuration's name, like english");
+        }
         if self.redis_url.is_some() && self.database_url.is_none() {
             bail!("redis_url (cluster mode) needs database_url: nodes share one PostgreSQL");
         }

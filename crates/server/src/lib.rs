@@ -246,6 +246,7 @@ async fn open_store(
         max_group_members: cfg.limits.max_group_members,
         pool_size: cfg.limits.db_pool_size,
         max_pending_invitations: cfg.limits.max_pending_invitations,
+        text_search_config: cfg.search_language.clone(),
     };
     Ok(match &cfg.database_url {
         Some(url) => Arc::new(

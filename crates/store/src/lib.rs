@@ -17,6 +17,7 @@
 
 mod codec;
 mod rules;
+pub mod search;
 
 pub use codec::changes_members;
 pub use rules::{handle_key, suspended};
@@ -91,11 +92,19 @@ pub struct StoreLimits {
     pub pool_size: usize,
     /// Most invitations one user may have pending, so that nobody can be flooded with them.
     pub max_pending_invitations: u32,
+    /// PostgreSQL's text search configuration for message search (`simple`: no stemming;
+    /// `english`, `german`, …: stemmed); SQLite does not stem.
+    pub text_search_config: String,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { max_group_members: 1000, pool_size: 16, max_pending_invitations: 100 }
+        StoreLimits {
+            max_group_members: 1000,
+            pool_size: 16,
+            max_pending_invitations: 100,
+            text_search_config: "simple".to_owned(),
+        }
     }
 }
 
@@ -187,6 +196,47 @@ pub enum PushOutcome {
     Done { last_seq: Seq, count: u64, shown: Option<(UserId, ConversationId)>, next_due: i64 },
     /// Try again at `due_at` (a provider error or a time-out).
     Retry { due_at: i64 },
+}
+
+/// What to search ([`Store::search`]): the query and its filters, newest first or by
+/// relevance, a page after `cursor`.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: search::Query,
+    pub conversation: Option<ConversationId>,
+    pub sender: Option<UserId>,
+    /// Only messages with attachments.
+    pub has_attachment: bool,
+    /// `ts >= after` and `ts < before`, ms since the epoch.
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub order: SearchOrder,
+    /// The `next` of the page before.
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOrder {
+    Newest,
+    Relevance,
+}
+
+/// One message found, with its current text (for the snippet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchHit {
+    pub conversation: ConversationId,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub ts: i64,
+    pub text: String,
+}
+
+/// A page of hits; `next` pages on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    pub next: Option<String>,
 }
 
 /// A user's email address as on file ([`Store::email`]).
@@ -640,6 +690,13 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_pushes(&self, now: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>>;
     /// Ends a claimed job's attempt.
     async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()>;
+
+    // ---- search ----
+
+    /// Messages `user` may read that match: in conversations they are a member of, from the
+    /// `seq` they joined at (a member who left sees none of it; a conversation filter of
+    /// theirs they are not in finds nothing). `BadRequest` for a cursor of another order.
+    async fn search(&self, user: UserId, request: SearchRequest) -> Result<SearchPage>;
 
     // ---- email digests ----
 

@@ -21,6 +21,7 @@ mod admin;
 mod email;
 mod push;
 mod read;
+mod search;
 mod write;
 
 use std::str::FromStr;
@@ -43,7 +44,7 @@ use crate::{
     Added, Append, Collected, CommitFeed, CursorUpdate, DigestJob, DigestOutcome, EmailAddress,
     GroupChange, ListCursor, MediaRecord, NewGroup, NewMedia, NewPushRegistration, NewReport, Page,
     PendingAck, Principal, PushCandidate, PushJob, PushOutcome, PushRegistration, Range, Result,
-    Store, StoreError, StoreLimits, TokenHash, UserRecord,
+    SearchPage, SearchRequest, Store, StoreError, StoreLimits, TokenHash, UserRecord,
 };
 use admin::{AdminOp, AdminOut};
 
@@ -61,6 +62,9 @@ const RETRY_BASE: Duration = Duration::from_millis(20);
 
 /// Serializes migrations between nodes starting together (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
+/// The migration that made the search index (its messages are indexed when it is applied).
+const SEARCH_MIGRATION: usize = 16;
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_members_seq.sql"),
@@ -77,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0013_administration.sql"),
     include_str!("../migrations/postgres/0014_push.sql"),
     include_str!("../migrations/postgres/0015_email.sql"),
+    include_str!("../migrations/postgres/0016_search.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -246,6 +251,13 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("natter");
         }
+        // Message search's `to_tsvector` and `to_tsquery` use the connection's default.
+        let cfg = &limits.text_search_config;
+        if cfg.is_empty() || !cfg.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(StoreError::BadRequest(format!("{cfg:?} is no text search configuration")));
+        }
+        let options = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!("{options} -c default_text_search_config=pg_catalog.{cfg}").trim());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -350,6 +362,30 @@ async fn migrate(pool: &Pool) -> Result<()> {
                     tracing::warn!(user = id, %handle, "handle looks like an older account's; no key");
                 }
                 Err(err) => return Err(err),
+            }
+        }
+        if (version as usize) < SEARCH_MIGRATION {
+            // Messages from before search get their rows.
+            let rows = client
+                .query(
+                    "SELECT e.conversation_id, e.seq, e.sender, e.ts, s.body, e.body
+                     FROM entries e JOIN message_state s USING (conversation_id, seq)
+                     WHERE e.kind = 'message' AND NOT s.deleted",
+                    &[],
+                )
+                .await?;
+            for row in rows {
+                let body: String = row.get(4);
+                let names = crate::search::names_in_json(row.get(5));
+                let has = !names.1;
+                let tokens = crate::search::index_text(&format!("{body}\n{}", names.0));
+                client
+                    .execute(
+                        "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names, tsv)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, to_tsvector($8)) ON CONFLICT DO NOTHING",
+                        &[&row.get::<_, i64>(0), &row.get::<_, i64>(1), &row.get::<_, i64>(2), &row.get::<_, i64>(3), &has, &body, &names.0, &tokens],
+                    )
+                    .await?;
             }
         }
         Ok::<_, tokio_postgres::Error>(())
@@ -893,6 +929,11 @@ impl Store for PgStore {
     async fn finish_push(&self, id: i64, outcome: PushOutcome) -> Result<()> {
         let c = self.client().await?;
         push::finish(&c, id, outcome).await.map_err(Fail::into_store)
+    }
+
+    async fn search(&self, user: UserId, request: SearchRequest) -> Result<SearchPage> {
+        let c = self.client().await?;
+        search::search(&c, user, &request).await.map_err(Fail::into_store)
     }
 
     async fn set_email(&self, user: UserId, email: Option<String>) -> Result<()> {

@@ -13,6 +13,7 @@ mod admin;
 mod email;
 mod push;
 mod read;
+mod search;
 mod write;
 
 use std::path::Path;
@@ -33,7 +34,7 @@ use crate::{
     Added, Append, Collected, CommitFeed, CursorUpdate, DigestJob, DigestOutcome, EmailAddress,
     GroupChange, ListCursor, MediaRecord, NewGroup, NewMedia, NewPushRegistration, NewReport, Page,
     PendingAck, Principal, PushCandidate, PushJob, PushOutcome, PushRegistration, Range, Result,
-    Store, StoreError, StoreLimits, TokenHash, UserRecord,
+    SearchPage, SearchRequest, Store, StoreError, StoreLimits, TokenHash, UserRecord,
 };
 
 /// Most jobs in one transaction. Bounds the latency a batch adds to its first job.
@@ -58,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0013_administration.sql"),
     include_str!("../migrations/sqlite/0014_push.sql"),
     include_str!("../migrations/sqlite/0015_email.sql"),
+    include_str!("../migrations/sqlite/0016_search.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -275,15 +277,22 @@ fn run_checkpointer(conn: Connection, stop_rx: std::sync::mpsc::Receiver<()>) {
     }
 }
 
+/// The migration that made the search index (its messages are indexed when it is applied).
+const SEARCH_MIGRATION: usize = 16;
+
 fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 =
         conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(internal)?;
+    let backfill_search = (version as usize) < SEARCH_MIGRATION;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction().map_err(internal)?;
         tx.execute_batch(sql).map_err(internal)?;
         tx.pragma_update(None, "user_version", i as i64 + 1).map_err(internal)?;
         tx.commit().map_err(internal)?;
         tracing::info!(version = i + 1, "applied sqlite migration");
+    }
+    if backfill_search {
+        write::backfill_search(conn)?;
     }
     write::backfill_handle_keys(conn)
 }
@@ -675,6 +684,10 @@ impl Store for SqliteStore {
         self.write(move |c, _| push::finish(c, id, outcome)).await
     }
 
+    async fn search(&self, user: UserId, request: SearchRequest) -> Result<SearchPage> {
+        self.read(move |c| search::search(c, user, &request)).await
+    }
+
     async fn set_email(&self, user: UserId, email: Option<String>) -> Result<()> {
         self.write(move |c, _| email::set_email(c, user, email.as_deref())).await
     }
@@ -823,5 +836,36 @@ mod tests {
         );
         // Opening again changes nothing and fails on nothing.
         migrate(&conn).expect("migrates again");
+    }
+
+    #[test]
+    fn messages_from_before_search_are_indexed_when_it_comes() {
+        let conn = Connection::open_in_memory().expect("opens");
+        for sql in &MIGRATIONS[..SEARCH_MIGRATION - 1] {
+            conn.execute_batch(sql).expect("old migration");
+        }
+        conn.pragma_update(None, "user_version", SEARCH_MIGRATION as i64 - 1).expect("version");
+        conn.execute_batch(
+            "INSERT INTO users (id, handle, password_hash, created_at) VALUES (1, 'ann', 'h', 0);
+             INSERT INTO conversations (id, kind, last_seq, last_activity, created_at)
+                 VALUES (1, 'group', 3, 0, 0);
+             INSERT INTO members (conversation_id, user_id, role, joined_seq) VALUES (1, 1, 'owner', 1);
+             INSERT INTO entries (conversation_id, seq, id, sender, ts, kind, body)
+                 VALUES (1, 2, 'a', 1, 5, 'message', '{\"body\":\"Héllo wörld\"}'),
+                        (1, 3, 'b', 1, 6, 'message',
+                         '{\"body\":\"gone\",\"attachments\":[{\"id\":\"m\",\"name\":\"plan.pdf\"}]}');
+             INSERT INTO message_state (conversation_id, seq, sender, body, deleted)
+                 VALUES (1, 2, 1, 'Héllo wörld', 0), (1, 3, 1, '', 1);",
+        )
+        .expect("old messages");
+        migrate(&conn).expect("migrates");
+        let docs: Vec<(i64, String)> = conn
+            .prepare(
+                "SELECT d.seq, d.body FROM search_index JOIN search_docs d ON d.id = search_index.rowid
+                 WHERE search_index MATCH 'hello'",
+            )
+            .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>())
+            .expect("searches");
+        assert_eq!(docs, [(2, "Héllo wörld".to_owned())], "the deleted one is not indexed");
     }
 }

@@ -71,6 +71,9 @@ macro_rules! store_suite {
             reports_keep_what_was_reported_and_admins_act_on_them,
             the_push_queue_coalesces_leases_and_clears_on_read,
             digests_go_to_verified_addresses_with_the_unread_conversations,
+            search_matches_words_phrases_prefixes_across_scripts_and_accents,
+            search_follows_edits_and_deletions_filters_and_pages_without_repeats,
+            search_shows_only_what_the_user_may_read,
             commit_feed_carries_every_committed_entry_in_commit_order,
             close_flushes_then_writes_fail_unavailable,
             media_round_trip_and_quota,
@@ -1851,6 +1854,158 @@ async fn digests_go_to_verified_addresses_with_the_unread_conversations<S: Store
     assert_eq!(s.email(bob).await.unwrap(), Some(new));
     s.set_email(bob, None).await.unwrap();
     assert_eq!(s.email(bob).await.unwrap(), None);
+}
+
+/// A search of `q` by `user` with no filter, newest first.
+fn request(q: &str) -> natter_store::SearchRequest {
+    natter_store::SearchRequest {
+        query: natter_store::search::Query::parse(q).expect("a query"),
+        conversation: None,
+        sender: None,
+        has_attachment: false,
+        after: None,
+        before: None,
+        order: natter_store::SearchOrder::Newest,
+        cursor: None,
+        limit: 50,
+    }
+}
+
+/// The seqs `user` finds with `r`, in order.
+async fn found<S: Store>(s: &S, user: UserId, r: natter_store::SearchRequest) -> Vec<Seq> {
+    s.search(user, r).await.expect("search").hits.iter().map(|h| h.seq).collect()
+}
+
+async fn search_matches_words_phrases_prefixes_across_scripts_and_accents<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob] = users(s, ["ann", "bob"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let deploy = send(s, ab, ann, "m1", "Deploying the new build tonight").await.seq;
+    let creme = send(s, ab, bob, "m2", "La CRÈME brûlée était parfaite").await.seq;
+    let tokyo = send(s, ab, ann, "m3", "明日は東京都に行きます").await.seq;
+    let green = send(s, ab, bob, "m4", "the build is green, ship it").await.seq;
+    let q = |text: &str| request(text);
+    assert_eq!(found(s, ann, q("build")).await, vec![green, deploy], "newest first");
+    assert_eq!(found(s, ann, q("BUILD tonight")).await, vec![deploy], "every word");
+    assert_eq!(found(s, ann, q("deplo*")).await, vec![deploy], "a prefix");
+    assert_eq!(found(s, ann, q("\"ship it\"")).await, vec![green], "a phrase");
+    assert!(found(s, ann, q("\"it ship\"")).await.is_empty(), "a phrase is in order");
+    assert_eq!(found(s, ann, q("creme brulee")).await, vec![creme], "accents folded");
+    assert_eq!(found(s, ann, q("crème")).await, vec![creme]);
+    assert_eq!(found(s, ann, q("東京")).await, vec![tokyo], "CJK inside a sentence");
+    assert!(found(s, ann, q("京東")).await.is_empty());
+    assert!(found(s, ann, q("nothing")).await.is_empty());
+    // Relevance: the message with the word twice first.
+    let twice = send(s, ab, ann, "m5", "green green").await.seq;
+    let mut r = q("green");
+    r.order = natter_store::SearchOrder::Relevance;
+    assert_eq!(found(s, ann, r).await, vec![twice, green]);
+    // The hit's text is the message as it reads now, for the snippet.
+    let page = s.search(bob, q("tonight")).await.unwrap();
+    assert_eq!(page.hits[0].text, "Deploying the new build tonight");
+    assert_eq!((page.hits[0].sender, page.hits[0].conversation), (ann, ab));
+}
+
+async fn search_follows_edits_and_deletions_filters_and_pages_without_repeats<S: Store>(
+    f: Fixture<S>,
+) {
+    let s = &*f.store;
+    let [ann, bob] = users(s, ["ann", "bob"]).await;
+    let (ab, _) = s.create_direct(ann, bob).await.unwrap();
+    let old = send(s, ab, ann, "e1", "the old wording").await.seq;
+    append(s, ab, ann, "e2", NewEntry::Edit { target: old, body: "the new phrasing".into() })
+        .await
+        .unwrap();
+    assert!(found(s, bob, request("wording")).await.is_empty(), "an edit replaces the text");
+    assert_eq!(found(s, bob, request("phrasing")).await, vec![old]);
+    let gone = send(s, ab, bob, "e3", "delete this secret").await.seq;
+    append(s, ab, bob, "e4", NewEntry::Delete { target: gone }).await.unwrap();
+    assert!(found(s, ann, request("secret")).await.is_empty(), "a deletion removes it");
+    // Attachment names are searched; the filter keeps messages with attachments.
+    s.create_media(new_media("report", ann, "s1", 10)).await.unwrap();
+    let pic = append(s, ab, ann, "e5", with_media("see attached", &["report"])).await.unwrap().seq;
+    assert_eq!(found(s, bob, request("report.png")).await, vec![pic]);
+    let plain = send(s, ab, ann, "e6", "see the report later").await.seq;
+    assert_eq!(found(s, bob, request("report")).await, vec![plain, pic]);
+    let mut r = request("report");
+    r.has_attachment = true;
+    assert_eq!(found(s, bob, r).await, vec![pic]);
+    // Sender and time filters.
+    let mut r = request("see");
+    r.sender = Some(bob);
+    assert!(found(s, bob, r).await.is_empty());
+    let all = s.search(bob, request("see")).await.unwrap();
+    let (t_pic, t_plain) = (all.hits[1].ts, all.hits[0].ts);
+    let mut r = request("see");
+    r.before = Some(t_plain);
+    let before: Vec<Seq> = found(s, bob, r).await;
+    assert!(!before.contains(&plain) && (t_pic == t_plain || before == vec![pic]));
+    let mut r = request("see");
+    r.after = Some(t_plain);
+    assert!(found(s, bob, r).await.contains(&plain));
+
+    // Pages of 3 over 10 hits: every hit once, in order, in both orders.
+    let mut want = Vec::new();
+    for i in 0..10 {
+        want.push(send(s, ab, ann, &format!("p{i}"), &format!("page word {i}")).await.seq);
+    }
+    want.reverse();
+    for order in [natter_store::SearchOrder::Newest, natter_store::SearchOrder::Relevance] {
+        let mut got = Vec::new();
+        let mut cursor = None;
+        loop {
+            let mut r = request("page word");
+            r.order = order;
+            r.limit = 3;
+            r.cursor = cursor;
+            let page = s.search(bob, r).await.unwrap();
+            got.extend(page.hits.iter().map(|h| h.seq));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut sorted = got.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        sorted.dedup();
+        assert_eq!(sorted.len(), got.len(), "{order:?}: no repeats in {got:?}");
+        assert_eq!(sorted, want, "{order:?}: no misses");
+        if order == natter_store::SearchOrder::Newest {
+            assert_eq!(got, want, "newest first");
+        }
+    }
+    let mut r = request("page");
+    r.cursor = Some("r3".into());
+    assert_eq!(code(s.search(bob, r).await), ErrorCode::BadRequest, "a cursor of the other order");
+}
+
+async fn search_shows_only_what_the_user_may_read<S: Store>(f: Fixture<S>) {
+    let s = &*f.store;
+    let [ann, bob, cy, dee] = users(s, ["ann", "bob", "cy", "dee"]).await;
+    contacts(s, ann, &[bob, cy, dee]).await;
+    let g = group(s, ann, "team", &[bob]).await;
+    let before_cy = send(s, g, ann, "s1", "launch plan alpha").await.seq;
+    add_member(s, ann, g, cy, Role::Member).await.unwrap();
+    let after_cy = send(s, g, ann, "s2", "launch plan beta").await.seq;
+    s.change_group(ann, g, GroupChange::RemoveMember { user: bob }).await.unwrap();
+    send(s, g, ann, "s3", "launch plan gamma").await;
+    let (ad, _) = s.create_direct(ann, dee).await.unwrap();
+    send(s, ad, ann, "s4", "launch plan delta").await;
+
+    let plan = |user| s.search(user, request("launch plan"));
+    // Cy joined after the first: from there on only.
+    let cy_found: Vec<Seq> = plan(cy).await.unwrap().hits.iter().map(|h| h.seq).collect();
+    assert!(cy_found.contains(&after_cy) && !cy_found.contains(&before_cy), "{cy_found:?}");
+    // Bob left: nothing of the group any more; dee sees her chat only.
+    assert!(plan(bob).await.unwrap().hits.is_empty());
+    let dee_hits = plan(dee).await.unwrap().hits;
+    assert_eq!(dee_hits.iter().map(|h| h.conversation).collect::<Vec<_>>(), vec![ad]);
+    // Guessing a conversation id finds nothing, for every query.
+    for q in ["launch", "plan*", "\"plan alpha\"", "alpha"] {
+        let mut r = request(q);
+        r.conversation = Some(g);
+        assert!(s.search(dee, r).await.unwrap().hits.is_empty(), "{q}");
+    }
 }
 
 fn now() -> i64 {

@@ -285,8 +285,7 @@ async fn seed_town(
     use sha2::Digest;
     let (feed_tx, mut feed_rx) = tokio::sync::mpsc::channel(1024);
     let drain = tokio::spawn(async move { while feed_rx.recv().await.is_some() {} });
-    let limits =
-        StoreLimits { max_group_members: 1000, pool_size: 1, max_pending_invitations: 100 };
+    let limits = StoreLimits { max_group_members: 1000, pool_size: 1, ..StoreLimits::default() };
     let store = SqliteStore::open(&dir.join("natter.db"), limits, feed_tx).expect("a store");
     // Never logged in with: no argon2 hash is needed.
     let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2VlZHNlZWQ$c2VlZHNlZWRzZWVkc2VlZA";

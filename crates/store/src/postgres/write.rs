@@ -18,6 +18,7 @@ use crate::codec::{
     parse_role, role_str,
 };
 use crate::rules::{self, Addition, Admit, Direct, GroupEffect, NewConversation};
+use crate::search;
 use crate::{
     Added, Append, Collected, CursorUpdate, GroupChange, MediaRecord, NewGroup, NewMedia,
     StoreError, StoreLimits, TokenHash,
@@ -910,12 +911,69 @@ pub(super) async fn append_entry(
     let seq = row.get::<_, i64>(0) as u64;
     let members_seq = row.get::<_, i64>(1) as u64;
     project(c, conv, seq, sender, &body).await?;
+    index_search(c, conv, seq, sender, now, &body).await?;
     let appended =
         Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body, members_seq };
     Ok(appended.push(out))
 }
 
 /// Keeps `message_state` and `reactions` equal to the log's effect.
+/// Keeps the search index equal to the live messages' text (issue 15; `crate::search`):
+/// a message adds its row, an edit replaces its text and tsvector, a deletion removes it.
+/// `to_tsvector` uses the connection's `default_text_search_config` (the store's
+/// `text_search_config`).
+async fn index_search(
+    c: &Conn,
+    conv: ConversationId,
+    seq: u64,
+    sender: UserId,
+    ts: i64,
+    body: &EntryBody,
+) -> PgResult<()> {
+    match body {
+        EntryBody::Message { body, attachments, .. } => {
+            let names = search::attachment_names(attachments);
+            let tokens = search::index_text(&format!("{body}\n{names}"));
+            execute(
+                c,
+                "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names, tsv)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, to_tsvector($8))",
+                &[&conv.0, &(seq as i64), &sender.0, &ts, &!attachments.is_empty(), body, &names, &tokens],
+            )
+            .await?;
+        }
+        EntryBody::Edit { target, body } => {
+            let row = query_opt(
+                c,
+                "SELECT names FROM search_docs WHERE conversation_id = $1 AND seq = $2",
+                &[&conv.0, &(*target as i64)],
+            )
+            .await?;
+            if let Some(row) = row {
+                let names: String = row.get(0);
+                let tokens = search::index_text(&format!("{body}\n{names}"));
+                execute(
+                    c,
+                    "UPDATE search_docs SET body = $3, tsv = to_tsvector($4)
+                     WHERE conversation_id = $1 AND seq = $2",
+                    &[&conv.0, &(*target as i64), body, &tokens],
+                )
+                .await?;
+            }
+        }
+        EntryBody::Delete { target } => {
+            execute(
+                c,
+                "DELETE FROM search_docs WHERE conversation_id = $1 AND seq = $2",
+                &[&conv.0, &(*target as i64)],
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 async fn project(
     c: &Conn,
     conv: ConversationId,

@@ -1,0 +1,78 @@
+//! Message search on PostgreSQL (issue 15): the docs table's `tsvector` (GIN-indexed) under
+//! the connection's text search configuration, joined with the caller's memberships for
+//! what they may read.
+
+use natter_proto::{ConversationId, UserId};
+
+use super::write::query;
+use super::{Conn, PgResult};
+use crate::search::Cursor;
+use crate::{SearchHit, SearchOrder, SearchPage, SearchRequest};
+
+pub(crate) async fn search(c: &Conn, user: UserId, r: &SearchRequest) -> PgResult<SearchPage> {
+    let cursor = Cursor::parse(r.cursor.as_deref(), r.order)?;
+    let (key, offset) = match cursor {
+        Some(Cursor::Newest { ts, conversation, seq }) => (Some((ts, conversation, seq)), 0i64),
+        Some(Cursor::Relevance { offset }) => (None, offset),
+        None => (None, 0),
+    };
+    let order = match r.order {
+        SearchOrder::Newest => "d.ts DESC, d.conversation_id DESC, d.seq DESC",
+        SearchOrder::Relevance => {
+            "ts_rank(d.tsv, q) DESC, d.ts DESC, d.conversation_id DESC, d.seq DESC"
+        }
+    };
+    let sql = format!(
+        "SELECT d.conversation_id, d.seq, d.sender, d.ts, d.body, d.names
+         FROM search_docs d
+         JOIN members m ON m.conversation_id = d.conversation_id AND m.user_id = $1,
+              to_tsquery($2) q
+         WHERE d.tsv @@ q AND d.seq >= m.joined_seq
+           AND ($3::BIGINT IS NULL OR d.conversation_id = $3)
+           AND ($4::BIGINT IS NULL OR d.sender = $4)
+           AND (NOT $5 OR d.has_attachment)
+           AND ($6::BIGINT IS NULL OR d.ts >= $6)
+           AND ($7::BIGINT IS NULL OR d.ts < $7)
+           AND ($8::BIGINT IS NULL OR (d.ts, d.conversation_id, d.seq) < ($8, $9, $10))
+         ORDER BY {order} LIMIT $11 OFFSET $12"
+    );
+    let (k_ts, k_conv, k_seq) = match key {
+        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+        None => (None, None, None),
+    };
+    let rows = query(
+        c,
+        &sql,
+        &[
+            &user.0,
+            &r.query.tsquery(),
+            &r.conversation.map(|c| c.0),
+            &r.sender.map(|s| s.0),
+            &r.has_attachment,
+            &r.after,
+            &r.before,
+            &k_ts,
+            &k_conv,
+            &k_seq,
+            &i64::from(r.limit),
+            &offset,
+        ],
+    )
+    .await?;
+    let hits: Vec<SearchHit> = rows
+        .iter()
+        .map(|row| {
+            let body: String = row.get(4);
+            let names: String = row.get(5);
+            SearchHit {
+                conversation: ConversationId(row.get(0)),
+                seq: row.get::<_, i64>(1) as u64,
+                sender: UserId(row.get(2)),
+                ts: row.get(3),
+                text: if names.is_empty() { body } else { format!("{body}\n{names}") },
+            }
+        })
+        .collect();
+    let next = Cursor::next(r.order, cursor, hits.len(), r.limit, hits.last());
+    Ok(SearchPage { hits, next })
+}

@@ -1,0 +1,77 @@
+//! Message search on SQLite (issue 15): FTS5 over the folded tokens, joined with the docs
+//! table for the filters and with the caller's memberships for what they may read.
+
+use natter_proto::{ConversationId, UserId};
+use rusqlite::{Connection, params};
+
+use super::internal;
+use crate::search::Cursor;
+use crate::{Result, SearchHit, SearchOrder, SearchPage, SearchRequest};
+
+pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<SearchPage> {
+    let cursor = Cursor::parse(r.cursor.as_deref(), r.order)?;
+    let (after_key, offset) = match cursor {
+        Some(Cursor::Newest { ts, conversation, seq }) => (Some((ts, conversation, seq)), 0),
+        Some(Cursor::Relevance { offset }) => (None, offset),
+        None => (None, 0),
+    };
+    let order = match r.order {
+        SearchOrder::Newest => "d.ts DESC, d.conversation_id DESC, d.seq DESC",
+        SearchOrder::Relevance => {
+            "bm25(search_index), d.ts DESC, d.conversation_id DESC, d.seq DESC"
+        }
+    };
+    let sql = format!(
+        "SELECT d.conversation_id, d.seq, d.sender, d.ts, d.body, d.names
+         FROM search_index
+         JOIN search_docs d ON d.id = search_index.rowid
+         JOIN members m ON m.conversation_id = d.conversation_id AND m.user_id = ?1
+         WHERE search_index MATCH ?2 AND d.seq >= m.joined_seq
+           AND (?3 IS NULL OR d.conversation_id = ?3)
+           AND (?4 IS NULL OR d.sender = ?4)
+           AND (?5 = 0 OR d.has_attachment = 1)
+           AND (?6 IS NULL OR d.ts >= ?6)
+           AND (?7 IS NULL OR d.ts < ?7)
+           AND (?8 IS NULL OR (d.ts, d.conversation_id, d.seq) < (?8, ?9, ?10))
+         ORDER BY {order} LIMIT ?11 OFFSET ?12"
+    );
+    let (k_ts, k_conv, k_seq) = match after_key {
+        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+        None => (None, None, None),
+    };
+    let hits: Vec<SearchHit> = c
+        .prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_map(
+                params![
+                    user.0,
+                    r.query.fts5(),
+                    r.conversation.map(|c| c.0),
+                    r.sender.map(|s| s.0),
+                    r.has_attachment,
+                    r.after,
+                    r.before,
+                    k_ts,
+                    k_conv,
+                    k_seq,
+                    i64::from(r.limit),
+                    offset
+                ],
+                |row| {
+                    let body: String = row.get(4)?;
+                    let names: String = row.get(5)?;
+                    Ok(SearchHit {
+                        conversation: ConversationId(row.get(0)?),
+                        seq: row.get::<_, i64>(1)? as u64,
+                        sender: UserId(row.get(2)?),
+                        ts: row.get(3)?,
+                        text: if names.is_empty() { body } else { format!("{body}\n{names}") },
+                    })
+                },
+            )?
+            .collect()
+        })
+        .map_err(internal)?;
+    let next = Cursor::next(r.order, cursor, hits.len(), r.limit, hits.last());
+    Ok(SearchPage { hits, next })
+}

@@ -590,6 +590,34 @@ pub struct PushRegistration {
     pub created_at: i64,
 }
 
+/// `GET /v1/search`: a page of messages found, newest first or by relevance; `next` is the
+/// `cursor` of the page after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// A message found: where it is (open the history around `seq`), who sent it when, and a
+/// snippet of it as it reads now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub conversation: crate::ConversationId,
+    pub seq: crate::Seq,
+    pub sender: UserId,
+    pub ts: i64,
+    pub snippet: Vec<SnippetPart>,
+}
+
+/// A run of a snippet's text; `hit`: what the query matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnippetPart {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hit: bool,
+}
+
 /// `PUT /v1/me/email`: an address to verify and then mail digests to, or `null` to remove
 /// it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

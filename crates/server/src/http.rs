@@ -13,6 +13,7 @@ mod media;
 mod moderation;
 mod poll;
 mod push;
+mod search;
 mod sse;
 mod webapp;
 
@@ -52,6 +53,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))
         .route("/v1/me/password", put(accounts::change_password))
         .route("/v1/me/export", get(export::export))
+        .route("/v1/search", get(search::search))
         .route("/v1/push/config", get(push::config))
         .route("/v1/me/email", put(email::set))
         .route("/v1/me/email/digests", put(email::digests))

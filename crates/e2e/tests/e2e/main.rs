@@ -33,6 +33,7 @@ mod push;
 mod push_providers;
 mod rate_limits;
 mod receipts;
+mod search;
 mod smoke;
 mod typing;
 mod web_client;

@@ -68,6 +68,7 @@ pub mod client;
 pub mod event;
 pub mod media;
 pub mod moderation;
+pub mod search;
 pub mod store;
 
 mod backoff;
@@ -86,6 +87,7 @@ pub use backoff::Backoff;
 pub use client::{Client, Pending};
 pub use error::{Error, Result};
 pub use event::{CloseReason, ConnectionState, Event, Events};
+pub use search::SearchOptions;
 pub use store::{FileStore, MemoryStore, OutboxItem, Snapshot, StateStore, StoreError};
 
 /// How to reach the server and how the SDK behaves. Start from [`Config::new`] and change

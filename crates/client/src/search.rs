@@ -10,12 +10,15 @@ use crate::{Api, Result};
 /// Filters, order and page of one [`Api::search`] (all optional).
 #[derive(Debug, Clone, Default)]
 pub struct SearchOptions {
+    /// Only this conversation's messages.
     pub conversation: Option<ConversationId>,
+    /// Only this user's messages.
     pub sender: Option<UserId>,
     /// Only messages with attachments.
     pub has_attachment: bool,
-    /// Sent at or after / before these times (ms since the epoch).
+    /// Sent at or after this time (ms since the epoch).
     pub after: Option<i64>,
+    /// Sent before this time (ms since the epoch).
     pub before: Option<i64>,
     /// By relevance rather than newest first.
     pub by_relevance: bool,

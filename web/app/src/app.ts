@@ -3,14 +3,15 @@
  * groups, history that scrolls back, sends shown at once while the outbox holds them,
  * delivered and read marks, typing, presence, replies, edits, deletions, reactions,
  * attachments with previews and upload progress, a visible reconnecting state, and desktop
- * notifications while the tab is hidden; your profile and account (devices, password,
+ * notifications while the tab is hidden; message search (results with the matches marked,
+ * opening the chat at the message found); your profile and account (devices, password,
  * blocked users, a download of your data, and Web Push notifications for while Natter is
  * closed: `push.ts`, `sw.ts`); blocking and reporting; group moderation for a
  * group's admins; and the admin page (`admin.ts`) for server administrators. The live side
  * is `link.ts` (one connection shared by this profile's tabs); REST calls go straight from
  * the tab.
  */
-import { Api } from "@natter/sdk";
+import { Api, NatterError } from "@natter/sdk";
 import type {
   Attachment,
   User,
@@ -24,6 +25,7 @@ import type {
   Member,
   OutboxItem,
   Presence,
+  SearchHit,
   Seq,
   UserId,
 } from "@natter/sdk";
@@ -35,6 +37,10 @@ import { closePushed, enablePush, forgetPush, pushOffered, startPush } from "./p
 const BASE = location.origin;
 const SESSION_KEY = "natter.session";
 const PAGE = 50;
+/** Entries loaded on each side of a message opened from search. */
+const AROUND = 25;
+/** How long a message opened from search stays highlighted. */
+const FOUND_MS = 4_000;
 const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮"];
 const TYPING_REPEAT_MS = 3_000;
 const started = Date.now();
@@ -77,6 +83,9 @@ interface View {
   min: Seq;
   max: Seq;
   hasOlder: boolean;
+  /** A window around a message opened from search that ends before the log does: newer
+   * entries are read when it moves to the latest ("Jump to the latest messages"). */
+  hasNewer: boolean;
   loadingOlder: boolean;
   catchingUp: boolean;
   queued: Entry[];
@@ -93,6 +102,19 @@ interface Upload {
   error?: string;
   /** Settles when the upload ends, either way. */
   done: Promise<void>;
+}
+
+/** The search panel: its query, the hits so far and the cursor of the page after. */
+interface Search {
+  q: string;
+  hits: SearchHit[];
+  next?: string;
+  loading: boolean;
+  error?: string;
+  /** The hit opened last, `conv:seq`. */
+  opened?: string;
+  /** Ends this search's request when another one replaces it or the panel closes. */
+  abort: AbortController;
 }
 
 const state = {
@@ -119,6 +141,9 @@ const state = {
   blocked: new Set<UserId>(),
   /** The message whose report form is open. */
   reporting: undefined as Seq | undefined,
+  search: undefined as Search | undefined,
+  /** The message opened from search, highlighted for a moment. */
+  found: undefined as { conv: ConversationId; seq: Seq } | undefined,
 };
 
 // ---- start -------------------------------------------------------------------------------
@@ -439,39 +464,250 @@ async function openPushed(conv: ConversationId): Promise<void> {
   await openConversation(conv);
 }
 
+// ---- message search ----------------------------------------------------------------------
+
+/** Searches for `q` (newest first) in the results panel, replacing any search before. */
+function startSearch(q: string): void {
+  state.search?.abort.abort();
+  const s: Search = { q, hits: [], loading: false, abort: new AbortController() };
+  state.search = s;
+  document.body.classList.add("searching");
+  byId("search").hidden = false;
+  void fetchHits(s);
+}
+
+/** The next page of `s`: the first, or the one after `s.next`. */
+async function fetchHits(s: Search): Promise<void> {
+  if (s.loading) return;
+  s.loading = true;
+  delete s.error;
+  renderSearch();
+  try {
+    const page = await state.api.search(s.q, { order: "newest", ...(s.next !== undefined ? { cursor: s.next } : {}) }, s.abort.signal);
+    if (state.search !== s) return;
+    s.hits.push(...page.hits);
+    if (page.next !== undefined) s.next = page.next;
+    else delete s.next;
+    void learnHandles(page.hits.map((hit) => hit.sender));
+    void learnConversations(page.hits.map((hit) => hit.conversation));
+  } catch (err) {
+    if (state.search !== s) return;
+    s.error = `Search failed: ${reason(err)}`;
+  } finally {
+    s.loading = false;
+  }
+  renderSearch();
+}
+
+function closeSearch(): void {
+  state.search?.abort.abort();
+  state.search = undefined;
+  searchShown = "";
+  document.body.classList.remove("searching");
+  byId("search").hidden = true;
+  byId("search-q").focus();
+}
+
+/** Opens the conversation of a hit at its message. */
+async function openHit(hit: SearchHit): Promise<void> {
+  const s = state.search;
+  if (s) s.opened = `${hit.conversation}:${hit.seq}`;
+  renderSearch();
+  try {
+    if (!state.convs.has(hit.conversation)) upsert(await state.api.conversation(hit.conversation));
+    await openConversation(hit.conversation, hit.seq);
+  } catch (err) {
+    if (s && state.search === s) {
+      s.error = `Could not open that message: ${reason(err)}`;
+      renderSearch();
+    }
+  }
+}
+
+/** What went wrong, as a person would say it. */
+function reason(err: unknown): string {
+  if (err instanceof NatterError && err.body) {
+    const wait = err.body.retry_after_ms;
+    if (err.body.code === "too_many_requests" && wait !== undefined) return `too many searches; try again in ${Math.ceil(wait / 1000)} s`;
+    return err.body.message;
+  }
+  return (err as Error)?.message ?? String(err);
+}
+
+const askedConvs = new Set<ConversationId>();
+/** Conversations hits are in that the list does not have yet (joined since it loaded). */
+async function learnConversations(ids: ConversationId[]): Promise<void> {
+  const fresh = [...new Set(ids)].filter((c) => !state.convs.has(c) && !askedConvs.has(c));
+  fresh.forEach((c) => askedConvs.add(c));
+  for (const c of fresh) {
+    try {
+      upsert(await state.api.conversation(c));
+    } catch {
+      askedConvs.delete(c);
+    }
+  }
+  if (fresh.length) schedule();
+}
+
+/** What the results panel shows now, so that it is rebuilt only when that changes (a
+ * rebuild loses a click in progress). */
+let searchShown = "";
+
+function renderSearch(): void {
+  const s = state.search;
+  if (!s) return;
+  const rows = s.hits.map((hit) => {
+    const c = state.convs.get(hit.conversation);
+    const blocked = hit.sender !== state.me?.user_id && state.blocked.has(hit.sender);
+    return {
+      hit,
+      key: `${hit.conversation}:${hit.seq}`,
+      title: c ? titleOf(c) : "a chat",
+      sender: hit.sender === state.me?.user_id ? "You" : handleOf(hit.sender),
+      when: time(hit.ts),
+      blocked,
+    };
+  });
+  const shown = JSON.stringify([s.q, s.loading, s.error, s.next !== undefined, s.opened, rows.map((r) => [r.key, r.title, r.sender, r.when, r.blocked])]);
+  if (shown === searchShown) return;
+  searchShown = shown;
+  const note = byId("search-note");
+  note.classList.toggle("error", s.error !== undefined);
+  note.textContent =
+    s.error ?? (s.loading && !s.hits.length ? "Searching…" : `${s.hits.length}${s.next !== undefined ? "+" : ""} ${s.hits.length === 1 && s.next === undefined ? "message" : "messages"}`);
+  const items: HTMLElement[] = rows.map((r) =>
+    h(
+      "li",
+      {},
+      h(
+        "button",
+        {
+          class: `hit${s.opened === r.key ? " active" : ""}`,
+          "data-key": `h${r.key}`,
+          "data-conv": r.hit.conversation,
+          "data-seq": r.hit.seq,
+          "aria-current": s.opened === r.key ? "true" : undefined,
+          onclick: () => void openHit(r.hit),
+        },
+        h("span", { class: "title" }, r.title),
+        h("time", { class: "when", datetime: new Date(r.hit.ts).toISOString(), title: new Date(r.hit.ts).toLocaleString() }, r.when),
+        h(
+          "span",
+          { class: "snippet" },
+          h("span", { class: "sender" }, `${r.sender}: `),
+          ...(r.blocked ? [h("em", {}, "Message from a blocked user")] : r.hit.snippet.map((p) => (p.hit ? h("mark", {}, p.text) : p.text))),
+        ),
+      ),
+    ),
+  );
+  if (!s.loading && s.error === undefined && !s.hits.length) items.push(h("li", { class: "empty" }, `No messages match “${s.q}”.`));
+  if (s.next !== undefined || (s.loading && s.hits.length)) {
+    items.push(h("li", { class: "more-hits" }, h("button", { class: "secondary", "data-key": "more-hits", disabled: s.loading, onclick: () => void fetchHits(s) }, s.loading ? "Loading…" : "Load more")));
+  }
+  const list = byId("search-hits");
+  const focused = (document.activeElement as HTMLElement | null)?.closest("#search-hits") ? (document.activeElement as HTMLElement).dataset.key : undefined;
+  clear(list, ...items);
+  if (focused) (list.querySelector(`[data-key="${focused}"]`) as HTMLElement | null)?.focus();
+}
+
+/** Arrow keys move between the search box, the hits and "Load more"; Escape closes. */
+function searchKeys(e: KeyboardEvent): void {
+  if (!state.search) return;
+  if (e.key === "Escape") {
+    e.preventDefault();
+    closeSearch();
+    return;
+  }
+  if (e.key !== "ArrowDown" && e.key !== "ArrowUp") return;
+  const stops = [byId("search-q"), ...byId("search-hits").querySelectorAll<HTMLButtonElement>("button:not([disabled])")];
+  const at = stops.indexOf(document.activeElement as HTMLElement);
+  if (at < 0) return;
+  e.preventDefault();
+  stops[Math.max(0, Math.min(stops.length - 1, at + (e.key === "ArrowDown" ? 1 : -1)))]?.focus();
+}
+
 // ---- one conversation --------------------------------------------------------------------
 
 function newView(conv: ConversationId): View {
-  return { conv, items: new Map(), min: 0, max: 0, hasOlder: false, loadingOlder: false, catchingUp: false, queued: [], members: [] };
+  return { conv, items: new Map(), min: 0, max: 0, hasOlder: false, hasNewer: false, loadingOlder: false, catchingUp: false, queued: [], members: [] };
 }
 
-async function openConversation(conv: ConversationId): Promise<void> {
+/**
+ * Opens a conversation at its latest page, or (`at`, from search) around that message, which
+ * is scrolled to and highlighted; a message outside what is loaded replaces the view with a
+ * window around it.
+ */
+async function openConversation(conv: ConversationId, at?: Seq): Promise<void> {
   state.open = conv;
   state.replyTo = state.editing = state.actionsFor = undefined;
   location.hash = `c=${conv}`;
   document.body.classList.add("chat-open");
   closePushed(conv);
   let v = state.views.get(conv);
+  if (v && at !== undefined && (at < v.min || at > v.max)) v = undefined;
   if (!v) {
     v = newView(conv);
     state.views.set(conv, v);
     v.catchingUp = true;
     try {
-      const [page, members] = await Promise.all([state.api.history(conv, {}, PAGE), state.api.members(conv)]);
-      v.members = members;
-      members.forEach((m) => state.handles.set(m.user_id, m.handle));
-      fromStore(v, page.entries);
-      v.hasOlder = page.has_more || (page.entries[0]?.seq ?? 1) > 1;
-      await catchUp(v);
+      await loadView(v, at);
+    } catch (err) {
+      // A window that did not load is not kept: opening the message again tries again.
+      if (at !== undefined && state.views.get(conv) === v) state.views.delete(conv);
+      throw err;
     } finally {
       v.catchingUp = false;
     }
     drainQueued(v);
   }
   watchPresence();
-  render(true);
+  if (at === undefined) {
+    render(true);
+  } else if (state.open === conv) {
+    highlight(conv, at);
+    render(false);
+    byId("messages").querySelector(`[data-seq="${at}"]`)?.scrollIntoView({ block: "center" });
+  }
   markRead();
-  byId<HTMLTextAreaElement>("text").focus();
+  // A hit opened from the results keeps the focus there (the next one is an arrow away),
+  // unless the results are out of sight (one column: the chat replaced them).
+  const from = document.activeElement as HTMLElement | null;
+  if (at === undefined || !from?.closest("#search") || !from.offsetParent) byId<HTMLTextAreaElement>("text").focus();
+}
+
+/** Loads a new view: the latest page, or the entries up to `at` and on from it
+ * (docs/protocol.md, "Search": `before=seq+1` and `after=seq`). */
+async function loadView(v: View, at?: Seq): Promise<void> {
+  const [upTo, from, members] = await Promise.all([
+    at === undefined ? state.api.history(v.conv, {}, PAGE) : state.api.history(v.conv, { before: at + 1 }, AROUND),
+    at === undefined ? undefined : state.api.history(v.conv, { after: at }, AROUND),
+    state.api.members(v.conv),
+  ]);
+  v.members = members;
+  members.forEach((m) => state.handles.set(m.user_id, m.handle));
+  fromStore(v, upTo.entries);
+  v.hasOlder = upTo.has_more || (upTo.entries[0]?.seq ?? 1) > 1;
+  if (from) {
+    fromStore(v, from.entries);
+    v.hasNewer = from.has_more;
+  }
+  if (!v.hasNewer) await catchUp(v);
+}
+
+/** Leaves a window around a found message for the latest page. */
+async function showLatest(conv: ConversationId): Promise<void> {
+  state.views.delete(conv);
+  await openConversation(conv);
+}
+
+let foundTimer: ReturnType<typeof setTimeout> | undefined;
+function highlight(conv: ConversationId, seq: Seq): void {
+  state.found = { conv, seq };
+  clearTimeout(foundTimer);
+  foundTimer = setTimeout(() => {
+    state.found = undefined;
+    schedule();
+  }, FOUND_MS);
 }
 
 /** Entries read from the store carry their message's current state. */
@@ -543,6 +779,13 @@ function live(v: View, e: Entry): void {
     return;
   }
   if (e.seq <= v.max) return;
+  if (v.hasNewer) {
+    // A window into older history: what follows it is read when it moves to the latest,
+    // but a change to a message it shows applies now (and members still come and go).
+    amend(v, e);
+    if (e.kind === "member_added" || e.kind === "member_removed") void refreshMembers(v);
+    return;
+  }
   if (e.seq > v.max + 1) {
     v.queued.push(e);
     v.catchingUp = true;
@@ -575,15 +818,25 @@ function drainQueued(v: View): void {
 function apply(v: View, e: Entry): void {
   v.max = e.seq;
   if (!v.min) v.min = e.seq;
+  if (amend(v, e)) return;
+  const item = itemOf(e);
+  if (item) v.items.set(e.seq, item);
+  if (e.kind === "message" && e.client_msg_id && e.sender === state.me?.user_id) state.pending.delete(e.client_msg_id);
+  if (e.kind === "member_added" || e.kind === "member_removed") void refreshMembers(v);
+}
+
+/** An edit, deletion or reaction, applied to its message when that is loaded; false for any
+ * other entry. */
+function amend(v: View, e: Entry): boolean {
   const target = "target" in e ? v.items.get(e.target) : undefined;
   const msg = target?.kind === "msg" ? target : undefined;
   switch (e.kind) {
     case "edit":
       if (msg) Object.assign(msg, { body: e.body, edited: true });
-      break;
+      return true;
     case "delete":
       if (msg) Object.assign(msg, { body: "", deleted: true, removed: e.sender !== msg.sender, attachments: [], reactions: new Map() });
-      break;
+      return true;
     case "reaction":
       if (msg) {
         const users = msg.reactions.get(e.emoji) ?? new Set<UserId>();
@@ -592,13 +845,9 @@ function apply(v: View, e: Entry): void {
         if (users.size) msg.reactions.set(e.emoji, users);
         else msg.reactions.delete(e.emoji);
       }
-      break;
-    default: {
-      const item = itemOf(e);
-      if (item) v.items.set(e.seq, item);
-      if (e.kind === "message" && e.client_msg_id && e.sender === state.me?.user_id) state.pending.delete(e.client_msg_id);
-      if (e.kind === "member_added" || e.kind === "member_removed") void refreshMembers(v);
-    }
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -624,6 +873,7 @@ async function loadOlder(v: View): Promise<void> {
   } finally {
     v.loadingOlder = false;
   }
+  if (state.views.get(v.conv) !== v) return; // replaced meanwhile (a message opened from search)
   renderMessages();
   box.scrollTop = box.scrollHeight - fromBottom;
 }
@@ -635,7 +885,7 @@ function markRead(): void {
   const c = state.convs.get(conv);
   if (!v || !c || v.max <= c.read_seq) return;
   c.read_seq = v.max;
-  c.unread = 0;
+  if (!v.hasNewer) c.unread = 0;
   void state.live?.call("read", conv, v.max).catch(() => undefined);
   renderList();
 }
@@ -805,6 +1055,8 @@ function submit(): void {
   state.uploads = [];
   state.replyTo = undefined;
   void live.call("typing", conv, false).catch(() => undefined);
+  // Written under older history opened from search: the chat moves to the latest, where it shows.
+  if (state.views.get(conv)?.hasNewer) void showLatest(conv);
   render(true);
   sending = sending
     .then(async () => {
@@ -901,6 +1153,7 @@ function render(scrollToEnd: boolean): void {
   renderHeader();
   renderMessages(scrollToEnd);
   renderComposer();
+  renderSearch();
 }
 
 function renderBanner(): void {
@@ -1086,12 +1339,16 @@ function reportForm(v: View, m: Msg): HTMLElement {
   );
 }
 
+function isFound(v: View, m: Msg): boolean {
+  return state.found?.conv === v.conv && state.found.seq === m.seq;
+}
+
 function messageView(v: View, m: Msg, group: boolean): HTMLElement {
   const mine = m.sender === state.me?.user_id;
   if (!mine && !m.deleted && state.blocked.has(m.sender)) {
     return h(
       "div",
-      { class: "msg blocked", "data-seq": m.seq, "data-key": `m${m.seq}` },
+      { class: `msg blocked${isFound(v, m) ? " found" : ""}`, "data-seq": m.seq, "data-key": `m${m.seq}` },
       group ? h("div", { class: "sender" }, handleOf(m.sender)) : null,
       h("div", { class: "bubble" }, h("em", {}, "Message from a blocked user")),
     );
@@ -1138,7 +1395,7 @@ function messageView(v: View, m: Msg, group: boolean): HTMLElement {
     : null;
   return h(
     "div",
-    { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}`, "data-seq": m.seq, "data-key": `m${m.seq}` },
+    { class: `msg${mine ? " mine" : ""}${m.deleted ? " deleted" : ""}${isFound(v, m) ? " found" : ""}`, "data-seq": m.seq, "data-key": `m${m.seq}` },
     group && !mine ? h("div", { class: "sender" }, handleOf(m.sender)) : null,
     h(
       "div",
@@ -1211,6 +1468,7 @@ function renderMessages(scrollToEnd = false): void {
     const item = v.items.get(seq)!;
     nodes.push(item.kind === "note" ? h("p", { class: "note", "data-seq": seq }, item.text) : messageView(v, item, group));
   }
+  if (v.hasNewer) nodes.push(h("button", { class: "secondary newer", "data-key": "newer", onclick: () => void showLatest(v.conv) }, "Jump to the latest messages"));
   for (const p of state.pending.values()) {
     if (p.conversation !== conv) continue;
     const el = pendingView(p);
@@ -1295,6 +1553,14 @@ function bindStatic(): void {
     else if (typeof Notification !== "undefined") void Notification.requestPermission().then(renderNotify);
   });
   renderNotify();
+  byId("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = byId<HTMLInputElement>("search-q").value.trim();
+    if (q) startSearch(q);
+  });
+  byId("search-form").addEventListener("keydown", searchKeys);
+  byId("search").addEventListener("keydown", searchKeys);
+  byId("search-close").addEventListener("click", closeSearch);
   byId("new-direct").addEventListener("submit", (e) => {
     e.preventDefault();
     const input = byId<HTMLInputElement>("peer");

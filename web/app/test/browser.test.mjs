@@ -8,7 +8,8 @@
 // page, whose removal the reporter's chat shows, and a block refuses the other's messages;
 // a page on another origin is refused; Web Push: the account panel offers notifications when
 // the server has Web Push, the service worker shows a pushed notification (tag, title, body),
-// a `clear` push closes it, and its click opens the chat in the app's tab. The pages
+// a `clear` push closes it, and its click opens the chat in the app's tab; a search lists
+// its hits with the matches marked and a hit opens its chat at that message. The pages
 // reach the server through a test proxy that can refuse the live transports and writes (so
 // the outbox holds sends while pages still load). Screenshots go to NATTER_SCREENSHOTS
 // (default target/screenshots; docs/screenshots holds the committed ones).
@@ -426,6 +427,87 @@ describe("the web client in Chromium", () => {
       await page.close();
     } finally {
       other.close();
+    }
+  });
+
+  it("a search lists its hits with the matches marked; a hit opens its chat at that message; no hits is said so", async () => {
+    // Sam's messages in two chats; the older hit is far enough back to be outside the
+    // direct chat's latest page, so the chat opens on a window around it.
+    const sam = await restAccount(server.url, "sam");
+    const tess = await restAccount(server.url, "tess");
+    const direct = (await sam.call("POST", "/v1/conversations", { kind: "direct", peer: tess.user_id })).id;
+    const group = (await sam.call("POST", "/v1/conversations", { kind: "group", title: "Launch", members: [tess.user_id] })).id;
+    const post = (who, conv, body) => who.call("POST", `/v1/conversations/${conv}/entries`, { client_msg_id: crypto.randomUUID(), kind: "message", body });
+    const older = await post(tess, direct, "the comet is visible tonight");
+    for (let k = 0; k < 60; k++) await post(k % 2 ? sam : tess, direct, `later ${k}`);
+    const newer = await post(sam, group, "a comet cake for the launch party");
+
+    const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+    try {
+      const page = await context.newPage();
+      watchErrors(page, "sam");
+      await page.goto(proxy.url);
+      await page.fill("#handle", "sam");
+      await page.fill("#password", PASSWORD);
+      await page.click("#sign-in");
+      await page.waitForSelector('#me:text-is("sam")', { timeout: WAIT });
+      await connected(page);
+
+      const box = page.getByRole("searchbox", { name: "Search messages" });
+      const results = page.getByRole("region", { name: "Search results" });
+      await box.fill("comet");
+      await box.press("Enter");
+      const hits = results.locator("button.hit");
+      await hits.nth(1).waitFor({ timeout: WAIT });
+      await results.getByRole("status").filter({ hasText: "2 messages" }).waitFor({ timeout: WAIT });
+      // Newest first, each with its chat, sender, time and the match marked.
+      const shown = await hits.evaluateAll((els) =>
+        els.map((el) => ({
+          at: `${el.dataset.conv}:${el.dataset.seq}`,
+          title: el.querySelector(".title").textContent,
+          sender: el.querySelector(".sender").textContent,
+          when: el.querySelector("time").getAttribute("datetime") !== null,
+          snippet: el.querySelector(".snippet").textContent,
+          marked: [...el.querySelectorAll("mark")].map((m) => m.textContent),
+        })),
+      );
+      assert.deepEqual(shown, [
+        { at: `${group}:${newer.seq}`, title: "Launch", sender: "You: ", when: true, snippet: "You: a comet cake for the launch party", marked: ["comet"] },
+        { at: `${direct}:${older.seq}`, title: "tess", sender: "tess: ", when: true, snippet: "tess: the comet is visible tonight", marked: ["comet"] },
+      ]);
+      assert.equal(await page.locator("#convs").isHidden(), true, "the results take the chat list's place");
+      await page.screenshot({ path: join(SHOTS, "search.png") });
+
+      // The older hit: its chat opens around the message, scrolled to it and highlighted.
+      await results.getByRole("button", { name: /the comet is visible tonight/ }).click();
+      await page.waitForSelector('#chat-title:has-text("tess")', { timeout: WAIT });
+      await page.waitForFunction(
+        (seq) => {
+          const el = document.querySelector(`#messages .msg.found[data-seq="${seq}"]`);
+          if (el?.querySelector(".text")?.textContent !== "the comet is visible tonight") return false;
+          const [m, view] = [el.getBoundingClientRect(), document.querySelector("#messages").getBoundingClientRect()];
+          return m.top >= view.top && m.bottom <= view.bottom;
+        },
+        older.seq,
+        { timeout: WAIT },
+      );
+      await page.screenshot({ path: join(SHOTS, "search-found.png") });
+      assert.equal(await page.locator('#messages .msg .text:text-is("later 59")').count(), 0, "a window around the hit, not the latest page");
+      assert.equal(await results.getByRole("button", { name: /the comet is visible tonight/ }).getAttribute("aria-current"), "true");
+      // The highlight goes by itself; the chat moves on to the latest when asked.
+      await page.locator("#messages .msg.found").waitFor({ state: "detached", timeout: WAIT });
+      await page.getByRole("button", { name: "Jump to the latest messages" }).click();
+      await waitText(page, "later 59");
+
+      // A search with no hits says so; Escape closes the results and the chat list is back.
+      await box.fill("zebra");
+      await box.press("Enter");
+      await results.getByText("No messages match “zebra”.").waitFor({ timeout: WAIT });
+      await box.press("Escape");
+      await results.waitFor({ state: "hidden", timeout: WAIT });
+      await page.locator(`button.conv[data-conv="${group}"]`).waitFor({ timeout: WAIT });
+    } finally {
+      await context.close();
     }
   });
 });

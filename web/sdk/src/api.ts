@@ -32,6 +32,8 @@ import type {
   PresenceSubscribed,
   Receipt,
   Role,
+  SearchOptions,
+  SearchResults,
   Seq,
   Session,
   Status,
@@ -530,6 +532,26 @@ export class Api {
   /** `GET /v1/conversations/{id}/entries`: one page, ascending `seq`; `{}` is the latest. */
   history(conv: ConversationId, range: HistoryRange = {}, limit?: number, signal?: AbortSignal): Promise<EntryPage> {
     return this.call("GET", `/v1/conversations/${conv}/entries`, undefined, { before: range.before, after: range.after, limit }, signal);
+  }
+
+  /**
+   * `GET /v1/search`: messages you may read that match `q` (words, `"quoted phrases"`,
+   * `prefix*`), newest first unless `order: "relevance"`, each with a snippet whose `hit`
+   * parts are what matched; pass `next` as `cursor` for the page after.
+   */
+  search(q: string, options: SearchOptions = {}, signal?: AbortSignal): Promise<SearchResults> {
+    const query = {
+      q,
+      conversation: options.conversation,
+      sender: options.sender,
+      has: options.hasAttachment ? "attachment" : undefined,
+      after: options.after,
+      before: options.before,
+      order: options.order,
+      cursor: options.cursor,
+      limit: options.limit,
+    };
+    return this.call("GET", "/v1/search", undefined, query, signal);
   }
 
   /** `POST /v1/conversations/{id}/entries`: one append, idempotent by `client_msg_id`. */

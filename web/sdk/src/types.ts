@@ -399,6 +399,46 @@ export interface Ticket {
   expires_in_ms: number;
 }
 
+/** `GET /v1/search`: a page of messages found; `next` is the `cursor` of the page after
+ * (absent on the last page). */
+export interface SearchResults {
+  hits: SearchHit[];
+  next?: string;
+}
+
+/** A message found: where it is (open the history around `seq`), who sent it when, and a
+ * snippet of it as it reads now. */
+export interface SearchHit {
+  conversation: ConversationId;
+  seq: Seq;
+  sender: UserId;
+  ts: number;
+  snippet: SnippetPart[];
+}
+
+/** A run of a snippet's text; `hit`: what the query matched (absent when false). */
+export interface SnippetPart {
+  text: string;
+  hit?: boolean;
+}
+
+/** Filters, order and page of one search (all optional; as the Rust SDK's `SearchOptions`). */
+export interface SearchOptions {
+  conversation?: ConversationId;
+  sender?: UserId;
+  /** Only messages with attachments. */
+  hasAttachment?: boolean;
+  /** Sent at or after / before these times (ms since the epoch): `after` ≤ ts < `before`. */
+  after?: number;
+  before?: number;
+  /** `newest` first (the default) or by `relevance`. */
+  order?: "newest" | "relevance";
+  /** The `next` of the page before. */
+  cursor?: string;
+  /** Hits per page (the server's default 20, at most 50). */
+  limit?: number;
+}
+
 /** Which page of a conversation's log: the latest, or walking back or forward from a seq. */
 export type HistoryRange = { before?: Seq; after?: Seq };
 

@@ -236,6 +236,9 @@ pub(crate) enum Cursor {
     Relevance { offset: i64 },
 }
 
+/// A newest-first page's position, `(ts, conversation, seq)`, as a query binds it.
+pub(crate) type Keyset = (Option<i64>, Option<i64>, Option<i64>);
+
 /// Most hits a relevance search pages through.
 pub const MAX_RELEVANCE_OFFSET: i64 = 1000;
 
@@ -258,6 +261,18 @@ impl Cursor {
                 Ok(Some(Cursor::Relevance { offset: *offset }))
             }
             _ => Err(bad()),
+        }
+    }
+
+    /// What a query binds for `cursor`: the keyset `(ts, conversation, seq)` to go on after
+    /// (newest first; all `None` otherwise) and the offset (by relevance; 0 otherwise).
+    pub(crate) fn bounds(cursor: Option<Cursor>) -> (Keyset, i64) {
+        match cursor {
+            Some(Cursor::Newest { ts, conversation, seq }) => {
+                ((Some(ts), Some(conversation), Some(seq)), 0)
+            }
+            Some(Cursor::Relevance { offset }) => ((None, None, None), offset),
+            None => ((None, None, None), 0),
         }
     }
 

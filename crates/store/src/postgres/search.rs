@@ -11,11 +11,7 @@ use crate::{SearchHit, SearchOrder, SearchPage, SearchRequest};
 
 pub(crate) async fn search(c: &Conn, user: UserId, r: &SearchRequest) -> PgResult<SearchPage> {
     let cursor = Cursor::parse(r.cursor.as_deref(), r.order)?;
-    let (key, offset) = match cursor {
-        Some(Cursor::Newest { ts, conversation, seq }) => (Some((ts, conversation, seq)), 0i64),
-        Some(Cursor::Relevance { offset }) => (None, offset),
-        None => (None, 0),
-    };
+    let ((k_ts, k_conv, k_seq), offset) = Cursor::bounds(cursor);
     let order = match r.order {
         SearchOrder::Newest => "d.ts DESC, d.conversation_id DESC, d.seq DESC",
         SearchOrder::Relevance => {
@@ -36,10 +32,6 @@ pub(crate) async fn search(c: &Conn, user: UserId, r: &SearchRequest) -> PgResul
            AND ($8::BIGINT IS NULL OR (d.ts, d.conversation_id, d.seq) < ($8, $9, $10))
          ORDER BY {order} LIMIT $11 OFFSET $12"
     );
-    let (k_ts, k_conv, k_seq) = match key {
-        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
-        None => (None, None, None),
-    };
     let rows = query(
         c,
         &sql,

@@ -10,11 +10,7 @@ use crate::{Result, SearchHit, SearchOrder, SearchPage, SearchRequest};
 
 pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<SearchPage> {
     let cursor = Cursor::parse(r.cursor.as_deref(), r.order)?;
-    let (after_key, offset) = match cursor {
-        Some(Cursor::Newest { ts, conversation, seq }) => (Some((ts, conversation, seq)), 0),
-        Some(Cursor::Relevance { offset }) => (None, offset),
-        None => (None, 0),
-    };
+    let ((k_ts, k_conv, k_seq), offset) = Cursor::bounds(cursor);
     let order = match r.order {
         SearchOrder::Newest => "d.ts DESC, d.conversation_id DESC, d.seq DESC",
         SearchOrder::Relevance => {
@@ -35,10 +31,6 @@ pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<
            AND (?8 IS NULL OR (d.ts, d.conversation_id, d.seq) < (?8, ?9, ?10))
          ORDER BY {order} LIMIT ?11 OFFSET ?12"
     );
-    let (k_ts, k_conv, k_seq) = match after_key {
-        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
-        None => (None, None, None),
-    };
     let hits: Vec<SearchHit> = c
         .prepare_cached(&sql)
         .and_then(|mut st| {

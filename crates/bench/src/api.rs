@@ -165,6 +165,38 @@ impl Api {
         Ok(conv)
     }
 
+    /// `GET /v1/push/config`: the push providers the server has on.
+    pub(crate) async fn push_providers(&self, token: &str) -> anyhow::Result<Vec<String>> {
+        let url = format!("{}/v1/push/config", self.base);
+        let res =
+            self.http.get(&url).bearer_auth(token).send().await.context("GET /v1/push/config")?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("GET /v1/push/config: {status}: {text}");
+        }
+        let config: natter_proto::rest::PushConfig =
+            serde_json::from_str(&text).context("reading the push config")?;
+        Ok(config.providers)
+    }
+
+    /// `POST /v1/me/push`: registers the device of `token` with `provider` and `push_token`.
+    pub(crate) async fn register_push(
+        &self,
+        token: &str,
+        provider: &str,
+        push_token: &str,
+    ) -> anyhow::Result<()> {
+        let body = natter_proto::rest::NewPushRegistration {
+            provider: provider.to_owned(),
+            token: push_token.to_owned(),
+            p256dh: None,
+            auth: None,
+        };
+        let _: serde_json::Value = self.post("/v1/me/push", Some(token), &body).await?;
+        Ok(())
+    }
+
     /// Runs `f` over `items`, `concurrency` at a time, keeping their order.
     pub(crate) async fn each<I, F, Fut, T>(
         items: I,

@@ -57,6 +57,9 @@ pub(crate) struct ConnReport {
     pub(crate) conn: u32,
     pub(crate) tracks: Vec<(ConversationId, Track)>,
     pub(crate) acks: Vec<(ConversationId, AckSum)>,
+    /// When each ack arrived (ns since the epoch), if the run records them
+    /// ([`Shared::record_acks`]: the push scenario measures from a message's commit).
+    pub(crate) acked_at: Vec<(ConversationId, Seq, u64)>,
     pub(crate) violations: Vec<String>,
     pub(crate) n_violations: u64,
     pub(crate) no_reply: u64,
@@ -90,6 +93,7 @@ struct Conn {
     sh: Arc<Shared>,
     tracks: Vec<(ConversationId, Track)>,
     acks: Vec<(ConversationId, AckSum)>,
+    acked_at: Vec<(ConversationId, Seq, u64)>,
     /// By request id (= message number).
     pending: HashMap<u64, Pending>,
     next_n: u64,
@@ -136,6 +140,7 @@ impl Conn {
             sh,
             tracks,
             acks,
+            acked_at: Vec::new(),
             pending: HashMap::new(),
             next_n: 1,
             sending: None,
@@ -164,6 +169,7 @@ impl Conn {
             conn: self.plan.conn,
             tracks: self.tracks,
             acks: self.acks,
+            acked_at: self.acked_at,
             violations: self.violations,
             n_violations: self.n_violations,
             no_reply: self.pending.len() as u64,
@@ -562,6 +568,9 @@ impl Conn {
         }
         if let Some(max) = self.sh.acked_max.get(&p.conv) {
             max.fetch_max(seq, Ordering::Relaxed);
+        }
+        if self.sh.record_acks {
+            self.acked_at.push((p.conv, seq, now));
         }
     }
 

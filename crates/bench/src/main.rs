@@ -9,6 +9,7 @@
 //! - `conn`: one connection task (send, receive, check).
 //! - `check`: the per-conversation tracks and the final verdict.
 //! - `media`: the upload and download scenario.
+//! - `push`: the push scenario and the push gateway it plays.
 //! - `api`: REST setup and `/metrics`; `stats`: clock, histograms, tables.
 //!
 //! docs/benchmarks.md says how to run each scenario and what was measured.
@@ -17,6 +18,7 @@ mod api;
 mod check;
 mod conn;
 mod media;
+mod push;
 mod run;
 mod scenarios;
 mod stats;
@@ -82,6 +84,9 @@ enum Scenario {
     Storm(scenarios::StormArgs),
     /// Uploads at once, then downloads: media throughput in MiB/s.
     Media(media::MediaArgs),
+    /// Offline members owed pushes, the bench as their push gateway: pushes/s and
+    /// commit→push latency, with delivery latency to online readers in the same run.
+    Push(push::PushArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +102,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Group(a) => scenarios::group(&cli.common, a).await,
             Scenario::Storm(a) => scenarios::storm(&cli.common, a).await,
             Scenario::Media(a) => media::media(&cli.common, a).await,
+            Scenario::Push(a) => push::push(&cli.common, a).await,
         }
     });
     // Connection tasks may still be closing; do not wait for them.

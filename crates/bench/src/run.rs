@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) body_pad: String,
     pub(crate) max_in_flight: usize,
     pub(crate) sync_limit: u32,
+    /// Senders keep the time of every ack (for [`Verdict::acked_at`]).
+    pub(crate) record_acks: bool,
 }
 
 /// Where the run is; every task follows it.
@@ -189,6 +191,9 @@ pub(crate) struct Verdict {
     pub(crate) syncs: u64,
     pub(crate) close_codes: HashMap<u16, u64>,
     pub(crate) errors: HashMap<String, u64>,
+    /// `(conversation, seq, ack time in ns since the epoch)` of every ack, with
+    /// [`Options::record_acks`]; else empty.
+    pub(crate) acked_at: Vec<(ConversationId, Seq, u64)>,
 }
 
 impl Verdict {
@@ -206,6 +211,7 @@ pub(crate) struct Options {
     pub(crate) max_in_flight: usize,
     pub(crate) sync_limit: u32,
     pub(crate) drain: Duration,
+    pub(crate) record_acks: bool,
 }
 
 pub(crate) struct Run {
@@ -253,6 +259,7 @@ impl Run {
             body_pad: "x".repeat(opts.body_bytes.saturating_sub(20)),
             max_in_flight: opts.max_in_flight.max(1),
             sync_limit: opts.sync_limit,
+            record_acks: opts.record_acks,
         });
         let n = plans.len();
         let tasks =
@@ -419,6 +426,7 @@ pub(crate) fn verdict(reports: &[ConnReport]) -> Verdict {
         syncs: 0,
         close_codes: HashMap::new(),
         errors: HashMap::new(),
+        acked_at: Vec::new(),
     };
     let push = |v: &mut Verdict, line: String| {
         v.n_violations += 1;
@@ -432,6 +440,7 @@ pub(crate) fn verdict(reports: &[ConnReport]) -> Verdict {
         for (conv, sum) in &r.acks {
             acks.entry(conv.0).or_default().merge(sum);
         }
+        v.acked_at.extend_from_slice(&r.acked_at);
         v.reconnects += u64::from(r.reconnects);
         v.connect_retries += u64::from(r.connect_retries);
         v.syncs += r.syncs;

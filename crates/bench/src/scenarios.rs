@@ -134,7 +134,7 @@ fn base36(mut n: u64) -> String {
     String::from_utf8(out).expect("ascii digits")
 }
 
-fn options(common: &Common, sync_limit: u32) -> Options {
+pub(crate) fn options(common: &Common, sync_limit: u32) -> Options {
     Options {
         servers: common.servers.clone(),
         connect_concurrency: common.connect_concurrency,
@@ -143,11 +143,12 @@ fn options(common: &Common, sync_limit: u32) -> Options {
         max_in_flight: common.max_in_flight,
         sync_limit,
         drain: Duration::from_secs(common.drain_secs),
+        record_acks: false,
     }
 }
 
 /// Warns when this process cannot hold `n` sockets.
-fn check_fd_limit(n: usize) {
+pub(crate) fn check_fd_limit(n: usize) {
     let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else { return };
     let soft = limits
         .lines()
@@ -181,7 +182,7 @@ pub(crate) async fn accounts(
 }
 
 /// Waits until every connection is synced (live delivery on), or fails the run.
-async fn wait_synced(run: &mut Run) -> anyhow::Result<()> {
+pub(crate) async fn wait_synced(run: &mut Run) -> anyhow::Result<()> {
     let t = Instant::now();
     let timeout = Duration::from_secs(60 + run.n as u64 / 100);
     let all = run.until(timeout, |r| r.progress.synced + r.progress.failed.len() >= r.n).await;
@@ -201,7 +202,7 @@ async fn wait_synced(run: &mut Run) -> anyhow::Result<()> {
 
 /// Prints the table (stdout, or stderr with `--json`) and the JSON object, and the
 /// violations; returns whether the run passed.
-fn output(
+pub(crate) fn output(
     common: &Common,
     title: &str,
     mut rows: Vec<(String, String)>,
@@ -268,7 +269,7 @@ fn output(
     ok
 }
 
-fn round_rows(r: &RoundResult) -> Vec<(String, String)> {
+pub(crate) fn round_rows(r: &RoundResult) -> Vec<(String, String)> {
     let c = &r.counts;
     vec![
         ("offered rate".into(), format!("{:.0} msg/s for {:.1} s", r.offered_rate, r.secs)),
@@ -288,11 +289,11 @@ fn round_rows(r: &RoundResult) -> Vec<(String, String)> {
 }
 
 /// Whether a round kept its promises (the server answered and delivered everything).
-fn round_complete(r: &RoundResult) -> bool {
+pub(crate) fn round_complete(r: &RoundResult) -> bool {
     r.not_drained == 0 && r.not_settled == 0
 }
 
-async fn scrape_sum(servers: &[String]) -> HashMap<String, f64> {
+pub(crate) async fn scrape_sum(servers: &[String]) -> HashMap<String, f64> {
     let mut sum: HashMap<String, f64> = HashMap::new();
     for s in servers {
         match api::scrape(s).await {

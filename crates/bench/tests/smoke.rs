@@ -132,3 +132,53 @@ async fn every_scenario_runs_checks_and_reports() {
 
     within("the server to stop", server.stop()).await;
 }
+
+/// The `push` scenario against a server whose `webhook` provider points at the gateway the
+/// bench plays: every message is owed to the offline members, each gets pushes covering
+/// its conversation to the last message, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_scenario_receives_every_push_owed() {
+    // A free port for the bench's gateway, known before the server starts.
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = TestServer::start_with(move |c| {
+        c.push.webhook_url = Some(format!("http://{gateway}/push"));
+        c.push.window_ms = 1;
+        c.push.per_user_per_min = 0;
+    })
+    .await;
+    let url = server.base_url();
+    let gateway = gateway.to_string();
+    let j = bench(
+        &url,
+        &[
+            "push",
+            "--groups",
+            "3",
+            "--offline",
+            "2",
+            "--rate",
+            "30",
+            "--secs",
+            "1",
+            "--window-ms",
+            "1",
+            "--gateway-listen",
+            &gateway,
+        ],
+    )
+    .await;
+    let c = &j["round"]["counts"];
+    assert!(u(&c["acked"]) >= 25, "{j}");
+    assert_eq!(u(&c["delivered"]), u(&c["acked"]), "each message reaches its reader once: {j}");
+    let p = &j["push"];
+    assert_eq!((u(&p["n_missed"]), u(&p["duplicates"]), u(&p["overlaps"])), (0, 0, 0), "{j}");
+    assert_eq!(u(&p["foreign"]), 0, "{j}");
+    assert!(u(&p["notify"]) >= 6, "every offline member got pushes: {j}");
+    assert_eq!(
+        u(&p["messages_covered"]),
+        u(&c["acked"]) * 2,
+        "every message is in one push to each of two offline members: {j}"
+    );
+    assert_eq!(u(&p["commit_to_push"]["count"]), u(&p["notify"]), "{j}");
+    within("the server to stop", server.stop()).await;
+}

@@ -378,7 +378,7 @@ async fn migrate(pool: &Pool) -> Result<()> {
                 let body: String = row.get(4);
                 let names = crate::search::names_in_json(row.get(5));
                 let has = !names.1;
-                let tokens = crate::search::index_text(&format!("{body}\n{}", names.0));
+                let tokens = crate::search::index_document(&body, &names.0);
                 client
                     .execute(
                         "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names, tsv)

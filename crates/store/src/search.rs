@@ -36,6 +36,12 @@ fn is_cjk(c: char) -> bool {
 
 /// `c` folded: its NFKD form without combining marks, lower case.
 fn fold_char(c: char, out: &mut String) {
+    // Most chat text is ASCII, for which NFKD changes nothing: this runs on the store's
+    // writer for every message.
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
+        return;
+    }
     for d in std::iter::once(c).nfkd() {
         if unicode_normalization::char::is_combining_mark(d) {
             continue;
@@ -91,6 +97,22 @@ pub(crate) fn index_text(text: &str) -> String {
         out.push_str(&t.text);
     }
     out
+}
+
+/// A message's searchable text as hits show it: its body, then its attachment names.
+pub(crate) fn document(body: String, names: &str) -> String {
+    if names.is_empty() { body } else { format!("{body}\n{names}") }
+}
+
+/// What the index holds of a message with `body` and attachment `names`.
+pub(crate) fn index_document(body: &str, names: &str) -> String {
+    let mut tokens = index_text(body);
+    let more = index_text(names);
+    if !tokens.is_empty() && !more.is_empty() {
+        tokens.push(' ');
+    }
+    tokens.push_str(&more);
+    tokens
 }
 
 /// The file names of a message's attachments, one per line (indexed with its text).

@@ -61,7 +61,7 @@ pub(crate) async fn search(c: &Conn, user: UserId, r: &SearchRequest) -> PgResul
                 seq: row.get::<_, i64>(1) as u64,
                 sender: UserId(row.get(2)),
                 ts: row.get(3),
-                text: if names.is_empty() { body } else { format!("{body}\n{names}") },
+                text: crate::search::document(body, &names),
             }
         })
         .collect();

@@ -933,7 +933,7 @@ async fn index_search(
     match body {
         EntryBody::Message { body, attachments, .. } => {
             let names = search::attachment_names(attachments);
-            let tokens = search::index_text(&format!("{body}\n{names}"));
+            let tokens = search::index_document(body, &names);
             execute(
                 c,
                 "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names, tsv)
@@ -951,7 +951,7 @@ async fn index_search(
             .await?;
             if let Some(row) = row {
                 let names: String = row.get(0);
-                let tokens = search::index_text(&format!("{body}\n{names}"));
+                let tokens = search::index_document(body, &names);
                 execute(
                     c,
                     "UPDATE search_docs SET body = $3, tsv = to_tsvector($4)

@@ -57,7 +57,7 @@ pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<
                         seq: row.get::<_, i64>(1)? as u64,
                         sender: UserId(row.get(2)?),
                         ts: row.get(3)?,
-                        text: if names.is_empty() { body } else { format!("{body}\n{names}") },
+                        text: crate::search::document(body, &names),
                     })
                 },
             )?

@@ -90,7 +90,7 @@ pub(super) fn backfill_search(c: &Connection) -> Result<()> {
             params![conv, seq, sender, ts, !none, body, names],
         )
         .map_err(internal)?;
-        let tokens = search::index_text(&format!("{body}\n{names}"));
+        let tokens = search::index_document(&body, &names);
         if !tokens.is_empty() {
             tx.execute(
                 "INSERT INTO search_index (rowid, tokens) VALUES (?1, ?2)",
@@ -1029,7 +1029,7 @@ fn index_search(
         Ok(())
     };
     let index = |id: i64, body: &str, names: &str| -> Result<()> {
-        let tokens = search::index_text(&format!("{body}\n{names}"));
+        let tokens = search::index_document(body, names);
         if !tokens.is_empty() {
             c.prepare_cached("INSERT INTO search_index (rowid, tokens) VALUES (?1, ?2)")
                 .and_then(|mut st| st.execute(params![id, tokens]))

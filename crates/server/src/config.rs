@@ -84,9 +84,10 @@ limits! {
     member_adds_per_min: u32 = 120, "NATTER_MEMBER_ADDS_PER_MIN";
     /// Members one user may add at once.
     member_adds_burst: u32 = 100, "NATTER_MEMBER_ADDS_BURST";
-    /// User searches (`GET /v1/users?q=`) one user may make per minute (0: unlimited).
+    /// Searches (of users, `GET /v1/users?q=`, and of messages, `GET /v1/search`) one user
+    /// may make per minute (0: unlimited).
     search_per_min: u32 = 60, "NATTER_SEARCH_PER_MIN";
-    /// User searches one user may make at once.
+    /// Searches one user may make at once.
     search_burst: u32 = 20, "NATTER_SEARCH_BURST";
     /// Longest a group admin may mute a member for, in seconds (a year).
     max_mute_secs: u64 = 31_536_000, "NATTER_MAX_MUTE_SECS";

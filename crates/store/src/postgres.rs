@@ -62,8 +62,9 @@ const RETRY_BASE: Duration = Duration::from_millis(20);
 
 /// Serializes migrations between nodes starting together (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
-/// The migration that made the search index (its messages are indexed when it is applied).
-const SEARCH_MIGRATION: usize = 16;
+/// The migration that last remade the search index (its messages are indexed when it is
+/// applied).
+const SEARCH_MIGRATION: usize = 17;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -82,6 +83,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/postgres/0014_push.sql"),
     include_str!("../migrations/postgres/0015_email.sql"),
     include_str!("../migrations/postgres/0016_search.sql"),
+    include_str!("../migrations/postgres/0017_search_in_state.sql"),
 ];
 
 /// A pooled connection, with its statement cache.
@@ -365,25 +367,24 @@ async fn migrate(pool: &Pool) -> Result<()> {
             }
         }
         if (version as usize) < SEARCH_MIGRATION {
-            // Messages from before search get their rows.
+            // Messages from before search get their attachment names and tokens.
             let rows = client
                 .query(
-                    "SELECT e.conversation_id, e.seq, e.sender, e.ts, s.body, e.body
+                    "SELECT e.conversation_id, e.seq, s.body, e.body
                      FROM entries e JOIN message_state s USING (conversation_id, seq)
                      WHERE e.kind = 'message' AND NOT s.deleted",
                     &[],
                 )
                 .await?;
             for row in rows {
-                let body: String = row.get(4);
-                let names = crate::search::names_in_json(row.get(5));
-                let has = !names.1;
-                let tokens = crate::search::index_document(&body, &names.0);
+                let body: String = row.get(2);
+                let (names, none) = crate::search::names_in_json(row.get(3));
+                let tokens = crate::search::index_document(&body, &names);
                 client
                     .execute(
-                        "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names, tsv)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, to_tsvector($8)) ON CONFLICT DO NOTHING",
-                        &[&row.get::<_, i64>(0), &row.get::<_, i64>(1), &row.get::<_, i64>(2), &row.get::<_, i64>(3), &has, &body, &names.0, &tokens],
+                        "UPDATE message_state SET has_attachment = $3, names = $4, tsv = to_tsvector($5)
+                         WHERE conversation_id = $1 AND seq = $2",
+                        &[&row.get::<_, i64>(0), &row.get::<_, i64>(1), &!none, &names, &tokens],
                     )
                     .await?;
             }

@@ -115,6 +115,14 @@ pub(crate) fn index_document(body: &str, names: &str) -> String {
     tokens
 }
 
+/// The id of a message's row in SQLite's FTS5 index: `(conversation << 32) | seq`, so that
+/// a hit finds its `message_state` row by primary key with no table in between. `None` past
+/// what it can hold (conversation 2^31, seq 2^32: such a message is not searchable).
+pub(crate) fn doc_id(conversation: natter_proto::ConversationId, seq: u64) -> Option<i64> {
+    let conv = u64::try_from(conversation.0).ok().filter(|c| *c < 1 << 31)?;
+    (seq < 1 << 32).then_some(((conv << 32) | seq) as i64)
+}
+
 /// The file names of a message's attachments, one per line (indexed with its text).
 pub(crate) fn attachment_names(attachments: &[natter_proto::Attachment]) -> String {
     let names: Vec<&str> = attachments.iter().filter_map(|a| a.name.as_deref()).collect();
@@ -372,6 +380,17 @@ pub fn snippet(text: &str, query: &Query) -> Vec<(String, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_proto::ConversationId;
+
+    #[test]
+    fn doc_ids_pack_conversation_and_seq_and_refuse_what_does_not_fit() {
+        assert_eq!(doc_id(ConversationId(3), 9), Some((3 << 32) | 9));
+        let last = doc_id(ConversationId((1 << 31) - 1), (1 << 32) - 1).expect("fits");
+        assert_eq!((last >> 32, last & 0xffff_ffff), ((1 << 31) - 1, (1 << 32) - 1));
+        assert_eq!(doc_id(ConversationId(1 << 31), 1), None);
+        assert_eq!(doc_id(ConversationId(1), 1 << 32), None);
+        assert_eq!(doc_id(ConversationId(-1), 1), None);
+    }
 
     #[test]
     fn folding_drops_accents_and_case_and_spaces_cjk() {

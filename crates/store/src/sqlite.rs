@@ -60,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0014_push.sql"),
     include_str!("../migrations/sqlite/0015_email.sql"),
     include_str!("../migrations/sqlite/0016_search.sql"),
+    include_str!("../migrations/sqlite/0017_search_in_state.sql"),
 ];
 
 /// A unit of work for the writer: runs inside a savepoint, pushes the entries it commits, and
@@ -277,8 +278,9 @@ fn run_checkpointer(conn: Connection, stop_rx: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// The migration that made the search index (its messages are indexed when it is applied).
-const SEARCH_MIGRATION: usize = 16;
+/// The migration that last remade the search index (its messages are indexed when it is
+/// applied).
+const SEARCH_MIGRATION: usize = 17;
 
 fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 =
@@ -848,24 +850,42 @@ mod tests {
         conn.execute_batch(
             "INSERT INTO users (id, handle, password_hash, created_at) VALUES (1, 'ann', 'h', 0);
              INSERT INTO conversations (id, kind, last_seq, last_activity, created_at)
-                 VALUES (1, 'group', 3, 0, 0);
+                 VALUES (1, 'group', 4, 0, 0);
              INSERT INTO members (conversation_id, user_id, role, joined_seq) VALUES (1, 1, 'owner', 1);
              INSERT INTO entries (conversation_id, seq, id, sender, ts, kind, body)
                  VALUES (1, 2, 'a', 1, 5, 'message', '{\"body\":\"Héllo wörld\"}'),
                         (1, 3, 'b', 1, 6, 'message',
-                         '{\"body\":\"gone\",\"attachments\":[{\"id\":\"m\",\"name\":\"plan.pdf\"}]}');
+                         '{\"body\":\"gone\",\"attachments\":[{\"id\":\"m\",\"name\":\"plan.pdf\"}]}'),
+                        (1, 4, 'c', 1, 7, 'message',
+                         '{\"body\":\"hello\",\"attachments\":[{\"id\":\"n\",\"name\":\"map.png\"}]}');
              INSERT INTO message_state (conversation_id, seq, sender, body, deleted)
-                 VALUES (1, 2, 1, 'Héllo wörld', 0), (1, 3, 1, '', 1);",
+                 VALUES (1, 2, 1, 'Héllo wörld', 0), (1, 3, 1, '', 1), (1, 4, 1, 'hello', 0);",
         )
         .expect("old messages");
         migrate(&conn).expect("migrates");
-        let docs: Vec<(i64, String)> = conn
-            .prepare(
-                "SELECT d.seq, d.body FROM search_index JOIN search_docs d ON d.id = search_index.rowid
-                 WHERE search_index MATCH 'hello'",
+        let hits = |q: &str| -> Vec<(i64, i64, String, bool, String)> {
+            conn.prepare(
+                "SELECT s.seq, s.ts, s.body, s.has_attachment, s.names
+                 FROM search_index
+                 JOIN message_state s ON s.conversation_id = search_index.rowid >> 32
+                                     AND s.seq = search_index.rowid & 4294967295
+                 WHERE search_index MATCH ?1 ORDER BY s.seq",
             )
-            .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>())
-            .expect("searches");
-        assert_eq!(docs, [(2, "Héllo wörld".to_owned())], "the deleted one is not indexed");
+            .and_then(|mut st| {
+                st.query_map([q], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .expect("searches")
+        };
+        assert_eq!(
+            hits("hello"),
+            [
+                (2, 5, "Héllo wörld".to_owned(), false, String::new()),
+                (4, 7, "hello".to_owned(), true, "map.png".to_owned())
+            ]
+        );
+        assert_eq!(hits("map").len(), 1, "attachment names are indexed");
+        assert_eq!(hits("map"), hits("png"));
+        assert!(hits("plan").is_empty() && hits("gone").is_empty(), "the deleted one is not");
     }
 }

@@ -1,4 +1,4 @@
-//! Message search on PostgreSQL (issue 15): the docs table's `tsvector` (GIN-indexed) under
+//! Message search on PostgreSQL (issue 15): `message_state`'s `tsvector` (GIN-indexed) under
 //! the connection's text search configuration, joined with the caller's memberships for
 //! what they may read.
 
@@ -13,23 +13,23 @@ pub(crate) async fn search(c: &Conn, user: UserId, r: &SearchRequest) -> PgResul
     let cursor = Cursor::parse(r.cursor.as_deref(), r.order)?;
     let ((k_ts, k_conv, k_seq), offset) = Cursor::bounds(cursor);
     let order = match r.order {
-        SearchOrder::Newest => "d.ts DESC, d.conversation_id DESC, d.seq DESC",
+        SearchOrder::Newest => "s.ts DESC, s.conversation_id DESC, s.seq DESC",
         SearchOrder::Relevance => {
-            "ts_rank(d.tsv, q) DESC, d.ts DESC, d.conversation_id DESC, d.seq DESC"
+            "ts_rank(s.tsv, q) DESC, s.ts DESC, s.conversation_id DESC, s.seq DESC"
         }
     };
     let sql = format!(
-        "SELECT d.conversation_id, d.seq, d.sender, d.ts, d.body, d.names
-         FROM search_docs d
-         JOIN members m ON m.conversation_id = d.conversation_id AND m.user_id = $1,
+        "SELECT s.conversation_id, s.seq, s.sender, s.ts, s.body, s.names
+         FROM message_state s
+         JOIN members m ON m.conversation_id = s.conversation_id AND m.user_id = $1,
               to_tsquery($2) q
-         WHERE d.tsv @@ q AND d.seq >= m.joined_seq
-           AND ($3::BIGINT IS NULL OR d.conversation_id = $3)
-           AND ($4::BIGINT IS NULL OR d.sender = $4)
-           AND (NOT $5 OR d.has_attachment)
-           AND ($6::BIGINT IS NULL OR d.ts >= $6)
-           AND ($7::BIGINT IS NULL OR d.ts < $7)
-           AND ($8::BIGINT IS NULL OR (d.ts, d.conversation_id, d.seq) < ($8, $9, $10))
+         WHERE s.tsv @@ q AND s.seq >= m.joined_seq
+           AND ($3::BIGINT IS NULL OR s.conversation_id = $3)
+           AND ($4::BIGINT IS NULL OR s.sender = $4)
+           AND (NOT $5 OR s.has_attachment)
+           AND ($6::BIGINT IS NULL OR s.ts >= $6)
+           AND ($7::BIGINT IS NULL OR s.ts < $7)
+           AND ($8::BIGINT IS NULL OR (s.ts, s.conversation_id, s.seq) < ($8, $9, $10))
          ORDER BY {order} LIMIT $11 OFFSET $12"
     );
     let rows = query(

@@ -910,19 +910,17 @@ pub(super) async fn append_entry(
     };
     let seq = row.get::<_, i64>(0) as u64;
     let members_seq = row.get::<_, i64>(1) as u64;
-    project(c, conv, seq, sender, &body).await?;
-    index_search(c, conv, seq, sender, now, &body).await?;
+    project(c, conv, seq, sender, now, &body).await?;
     let appended =
         Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body, members_seq };
     Ok(appended.push(out))
 }
 
-/// Keeps `message_state` and `reactions` equal to the log's effect.
-/// Keeps the search index equal to the live messages' text (issue 15; `crate::search`):
-/// a message adds its row, an edit replaces its text and tsvector, a deletion removes it.
-/// `to_tsvector` uses the connection's `default_text_search_config` (the store's
-/// `text_search_config`).
-async fn index_search(
+/// Keeps `message_state` and `reactions` equal to the log's effect, and with them the search
+/// index (issue 15; `crate::search`): a live message's `tsv` holds its folded tokens under
+/// the connection's `default_text_search_config` (the store's `text_search_config`), made
+/// again on an edit and cleared on a deletion.
+async fn project(
     c: &Conn,
     conv: ConversationId,
     seq: u64,
@@ -930,81 +928,42 @@ async fn index_search(
     ts: i64,
     body: &EntryBody,
 ) -> PgResult<()> {
+    let seq = seq as i64;
     match body {
         EntryBody::Message { body, attachments, .. } => {
             let names = search::attachment_names(attachments);
             let tokens = search::index_document(body, &names);
             execute(
                 c,
-                "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names, tsv)
+                "INSERT INTO message_state
+                     (conversation_id, seq, sender, body, ts, has_attachment, names, tsv)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, to_tsvector($8))",
-                &[&conv.0, &(seq as i64), &sender.0, &ts, &!attachments.is_empty(), body, &names, &tokens],
+                &[&conv.0, &seq, &sender.0, body, &ts, &!attachments.is_empty(), &names, &tokens],
             )
             .await?;
         }
         EntryBody::Edit { target, body } => {
-            let row = query_opt(
+            let target = *target as i64;
+            let names: String = query_one(
                 c,
-                "SELECT names FROM search_docs WHERE conversation_id = $1 AND seq = $2",
-                &[&conv.0, &(*target as i64)],
+                "SELECT names FROM message_state WHERE conversation_id = $1 AND seq = $2",
+                &[&conv.0, &target],
             )
-            .await?;
-            if let Some(row) = row {
-                let names: String = row.get(0);
-                let tokens = search::index_document(body, &names);
-                execute(
-                    c,
-                    "UPDATE search_docs SET body = $3, tsv = to_tsvector($4)
-                     WHERE conversation_id = $1 AND seq = $2",
-                    &[&conv.0, &(*target as i64), body, &tokens],
-                )
-                .await?;
-            }
-        }
-        EntryBody::Delete { target } => {
+            .await?
+            .get(0);
+            let tokens = search::index_document(body, &names);
             execute(
                 c,
-                "DELETE FROM search_docs WHERE conversation_id = $1 AND seq = $2",
-                &[&conv.0, &(*target as i64)],
-            )
-            .await?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-async fn project(
-    c: &Conn,
-    conv: ConversationId,
-    seq: u64,
-    sender: UserId,
-    body: &EntryBody,
-) -> PgResult<()> {
-    let seq = seq as i64;
-    match body {
-        EntryBody::Message { body, .. } => {
-            execute(
-                c,
-                "INSERT INTO message_state (conversation_id, seq, sender, body)
-                 VALUES ($1, $2, $3, $4)",
-                &[&conv.0, &seq, &sender.0, body],
-            )
-            .await?;
-        }
-        EntryBody::Edit { target, body } => {
-            execute(
-                c,
-                "UPDATE message_state SET body = $3, edited_seq = $4
+                "UPDATE message_state SET body = $3, edited_seq = $4, tsv = to_tsvector($5)
                  WHERE conversation_id = $1 AND seq = $2",
-                &[&conv.0, &(*target as i64), body, &seq],
+                &[&conv.0, &target, body, &seq, &tokens],
             )
             .await?;
         }
         EntryBody::Delete { target } => {
             execute(
                 c,
-                "UPDATE message_state SET body = '', deleted = true
+                "UPDATE message_state SET body = '', deleted = true, tsv = NULL
                  WHERE conversation_id = $1 AND seq = $2",
                 &[&conv.0, &(*target as i64)],
             )

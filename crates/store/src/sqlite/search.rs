@@ -1,5 +1,6 @@
-//! Message search on SQLite (issue 15): FTS5 over the folded tokens, joined with the docs
-//! table for the filters and with the caller's memberships for what they may read.
+//! Message search on SQLite (issue 15): FTS5 over the folded tokens, whose row ids
+//! (`search::doc_id`) lead to the messages' `message_state` rows for the text and the
+//! filters, joined with the caller's memberships for what they may read.
 
 use natter_proto::{ConversationId, UserId};
 use rusqlite::{Connection, params};
@@ -12,23 +13,25 @@ pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<
     let cursor = Cursor::parse(r.cursor.as_deref(), r.order)?;
     let ((k_ts, k_conv, k_seq), offset) = Cursor::bounds(cursor);
     let order = match r.order {
-        SearchOrder::Newest => "d.ts DESC, d.conversation_id DESC, d.seq DESC",
+        SearchOrder::Newest => "s.ts DESC, s.conversation_id DESC, s.seq DESC",
         SearchOrder::Relevance => {
-            "bm25(search_index), d.ts DESC, d.conversation_id DESC, d.seq DESC"
+            "bm25(search_index), s.ts DESC, s.conversation_id DESC, s.seq DESC"
         }
     };
     let sql = format!(
-        "SELECT d.conversation_id, d.seq, d.sender, d.ts, d.body, d.names
+        "SELECT s.conversation_id, s.seq, s.sender, s.ts, s.body, s.names
          FROM search_index
-         JOIN search_docs d ON d.id = search_index.rowid
-         JOIN members m ON m.conversation_id = d.conversation_id AND m.user_id = ?1
-         WHERE search_index MATCH ?2 AND d.seq >= m.joined_seq
-           AND (?3 IS NULL OR d.conversation_id = ?3)
-           AND (?4 IS NULL OR d.sender = ?4)
-           AND (?5 = 0 OR d.has_attachment = 1)
-           AND (?6 IS NULL OR d.ts >= ?6)
-           AND (?7 IS NULL OR d.ts < ?7)
-           AND (?8 IS NULL OR (d.ts, d.conversation_id, d.seq) < (?8, ?9, ?10))
+         JOIN message_state s
+             ON s.conversation_id = search_index.rowid >> 32
+            AND s.seq = search_index.rowid & 4294967295
+         JOIN members m ON m.conversation_id = s.conversation_id AND m.user_id = ?1
+         WHERE search_index MATCH ?2 AND s.seq >= m.joined_seq
+           AND (?3 IS NULL OR s.conversation_id = ?3)
+           AND (?4 IS NULL OR s.sender = ?4)
+           AND (?5 = 0 OR s.has_attachment = 1)
+           AND (?6 IS NULL OR s.ts >= ?6)
+           AND (?7 IS NULL OR s.ts < ?7)
+           AND (?8 IS NULL OR (s.ts, s.conversation_id, s.seq) < (?8, ?9, ?10))
          ORDER BY {order} LIMIT ?11 OFFSET ?12"
     );
     let hits: Vec<SearchHit> = c

@@ -66,35 +66,37 @@ pub(super) fn backfill_handle_keys(c: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Indexes the live messages from before search (when its migration is applied).
+/// Indexes the live messages from before search (when its migration is applied): their
+/// attachment names into `message_state`, their tokens into the index.
 pub(super) fn backfill_search(c: &Connection) -> Result<()> {
-    let rows: Vec<(i64, i64, i64, i64, String, String)> = c
+    let rows: Vec<(i64, i64, String, String)> = c
         .prepare(
-            "SELECT e.conversation_id, e.seq, e.sender, e.ts, s.body, e.body
+            "SELECT e.conversation_id, e.seq, s.body, e.body
              FROM entries e JOIN message_state s USING (conversation_id, seq)
              WHERE e.kind = 'message' AND s.deleted = 0",
         )
         .and_then(|mut st| {
-            st.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })?
-            .collect::<Result<_, _>>()
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()
         })
         .map_err(internal)?;
     let tx = c.unchecked_transaction().map_err(internal)?;
-    for (conv, seq, sender, ts, body, json) in rows {
+    for (conv, seq, body, json) in rows {
         let (names, none) = search::names_in_json(&json);
-        tx.execute(
-            "INSERT OR IGNORE INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![conv, seq, sender, ts, !none, body, names],
-        )
-        .map_err(internal)?;
+        if !none {
+            tx.execute(
+                "UPDATE message_state SET has_attachment = 1, names = ?3
+                 WHERE conversation_id = ?1 AND seq = ?2",
+                params![conv, seq, names],
+            )
+            .map_err(internal)?;
+        }
         let tokens = search::index_document(&body, &names);
-        if !tokens.is_empty() {
+        let doc = search::doc_id(ConversationId(conv), seq as u64);
+        if let (Some(doc), false) = (doc, tokens.is_empty()) {
             tx.execute(
                 "INSERT INTO search_index (rowid, tokens) VALUES (?1, ?2)",
-                params![tx.last_insert_rowid(), tokens],
+                params![doc, tokens],
             )
             .map_err(internal)?;
         }
@@ -996,78 +998,47 @@ fn append_entry_at(
     )
     .and_then(|mut st| st.execute(params![conv.0, seq as i64, now, members_seq as i64]))
     .map_err(internal)?;
-    project(c, conv, seq, sender, &body)?;
-    index_search(c, conv, seq, sender, now, &body)?;
+    project(c, conv, seq, sender, now, &body)?;
+    index_search(c, conv, seq, &body)?;
     let appended =
         Appended { conversation: conv, seq, id, sender, ts: now, client_msg_id, body, members_seq };
     Ok(appended.push(out))
 }
 
 /// Keeps the search index equal to the live messages' text (issue 15; `crate::search`):
-/// a message adds its row and tokens, an edit replaces them, a deletion removes them.
-fn index_search(
-    c: &Connection,
-    conv: ConversationId,
-    seq: u64,
-    sender: UserId,
-    ts: i64,
-    body: &EntryBody,
-) -> Result<()> {
-    let doc = |target: u64| -> Result<Option<(i64, String)>> {
-        c.prepare_cached(
-            "SELECT id, names FROM search_docs WHERE conversation_id = ?1 AND seq = ?2",
-        )
-        .and_then(|mut st| {
-            st.query_row(params![conv.0, target as i64], |r| Ok((r.get(0)?, r.get(1)?))).optional()
-        })
-        .map_err(internal)
-    };
-    let unindex = |id: i64| -> Result<()> {
-        c.prepare_cached("DELETE FROM search_index WHERE rowid = ?1")
-            .and_then(|mut st| st.execute(params![id]))
-            .map_err(internal)?;
-        Ok(())
-    };
-    let index = |id: i64, body: &str, names: &str| -> Result<()> {
-        let tokens = search::index_document(body, names);
-        if !tokens.is_empty() {
-            c.prepare_cached("INSERT INTO search_index (rowid, tokens) VALUES (?1, ?2)")
-                .and_then(|mut st| st.execute(params![id, tokens]))
-                .map_err(internal)?;
-        }
-        Ok(())
-    };
-    match body {
+/// FTS5 holds a live message's folded tokens under `search::doc_id`, made again on an edit
+/// and removed on a deletion. `message_state` (which `project` has just written) holds the
+/// text, time and attachment names that hits and filters read.
+fn index_search(c: &Connection, conv: ConversationId, seq: u64, body: &EntryBody) -> Result<()> {
+    let (target, text) = match body {
         EntryBody::Message { body, attachments, .. } => {
-            let names = search::attachment_names(attachments);
-            c.prepare_cached(
-                "INSERT INTO search_docs (conversation_id, seq, sender, ts, has_attachment, body, names)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![conv.0, seq as i64, sender.0, ts, !attachments.is_empty(), body, names])
-            })
-            .map_err(internal)?;
-            index(c.last_insert_rowid(), body, &names)?;
+            (seq, Some(search::index_document(body, &search::attachment_names(attachments))))
         }
         EntryBody::Edit { target, body } => {
-            if let Some((id, names)) = doc(*target)? {
-                unindex(id)?;
-                c.prepare_cached("UPDATE search_docs SET body = ?2 WHERE id = ?1")
-                    .and_then(|mut st| st.execute(params![id, body]))
-                    .map_err(internal)?;
-                index(id, body, &names)?;
-            }
+            let names: String = c
+                .prepare_cached(
+                    "SELECT names FROM message_state WHERE conversation_id = ?1 AND seq = ?2",
+                )
+                .and_then(|mut st| st.query_row(params![conv.0, *target as i64], |r| r.get(0)))
+                .map_err(internal)?;
+            (*target, Some(search::index_document(body, &names)))
         }
-        EntryBody::Delete { target } => {
-            if let Some((id, _)) = doc(*target)? {
-                unindex(id)?;
-                c.prepare_cached("DELETE FROM search_docs WHERE id = ?1")
-                    .and_then(|mut st| st.execute(params![id]))
-                    .map_err(internal)?;
-            }
-        }
-        _ => {}
+        EntryBody::Delete { target } => (*target, None),
+        _ => return Ok(()),
+    };
+    let Some(doc) = search::doc_id(conv, target) else {
+        tracing::warn!(conversation = conv.0, seq = target, "past what search can index");
+        return Ok(());
+    };
+    if !matches!(body, EntryBody::Message { .. }) {
+        c.prepare_cached("DELETE FROM search_index WHERE rowid = ?1")
+            .and_then(|mut st| st.execute(params![doc]))
+            .map_err(internal)?;
+    }
+    if let Some(tokens) = text.filter(|t| !t.is_empty()) {
+        c.prepare_cached("INSERT INTO search_index (rowid, tokens) VALUES (?1, ?2)")
+            .and_then(|mut st| st.execute(params![doc, tokens]))
+            .map_err(internal)?;
     }
     Ok(())
 }
@@ -1078,12 +1049,22 @@ fn project(
     conv: ConversationId,
     seq: u64,
     sender: UserId,
+    ts: i64,
     body: &EntryBody,
 ) -> Result<()> {
     let (sql, args): (&str, Vec<rusqlite::types::Value>) = match body {
-        EntryBody::Message { body, .. } => (
-            "INSERT INTO message_state (conversation_id, seq, sender, body) VALUES (?1, ?2, ?3, ?4)",
-            vec![conv.0.into(), (seq as i64).into(), sender.0.into(), body.clone().into()],
+        EntryBody::Message { body, attachments, .. } => (
+            "INSERT INTO message_state (conversation_id, seq, sender, body, ts, has_attachment, names)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            vec![
+                conv.0.into(),
+                (seq as i64).into(),
+                sender.0.into(),
+                body.clone().into(),
+                ts.into(),
+                i64::from(!attachments.is_empty()).into(),
+                search::attachment_names(attachments).into(),
+            ],
         ),
         EntryBody::Edit { target, body } => (
             "UPDATE message_state SET body = ?3, edited_seq = ?4 WHERE conversation_id = ?1 AND seq = ?2",

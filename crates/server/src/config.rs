@@ -168,6 +168,10 @@ limits! {
     media_ingest_bytes_per_sec: u64 = 64 * 1024 * 1024, "NATTER_MEDIA_INGEST_BYTES_PER_SEC";
     /// PostgreSQL connections in the pool (cluster mode).
     db_pool_size: usize = 16, "NATTER_DB_POOL_SIZE";
+    /// The embedded store's WAL size, in bytes, past which it is checkpointed and started over
+    /// (then truncated to it): the most disk the WAL takes beyond the database under steady
+    /// writes, plus what one batch writes.
+    sqlite_wal_limit_bytes: u64 = 64 * 1024 * 1024, "NATTER_SQLITE_WAL_LIMIT_BYTES";
     /// A node's registry and presence entries in Redis lapse this long after its last
     /// heartbeat, in milliseconds (cluster mode).
     registry_ttl_ms: u64 = 15_000, "NATTER_REGISTRY_TTL_MS";
@@ -865,8 +869,8 @@ impl Config {
         if l.heartbeat_ms == 0 || l.registry_ttl_ms < 2 * l.heartbeat_ms {
             bail!("heartbeat_ms must be positive and registry_ttl_ms at least twice it");
         }
-        if l.db_pool_size == 0 || l.bus_queue == 0 {
-            bail!("db_pool_size and bus_queue must be positive");
+        if l.db_pool_size == 0 || l.bus_queue == 0 || l.sqlite_wal_limit_bytes == 0 {
+            bail!("db_pool_size, bus_queue and sqlite_wal_limit_bytes must be positive");
         }
         if l.http_header_timeout_ms == 0 || l.http_body_timeout_ms == 0 {
             bail!("http_header_timeout_ms and http_body_timeout_ms must be positive");

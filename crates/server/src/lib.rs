@@ -247,6 +247,7 @@ async fn open_store(
         pool_size: cfg.limits.db_pool_size,
         max_pending_invitations: cfg.limits.max_pending_invitations,
         text_search_config: cfg.search_language.clone(),
+        wal_limit_bytes: cfg.limits.sqlite_wal_limit_bytes,
     };
     Ok(match &cfg.database_url {
         Some(url) => Arc::new(

@@ -8,7 +8,8 @@
 //! `natter_process_resident_memory_bytes`, `natter_process_open_fds`,
 //! `natter_tcp_connections` (gauge), `natter_connections_refused_total{reason}`,
 //! `natter_sessions_refused_total`, `natter_poll_streams` (gauge),
-//! `natter_poll_streams_evicted_total`; in cluster mode
+//! `natter_poll_streams_evicted_total`; on SQLite `natter_sqlite_wal_bytes` (gauge) and
+//! `natter_sqlite_wal_restarts_total{done}`; in cluster mode
 //! `natter_bus_published_total` (messages sent to Redis), `natter_bus_dropped_total`
 //! (publishes dropped on a full queue), `natter_bus_overflow_total` (received messages
 //! dropped), `natter_bus_catch_ups_total`, `natter_commit_retries_total` (PostgreSQL).

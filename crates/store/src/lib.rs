@@ -95,6 +95,10 @@ pub struct StoreLimits {
     /// PostgreSQL's text search configuration for message search (`simple`: no stemming;
     /// `english`, `german`, …: stemmed); SQLite does not stem.
     pub text_search_config: String,
+    /// SQLite: the WAL's size past which its checkpoint restarts it from the beginning, and
+    /// to which it is then truncated (under steady writes passive checkpoints alone never
+    /// get to restart it, and it would grow without end).
+    pub wal_limit_bytes: u64,
 }
 
 impl Default for StoreLimits {
@@ -104,6 +108,7 @@ impl Default for StoreLimits {
             pool_size: 16,
             max_pending_invitations: 100,
             text_search_config: "simple".to_owned(),
+            wal_limit_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -89,9 +89,14 @@ impl SqliteStore {
     pub fn open(path: &Path, limits: StoreLimits, feed: CommitFeed) -> Result<SqliteStore> {
         let writer = Connection::open(path).map_err(internal)?;
         configure(&writer, true)?;
+        writer
+            .pragma_update(None, "journal_size_limit", limits.wal_limit_bytes as i64)
+            .map_err(internal)?;
         migrate(&writer)?;
-        let checkpointer = Connection::open(path).map_err(internal)?;
-        checkpointer.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+        let checkpointer = Checkpointer {
+            conn: Connection::open(path).map_err(internal)?,
+            wal: Wal::of(path, limits.wal_limit_bytes),
+        };
         let mut readers = Vec::with_capacity(N_READERS);
         for _ in 0..N_READERS {
             let conn = Connection::open_with_flags(
@@ -116,7 +121,7 @@ impl SqliteStore {
 
     fn start(
         writer: Connection,
-        checkpointer: Connection,
+        checkpointer: Checkpointer,
         readers: Vec<Connection>,
         limits: StoreLimits,
         feed: CommitFeed,
@@ -128,11 +133,12 @@ impl SqliteStore {
                 // The checkpointer lives exactly as long as the writer: its last act after
                 // the writer's last commit is to truncate the WAL.
                 let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+                let wal = checkpointer.wal.clone();
                 let checkpoints = thread::Builder::new()
                     .name("natter-sqlite-checkpoint".to_owned())
-                    .spawn(move || run_checkpointer(checkpointer, stop_rx))
+                    .spawn(move || checkpointer.run(stop_rx))
                     .expect("spawning the checkpoint thread");
-                run_writer(writer, jobs_rx, feed);
+                run_writer(writer, jobs_rx, feed, &wal);
                 drop(stop_tx);
                 let _ = checkpoints.join();
             })
@@ -223,6 +229,13 @@ impl SqliteStore {
 /// A temporary database directory, removed on drop.
 pub struct TempPath(std::path::PathBuf);
 
+impl TempPath {
+    /// The directory holding the database file (`natter.db`) and its WAL.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempPath {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -237,8 +250,11 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(err.to_string())
 }
 
+/// How long a connection waits for a lock another holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn configure(conn: &Connection, writer: bool) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(internal)?;
     // Room for every statement the store uses: the default 16 made them evict each other and
     // be re-prepared on the read path.
     conn.set_prepared_statement_cache_capacity(64);
@@ -252,7 +268,7 @@ fn configure(conn: &Connection, writer: bool) -> Result<()> {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(internal)?;
         // A batch of hundreds of appends must not spill dirty pages mid-transaction.
         conn.pragma_update(None, "cache_size", -32 * 1024).map_err(internal)?;
-        // Checkpoints run on their own thread (`run_checkpointer`), not after the writer's
+        // Checkpoints run on their own thread (`Checkpointer`), not after the writer's
         // commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(internal)?;
     } else {
@@ -263,18 +279,85 @@ fn configure(conn: &Connection, writer: bool) -> Result<()> {
 
 /// How often the WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest a restarting checkpoint waits for readers of older snapshots (holding off the
+/// writer's next batch meanwhile) before it gives up until the WAL is checked again.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Copies the WAL back into the database file beside the writer (a passive checkpoint never
-/// blocks it), until `stop_rx` disconnects; then truncates the WAL.
-fn run_checkpointer(conn: Connection, stop_rx: std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %err, "wal checkpoint failed");
+/// The WAL file and the size past which it is restarted.
+///
+/// Passive checkpoints (`Checkpointer`) copy the WAL back into the database file without
+/// ever blocking the writer, but under steady writes they never catch up with it, and SQLite
+/// restarts a WAL from its beginning only when a write transaction begins with all of it
+/// copied: the WAL would grow without end (34 GB beside a 372 MB database after 1,000,000
+/// messages). So once it is past `limit` the writer itself, between two batches, runs a
+/// restarting checkpoint (what the passive ones left, and a wait of at most `RESTART_WAIT`
+/// for readers), and its next batch starts the WAL over, truncated to `limit`
+/// (`journal_size_limit`).
+#[derive(Clone)]
+struct Wal {
+    path: std::path::PathBuf,
+    limit: u64,
+}
+
+impl Wal {
+    fn of(db: &Path, limit: u64) -> Wal {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-wal");
+        Wal { path: path.into(), limit }
+    }
+
+    fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// On the writer's connection, after each batch (a `stat`): restarts the WAL if it is
+    /// past `limit`.
+    fn restart_if_large(&self, writer: &Connection) {
+        if self.size() <= self.limit {
+            return;
+        }
+        let restart = || -> rusqlite::Result<bool> {
+            writer.busy_timeout(RESTART_WAIT)?;
+            let done = writer.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok(r.get::<_, i64>(0)? == 0)
+            });
+            writer.busy_timeout(BUSY_TIMEOUT)?;
+            done
+        };
+        match restart() {
+            Ok(done) => {
+                metrics::counter!("natter_sqlite_wal_restarts_total", "done" => done.to_string())
+                    .increment(1);
+            }
+            Err(err) => tracing::warn!(error = %err, "restarting the wal failed"),
         }
     }
-    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-        tracing::warn!(error = %err, "final wal checkpoint failed");
+}
+
+/// Copies the WAL back into the database file beside the writer, passively (`Wal`).
+struct Checkpointer {
+    conn: Connection,
+    wal: Wal,
+}
+
+impl Checkpointer {
+    /// Checkpoints until `stop_rx` disconnects; then truncates the WAL.
+    fn run(self, stop_rx: std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let checkpoint = |mode: &str| {
+            let sql = format!("PRAGMA wal_checkpoint({mode})");
+            if let Err(err) = self.conn.query_row(&sql, [], |_| Ok(())) {
+                tracing::warn!(error = %err, mode, "wal checkpoint failed");
+            }
+        };
+        if let Err(err) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %err, "setting the checkpoint's busy timeout");
+        }
+        while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(CHECKPOINT_EVERY) {
+            metrics::gauge!("natter_sqlite_wal_bytes").set(self.wal.size() as f64);
+            checkpoint("PASSIVE");
+        }
+        checkpoint("TRUNCATE");
     }
 }
 
@@ -299,7 +382,7 @@ fn migrate(conn: &Connection) -> Result<()> {
     write::backfill_handle_keys(conn)
 }
 
-fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFeed) {
+fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFeed, wal: &Wal) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = jobs_rx.blocking_recv() {
         batch.push(job);
@@ -347,6 +430,7 @@ fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFe
         for done in completions {
             done(committed);
         }
+        wal.restart_if_large(&conn);
     }
     tracing::info!("sqlite writer stopped");
 }

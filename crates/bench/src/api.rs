@@ -165,6 +165,39 @@ impl Api {
         Ok(conv)
     }
 
+    /// `POST /v1/conversations/{conv}/entries`: appends `entry` and waits for its commit.
+    pub(crate) async fn post_entry(
+        &self,
+        token: &str,
+        conv: ConversationId,
+        entry: &natter_proto::rest::PostEntry,
+    ) -> anyhow::Result<Ack> {
+        self.post(&format!("/v1/conversations/{conv}/entries"), Some(token), entry).await
+    }
+
+    /// `GET /v1/search` with `params` (`q`, filters, `limit`...): one page of hits.
+    pub(crate) async fn search(
+        &self,
+        token: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<natter_proto::rest::SearchResults> {
+        let url = format!("{}/v1/search", self.base);
+        let res = self
+            .http
+            .get(&url)
+            .query(params)
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("GET /v1/search")?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("GET /v1/search: {status}: {text}");
+        }
+        serde_json::from_str(&text).context("reading the search results")
+    }
+
     /// `GET /v1/push/config`: the push providers the server has on.
     pub(crate) async fn push_providers(&self, token: &str) -> anyhow::Result<Vec<String>> {
         let url = format!("{}/v1/push/config", self.base);

@@ -10,6 +10,7 @@
 //! - `check`: the per-conversation tracks and the final verdict.
 //! - `media`: the upload and download scenario.
 //! - `push`: the push scenario and the push gateway it plays.
+//! - `search`: the message search scenario (a seeded history, then queries).
 //! - `api`: REST setup and `/metrics`; `stats`: clock, histograms, tables.
 //!
 //! docs/benchmarks.md says how to run each scenario and what was measured.
@@ -21,6 +22,7 @@ mod media;
 mod push;
 mod run;
 mod scenarios;
+mod search;
 mod stats;
 
 use clap::{Args, Parser, Subcommand};
@@ -87,6 +89,9 @@ enum Scenario {
     /// Offline members owed pushes, the bench as their push gateway: pushes/s and
     /// commit→push latency, with delivery latency to online readers in the same run.
     Push(push::PushArgs),
+    /// A history of messages in many groups, then searches of each kind: query latency and
+    /// the append rate while seeding.
+    Search(search::SearchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +108,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Storm(a) => scenarios::storm(&cli.common, a).await,
             Scenario::Media(a) => media::media(&cli.common, a).await,
             Scenario::Push(a) => push::push(&cli.common, a).await,
+            Scenario::Search(a) => search::search(&cli.common, a).await,
         }
     });
     // Connection tasks may still be closing; do not wait for them.

@@ -149,14 +149,7 @@ pub(crate) async fn media(common: &Common, args: MediaArgs) -> anyhow::Result<bo
         ),
         ("one download p50/p90/p99/p99.9/max".to_owned(), down.cell()),
     ];
-    if common.json {
-        // stdout is the JSON object's.
-        for (k, v) in &rows {
-            eprintln!("  {k:<36}  {v}");
-        }
-    } else {
-        print_table("media: uploads then downloads", &rows);
-    }
+    print_table(common.json, "media: uploads then downloads", &rows);
     if common.json {
         let obj = json!({
             "scenario": "media",

@@ -228,16 +228,7 @@ pub(crate) fn output(
     };
     rows.push(("checks (loss, duplicates, order)".into(), checks));
     rows.push(("verdict".into(), if ok { "ok".into() } else { "FAILED".into() }));
-    if common.json {
-        let mut table = String::new();
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        for (k, val) in &rows {
-            table.push_str(&format!("  {k:<width$}  {val}\n"));
-        }
-        eprintln!("{title}\n{table}");
-    } else {
-        print_table(title, &rows);
-    }
+    print_table(common.json, title, &rows);
     for line in &v.violations {
         eprintln!("VIOLATION: {line}");
     }

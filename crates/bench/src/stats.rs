@@ -132,13 +132,18 @@ fn fmt_ms(ms: f64) -> String {
     }
 }
 
-/// Prints `rows` as an aligned two-column table under `title`.
-pub(crate) fn print_table(title: &str, rows: &[(String, String)]) {
+/// Prints `rows` as an aligned two-column table under `title`: on stdout, or on stderr when
+/// stdout is for the run's JSON object (`--json`).
+pub(crate) fn print_table(json: bool, title: &str, rows: &[(String, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    println!("{title}");
-    println!("{}", "-".repeat(title.len().max(8)));
+    let mut table = format!("{title}\n{}\n", "-".repeat(title.len().max(8)));
     for (k, v) in rows {
-        println!("  {k:<width$}  {v}");
+        table.push_str(&format!("  {k:<width$}  {v}\n"));
+    }
+    if json {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
     }
 }
 

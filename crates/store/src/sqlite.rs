@@ -318,9 +318,8 @@ impl Wal {
         }
         let restart = || -> rusqlite::Result<bool> {
             writer.busy_timeout(RESTART_WAIT)?;
-            let done = writer.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
-                Ok(r.get::<_, i64>(0)? == 0)
-            });
+            let done = writer
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| Ok(r.get::<_, i64>(0)? == 0));
             writer.busy_timeout(BUSY_TIMEOUT)?;
             done
         };

@@ -130,6 +130,33 @@ async fn every_scenario_runs_checks_and_reports() {
     // One sync per connect (16 clients twice, 2 senders once), and more for the pages.
     assert!(u(&j["syncs"]) > 16 * 2 + 2, "resuming paged with has_more: {j}");
 
+    let j = bench(
+        &url,
+        &[
+            "search",
+            "--messages",
+            "300",
+            "--conversations",
+            "10",
+            "--users",
+            "6",
+            "--members",
+            "3",
+            "--queries",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(u(&j["messages"]), 300, "{j}");
+    assert!(j["post_rate"].as_f64().unwrap() > 0.0, "{j}");
+    let classes = ["common", "rare", "prefix", "phrase", "common in one conversation"];
+    for class in classes.into_iter().chain(["common by relevance"]) {
+        assert_eq!(u(&j["queries"][class]["latency"]["count"]), 2, "{class}: {j}");
+    }
+    // The ten most frequent words are in most of 300 messages, and a phrase is found.
+    assert!(j["queries"]["common"]["mean_hits"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["queries"]["phrase"]["mean_hits"].as_f64().unwrap() > 0.0, "{j}");
+
     within("the server to stop", server.stop()).await;
 }
 

@@ -2000,6 +2000,16 @@ async fn search_shows_only_what_the_user_may_read<S: Store>(f: Fixture<S>) {
     assert!(plan(bob).await.unwrap().hits.is_empty());
     let dee_hits = plan(dee).await.unwrap().hits;
     assert_eq!(dee_hits.iter().map(|h| h.conversation).collect::<Vec<_>>(), vec![ad]);
+    // The conversation filter keeps that conversation's hits, all of them, for every query.
+    for q in ["launch", "plan*", "\"launch plan\""] {
+        for (conv, want) in [(g, 3), (ad, 1)] {
+            let mut r = request(q);
+            r.conversation = Some(conv);
+            let hits = s.search(ann, r).await.unwrap().hits;
+            assert_eq!(hits.len(), want, "{q} in {conv:?}");
+            assert!(hits.iter().all(|h| h.conversation == conv), "{q} in {conv:?}");
+        }
+    }
     // Guessing a conversation id finds nothing, for every query.
     for q in ["launch", "plan*", "\"plan alpha\"", "alpha"] {
         let mut r = request(q);

@@ -18,13 +18,19 @@ pub(crate) async fn search(c: &Conn, user: UserId, r: &SearchRequest) -> PgResul
             "ts_rank(s.tsv, q) DESC, s.ts DESC, s.conversation_id DESC, s.seq DESC"
         }
     };
+    // Spelled out rather than `($3 IS NULL OR …)`, which a generic plan cannot use: one
+    // conversation's messages come by its primary key instead of every match of the query.
+    let in_conversation = match r.conversation {
+        Some(_) => "s.conversation_id = $3",
+        None => "$3::BIGINT IS NULL",
+    };
     let sql = format!(
         "SELECT s.conversation_id, s.seq, s.sender, s.ts, s.body, s.names
          FROM message_state s
          JOIN members m ON m.conversation_id = s.conversation_id AND m.user_id = $1,
               to_tsquery($2) q
          WHERE s.tsv @@ q AND s.seq >= m.joined_seq
-           AND ($3::BIGINT IS NULL OR s.conversation_id = $3)
+           AND {in_conversation}
            AND ($4::BIGINT IS NULL OR s.sender = $4)
            AND (NOT $5 OR s.has_attachment)
            AND ($6::BIGINT IS NULL OR s.ts >= $6)

@@ -6,7 +6,7 @@ use natter_proto::{ConversationId, UserId};
 use rusqlite::{Connection, params};
 
 use super::internal;
-use crate::search::Cursor;
+use crate::search::{Cursor, doc_id};
 use crate::{Result, SearchHit, SearchOrder, SearchPage, SearchRequest};
 
 pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<SearchPage> {
@@ -32,8 +32,19 @@ pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<
            AND (?6 IS NULL OR s.ts >= ?6)
            AND (?7 IS NULL OR s.ts < ?7)
            AND (?8 IS NULL OR (s.ts, s.conversation_id, s.seq) < (?8, ?9, ?10))
+           AND search_index.rowid BETWEEN ?13 AND ?14
          ORDER BY {order} LIMIT ?11 OFFSET ?12"
     );
+    // One conversation's rows are one range of the index's row ids, which FTS5 seeks to
+    // instead of reading every match of the query (a common word's, all but a few of them
+    // elsewhere).
+    let (first, last) = match r.conversation {
+        None => (0, i64::MAX),
+        Some(conv) => match (doc_id(conv, 0), doc_id(conv, u64::from(u32::MAX))) {
+            (Some(first), Some(last)) => (first, last),
+            _ => (1, 0),
+        },
+    };
     let hits: Vec<SearchHit> = c
         .prepare_cached(&sql)
         .and_then(|mut st| {
@@ -50,7 +61,9 @@ pub(super) fn search(c: &Connection, user: UserId, r: &SearchRequest) -> Result<
                     k_conv,
                     k_seq,
                     i64::from(r.limit),
-                    offset
+                    offset,
+                    first,
+                    last
                 ],
                 |row| {
                     let body: String = row.get(4)?;

@@ -5,16 +5,20 @@
 //! from one list by the `limits!` macro so that none can be forgotten.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+mod file;
+
+pub use file::default_toml;
 
 macro_rules! limits {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
         /// Every cap the server enforces. Defaults suit a single node on a laptop.
-        #[derive(Debug, Clone, Deserialize)]
+        #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
         #[serde(default, deny_unknown_fields)]
         pub struct Limits {
             $( $(#[doc = $doc])* pub $name: $ty, )*
@@ -284,7 +288,7 @@ impl Limits {
 }
 
 /// The whole configuration of one node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -344,11 +348,12 @@ pub struct Config {
     /// Email over SMTP: address verification and digests of unread conversations
     /// (`[email]`; docs/protocol.md "Email digests"). Unset: no email.
     pub email: Option<EmailSettings>,
+    /// Caps, rates and timeouts (`[limits]`; docs/protocol.md, "Caps" and "Rate limits").
     pub limits: Limits,
 }
 
 /// Push notifications for members with no live session.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushSettings {
     /// The app's own push gateway (provider `webhook`): the server POSTs each notification
@@ -382,7 +387,7 @@ pub struct PushSettings {
 }
 
 /// Email: the SMTP server, the sender, the links, the digests' timing and templates.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     /// `smtp://host:port` (plain: a relay on loopback), `smtp://host:587?tls=required`
@@ -436,7 +441,7 @@ impl std::fmt::Debug for EmailSettings {
 }
 
 /// Web Push with VAPID (RFC 8292).
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebPushSettings {
     /// The VAPID key pair, base64url (unpadded) as `natter push vapid-keys` (or the
@@ -469,7 +474,7 @@ impl WebPushSettings {
 }
 
 /// FCM HTTP v1 with a service account (OAuth2 JWT bearer grant).
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FcmSettings {
     /// The service account's JSON key file as Google's console downloads it
@@ -487,7 +492,7 @@ impl FcmSettings {
 }
 
 /// APNs with a token signing key (`.p8`).
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsSettings {
     /// The `.p8` key file (PKCS#8 PEM, P-256) from Apple's developer account.
@@ -549,7 +554,7 @@ impl std::fmt::Debug for PushSettings {
 
 /// Content rules and the moderation webhook, applied to every message and edit before it
 /// is committed.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ContentRules {
     /// Words (matched whole, ignoring case) that refuse a message (`content_rejected`).
@@ -604,14 +609,17 @@ impl std::fmt::Debug for ContentRules {
 }
 
 /// S3 settings, each overriding its `AWS_*` variable when set.
-#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Settings {
     /// `http(s)://host:port` of an S3-compatible server (`AWS_ENDPOINT_URL`); plain HTTP is
     /// allowed when named here.
     pub endpoint: Option<String>,
+    /// The bucket's region (`AWS_REGION`).
     pub region: Option<String>,
+    /// The access key's id (`AWS_ACCESS_KEY_ID`).
     pub access_key_id: Option<String>,
+    /// The access key's secret (`AWS_SECRET_ACCESS_KEY`).
     pub secret_access_key: Option<String>,
 }
 
@@ -743,17 +751,65 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
+/// A setting that cannot work: its key (`limits.max_page`, `push.payload`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.why)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, why: String) {
+        self.0.push(Problem { key: key.to_owned(), why });
+    }
+
+    fn unless(&mut self, ok: bool, key: &str, why: &str) {
+        if !ok {
+            self.add(key, why.to_owned());
+        }
+    }
+}
+
 impl Config {
     /// Where uploads are staged and local blobs kept.
     pub fn media_dir(&self) -> PathBuf {
         self.media_dir.clone().unwrap_or_else(|| self.data_dir.join("media"))
     }
 
-    /// Builds the configuration from a file (if any) and the flag/environment overrides.
+    /// Builds the configuration from a file (if any) and the flag/environment overrides;
+    /// fails on any problem, naming every one.
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-        let mut cfg = match &args.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+        let (cfg, problems) = Config::gather(args)?;
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            match &args.config {
+                Some(path) => bail!("config {}: {}", path.display(), all.join("; ")),
+                None => bail!("{}", all.join("; ")),
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The configuration from a file (if any) and the flag/environment overrides, with every
+    /// problem of the file and of the result (`natter config check`). Fails only when the
+    /// file cannot be read.
+    pub fn gather(args: &ServeArgs) -> anyhow::Result<(Config, Vec<Problem>)> {
+        let (mut cfg, mut problems) = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                file::read(&text)
+            }
+            None => (Config::default(), Vec::new()),
         };
         if let Some(v) = args.listen {
             cfg.listen = v;
@@ -810,119 +866,145 @@ impl Config {
             cfg.content_rules.webhook_secret = Some(v.clone());
         }
         args.limits.apply(&mut cfg.limits);
-        cfg.validate()?;
-        Ok(cfg)
+        problems.extend(cfg.problems());
+        Ok((cfg, problems))
     }
 
-    fn from_file(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
-    }
-
-    /// Fails fast on settings that cannot work.
+    /// Fails fast on settings that cannot work, naming every one.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!("{}", all.join("; "))
+    }
+
+    /// Every setting that cannot work, each under its key (`limits.max_page`).
+    pub fn problems(&self) -> Vec<Problem> {
         let l = &self.limits;
-        if l.max_frame_bytes < 1024 {
-            bail!("max_frame_bytes must be at least 1024");
+        let mut p = Problems::default();
+        p.unless(l.max_frame_bytes >= 1024, "limits.max_frame_bytes", "must be at least 1024");
+        p.unless(
+            l.max_body_bytes + 1024 <= l.max_frame_bytes,
+            "limits.max_body_bytes",
+            "must leave 1 KiB of max_frame_bytes for the frame around it",
+        );
+        for (key, v) in [
+            ("presence_batch_ms", l.presence_batch_ms),
+            ("receipt_flush_ms", l.receipt_flush_ms),
+            ("ping_interval_ms", l.ping_interval_ms),
+            ("heartbeat_ms", l.heartbeat_ms),
+            ("sqlite_wal_limit_bytes", l.sqlite_wal_limit_bytes),
+            ("http_header_timeout_ms", l.http_header_timeout_ms),
+            ("http_body_timeout_ms", l.http_body_timeout_ms),
+            ("login_backoff_ms", l.login_backoff_ms),
+            ("outbound_queue", l.outbound_queue as u64),
+            ("max_in_flight", l.max_in_flight as u64),
+            ("max_page", u64::from(l.max_page)),
+            ("db_pool_size", l.db_pool_size as u64),
+            ("bus_queue", l.bus_queue as u64),
+            ("max_connections", l.max_connections as u64),
+            ("max_sessions_per_user", l.max_sessions_per_user as u64),
+            ("max_poll_streams_per_token", l.max_poll_streams_per_token as u64),
+            ("max_sync_conversations", l.max_sync_conversations as u64),
+            ("media_ingest_threads", l.media_ingest_threads as u64),
+            ("max_hashes_per_address", l.max_hashes_per_address as u64),
+        ] {
+            p.unless(v > 0, &format!("limits.{key}"), "must be positive");
         }
-        if l.max_body_bytes + 1024 > l.max_frame_bytes {
-            bail!("max_body_bytes must leave 1 KiB of max_frame_bytes for the frame around it");
+        p.unless(l.default_page <= l.max_page, "limits.default_page", "must not exceed max_page");
+        p.unless(l.max_group_members >= 2, "limits.max_group_members", "must be at least 2");
+        p.unless(
+            l.registry_ttl_ms >= 2 * l.heartbeat_ms,
+            "limits.registry_ttl_ms",
+            "must be at least twice heartbeat_ms",
+        );
+        p.unless(
+            (4 * 1024..=l.max_frame_bytes.max(1 << 20)).contains(&l.max_reply_bytes),
+            "limits.max_reply_bytes",
+            "must be from 4 KiB to max(max_frame_bytes, 1 MiB)",
+        );
+        p.unless(
+            l.outbound_queue_bytes >= 4 * l.max_frame_bytes.max(l.max_reply_bytes),
+            "limits.outbound_queue_bytes",
+            "must hold at least four of the largest frames",
+        );
+        p.unless(
+            l.login_backoff_max_ms >= l.login_backoff_ms,
+            "limits.login_backoff_max_ms",
+            "must be at least login_backoff_ms",
+        );
+        if let Err(e) = crate::moderation::ContentFilter::new(&self.content_rules) {
+            p.add("content_rules", format!("{e:#}"));
         }
-        if l.presence_batch_ms == 0 || l.receipt_flush_ms == 0 || l.ping_interval_ms == 0 {
-            bail!("presence_batch_ms, receipt_flush_ms and ping_interval_ms must be positive");
+        p.unless(
+            ["preview", "sender", "none"].contains(&self.push.payload.as_str()),
+            "push.payload",
+            "must be preview, sender or none",
+        );
+        p.unless(self.push.timeout_ms > 0, "push.timeout_ms", "must be positive");
+        p.unless(self.push.max_attempts > 0, "push.max_attempts", "must be positive");
+        p.unless(
+            self.media_secret.as_ref().is_none_or(|s| s.len() >= 32),
+            "media_secret",
+            "must be at least 32 bytes",
+        );
+        p.unless(
+            self.redis_url.is_none() || self.media_secret.is_some(),
+            "media_secret",
+            "cluster mode (redis_url) needs it: every node must sign and check the same URLs",
+        );
+        p.unless(
+            self.redis_url.is_none() || self.database_url.is_some(),
+            "database_url",
+            "cluster mode (redis_url) needs it: nodes share one PostgreSQL",
+        );
+        p.unless(
+            self.media_url.as_ref().is_none_or(|u| u.starts_with("s3://")),
+            "media_url",
+            "must be s3://bucket[/prefix]",
+        );
+        if let Err(e) = crate::media::TypePolicy::parse(&self.media_types, l) {
+            p.add("media_types", format!("{e:#}"));
         }
-        if l.outbound_queue == 0 || l.max_in_flight == 0 || l.max_page == 0 {
-            bail!("outbound_queue, max_in_flight and max_page must be positive");
-        }
-        if l.default_page > l.max_page {
-            bail!("default_page must not exceed max_page");
-        }
-        if l.max_group_members < 2 {
-            bail!("max_group_members must be at least 2");
-        }
-        crate::moderation::ContentFilter::new(&self.content_rules)?;
-        if !["preview", "sender", "none"].contains(&self.push.payload.as_str()) {
-            bail!("push.payload is preview, sender or none");
-        }
-        if self.push.timeout_ms == 0 || self.push.max_attempts == 0 {
-            bail!("push.timeout_ms and push.max_attempts must be positive");
-        }
-        if self.media_secret.as_ref().is_some_and(|s| s.len() < 32) {
-            bail!("media_secret must be at least 32 bytes");
-        }
-        if self.redis_url.is_some() && self.media_secret.is_none() {
-            bail!("cluster mode needs media_secret: every node must sign and check the same URLs");
-        }
-        if self.media_url.as_ref().is_some_and(|u| !u.starts_with("s3://")) {
-            bail!("media_url must be s3://bucket[/prefix]");
-        }
-        crate::media::TypePolicy::parse(&self.media_types, l)?;
-        if self.search_language.is_empty()
-            || !self.search_language.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-        {
-            bail!("search_language must be a text search configuration's name, like english");
-        }
-        if self.redis_url.is_some() && self.database_url.is_none() {
-            bail!("redis_url (cluster mode) needs database_url: nodes share one PostgreSQL");
-        }
-        if l.heartbeat_ms == 0 || l.registry_ttl_ms < 2 * l.heartbeat_ms {
-            bail!("heartbeat_ms must be positive and registry_ttl_ms at least twice it");
-        }
-        if l.db_pool_size == 0 || l.bus_queue == 0 || l.sqlite_wal_limit_bytes == 0 {
-            bail!("db_pool_size, bus_queue and sqlite_wal_limit_bytes must be positive");
-        }
-        if l.http_header_timeout_ms == 0 || l.http_body_timeout_ms == 0 {
-            bail!("http_header_timeout_ms and http_body_timeout_ms must be positive");
-        }
-        if l.max_connections == 0
-            || l.max_sessions_per_user == 0
-            || l.max_poll_streams_per_token == 0
-        {
-            bail!(
-                "max_connections, max_sessions_per_user and max_poll_streams_per_token must be positive"
+        p.unless(
+            !self.search_language.is_empty()
+                && self.search_language.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "search_language",
+            "must be a text search configuration's name, like english",
+        );
+        p.unless(
+            self.node_id.as_ref().is_none_or(|id| {
+                (1..=64).contains(&id.len())
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }),
+            "node_id",
+            "must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'",
+        );
+        p.unless(
+            matches!(self.log_format.as_str(), "text" | "json"),
+            "log_format",
+            "must be text or json",
+        );
+        p.unless(
+            matches!(self.public_scheme.as_str(), "http" | "https"),
+            "public_scheme",
+            "must be http or https",
+        );
+        for origin in &self.allowed_origins {
+            p.unless(
+                origin == "*" || crate::ws::Origin::parse(origin).is_some(),
+                "allowed_origins",
+                &format!("{origin:?} is not scheme://host[:port] (or *)"),
             );
         }
-        if l.max_reply_bytes < 4 * 1024 || l.max_reply_bytes > l.max_frame_bytes.max(1 << 20) {
-            bail!("max_reply_bytes must be from 4 KiB to max(max_frame_bytes, 1 MiB)");
-        }
-        if l.max_sync_conversations == 0 {
-            bail!("max_sync_conversations must be positive");
-        }
-        if l.outbound_queue_bytes < 4 * l.max_frame_bytes.max(l.max_reply_bytes) {
-            bail!("outbound_queue_bytes must hold at least four of the largest frames");
-        }
-        if let Some(id) = &self.node_id
-            && (id.is_empty()
-                || id.len() > 64
-                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            bail!("node_id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'");
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            bail!("log_format must be text or json");
-        }
-        if !matches!(self.public_scheme.as_str(), "http" | "https") {
-            bail!("public_scheme must be http or https");
-        }
-        for origin in &self.allowed_origins {
-            if origin != "*" && crate::ws::Origin::parse(origin).is_none() {
-                bail!("allowed_origins: {origin:?} is not scheme://host[:port] (or *)");
-            }
-        }
-        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
-            bail!("metrics_token must be at least 16 characters");
-        }
-        if l.login_backoff_ms == 0 || l.login_backoff_max_ms < l.login_backoff_ms {
-            bail!("login_backoff_ms must be positive and login_backoff_max_ms at least it");
-        }
-        if l.media_ingest_threads == 0 {
-            bail!("media_ingest_threads must be positive");
-        }
-        if l.max_hashes_per_address == 0 {
-            bail!("max_hashes_per_address must be positive");
-        }
-        Ok(())
+        p.unless(
+            self.metrics_token.as_ref().is_none_or(|t| t.len() >= 16),
+            "metrics_token",
+            "must be at least 16 characters",
+        );
+        p.0
     }
 
     pub fn drain_timeout(&self) -> Duration {

@@ -17,6 +17,7 @@
 //! [`start`] runs a node on a bound listener and returns a [`RunningServer`]; the `natter`
 //! binary and the end-to-end tests both use it.
 
+pub mod backup;
 pub mod config;
 
 mod auth;

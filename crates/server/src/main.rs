@@ -28,12 +28,49 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// The configuration: `natter config check [--config FILE]` names every setting that
+    /// cannot work; `natter config default` prints every setting with its default.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Take a consistent copy of a running single node (its embedded store, the media it
+    /// refers to, its signing key) into DEST, a new directory.
+    Backup {
+        dest: std::path::PathBuf,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Check a backup (store integrity, contiguous logs, every media object's hash) and
+    /// copy it into the data directory, which must not hold a store yet.
+    Restore {
+        src: std::path::PathBuf,
+        /// Only check the backup.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
     /// Push notifications: `natter push vapid-keys` prints a fresh VAPID key pair for
     /// `[push.webpush]`.
     Push {
         #[command(subcommand)]
         action: PushAction,
     },
+}
+
+// Parsed once at start: the size of a variant holding every flag does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a configuration (the file, then flags and NATTER_* variables over it): every
+    /// problem, each with its key; exit status 1 when there is one.
+    Check {
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Print a commented TOML file of every setting with its default.
+    Default,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +108,62 @@ async fn main() -> anyhow::Result<()> {
             natter_server::set_admin(&cfg, &handle, grant).await?;
             let done = if grant { "is now a server administrator" } else { "is no longer one" };
             println!("{handle} {done}");
+            return Ok(());
+        }
+        Command::Config { action: ConfigAction::Default } => {
+            print!("{}", natter_server::config::default_toml());
+            return Ok(());
+        }
+        Command::Config { action: ConfigAction::Check { args } } => {
+            let (cfg, problems) = Config::gather(&args)?;
+            let source =
+                args.config.as_ref().map_or("defaults".into(), |p| p.display().to_string());
+            if problems.is_empty() {
+                let store = match &cfg.database_url {
+                    Some(_) if cfg.redis_url.is_some() => {
+                        "PostgreSQL, cluster mode (Redis)".to_owned()
+                    }
+                    Some(_) => "PostgreSQL, single node".to_owned(),
+                    None => format!("SQLite in {}", cfg.data_dir.display()),
+                };
+                println!("{source}: ok (listen {}, store {store})", cfg.listen);
+                return Ok(());
+            }
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{source}: {} problem(s)", problems.len());
+            std::process::exit(1);
+        }
+        Command::Backup { dest, args } => {
+            let m = natter_server::backup::backup(&Config::load(&args)?, &dest)?;
+            println!(
+                "backup in {}: {} users, {} conversations, {} entries, {} media objects ({} bytes)",
+                dest.display(),
+                m.users,
+                m.conversations,
+                m.entries,
+                m.blobs,
+                m.blob_bytes
+            );
+            return Ok(());
+        }
+        Command::Restore { src, check, args } => {
+            let cfg = Config::load(&args)?;
+            let m = natter_server::backup::restore(&cfg, &src, check)?;
+            let done = if check {
+                "is whole".to_owned()
+            } else {
+                format!("restored into {}", cfg.data_dir.display())
+            };
+            println!(
+                "backup {} {done}: {} users, {} conversations, {} entries, {} media objects",
+                src.display(),
+                m.users,
+                m.conversations,
+                m.entries,
+                m.blobs
+            );
             return Ok(());
         }
         Command::Push { action: PushAction::VapidKeys } => {

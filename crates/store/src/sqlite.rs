@@ -10,6 +10,7 @@
 //! proceed while the writer commits.
 
 mod admin;
+pub mod backup;
 mod email;
 mod push;
 mod read;

@@ -35,6 +35,8 @@ install_tools() {
     command -v npm >/dev/null || missing+=(npm)
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || missing+=(fonts-noto-color-emoji)
+    # promtool (Debian's prometheus package ships it) checks ops/prometheus.
+    command -v promtool >/dev/null || missing+=(prometheus)
     if ((${#missing[@]})); then
         echo "== installing ${missing[*]}"
         apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
@@ -127,6 +129,11 @@ if ! git diff --quiet -- crates/server/assets/web \
     echo "run (cd web && npm run build -w app) and commit the result" >&2
     exit 1
 fi
+
+# Installing prometheus may start its service where init scripts run; only promtool is used.
+echo "== promtool: alert rules (ops/prometheus)"
+promtool check rules ops/prometheus/alerts.yml
+(cd ops/prometheus && promtool test rules alerts_test.yml)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -68,6 +68,7 @@ fn status_name(status: Status) -> &'static str {
 
 impl From<RedisError> for BusError {
     fn from(err: RedisError) -> BusError {
+        metrics::counter!("natter_redis_errors_total").increment(1);
         BusError(err.to_string())
     }
 }

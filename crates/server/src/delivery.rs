@@ -64,7 +64,10 @@ pub(crate) struct Deliverer {
     /// common case, costs no allocation here.
     emitted: Vec<Emit>,
     /// When the routed entries delivered since the last `record_latencies` were routed.
-    routed_at: Vec<Instant>,
+    /// When each live entry written since the last `record_latencies` was routed, and its
+    /// commit time (ms since the epoch).
+    routed_at: Vec<(Instant, i64)>,
+    transport: &'static str,
     /// Awaited before the first store read (cluster mode: the registry knows the session).
     registered: Registration,
     /// Large conversations whose bus channel this session keeps the node subscribed to.
@@ -80,7 +83,13 @@ impl Drop for Deliverer {
 }
 
 impl Deliverer {
-    pub(crate) fn new(state: AppState, user: UserId, registered: Registration) -> Deliverer {
+    /// `transport` (`ws`, `sse`, `poll`) labels its metrics.
+    pub(crate) fn new(
+        state: AppState,
+        user: UserId,
+        registered: Registration,
+        transport: &'static str,
+    ) -> Deliverer {
         let limits = &state.cfg().limits;
         let pages = Pages { latest: limits.default_page, max: limits.max_page };
         Deliverer {
@@ -90,6 +99,7 @@ impl Deliverer {
             emitted: Vec::new(),
             routed_at: Vec::new(),
             registered,
+            transport,
             watched: HashSet::new(),
         }
     }
@@ -120,10 +130,11 @@ impl Deliverer {
         match item {
             Outbound::Frame(frame) => out.push(Produced { frame, entry: None }),
             Outbound::Entry(routed) => {
-                let Routed { conversation, seq, ref frame, routed_at, membership } = *routed;
+                let Routed { conversation, seq, ref frame, routed_at, committed_ms, membership } =
+                    *routed;
                 let next = self.sequencer.live(conversation, seq, &mut self.emitted);
                 if self.drive(next, out, Some(frame)).await {
-                    self.routed_at.push(routed_at);
+                    self.routed_at.push((routed_at, committed_ms));
                 }
                 if membership && !self.watched.contains(&conversation) {
                     self.rewatch(out, conversation).await;
@@ -149,6 +160,9 @@ impl Deliverer {
         limit: Option<u32>,
     ) -> crate::error::ApiResult<SyncReply> {
         self.registered.wait().await;
+        if !self.sequencer.has_synced() && cursors.values().any(|&seq| seq > 0) {
+            metrics::counter!("natter_resumes_total", "transport" => self.transport).increment(1);
+        }
         let listed = self.watch_all_large().await?;
         let sequencer = Some(&mut self.sequencer);
         sync(&self.state, self.user, cursors, limit, sequencer, listed).await
@@ -229,8 +243,11 @@ impl Deliverer {
 
     /// Records the delivery latency of the entries written since the last call.
     pub(crate) fn record_latencies(&mut self) {
-        for at in self.routed_at.drain(..) {
+        let now_ms = crate::now_ms();
+        for (at, committed_ms) in self.routed_at.drain(..) {
             metrics::histogram!("natter_delivery_seconds").record(at.elapsed().as_secs_f64());
+            let since_commit = now_ms.saturating_sub(committed_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!("natter_commit_deliver_seconds").record(since_commit);
         }
     }
 

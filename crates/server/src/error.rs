@@ -75,10 +75,13 @@ impl From<StoreError> for ApiError {
         let code = err.code();
         let message = match &err {
             StoreError::Unavailable(_) => {
+                metrics::counter!("natter_store_errors_total", "kind" => "unavailable")
+                    .increment(1);
                 tracing::warn!(error = %err, "store unavailable");
                 "the store is unavailable; retry".to_owned()
             }
             StoreError::Internal(_) => {
+                metrics::counter!("natter_store_errors_total", "kind" => "internal").increment(1);
                 tracing::error!(error = %err, "store fault");
                 "internal error".to_owned()
             }
@@ -134,8 +137,19 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl ApiError {
+    /// Counts this error, answered on `transport`, under its stable code.
+    pub(crate) fn count(&self, transport: &'static str) {
+        let code = serde_json::to_value(self.code).ok();
+        let code = code.as_ref().and_then(|c| c.as_str()).unwrap_or("unknown").to_owned();
+        metrics::counter!("natter_errors_total", "transport" => transport, "code" => code)
+            .increment(1);
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.count("rest");
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut res = (status, Json(self.body())).into_response();

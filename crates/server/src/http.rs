@@ -125,6 +125,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/admin/reports/{id}/resolve", post(admin::resolve))
         .route("/v1/admin/audit", get(admin::audit))
         .fallback(|| async { admin::no_such_route() })
+        .layer(axum::middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(polls))
         .layer(cors(state.cfg()))
@@ -173,6 +174,36 @@ fn cors(cfg: &crate::config::Config) -> tower_http::cors::CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
+/// Counts each request and the time to its answer's headers, by route (the route's
+/// template: bounded, unlike paths), method and status.
+async fn count_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::Method;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method.to_owned())];
+    metrics::histogram!("natter_http_request_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    let [route, method] = labels;
+    metrics::counter!("natter_http_requests_total", "route" => route.1, "method" => method.1, "status" => status)
+        .increment(1);
+    res
+}
+
 /// Ready when the store answers a read.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store().user_handle(natter_proto::UserId(0)).await {
@@ -194,6 +225,6 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if !matches {
         return ApiError::unauthenticated().into_response();
     }
-    crate::metrics::refresh_process_gauges();
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics().render()).into_response()
+    let text = crate::metrics::render(state.metrics());
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

@@ -19,6 +19,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod metrics;
 
 mod auth;
 mod blocks;
@@ -29,7 +30,6 @@ mod handlers;
 mod http;
 mod media;
 mod members;
-mod metrics;
 mod moderation;
 mod port;
 mod presence;
@@ -135,11 +135,11 @@ async fn start_with_bus(cfg: Config, hub: Option<&LocalHub>) -> anyhow::Result<R
     auth::warm_up();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let metrics = metrics::install();
+    let node = cfg.node_id.clone().unwrap_or_else(generated_node_id);
+    let metrics = metrics::install(&node);
     let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
     let store = open_store(&cfg, feed_tx).await?;
     grant_admins(store.as_ref(), &cfg.admins).await?;
-    let node = cfg.node_id.clone().unwrap_or_else(generated_node_id);
     let (bus, bus_rx): (Arc<dyn Bus>, BusReceiver) = match (&cfg.redis_url, hub) {
         (Some(url), _) => {
             let ttl = cfg.limits.registry_ttl();

@@ -21,6 +21,8 @@ pub(crate) struct Routed {
     pub(crate) seq: Seq,
     pub(crate) frame: Utf8Bytes,
     pub(crate) routed_at: Instant,
+    /// The entry's commit time, in milliseconds since the epoch.
+    pub(crate) committed_ms: i64,
     /// Whether it changes who is in the conversation (its size may cross the large-group
     /// threshold).
     pub(crate) membership: bool,
@@ -102,7 +104,7 @@ async fn fan_out(
         }
     };
     let entry = committed.entry;
-    let seq = entry.seq;
+    let (seq, committed_ms) = (entry.seq, entry.ts);
     let membership = natter_store::changes_members(&entry.body);
     if !entry.body.attachments().is_empty() {
         // Attachment URLs are signed for each reader: one frame per member.
@@ -112,14 +114,22 @@ async fn fan_out(
                 let mut entry = entry.clone();
                 state.media().sign_entries(std::slice::from_mut(&mut entry), user);
                 let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
-                Arc::new(Routed { conversation: conv, seq, frame, routed_at, membership })
+                Arc::new(Routed {
+                    conversation: conv,
+                    seq,
+                    frame,
+                    routed_at,
+                    committed_ms,
+                    membership,
+                })
             });
             session.offer(Outbound::Entry(routed.clone()));
         });
         return Some(members);
     }
     let frame = Utf8Bytes::from(ServerFrame::Entry { entry }.to_json());
-    let routed = Arc::new(Routed { conversation: conv, seq, frame, routed_at, membership });
+    let routed =
+        Arc::new(Routed { conversation: conv, seq, frame, routed_at, committed_ms, membership });
     state.sessions().for_each_session(&members, |_, _, session| {
         session.offer(Outbound::Entry(routed.clone()));
     });

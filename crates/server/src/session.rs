@@ -146,7 +146,12 @@ pub(crate) struct OpenSession {
 
 /// Registers a session of `principal`, whose `ready` frame is queued before anything else
 /// can be; `too_many_requests` when the user already has `max_sessions_per_user` here.
-pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession, ApiError> {
+/// `transport` (`ws`, `sse`, `poll`) labels its metrics.
+pub(crate) fn open(
+    state: &AppState,
+    principal: Principal,
+    transport: &'static str,
+) -> Result<OpenSession, ApiError> {
     let id = state.next_session_id();
     let user = principal.user_id;
     let limits = &state.cfg().limits;
@@ -175,6 +180,7 @@ pub(crate) fn open(state: &AppState, principal: Principal) -> Result<OpenSession
     let registered = state.cluster().register(user);
     state.presence().session_started(user, id, handle.clone());
     metrics::gauge!("natter_connections").increment(1.0);
+    metrics::counter!("natter_sessions_opened_total", "transport" => transport).increment(1);
     let guard = SessionGuard { state: state.clone(), user, id };
     Ok(OpenSession { id, handle, rx, guard, registered })
 }

@@ -269,3 +269,104 @@ async fn a_backup_taken_under_writes_restores_every_message_acked_before_it() {
     let (ok, _, stderr) = natter(&["backup", arg(&dest), "--data-dir", arg(node.data_dir())]).await;
     assert!(!ok && stderr.contains("is not empty"), "{stderr}");
 }
+
+/// The value of the sample `series` (`name` or `name{labels}`, labels as the exporter writes
+/// them) in Prometheus text; 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_list_every_series_at_start_and_count_what_happened() {
+    use natter_server::metrics::{Kind, Labels, SERIES};
+    let token = natter_testkit::METRICS_TOKEN;
+    let node = TestServer::binary(NATTER, &["--metrics-token", token]).await;
+
+    // At start: every series with HELP and TYPE; those without labels, or with known
+    // values, at zero (gauges of the process aside).
+    let text = node.metrics().await;
+    for s in SERIES {
+        assert!(text.contains(&format!("# HELP {} ", s.name)), "HELP of {}:\n{text}", s.name);
+        let ty = format!("# TYPE {} {}\n", s.name, s.kind.name());
+        assert!(text.contains(&ty), "TYPE of {}:\n{text}", s.name);
+        let counted = match (s.kind, &s.labels) {
+            (Kind::Counter, Labels::None) => vec![s.name.to_owned()],
+            (Kind::Counter, Labels::Known(label, values)) => {
+                values.iter().map(|v| format!("{}{{{label}=\"{v}\"}}", s.name)).collect()
+            }
+            (Kind::Histogram, Labels::None) => vec![format!("{}_count", s.name)],
+            _ => Vec::new(),
+        };
+        for series in counted {
+            assert!(text.lines().any(|l| l == format!("{series} 0")), "{series} 0 at start");
+        }
+    }
+    assert!(text.contains("natter_build_info{version=\""), "{text}");
+
+    // Traffic: two sessions, 5 sends over the WebSocket and 3 over REST, one refused send,
+    // one resuming session.
+    let ann = node.user("ann").await;
+    let bob = node.user("bob").await;
+    let conv = node.create_direct(&ann, &bob).await;
+    let mut ann_ws = node.ws(&ann).await;
+    let mut bob_ws = node.synced_ws(&bob).await;
+    for i in 0..5 {
+        ann_ws.send_msg(conv, &format!("w{i}"), "hello").await;
+    }
+    for i in 0..3 {
+        node.send_rest(&ann, conv, &format!("r{i}"), "hi").await;
+    }
+    for _ in 0..8 {
+        bob_ws.next_entry().await;
+    }
+    let (status, _) =
+        node.post_entry(&ann, ConversationId(999_999), "x", NewEntry::text("who is there")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let mut again = node.ws(&bob).await;
+    again.sync([(conv, 3)].into_iter().collect()).await;
+
+    let entries = "/v1/conversations/{id}/entries";
+    let want = [
+        ("natter_sessions_opened_total{transport=\"ws\"}", 3.0),
+        ("natter_resumes_total{transport=\"ws\"}", 1.0),
+        ("natter_connections", 3.0),
+        ("natter_send_ack_seconds_count{transport=\"ws\"}", 5.0),
+        ("natter_send_ack_seconds_count{transport=\"rest\"}", 3.0),
+        // The direct conversation's `created` entry and the 8 messages.
+        ("natter_entries_committed_total", 9.0),
+        // Bob's live session got the 8 messages.
+        ("natter_commit_deliver_seconds_count", 8.0),
+        ("natter_delivery_seconds_count", 8.0),
+        ("natter_errors_total{transport=\"rest\",code=\"not_found\"}", 1.0),
+        (
+            &format!(
+                "natter_http_requests_total{{route=\"{entries}\",method=\"POST\",status=\"201\"}}"
+            ),
+            3.0,
+        ),
+        (
+            &format!(
+                "natter_http_requests_total{{route=\"{entries}\",method=\"POST\",status=\"404\"}}"
+            ),
+            1.0,
+        ),
+        (&format!("natter_http_request_seconds_count{{route=\"{entries}\",method=\"POST\"}}"), 4.0),
+        ("natter_http_requests_total{route=\"/v1/accounts\",method=\"POST\",status=\"201\"}", 2.0),
+    ];
+    // Deliveries are counted once flushed, which may be a moment after bob reads them.
+    let text = poll_until(
+        "the counts of what happened",
+        || async {
+            let text = node.metrics().await;
+            want.iter().all(|(series, v)| sample(&text, series) == *v).then_some(text)
+        },
+        String::new,
+    )
+    .await;
+    for (series, v) in want {
+        assert_eq!(sample(&text, series), v, "{series}");
+    }
+    again.close().await;
+}

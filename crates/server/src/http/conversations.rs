@@ -236,8 +236,12 @@ pub(super) async fn post_entry(
     let conv = conv_id(id)?;
     let JsonBody(req) = body;
     let user = auth.principal.user_id;
+    let arrived = std::time::Instant::now();
     let pending = messages::submit(&state, user, conv, req.client_msg_id, req.entry).await?;
-    Ok((StatusCode::CREATED, Json(pending.wait().await?)))
+    let ack = pending.wait().await?;
+    metrics::histogram!("natter_send_ack_seconds", "transport" => "rest")
+        .record(arrived.elapsed().as_secs_f64());
+    Ok((StatusCode::CREATED, Json(ack)))
 }
 
 pub(super) async fn set_cursors(

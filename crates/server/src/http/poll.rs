@@ -160,14 +160,14 @@ fn poll_stream(
         let message = "too many long-poll streams for this token: pass `stream` to reuse one";
         return Err(ApiError::new(ErrorCode::TooManyRequests, message));
     }
-    let opened = session::open(state, principal)?;
+    let opened = session::open(state, principal, "poll")?;
     let stream = Arc::new(PollStream {
         user: principal.user_id,
         device: principal.device_id,
         handle: opened.handle,
         inner: tokio::sync::Mutex::new(PollInner {
             rx: opened.rx,
-            deliverer: Deliverer::new(state.clone(), principal.user_id, opened.registered),
+            deliverer: Deliverer::new(state.clone(), principal.user_id, opened.registered, "poll"),
         }),
         last_used: Mutex::new(Instant::now()),
         _guard: opened.guard,

@@ -68,10 +68,10 @@ pub(super) async fn events(
         Some(text) => parse_cursors(text)?,
         None => BTreeMap::new(),
     };
-    let opened = session::open(&state, auth.principal)?;
+    let opened = session::open(&state, auth.principal, "sse")?;
     session::recheck(&state, &opened.handle, auth.token_hash).await;
     let sse = SseStream {
-        deliverer: Deliverer::new(state.clone(), auth.principal.user_id, opened.registered),
+        deliverer: Deliverer::new(state.clone(), auth.principal.user_id, opened.registered, "sse"),
         ids: cursors.clone(),
         catch_up: Some(cursors),
         limit: q.limit,

@@ -50,7 +50,7 @@ pub(crate) async fn run(
             }
         },
     };
-    let opened = match session::open(&state, principal) {
+    let opened = match session::open(&state, principal, "ws") {
         Ok(opened) => opened,
         Err(err) => {
             let frame = ServerFrame::Error { req_id: None, error: err.body() };
@@ -128,7 +128,7 @@ async fn write_loop(
     handle: &SessionHandle,
     registered: crate::cluster::Registration,
 ) {
-    let mut deliverer = Deliverer::new(state.clone(), principal.user_id, registered);
+    let mut deliverer = Deliverer::new(state.clone(), principal.user_id, registered, "ws");
     // Both buffers start empty and shrink back after bursts: an idle session costs no
     // batch-sized buffers (256 slots of each would be ~25 KiB per connection).
     let mut buf = Vec::new();

@@ -36,6 +36,7 @@ pub(crate) async fn reply(out: &SessionHandle, frame: ServerFrame) {
 }
 
 fn error(req_id: Option<ReqId>, err: ApiError) -> ServerFrame {
+    err.count("ws");
     ServerFrame::Error { req_id, error: err.body() }
 }
 
@@ -131,6 +132,7 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
     }
     let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
     let id = client_msg_id.clone();
+    let arrived = std::time::Instant::now();
     match messages::submit(state, user, conversation, client_msg_id, entry).await {
         Err(err) => {
             frames.append_refused(&id, &err);
@@ -140,7 +142,11 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
             let tx = tx.clone();
             state.tasks().spawn(async move {
                 let frame = match pending.wait().await {
-                    Ok(ack) => ServerFrame::Ack { req_id, ack },
+                    Ok(ack) => {
+                        metrics::histogram!("natter_send_ack_seconds", "transport" => "ws")
+                            .record(arrived.elapsed().as_secs_f64());
+                        ServerFrame::Ack { req_id, ack }
+                    }
                     Err(err) => error(Some(req_id), err.into()),
                 };
                 reply(&tx, frame).await;

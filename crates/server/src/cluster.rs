@@ -363,6 +363,7 @@ async fn run_publisher(
             n = presence_rx.recv_many(&mut changes, ROUND) => if n == 0 { return } else { false },
             n = rx.recv_many(&mut batch, ROUND) => if n == 0 { return } else { false },
         };
+        metrics::gauge!("natter_queue_depth", "queue" => "bus_publish").set(rx.len() as f64);
         // Failures report trouble; the next heartbeat reports it once this node's entries
         // are back.
         // Only each user's latest change counts; after a failure the rest of the round is

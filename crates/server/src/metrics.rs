@@ -95,6 +95,7 @@ pub const SERIES: &[Series] = &[
     dynamic("natter_http_request_seconds", Histogram, "Time to answer an HTTP request (to its headers), by route and method.", &["route", "method"]),
     dynamic("natter_errors_total", Counter, "Errors answered to clients, by transport and stable error code.", &["transport", "code"]),
     labelled("natter_send_ack_seconds", Histogram, "Send to ack: from a send's arrival to its ack (committed durably), by transport.", "transport", &["ws", "rest"]),
+    labelled("natter_queue_depth", Gauge, "Items waiting in a queue when its consumer last took work: the store's writer, the router (commits to fan out), the bus inbound and publish queues, the push queue.", "queue", &["writer", "router", "bus_inbound", "bus_publish", "push"]),
     series("natter_entries_committed_total", Counter, "Log entries committed by this node's store."),
     series("natter_commit_batch_size", Histogram, "Appends per group commit."),
     series("natter_commit_seconds", Histogram, "Time of one group commit."),

@@ -38,11 +38,19 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             batch = feed_rx.recv() => match batch {
-                Some(batch) => route_commits(&state, batch).await,
+                Some(batch) => {
+                    let depth = feed_rx.len() as f64;
+                    metrics::gauge!("natter_queue_depth", "queue" => "router").set(depth);
+                    route_commits(&state, batch).await
+                }
                 None => break,
             },
             inbound = inbound_rx.recv(), if inbox_open => match inbound {
-                Some(inbound) => route_inbound(&state, inbound).await,
+                Some(inbound) => {
+                    let depth = inbound_rx.len() as f64;
+                    metrics::gauge!("natter_queue_depth", "queue" => "bus_inbound").set(depth);
+                    route_inbound(&state, inbound).await
+                }
                 None => inbox_open = false,
             },
         }

@@ -411,6 +411,7 @@ async fn run_committer(
                 Err(_) => break,
             }
         }
+        metrics::gauge!("natter_queue_depth", "queue" => "writer").set(jobs_rx.len() as f64);
         // Every node's committer takes conversations' counter rows in increasing id order,
         // so concurrent batches on several nodes queue behind each other instead of
         // deadlocking. The sort is stable: one conversation's appends keep their order.

@@ -392,6 +392,7 @@ fn run_writer(conn: Connection, mut jobs_rx: mpsc::Receiver<Job>, feed: CommitFe
                 Err(_) => break,
             }
         }
+        metrics::gauge!("natter_queue_depth", "queue" => "writer").set(jobs_rx.len() as f64);
         let started = Instant::now();
         let n_jobs = batch.len();
         let mut entries = Vec::new();

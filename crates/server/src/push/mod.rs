@@ -213,6 +213,7 @@ pub(crate) async fn queue(state: AppState, mut rx: mpsc::Receiver<Offered>) {
         if n == 0 {
             return;
         }
+        metrics::gauge!("natter_queue_depth", "queue" => "push").set(rx.len() as f64);
         let window = i64::try_from(state.cfg().push.window_ms).unwrap_or(i64::MAX);
         let now = crate::now_ms();
         let mut recipients = Vec::with_capacity(batch.len());

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # A local Natter cluster in one command: PostgreSQL, Redis, three `natter serve` nodes and
-# HAProxy (TCP, round robin, health-checked) in front of them, all on 127.0.0.1.
+# HAProxy (TCP, round robin, health-checked on /readyz) in front of them, all on 127.0.0.1.
 #
 #   scripts/cluster.sh start    build the release binary, start everything, wait until healthy
 #   scripts/cluster.sh status   what runs, and whether it answers
+#   scripts/cluster.sh rolling-restart
+#                               restart the nodes one at a time (SIGTERM: each drains, then
+#                               starts again), as a deploy does; clients move, nobody is lost
 #   scripts/cluster.sh stop     stop everything (the data stays for the next start)
 #   scripts/cluster.sh clean    stop, then delete the data
 #
@@ -213,8 +216,12 @@ start() {
         echo "listen natter"
         echo "    bind 127.0.0.1:$PORT"
         echo "    balance roundrobin"
+        # A draining node fails /readyz at once and keeps serving for drain_unready_ms
+        # (2 s): longer than the 2 failed checks (1 s) that take it out.
+        echo "    option httpchk GET /readyz"
+        echo "    http-check expect status 200"
         for i in "${!NODES[@]}"; do
-            echo "    server ${NODES[$i]} 127.0.0.1:$(node_port "$i") check inter 1s fall 2 rise 2"
+            echo "    server ${NODES[$i]} 127.0.0.1:$(node_port "$i") check inter 500ms fall 2 rise 2"
         done
     } >"$DIR/haproxy.cfg"
     setsid nohup haproxy -f "$DIR/haproxy.cfg" -db >"$DIR/haproxy.log" 2>&1 </dev/null &
@@ -257,6 +264,26 @@ fail_start() {
     echo "cluster.sh: $1 is not healthy; the end of $2:" >&2
     tail -n 30 "$2" >&2 || true
     exit 1
+}
+
+# A deploy: each node in turn gets SIGTERM and drains (readiness fails, HAProxy takes it
+# out, its sessions close over drain_spread_ms and reconnect to the others, its commits
+# finish), then starts again; the next goes once HAProxy has it back.
+rolling_restart() {
+    local pid
+    [[ -n "$(live_pid haproxy haproxy)" ]] || die "the cluster is not running; try: scripts/cluster.sh start"
+    for i in "${!NODES[@]}"; do
+        local name="${NODES[$i]}"
+        if pid="$(live_pid "$name" natter)"; then
+            say "draining $name"
+            stop_pid "$name" "$pid" 30
+        fi
+        start_node "$i"
+        wait_node "$i"
+        # HAProxy puts it back after 2 passed checks 500 ms apart.
+        sleep 1.5
+        say "$name is back"
+    done
 }
 
 stop() {
@@ -309,6 +336,7 @@ status() {
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+rolling-restart) rolling_restart ;;
 status) status ;;
 clean)
     stop
@@ -320,7 +348,7 @@ clean)
     say "removed the cluster's data"
     ;;
 *)
-    echo "usage: scripts/cluster.sh start|status|stop|clean" >&2
+    echo "usage: scripts/cluster.sh start|status|rolling-restart|stop|clean" >&2
     exit 2
     ;;
 esac

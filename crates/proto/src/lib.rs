@@ -1016,6 +1016,9 @@ impl ServerFrame {
 /// WebSocket close codes the server uses (besides the standard ones: 1000 normal, 1009 a
 /// frame over the size cap, 1012 server restarting).
 pub mod close {
+    /// The server is restarting (RFC 6455's "Service Restart"): reconnect, and resume with
+    /// `sync`, after a moment (through a balancer this reaches another node).
+    pub const SERVICE_RESTART: u16 = 1012;
     /// A WebSocket protocol violation: reserved bits or opcodes, a fragmented or oversized
     /// control frame, an unmasked client frame, a bad close frame (RFC 6455 §7.4.1).
     pub const PROTOCOL_ERROR: u16 = 1002;

@@ -297,8 +297,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Origins allowed to open a WebSocket besides the server's own (`*` allows any).
     pub allowed_origins: Vec<String>,
-    /// How long shutdown waits for sessions to close, in milliseconds.
+    /// How long shutdown waits for sessions to close, in milliseconds (after the spread).
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, how long the node keeps serving with `/readyz` failing before it closes
+    /// its first session, in milliseconds: longer than the balancer takes to see it (its
+    /// check interval times its fall count), so that reconnects go to other nodes.
+    pub drain_unready_ms: u64,
+    /// On SIGTERM, the window the node's session closes are spread over, evenly, in
+    /// milliseconds: the reconnect wave the other nodes see is this long.
+    pub drain_spread_ms: u64,
     /// `text` or `json` logs.
     pub log_format: String,
     /// PostgreSQL instead of the embedded store (`postgres://user:pass@host:port/db`).
@@ -663,6 +670,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./natter-data"),
             allowed_origins: Vec::new(),
             drain_timeout_ms: 5_000,
+            drain_unready_ms: 2_000,
+            drain_spread_ms: 3_000,
             log_format: "text".to_owned(),
             database_url: None,
             search_language: "simple".to_owned(),
@@ -703,6 +712,12 @@ pub struct ServeArgs {
     /// Shutdown drain timeout in milliseconds [default: 5000].
     #[arg(long, env = "NATTER_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// On SIGTERM, milliseconds of failing /readyz before sessions close [default: 2000].
+    #[arg(long, env = "NATTER_DRAIN_UNREADY_MS")]
+    pub drain_unready_ms: Option<u64>,
+    /// On SIGTERM, milliseconds the session closes are spread over [default: 3000].
+    #[arg(long, env = "NATTER_DRAIN_SPREAD_MS")]
+    pub drain_spread_ms: Option<u64>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "NATTER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -822,6 +837,12 @@ impl Config {
         }
         if let Some(v) = args.drain_timeout_ms {
             cfg.drain_timeout_ms = v;
+        }
+        if let Some(v) = args.drain_unready_ms {
+            cfg.drain_unready_ms = v;
+        }
+        if let Some(v) = args.drain_spread_ms {
+            cfg.drain_spread_ms = v;
         }
         if let Some(v) = &args.log_format {
             cfg.log_format = v.clone();
@@ -1009,6 +1030,14 @@ impl Config {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn drain_unready(&self) -> Duration {
+        Duration::from_millis(self.drain_unready_ms)
+    }
+
+    pub fn drain_spread(&self) -> Duration {
+        Duration::from_millis(self.drain_spread_ms)
     }
 }
 

@@ -204,8 +204,11 @@ async fn count_request(req: axum::extract::Request, next: axum::middleware::Next
     res
 }
 
-/// Ready when the store answers a read.
+/// Ready when the store answers a read, and not draining.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.draining().is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
     match state.store().user_handle(natter_proto::UserId(0)).await {
         Ok(_) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),

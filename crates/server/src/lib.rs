@@ -92,6 +92,30 @@ impl RunningServer {
         self.done.await.context("server task panicked")?
     }
 
+    /// The deploy-friendly stop (SIGTERM): `/readyz` fails at once, so that balancers stop
+    /// sending new connections here; the node keeps serving for `drain_unready_ms`; then it
+    /// closes its sessions one at a time, evenly over `drain_spread_ms`, each with close
+    /// 1012 (reconnect: through the balancer, to another node); then it stops as
+    /// [`RunningServer::stop`] does, finishing in-flight commits. Returns once the last
+    /// session was told; [`RunningServer::wait`] for the exit.
+    pub async fn drain(&self) {
+        let state = &self.state;
+        state.draining().cancel();
+        let cfg = state.cfg();
+        tracing::info!(unready_ms = cfg.drain_unready_ms, "draining: /readyz fails from now on");
+        tokio::time::sleep(cfg.drain_unready()).await;
+        let mut sessions = Vec::new();
+        state.sessions().for_each(|_, _, session| sessions.push(session.clone()));
+        let (n, start) = (sessions.len(), tokio::time::Instant::now());
+        tracing::info!(n, spread_ms = cfg.drain_spread_ms, "draining: closing sessions");
+        for (i, session) in sessions.iter().enumerate() {
+            let at = cfg.drain_spread().mul_f64(i as f64 / n as f64);
+            tokio::time::sleep_until(start + at).await;
+            session.close(natter_proto::close::SERVICE_RESTART);
+        }
+        state.shutdown_token().cancel();
+    }
+
     /// Waits until the node stops (after [`RunningServer::stop`] or a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.done.await.context("server task panicked")?

@@ -183,21 +183,19 @@ async fn main() -> anyhow::Result<()> {
     let server = natter_server::start(cfg).await?;
     tracing::info!(addr = %server.addr(), data_dir = %data_dir.display(), "natter listening");
     println!("natter listening on http://{} (data in {})", server.addr(), data_dir.display());
-    let token = server.shutdown_token();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-    server.wait().await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+    // SIGTERM (a deploy, a supervisor): drain, so that nobody is dropped at once. SIGINT
+    // (Ctrl-C at a terminal): stop now, still flushing every commit.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: shutting down");
+            server.shutdown_token().cancel();
+        }
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: draining");
+            server.drain().await;
+        }
     }
+    server.wait().await
 }

@@ -39,6 +39,8 @@ struct Inner {
     port: Port,
     receipts_tx: mpsc::Sender<CursorUpdate>,
     shutdown: CancellationToken,
+    /// Cancelled when a drain (SIGTERM) begins: `/readyz` fails from then on.
+    draining: CancellationToken,
     tasks: TaskTracker,
     next_session: AtomicU64,
     metrics: PrometheusHandle,
@@ -81,6 +83,7 @@ impl AppState {
             port,
             receipts_tx,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_session: AtomicU64::new(1),
             metrics,
@@ -125,6 +128,9 @@ impl AppState {
     }
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.0.shutdown
+    }
+    pub(crate) fn draining(&self) -> &CancellationToken {
+        &self.0.draining
     }
     pub(crate) fn tasks(&self) -> &TaskTracker {
         &self.0.tasks

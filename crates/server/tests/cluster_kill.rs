@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use cluster_traffic::{
     Member, Raw, Traffic, ack_counts, assert_contiguous_log, assert_member_saw_log,
-    assert_sends_committed_once, store_log, wait_all_acked, wait_more_acks,
+    assert_sends_committed_once, connect_all, members_on, store_log, wait_all_acked,
+    wait_more_acks,
 };
 use natter_proto::{ClientFrame, Status};
 use natter_testkit::process::{FAST, ProcessCluster, Redis, register, signal};
@@ -82,15 +83,6 @@ fn unix_ms() -> i64 {
     now.expect("the clock is after 1970").as_millis() as i64
 }
 
-/// The node each user's registry entry names (one, once its session registered).
-async fn node_of(redis: &Redis, user: natter_proto::UserId) -> Option<String> {
-    let nodes = redis.zset(&format!("natter:u:{}", user.0)).await;
-    match nodes.as_slice() {
-        [(node, _)] => Some(node.clone()),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_traffic_loses_and_repeats_nothing() {
     let _serial = SERIAL.lock().await;
@@ -140,26 +132,13 @@ async fn kill_9_under_traffic_loses_and_repeats_nothing() {
     }
 
     let front = c.front();
-    let mut members = Vec::new();
-    for account in &accounts {
-        members.push(Member::connect(account, front).await);
-    }
-    for m in &members {
-        m.wait_connects(1).await;
-    }
+    let members = connect_all(&accounts, front).await;
     // Where the balancer put each client: the registry says.
-    let mut on_victim = Vec::new();
-    for m in &members {
-        let node = poll_until(
-            &format!("{}'s registry entry", m.name()),
-            || async { node_of(&c.redis, m.id()).await },
-            || m.summary(),
-        )
-        .await;
-        if node == "node-1" {
-            on_victim.push(m.name().to_owned());
-        }
-    }
+    let on_victim: Vec<String> = members_on(&c.redis, &members, "node-1")
+        .await
+        .into_iter()
+        .map(|m| m.name().to_owned())
+        .collect();
     assert!(!on_victim.is_empty(), "round robin over three nodes put no client on node-1");
     let before_kill = entries_naming(&c.redis, "node-1").await;
     assert!(

@@ -329,6 +329,9 @@ async fn launch_node(
         .args(args)
         .env("NATTER_LOG", "info")
         .env("NO_COLOR", "1")
+        // SIGTERM drains at once unless a test asks for the staged drain with the flags.
+        .env("NATTER_DRAIN_UNREADY_MS", "0")
+        .env("NATTER_DRAIN_SPREAD_MS", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -75,6 +75,8 @@ pub struct Log {
     pub connects: Vec<Instant>,
     /// Each `Disconnected`'s reason.
     pub drops: Vec<String>,
+    /// When each of `drops` came.
+    pub drop_times: Vec<Instant>,
     pub closed: bool,
 }
 
@@ -125,6 +127,7 @@ impl Member {
                     }
                     Event::Connection(ConnectionState::Disconnected { reason, .. }) => {
                         log.drops.push(reason);
+                        log.drop_times.push(Instant::now());
                     }
                     Event::Connection(ConnectionState::Closed { .. }) => log.closed = true,
                     _ => {}
@@ -307,6 +310,49 @@ pub async fn wait_more_acks(what: &str, members: &[&Member], before: &[usize], n
 /// Each member's ack count now.
 pub fn ack_counts(members: &[&Member]) -> Vec<usize> {
     members.iter().map(|m| m.log().acks.len()).collect()
+}
+
+/// An SDK client for each of `accounts` against `addr`, once each has connected.
+pub async fn connect_all(accounts: &[TestUser], addr: SocketAddr) -> Vec<Member> {
+    let mut members = Vec::new();
+    for account in accounts {
+        members.push(Member::connect(account, addr).await);
+    }
+    for m in &members {
+        m.wait_connects(1).await;
+    }
+    members
+}
+
+/// The node each user's registry entry names (one, once its session registered).
+pub async fn node_of(redis: &natter_testkit::process::Redis, user: UserId) -> Option<String> {
+    let nodes = redis.zset(&format!("natter:u:{}", user.0)).await;
+    match nodes.as_slice() {
+        [(node, _)] => Some(node.clone()),
+        _ => None,
+    }
+}
+
+/// The members whose sessions are on `node` (the registry says), once each one's entry is
+/// there.
+pub async fn members_on<'a>(
+    redis: &natter_testkit::process::Redis,
+    members: &'a [Member],
+    node: &str,
+) -> Vec<&'a Member> {
+    let mut on = Vec::new();
+    for m in members {
+        let at = poll_until(
+            &format!("{}'s registry entry", m.name()),
+            || async { node_of(redis, m.id()).await },
+            || m.summary(),
+        )
+        .await;
+        if at == node {
+            on.push(m);
+        }
+    }
+    on
 }
 
 /// A conversation's whole log from the store, over REST, oldest first.

@@ -463,6 +463,12 @@ pub struct Haproxy {
 
 impl Haproxy {
     pub async fn start(servers: &[SocketAddr]) -> Haproxy {
+        Haproxy::start_checking(servers, false).await
+    }
+
+    /// HAProxy in front of `servers`; with `readiness`, its health check is `GET /readyz`
+    /// (a draining node fails it), else a TCP connect.
+    pub async fn start_checking(servers: &[SocketAddr], readiness: bool) -> Haproxy {
         let dir = tempfile::Builder::new().prefix("natter-haproxy").tempdir().expect("temp dir");
         let sock = dir.path().join("admin.sock");
         for attempt in 0.. {
@@ -482,6 +488,9 @@ impl Haproxy {
                  \x20   balance roundrobin\n",
                 sock = sock.display()
             );
+            if readiness {
+                cfg.push_str("    option httpchk GET /readyz\n    http-check expect status 200\n");
+            }
             for (i, server) in servers.iter().enumerate() {
                 cfg.push_str(&format!(
                     "    server node-{} {server} check inter 200ms fall 1 rise 1\n",
@@ -629,6 +638,13 @@ impl ProcessCluster {
     pub async fn with_haproxy(mut self) -> ProcessCluster {
         let addrs: Vec<SocketAddr> = self.nodes.iter().map(Node::addr).collect();
         self.haproxy = Some(Haproxy::start(&addrs).await);
+        self
+    }
+
+    /// HAProxy in front of the nodes, checking each one's `/readyz`.
+    pub async fn with_haproxy_on_readiness(mut self) -> ProcessCluster {
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(Node::addr).collect();
+        self.haproxy = Some(Haproxy::start_checking(&addrs, true).await);
         self
     }
 

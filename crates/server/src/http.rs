@@ -125,7 +125,7 @@ pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
         .route("/v1/admin/reports/{id}/resolve", post(admin::resolve))
         .route("/v1/admin/audit", get(admin::audit))
         .fallback(|| async { admin::no_such_route() })
-        .layer(axum::middleware::from_fn(count_request))
+        .layer(axum::middleware::from_fn(observe_request))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(polls))
         .layer(cors(state.cfg()))
@@ -174,10 +174,18 @@ fn cors(cfg: &crate::config::Config) -> tower_http::cors::CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Counts each request and the time to its answer's headers, by route (the route's
-/// template: bounded, unlike paths), method and status.
-async fn count_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use axum::http::Method;
+/// Each request runs in a `request{id, method, route}` span, so every log line it causes
+/// carries its id: the caller's `X-Request-Id` (1 to 64 of `A-Za-z0-9._-`), else a new
+/// UUIDv7, echoed in the response. Counts each request and the time to its answer's headers,
+/// by route (the route's template: bounded, unlike paths), method and status.
+async fn observe_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::{HeaderValue, Method};
+    use tracing::Instrument;
+    let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|id| {
+        (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    let id = given.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -192,8 +200,12 @@ async fn count_request(req: axum::extract::Request, next: axum::middleware::Next
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
+    let span = tracing::info_span!("request", id = %id, method, route = %route);
     let started = std::time::Instant::now();
-    let res = next.run(req).await;
+    let mut res = next.run(req).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", value);
+    }
     let status = res.status().as_u16().to_string();
     let labels = [("route", route), ("method", method.to_owned())];
     metrics::histogram!("natter_http_request_seconds", &labels)

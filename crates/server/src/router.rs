@@ -10,6 +10,7 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use natter_proto::{Committed, ConversationId, Seq, ServerFrame, UserId};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::delivery::Outbound;
 use crate::port::{Inbound, Publish};
@@ -66,7 +67,8 @@ async fn route_commits(state: &AppState, batch: Vec<Committed>) {
     for entry in batch {
         let copy = publish.then(|| entry.clone());
         let push = crate::push::prepare(state, &entry.entry);
-        let members = fan_out(state, entry, routed_at).await;
+        let span = route_span(&entry);
+        let members = fan_out(state, entry, routed_at).instrument(span).await;
         if let (Some(push), Some(members)) = (push, &members) {
             crate::push::offer(state, push, members);
         }
@@ -79,12 +81,19 @@ async fn route_commits(state: &AppState, batch: Vec<Committed>) {
     }
 }
 
+/// The span of one entry's fan-out: its conversation and seq on every log line.
+fn route_span(committed: &Committed) -> tracing::Span {
+    let entry = &committed.entry;
+    tracing::debug_span!("route", conversation = %entry.conversation, seq = entry.seq)
+}
+
 async fn route_inbound(state: &AppState, inbound: Inbound) {
     match inbound {
         Inbound::Entries(entries) => {
             let routed_at = Instant::now();
             for entry in entries {
-                fan_out(state, entry, routed_at).await;
+                let span = route_span(&entry);
+                fan_out(state, entry, routed_at).instrument(span).await;
             }
         }
         Inbound::Frame { users, frame } => offer_frame(state, &users, &frame),

@@ -370,3 +370,44 @@ async fn metrics_list_every_series_at_start_and_count_what_happened() {
     }
     again.close().await;
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_of_what_caused_them() {
+    let node = TestServer::binary(NATTER, &["--log-format", "json"]).await;
+    let ann = node.user("ann").await;
+    // A live session, which the logout ends (logged, inside the logout's request).
+    let _ws = node.ws(&ann).await;
+    let res = node
+        .http
+        .delete(node.url("/v1/sessions/current"))
+        .bearer_auth(&ann.token)
+        .header("x-request-id", "logout-4242")
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(res.headers()["x-request-id"], "logout-4242", "the caller's id is echoed");
+    let logs = node.process().logs();
+    let line = poll_until(
+        "the logout's log line",
+        || async {
+            let all = logs.all();
+            all.lines()
+                .find(|l| l.contains("ended the sessions of a revoked token"))
+                .map(str::to_owned)
+        },
+        || logs.tail(20),
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(json["span"]["id"], "logout-4242", "{line}");
+    assert_eq!(json["span"]["route"], "/v1/sessions/current", "{line}");
+    // Without one, the node makes one up.
+    let res = node.http.get(node.url("/healthz")).send().await.expect("healthz");
+    let made = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid_like(&made), "{made}");
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.bytes().filter(|b| *b == b'-').count() == 4
+}

@@ -16,6 +16,7 @@ use natter_proto::rest::{
 use natter_proto::{Ack, ConversationId, ConversationSummary, Receipt, Role, Seq, UserId};
 use natter_store::{Added, GroupChange};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, JsonBody};
@@ -237,11 +238,17 @@ pub(super) async fn post_entry(
     let JsonBody(req) = body;
     let user = auth.principal.user_id;
     let arrived = std::time::Instant::now();
-    let pending = messages::submit(&state, user, conv, req.client_msg_id, req.entry).await?;
-    let ack = pending.wait().await?;
-    metrics::histogram!("natter_send_ack_seconds", "transport" => "rest")
-        .record(arrived.elapsed().as_secs_f64());
-    Ok((StatusCode::CREATED, Json(ack)))
+    let span = tracing::info_span!("append", conversation = %conv, seq = tracing::field::Empty);
+    async {
+        let pending = messages::submit(&state, user, conv, req.client_msg_id, req.entry).await?;
+        let ack = pending.wait().await?;
+        tracing::Span::current().record("seq", ack.seq);
+        metrics::histogram!("natter_send_ack_seconds", "transport" => "rest")
+            .record(arrived.elapsed().as_secs_f64());
+        Ok((StatusCode::CREATED, Json(ack)))
+    }
+    .instrument(span)
+    .await
 }
 
 pub(super) async fn set_cursors(

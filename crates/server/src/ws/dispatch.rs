@@ -133,16 +133,24 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
     let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
     let id = client_msg_id.clone();
     let arrived = std::time::Instant::now();
-    match messages::submit(state, user, conversation, client_msg_id, entry).await {
+    let span = tracing::info_span!("append", %conversation, req_id, seq = tracing::field::Empty);
+    let submitted = {
+        use tracing::Instrument;
+        messages::submit(state, user, conversation, client_msg_id, entry)
+            .instrument(span.clone())
+            .await
+    };
+    match submitted {
         Err(err) => {
             frames.append_refused(&id, &err);
             reply(tx, error(Some(req_id), err)).await
         }
         Ok(pending) => {
             let tx = tx.clone();
-            state.tasks().spawn(async move {
+            let acked = async move {
                 let frame = match pending.wait().await {
                     Ok(ack) => {
+                        tracing::Span::current().record("seq", ack.seq);
                         metrics::histogram!("natter_send_ack_seconds", "transport" => "ws")
                             .record(arrived.elapsed().as_secs_f64());
                         ServerFrame::Ack { req_id, ack }
@@ -151,7 +159,8 @@ pub(crate) async fn frame(ctx: &Ctx<'_>, text: &str) {
                 };
                 reply(&tx, frame).await;
                 drop(permit);
-            });
+            };
+            state.tasks().spawn(tracing::Instrument::instrument(acked, span));
         }
     }
 }

@@ -270,16 +270,17 @@ fail_start() {
 # out, its sessions close over drain_spread_ms and reconnect to the others, its commits
 # finish), then starts again; the next goes once HAProxy has it back.
 rolling_restart() {
-    local pid
+    local pid k
     [[ -n "$(live_pid haproxy haproxy)" ]] || die "the cluster is not running; try: scripts/cluster.sh start"
-    for i in "${!NODES[@]}"; do
-        local name="${NODES[$i]}"
+    # Not `i`: the helpers' loops use (and change) that one.
+    for k in "${!NODES[@]}"; do
+        local name="${NODES[$k]}"
         if pid="$(live_pid "$name" natter)"; then
             say "draining $name"
             stop_pid "$name" "$pid" 30
         fi
-        start_node "$i"
-        wait_node "$i"
+        start_node "$k"
+        wait_node "$k"
         # HAProxy puts it back after 2 passed checks 500 ms apart.
         sleep 1.5
         say "$name is back"

@@ -308,6 +308,9 @@ pub struct Config {
     pub drain_spread_ms: u64,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// An OpenTelemetry collector to export spans to (OTLP over HTTP, `http://host:4318`).
+    /// Unset: spans are only logged.
+    pub otlp_endpoint: Option<String>,
     /// PostgreSQL instead of the embedded store (`postgres://user:pass@host:port/db`).
     pub database_url: Option<String>,
     /// Message search's text search configuration on PostgreSQL (`simple`, `english`,
@@ -673,6 +676,7 @@ impl Default for Config {
             drain_unready_ms: 2_000,
             drain_spread_ms: 3_000,
             log_format: "text".to_owned(),
+            otlp_endpoint: None,
             database_url: None,
             search_language: "simple".to_owned(),
             redis_url: None,
@@ -721,6 +725,9 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "NATTER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// OTLP/HTTP collector to export spans to (http://host:4318) [default: none].
+    #[arg(long, env = "NATTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// PostgreSQL URL: store the log there instead of the embedded SQLite.
     #[arg(long, env = "NATTER_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -846,6 +853,9 @@ impl Config {
         }
         if let Some(v) = &args.log_format {
             cfg.log_format = v.clone();
+        }
+        if let Some(v) = &args.otlp_endpoint {
+            cfg.otlp_endpoint = Some(v.clone());
         }
         if let Some(v) = &args.database_url {
             cfg.database_url = Some(v.clone());
@@ -1002,6 +1012,13 @@ impl Config {
             }),
             "node_id",
             "must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'",
+        );
+        p.unless(
+            self.otlp_endpoint
+                .as_ref()
+                .is_none_or(|u| u.starts_with("http://") || u.starts_with("https://")),
+            "otlp_endpoint",
+            "must be an http:// or https:// URL",
         );
         p.unless(
             matches!(self.log_format.as_str(), "text" | "json"),

@@ -200,7 +200,14 @@ async fn observe_request(req: axum::extract::Request, next: axum::middleware::Ne
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let span = tracing::info_span!("request", id = %id, method, route = %route);
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method,
+        route = %route,
+        trace_id = tracing::field::Empty
+    );
+    crate::telemetry::link(&span, req.headers());
     let started = std::time::Instant::now();
     let mut res = next.run(req).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {

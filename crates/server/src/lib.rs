@@ -20,6 +20,7 @@
 pub mod backup;
 pub mod config;
 pub mod metrics;
+pub mod telemetry;
 
 mod auth;
 mod blocks;

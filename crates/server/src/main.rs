@@ -173,12 +173,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let cfg = Config::load(&args)?;
-    let filter = EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if cfg.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    let export = init_logs(&cfg)?;
     let data_dir = cfg.data_dir.clone();
     let server = natter_server::start(cfg).await?;
     tracing::info!(addr = %server.addr(), data_dir = %data_dir.display(), "natter listening");
@@ -197,5 +192,32 @@ async fn main() -> anyhow::Result<()> {
             server.drain().await;
         }
     }
-    server.wait().await
+    let stopped = server.wait().await;
+    if let Some(export) = export {
+        // The exporter's batch thread blocks on its HTTP calls: not on a runtime thread.
+        tokio::task::spawn_blocking(move || export.shutdown()).await?;
+    }
+    stopped
+}
+
+/// Logging (text or JSON, filtered by `NATTER_LOG`), and the span export when configured.
+fn init_logs(cfg: &Config) -> anyhow::Result<Option<natter_server::telemetry::Export>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = EnvFilter::try_from_env("NATTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = match cfg.log_format.as_str() {
+        "json" => tracing_subscriber::fmt::layer().json().boxed(),
+        _ => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let (otlp, export) = match &cfg.otlp_endpoint {
+        Some(url) => {
+            let (layer, export) =
+                natter_server::telemetry::otlp_layer(url, cfg.node_id.as_deref())?;
+            (Some(layer), Some(export))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(filter).with(logs).with(otlp).init();
+    Ok(export)
 }

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use natter_proto::{Ack, ConversationId, Entry, EntryBody, NewEntry};
 use natter_testkit::{TestServer, TestUser, WsClient, assert_contiguous, poll_until, within};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use reqwest::StatusCode;
 
 const NATTER: &str = env!("CARGO_BIN_EXE_natter");
@@ -371,17 +374,42 @@ async fn metrics_list_every_series_at_start_and_count_what_happened() {
     again.close().await;
 }
 
-#[tokio::test]
-async fn json_logs_carry_the_request_id_of_what_caused_them() {
-    let node = TestServer::binary(NATTER, &["--log-format", "json"]).await;
+/// A collector on loopback: the OTLP export requests (`POST /v1/traces`) it got, decoded.
+async fn collector() -> (String, Arc<Mutex<Vec<ExportTraceServiceRequest>>>) {
+    use prost::Message as _;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+                sink.lock().unwrap().push(req);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_exported_spans_carry_the_request_and_trace_ids() {
+    let (url, exported) = collector().await;
+    let node = TestServer::binary(NATTER, &["--log-format", "json", "--otlp-endpoint", &url]).await;
     let ann = node.user("ann").await;
     // A live session, which the logout ends (logged, inside the logout's request).
     let _ws = node.ws(&ann).await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
     let res = node
         .http
         .delete(node.url("/v1/sessions/current"))
         .bearer_auth(&ann.token)
         .header("x-request-id", "logout-4242")
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
         .send()
         .await
         .expect("logout");
@@ -402,10 +430,60 @@ async fn json_logs_carry_the_request_id_of_what_caused_them() {
     let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(json["span"]["id"], "logout-4242", "{line}");
     assert_eq!(json["span"]["route"], "/v1/sessions/current", "{line}");
-    // Without one, the node makes one up.
+    assert_eq!(json["span"]["trace_id"], trace, "the caller's trace goes on: {line}");
+
+    // The collector gets the request's span, in the caller's trace, with its fields.
+    let span = poll_until(
+        "the logout's span at the collector",
+        || async {
+            let got = exported.lock().unwrap();
+            let spans = got
+                .iter()
+                .flat_map(|r| &r.resource_spans)
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans);
+            spans
+                .filter(|s| s.name == "request" && hex(&s.trace_id) == trace)
+                .find(|s| attribute(s, "id").as_deref() == Some("logout-4242"))
+                .cloned()
+        },
+        String::new,
+    )
+    .await;
+    assert_eq!(attribute(&span, "route").as_deref(), Some("/v1/sessions/current"));
+    assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331", "a child of the caller's span");
+    let services: Vec<String> = exported
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .filter_map(|r| r.resource.as_ref())
+        .flat_map(|r| &r.attributes)
+        .filter(|a| a.key == "service.name")
+        .filter_map(|a| any_string(a.value.as_ref()))
+        .collect();
+    assert!(services.iter().all(|s| s == "natter") && !services.is_empty(), "{services:?}");
+
+    // Without an id, the node makes one up.
     let res = node.http.get(node.url("/healthz")).send().await.expect("healthz");
     let made = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(uuid_like(&made), "{made}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn any_string(value: Option<&AnyValue>) -> Option<String> {
+    match value?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A span attribute's string value.
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| any_string(a.value.as_ref()))
 }
 
 fn uuid_like(s: &str) -> bool {

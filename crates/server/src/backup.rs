@@ -42,8 +42,23 @@ const DB: &str = "natter.db";
 const KEY: &str = "media.key";
 const MANIFEST: &str = "backup.json";
 
-fn blob_path(root: &Path, sha256: &str) -> PathBuf {
-    root.join("blobs").join(&sha256[..2.min(sha256.len())]).join(sha256)
+/// Where the object `sha256` lives under `root`; an error for anything but 64 hex digits
+/// (the store's names, never a path of their own).
+fn blob_path(root: &Path, sha256: &str) -> anyhow::Result<PathBuf> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{sha256:?} is not a media object's SHA-256");
+    }
+    Ok(root.join("blobs").join(&sha256[..2]).join(sha256))
+}
+
+/// Copies `src` to `dst` and makes the copy and its directory durable.
+fn copy_durably(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let dir = dst.parent().expect("a copy's path has a parent");
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
+    std::fs::File::open(dst)?.sync_all()?;
+    sync_dir(dir)?;
+    Ok(())
 }
 
 /// Takes a backup of the node `cfg` describes into `dest` (created; it must not hold
@@ -70,16 +85,14 @@ pub fn backup(cfg: &Config, dest: &Path) -> anyhow::Result<Manifest> {
     if media == "local" {
         let (from, to) = (cfg.media_dir(), dest.join("media"));
         for (sha256, size) in &summary.blobs {
-            let (src, dst) = (blob_path(&from, sha256), blob_path(&to, sha256));
-            std::fs::create_dir_all(dst.parent().expect("a blob path has a parent"))?;
-            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+            copy_durably(&blob_path(&from, sha256)?, &blob_path(&to, sha256)?)?;
             blobs += 1;
             blob_bytes += size;
         }
     }
     let signing_key = cfg.media_secret.is_none() && cfg.data_dir.join(KEY).is_file();
     if signing_key {
-        std::fs::copy(cfg.data_dir.join(KEY), dest.join(KEY))?;
+        copy_durably(&cfg.data_dir.join(KEY), &dest.join(KEY))?;
     }
     let manifest = Manifest {
         natter_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -112,10 +125,21 @@ pub fn restore(cfg: &Config, src: &Path, check_only: bool) -> anyhow::Result<Man
     {
         bail!("{}: the store does not hold what {MANIFEST} says it does", src.display());
     }
+    let target_media = if cfg.media_url.is_some() { "s3" } else { "local" };
+    if !check_only && manifest.media != target_media {
+        bail!(
+            "the backup's media are {} and this configuration keeps them {target_media}: \
+             restore with the media setting the backup was taken with",
+            manifest.media
+        );
+    }
+    if manifest.signing_key && !src.join(KEY).is_file() {
+        bail!("{} is missing: the backup names it", src.join(KEY).display());
+    }
     if manifest.media == "local" {
         let root = src.join("media");
         for (sha256, size) in &summary.blobs {
-            let path = blob_path(&root, sha256);
+            let path = blob_path(&root, sha256)?;
             let (got_size, got_sha) =
                 hash_file(&path).with_context(|| format!("media object {sha256} is missing"))?;
             if got_size != *size || got_sha != *sha256 {
@@ -140,13 +164,11 @@ pub fn restore(cfg: &Config, src: &Path, check_only: bool) -> anyhow::Result<Man
     if manifest.media == "local" {
         let (from, to) = (src.join("media"), cfg.media_dir());
         for (sha256, _) in &summary.blobs {
-            let dst = blob_path(&to, sha256);
-            std::fs::create_dir_all(dst.parent().expect("a blob path has a parent"))?;
-            std::fs::copy(blob_path(&from, sha256), &dst)?;
+            copy_durably(&blob_path(&from, sha256)?, &blob_path(&to, sha256)?)?;
         }
     }
     if manifest.signing_key && cfg.media_secret.is_none() {
-        std::fs::copy(src.join(KEY), cfg.data_dir.join(KEY))?;
+        copy_durably(&src.join(KEY), &cfg.data_dir.join(KEY))?;
     }
     // The store last, through a temporary name: a data directory with a store is a whole one.
     let partial = cfg.data_dir.join("natter.db.restoring");

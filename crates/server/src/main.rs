@@ -189,10 +189,22 @@ async fn main() -> anyhow::Result<()> {
         }
         _ = term.recv() => {
             tracing::info!("SIGTERM: draining");
-            server.drain().await;
+            // SIGINT cuts the drain short: stop now (commits still flush).
+            tokio::select! {
+                () = server.drain() => {}
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: draining cut short, shutting down");
+                    server.shutdown_token().cancel();
+                }
+            }
         }
     }
-    let stopped = server.wait().await;
+    // One more signal while stopping: exit at once (what is not committed is not acked).
+    let stopped = tokio::select! {
+        stopped = server.wait() => stopped,
+        _ = tokio::signal::ctrl_c() => std::process::exit(130),
+        _ = term.recv() => std::process::exit(143),
+    };
     if let Some(export) = export {
         // The exporter's batch thread blocks on its HTTP calls: not on a runtime thread.
         tokio::task::spawn_blocking(move || export.shutdown()).await?;

@@ -215,6 +215,23 @@ async fn a_backup_taken_under_writes_restores_every_message_acked_before_it() {
 
     let (ok, stdout, stderr) = natter(&["restore", arg(&dest), "--check"]).await;
     assert!(ok && stdout.contains("is whole"), "restore --check: {stdout}{stderr}");
+    // One file: no WAL beside it, before or after the check (read-only media work).
+    for leftover in ["natter.db-wal", "natter.db-shm"] {
+        assert!(!dest.join(leftover).exists(), "{leftover} beside the copy");
+    }
+    // Media kept on local disk do not restore into a node that keeps them in a bucket.
+    let elsewhere = dir.path().join("elsewhere");
+    let (ok, _, stderr) = natter(&[
+        "restore",
+        arg(&dest),
+        "--data-dir",
+        arg(&elsewhere),
+        "--media-url",
+        "s3://bucket/prefix",
+    ])
+    .await;
+    assert!(!ok && stderr.contains("media are local"), "{stderr}");
+    assert!(!elsewhere.join("natter.db").exists(), "nothing restored");
     let restored = dir.path().join("restored");
     let (ok, stdout, stderr) = natter(&["restore", arg(&dest), "--data-dir", arg(&restored)]).await;
     assert!(ok, "restore: {stdout}{stderr}");

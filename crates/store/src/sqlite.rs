@@ -283,6 +283,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 /// Longest a restarting checkpoint waits for readers of older snapshots (holding off the
 /// writer's next batch meanwhile) before it gives up until the WAL is checked again.
 const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long after a restart that a reader held off the next one is tried.
+const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The WAL file and the size past which it is restarted.
 ///
@@ -298,13 +300,16 @@ const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 struct Wal {
     path: std::path::PathBuf,
     limit: u64,
+    /// After a restart a reader held off (a long read: a backup), none is tried before this:
+    /// each would hold the writer's next batch for `RESTART_WAIT` again.
+    held_off_until: std::cell::Cell<Option<Instant>>,
 }
 
 impl Wal {
     fn of(db: &Path, limit: u64) -> Wal {
         let mut path = db.as_os_str().to_owned();
         path.push("-wal");
-        Wal { path: path.into(), limit }
+        Wal { path: path.into(), limit, held_off_until: std::cell::Cell::new(None) }
     }
 
     fn size(&self) -> u64 {
@@ -314,7 +319,9 @@ impl Wal {
     /// On the writer's connection, after each batch (a `stat`): restarts the WAL if it is
     /// past `limit`.
     fn restart_if_large(&self, writer: &Connection) {
-        if self.size() <= self.limit {
+        if self.size() <= self.limit
+            || self.held_off_until.get().is_some_and(|until| Instant::now() < until)
+        {
             return;
         }
         let restart = || -> rusqlite::Result<bool> {
@@ -324,13 +331,18 @@ impl Wal {
             writer.busy_timeout(BUSY_TIMEOUT)?;
             done
         };
-        match restart() {
+        let done = match restart() {
             Ok(done) => {
                 metrics::counter!("natter_sqlite_wal_restarts_total", "done" => done.to_string())
                     .increment(1);
+                done
             }
-            Err(err) => tracing::warn!(error = %err, "restarting the wal failed"),
-        }
+            Err(err) => {
+                tracing::warn!(error = %err, "restarting the wal failed");
+                false
+            }
+        };
+        self.held_off_until.set((!done).then(|| Instant::now() + RESTART_BACKOFF));
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) fn read(text: &str) -> (Config, Vec<Problem>) {
     let mut table: toml::Table = match text.parse() {
         Ok(table) => table,
         Err(e) => {
-            let line = e.span().map_or(1, |s| text[..s.start].lines().count().max(1));
+            let line = e.span().map_or(1, |s| text[..s.start].matches('\n').count() + 1);
             let why = e.message().to_owned();
             return (Config::default(), vec![Problem { key: format!("line {line}"), why }]);
         }
@@ -301,6 +301,8 @@ mod tests {
         assert_eq!(cfg.limits.default_page, 10);
         let syntax = read("[limits\nmax_page = 1\n").1;
         assert_eq!(keys(&syntax), ["line 1"], "{syntax:?}");
+        let syntax = read("listen = \"127.0.0.1:1\"\n= 2\n").1;
+        assert_eq!(keys(&syntax), ["line 2"], "an error at the start of a line: {syntax:?}");
     }
 
     #[test]

@@ -50,8 +50,10 @@ pub fn backup(src: &Path, dest: &Path) -> Result<Summary> {
             }
         }
     }
-    // One self-contained file: what the copy wrote to its own WAL goes into it.
-    to.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(internal)?;
+    // One self-contained file: the copied header still says WAL; a rollback journal needs
+    // no `-wal` or `-shm` beside the file (and none is left), so the copy can be read from
+    // read-only media. A node starting on it switches it back to WAL.
+    to.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(())).map_err(internal)?;
     drop(to);
     check(dest)
 }

@@ -63,7 +63,6 @@ pub(crate) struct Deliverer {
     /// What the sequencer emitted and is not framed yet; kept so that a live entry, the
     /// common case, costs no allocation here.
     emitted: Vec<Emit>,
-    /// When the routed entries delivered since the last `record_latencies` were routed.
     /// When each live entry written since the last `record_latencies` was routed, and its
     /// commit time (ms since the epoch).
     routed_at: Vec<(Instant, i64)>,

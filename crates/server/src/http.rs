@@ -214,11 +214,9 @@ async fn observe_request(req: axum::extract::Request, next: axum::middleware::Ne
         res.headers_mut().insert("x-request-id", value);
     }
     let status = res.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method.to_owned())];
-    metrics::histogram!("natter_http_request_seconds", &labels)
+    metrics::histogram!("natter_http_request_seconds", "route" => route.clone(), "method" => method)
         .record(started.elapsed().as_secs_f64());
-    let [route, method] = labels;
-    metrics::counter!("natter_http_requests_total", "route" => route.1, "method" => method.1, "status" => status)
+    metrics::counter!("natter_http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
     res
 }

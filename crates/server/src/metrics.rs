@@ -129,6 +129,11 @@ pub const SERIES: &[Series] = &[
 /// Describes every series and registers those it can at zero.
 fn register(node: &str) {
     for s in SERIES {
+        match s.kind {
+            Counter => metrics::describe_counter!(s.name, s.help),
+            Gauge => metrics::describe_gauge!(s.name, s.help),
+            Histogram => metrics::describe_histogram!(s.name, s.help),
+        }
         let values: &[&str] = match s.labels {
             Labels::None => &[""],
             Labels::Known(_, values) => values,
@@ -140,26 +145,10 @@ fn register(node: &str) {
                 _ => Vec::new(),
             };
             match s.kind {
-                Counter => {
-                    metrics::describe_counter!(s.name, s.help);
-                    metrics::counter!(s.name, labels).increment(0);
-                }
-                Gauge => {
-                    metrics::describe_gauge!(s.name, s.help);
-                    metrics::gauge!(s.name, labels).increment(0.0);
-                }
-                Histogram => {
-                    metrics::describe_histogram!(s.name, s.help);
-                    // Registered: the exporter lists it (empty) from now on.
-                    let _ = metrics::histogram!(s.name, labels);
-                }
-            }
-        }
-        if matches!(s.labels, Labels::Dynamic(_)) {
-            match s.kind {
-                Counter => metrics::describe_counter!(s.name, s.help),
-                Gauge => metrics::describe_gauge!(s.name, s.help),
-                Histogram => metrics::describe_histogram!(s.name, s.help),
+                Counter => metrics::counter!(s.name, labels).increment(0),
+                Gauge => metrics::gauge!(s.name, labels).increment(0.0),
+                // Registered: the exporter lists it (empty) from now on.
+                Histogram => drop(metrics::histogram!(s.name, labels)),
             }
         }
     }

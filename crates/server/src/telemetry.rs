@@ -15,6 +15,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 
+/// Whether spans are exported: without it a request has no trace to join or record.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The exporter; [`Export::shutdown`] sends what is still batched.
 pub struct Export(SdkTracerProvider);
 
@@ -53,6 +56,7 @@ where
         .with_resource(resource.build())
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("natter"));
     Ok((layer, Export(provider)))
 }
@@ -73,6 +77,9 @@ impl Extractor for Headers<'_> {
 /// Continues the caller's trace (`traceparent`) in `span` and records the trace id in its
 /// `trace_id` field; nothing when spans are not exported.
 pub(crate) fn link(span: &tracing::Span, headers: &HeaderMap) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);

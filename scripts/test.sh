@@ -72,8 +72,15 @@ install_moto() {
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
             'http-ece==1.2.*' 'aiosmtpd==1.4.*' 'cryptography>=42'
     fi
+    # schemathesis, run against a live server's OpenAPI document
+    # (crates/e2e/tests/e2e/openapi.rs).
+    if [[ ! -x "$venv/bin/schemathesis" ]]; then
+        echo "== installing schemathesis (PyPI) in $venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.*'
+    fi
     export NATTER_MOTO_SERVER="$venv/bin/moto_server"
     export NATTER_PYTHON="$venv/bin/python"
+    export NATTER_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
 install_moto

@@ -18,16 +18,19 @@ use serde::{Deserialize, Serialize};
 
 /// A user account's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct UserId(pub i64);
 
 /// A conversation's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct ConversationId(pub i64);
 
 /// A device's id: one per login, each with its own token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct DeviceId(pub i64);
 
@@ -54,6 +57,7 @@ display_id!(UserId, ConversationId, DeviceId);
 
 /// The stable error codes. A client switches on these, never on the message text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is well-formed JSON but its content is invalid (a bad field value).
@@ -125,6 +129,7 @@ impl ErrorCode {
 
 /// An error as it appears on the wire (the `error` frame's fields, and REST error bodies).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
@@ -141,6 +146,7 @@ impl ErrorBody {
 
 /// Conversation kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     /// Exactly two users; one per pair.
@@ -151,6 +157,7 @@ pub enum ConversationKind {
 
 /// A member's role in a group (members of a direct conversation are all `member`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Member,
@@ -242,7 +249,12 @@ mod wire {
         pub(super) reactions: &'a [ReactionSummary],
     }
 
+    /// One entry of a conversation's log: its place (`conversation`, `seq`), who wrote it
+    /// and when, and what it says (`kind` and its fields). `state`: for `message` entries
+    /// read from the store (sync, history), the message's current state after every later
+    /// edit, deletion and reaction (`state.body` only when it differs from `body`).
     #[derive(Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Entry))]
     pub(super) struct EntryIn {
         conversation: ConversationId,
         seq: Seq,
@@ -257,8 +269,10 @@ mod wire {
         state: Option<StateIn>,
     }
 
+    /// A message's current state, as history and sync show it.
     #[derive(Deserialize)]
-    struct StateIn {
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = EntryState))]
+    pub(super) struct StateIn {
         #[serde(default)]
         body: Option<String>,
         #[serde(default)]
@@ -294,9 +308,30 @@ mod wire {
     }
 }
 
+/// The schema of an [`Entry`] is its wire form's.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Entry {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <wire::EntryIn as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Entry {
+    fn name() -> std::borrow::Cow<'static, str> {
+        <wire::EntryIn as utoipa::ToSchema>::name()
+    }
+    fn schemas(
+        schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+    ) {
+        <wire::EntryIn as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// A committed entry as nodes handle it, never sent to clients (they get the [`Entry`]):
 /// what the store's commit feed yields and what the bus between nodes carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Committed {
     pub entry: Entry,
     /// The `seq` of the conversation's latest membership change as of this entry (itself, for
@@ -308,6 +343,7 @@ pub struct Committed {
 
 /// What a log entry says. Entries that change another entry name it by its `target` seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EntryBody {
     /// A message, optionally replying to an earlier message of the same conversation.
@@ -422,6 +458,7 @@ impl EntryBody {
 /// is fixed when the message is committed (from the upload's record); `url` and
 /// `thumbnail_url` are signed for the reader each time the entry is sent, and never stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attachment {
     /// The media id (`POST /v1/media`).
     pub id: String,
@@ -453,6 +490,7 @@ pub struct Attachment {
 
 /// Width and height in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dimensions {
     pub width: u32,
     pub height: u32,
@@ -460,6 +498,7 @@ pub struct Dimensions {
 
 /// The current state of a message, as history and sync show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageState {
     /// The current text: the last edit's, or empty for a deleted message. Sent only when it
     /// differs from the entry's `body` (see [`Entry`]).
@@ -476,6 +515,7 @@ pub struct MessageState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReactionSummary {
     pub emoji: String,
     pub users: Vec<UserId>,
@@ -484,6 +524,7 @@ pub struct ReactionSummary {
 /// What a client asks to append to a conversation's log (REST body of
 /// `POST /v1/conversations/{id}/entries`, and the WebSocket `send`/`edit`/`delete`/`react`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NewEntry {
     Message {
@@ -527,6 +568,7 @@ impl NewEntry {
 
 /// Stage one of delivery: the entry is durably committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ack {
     pub conversation: ConversationId,
     pub seq: Seq,
@@ -540,6 +582,7 @@ pub struct Ack {
 
 /// A conversation as one member sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationSummary {
     pub id: ConversationId,
     pub kind: ConversationKind,
@@ -575,6 +618,7 @@ pub struct ConversationSummary {
 /// edits (empty once deleted), at most [`PREVIEW_CHARS`] characters, and the attachments'
 /// content types.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagePreview {
     pub seq: Seq,
     pub sender: UserId,
@@ -633,6 +677,7 @@ impl MessagePreview {
 /// adder makes instead of a member. It stays pending until the invitee accepts it (and
 /// becomes a member) or declines it; until then they are not a member in any way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Invitation {
     /// The group.
     pub conversation: ConversationId,
@@ -652,6 +697,7 @@ pub struct Invitation {
 
 /// A user's availability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Online,
@@ -661,6 +707,7 @@ pub enum Status {
 
 /// One user's presence as a watcher sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Presence {
     pub user: UserId,
     pub status: Status,
@@ -671,6 +718,7 @@ pub struct Presence {
 
 /// One member's cursors, as receipts carry them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub conversation: ConversationId,
     pub user: UserId,
@@ -680,6 +728,7 @@ pub struct Receipt {
 
 /// One conversation's part of a `sync` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncConversation {
     pub conversation: ConversationSummary,
     /// Entries after the client's cursor, in `seq` order, at most the sync limit (fewer when
@@ -691,6 +740,7 @@ pub struct SyncConversation {
 
 /// Frames a client sends over the WebSocket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Authenticate (when the upgrade carried no `Authorization` header). Must be first.
@@ -749,6 +799,8 @@ pub enum ClientFrame {
     Sync {
         req_id: ReqId,
         #[serde(default, deserialize_with = "cursor_map")]
+        /// Keyed by conversation id (as JSON object keys are, in decimal).
+        #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, u64>))]
         cursors: BTreeMap<ConversationId, Seq>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
@@ -934,6 +986,7 @@ fn peek_req_id(text: &str) -> Option<ReqId> {
 
 /// Frames the server sends over the WebSocket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// The session is authenticated; requests may follow.

@@ -11,6 +11,7 @@ use crate::{
 
 /// `POST /v1/accounts`, and the password half of `POST /v1/sessions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credentials {
     pub handle: String,
     pub password: String,
@@ -21,6 +22,7 @@ pub struct Credentials {
 
 /// A user as others see them: the handle, and the profile they set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub user_id: UserId,
     pub handle: String,
@@ -52,6 +54,7 @@ impl User {
 
 /// `DELETE /v1/me`: the password again, to delete the account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeleteAccount {
     pub password: String,
 }
@@ -60,6 +63,7 @@ pub struct DeleteAccount {
 /// and expire like attachments' (`media_url_ttl_secs`); anyone who may see the profile may
 /// load them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Avatar {
     /// The media id.
     pub id: String,
@@ -76,6 +80,7 @@ pub struct Avatar {
 
 /// One device (login) of the caller, `GET /v1/me/devices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Device {
     pub device_id: DeviceId,
     /// The name given at login.
@@ -89,12 +94,14 @@ pub struct Device {
 
 /// `GET /v1/me/blocks`: whom the caller blocks, by id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Blocks {
     pub blocked: Vec<UserId>,
 }
 
 /// `GET /v1/me/devices`: the caller's devices, oldest first, and which one is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Devices {
     pub devices: Vec<Device>,
     pub current: DeviceId,
@@ -102,6 +109,7 @@ pub struct Devices {
 
 /// `PUT /v1/me/password`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePassword {
     pub current_password: String,
     pub new_password: String,
@@ -110,6 +118,7 @@ pub struct ChangePassword {
 /// `PATCH /v1/me/profile`: the fields to change; an absent field stays, an empty one is
 /// cleared.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
@@ -122,12 +131,14 @@ pub struct ProfileUpdate {
 
 /// `GET /v1/users?ids=1,2,3`: the users of those ids that exist, in the order asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Users {
     pub users: Vec<User>,
 }
 
 /// `POST /v1/sessions`: a bearer token for one device. Shown once; only its hash is stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Session {
     pub token: String,
     pub user_id: UserId,
@@ -136,6 +147,7 @@ pub struct Session {
 
 /// `GET /v1/me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Me {
     pub user_id: UserId,
     pub handle: String,
@@ -149,6 +161,7 @@ pub struct Me {
 
 /// `POST /v1/conversations`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CreateConversation {
     /// The direct conversation with `peer`; returns the existing one if there is one.
@@ -164,6 +177,7 @@ pub enum CreateConversation {
 /// The answer to `POST /v1/conversations`: the conversation's summary, and (for a group) who
 /// was invited instead of added because they share no conversation with the creator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedConversation {
     #[serde(flatten)]
     pub conversation: ConversationSummary,
@@ -174,6 +188,7 @@ pub struct CreatedConversation {
 
 /// `GET /v1/conversations`: most recent activity first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationPage {
     pub conversations: Vec<ConversationSummary>,
     /// Pass as `before` to get the next page; absent on the last page.
@@ -183,12 +198,14 @@ pub struct ConversationPage {
 
 /// `PATCH /v1/conversations/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateConversation {
     pub title: String,
 }
 
 /// One row of `GET /v1/conversations/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     pub user_id: UserId,
     pub handle: String,
@@ -202,6 +219,7 @@ pub struct Member {
 
 /// `PUT /v1/conversations/{id}/settings`: a group's moderation settings (owner, admins).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupSettings {
     /// 0: off; at most a day.
     #[serde(default)]
@@ -212,6 +230,7 @@ pub struct GroupSettings {
 
 /// `PUT /v1/conversations/{id}/members/{user_id}/mute`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Mute {
     /// How long, from now; at most `max_mute_secs`.
     pub for_secs: u64,
@@ -219,6 +238,7 @@ pub struct Mute {
 
 /// One row of `GET /v1/conversations/{id}/bans`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ban {
     pub user_id: UserId,
     pub banned_by: UserId,
@@ -228,6 +248,7 @@ pub struct Ban {
 
 /// `POST /v1/conversations/{id}/members`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddMember {
     pub user_id: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +259,7 @@ pub struct AddMember {
 /// `member_added` entry (the user shares a conversation with the caller), or `202` with the
 /// invitation made instead (they do not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum AddedMember {
     Invited(Invitation),
@@ -246,18 +268,21 @@ pub enum AddedMember {
 
 /// `GET /v1/invitations`: the caller's pending invitations, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Invitations {
     pub invitations: Vec<Invitation>,
 }
 
 /// `PATCH /v1/conversations/{id}/members/{user_id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateMember {
     pub role: Role,
 }
 
 /// `POST /v1/conversations/{id}/entries`: the entry plus its idempotency key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PostEntry {
     pub client_msg_id: String,
     #[serde(flatten)]
@@ -266,6 +291,7 @@ pub struct PostEntry {
 
 /// `GET /v1/conversations/{id}/entries`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntryPage {
     pub conversation: ConversationId,
     pub entries: Vec<Entry>,
@@ -274,6 +300,7 @@ pub struct EntryPage {
 
 /// `PUT /v1/conversations/{id}/cursors`: either or both.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetCursors {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_seq: Option<Seq>,
@@ -283,20 +310,25 @@ pub struct SetCursors {
 
 /// `GET /v1/conversations/{id}/receipts`: every member's cursors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipts {
     pub receipts: Vec<Receipt>,
 }
 
 /// `POST /v1/sync`: the same request and answer as the WebSocket `sync` frame.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncRequest {
     #[serde(default, deserialize_with = "crate::cursor_map")]
+    /// Keyed by conversation id (as JSON object keys are, in decimal).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, u64>))]
     pub cursors: BTreeMap<ConversationId, Seq>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncResponse {
     pub conversations: Vec<SyncConversation>,
     /// The reply reached its budget before everything: sync again with the updated cursors
@@ -307,18 +339,21 @@ pub struct SyncResponse {
 
 /// `POST /v1/conversations/{id}/typing`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Typing {
     pub typing: bool,
 }
 
 /// `PUT /v1/streams/{id}/presence`: the users an HTTP stream watches (replaces the list).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceSubscription {
     pub users: Vec<UserId>,
 }
 
 /// The answer to a presence subscription: current presence, and the refused ids.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceSubscribed {
     pub users: Vec<crate::Presence>,
     pub denied: Vec<UserId>,
@@ -326,12 +361,14 @@ pub struct PresenceSubscribed {
 
 /// `PUT /v1/streams/{id}/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetStatus {
     pub status: crate::Status,
 }
 
 /// `POST /v1/poll`: wait up to `timeout_ms` for anything after `cursors`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollRequest {
     /// The stream of the previous poll (keeps receipts, typing and presence that arrived
     /// between polls); absent or expired: a new stream is opened.
@@ -339,6 +376,8 @@ pub struct PollRequest {
     pub stream: Option<u64>,
     /// Last seen `seq` per conversation, as for `sync`.
     #[serde(default, deserialize_with = "crate::cursor_map")]
+    /// Keyed by conversation id (as JSON object keys are, in decimal).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, u64>))]
     pub cursors: BTreeMap<ConversationId, Seq>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -349,9 +388,12 @@ pub struct PollRequest {
 /// The answer to `POST /v1/poll`: the same frames a WebSocket would carry, and the cursors
 /// to send with the next poll.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollResponse {
     pub stream: u64,
     #[serde(deserialize_with = "crate::cursor_map")]
+    /// Keyed by conversation id (as JSON object keys are, in decimal).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, u64>))]
     pub cursors: BTreeMap<ConversationId, Seq>,
     pub events: Vec<crate::ServerFrame>,
 }
@@ -360,6 +402,7 @@ pub struct PollResponse {
 /// and to `GET /v1/media/{id}`: the attachment as a message will carry it, with URLs signed
 /// for the caller, and the SHA-256 of the stored bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Uploaded {
     #[serde(flatten)]
     pub attachment: crate::Attachment,
@@ -370,6 +413,7 @@ pub struct Uploaded {
 
 /// `POST /v1/media/uploads`: starts a resumable upload of `length` bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewUpload {
     pub length: u64,
     /// The type the client believes the bytes are; checked against the bytes.
@@ -382,6 +426,7 @@ pub struct NewUpload {
 
 /// The answer to `POST /v1/media/uploads`: `PATCH /v1/media/uploads/{id}` from `offset`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadCreated {
     pub id: String,
     pub offset: u64,
@@ -390,6 +435,7 @@ pub struct UploadCreated {
 
 /// The answer to `POST /v1/tickets`: a single-use ticket for `GET /v1/events?ticket=`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ticket {
     pub ticket: String,
     pub expires_in_ms: u64,
@@ -399,6 +445,7 @@ pub struct Ticket {
 
 /// `POST /v1/reports`: a message (`conversation` and `seq`) or a user (`user`), with a reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation: Option<ConversationId>,
@@ -411,12 +458,14 @@ pub struct NewReport {
 
 /// `201` of `POST /v1/reports`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportId {
     pub id: i64,
 }
 
 /// Where a report is in the moderation queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReportStatus {
     Open,
@@ -449,6 +498,7 @@ impl ReportStatus {
 /// when reported: the message entry (with its state then) or the user's profile; later
 /// edits and deletions do not change it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     pub id: i64,
     /// Absent: flagged by the server's content rules or moderation webhook.
@@ -477,6 +527,7 @@ pub struct Report {
 
 /// `GET /v1/admin/reports`: newest first; `next` is the `before` of the next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reports {
     pub reports: Vec<Report>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -485,6 +536,7 @@ pub struct Reports {
 
 /// `POST /v1/admin/reports/{id}/resolve`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolveReport {
     /// `resolved` or `dismissed`.
     pub status: ReportStatus,
@@ -494,6 +546,7 @@ pub struct ResolveReport {
 
 /// A user as the admin API shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminUser {
     pub user: User,
     pub admin: bool,
@@ -510,6 +563,7 @@ pub struct AdminUser {
 
 /// `GET /v1/admin/users`: by id; `next` is the `after` of the next page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdminUsers {
     pub users: Vec<AdminUser>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -518,6 +572,7 @@ pub struct AdminUsers {
 
 /// `POST /v1/admin/users/{id}/suspend`: for `for_secs`, or with none a ban (no end).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_secs: Option<u64>,
@@ -529,6 +584,7 @@ pub struct Suspend {
 
 /// What a suspension did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspended {
     /// Logins ended (their sessions closed on every node).
     pub devices: u64,
@@ -539,6 +595,7 @@ pub struct Suspended {
 /// One row of the audit log: a server administrator's action (`actor` absent: the command
 /// line or the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -560,6 +617,7 @@ pub struct AuditEntry {
 
 /// `GET /v1/admin/audit`: newest first; `next` is the `before` of the next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -570,6 +628,7 @@ pub struct AuditLog {
 
 /// `POST /v1/me/push`: this device's push registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewPushRegistration {
     /// `webhook` (the server's push gateway); `webpush`, `fcm` and `apns` are to come.
     pub provider: String,
@@ -583,6 +642,7 @@ pub struct NewPushRegistration {
 
 /// One row of `GET /v1/me/push`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRegistration {
     pub id: i64,
     pub provider: String,
@@ -593,6 +653,7 @@ pub struct PushRegistration {
 /// `GET /v1/search`: a page of messages found, newest first or by relevance; `next` is the
 /// `cursor` of the page after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchResults {
     pub hits: Vec<SearchHit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -602,6 +663,7 @@ pub struct SearchResults {
 /// A message found: where it is (open the history around `seq`), who sent it when, and a
 /// snippet of it as it reads now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchHit {
     pub conversation: crate::ConversationId,
     pub seq: crate::Seq,
@@ -612,6 +674,7 @@ pub struct SearchHit {
 
 /// A run of a snippet's text; `hit`: what the query matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnippetPart {
     pub text: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -621,18 +684,21 @@ pub struct SnippetPart {
 /// `PUT /v1/me/email`: an address to verify and then mail digests to, or `null` to remove
 /// it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmailUpdate {
     pub email: Option<String>,
 }
 
 /// `PUT /v1/me/email/digests`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DigestsSetting {
     pub on: bool,
 }
 
 /// The caller's address on file, in `GET /v1/me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmailOnFile {
     pub email: String,
     /// Its owner followed the link mailed to it (digests go only to verified addresses).
@@ -644,6 +710,7 @@ pub struct EmailOnFile {
 /// `GET /v1/push/config`: the push providers on (`webhook`, `webpush`, `fcm`, `apns`) and,
 /// with Web Push on, the VAPID public key (base64url) a browser subscribes with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushConfig {
     pub providers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -652,6 +719,7 @@ pub struct PushConfig {
 
 /// `GET /v1/me/push`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRegistrations {
     pub registrations: Vec<PushRegistration>,
 }
@@ -660,6 +728,7 @@ pub struct PushRegistrations {
 /// /v1/conversations/{id}/notifications` (mute one): until a time, forever, or (neither)
 /// lifted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MuteNotifications {
     /// ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]

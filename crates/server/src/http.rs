@@ -11,6 +11,7 @@ mod export;
 mod invitations;
 mod media;
 mod moderation;
+mod openapi;
 mod poll;
 mod push;
 mod search;
@@ -23,9 +24,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Extension, Router};
 use natter_proto::ErrorCode;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub(crate) use poll::PollStreams;
 
@@ -33,103 +37,112 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{auth, ws};
 
-/// Every route; `polls` holds the long-poll streams between requests.
+/// Every route; `polls` holds the long-poll streams between requests. The REST routes come
+/// from their handlers' `#[utoipa::path]` attributes, which also describe them in
+/// `/v1/openapi.json` ([`openapi`]).
 pub(crate) fn router(state: AppState, polls: Arc<PollStreams>) -> Router {
     let body_limit = state.cfg().limits.max_http_body_bytes;
+    let (api, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::login))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::ticket))
+        .routes(routes!(accounts::me, accounts::delete_account))
+        .routes(routes!(accounts::set_profile))
+        .routes(routes!(accounts::devices))
+        .routes(routes!(accounts::revoke_device))
+        .routes(routes!(accounts::change_password))
+        .routes(routes!(export::export))
+        .routes(routes!(search::search))
+        .routes(routes!(push::config))
+        .routes(routes!(email::set))
+        .routes(routes!(email::digests))
+        .routes(routes!(email::verify))
+        .routes(routes!(email::unsubscribe_page, email::unsubscribe))
+        .routes(routes!(push::register, push::list))
+        .routes(routes!(push::unregister))
+        .routes(routes!(push::dnd))
+        .routes(routes!(push::mute))
+        .routes(routes!(blocks::list))
+        .routes(routes!(blocks::block, blocks::unblock))
+        .routes(routes!(accounts::users))
+        .routes(routes!(accounts::user))
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(conversations::get, conversations::update))
+        .routes(routes!(conversations::members, conversations::add_member))
+        .routes(routes!(conversations::update_member, conversations::remove_member))
+        .routes(routes!(conversations::history, conversations::post_entry))
+        .routes(routes!(moderation::settings))
+        .routes(routes!(moderation::mute, moderation::unmute))
+        .routes(routes!(moderation::bans))
+        .routes(routes!(moderation::ban, moderation::unban))
+        .routes(routes!(conversations::set_cursors))
+        .routes(routes!(conversations::receipts))
+        .routes(routes!(ephemeral::typing))
+        .routes(routes!(media::upload))
+        .routes(routes!(media::create_upload))
+        .routes(routes!(media::upload_offset, media::append_upload, media::delete_upload))
+        .routes(routes!(media::get))
+        .routes(routes!(media::content))
+        .routes(routes!(media::thumbnail))
+        .routes(routes!(invitations::list))
+        .routes(routes!(invitations::decline))
+        .routes(routes!(invitations::accept))
+        .routes(routes!(conversations::sync))
+        .routes(routes!(sse::events))
+        .routes(routes!(poll::poll))
+        .routes(routes!(ephemeral::subscribe_presence))
+        .routes(routes!(ephemeral::set_status))
+        .routes(routes!(admin::report))
+        .routes(routes!(admin::users))
+        .routes(routes!(admin::suspend))
+        .routes(routes!(admin::restore))
+        .routes(routes!(admin::remove_message))
+        .routes(routes!(admin::reports))
+        .routes(routes!(admin::resolve))
+        .routes(routes!(admin::audit))
+        .split_for_parts();
+    let doc = OpenApiJson(Arc::from(openapi::document(doc)));
     Router::new()
         .route("/", get(webapp::index))
         .route("/app/{file}", get(webapp::file))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/accounts", post(accounts::register))
-        .route("/v1/sessions", post(accounts::login))
-        .route("/v1/sessions/current", axum::routing::delete(accounts::logout))
-        .route("/v1/tickets", post(accounts::ticket))
-        .route("/v1/me", get(accounts::me).delete(accounts::delete_account))
-        .route("/v1/me/profile", axum::routing::patch(accounts::set_profile))
-        .route("/v1/me/devices", get(accounts::devices))
-        .route("/v1/me/devices/{id}", axum::routing::delete(accounts::revoke_device))
-        .route("/v1/me/password", put(accounts::change_password))
-        .route("/v1/me/export", get(export::export))
-        .route("/v1/search", get(search::search))
-        .route("/v1/push/config", get(push::config))
-        .route("/v1/me/email", put(email::set))
-        .route("/v1/me/email/digests", put(email::digests))
-        .route("/v1/email/verify", get(email::verify))
-        .route("/v1/email/unsubscribe", get(email::unsubscribe_page).post(email::unsubscribe))
-        .route("/v1/me/push", post(push::register).get(push::list))
-        .route("/v1/me/push/{id}", axum::routing::delete(push::unregister))
-        .route("/v1/me/notifications", put(push::dnd))
-        .route("/v1/conversations/{id}/notifications", put(push::mute))
-        .route("/v1/me/blocks", get(blocks::list))
-        .route("/v1/me/blocks/{id}", put(blocks::block).delete(blocks::unblock))
-        .route("/v1/users", get(accounts::users))
-        .route("/v1/users/{handle}", get(accounts::user))
-        .route("/v1/conversations", post(conversations::create).get(conversations::list))
-        .route("/v1/conversations/{id}", get(conversations::get).patch(conversations::update))
-        .route(
-            "/v1/conversations/{id}/members",
-            get(conversations::members).post(conversations::add_member),
-        )
-        .route(
-            "/v1/conversations/{id}/members/{user_id}",
-            axum::routing::patch(conversations::update_member).delete(conversations::remove_member),
-        )
-        .route(
-            "/v1/conversations/{id}/entries",
-            get(conversations::history).post(conversations::post_entry),
-        )
-        .route("/v1/conversations/{id}/settings", put(moderation::settings))
-        .route(
-            "/v1/conversations/{id}/members/{user_id}/mute",
-            put(moderation::mute).delete(moderation::unmute),
-        )
-        .route("/v1/conversations/{id}/bans", get(moderation::bans))
-        .route(
-            "/v1/conversations/{id}/bans/{user_id}",
-            put(moderation::ban).delete(moderation::unban),
-        )
-        .route("/v1/conversations/{id}/cursors", put(conversations::set_cursors))
-        .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
-        .route("/v1/conversations/{id}/typing", post(ephemeral::typing))
-        .route("/v1/media", post(media::upload))
-        .route("/v1/media/uploads", post(media::create_upload))
-        .route(
-            "/v1/media/uploads/{id}",
-            axum::routing::head(media::upload_offset)
-                .patch(media::append_upload)
-                .delete(media::delete_upload),
-        )
-        .route("/v1/media/{id}", get(media::get))
-        .route("/v1/media/{id}/content", get(media::content))
-        .route("/v1/media/{id}/thumbnail", get(media::thumbnail))
-        .route("/v1/invitations", get(invitations::list))
-        .route("/v1/invitations/{id}", axum::routing::delete(invitations::decline))
-        .route("/v1/invitations/{id}/accept", post(invitations::accept))
-        .route("/v1/sync", post(conversations::sync))
-        .route("/v1/events", get(sse::events))
-        .route("/v1/poll", post(poll::poll))
-        .route("/v1/streams/{id}/presence", put(ephemeral::subscribe_presence))
-        .route("/v1/streams/{id}/status", put(ephemeral::set_status))
-        .route("/v1/reports", post(admin::report))
-        .route("/v1/admin/users", get(admin::users))
-        .route("/v1/admin/users/{id}/suspend", post(admin::suspend))
-        .route("/v1/admin/users/{id}/restore", post(admin::restore))
-        .route(
-            "/v1/admin/conversations/{id}/entries/{seq}",
-            axum::routing::delete(admin::remove_message),
-        )
-        .route("/v1/admin/reports", get(admin::reports))
-        .route("/v1/admin/reports/{id}/resolve", post(admin::resolve))
-        .route("/v1/admin/audit", get(admin::audit))
+        .merge(api)
         .fallback(|| async { admin::no_such_route() })
         .layer(axum::middleware::from_fn(observe_request))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(polls))
+        .layer(Extension(doc))
         .layer(cors(state.cfg()))
         .with_state(state)
+}
+
+/// The rendered OpenAPI document.
+#[derive(Clone)]
+struct OpenApiJson(Arc<str>);
+
+/// This API's description.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "operations",
+    security(()),
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc.0.to_string()).into_response()
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    security(()),
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// CORS for web apps on other origins: those of `allowed_origins` (the list that also lets
@@ -222,6 +235,14 @@ async fn observe_request(req: axum::extract::Request, next: axum::middleware::Ne
 }
 
 /// Ready when the store answers a read, and not draining.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "draining, or the store does not answer", body = String, content_type = "text/plain"),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.draining().is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
@@ -234,6 +255,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /metrics`, for callers with `Authorization: Bearer <metrics_token>`; off (404)
 /// without a configured token.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    security(("metrics" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(want) = &state.cfg().metrics_token else {
         return ApiError::new(ErrorCode::NotFound, "metrics are off: set metrics_token")

@@ -6,6 +6,7 @@ pub(crate) mod dispatch;
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::response::{IntoResponse, Response};
@@ -15,15 +16,24 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// `GET /v1/ws`.
+/// `GET /v1/ws`: the WebSocket (docs/protocol.md). A token in `Authorization` authenticates
+/// the upgrade; without one, the first frame must be an `auth` frame.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "live",
+    security(("bearer" = []), ()),
+    responses((status = 101, description = "switched to the WebSocket protocol"))
+)]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !origin_allowed(&state, &headers) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
+    let Ok(ws) = ws else {
+        return ApiError::bad_request("not a WebSocket upgrade").into_response();
+    };
     // A header, when present, must be valid: no silent fallback to frame auth.
     let principal = match headers.get(AUTHORIZATION) {
         None => None,

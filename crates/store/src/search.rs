@@ -276,16 +276,20 @@ impl Cursor {
     pub(crate) fn parse(text: Option<&str>, order: crate::SearchOrder) -> Result<Option<Cursor>> {
         let Some(text) = text else { return Ok(None) };
         let bad = || StoreError::BadRequest("not a cursor of this search".into());
-        let nums: Vec<i64> = text[1..]
+        // A client's text, not only ours: the kind is one ASCII letter, whatever follows.
+        let mut chars = text.chars();
+        let kind = chars.next();
+        let nums: Vec<i64> = chars
+            .as_str()
             .split(':')
             .map(str::parse)
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| bad())?;
-        match (text.as_bytes().first(), nums.as_slice(), order) {
-            (Some(b'n'), [ts, conversation, seq], crate::SearchOrder::Newest) => {
+        match (kind, nums.as_slice(), order) {
+            (Some('n'), [ts, conversation, seq], crate::SearchOrder::Newest) => {
                 Ok(Some(Cursor::Newest { ts: *ts, conversation: *conversation, seq: *seq }))
             }
-            (Some(b'r'), [offset], crate::SearchOrder::Relevance)
+            (Some('r'), [offset], crate::SearchOrder::Relevance)
                 if (0..=MAX_RELEVANCE_OFFSET).contains(offset) =>
             {
                 Ok(Some(Cursor::Relevance { offset: *offset }))
@@ -381,6 +385,26 @@ pub fn snippet(text: &str, query: &Query) -> Vec<(String, bool)> {
 mod tests {
     use super::*;
     use natter_proto::ConversationId;
+
+    #[test]
+    fn cursors_of_any_text_parse_or_are_refused() {
+        use crate::SearchOrder::{Newest, Relevance};
+        assert_eq!(
+            Cursor::parse(Some("n5:2:7"), Newest).unwrap(),
+            Some(Cursor::Newest { ts: 5, conversation: 2, seq: 7 })
+        );
+        assert_eq!(
+            Cursor::parse(Some("r40"), Relevance).unwrap(),
+            Some(Cursor::Relevance { offset: 40 })
+        );
+        // Found by schemathesis: a first character of more than one byte panicked the reader.
+        for text in ["", "\u{9b}1", "µ5:2:7", "né:1:1", "n5:2", "r40", "x1"] {
+            assert!(
+                matches!(Cursor::parse(Some(text), Newest), Err(StoreError::BadRequest(_))),
+                "{text:?}"
+            );
+        }
+    }
 
     #[test]
     fn doc_ids_pack_conversation_and_seq_and_refuse_what_does_not_fit() {

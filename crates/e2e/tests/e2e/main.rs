@@ -25,6 +25,7 @@ mod limits;
 mod media;
 mod media_resume;
 mod media_s3;
+mod openapi;
 mod operations;
 mod ordering;
 mod presence;

@@ -16,6 +16,12 @@ use crate::state::AppState;
 use crate::{cluster, session};
 
 /// `POST /v1/accounts`.
+#[utoipa::path(
+    post, path = "/v1/accounts", tag = "accounts",
+    security(()),
+    request_body = Credentials,
+    responses((status = 201, description = "registered", body = User))
+)]
 pub(super) async fn register(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -33,6 +39,12 @@ pub(super) async fn register(
 
 /// `POST /v1/sessions`: refused before any hashing while the address or the handle backs
 /// off; an unknown handle costs one hash like a known one and answers the same.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "accounts",
+    security(()),
+    request_body = Credentials,
+    responses((status = 201, description = "logged in: the token", body = Session))
+)]
 pub(super) async fn login(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -77,6 +89,10 @@ pub(super) async fn login(
 /// `DELETE /v1/sessions/current`: the token stops working, and every session opened with
 /// it ends (WebSocket close 4001, SSE end of stream, long-poll stream gone), here at once
 /// and on the other nodes through the bus.
+#[utoipa::path(
+    delete, path = "/v1/sessions/current", tag = "accounts",
+    responses((status = 204, description = "the token used is revoked"))
+)]
 pub(super) async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
     state.store().delete_device(auth.token_hash).await?;
     end_device(&state, auth.principal.user_id, auth.principal.device_id).await;
@@ -95,6 +111,10 @@ pub(super) async fn end_device(
 }
 
 /// `GET /v1/me/devices`: the caller's logins with their last use.
+#[utoipa::path(
+    get, path = "/v1/me/devices", tag = "accounts",
+    responses((status = 200, description = "your logins", body = natter_proto::rest::Devices))
+)]
 pub(super) async fn devices(
     State(state): State<AppState>,
     auth: Auth,
@@ -105,6 +125,11 @@ pub(super) async fn devices(
 
 /// `DELETE /v1/me/devices/{id}`: revokes one of the caller's logins (the current one too):
 /// its token stops working and its sessions end on every node.
+#[utoipa::path(
+    delete, path = "/v1/me/devices/{id}", tag = "accounts",
+    params(("id" = i64, Path, description = "the device id")),
+    responses((status = 204, description = "that login's token stops working"))
+)]
 pub(super) async fn revoke_device(
     State(state): State<AppState>,
     auth: Auth,
@@ -120,6 +145,11 @@ pub(super) async fn revoke_device(
 /// `PUT /v1/me/password`: the current password, then the new one under the same rules as
 /// at registration. Every other device of the account is logged out (its sessions end on
 /// every node); the one asking stays.
+#[utoipa::path(
+    put, path = "/v1/me/password", tag = "accounts",
+    request_body = natter_proto::rest::ChangePassword,
+    responses((status = 204, description = "changed; other devices are logged out"))
+)]
 pub(super) async fn change_password(
     State(state): State<AppState>,
     auth: Auth,
@@ -142,6 +172,11 @@ pub(super) async fn change_password(
 /// `DELETE /v1/me`: deletes the caller's account after checking the password (as a login
 /// would, back-off included). Every session of it ends on every node; its messages stay,
 /// from a user shown as deleted; its handle is free again after `deleted_handle_grace_secs`.
+#[utoipa::path(
+    delete, path = "/v1/me", tag = "accounts",
+    request_body = natter_proto::rest::DeleteAccount,
+    responses((status = 204, description = "the account is deleted"))
+)]
 pub(super) async fn delete_account(
     State(state): State<AppState>,
     auth: Auth,
@@ -186,6 +221,10 @@ async fn check_current_password(
 
 /// `POST /v1/tickets`: a ticket for `GET /v1/events?ticket=` (a browser's `EventSource`
 /// cannot send an `Authorization` header), good for one use within 30 s (`auth/ticket.rs`).
+#[utoipa::path(
+    post, path = "/v1/tickets", tag = "accounts",
+    responses((status = 201, description = "a one-use ticket for `GET /v1/events`", body = natter_proto::rest::Ticket))
+)]
 pub(super) async fn ticket(
     State(state): State<AppState>,
     auth: Auth,
@@ -195,6 +234,10 @@ pub(super) async fn ticket(
     Ok((StatusCode::CREATED, Json(natter_proto::rest::Ticket { ticket, expires_in_ms })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/me", tag = "accounts",
+    responses((status = 200, description = "the caller", body = Me))
+)]
 pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Me>> {
     let p = auth.principal;
     let handle =
@@ -211,7 +254,8 @@ pub(super) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<J
 /// Most ids one `GET /v1/users?ids=` looks up.
 const MAX_USER_IDS: usize = 100;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UsersQuery {
     ids: Option<String>,
     q: Option<String>,
@@ -221,6 +265,11 @@ pub(super) struct UsersQuery {
 /// `GET /v1/users?ids=1,2,3`: profiles by id (a client rendering a member list or a
 /// conversation's senders), those that exist, in the order asked; at most 100 ids.
 /// `GET /v1/users?q=…&limit=`: a search (see [`search`]).
+#[utoipa::path(
+    get, path = "/v1/users", tag = "accounts",
+    params(UsersQuery),
+    responses((status = 200, description = "the users asked for, or found", body = natter_proto::rest::Users))
+)]
 pub(super) async fn users(
     State(state): State<AppState>,
     auth: Auth,
@@ -251,6 +300,11 @@ pub(super) async fn users(
 }
 
 /// Looks a user up by handle, to start a conversation with them.
+#[utoipa::path(
+    get, path = "/v1/users/{handle}", tag = "accounts",
+    params(("handle" = String, Path, description = "the handle")),
+    responses((status = 200, description = "the user", body = User))
+)]
 pub(super) async fn user(
     State(state): State<AppState>,
     _auth: Auth,
@@ -298,6 +352,11 @@ async fn search(
 /// `PATCH /v1/me/profile`: sets the display name and the status text (an absent field
 /// stays, an empty one is cleared), then tells the caller's sessions and those of everyone
 /// who shares a conversation with them (a `profile` frame, on every node).
+#[utoipa::path(
+    patch, path = "/v1/me/profile", tag = "accounts",
+    request_body = ProfileUpdate,
+    responses((status = 200, description = "the profile as it is now", body = User))
+)]
 pub(super) async fn set_profile(
     State(state): State<AppState>,
     auth: Auth,

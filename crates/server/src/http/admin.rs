@@ -69,6 +69,11 @@ fn page(limit: Option<u32>) -> u32 {
 
 /// `POST /v1/reports`: any member reports a message of their conversation, or a user who
 /// shares a conversation with them; rate-limited (`reports_per_hour`).
+#[utoipa::path(
+    post, path = "/v1/reports", tag = "moderation",
+    request_body = NewReport,
+    responses((status = 201, description = "the report is queued", body = ReportId))
+)]
 pub(super) async fn report(
     State(state): State<AppState>,
     auth: Auth,
@@ -91,7 +96,8 @@ pub(super) async fn report(
     Ok((StatusCode::CREATED, Json(ReportId { id })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UsersQuery {
     q: Option<String>,
     after: Option<i64>,
@@ -100,6 +106,11 @@ pub(super) struct UsersQuery {
 
 /// `GET /v1/admin/users?q=&after=&limit=`: everyone (deleted accounts too), by id; `q`
 /// keeps those whose handle or display name starts with it.
+#[utoipa::path(
+    get, path = "/v1/admin/users", tag = "admin",
+    params(UsersQuery),
+    responses((status = 200, description = "a page of accounts", body = AdminUsers))
+)]
 pub(super) async fn users(
     State(state): State<AppState>,
     _admin: Admin,
@@ -119,6 +130,12 @@ pub(super) async fn users(
 /// `POST /v1/admin/users/{id}/suspend`: for `for_secs`, or a ban without it. Every login of
 /// the user ends (their sessions close on every node) and logins are refused until it ends;
 /// with `remove_messages`, each of their messages is removed as by a moderator.
+#[utoipa::path(
+    post, path = "/v1/admin/users/{id}/suspend", tag = "admin",
+    params(("id" = i64, Path, description = "the user id")),
+    request_body = Suspend,
+    responses((status = 200, description = "suspended (or banned)", body = Suspended))
+)]
 pub(super) async fn suspend(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -154,6 +171,11 @@ pub(super) async fn suspend(
 }
 
 /// `POST /v1/admin/users/{id}/restore`: lifts a suspension or ban.
+#[utoipa::path(
+    post, path = "/v1/admin/users/{id}/restore", tag = "admin",
+    params(("id" = i64, Path, description = "the user id")),
+    responses((status = 204, description = "the suspension is lifted"))
+)]
 pub(super) async fn restore(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -165,6 +187,11 @@ pub(super) async fn restore(
 
 /// `DELETE /v1/admin/conversations/{id}/entries/{seq}`: removes a message of any
 /// conversation.
+#[utoipa::path(
+    delete, path = "/v1/admin/conversations/{id}/entries/{seq}", tag = "admin",
+    params(("id" = i64, Path, description = "the conversation's id"), ("seq" = u64, Path, description = "the message's seq")),
+    responses((status = 200, description = "the `delete` entry", body = Ack))
+)]
 pub(super) async fn remove_message(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -175,7 +202,8 @@ pub(super) async fn remove_message(
     Ok(Json(state.store().remove_message(admin, ConversationId(conv), seq).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     status: Option<String>,
     before: Option<i64>,
@@ -183,6 +211,11 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /v1/admin/reports?status=open&before=&limit=`: the moderation queue, newest first.
+#[utoipa::path(
+    get, path = "/v1/admin/reports", tag = "admin",
+    params(ListQuery),
+    responses((status = 200, description = "a page of reports, newest first", body = Reports))
+)]
 pub(super) async fn reports(
     State(state): State<AppState>,
     _admin: Admin,
@@ -203,6 +236,12 @@ pub(super) async fn reports(
 }
 
 /// `POST /v1/admin/reports/{id}/resolve` `{status: resolved|dismissed, note?}`.
+#[utoipa::path(
+    post, path = "/v1/admin/reports/{id}/resolve", tag = "admin",
+    params(("id" = i64, Path, description = "the report id")),
+    request_body = ResolveReport,
+    responses((status = 204, description = "resolved"))
+)]
 pub(super) async fn resolve(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -216,11 +255,24 @@ pub(super) async fn resolve(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
+    /// `next` of the previous page.
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
 /// `GET /v1/admin/audit?before=&limit=`: every administrator's action, newest first.
+#[utoipa::path(
+    get, path = "/v1/admin/audit", tag = "admin",
+    params(AuditQuery),
+    responses((status = 200, description = "a page of the audit log, newest first", body = AuditLog))
+)]
 pub(super) async fn audit(
     State(state): State<AppState>,
     _admin: Admin,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Json<AuditLog>> {
     let Query(q) = query?;
     let limit = page(q.limit);

@@ -15,6 +15,10 @@ use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
+#[utoipa::path(
+    get, path = "/v1/me/blocks", tag = "blocking",
+    responses((status = 200, description = "whom you block", body = Blocks))
+)]
 pub(super) async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Blocks>> {
     let blocked = state.store().blocks(auth.principal.user_id).await?;
     Ok(Json(Blocks { blocked }))
@@ -22,6 +26,11 @@ pub(super) async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult
 
 /// Blocks the user (again: nothing changes); `not_found` for an unknown or deleted user,
 /// `conflict` past `max_blocks`.
+#[utoipa::path(
+    put, path = "/v1/me/blocks/{id}", tag = "blocking",
+    params(("id" = i64, Path, description = "the user id")),
+    responses((status = 204, description = "blocked"))
+)]
 pub(super) async fn block(
     State(state): State<AppState>,
     auth: Auth,
@@ -34,6 +43,11 @@ pub(super) async fn block(
 }
 
 /// Unblocks the user (whether they were blocked or not).
+#[utoipa::path(
+    delete, path = "/v1/me/blocks/{id}", tag = "blocking",
+    params(("id" = i64, Path, description = "the user id")),
+    responses((status = 204, description = "not blocked"))
+)]
 pub(super) async fn unblock(
     State(state): State<AppState>,
     auth: Auth,

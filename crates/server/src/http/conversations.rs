@@ -43,6 +43,11 @@ fn check_title(state: &AppState, title: &str) -> ApiResult<()> {
 
 /// A direct conversation (the existing one: `200`), or a group whose members are the
 /// caller's contacts named in `members`; the others named are invited (`invited`).
+#[utoipa::path(
+    post, path = "/v1/conversations", tag = "conversations",
+    request_body = CreateConversation,
+    responses((status = 201, description = "created", body = CreatedConversation), (status = 200, description = "the existing direct conversation", body = CreatedConversation))
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -88,13 +93,19 @@ pub(super) async fn create(
     Ok((status, Json(CreatedConversation { conversation, invited })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     limit: Option<u32>,
     /// `next` of the previous page: `{last_activity}:{id}`.
     before: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/conversations", tag = "conversations",
+    params(ListQuery),
+    responses((status = 200, description = "most recent activity first", body = ConversationPage))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -120,6 +131,11 @@ pub(super) async fn list(
     Ok(Json(ConversationPage { conversations, next }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    responses((status = 200, description = "the summary", body = ConversationSummary))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -130,6 +146,12 @@ pub(super) async fn get(
     Ok(Json(summary))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/conversations/{id}", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = UpdateConversation,
+    responses((status = 200, description = "the `title_changed` entry", body = Ack))
+)]
 pub(super) async fn update(
     State(state): State<AppState>,
     auth: Auth,
@@ -148,6 +170,11 @@ async fn require_member(state: &AppState, user: UserId, conv: ConversationId) ->
     state.store().role(user, conv).await?.ok_or_else(|| ApiError::not_found("conversation"))
 }
 
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}/members", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    responses((status = 200, description = "the members", body = Vec<Member>))
+)]
 pub(super) async fn members(
     State(state): State<AppState>,
     auth: Auth,
@@ -160,6 +187,12 @@ pub(super) async fn members(
 
 /// `201` with the ack of `member_added` for a contact of the caller; `202` with the
 /// invitation for anyone else.
+#[utoipa::path(
+    post, path = "/v1/conversations/{id}/members", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = AddMember,
+    responses((status = 201, description = "the `member_added` entry", body = Ack), (status = 202, description = "invited", body = natter_proto::rest::AddedMember))
+)]
 pub(super) async fn add_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -180,6 +213,12 @@ pub(super) async fn add_member(
     })
 }
 
+#[utoipa::path(
+    patch, path = "/v1/conversations/{id}/members/{user_id}", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id"), ("user_id" = i64, Path, description = "the member's user id")),
+    request_body = UpdateMember,
+    responses((status = 200, description = "the `role_changed` entry", body = Ack))
+)]
 pub(super) async fn update_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -195,6 +234,11 @@ pub(super) async fn update_member(
 }
 
 /// Removes a member, or leaves when the member is the caller.
+#[utoipa::path(
+    delete, path = "/v1/conversations/{id}/members/{user_id}", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id"), ("user_id" = i64, Path, description = "the member's user id")),
+    responses((status = 200, description = "the `member_removed` entry", body = Ack))
+)]
 pub(super) async fn remove_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -207,13 +251,19 @@ pub(super) async fn remove_member(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct HistoryQuery {
     before: Option<Seq>,
     after: Option<Seq>,
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}/entries", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id"), HistoryQuery),
+    responses((status = 200, description = "a page of the log", body = EntryPage))
+)]
 pub(super) async fn history(
     State(state): State<AppState>,
     auth: Auth,
@@ -228,6 +278,12 @@ pub(super) async fn history(
 }
 
 /// Appends an entry; the same ack and idempotency as the WebSocket `send`.
+#[utoipa::path(
+    post, path = "/v1/conversations/{id}/entries", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = PostEntry,
+    responses((status = 201, description = "committed (or committed before, with the same `client_msg_id`)", body = Ack))
+)]
 pub(super) async fn post_entry(
     State(state): State<AppState>,
     auth: Auth,
@@ -251,6 +307,12 @@ pub(super) async fn post_entry(
     .await
 }
 
+#[utoipa::path(
+    put, path = "/v1/conversations/{id}/cursors", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = SetCursors,
+    responses((status = 204, description = "moved"))
+)]
 pub(super) async fn set_cursors(
     State(state): State<AppState>,
     auth: Auth,
@@ -263,6 +325,11 @@ pub(super) async fn set_cursors(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}/receipts", tag = "conversations",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    responses((status = 200, description = "every member's cursors", body = Receipts))
+)]
 pub(super) async fn receipts(
     State(state): State<AppState>,
     auth: Auth,
@@ -285,6 +352,11 @@ pub(super) async fn receipts(
     Ok(Json(Receipts { receipts }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/sync", tag = "conversations",
+    request_body = SyncRequest,
+    responses((status = 200, description = "what is new after the cursors", body = SyncResponse))
+)]
 pub(super) async fn sync(
     State(state): State<AppState>,
     auth: Auth,

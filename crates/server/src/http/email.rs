@@ -27,6 +27,11 @@ fn mailer(state: &AppState) -> ApiResult<&Email> {
 }
 
 /// `PUT /v1/me/email`.
+#[utoipa::path(
+    put, path = "/v1/me/email", tag = "email",
+    request_body = EmailUpdate,
+    responses((status = 202, description = "on file, a verification link was mailed"), (status = 204, description = "on file and verified already, or removed"))
+)]
 pub(super) async fn set(
     State(state): State<AppState>,
     auth: Auth,
@@ -56,6 +61,11 @@ pub(super) async fn set(
 }
 
 /// `PUT /v1/me/email/digests`.
+#[utoipa::path(
+    put, path = "/v1/me/email/digests", tag = "email",
+    request_body = DigestsSetting,
+    responses((status = 204, description = "set"))
+)]
 pub(super) async fn digests(
     State(state): State<AppState>,
     auth: Auth,
@@ -68,7 +78,8 @@ pub(super) async fn digests(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Link {
     user: i64,
     email: String,
@@ -101,6 +112,12 @@ fn checked(
 }
 
 /// `GET /v1/email/verify`.
+#[utoipa::path(
+    get, path = "/v1/email/verify", tag = "email",
+    security(()),
+    params(Link),
+    responses((status = 200, description = "confirmed", body = String, content_type = "text/html"), (status = 403, description = "the link is not valid or has expired", body = String, content_type = "text/html"), (status = 410, description = "the address is no longer on file", body = String, content_type = "text/html"))
+)]
 pub(super) async fn verify(
     State(state): State<AppState>,
     link: Result<Query<Link>, QueryRejection>,
@@ -113,6 +130,12 @@ pub(super) async fn verify(
 }
 
 /// `GET /v1/email/unsubscribe`: a button that posts the same link.
+#[utoipa::path(
+    get, path = "/v1/email/unsubscribe", tag = "email",
+    security(()),
+    params(Link),
+    responses((status = 200, description = "a page asking to confirm", body = String, content_type = "text/html"), (status = 403, description = "the link is not valid or has expired", body = String, content_type = "text/html"))
+)]
 pub(super) async fn unsubscribe_page(
     State(state): State<AppState>,
     link: Result<Query<Link>, QueryRejection>,
@@ -131,6 +154,12 @@ pub(super) async fn unsubscribe_page(
 }
 
 /// `POST /v1/email/unsubscribe` (RFC 8058 one-click).
+#[utoipa::path(
+    post, path = "/v1/email/unsubscribe", tag = "email",
+    security(()),
+    params(Link),
+    responses((status = 200, description = "unsubscribed", body = String, content_type = "text/html"), (status = 403, description = "the link is not valid or has expired", body = String, content_type = "text/html"))
+)]
 pub(super) async fn unsubscribe(
     State(state): State<AppState>,
     link: Result<Query<Link>, QueryRejection>,

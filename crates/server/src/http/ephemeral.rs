@@ -17,6 +17,12 @@ use crate::handlers::presence;
 use crate::state::AppState;
 
 /// `POST /v1/conversations/{id}/typing`.
+#[utoipa::path(
+    post, path = "/v1/conversations/{id}/typing", tag = "live",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = Typing,
+    responses((status = 204, description = "told the members"))
+)]
 pub(super) async fn typing(
     State(state): State<AppState>,
     auth: Auth,
@@ -30,6 +36,12 @@ pub(super) async fn typing(
 }
 
 /// `PUT /v1/streams/{id}/presence`.
+#[utoipa::path(
+    put, path = "/v1/streams/{id}/presence", tag = "live",
+    params(("id" = u64, Path, description = "the stream's session id (`stream` of `POST /v1/poll`, the SSE `hello`)")),
+    request_body = PresenceSubscription,
+    responses((status = 200, description = "subscribed", body = PresenceSubscribed))
+)]
 pub(super) async fn subscribe_presence(
     State(state): State<AppState>,
     auth: Auth,
@@ -44,6 +56,12 @@ pub(super) async fn subscribe_presence(
 }
 
 /// `PUT /v1/streams/{id}/status`.
+#[utoipa::path(
+    put, path = "/v1/streams/{id}/status", tag = "live",
+    params(("id" = u64, Path, description = "the stream's session id (`stream` of `POST /v1/poll`, the SSE `hello`)")),
+    request_body = SetStatus,
+    responses((status = 204, description = "set"))
+)]
 pub(super) async fn set_status(
     State(state): State<AppState>,
     auth: Auth,

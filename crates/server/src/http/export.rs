@@ -37,6 +37,10 @@ enum Part {
     Done,
 }
 
+#[utoipa::path(
+    get, path = "/v1/me/export", tag = "accounts",
+    responses((status = 200, description = "your data as one JSON archive (a download)", body = Object, content_type = "application/json"))
+)]
 pub(super) async fn export(State(state): State<AppState>, auth: Auth) -> ApiResult<Response> {
     let me = auth.principal.user_id;
     state.rate().check(crate::rate::Action::Export, me)?;

@@ -20,6 +20,10 @@ use crate::error::ApiResult;
 use crate::state::AppState;
 
 /// `GET /v1/invitations`: the caller's pending invitations, oldest first.
+#[utoipa::path(
+    get, path = "/v1/invitations", tag = "invitations",
+    responses((status = 200, description = "your pending invitations", body = Invitations))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -30,6 +34,11 @@ pub(super) async fn list(
 
 /// `POST /v1/invitations/{id}/accept`: the caller joins the group (`201` with the ack of the
 /// `member_added` entry they send).
+#[utoipa::path(
+    post, path = "/v1/invitations/{id}/accept", tag = "invitations",
+    params(("id" = i64, Path, description = "the group id")),
+    responses((status = 201, description = "the `member_added` entry", body = Ack))
+)]
 pub(super) async fn accept(
     State(state): State<AppState>,
     auth: Auth,
@@ -41,6 +50,11 @@ pub(super) async fn accept(
 }
 
 /// `DELETE /v1/invitations/{id}`: the caller declines (`204`); nobody is told.
+#[utoipa::path(
+    delete, path = "/v1/invitations/{id}", tag = "invitations",
+    params(("id" = i64, Path, description = "the group id")),
+    responses((status = 204, description = "declined"))
+)]
 pub(super) async fn decline(
     State(state): State<AppState>,
     auth: Auth,

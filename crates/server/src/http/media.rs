@@ -33,12 +33,19 @@ use crate::state::AppState;
 const UPLOAD_OFFSET: &str = "upload-offset";
 const UPLOAD_LENGTH: &str = "upload-length";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UploadQuery {
     filename: Option<String>,
 }
 
 /// `POST /v1/media?filename=..`: the body is the file. Answers `201` with the stored media.
+#[utoipa::path(
+    post, path = "/v1/media", tag = "media",
+    params(UploadQuery),
+    request_body(content = super::openapi::Binary, content_type = "application/octet-stream", description = "the file"),
+    responses((status = 201, description = "stored", body = Uploaded))
+)]
 pub(super) async fn upload(
     State(state): State<AppState>,
     auth: Auth,
@@ -93,6 +100,11 @@ pub(super) async fn upload(
 }
 
 /// `POST /v1/media/uploads` `{length, content_type?, name?}`: opens a resumable upload.
+#[utoipa::path(
+    post, path = "/v1/media/uploads", tag = "media",
+    request_body = NewUpload,
+    responses((status = 201, description = "started", body = UploadCreated, headers(("Location" = String, description = "the upload's URL"), ("Upload-Offset" = u64, description = "0"))))
+)]
 pub(super) async fn create_upload(
     State(state): State<AppState>,
     auth: Auth,
@@ -121,6 +133,11 @@ pub(super) async fn create_upload(
 }
 
 /// `HEAD /v1/media/uploads/{id}`: where the upload stands (`Upload-Offset`).
+#[utoipa::path(
+    head, path = "/v1/media/uploads/{id}", tag = "media",
+    params(("id" = String, Path, description = "the upload id")),
+    responses((status = 200, description = "how far it is", headers(("Upload-Offset" = u64, description = "the bytes received"), ("Upload-Length" = u64, description = "the bytes to come in all"))))
+)]
 pub(super) async fn upload_offset(
     State(state): State<AppState>,
     auth: Auth,
@@ -140,6 +157,12 @@ pub(super) async fn upload_offset(
 /// `PATCH /v1/media/uploads/{id}` with `Upload-Offset` (what `HEAD` says): appends the
 /// body. `204` with the new `Upload-Offset`, or `201` and the stored media once the last
 /// byte arrived. A broken body keeps what arrived.
+#[utoipa::path(
+    patch, path = "/v1/media/uploads/{id}", tag = "media",
+    params(("id" = String, Path, description = "the upload id"), ("Upload-Offset" = u64, Header, description = "where these bytes start")),
+    request_body(content = super::openapi::Binary, content_type = "application/offset+octet-stream", description = "the next bytes"),
+    responses((status = 204, description = "appended", headers(("Upload-Offset" = u64, description = "the bytes received"))), (status = 201, description = "the last byte came: stored", body = Uploaded))
+)]
 pub(super) async fn append_upload(
     State(state): State<AppState>,
     auth: Auth,
@@ -214,6 +237,11 @@ pub(super) async fn append_upload(
 }
 
 /// `DELETE /v1/media/uploads/{id}`: abandons a resumable upload.
+#[utoipa::path(
+    delete, path = "/v1/media/uploads/{id}", tag = "media",
+    params(("id" = String, Path, description = "the upload id")),
+    responses((status = 204, description = "dropped"))
+)]
 pub(super) async fn delete_upload(
     State(state): State<AppState>,
     auth: Auth,
@@ -228,6 +256,11 @@ pub(super) async fn delete_upload(
 
 /// `GET /v1/media/{id}`: the media with fresh URLs, for its owner and for members of a
 /// conversation where it was posted.
+#[utoipa::path(
+    get, path = "/v1/media/{id}", tag = "media",
+    params(("id" = String, Path, description = "the media id")),
+    responses((status = 200, description = "the media, with signed URLs", body = Uploaded))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -238,7 +271,8 @@ pub(super) async fn get(
     Ok(Json(uploaded(state.media(), &record, me)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Signed {
     u: i64,
     e: i64,
@@ -246,6 +280,12 @@ pub(super) struct Signed {
 }
 
 /// `GET /v1/media/{id}/content?u=&e=&s=`: the bytes, to the reader the URL was signed for.
+#[utoipa::path(
+    get, path = "/v1/media/{id}/content", tag = "media",
+    security(()),
+    params(("id" = String, Path, description = "the media id"), Signed),
+    responses((status = 200, description = "the bytes", body = super::openapi::Binary, content_type = "*/*"), (status = 206, description = "the range asked for", body = super::openapi::Binary, content_type = "*/*"))
+)]
 pub(super) async fn content(
     state: State<AppState>,
     id: Path<String>,
@@ -256,6 +296,12 @@ pub(super) async fn content(
 }
 
 /// `GET /v1/media/{id}/thumbnail?u=&e=&s=`.
+#[utoipa::path(
+    get, path = "/v1/media/{id}/thumbnail", tag = "media",
+    security(()),
+    params(("id" = String, Path, description = "the media id"), Signed),
+    responses((status = 200, description = "the thumbnail", body = super::openapi::Binary, content_type = "*/*"), (status = 206, description = "the range asked for", body = super::openapi::Binary, content_type = "*/*"))
+)]
 pub(super) async fn thumbnail(
     state: State<AppState>,
     id: Path<String>,

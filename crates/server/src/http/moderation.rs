@@ -36,6 +36,12 @@ async fn change(
     Ok(Json(state.store().change_group(auth.principal.user_id, conv, change).await?))
 }
 
+#[utoipa::path(
+    put, path = "/v1/conversations/{id}/settings", tag = "moderation",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = GroupSettings,
+    responses((status = 200, description = "the `group_settings` entry", body = Ack))
+)]
 pub(super) async fn settings(
     State(state): State<AppState>,
     auth: Auth,
@@ -48,6 +54,12 @@ pub(super) async fn settings(
 }
 
 /// Mutes the member for `for_secs` from now (1 s to `max_mute_secs`).
+#[utoipa::path(
+    put, path = "/v1/conversations/{id}/members/{user_id}/mute", tag = "moderation",
+    params(("id" = i64, Path, description = "the conversation's id"), ("user_id" = i64, Path, description = "the member's user id")),
+    request_body = Mute,
+    responses((status = 200, description = "the `member_muted` entry", body = Ack))
+)]
 pub(super) async fn mute(
     State(state): State<AppState>,
     auth: Auth,
@@ -64,6 +76,11 @@ pub(super) async fn mute(
     change(&state, &auth, conv, GroupChange::Mute { user, until: Some(until) }).await
 }
 
+#[utoipa::path(
+    delete, path = "/v1/conversations/{id}/members/{user_id}/mute", tag = "moderation",
+    params(("id" = i64, Path, description = "the conversation's id"), ("user_id" = i64, Path, description = "the member's user id")),
+    responses((status = 200, description = "the `member_muted` entry without `until`", body = Ack))
+)]
 pub(super) async fn unmute(
     State(state): State<AppState>,
     auth: Auth,
@@ -74,6 +91,11 @@ pub(super) async fn unmute(
 }
 
 /// Removes the member and bans them.
+#[utoipa::path(
+    put, path = "/v1/conversations/{id}/bans/{user_id}", tag = "moderation",
+    params(("id" = i64, Path, description = "the conversation's id"), ("user_id" = i64, Path, description = "the member's user id")),
+    responses((status = 200, description = "the `member_removed` entry with `banned`", body = Ack))
+)]
 pub(super) async fn ban(
     State(state): State<AppState>,
     auth: Auth,
@@ -83,6 +105,11 @@ pub(super) async fn ban(
     change(&state, &auth, conv, GroupChange::Ban { user }).await
 }
 
+#[utoipa::path(
+    delete, path = "/v1/conversations/{id}/bans/{user_id}", tag = "moderation",
+    params(("id" = i64, Path, description = "the conversation's id"), ("user_id" = i64, Path, description = "the member's user id")),
+    responses((status = 204, description = "the ban is lifted"))
+)]
 pub(super) async fn unban(
     State(state): State<AppState>,
     auth: Auth,
@@ -95,6 +122,11 @@ pub(super) async fn unban(
 
 /// The group's bans, for its owner and admins (`forbidden` for a member, `not_found` for
 /// anyone else).
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}/bans", tag = "moderation",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    responses((status = 200, description = "the bans", body = Vec<Ban>))
+)]
 pub(super) async fn bans(
     State(state): State<AppState>,
     auth: Auth,

@@ -178,6 +178,11 @@ fn poll_stream(
 }
 
 /// `POST /v1/poll`.
+#[utoipa::path(
+    post, path = "/v1/poll", tag = "live",
+    request_body = PollRequest,
+    responses((status = 200, description = "events after the cursors, or none by the timeout", body = natter_proto::rest::PollResponse))
+)]
 pub(super) async fn poll(
     State(state): State<AppState>,
     Extension(streams): Extension<Arc<PollStreams>>,

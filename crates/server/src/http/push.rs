@@ -26,6 +26,10 @@ const MAX_KEY_BYTES: usize = 128;
 
 /// `GET /v1/push/config`: the providers this server pushes through, and the VAPID key a
 /// browser subscribes with.
+#[utoipa::path(
+    get, path = "/v1/push/config", tag = "push",
+    responses((status = 200, description = "the providers this server has on", body = PushConfig))
+)]
 pub(super) async fn config(State(state): State<AppState>, _auth: Auth) -> Json<PushConfig> {
     let push = state.push();
     Json(PushConfig {
@@ -34,6 +38,11 @@ pub(super) async fn config(State(state): State<AppState>, _auth: Auth) -> Json<P
     })
 }
 
+#[utoipa::path(
+    post, path = "/v1/me/push", tag = "push",
+    request_body = NewPushRegistration,
+    responses((status = 201, description = "registered: its id", body = ReportId))
+)]
 pub(super) async fn register(
     State(state): State<AppState>,
     auth: Auth,
@@ -64,6 +73,10 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, Json(ReportId { id })))
 }
 
+#[utoipa::path(
+    get, path = "/v1/me/push", tag = "push",
+    responses((status = 200, description = "your registrations", body = PushRegistrations))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -83,6 +96,11 @@ pub(super) async fn list(
     Ok(Json(PushRegistrations { registrations }))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/me/push/{id}", tag = "push",
+    params(("id" = i64, Path, description = "the registration id")),
+    responses((status = 204, description = "unregistered"))
+)]
 pub(super) async fn unregister(
     State(state): State<AppState>,
     auth: Auth,
@@ -97,6 +115,11 @@ fn until(req: &MuteNotifications) -> Option<i64> {
 }
 
 /// `PUT /v1/me/notifications`: do not disturb.
+#[utoipa::path(
+    put, path = "/v1/me/notifications", tag = "push",
+    request_body = MuteNotifications,
+    responses((status = 204, description = "set"))
+)]
 pub(super) async fn dnd(
     State(state): State<AppState>,
     auth: Auth,
@@ -108,6 +131,12 @@ pub(super) async fn dnd(
 }
 
 /// `PUT /v1/conversations/{id}/notifications`: one conversation's pushes.
+#[utoipa::path(
+    put, path = "/v1/conversations/{id}/notifications", tag = "push",
+    params(("id" = i64, Path, description = "the conversation's id")),
+    request_body = MuteNotifications,
+    responses((status = 204, description = "set"))
+)]
 pub(super) async fn mute(
     State(state): State<AppState>,
     auth: Auth,

@@ -23,7 +23,8 @@ use crate::state::AppState;
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 50;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Params {
     q: String,
     conversation: Option<i64>,
@@ -36,6 +37,11 @@ pub(super) struct Params {
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/search", tag = "search",
+    params(Params),
+    responses((status = 200, description = "the hits", body = SearchResults))
+)]
 pub(super) async fn search(
     State(state): State<AppState>,
     auth: Auth,

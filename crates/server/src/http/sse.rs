@@ -47,7 +47,8 @@ pub(super) fn entry_frames(convs: Vec<SyncConversation>, out: &mut Vec<Produced>
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
     /// Starting cursors (`conv:seq,…`); `Last-Event-ID` takes precedence on reconnects.
     cursors: Option<String>,
@@ -56,6 +57,12 @@ pub(super) struct EventsQuery {
 
 /// `GET /v1/events`: the live stream as Server-Sent Events. Each event's data is one frame
 /// exactly as on the WebSocket; entry events carry the cursor map as their id.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "live",
+    security(("bearer" = []), ("ticket" = [])),
+    params(EventsQuery),
+    responses((status = 200, description = "the live stream as Server-Sent Events", body = String, content_type = "text/event-stream"))
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     auth: Auth,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use natter_proto::{ClientFrame, ConversationId, EntryBody, Seq, ServerFrame, UserId};
+use natter_wsdeflate::MaybeDeflate;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -24,7 +25,7 @@ use crate::check::{self, AckSum, Track};
 use crate::run::{Event, Phase, Shared, Storm};
 use crate::stats::{instant_of, now_ns, ns_of};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<MaybeDeflate<TcpStream>>;
 
 /// Request ids of syncs (sends use their message number).
 const SYNC_REQ_BASE: u64 = 1 << 60;
@@ -214,7 +215,7 @@ impl Conn {
                     }
                     if let Some(offline) = self.apply(phase) {
                         // Abort: an RST, as a lost network or a killed app leaves it.
-                        let _ = ws.get_ref().set_zero_linger();
+                        let _ = ws.get_ref().get_ref().set_zero_linger();
                         drop(ws);
                         tokio::time::sleep(offline).await;
                         ws = self.resume().await?;
@@ -278,13 +279,31 @@ impl Conn {
         let handshake = async {
             let tcp = TcpStream::connect(addr).await.context("tcp connect")?;
             tcp.set_nodelay(true)?;
-            let mut req = url.into_client_request()?;
             let bearer = format!("Bearer {}", self.plan.token);
-            req.headers_mut().insert("authorization", bearer.parse()?);
-            let (mut ws, _) =
-                tokio_tungstenite::client_async_with_config(req, tcp, Some(self.sh.ws_config))
-                    .await
-                    .context("websocket handshake")?;
+            let mut ws = if self.sh.deflate {
+                let (ws, _) = natter_wsdeflate::client::connect(
+                    tcp,
+                    addr,
+                    "/v1/ws?compress=deflate",
+                    &[("Authorization", &bearer)],
+                    natter_wsdeflate::DeflateConfig::default(),
+                    Some(self.sh.ws_config),
+                )
+                .await
+                .context("websocket handshake with permessage-deflate")?;
+                ws
+            } else {
+                let mut req = url.into_client_request()?;
+                req.headers_mut().insert("authorization", bearer.parse()?);
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    req,
+                    MaybeDeflate::Plain(tcp),
+                    Some(self.sh.ws_config),
+                )
+                .await
+                .context("websocket handshake")?;
+                ws
+            };
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(&text)? {
                     ServerFrame::Ready { .. } => Ok(ws),

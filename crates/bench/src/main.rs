@@ -72,6 +72,10 @@ pub(crate) struct Common {
     /// Longest wait, after sending stops, for every send's reply and every delivery.
     #[arg(long, global = true, default_value_t = 10)]
     pub(crate) drain_secs: u64,
+    /// Open every WebSocket with permessage-deflate (`?compress=deflate`; the server must
+    /// agree, see `ws_compression`): frames compressed both ways.
+    #[arg(long, global = true)]
+    pub(crate) deflate: bool,
 }
 
 #[derive(Subcommand)]

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) sync_limit: u32,
     /// Senders keep the time of every ack (for [`Verdict::acked_at`]).
     pub(crate) record_acks: bool,
+    /// Connections ask for permessage-deflate.
+    pub(crate) deflate: bool,
 }
 
 /// Where the run is; every task follows it.
@@ -212,6 +214,7 @@ pub(crate) struct Options {
     pub(crate) sync_limit: u32,
     pub(crate) drain: Duration,
     pub(crate) record_acks: bool,
+    pub(crate) deflate: bool,
 }
 
 pub(crate) struct Run {
@@ -260,6 +263,7 @@ impl Run {
             max_in_flight: opts.max_in_flight.max(1),
             sync_limit: opts.sync_limit,
             record_acks: opts.record_acks,
+            deflate: opts.deflate,
         });
         let n = plans.len();
         let tasks =

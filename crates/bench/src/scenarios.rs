@@ -144,6 +144,7 @@ pub(crate) fn options(common: &Common, sync_limit: u32) -> Options {
         sync_limit,
         drain: Duration::from_secs(common.drain_secs),
         record_acks: false,
+        deflate: common.deflate,
     }
 }
 

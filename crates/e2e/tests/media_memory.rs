@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use natter_testkit::memory::{peak_kib, reset_peak};
 use natter_testkit::{TestServer, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,18 +22,6 @@ const WRITE: usize = 64 * 1024;
 /// for the blocking pool): well under 1 MiB each. Measured: 24–26 MiB of growth for the
 /// hundred. Held in memory, the uploads would take 800 MiB.
 const GROWTH_BOUND_MIB: u64 = 128;
-
-/// `VmHWM` (peak resident set) of this process, in KiB.
-fn peak_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number")
-}
-
-/// Resets the peak to the current resident set (`clear_refs` 5, Linux 4.0+).
-fn reset_peak() {
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-}
 
 /// One upload over a raw connection: headers, then the body in `WRITE`-byte writes; the
 /// response's status code.

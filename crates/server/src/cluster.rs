@@ -33,10 +33,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use natter_cluster::{Bus, BusEvent, BusReceiver, Envelope, Topic};
 use natter_proto::{Committed, ConversationId, UserId};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::port::{Inbound, Port, Publish};

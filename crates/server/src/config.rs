@@ -324,6 +324,12 @@ pub struct Config {
     /// The scheme clients reach this server by (`http`, or `https` behind a TLS proxy): a
     /// WebSocket's `Origin` is its own when scheme, host and port match.
     pub public_scheme: String,
+    /// permessage-deflate on the WebSocket: `off` (never), `requested` (for connections
+    /// that ask with `/v1/ws?compress=deflate` and whose client offers the extension: the
+    /// web client does), or `offered` (for every client that offers it, as every browser and
+    /// many libraries do by habit). Compression costs the server CPU per message and
+    /// direction (docs/benchmarks.md) and saves most of the bytes of JSON frames.
+    pub ws_compression: String,
     /// Take the client address from the last `X-Forwarded-For` entry (set by a proxy in
     /// front) instead of the peer address, for login limits and hash queueing.
     pub trust_forwarded_for: bool,
@@ -682,6 +688,7 @@ impl Default for Config {
             redis_url: None,
             node_id: None,
             public_scheme: "http".to_owned(),
+            ws_compression: "requested".to_owned(),
             trust_forwarded_for: false,
             metrics_token: None,
             media_secret: None,
@@ -740,6 +747,9 @@ pub struct ServeArgs {
     /// Scheme clients use to reach the server, for the Origin check [default: http].
     #[arg(long, env = "NATTER_PUBLIC_SCHEME")]
     pub public_scheme: Option<String>,
+    /// permessage-deflate on the WebSocket: off, requested (?compress=deflate) or offered [default: requested].
+    #[arg(long, env = "NATTER_WS_COMPRESSION")]
+    pub ws_compression: Option<String>,
     /// Use the last X-Forwarded-For address as the client's (behind a proxy).
     #[arg(long, env = "NATTER_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: Option<bool>,
@@ -868,6 +878,9 @@ impl Config {
         }
         if let Some(v) = &args.public_scheme {
             cfg.public_scheme = v.clone();
+        }
+        if let Some(v) = &args.ws_compression {
+            cfg.ws_compression = v.clone();
         }
         if let Some(v) = args.trust_forwarded_for {
             cfg.trust_forwarded_for = v;
@@ -1029,6 +1042,11 @@ impl Config {
             matches!(self.public_scheme.as_str(), "http" | "https"),
             "public_scheme",
             "must be http or https",
+        );
+        p.unless(
+            matches!(self.ws_compression.as_str(), "off" | "requested" | "offered"),
+            "ws_compression",
+            "must be off, requested or offered",
         );
         for origin in &self.allowed_origins {
             p.unless(

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use natter_proto::{ConversationId, ConversationSummary, Entry, ReqId, Seq, ServerFrame, UserId};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub(crate) use self::sync::{SyncReply, json_len, sync};
 use crate::cluster::Registration;

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::ws::Utf8Bytes;
 use natter_proto::{ConversationId, Receipt, ServerFrame, UserId};
 use natter_store::CursorUpdate;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::state::AppState;
 

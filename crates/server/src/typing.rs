@@ -118,7 +118,7 @@ impl TypingHub {
 fn send(state: &AppState, conv: ConversationId, user: UserId, typing: bool, members: &[UserId]) {
     let ttl_ms = typing.then_some(state.cfg().limits.typing_ttl_ms);
     let frame = ServerFrame::Typing { conversation: conv, user, typing, ttl_ms };
-    let frame: axum::extract::ws::Utf8Bytes = frame.to_json().into();
+    let frame: tokio_tungstenite::tungstenite::Utf8Bytes = frame.to_json().into();
     let others: Vec<UserId> = members.iter().copied().filter(|m| *m != user).collect();
     crate::router::to_users(state, others, frame);
 }

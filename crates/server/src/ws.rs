@@ -3,37 +3,53 @@
 
 pub(crate) mod connection;
 pub(crate) mod dispatch;
+mod handshake;
 
-use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use axum::extract::{Request, State};
+use axum::http::header::{
+    AUTHORIZATION, CONNECTION, HOST, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    UPGRADE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use natter_proto::ErrorCode;
+use natter_wsdeflate::MaybeDeflate;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /v1/ws`: the WebSocket (docs/protocol.md). A token in `Authorization` authenticates
-/// the upgrade; without one, the first frame must be an `auth` frame.
+/// the upgrade; without one, the first frame must be an `auth` frame. The handshake is done
+/// here rather than by axum's extractor so that permessage-deflate can sit underneath
+/// tungstenite (`natter_wsdeflate::MaybeDeflate`).
 #[utoipa::path(
     get, path = "/v1/ws", tag = "live",
     security(("bearer" = []), ()),
+    params(("compress" = Option<String>, Query, description = "`deflate`: ask for permessage-deflate (see `ws_compression`)")),
     responses((status = 101, description = "switched to the WebSocket protocol"))
 )]
-pub(crate) async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    if !origin_allowed(&state, &headers) {
+pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
+    let headers = req.headers();
+    if !origin_allowed(&state, headers) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
-    let Ok(ws) = ws else {
+    let Some(accept) = handshake::accept_key(headers) else {
         return ApiError::bad_request("not a WebSocket upgrade").into_response();
     };
+    let deflate = match state.cfg().ws_compression.as_str() {
+        "offered" => true,
+        "requested" => handshake::asks_for_deflate(req.uri().query()),
+        _ => false,
+    };
+    let agreement = deflate
+        .then(|| {
+            let offers = headers.get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
+            natter_wsdeflate::negotiate(offers.filter_map(|v| v.to_str().ok()))
+        })
+        .flatten();
     // A header, when present, must be valid: no silent fallback to frame auth.
     let principal = match headers.get(AUTHORIZATION) {
         None => None,
@@ -48,20 +64,56 @@ pub(crate) async fn upgrade(
             }
         }
     };
+    if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() {
+        return ApiError::bad_request("not a WebSocket upgrade").into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = &state.cfg().limits;
     // A 2 KiB read buffer instead of tungstenite's zero-filled 128 KiB: idle sessions cost
     // kilobytes, not a hundred (measured at 15,000 idle connections: 12.2 KiB each with 4 KiB,
     // 10.5 KiB with 2 KiB; client frames are small, larger ones just take more reads).
     // Writes are batched by the writer and flushed at 16 KiB.
-    ws.read_buffer_size(2 * 1024)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.max_frame_bytes.max(1 << 20) * 4)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            let tasks = state.tasks().clone();
-            tasks.track_future(connection::run(state, socket, principal))
-        })
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    // The cap on a compressed message's size once inflated is the frame cap: a compression
+    // bomb is refused (1009) before it takes more memory than an uncompressed frame may.
+    let deflate = agreement.is_some().then(|| natter_wsdeflate::DeflateConfig {
+        max_message_bytes: limits.max_frame_bytes,
+        ..natter_wsdeflate::DeflateConfig::default()
+    });
+    let tasks = state.tasks().clone();
+    tokio::spawn(tasks.track_future(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+            Err(err) => return tracing::debug!(error = %err, "upgrade failed"),
+        };
+        let io = match deflate {
+            Some(cfg) => MaybeDeflate::Deflate(Box::new(natter_wsdeflate::DeflateStream::new(
+                upgraded,
+                natter_wsdeflate::Role::Server,
+                cfg,
+            ))),
+            None => MaybeDeflate::Plain(upgraded),
+        };
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        connection::run(state, socket, principal).await;
+    }));
+    let mut res = Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(agreement) = agreement
+        && let Ok(value) = HeaderValue::from_str(&agreement.response_header())
+    {
+        h.insert(SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    res
 }
 
 /// Browsers always send `Origin`; other clients usually do not. A present `Origin` must be

@@ -10,6 +10,7 @@
 //!   which breaks connections part-way (resumable uploads).
 //! - `fixtures.rs`: [`TestUser`], `users`, `direct_pair`, `group`, `synced_ws`, and
 //!   [`assert_contiguous`].
+//! - [`memory`]: the process's peak resident memory (`peak_kib`, `reset_peak`).
 //! - `wait.rs`: the one [`WAIT`], [`within`] and [`poll_until`]. Every wait in the kit is
 //!   bounded and panics naming what it waited for; nothing sleeps to let time pass.
 //! - [`process`]: the real-binary and external-service harness (`natter` processes,
@@ -22,6 +23,7 @@
 mod fixtures;
 mod http;
 mod media;
+pub mod memory;
 pub mod process;
 mod server;
 mod sse;

@@ -73,6 +73,8 @@ export function openClient(account: Account): Promise<Client> {
     baseUrl: account.baseUrl,
     token: account.token,
     store: new IndexedDbStore(account.key, { prefix: "natter" }),
+    // The browser offers permessage-deflate; asking lets the server agree (`ws_compression`).
+    compress: true,
   });
 }
 

@@ -430,6 +430,49 @@ describe("the web client in Chromium", () => {
     }
   });
 
+  it("Chromium's WebSocket speaks permessage-deflate with the server: agreed when asked, compressed frames read", async () => {
+    const page = await contexts.alice.newPage();
+    await page.goto(`${server.url}/`);
+    const token = (await (await fetch(`${server.url}/v1/sessions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ handle: "alice", password: PASSWORD }) })).json()).token;
+    const result = await page.evaluate(
+      async ({ token, wait }) => {
+        const open = async (query) => {
+          const ws = new WebSocket(`${location.origin.replace("http", "ws")}/v1/ws${query}`);
+          await new Promise((resolve, reject) => {
+            ws.onopen = resolve;
+            ws.onerror = reject;
+          });
+          return ws;
+        };
+        const plain = await open("");
+        const plainExtensions = plain.extensions;
+        plain.close();
+        const ws = await open("?compress=deflate");
+        // Auth, then a sync: alice's history comes as one large frame, compressed by the server.
+        const frames = [];
+        const synced = new Promise((resolve, reject) => {
+          setTimeout(() => reject(new Error("no synced frame")), wait);
+          ws.onmessage = (e) => {
+            const frame = JSON.parse(e.data);
+            frames.push(frame.type);
+            if (frame.type === "ready") ws.send(JSON.stringify({ type: "sync", req_id: 1, cursors: {} }));
+            if (frame.type === "synced") resolve({ bytes: e.data.length, conversations: frame.conversations.length });
+          };
+        });
+        ws.send(JSON.stringify({ type: "auth", token }));
+        const page = await synced;
+        ws.close();
+        return { plainExtensions, extensions: ws.extensions, frames: frames.slice(0, 2), ...page };
+      },
+      { token, wait: WAIT },
+    );
+    assert.equal(result.plainExtensions, "", "not asked: not compressed");
+    assert.equal(result.extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    assert.deepEqual(result.frames, ["ready", "synced"]);
+    assert.ok(result.conversations >= 1 && result.bytes > 1024, JSON.stringify(result));
+    await page.close();
+  });
+
   it("a search lists its hits with the matches marked; a hit opens its chat at that message; no hits is said so", async () => {
     // Sam's messages in two chats; the older hit is far enough back to be outside the
     // direct chat's latest page, so the chat opens on a window around it.

@@ -64,6 +64,12 @@ export interface ClientOptions {
   fetch?: FetchLike;
   /** The WebSocket URL, if not derived from `baseUrl`. */
   wsUrl?: string;
+  /**
+   * Ask for permessage-deflate on the WebSocket (`?compress=deflate`; default off). The
+   * server compresses when its `ws_compression` allows it and the WebSocket implementation
+   * offers the extension (browsers and `ws` do); JSON frames shrink to a fraction.
+   */
+  compress?: boolean;
   /** Reconnect delays (full-jitter exponential). */
   backoff?: Partial<Backoff>;
   /** Most sends waiting in the outbox; beyond it sends fail with `outbox_full` (10,000). */
@@ -253,7 +259,7 @@ export class Client {
       throw new Error("no usable transport: pass a WebSocket or EventSource constructor, or allow \"poll\"");
     }
     this.failures = this.transports.map(() => 0);
-    this.wsUrl = options.wsUrl ?? wsUrl(this.api.baseUrl);
+    this.wsUrl = options.wsUrl ?? wsUrl(this.api.baseUrl, options.compress ?? false);
     this.log = options.log ?? (() => undefined);
     this.emitter = new Emitter(this.settings.maxBufferedEvents, (err) =>
       this.log("warn", `an event handler threw: ${(err as Error)?.message ?? String(err)}`),

@@ -7,14 +7,55 @@
  * Every entry arrives exactly once, in order, on every transport and across every switch.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { afterEach, test } from "node:test";
+import WebSocket from "ws";
 import type { Client } from "../src/client.js";
 import type { TransportName } from "../src/transport/conn.js";
 import { HttpProxy } from "../testkit/proxies.js";
 import { TestServer } from "../testkit/server.js";
+import { wsUrl } from "../src/transport/ws.js";
 import { account, assertContiguous, connect, Recorder, textsFrom, wholeLog, closeClients } from "../testkit/util.js";
 
 afterEach(closeClients);
+
+test("ws with compress: permessage-deflate is agreed only when asked, and a round works", async () => {
+  const server = await TestServer.start();
+  try {
+    const alice = await account(server.url, "alice");
+    const bob = await account(server.url, "bob");
+    const conv = (await alice.api.createDirect(bob.id)).id;
+    // The \`ws\` library offers the extension on every connection; the server (its default
+    // \`ws_compression = "requested"\`) agrees only when the URL asks.
+    for (const [compress, agreed] of [[false, ""], [true, "permessage-deflate"]] as const) {
+      const sock = new WebSocket(wsUrl(server.url, compress), { headers: { authorization: `Bearer ${alice.token}` } });
+      await once(sock, "open");
+      assert.equal(Object.keys(sock.extensions ? parseExtensions(sock.extensions) : {}).join(), agreed);
+      sock.close();
+      await once(sock, "close");
+    }
+    const a = await connect(server.url, alice.token, { compress: true });
+    const b = await connect(server.url, bob.token);
+    const ar = new Recorder(a);
+    const br = new Recorder(b);
+    assert.equal(await ar.connected(), "ws");
+    await br.connected();
+    const long = "compressed both ways: ".repeat(20);
+    const mine = await a.send(conv, long);
+    await br.entry(conv, mine.seq);
+    const theirs = await b.send(conv, `${long} (back)`);
+    await ar.entry(conv, theirs.seq);
+    assert.deepEqual(textsFrom(ar.entries(conv), bob.id), [`${long} (back)`]);
+    assert.deepEqual(textsFrom(br.entries(conv), alice.id), [long]);
+  } finally {
+    await server.stop();
+  }
+});
+
+/** The extension names of a \`Sec-WebSocket-Extensions\` value. */
+function parseExtensions(value: string): Record<string, true> {
+  return Object.fromEntries(value.split(",").map((e) => [(e.split(";")[0] ?? "").trim(), true]).filter(([n]) => n !== ""));
+}
 
 for (const transport of ["ws", "sse", "poll"] as TransportName[]) {
   test(`${transport} alone: send, receive, receipts, typing, presence, history`, async () => {

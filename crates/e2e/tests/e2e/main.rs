@@ -38,4 +38,5 @@ mod search;
 mod smoke;
 mod typing;
 mod web_client;
+mod ws_deflate;
 mod ws_protocol;

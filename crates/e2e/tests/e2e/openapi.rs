@@ -162,6 +162,8 @@ async fn schemathesis_finds_no_server_error_and_no_undescribed_answer() {
         .args(["--request-timeout", "40", "--workers", "2", "--no-color"])
         .arg("--report-dir")
         .arg(report.path())
+        // It keeps a cache (`.schemathesis/`) where it runs: not in the repository.
+        .current_dir(report.path())
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("PYTHONPATH", hooks)
         .env("NATTER_ST_BASE", server.base_url())

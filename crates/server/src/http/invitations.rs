@@ -9,11 +9,11 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use natter_proto::rest::Invitations;
 use natter_proto::{Ack, ConversationId, Invitation, ServerFrame};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::Auth;
 use crate::error::ApiResult;

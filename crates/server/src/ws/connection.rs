@@ -8,13 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use natter_cluster::SessionId;
 use natter_proto::{ClientFrame, ErrorBody, ErrorCode, ServerFrame, close};
 use natter_store::{Principal, TokenHash};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::auth;
@@ -23,6 +25,11 @@ use crate::rate::ConnLimits;
 use crate::session::{self, SessionHandle, SessionQueue};
 use crate::state::AppState;
 use crate::ws::dispatch;
+
+/// A session's socket: the upgraded connection, with or without permessage-deflate.
+type WebSocket = WebSocketStream<
+    natter_wsdeflate::MaybeDeflate<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+>;
 
 /// Frames the writer drains per wake-up (then one flush).
 const WRITE_BATCH: usize = 256;
@@ -85,21 +92,21 @@ async fn authenticate_first_frame(
     state: &AppState,
     socket: &mut WebSocket,
 ) -> Option<(Principal, TokenHash)> {
-    let first = tokio::time::timeout(state.cfg().limits.auth_timeout(), socket.recv()).await;
+    let first = tokio::time::timeout(state.cfg().limits.auth_timeout(), socket.next()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else { return None };
     let Ok(ClientFrame::Auth { token }) = ClientFrame::parse(&text) else { return None };
     let principal = auth::authenticate(state, &token).await.ok().flatten()?;
     Some((principal, auth::token_hash(&token)))
 }
 
-async fn send_close<S>(sink: &mut S, code: u16, reason: &'static str) -> Result<(), axum::Error>
+async fn send_close<S>(sink: &mut S, code: u16, reason: &'static str) -> Result<(), WsError>
 where
-    S: SinkExt<Message, Error = axum::Error> + Unpin,
+    S: SinkExt<Message, Error = WsError> + Unpin,
 {
     // A slow consumer's socket is full: its close frame goes out only once the client reads
     // what is already in flight, so it gets longer (its queue is already freed).
     let wait = Duration::from_secs(if code == close::SLOW_CONSUMER { 5 } else { 1 });
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(reason) };
     match tokio::time::timeout(wait, sink.send(Message::Close(Some(frame)))).await {
         Ok(res) => res,
         Err(_) => Ok(()),
@@ -177,11 +184,9 @@ async fn write_loop(
 /// A write fails when the client is gone (logged at debug), or when a frame does not fit the
 /// write buffer (a server bug: no reply may be that large; logged as an error, as the
 /// client only sees its connection end).
-fn log_write_error(err: &axum::Error) {
-    use std::error::Error as _;
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match err.source().and_then(|e| e.downcast_ref::<WsError>()) {
-        Some(WsError::WriteBufferFull(_)) => {
+fn log_write_error(err: &WsError) {
+    match err {
+        WsError::WriteBufferFull(_) => {
             tracing::error!(error = %err, "a frame did not fit the write buffer; closing");
         }
         _ => tracing::debug!(error = %err, "write failed"),
@@ -193,7 +198,7 @@ async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     buf: &mut Vec<Outbound>,
     out: &mut Vec<Produced>,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     for item in buf.drain(..) {
         deliverer.process(item, out).await;
     }
@@ -275,33 +280,36 @@ async fn read_loop(
 /// The close code for an error the WebSocket layer reported while reading, or 0 when the
 /// connection is gone and no close frame can reach the client. tungstenite leaves the
 /// connection open for writing after these errors, so the writer can still send the close.
-fn read_error_close_code(err: &axum::Error) -> u16 {
-    use std::error::Error as _;
-    use tokio_tungstenite::tungstenite::Error as WsError;
+fn read_error_close_code(err: &WsError) -> u16 {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
-    match err.source().and_then(|e| e.downcast_ref::<WsError>()) {
-        Some(WsError::Capacity(_)) => 1009,
+    match err {
+        WsError::Capacity(_) => 1009,
         // Invalid UTF-8 in a text message (also across fragments) or in a close reason.
-        Some(WsError::Utf8(_)) => close::INVALID_PAYLOAD,
+        WsError::Utf8(_) => close::INVALID_PAYLOAD,
         // TCP ended without a Close: nobody is left to tell.
-        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => 0,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => 0,
         // RSV bits, reserved opcodes, fragmented or oversized control frames, unmasked
         // frames, continuations of nothing, malformed close frames.
-        Some(WsError::Protocol(_)) => close::PROTOCOL_ERROR,
+        WsError::Protocol(_) => close::PROTOCOL_ERROR,
+        // permessage-deflate refused a message: larger than the frame cap once inflated
+        // (1009), not valid deflate data (1007), or framed against the extension's rules
+        // (1002). The layer keeps the connection writable for the close.
+        WsError::Io(io) => {
+            natter_wsdeflate::DeflateError::from_io(io).map_or(0, |e| e.close_code())
+        }
         _ => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio_tungstenite::tungstenite::Error as WsError;
     use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 
     use super::*;
 
     #[test]
     fn read_errors_map_to_close_codes() {
-        let code = |err: WsError| read_error_close_code(&axum::Error::new(err));
+        let code = |err: WsError| read_error_close_code(&err);
         let too_long = CapacityError::MessageTooLong { size: 2, max_size: 1 };
         assert_eq!(code(WsError::Capacity(too_long)), 1009);
         assert_eq!(code(WsError::Utf8("bad".into())), close::INVALID_PAYLOAD);
@@ -316,5 +324,12 @@ mod tests {
         // The client is gone: no close frame to send.
         assert_eq!(code(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)), 0);
         assert_eq!(code(WsError::Io(std::io::ErrorKind::ConnectionReset.into())), 0);
+        let deflate = |e: natter_wsdeflate::DeflateError| code(WsError::Io(e.into()));
+        assert_eq!(deflate(natter_wsdeflate::DeflateError::MessageTooBig), 1009);
+        assert_eq!(deflate(natter_wsdeflate::DeflateError::CorruptData), close::INVALID_PAYLOAD);
+        assert_eq!(
+            deflate(natter_wsdeflate::DeflateError::Protocol("rsv1")),
+            close::PROTOCOL_ERROR
+        );
     }
 }

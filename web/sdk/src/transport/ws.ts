@@ -38,10 +38,13 @@ interface WebSocketLike {
 
 const OPEN = 1;
 
-/** `http://host:port/prefix` → `ws://host:port/prefix/v1/ws`. */
-export function wsUrl(baseUrl: string): string {
+/**
+ * `http://host:port/prefix` → `ws://host:port/prefix/v1/ws`; with `compress`, asking for
+ * permessage-deflate (`?compress=deflate`).
+ */
+export function wsUrl(baseUrl: string, compress = false): string {
   const base = baseUrl.replace(/\/+$/, "");
-  return `ws${base.replace(/^http/, "")}/v1/ws`;
+  return `ws${base.replace(/^http/, "")}/v1/ws${compress ? "?compress=deflate" : ""}`;
 }
 
 /** The frame that carries an outbox item. */

@@ -81,8 +81,11 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
         .max_frame_size(Some(limits.max_frame_bytes));
     // The cap on a compressed message's size once inflated is the frame cap: a compression
     // bomb is refused (1009) before it takes more memory than an uncompressed frame may.
+    // Replies (sync and history pages) may be larger than the frames accepted: up to
+    // `max_reply_bytes`, and those gain the most.
     let deflate = agreement.is_some().then(|| natter_wsdeflate::DeflateConfig {
         max_message_bytes: limits.max_frame_bytes,
+        max_outbound_bytes: limits.max_frame_bytes.max(limits.max_reply_bytes),
         ..natter_wsdeflate::DeflateConfig::default()
     });
     let tasks = state.tasks().clone();

@@ -64,9 +64,12 @@ pub struct DeflateConfig {
     /// Upper bound on one inbound message's *decompressed* size, enforced while inflating so a
     /// small compressed frame cannot expand into a large allocation. The collected compressed
     /// input of a message is capped at about the same size. The server passes its tungstenite
-    /// `max_frame_size` here. Outbound data frames larger than this are sent uncompressed, which
-    /// bounds the outbound collection buffer the same way.
+    /// `max_frame_size` here.
     pub max_message_bytes: usize,
+    /// Outbound data messages larger than this are sent uncompressed: the bound of the buffer
+    /// an outbound message is collected in. A server passes the largest frame it writes (its
+    /// replies may be larger than what it accepts).
+    pub max_outbound_bytes: usize,
     /// flate2 compression level, 0–9. Chat frames are small and latency-sensitive, so speed
     /// matters more than the last few percent of ratio.
     pub level: u32,
@@ -78,7 +81,12 @@ pub struct DeflateConfig {
 
 impl Default for DeflateConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 64 * 1024, level: 1, min_compress_bytes: 128 }
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_outbound_bytes: 64 * 1024,
+            level: 1,
+            min_compress_bytes: 128,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ const READ_CHUNK: usize = 8 * 1024;
 const RETAIN_BYTES: usize = 4 * 1024;
 
 /// `poll_write` stops accepting pass-through bytes once this much is queued for the socket.
-/// Besides this, at most one compressed frame (≤ `max_message_bytes` plus a few bytes) can be
+/// Besides this, at most one compressed frame (≤ `max_outbound_bytes` plus a few bytes) can be
 /// queued, so outbound memory is bounded whatever the caller does.
 const WRITE_QUEUE_LIMIT: usize = 16 * 1024;
 
@@ -35,13 +35,13 @@ const WRITE_QUEUE_LIMIT: usize = 16 * 1024;
 /// role insists on masked client frames). What tungstenite writes is compressed message by
 /// message; fragmented outbound messages (which tungstenite only produces for explicit
 /// `Message::Frame` sends) and frames below [`DeflateConfig::min_compress_bytes`] or above
-/// [`DeflateConfig::max_message_bytes`] are sent as they are.
+/// [`DeflateConfig::max_outbound_bytes`] are sent as they are.
 ///
 /// The read half and the write half are independent: after a read error (e.g.
 /// [`DeflateError::MessageTooBig`]) reads keep failing, but writes keep working so the close
 /// frame can still be sent.
 ///
-/// Memory: `size_of::<DeflateStream<tokio::net::TcpStream>>()` is 320 bytes on x86_64 Linux
+/// Memory: `size_of::<DeflateStream<tokio::net::TcpStream>>()` is 328 bytes on x86_64 Linux
 /// (checked by a unit test). Between messages it keeps only buffers of at most 4 KiB each:
 /// `tests/memory.rs` measures about 1.8 KiB kept after a 334-byte chat message each way,
 /// 4.3 KiB after a 4 KiB history page, and under 1 KiB after a 60 KiB message. The flate2
@@ -377,7 +377,7 @@ impl Outbound {
             && !h.rsv1
             && !h.rsv23
             && h.len >= config.min_compress_bytes as u64
-            && h.len <= config.max_message_bytes as u64;
+            && h.len <= config.max_outbound_bytes as u64;
         if compress {
             let len = h.len as usize;
             debug_assert!(self.message.is_empty());
@@ -674,7 +674,7 @@ mod tests {
         // What an idle connection costs on top of the socket (no heap held when idle).
         let size = size_of::<DeflateStream<tokio::net::TcpStream>>();
         println!("size_of::<DeflateStream<TcpStream>>() = {size}");
-        assert!(size <= 320, "{size}");
+        assert!(size <= 328, "{size}");
     }
 
     #[tokio::test]
@@ -732,6 +732,26 @@ mod tests {
         assert_eq!(read_frame(&mut peer).await, (0x01, None, big.clone()));
         assert_eq!(read_frame(&mut peer).await, (0x89, None, b"p".to_vec()));
         assert_eq!(read_frame(&mut peer).await, (0x80, None, big));
+    }
+
+    #[tokio::test]
+    async fn outbound_messages_up_to_their_own_cap_are_compressed() {
+        // A server's replies may be larger than what it accepts: 100 KiB goes out compressed
+        // under a 256 KiB outbound cap with a 64 KiB inbound one, and as it is over 64 KiB.
+        let big = text(100 * 1024);
+        for (max_outbound_bytes, compressed) in [(256 * 1024, true), (64 * 1024, false)] {
+            let (io, mut peer) = duplex(1 << 20);
+            let cfg = DeflateConfig { max_outbound_bytes, ..DeflateConfig::default() };
+            let mut s = DeflateStream::new(io, Role::Server, cfg);
+            s.write_all(&frame(true, false, OP_TEXT, None, &big)).await.unwrap();
+            s.flush().await.unwrap();
+            let (first, _, payload) = read_frame(&mut peer).await;
+            if compressed {
+                assert_eq!((first, peer_inflate(&payload)), (0xc1, big.clone()));
+            } else {
+                assert_eq!((first, payload), (0x81, big.clone()));
+            }
+        }
     }
 
     #[tokio::test]

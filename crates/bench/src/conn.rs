@@ -286,7 +286,12 @@ impl Conn {
                     addr,
                     "/v1/ws?compress=deflate",
                     &[("Authorization", &bearer)],
-                    natter_wsdeflate::DeflateConfig::default(),
+                    // Inflate up to what tungstenite accepts: the server's replies (sync
+                    // pages) may be far larger than the frames it accepts.
+                    natter_wsdeflate::DeflateConfig {
+                        max_message_bytes: self.sh.ws_config.max_message_size.unwrap_or(64 << 20),
+                        ..natter_wsdeflate::DeflateConfig::default()
+                    },
                     Some(self.sh.ws_config),
                 )
                 .await

@@ -99,6 +99,26 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code (the OpenAPI document lists their statuses as each route's error answers).
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::BadRequest,
+        ErrorCode::MalformedFrame,
+        ErrorCode::UnknownType,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::TooManyRequests,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::RequestTimeout,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::ContentRejected,
+        ErrorCode::Muted,
+    ];
+
     /// The HTTP status that carries this code on REST routes.
     pub fn http_status(self) -> u16 {
         match self {
@@ -1198,6 +1218,32 @@ mod tests {
         assert_eq!(parse_cursors(""), Some(BTreeMap::new()));
         assert_eq!(parse_cursors("3-7"), None);
         assert_eq!(parse_cursors("x:1"), None);
+    }
+
+    #[test]
+    fn all_error_codes_are_listed_once() {
+        // A new code fails to compile here until it is given a place in `ALL`.
+        let index = |code: ErrorCode| match code {
+            ErrorCode::BadRequest => 0,
+            ErrorCode::MalformedFrame => 1,
+            ErrorCode::UnknownType => 2,
+            ErrorCode::Unauthenticated => 3,
+            ErrorCode::Forbidden => 4,
+            ErrorCode::NotFound => 5,
+            ErrorCode::Conflict => 6,
+            ErrorCode::TooLarge => 7,
+            ErrorCode::TooManyRequests => 8,
+            ErrorCode::Unavailable => 9,
+            ErrorCode::Internal => 10,
+            ErrorCode::RequestTimeout => 11,
+            ErrorCode::UnsupportedMediaType => 12,
+            ErrorCode::QuotaExceeded => 13,
+            ErrorCode::ContentRejected => 14,
+            ErrorCode::Muted => 15,
+        };
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(index(*code), i, "{code:?}");
+        }
     }
 
     #[test]

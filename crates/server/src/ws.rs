@@ -36,6 +36,10 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
     if !origin_allowed(&state, headers) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
+    // axum routes HEAD to GET handlers; an upgrade is a GET (RFC 6455 §4.1).
+    if req.method() != axum::http::Method::GET {
+        return ApiError::bad_request("not a WebSocket upgrade").into_response();
+    }
     let Some(accept) = handshake::accept_key(headers) else {
         return ApiError::bad_request("not a WebSocket upgrade").into_response();
     };

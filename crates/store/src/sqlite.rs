@@ -303,13 +303,23 @@ struct Wal {
     /// After a restart a reader held off (a long read: a backup), none is tried before this:
     /// each would hold the writer's next batch for `RESTART_WAIT` again.
     held_off_until: std::cell::Cell<Option<Instant>>,
+    /// Held by whoever checkpoints: two checkpoints at once make one fail at once (SQLite
+    /// lets one run), and a restart that failed only for meeting the passive checkpointer
+    /// must not be held off like one a reader refused (on a loaded machine the two met
+    /// often enough that the WAL grew unbounded for the hold-offs).
+    checkpointing: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Wal {
     fn of(db: &Path, limit: u64) -> Wal {
         let mut path = db.as_os_str().to_owned();
         path.push("-wal");
-        Wal { path: path.into(), limit, held_off_until: std::cell::Cell::new(None) }
+        Wal {
+            path: path.into(),
+            limit,
+            held_off_until: std::cell::Cell::new(None),
+            checkpointing: Default::default(),
+        }
     }
 
     fn size(&self) -> u64 {
@@ -325,6 +335,9 @@ impl Wal {
             return;
         }
         let restart = || -> rusqlite::Result<bool> {
+            // A passive checkpoint in progress finishes first: it copies at most what the WAL
+            // holds, about `limit`.
+            let _checkpointing = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
             writer.busy_timeout(RESTART_WAIT)?;
             let done = writer
                 .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| Ok(r.get::<_, i64>(0)? == 0));
@@ -357,6 +370,7 @@ impl Checkpointer {
     fn run(self, stop_rx: std::sync::mpsc::Receiver<()>) {
         use std::sync::mpsc::RecvTimeoutError;
         let checkpoint = |mode: &str| {
+            let _checkpointing = self.wal.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
             let sql = format!("PRAGMA wal_checkpoint({mode})");
             if let Err(err) = self.conn.query_row(&sql, [], |_| Ok(())) {
                 tracing::warn!(error = %err, mode, "wal checkpoint failed");

@@ -19,7 +19,9 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// Opens a WebSocket on `stream` to `http://{host}{path}` offering permessage-deflate, with
 /// `headers` added to the request (e.g. `Authorization`). Fails unless the server answers 101
-/// with the right accept key and agrees to the extension.
+/// with the right accept key and agrees to the extension. `config.max_message_bytes` bounds
+/// what the server's messages may inflate to: a client takes its largest reply, not its own
+/// frame cap.
 pub async fn connect<S>(
     mut stream: S,
     host: &str,

@@ -17,9 +17,10 @@ use crate::{DeflateConfig, DeflateError, Role};
 /// Lives on the stack, so it costs an idle connection nothing.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// A buffer that is empty again keeps at most this much capacity, so one large message does
-/// not pin memory on a connection that then goes quiet.
-const RETAIN_BYTES: usize = 4 * 1024;
+/// A buffer that is empty again keeps at most this much capacity: none, so that a quiet
+/// connection holds no buffer at all (each message's few allocations cost little next to
+/// its deflate or inflate).
+const RETAIN_BYTES: usize = 0;
 
 /// `poll_write` stops accepting pass-through bytes once this much is queued for the socket.
 /// Besides this, at most one compressed frame (≤ `max_outbound_bytes` plus a few bytes) can be
@@ -42,10 +43,10 @@ const WRITE_QUEUE_LIMIT: usize = 16 * 1024;
 /// frame can still be sent.
 ///
 /// Memory: `size_of::<DeflateStream<tokio::net::TcpStream>>()` is 328 bytes on x86_64 Linux
-/// (checked by a unit test). Between messages it keeps only buffers of at most 4 KiB each:
-/// `tests/memory.rs` measures about 1.8 KiB kept after a 334-byte chat message each way,
-/// 4.3 KiB after a 4 KiB history page, and under 1 KiB after a 60 KiB message. The flate2
-/// objects live in per-thread pools (about 350 KiB per runtime thread), not per connection.
+/// (checked by a unit test). Between messages it keeps no buffer: `tests/memory.rs` measures
+/// nothing kept after a chat message, a history page or a 60 KiB message each way, read
+/// 2 KiB at a time. The flate2 objects live in per-thread pools (about 350 KiB per runtime
+/// thread), not per connection.
 #[derive(Debug)]
 pub struct DeflateStream<S> {
     inner: S,
@@ -117,6 +118,14 @@ enum InMessage {
 }
 
 impl Inbound {
+    /// Fails the read half; but when `delivered`, the frames already handed up in this call
+    /// go to tungstenite first (it drops a read's bytes that come with an error) and the
+    /// error comes with the next read.
+    fn fail_after(&mut self, err: DeflateError, delivered: bool) -> io::Result<()> {
+        let err = self.fail(err);
+        if delivered { Ok(()) } else { Err(err) }
+    }
+
     fn fail(&mut self, err: DeflateError) -> io::Error {
         self.failed = Some(err);
         // Nothing will be read any more; don't keep a half-collected message alive.
@@ -462,7 +471,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeflateStream<S> {
             let leftover = mem::take(&mut rx.leftover);
             match rx.process(&leftover[rx.leftover_pos..], out, role, config) {
                 Ok(n) => rx.leftover_pos += n,
-                Err(e) => return Poll::Ready(Err(rx.fail(e))),
+                Err(e) => return Poll::Ready(rx.fail_after(e, out.filled().len() > filled_before)),
             }
             rx.leftover = leftover;
             if rx.leftover_pos == rx.leftover.len() {
@@ -502,7 +511,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeflateStream<S> {
             }
             let n = match rx.process(data, out, role, config) {
                 Ok(n) => n,
-                Err(e) => return Poll::Ready(Err(rx.fail(e))),
+                Err(e) => return Poll::Ready(rx.fail_after(e, out.filled().len() > filled_before)),
             };
             debug_assert!(rx.leftover.is_empty());
             rx.leftover.extend_from_slice(&data[n..]);
@@ -800,6 +809,27 @@ mod tests {
             let err = s.read(&mut [0u8; 64]).await.unwrap_err();
             assert!(matches!(DeflateError::from_io(&err), Some(DeflateError::Protocol(_))));
         }
+    }
+
+    #[tokio::test]
+    async fn frames_before_a_refused_one_are_still_handed_up() {
+        // A plain frame and an oversized compressed one arrive together: tungstenite drops the
+        // bytes of a read that fails, so the plain frame comes first and the error next.
+        let (io, mut peer) = duplex(1 << 20);
+        let cfg = DeflateConfig { max_message_bytes: 1000, ..DeflateConfig::default() };
+        let mut s = DeflateStream::new(io, Role::Server, cfg);
+        let plain = frame(true, false, OP_TEXT, Some([1, 2, 3, 4]), b"a send");
+        let mut wire = plain.clone();
+        let mut header = frame(true, true, OP_TEXT, Some([0; 4]), &[]);
+        header[1] = 0x80 | 127;
+        header.splice(2..2, (1u64 << 20).to_be_bytes());
+        wire.extend(header);
+        peer.write_all(&wire).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &plain[..]);
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(DeflateError::from_io(&err), Some(&DeflateError::MessageTooBig));
     }
 
     #[tokio::test]

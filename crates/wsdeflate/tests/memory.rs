@@ -144,14 +144,18 @@ async fn decompression_bomb_is_refused_within_bounded_memory() {
 async fn retained_after(payload: &[u8]) -> isize {
     let inbound = frame(true, true, TEXT, Some([9, 8, 7, 6]), &peer_deflate(payload, 6));
     let outbound = frame(true, false, TEXT, None, payload);
+    // Read 2 KiB at a time, as the server's tungstenite does: what does not fit goes to the
+    // stream's own buffers.
     let mut buf = vec![0u8; 128 * 1024];
+    const READ: usize = 2 * 1024;
 
     let before = current();
     let mut rx = DeflateStream::new(&inbound[..], Role::Server, DeflateConfig::default());
     let mut tx = DeflateStream::new(tokio::io::sink(), Role::Server, DeflateConfig::default());
     let mut got = 0;
     loop {
-        match rx.read(&mut buf[got..]).await.unwrap() {
+        let end = (got + READ).min(buf.len());
+        match rx.read(&mut buf[got..end]).await.unwrap() {
             0 => break,
             n => got += n,
         }
@@ -176,13 +180,12 @@ async fn little_memory_is_kept_between_messages() {
     retained_after(chat.as_bytes()).await;
     println!("per-thread pool after first use: {} KiB", (current() - before) / 1024);
 
-    for (name, payload, limit) in [
-        ("chat", chat.as_bytes(), 2048),
-        ("page", page.as_bytes(), 8192),
-        ("60K", big.as_bytes(), 2048),
-    ] {
+    // Nothing: a quiet connection holds no buffer.
+    for (name, payload) in
+        [("chat", chat.as_bytes()), ("page", page.as_bytes()), ("60K", big.as_bytes())]
+    {
         let retained = retained_after(payload).await;
         println!("{name} message ({} B) each way: {retained} B retained", payload.len());
-        assert!(retained <= limit, "{name}: {retained} > {limit}");
+        assert!(retained <= 0, "{name}: {retained} bytes kept");
     }
 }

@@ -67,7 +67,8 @@ export interface ClientOptions {
   /**
    * Ask for permessage-deflate on the WebSocket (`?compress=deflate`; default off). The
    * server compresses when its `ws_compression` allows it and the WebSocket implementation
-   * offers the extension (browsers and `ws` do); JSON frames shrink to a fraction.
+   * offers the extension (browsers and `ws` do); JSON frames shrink to a fraction. With
+   * `wsUrl` given, put `?compress=deflate` in it instead.
    */
   compress?: boolean;
   /** Reconnect delays (full-jitter exponential). */

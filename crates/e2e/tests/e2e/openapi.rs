@@ -49,11 +49,18 @@ async fn openapi_document_describes_every_route_and_error_code() {
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("a path item") {
             described.insert((method.to_uppercase(), template(path)));
-            // Every operation answers errors with the error body.
-            assert_eq!(
-                operation["responses"]["default"]["$ref"], "#/components/responses/Error",
-                "{method} {path}"
-            );
+            // Every operation answers errors with the error body, at each error code's status
+            // (unless it documents that status itself), and no catch-all.
+            let responses = operation["responses"].as_object().expect("responses");
+            assert!(!responses.contains_key("default"), "{method} {path}");
+            for code in natter_proto::ErrorCode::ALL {
+                let answer = &responses[&code.http_status().to_string()];
+                assert!(
+                    answer["$ref"] == "#/components/responses/Error"
+                        || answer["content"].is_object(),
+                    "{method} {path} {code:?}: {answer}"
+                );
+            }
         }
     }
     let listed = routes_in_protocol_doc();

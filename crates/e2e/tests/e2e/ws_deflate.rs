@@ -115,7 +115,11 @@ async fn deflated(server: &TestServer, user: &TestUser) -> (Deflated, Arc<Atomic
             &server.addr.to_string(),
             "/v1/ws?compress=deflate",
             &[("Authorization", &auth)],
-            natter_wsdeflate::DeflateConfig::default(),
+            // Replies may be larger than the 64 KiB frames the server accepts.
+            natter_wsdeflate::DeflateConfig {
+                max_message_bytes: 1 << 20,
+                ..natter_wsdeflate::DeflateConfig::default()
+            },
             None,
         ),
     )

@@ -5,8 +5,8 @@
 //! feature, so clients of the proto crate do not pay for it). The router is assembled from the
 //! same attributes (utoipa-axum's `routes!`), so no route is served undescribed. What every
 //! route shares is added here once ([`Shared`]): bearer auth unless the route says otherwise,
-//! and the error answer for every status that is not a success, an [`ErrorBody`] whose `code`
-//! is one of the stable [`ErrorCode`]s.
+//! and the error answer for every status an error code is carried by, an [`ErrorBody`] whose
+//! `code` is one of the stable [`ErrorCode`]s.
 //!
 //! The WebSocket's frames are not HTTP and are described in docs/protocol.md; the upgrade
 //! itself is listed.
@@ -92,12 +92,17 @@ impl Modify for Shared {
     }
 }
 
-/// Any status the operation does not list is an error with the error body.
+/// Every status an error code is carried by is an answer of every operation, with the error
+/// body (an operation that documents a status itself, such as the email pages' HTML 403,
+/// keeps its own). Listed, not `default`: any other status is one the document does not
+/// describe, which schemathesis' `status_code_conformance` then reports.
 fn add_error_answer(operation: &mut Operation) {
     let responses = &mut operation.responses.responses;
-    responses
-        .entry("default".into())
-        .or_insert_with(|| RefOr::Ref(Ref::new(format!("#/components/responses/{ERROR}"))));
+    for status in ErrorCode::ALL.map(ErrorCode::http_status) {
+        responses
+            .entry(status.to_string())
+            .or_insert_with(|| RefOr::Ref(Ref::new(format!("#/components/responses/{ERROR}"))));
+    }
 }
 
 /// Raw bytes: an upload's body, a download.

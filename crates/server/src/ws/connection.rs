@@ -120,7 +120,7 @@ fn close_reason(code: u16) -> &'static str {
         close::IDLE => "idle timeout",
         close::TOO_MANY_SESSIONS => "too many sessions",
         close::PROTOCOL_ERROR => "websocket protocol error",
-        close::INVALID_PAYLOAD => "text frame is not valid utf-8",
+        close::INVALID_PAYLOAD => "invalid payload: not utf-8, or not deflate data",
         1009 => "frame too large",
         1012 => "server restarting: reconnect and sync",
         _ => "closing",

@@ -36,19 +36,15 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
     if !origin_allowed(&state, headers) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
-    // axum routes HEAD to GET handlers; an upgrade is a GET (RFC 6455 §4.1).
-    if req.method() != axum::http::Method::GET {
-        return ApiError::bad_request("not a WebSocket upgrade").into_response();
-    }
-    let Some(accept) = handshake::accept_key(headers) else {
+    let Some(accept) = handshake::accept_key(&req) else {
         return ApiError::bad_request("not a WebSocket upgrade").into_response();
     };
-    let deflate = match state.cfg().ws_compression.as_str() {
+    let wants_deflate = match state.cfg().ws_compression.as_str() {
         "offered" => true,
         "requested" => handshake::asks_for_deflate(req.uri().query()),
         _ => false,
     };
-    let agreement = deflate
+    let agreement = wants_deflate
         .then(|| {
             let offers = headers.get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
             natter_wsdeflate::negotiate(offers.filter_map(|v| v.to_str().ok()))
@@ -68,9 +64,6 @@ pub(crate) async fn upgrade(State(state): State<AppState>, mut req: Request) -> 
             }
         }
     };
-    if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() {
-        return ApiError::bad_request("not a WebSocket upgrade").into_response();
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = &state.cfg().limits;
     // A 2 KiB read buffer instead of tungstenite's zero-filled 128 KiB: idle sessions cost

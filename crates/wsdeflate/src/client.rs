@@ -60,7 +60,7 @@ where
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
     if status.split(' ').nth(1) != Some("101") {
-        return Err(invalid_owned(format!("upgrade refused: {status}")));
+        return Err(invalid(format!("upgrade refused: {status}")));
     }
     let header = |name: &str| {
         head.split("\r\n").skip(1).find_map(|line| {
@@ -79,10 +79,6 @@ where
     Ok((ws, agreement))
 }
 
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-fn invalid_owned(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
